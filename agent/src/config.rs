@@ -1,0 +1,387 @@
+//! The agent's TOML config: parsed strictly, then validated into [`AgentConfig`], a type
+//! in which bad states cannot exist. Every error names the file and the key.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use troop_proto::freshness::{DEFAULT_CLOCK_SKEW, MAX_VALIDITY};
+
+use crate::policy::{FaultKind, Policy};
+use crate::units::{parse_duration, parse_percent};
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/troop/agent.toml";
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:7443";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/troop-agent";
+
+/// Processes an agent never signals unless its config says otherwise: losing them loses
+/// the operator's way in, or the host's logging.
+pub const DEFAULT_PROTECTED: &[&str] = &[
+    "sshd",
+    "systemd",
+    "systemd-journal",
+    "systemd-logind",
+    "dbus-daemon",
+    "troop-agent",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config {path}: key `{key}`: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    id: Option<String>,
+    listen: Option<String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    state_dir: Option<PathBuf>,
+    coordinator: Option<String>,
+    tls: RawTls,
+    trust: RawTrust,
+    #[serde(default)]
+    policy: RawPolicy,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: PathBuf,
+    key: PathBuf,
+    ca: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTrust {
+    coordinator_keys: Vec<PathBuf>,
+    max_clock_skew: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    allow: Option<Vec<String>>,
+    max_duration: Option<String>,
+    protected_processes: Option<Vec<String>>,
+    #[serde(default)]
+    disk_paths: Vec<PathBuf>,
+    max_disk_fill_percent: Option<toml::Value>,
+    max_memory_percent: Option<toml::Value>,
+}
+
+/// Paths of the agent's TLS identity: its server certificate, key and the fleet CA.
+#[derive(Debug, Clone)]
+pub struct TlsPaths {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+}
+
+/// A validated agent config.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub id: String,
+    pub listen: SocketAddr,
+    pub labels: BTreeMap<String, String>,
+    pub state_dir: PathBuf,
+    pub coordinator: Option<String>,
+    pub tls: TlsPaths,
+    pub coordinator_keys: Vec<PathBuf>,
+    pub max_clock_skew: Duration,
+    pub policy: Policy,
+}
+
+impl AgentConfig {
+    /// Reads and validates `path`. Relative paths inside are taken relative to its folder.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Validates config text; `path` names it in errors and anchors relative paths.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|error| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: error.to_string().trim_end().to_string(),
+        })?;
+        Validator {
+            path,
+            base: path.parent().unwrap_or(Path::new(".")),
+        }
+        .validate(raw)
+    }
+}
+
+struct Validator<'a> {
+    path: &'a Path,
+    base: &'a Path,
+}
+
+impl Validator<'_> {
+    fn invalid(&self, key: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.to_path_buf(),
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+
+    fn resolve(&self, path: PathBuf) -> PathBuf {
+        if path.is_absolute() {
+            path
+        } else {
+            self.base.join(path)
+        }
+    }
+
+    fn validate(&self, raw: RawConfig) -> Result<AgentConfig, ConfigError> {
+        let id = match raw.id {
+            Some(id) => id,
+            None => nix::unistd::gethostname()
+                .map_err(|error| self.invalid("id", format!("not set and no hostname: {error}")))?
+                .to_string_lossy()
+                .into_owned(),
+        };
+        validate_agent_id(&id).map_err(|message| self.invalid("id", message))?;
+        let listen_text = raw.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+        let listen = listen_text.parse().map_err(|_| {
+            self.invalid(
+                "listen",
+                format!("{listen_text:?} is not an address:port such as 0.0.0.0:7443"),
+            )
+        })?;
+        for (key, value) in &raw.labels {
+            validate_label(key, value).map_err(|message| self.invalid("labels", message))?;
+        }
+        if let Some(url) = &raw.coordinator
+            && !(url.starts_with("https://"))
+        {
+            return Err(self.invalid("coordinator", format!("{url:?} must be an https:// URL")));
+        }
+        if raw.trust.coordinator_keys.is_empty() {
+            return Err(self.invalid(
+                "trust.coordinator_keys",
+                "must name at least one coordinator public key",
+            ));
+        }
+        let max_clock_skew = match raw.trust.max_clock_skew {
+            Some(text) => {
+                let skew = parse_duration(&text)
+                    .map_err(|error| self.invalid("trust.max_clock_skew", error.to_string()))?;
+                if skew > MAX_VALIDITY {
+                    return Err(self.invalid("trust.max_clock_skew", "must be at most 5m"));
+                }
+                skew
+            }
+            None => DEFAULT_CLOCK_SKEW,
+        };
+        Ok(AgentConfig {
+            id,
+            listen,
+            labels: raw.labels,
+            state_dir: self.resolve(
+                raw.state_dir
+                    .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
+            ),
+            coordinator: raw.coordinator,
+            tls: TlsPaths {
+                cert: self.resolve(raw.tls.cert),
+                key: self.resolve(raw.tls.key),
+                ca: self.resolve(raw.tls.ca),
+            },
+            coordinator_keys: raw
+                .trust
+                .coordinator_keys
+                .into_iter()
+                .map(|path| self.resolve(path))
+                .collect(),
+            max_clock_skew,
+            policy: self.validate_policy(raw.policy)?,
+        })
+    }
+
+    fn validate_policy(&self, raw: RawPolicy) -> Result<Policy, ConfigError> {
+        let mut policy = Policy::default();
+        if let Some(allow) = raw.allow {
+            policy.allow.clear();
+            for (index, name) in allow.iter().enumerate() {
+                let kind = name.parse::<FaultKind>().map_err(|message| {
+                    self.invalid(&format!("policy.allow[{index}]"), message)
+                })?;
+                policy.allow.insert(kind);
+            }
+        }
+        if let Some(text) = raw.max_duration {
+            policy.max_duration = parse_duration(&text)
+                .map_err(|error| self.invalid("policy.max_duration", error.to_string()))?;
+            if policy.max_duration.is_zero() {
+                return Err(self.invalid("policy.max_duration", "must be more than 0s"));
+            }
+        }
+        if let Some(names) = raw.protected_processes {
+            policy.protected_processes = names.into_iter().collect();
+        }
+        for (index, path) in raw.disk_paths.iter().enumerate() {
+            if !path.is_absolute() {
+                return Err(self.invalid(
+                    &format!("policy.disk_paths[{index}]"),
+                    format!("{} must be an absolute path", path.display()),
+                ));
+            }
+        }
+        policy.disk_paths = raw.disk_paths;
+        if let Some(value) = raw.max_disk_fill_percent {
+            policy.max_disk_fill_percent = self.percent("policy.max_disk_fill_percent", &value)?;
+        }
+        if let Some(value) = raw.max_memory_percent {
+            policy.max_memory_percent = self.percent("policy.max_memory_percent", &value)?;
+        }
+        Ok(policy)
+    }
+
+    /// Accepts `80` or `"80%"`.
+    fn percent(&self, key: &str, value: &toml::Value) -> Result<u8, ConfigError> {
+        let text = match value {
+            toml::Value::Integer(number) => number.to_string(),
+            toml::Value::String(text) => text.clone(),
+            other => other.to_string(),
+        };
+        parse_percent(&text).map_err(|error| self.invalid(key, error.to_string()))
+    }
+}
+
+/// Agent ids double as the DNS name in the agent's certificate, so they follow DNS rules.
+pub fn validate_agent_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > 253 {
+        return Err(format!("{id:?} must be 1 to 253 characters"));
+    }
+    for label in id.split('.') {
+        let valid = !label.is_empty()
+            && label.len() <= 63
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+        if !valid {
+            return Err(format!(
+                "{id:?} is not a DNS name (letters, digits, '-' and '.'), which the agent's certificate must name"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn validate_label(key: &str, value: &str) -> Result<(), String> {
+    let ok = |text: &str, allow_empty: bool| {
+        (allow_empty || !text.is_empty())
+            && text.len() <= 63
+            && text
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    };
+    let name = key.rsplit_once('/').map_or(key, |(_, name)| name);
+    if !ok(name, false) {
+        return Err(format!("label key {key:?} must be 1 to 63 of [A-Za-z0-9-_.]"));
+    }
+    if !ok(value, true) {
+        return Err(format!(
+            "label {key:?} has value {value:?}; values are at most 63 of [A-Za-z0-9-_.]"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+id = "web-1"
+[tls]
+cert = "web-1.pem"
+key = "web-1.key"
+ca = "/etc/troop/ca.pem"
+[trust]
+coordinator_keys = ["signing.pub"]
+"#;
+
+    fn parse(text: &str) -> Result<AgentConfig, ConfigError> {
+        AgentConfig::parse(text, Path::new("/etc/troop/agent.toml"))
+    }
+
+    #[test]
+    fn minimal_config_gets_safe_defaults() {
+        let config = parse(MINIMAL).unwrap();
+        assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(config.tls.cert, Path::new("/etc/troop/web-1.pem"));
+        assert_eq!(config.coordinator_keys, [Path::new("/etc/troop/signing.pub")]);
+        assert_eq!(config.max_clock_skew, DEFAULT_CLOCK_SKEW);
+        assert!(!config.policy.allow.contains(&FaultKind::StopHost));
+        assert!(config.policy.protected_processes.contains("sshd"));
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_the_file() {
+        let error = parse(&format!("{MINIMAL}\n[policy]\nalow = [\"kill\"]\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("/etc/troop/agent.toml"), "{error}");
+        assert!(error.contains("alow"), "{error}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let cases = [
+            ("listen = \"nowhere\"", "listen"),
+            ("[policy]\nallow = [\"kill\", \"nuke\"]", "policy.allow[1]"),
+            ("[policy]\nmax_duration = \"10\"", "policy.max_duration"),
+            ("[policy]\nmax_disk_fill_percent = 150", "policy.max_disk_fill_percent"),
+            ("[policy]\nmax_memory_percent = \"0%\"", "policy.max_memory_percent"),
+            ("[policy]\ndisk_paths = [\"tmp\"]", "policy.disk_paths[0]"),
+        ];
+        for (extra, key) in cases {
+            let text = if extra.starts_with('[') {
+                format!("{MINIMAL}\n{extra}\n")
+            } else {
+                format!("{extra}\n{MINIMAL}")
+            };
+            let error = parse(&text).unwrap_err().to_string();
+            assert!(error.contains(&format!("`{key}`")), "{key}: {error}");
+        }
+        let bad_id = parse(&MINIMAL.replace("web-1\"", "web_1!\"")).unwrap_err();
+        assert!(bad_id.to_string().contains("`id`"), "{bad_id}");
+    }
+
+    #[test]
+    fn policy_values_are_read() {
+        let config = parse(&format!(
+            "{MINIMAL}\n[policy]\nallow = [\"kill\", \"stop-host\"]\nmax_duration = \"10m\"\nprotected_processes = [\"postgres\"]\nmax_disk_fill_percent = \"90%\"\n"
+        ))
+        .unwrap();
+        assert!(config.policy.allow.contains(&FaultKind::StopHost));
+        assert!(!config.policy.allow.contains(&FaultKind::Cpu));
+        assert_eq!(config.policy.max_duration, Duration::from_secs(600));
+        assert!(!config.policy.protected_processes.contains("sshd"));
+        assert_eq!(config.policy.max_disk_fill_percent, 90);
+    }
+}

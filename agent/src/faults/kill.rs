@@ -1,0 +1,384 @@
+//! The kill fault: signal the processes that match, never the ones that keep the host or
+//! the agent alive.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use rand::Rng;
+use rand::seq::IndexedRandom;
+use regex::{Regex, RegexBuilder};
+use troop_proto::{Refusal, pb};
+
+use crate::host::process::{ProcessInfo, ProcessTable, SignalError};
+use crate::policy::Policy;
+
+/// Linux's highest real-time signal.
+const MAX_SIGNAL: i32 = 64;
+/// Patterns come from the network: bound what compiling one may cost.
+const MAX_PATTERN_LEN: usize = 1024;
+const PATTERN_SIZE_LIMIT: usize = 1 << 20;
+
+#[derive(Debug, Clone)]
+pub enum Target {
+    Name(String),
+    Exe(PathBuf),
+    Pattern(Regex),
+    Pid(i32),
+    User { uid: u32, name: String },
+}
+
+impl Target {
+    fn describe(&self) -> String {
+        match self {
+            Target::Name(name) => format!("name {name:?}"),
+            Target::Exe(path) => format!("exe {:?}", path.display().to_string()),
+            Target::Pattern(regex) => format!("cmdline pattern {:?}", regex.as_str()),
+            Target::Pid(pid) => format!("pid {pid}"),
+            Target::User { name, .. } => format!("user {name:?}"),
+        }
+    }
+
+    fn matches(&self, process: &ProcessInfo) -> bool {
+        match self {
+            Target::Name(name) => has_name(process, name),
+            Target::Exe(path) => process.exe.as_deref() == Some(path.as_path()),
+            Target::Pattern(regex) => regex.is_match(&process.cmdline.join(" ")),
+            Target::Pid(pid) => process.pid == *pid,
+            Target::User { uid, .. } => process.uid == *uid,
+        }
+    }
+}
+
+/// The kernel's name (`comm`) is cut at 15 bytes, so the exe's file name counts too.
+fn has_name(process: &ProcessInfo, name: &str) -> bool {
+    process.name == name
+        || process
+            .exe
+            .as_deref()
+            .and_then(Path::file_name)
+            .is_some_and(|file| file == name)
+}
+
+/// A validated kill.
+#[derive(Debug, Clone)]
+pub struct KillSpec {
+    pub target: Target,
+    pub signal: i32,
+    pub all_matches: bool,
+}
+
+impl KillSpec {
+    pub fn from_pb(kill: &pb::Kill) -> Result<Self, Refusal> {
+        let invalid = |message: String| Refusal::InvalidArgument(message);
+        if kill.repeat_every_ms != 0 {
+            return Err(Refusal::Unimplemented(
+                "kill with a repeat interval is not supported by this agent version".into(),
+            ));
+        }
+        let signal = match kill.signal {
+            0 => libc::SIGKILL,
+            signal if (1..=MAX_SIGNAL).contains(&signal) => signal,
+            signal => return Err(invalid(format!("signal {signal} is not 1 to {MAX_SIGNAL}"))),
+        };
+        use pb::process_match::By;
+        let by = kill
+            .target
+            .as_ref()
+            .and_then(|target| target.by.as_ref())
+            .ok_or_else(|| invalid("kill names no target process".into()))?;
+        let target = match by {
+            By::Name(name) if name.is_empty() => return Err(invalid("process name is empty".into())),
+            By::Name(name) => Target::Name(name.clone()),
+            By::Exe(path) if !path.starts_with('/') => {
+                return Err(invalid(format!("exe {path:?} must be an absolute path")));
+            }
+            By::Exe(path) => Target::Exe(PathBuf::from(path)),
+            By::CmdlinePattern(pattern) => Target::Pattern(compile_pattern(pattern)?),
+            By::Pid(pid) if *pid <= 0 => return Err(invalid(format!("pid {pid} is not positive"))),
+            By::Pid(pid) => Target::Pid(*pid),
+            By::User(user) => resolve_user(user)?,
+        };
+        Ok(Self {
+            target,
+            signal,
+            all_matches: kill.all_matches,
+        })
+    }
+
+    pub fn describe(&self) -> String {
+        self.target.describe()
+    }
+}
+
+fn compile_pattern(pattern: &str) -> Result<Regex, Refusal> {
+    if pattern.is_empty() || pattern.len() > MAX_PATTERN_LEN {
+        return Err(Refusal::InvalidArgument(format!(
+            "cmdline pattern must be 1 to {MAX_PATTERN_LEN} bytes"
+        )));
+    }
+    RegexBuilder::new(pattern)
+        .size_limit(PATTERN_SIZE_LIMIT)
+        .build()
+        .map_err(|error| Refusal::InvalidArgument(format!("cmdline pattern {pattern:?}: {error}")))
+}
+
+fn resolve_user(user: &str) -> Result<Target, Refusal> {
+    if let Ok(uid) = user.parse::<u32>() {
+        return Ok(Target::User {
+            uid,
+            name: user.to_string(),
+        });
+    }
+    match nix::unistd::User::from_name(user) {
+        Ok(Some(found)) => Ok(Target::User {
+            uid: found.uid.as_raw(),
+            name: user.to_string(),
+        }),
+        _ => Err(Refusal::InvalidArgument(format!(
+            "no user named {user:?} on this host"
+        ))),
+    }
+}
+
+/// Why a process may never be signalled, if it may not.
+fn protection(process: &ProcessInfo, agent: &AgentLineage, policy: &Policy) -> Option<String> {
+    let pid = process.pid;
+    if pid == 1 {
+        Some("pid 1 is the host's init".into())
+    } else if pid == agent.pid {
+        Some(format!("pid {pid} is the troop agent itself"))
+    } else if agent.ancestors.contains(&pid) {
+        Some(format!("pid {pid} ({}) is an ancestor of the troop agent", process.name))
+    } else if process.kernel_thread || process.ppid == 0 {
+        // Processes with ppid 0 other than init are the kernel's own (kthreadd).
+        Some(format!("pid {pid} ({}) is a kernel thread", process.name))
+    } else {
+        policy
+            .protected_processes
+            .iter()
+            .find(|name| has_name(process, name))
+            .map(|name| format!("process {name:?} is in policy.protected_processes"))
+    }
+}
+
+/// The agent and the processes above it, which a kill must never reach.
+#[derive(Debug, Clone)]
+pub struct AgentLineage {
+    pub pid: i32,
+    pub ancestors: HashSet<i32>,
+}
+
+impl AgentLineage {
+    pub fn of(pid: i32, processes: &[ProcessInfo]) -> Self {
+        let mut ancestors = HashSet::new();
+        let mut current = pid;
+        while let Some(process) = processes.iter().find(|p| p.pid == current) {
+            if process.ppid <= 0 || !ancestors.insert(process.ppid) {
+                break;
+            }
+            current = process.ppid;
+        }
+        Self { pid, ancestors }
+    }
+}
+
+/// Picks what to signal: every match or one at random, minus protected processes.
+pub fn choose_victims(
+    spec: &KillSpec,
+    processes: &[ProcessInfo],
+    agent: &AgentLineage,
+    policy: &Policy,
+    rng: &mut impl Rng,
+) -> Result<Vec<ProcessInfo>, Refusal> {
+    let mut candidates = Vec::new();
+    let mut protected = Vec::new();
+    for process in processes.iter().filter(|p| spec.target.matches(p)) {
+        match protection(process, agent, policy) {
+            Some(reason) => protected.push(reason),
+            None => candidates.push(process.clone()),
+        }
+    }
+    if candidates.is_empty() {
+        return Err(match protected.first() {
+            Some(reason) => Refusal::Policy(format!(
+                "no process matching {} may be signalled: {reason}",
+                spec.describe()
+            )),
+            None => Refusal::NotFound(format!("no process matches {}", spec.describe())),
+        });
+    }
+    if spec.all_matches {
+        Ok(candidates)
+    } else {
+        Ok(candidates.choose(rng).into_iter().cloned().collect())
+    }
+}
+
+/// Signals the chosen processes; a process that exited meanwhile is skipped, not an error,
+/// unless nothing at all could be signalled.
+pub fn apply(
+    spec: &KillSpec,
+    table: &dyn ProcessTable,
+    policy: &Policy,
+    rng: &mut impl Rng,
+) -> Result<Vec<pb::SignalledProcess>, Refusal> {
+    let processes = table
+        .list()
+        .map_err(|error| Refusal::Internal(format!("cannot list processes: {error}")))?;
+    let agent = AgentLineage::of(std::process::id() as i32, &processes);
+    let victims = choose_victims(spec, &processes, &agent, policy, rng)?;
+    let mut signalled = Vec::new();
+    let mut last_error = None;
+    for victim in victims {
+        match table.signal(&victim, spec.signal) {
+            Ok(()) => signalled.push(pb::SignalledProcess {
+                pid: victim.pid,
+                name: victim.name.clone(),
+                signal: spec.signal,
+            }),
+            Err(SignalError::Gone { pid }) => {
+                tracing::debug!(pid, "process exited before it was signalled")
+            }
+            Err(error) => last_error = Some(error),
+        }
+    }
+    match (signalled.is_empty(), last_error) {
+        (true, Some(error)) => Err(Refusal::Internal(error.to_string())),
+        (true, None) => Err(Refusal::NotFound(format!(
+            "every process matching {} exited before it was signalled",
+            spec.describe()
+        ))),
+        _ => Ok(signalled),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::process::FakeProcessTable;
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    fn process(pid: i32, ppid: i32, name: &str) -> ProcessInfo {
+        ProcessInfo {
+            pid,
+            ppid,
+            name: name.into(),
+            exe: Some(PathBuf::from(format!("/usr/bin/{name}"))),
+            cmdline: vec![name.into(), format!("--id={pid}")],
+            uid: 1000,
+            start_time: pid as u64 * 10,
+            kernel_thread: false,
+        }
+    }
+
+    fn host() -> Vec<ProcessInfo> {
+        let mut kthread = process(2, 0, "kthreadd");
+        kthread.kernel_thread = true;
+        kthread.exe = None;
+        vec![
+            process(1, 0, "init"),
+            kthread,
+            process(10, 1, "sshd"),
+            process(20, 1, "supervisor"),
+            process(30, 20, "troop-agent"),
+            process(40, 1, "nginx"),
+            process(41, 40, "nginx"),
+            process(42, 40, "nginx"),
+        ]
+    }
+
+    fn spec(by: pb::process_match::By, all_matches: bool) -> KillSpec {
+        KillSpec::from_pb(&pb::Kill {
+            target: Some(pb::ProcessMatch { by: Some(by) }),
+            signal: 0,
+            all_matches,
+            repeat_every_ms: 0,
+        })
+        .unwrap()
+    }
+
+    fn choose(spec: &KillSpec) -> Result<Vec<i32>, Refusal> {
+        let processes = host();
+        let agent = AgentLineage::of(30, &processes);
+        let mut rng = StdRng::seed_from_u64(1);
+        choose_victims(spec, &processes, &agent, &Policy::default(), &mut rng)
+            .map(|victims| victims.iter().map(|v| v.pid).collect())
+    }
+
+    use pb::process_match::By;
+
+    #[test]
+    fn all_matches_or_one_at_random() {
+        assert_eq!(choose(&spec(By::Name("nginx".into()), true)), Ok(vec![40, 41, 42]));
+        let one = choose(&spec(By::Name("nginx".into()), false)).unwrap();
+        assert_eq!(one.len(), 1);
+        assert!([40, 41, 42].contains(&one[0]));
+    }
+
+    #[test]
+    fn every_way_of_matching() {
+        assert_eq!(choose(&spec(By::Exe("/usr/bin/nginx".into()), true)), Ok(vec![40, 41, 42]));
+        assert_eq!(choose(&spec(By::CmdlinePattern("--id=4[12]$".into()), true)), Ok(vec![41, 42]));
+        assert_eq!(choose(&spec(By::Pid(41), true)), Ok(vec![41]));
+        // uid 1000 matches everything here; only the unprotected remain.
+        assert_eq!(choose(&spec(By::User("1000".into()), true)), Ok(vec![40, 41, 42]));
+    }
+
+    #[test]
+    fn lifelines_are_never_chosen() {
+        for (pid, reason) in [
+            (1, "init"),
+            (2, "kernel thread"),
+            (10, "policy.protected_processes"),
+            (20, "ancestor"),
+            (30, "agent itself"),
+        ] {
+            let refusal = choose(&spec(By::Pid(pid), true)).unwrap_err();
+            assert!(matches!(refusal, Refusal::Policy(_)), "{pid}: {refusal}");
+            assert!(refusal.to_string().contains(reason), "{pid}: {refusal}");
+        }
+    }
+
+    #[test]
+    fn no_match_says_what_was_looked_for() {
+        let refusal = choose(&spec(By::Name("postgres".into()), true)).unwrap_err();
+        assert_eq!(refusal, Refusal::NotFound("no process matches name \"postgres\"".into()));
+    }
+
+    #[test]
+    fn bad_parameters_are_refused() {
+        let kill = |by: Option<By>, signal: i32| pb::Kill {
+            target: Some(pb::ProcessMatch { by }),
+            signal,
+            all_matches: false,
+            repeat_every_ms: 0,
+        };
+        for (kill, needle) in [
+            (kill(Some(By::Pid(5)), 65), "signal 65"),
+            (kill(Some(By::Pid(5)), -9), "signal -9"),
+            (kill(None, 9), "no target"),
+            (kill(Some(By::Pid(0)), 9), "pid 0"),
+            (kill(Some(By::Name(String::new())), 9), "name is empty"),
+            (kill(Some(By::Exe("nginx".into())), 9), "absolute"),
+            (kill(Some(By::CmdlinePattern("(".into())), 9), "pattern"),
+            (kill(Some(By::User("no-such-user-troop".into())), 9), "no user"),
+        ] {
+            let refusal = KillSpec::from_pb(&kill).unwrap_err();
+            assert_eq!(refusal.code(), tonic::Code::InvalidArgument, "{refusal}");
+            assert!(refusal.to_string().contains(needle), "{needle}: {refusal}");
+        }
+    }
+
+    #[test]
+    fn apply_signals_through_the_table_and_skips_the_departed() {
+        let table = FakeProcessTable::new(host());
+        table.make_gone(41);
+        let mut rng = StdRng::seed_from_u64(1);
+        let spec = spec(By::Name("nginx".into()), true);
+        let signalled = apply(&spec, &table, &Policy::default(), &mut rng).unwrap();
+        let pids: Vec<i32> = signalled.iter().map(|s| s.pid).collect();
+        assert_eq!(pids, [40, 42]);
+        assert_eq!(table.signalled(), [(40, libc::SIGKILL), (42, libc::SIGKILL)]);
+    }
+}

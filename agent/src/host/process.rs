@@ -1,0 +1,281 @@
+//! Seeing and signalling processes.
+//!
+//! The Linux implementation reads `/proc` and signals through a pidfd: it opens the pidfd,
+//! then checks that the process still has the start time it had when it was matched. A
+//! pidfd names one process for good, so a pid reused in between is never signalled.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+/// What the agent knows about one process when matching it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessInfo {
+    pub pid: i32,
+    pub ppid: i32,
+    /// The kernel's name for it (`comm`, at most 15 bytes).
+    pub name: String,
+    pub exe: Option<PathBuf>,
+    pub cmdline: Vec<String>,
+    pub uid: u32,
+    /// Clock ticks after boot; with the pid, the process's identity.
+    pub start_time: u64,
+    pub kernel_thread: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SignalError {
+    #[error("process {pid} exited or its pid was reused before it could be signalled")]
+    Gone { pid: i32 },
+    #[error("signalling process {pid} failed")]
+    Failed {
+        pid: i32,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// The processes of the host the agent runs on.
+pub trait ProcessTable: Send + Sync {
+    fn list(&self) -> io::Result<Vec<ProcessInfo>>;
+    /// Sends `signal` to exactly the process `process` describes, never to a reused pid.
+    fn signal(&self, process: &ProcessInfo, signal: i32) -> Result<(), SignalError>;
+}
+
+/// `/proc` and pidfds.
+#[derive(Debug, Default)]
+pub struct LinuxProcessTable;
+
+/// `PF_KTHREAD` in the flags field of `/proc/PID/stat`.
+const PF_KTHREAD: u64 = 0x0020_0000;
+
+impl LinuxProcessTable {
+    fn read(pid: i32) -> Option<ProcessInfo> {
+        let dir = PathBuf::from(format!("/proc/{pid}"));
+        let stat = parse_stat(&fs::read_to_string(dir.join("stat")).ok()?)?;
+        let status = fs::read_to_string(dir.join("status")).ok()?;
+        let uid = status
+            .lines()
+            .find_map(|line| line.strip_prefix("Uid:"))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|uid| uid.parse().ok())?;
+        let cmdline = fs::read(dir.join("cmdline"))
+            .unwrap_or_default()
+            .split(|&byte| byte == 0)
+            .filter(|arg| !arg.is_empty())
+            .map(|arg| String::from_utf8_lossy(arg).into_owned())
+            .collect();
+        let exe = fs::read_link(dir.join("exe")).ok().map(|path| {
+            let text = path.to_string_lossy();
+            PathBuf::from(text.strip_suffix(" (deleted)").unwrap_or(&text))
+        });
+        Some(ProcessInfo {
+            pid,
+            ppid: stat.ppid,
+            name: stat.name,
+            exe,
+            cmdline,
+            uid,
+            start_time: stat.start_time,
+            kernel_thread: stat.flags & PF_KTHREAD != 0,
+        })
+    }
+}
+
+impl ProcessTable for LinuxProcessTable {
+    fn list(&self) -> io::Result<Vec<ProcessInfo>> {
+        let mut processes = Vec::new();
+        for entry in fs::read_dir("/proc")? {
+            let Some(pid) = entry?.file_name().to_str().and_then(|n| n.parse().ok()) else {
+                continue;
+            };
+            // A process may exit while we read it; it is simply not listed.
+            if let Some(info) = Self::read(pid) {
+                processes.push(info);
+            }
+        }
+        Ok(processes)
+    }
+
+    fn signal(&self, process: &ProcessInfo, signal: i32) -> Result<(), SignalError> {
+        let pid = process.pid;
+        let pidfd = pidfd::open(pid).map_err(|source| match source.raw_os_error() {
+            Some(libc::ESRCH) => SignalError::Gone { pid },
+            _ => SignalError::Failed { pid, source },
+        })?;
+        let now = fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|text| parse_stat(&text));
+        if now.map(|stat| stat.start_time) != Some(process.start_time) {
+            return Err(SignalError::Gone { pid });
+        }
+        pidfd::send_signal(&pidfd, signal).map_err(|source| match source.raw_os_error() {
+            Some(libc::ESRCH) => SignalError::Gone { pid },
+            _ => SignalError::Failed { pid, source },
+        })
+    }
+}
+
+struct Stat {
+    name: String,
+    ppid: i32,
+    flags: u64,
+    start_time: u64,
+}
+
+/// Parses `/proc/PID/stat`. The name sits in parentheses and may itself hold spaces or
+/// parentheses, so fields are counted from the last `)`.
+fn parse_stat(text: &str) -> Option<Stat> {
+    let open = text.find('(')?;
+    let close = text.rfind(')')?;
+    let name = text.get(open + 1..close)?.to_string();
+    let fields: Vec<&str> = text.get(close + 2..)?.split_whitespace().collect();
+    // fields[0] is field 3 (state) of proc(5).
+    Some(Stat {
+        name,
+        ppid: fields.get(1)?.parse().ok()?,
+        flags: fields.get(6)?.parse().ok()?,
+        start_time: fields.get(19)?.parse().ok()?,
+    })
+}
+
+#[allow(unsafe_code)]
+mod pidfd {
+    //! The two pidfd syscalls, which nix does not wrap.
+    use std::io;
+    use std::os::fd::{FromRawFd, OwnedFd};
+
+    pub fn open(pid: i32) -> io::Result<OwnedFd> {
+        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1; no memory
+        // is shared with the kernel.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the kernel just returned this fd to us and nothing else owns it.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    }
+
+    pub fn send_signal(pidfd: &OwnedFd, signal: i32) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a valid pidfd, a signal number, a null siginfo (the kernel fills in a
+        // default one) and no flags.
+        let result = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                pidfd.as_raw_fd(),
+                signal,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        if result < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+/// A process table for unit tests: a fixed list, and a record of every signal sent.
+#[derive(Debug, Default)]
+pub struct FakeProcessTable {
+    processes: Mutex<Vec<ProcessInfo>>,
+    signalled: Mutex<Vec<(i32, i32)>>,
+    fail_pids: Mutex<HashMap<i32, bool>>,
+}
+
+impl FakeProcessTable {
+    pub fn new(processes: Vec<ProcessInfo>) -> Self {
+        Self {
+            processes: Mutex::new(processes),
+            ..Self::default()
+        }
+    }
+
+    /// Makes signalling `pid` fail as if it had exited in the meantime.
+    pub fn make_gone(&self, pid: i32) {
+        self.fail_pids.lock().unwrap().insert(pid, true);
+    }
+
+    /// Every (pid, signal) sent so far.
+    pub fn signalled(&self) -> Vec<(i32, i32)> {
+        self.signalled.lock().unwrap().clone()
+    }
+}
+
+impl ProcessTable for FakeProcessTable {
+    fn list(&self) -> io::Result<Vec<ProcessInfo>> {
+        Ok(self.processes.lock().unwrap().clone())
+    }
+
+    fn signal(&self, process: &ProcessInfo, signal: i32) -> Result<(), SignalError> {
+        if self.fail_pids.lock().unwrap().contains_key(&process.pid) {
+            return Err(SignalError::Gone { pid: process.pid });
+        }
+        self.signalled.lock().unwrap().push((process.pid, signal));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    #[test]
+    fn stat_names_with_spaces_and_parentheses_parse() {
+        let mut text = String::from("42 (a) b)) S 7 42 42 0 -1 4194560");
+        for field in 10..=22 {
+            text.push_str(&format!(" {field}"));
+        }
+        let stat = parse_stat(&text).unwrap();
+        assert_eq!(stat.name, "a) b)");
+        assert_eq!(stat.ppid, 7);
+        assert_eq!(stat.flags, 4194560);
+        assert_eq!(stat.start_time, 22);
+    }
+
+    #[test]
+    fn lists_this_process_and_signals_its_own_child() {
+        let table = LinuxProcessTable;
+        let me = std::process::id() as i32;
+        let processes = table.list().unwrap();
+        let this = processes.iter().find(|p| p.pid == me).unwrap();
+        assert!(!this.kernel_thread);
+
+        let mut child = Command::new("sleep").arg("30").spawn().unwrap();
+        let pid = child.id() as i32;
+        // Until the child has called exec it still shows the test's own cmdline.
+        let mut info = LinuxProcessTable::read(pid).unwrap();
+        for _ in 0..200 {
+            if info.cmdline.first().map(String::as_str) == Some("sleep") {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            info = LinuxProcessTable::read(pid).unwrap();
+        }
+        assert_eq!(info.ppid, me);
+        assert_eq!(info.cmdline, ["sleep", "30"]);
+        table.signal(&info, libc::SIGKILL).unwrap();
+        let status = child.wait().unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(libc::SIGKILL));
+    }
+
+    #[test]
+    fn a_stale_identity_is_never_signalled() {
+        let table = LinuxProcessTable;
+        let mut child = Command::new("sleep").arg("30").spawn().unwrap();
+        let mut info = LinuxProcessTable::read(child.id() as i32).unwrap();
+        info.start_time += 1; // as if the pid now belonged to a newer process
+        assert!(matches!(
+            table.signal(&info, libc::SIGKILL),
+            Err(SignalError::Gone { .. })
+        ));
+        assert!(child.try_wait().unwrap().is_none(), "child must still run");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}

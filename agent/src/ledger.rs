@@ -1,0 +1,333 @@
+//! The command ledger: every command id the agent accepted, remembered for its validity
+//! window across restarts, with the outcome it got.
+//!
+//! On disk it is an append-only file of JSON lines in `state_dir`. A command's admission
+//! is appended and synced *before* it runs, so a crash can never let the same id run
+//! twice. Its outcome is appended after; if a crash loses it, a retry is told the outcome
+//! is unknown instead of running again. The file is compacted (temp file, fsync, rename)
+//! at start-up and when expired lines dominate.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+const FILE_NAME: &str = "commands.jsonl";
+const COMPACT_AFTER_LINES: usize = 4096;
+
+/// What a command got the first time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The encoded `Receipt`, hex.
+    Receipt(String),
+    Refused { code: i32, message: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Line {
+    id: String,
+    /// SHA-256 of the signed payload: tells an exact retry from a reused id.
+    digest: String,
+    until_unix_ms: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    outcome: Option<Outcome>,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    digest: String,
+    until_unix_ms: i64,
+    outcome: Option<Outcome>,
+}
+
+/// What the ledger says about a command about to run.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// First time: recorded durably; run it, then call [`Ledger::finish`].
+    New,
+    /// The exact same command ran before and got this.
+    Replay(Outcome),
+    /// The exact same command was admitted but its outcome is not (yet) known.
+    Pending,
+    /// Another command already used this id.
+    Conflict,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("command ledger {path}")]
+pub struct LedgerError {
+    path: PathBuf,
+    #[source]
+    source: io::Error,
+}
+
+#[derive(Debug)]
+pub struct Ledger {
+    path: PathBuf,
+    compact_after_lines: usize,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    file: File,
+    entries: HashMap<String, Entry>,
+    lines: usize,
+}
+
+pub fn digest(payload: &[u8]) -> String {
+    hex::encode(Sha256::digest(payload))
+}
+
+impl Ledger {
+    /// Opens the ledger in `state_dir`, forgetting what expired before `now_unix_ms`.
+    pub fn open(state_dir: &Path, now_unix_ms: i64) -> Result<Self, LedgerError> {
+        let path = state_dir.join(FILE_NAME);
+        let error = |source| LedgerError {
+            path: path.clone(),
+            source,
+        };
+        fs::create_dir_all(state_dir).map_err(error)?;
+        let entries = read_entries(&path).map_err(error)?;
+        let ledger = Self {
+            path: path.clone(),
+            compact_after_lines: COMPACT_AFTER_LINES,
+            inner: Mutex::new(Inner {
+                file: open_append(&path).map_err(error)?,
+                entries,
+                lines: 0,
+            }),
+        };
+        ledger.compact(now_unix_ms).map_err(error)?;
+        Ok(ledger)
+    }
+
+    /// Records a command before it runs, or says why it must not run.
+    pub fn admit(
+        &self,
+        id: &str,
+        digest: &str,
+        until_unix_ms: i64,
+        now_unix_ms: i64,
+    ) -> Result<Admission, LedgerError> {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = inner.entries.get(id)
+            && entry.until_unix_ms >= now_unix_ms
+        {
+            return Ok(if entry.digest != digest {
+                Admission::Conflict
+            } else {
+                entry
+                    .outcome
+                    .clone()
+                    .map_or(Admission::Pending, Admission::Replay)
+            });
+        }
+        let line = Line {
+            id: id.to_string(),
+            digest: digest.to_string(),
+            until_unix_ms,
+            outcome: None,
+        };
+        self.append(&mut inner, &line, true)?;
+        inner.entries.insert(
+            id.to_string(),
+            Entry {
+                digest: line.digest,
+                until_unix_ms,
+                outcome: None,
+            },
+        );
+        Ok(Admission::New)
+    }
+
+    /// Records what an admitted command got, for exact retries.
+    pub fn finish(&self, id: &str, outcome: Outcome, now_unix_ms: i64) -> Result<(), LedgerError> {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(entry) = inner.entries.get_mut(id) else {
+            return Ok(());
+        };
+        entry.outcome = Some(outcome.clone());
+        let line = Line {
+            id: id.to_string(),
+            digest: entry.digest.clone(),
+            until_unix_ms: entry.until_unix_ms,
+            outcome: Some(outcome),
+        };
+        // Not synced: losing it in a power cut makes a retry answer "unknown", never rerun.
+        self.append(&mut inner, &line, false)?;
+        let live = || {
+            inner
+                .entries
+                .values()
+                .filter(|entry| entry.until_unix_ms >= now_unix_ms)
+                .count()
+        };
+        if inner.lines > self.compact_after_lines && inner.lines > 2 * live() {
+            drop(inner);
+            self.compact(now_unix_ms).map_err(|source| self.error(source))?;
+        }
+        Ok(())
+    }
+
+    fn error(&self, source: io::Error) -> LedgerError {
+        LedgerError {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn append(&self, inner: &mut Inner, line: &Line, sync: bool) -> Result<(), LedgerError> {
+        let mut text = serde_json::to_string(line).map_err(|e| self.error(e.into()))?;
+        text.push('\n');
+        inner
+            .file
+            .write_all(text.as_bytes())
+            .and_then(|()| if sync { inner.file.sync_data() } else { Ok(()) })
+            .map_err(|source| self.error(source))?;
+        inner.lines += 1;
+        Ok(())
+    }
+
+    /// Rewrites the file with only the live entries, atomically.
+    fn compact(&self, now_unix_ms: i64) -> io::Result<()> {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.entries.retain(|_, entry| entry.until_unix_ms >= now_unix_ms);
+        let temp = self.path.with_extension("jsonl.tmp");
+        {
+            let mut file = File::create(&temp)?;
+            for (id, entry) in &inner.entries {
+                let line = Line {
+                    id: id.clone(),
+                    digest: entry.digest.clone(),
+                    until_unix_ms: entry.until_unix_ms,
+                    outcome: entry.outcome.clone(),
+                };
+                serde_json::to_writer(&mut file, &line)?;
+                file.write_all(b"\n")?;
+            }
+            file.sync_all()?;
+        }
+        fs::rename(&temp, &self.path)?;
+        if let Some(dir) = self.path.parent() {
+            File::open(dir)?.sync_all()?;
+        }
+        inner.file = open_append(&self.path)?;
+        inner.lines = inner.entries.len();
+        Ok(())
+    }
+}
+
+fn open_append(path: &Path) -> io::Result<File> {
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
+/// Later lines for an id complete earlier ones. A torn last line (a crash mid-write of an
+/// outcome) is skipped: its admission line before it still stands.
+fn read_entries(path: &Path) -> io::Result<HashMap<String, Entry>> {
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(HashMap::new()),
+        Err(error) => return Err(error),
+    };
+    let mut entries = HashMap::new();
+    for line in BufReader::new(file).lines() {
+        let Ok(line) = serde_json::from_str::<Line>(&line?) else {
+            tracing::warn!(path = %path.display(), "skipping an unreadable ledger line");
+            continue;
+        };
+        let entry = entries.entry(line.id).or_insert(Entry {
+            digest: line.digest.clone(),
+            until_unix_ms: line.until_unix_ms,
+            outcome: None,
+        });
+        if entry.digest == line.digest && line.outcome.is_some() {
+            entry.outcome = line.outcome;
+        }
+    }
+    Ok(entries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_000_000;
+
+    fn receipt() -> Outcome {
+        Outcome::Receipt("0a01".into())
+    }
+
+    #[test]
+    fn first_use_then_exact_replay_then_conflict() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(dir.path(), NOW).unwrap();
+        assert_eq!(ledger.admit("a", "d1", NOW + 10, NOW).unwrap(), Admission::New);
+        assert_eq!(ledger.admit("a", "d1", NOW + 10, NOW).unwrap(), Admission::Pending);
+        ledger.finish("a", receipt(), NOW).unwrap();
+        assert_eq!(
+            ledger.admit("a", "d1", NOW + 10, NOW).unwrap(),
+            Admission::Replay(receipt())
+        );
+        assert_eq!(ledger.admit("a", "d2", NOW + 10, NOW).unwrap(), Admission::Conflict);
+    }
+
+    #[test]
+    fn survives_a_restart_and_forgets_what_expired() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let ledger = Ledger::open(dir.path(), NOW).unwrap();
+            ledger.admit("done", "d", NOW + 100, NOW).unwrap();
+            ledger.finish("done", receipt(), NOW).unwrap();
+            ledger.admit("crashed", "d", NOW + 100, NOW).unwrap();
+            ledger.admit("old", "d", NOW + 1, NOW).unwrap();
+        }
+        let ledger = Ledger::open(dir.path(), NOW + 50).unwrap();
+        assert_eq!(
+            ledger.admit("done", "d", NOW + 100, NOW + 50).unwrap(),
+            Admission::Replay(receipt())
+        );
+        assert_eq!(
+            ledger.admit("crashed", "d", NOW + 100, NOW + 50).unwrap(),
+            Admission::Pending
+        );
+        assert_eq!(ledger.admit("old", "d", NOW + 100, NOW + 50).unwrap(), Admission::New);
+        let text = fs::read_to_string(dir.path().join(FILE_NAME)).unwrap();
+        assert!(!text.contains("\"old\",\"digest\":\"d\",\"until_unix_ms\":1000001"));
+    }
+
+    #[test]
+    fn a_torn_last_line_keeps_the_admission() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let ledger = Ledger::open(dir.path(), NOW).unwrap();
+            ledger.admit("a", "d", NOW + 100, NOW).unwrap();
+        }
+        let mut file = open_append(&dir.path().join(FILE_NAME)).unwrap();
+        file.write_all(b"{\"id\":\"a\",\"dig").unwrap();
+        let ledger = Ledger::open(dir.path(), NOW).unwrap();
+        assert_eq!(ledger.admit("a", "d", NOW + 100, NOW).unwrap(), Admission::Pending);
+    }
+
+    #[test]
+    fn compaction_keeps_the_file_small() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ledger = Ledger::open(dir.path(), NOW).unwrap();
+        ledger.compact_after_lines = 64;
+        for i in 0..256 {
+            let id = i.to_string();
+            ledger.admit(&id, "d", NOW + i, NOW + i).unwrap();
+            ledger.finish(&id, receipt(), NOW + i).unwrap();
+        }
+        let lines = fs::read_to_string(dir.path().join(FILE_NAME))
+            .unwrap()
+            .lines()
+            .count();
+        assert!(lines <= 64, "{lines} lines");
+    }
+}

@@ -1,0 +1,166 @@
+//! troop-agent: the daemon on every host.
+//!
+//! It listens for gRPC over mutual TLS ([`tls`]), verifies each signed command and checks
+//! binding, freshness and replay ([`service`], [`ledger`]), applies local [`policy`], and
+//! carries out faults ([`faults`]) through narrow host traits ([`host`]).
+//!
+//! Start reading at [`Agent::new`] and [`service::AgentService::execute`].
+#![deny(unsafe_code)]
+
+pub mod config;
+pub mod faults;
+pub mod host;
+pub mod inventory;
+pub mod ledger;
+pub mod policy;
+pub mod service;
+pub mod tls;
+pub mod units;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ed25519_dalek::VerifyingKey;
+use ed25519_dalek::pkcs8::DecodePublicKey;
+use tokio::net::TcpListener;
+use troop_proto::TrustedKeys;
+use troop_proto::pb::agent_server::AgentServer;
+
+use crate::config::AgentConfig;
+use crate::host::process::{LinuxProcessTable, ProcessTable};
+use crate::ledger::Ledger;
+use crate::service::{AgentService, GrpcAgent};
+
+/// Commands are small; anything larger is refused before it is decoded.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// HTTP/2 streams one coordinator connection may hold open at once.
+const MAX_CONCURRENT_STREAMS: u32 = 64;
+/// No request may hold the agent longer than this.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot read coordinator key {path}")]
+    Key {
+        path: PathBuf,
+        #[source]
+        source: ed25519_dalek::pkcs8::spki::Error,
+    },
+    #[error("cannot read coordinator key {path}")]
+    KeyFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("TLS identity")]
+    Tls(#[from] tls::TlsError),
+    #[error("state")]
+    Ledger(#[from] ledger::LedgerError),
+    #[error("gRPC server")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// Reads an SPKI PEM ("PUBLIC KEY") Ed25519 key.
+pub fn load_public_key(path: &std::path::Path) -> Result<VerifyingKey, StartError> {
+    let pem = std::fs::read_to_string(path).map_err(|source| StartError::KeyFile {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    VerifyingKey::from_public_key_pem(&pem).map_err(|source| StartError::Key {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// A fully loaded agent: keys, TLS identity and ledger read, ready to serve.
+pub struct Agent {
+    config: AgentConfig,
+    tls: Arc<rustls::ServerConfig>,
+    service: Arc<AgentService>,
+}
+
+impl Agent {
+    /// Loads everything the config points at; any problem is reported here, before
+    /// the agent listens (this is also what `troop-agent validate` runs).
+    pub fn new(config: AgentConfig) -> Result<Self, StartError> {
+        Self::with_process_table(config, Arc::new(LinuxProcessTable))
+    }
+
+    pub fn with_process_table(
+        config: AgentConfig,
+        processes: Arc<dyn ProcessTable>,
+    ) -> Result<Self, StartError> {
+        let keys = config
+            .coordinator_keys
+            .iter()
+            .map(|path| load_public_key(path))
+            .collect::<Result<Vec<_>, _>>()?;
+        let tls = tls::server_config(&config.tls)?;
+        let ledger = Ledger::open(&config.state_dir, service::now_unix_ms())?;
+        let service = Arc::new(AgentService {
+            id: config.id.clone(),
+            labels: config.labels.clone(),
+            trusted: TrustedKeys::new(keys),
+            max_clock_skew: config.max_clock_skew,
+            policy: config.policy.clone(),
+            ledger,
+            processes,
+        });
+        Ok(Self {
+            config,
+            tls,
+            service,
+        })
+    }
+
+    pub fn config(&self) -> &AgentConfig {
+        &self.config
+    }
+
+    /// Serves on `listener` until `shutdown` resolves.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), StartError> {
+        let address = listener.local_addr().ok();
+        tracing::info!(
+            agent_id = %self.config.id,
+            address = ?address,
+            trusted_keys = self.service.trusted.len(),
+            allow = ?self.config.policy.allow,
+            "agent listening"
+        );
+        let grpc = AgentServer::new(GrpcAgent(self.service))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        tonic::transport::Server::builder()
+            .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+            .http2_max_pending_accept_reset_streams(Some(32))
+            .http2_max_header_list_size(16 * 1024)
+            .timeout(REQUEST_TIMEOUT)
+            .add_service(grpc)
+            .serve_with_incoming_shutdown(tls::incoming(listener, self.tls), shutdown)
+            .await?;
+        tracing::info!("agent stopped");
+        Ok(())
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = match signal(SignalKind::terminate()) {
+        Ok(stream) => stream,
+        Err(error) => {
+            tracing::error!(%error, "cannot watch SIGTERM");
+            return std::future::pending().await;
+        }
+    };
+    tokio::select! {
+        _ = terminate.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
+    }
+}

@@ -1,0 +1,224 @@
+//! The gRPC service: every `Execute` goes signature → binding → freshness → replay →
+//! policy → fault, and every outcome is logged and remembered in the ledger.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prost::Message;
+use tonic::{Request, Response, Status};
+use troop_proto::pb::agent_server::Agent;
+use troop_proto::{Refusal, TrustedKeys, freshness, pb};
+
+use crate::faults::kill::{self, KillSpec};
+use crate::host::process::ProcessTable;
+use crate::ledger::{self, Admission, Ledger, Outcome};
+use crate::policy::{FaultKind, Policy};
+
+pub fn now_unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as i64)
+}
+
+/// Everything `Execute` and `Status` need; shared by every connection.
+pub struct AgentService {
+    pub(crate) id: String,
+    pub(crate) labels: BTreeMap<String, String>,
+    pub(crate) trusted: TrustedKeys,
+    pub(crate) max_clock_skew: Duration,
+    pub(crate) policy: Policy,
+    pub(crate) ledger: Ledger,
+    pub(crate) processes: Arc<dyn ProcessTable>,
+}
+
+impl AgentService {
+    /// The whole admission pipeline and the fault, synchronously (it reads /proc and
+    /// syncs the ledger, so callers run it off the async threads).
+    pub fn execute(&self, signed: &pb::SignedCommand) -> Result<pb::Receipt, Status> {
+        let command = self.trusted.verify(signed).inspect_err(|refusal| {
+            tracing::warn!(key_id = %printable(&signed.key_id), reason = %refusal, "refused command");
+        })?;
+        let id = command.command_id.clone();
+        let now = now_unix_ms();
+        if let Err(refusal) = freshness::check(&command, &self.id, now, self.max_clock_skew) {
+            tracing::warn!(command_id = %printable(&id), reason = %refusal, "refused command");
+            return Err(refusal.into());
+        }
+        if id.is_empty() || id.len() > 128 {
+            let refusal = Refusal::InvalidArgument("command_id must be 1 to 128 bytes".into());
+            tracing::warn!(reason = %refusal, "refused command");
+            return Err(refusal.into());
+        }
+        let until = freshness::remember_until_unix_ms(&command, self.max_clock_skew);
+        let admission = self
+            .ledger
+            .admit(&id, &ledger::digest(&signed.payload), until, now)
+            .map_err(|error| {
+                tracing::error!(command_id = %id, error = %error_chain(&error), "ledger write failed; command not run");
+                Status::unavailable("agent cannot record the command durably; nothing was run")
+            })?;
+        match admission {
+            Admission::New => {}
+            Admission::Replay(outcome) => {
+                tracing::info!(command_id = %id, "exact retry of a command: answering its first outcome, running nothing");
+                return replayed(outcome);
+            }
+            Admission::Pending => {
+                return Err(Status::aborted(format!(
+                    "command {id} was admitted before and its outcome is not known (still running, or lost in a restart); it will not run again"
+                )));
+            }
+            Admission::Conflict => {
+                let refusal = Refusal::ReusedCommandId { command_id: id };
+                tracing::warn!(reason = %refusal, "refused command");
+                return Err(refusal.into());
+            }
+        }
+        let result = self.carry_out(&command);
+        let outcome = match &result {
+            Ok(receipt) => {
+                tracing::info!(command_id = %id, summary = %receipt.summary, "accepted command");
+                Outcome::Receipt(hex::encode(receipt.encode_to_vec()))
+            }
+            Err(refusal) => {
+                tracing::warn!(command_id = %id, reason = %refusal, "refused command");
+                Outcome::Refused {
+                    code: refusal.code() as i32,
+                    message: refusal.to_string(),
+                }
+            }
+        };
+        if let Err(error) = self.ledger.finish(&id, outcome, now_unix_ms()) {
+            tracing::error!(command_id = %id, error = %error_chain(&error), "cannot record a command's outcome");
+        }
+        result.map_err(Status::from)
+    }
+
+    fn carry_out(&self, command: &pb::Command) -> Result<pb::Receipt, Refusal> {
+        use pb::command::Action;
+        let receipt = |summary: String| pb::Receipt {
+            command_id: command.command_id.clone(),
+            agent_id: self.id.clone(),
+            applied_at_unix_ms: now_unix_ms(),
+            summary,
+            ..pb::Receipt::default()
+        };
+        match &command.action {
+            None => Err(Refusal::InvalidArgument("command has no action".into())),
+            Some(Action::Start(start)) => self.start(start, receipt),
+            Some(Action::Abort(abort)) => Err(Refusal::NotFound(format!(
+                "no active fault {:?} on this agent",
+                abort.fault_id
+            ))),
+            Some(Action::AbortAll(_)) => Ok(receipt("no active faults to abort".into())),
+        }
+    }
+
+    fn start(
+        &self,
+        start: &pb::StartFault,
+        receipt: impl Fn(String) -> pb::Receipt,
+    ) -> Result<pb::Receipt, Refusal> {
+        use pb::start_fault::Fault;
+        let kind = match &start.fault {
+            None => return Err(Refusal::InvalidArgument("start names no fault".into())),
+            Some(Fault::Kill(_)) => FaultKind::Kill,
+            Some(Fault::Cpu(_)) => FaultKind::Cpu,
+            Some(Fault::Memory(_)) => FaultKind::Memory,
+            Some(Fault::Disk(_)) => FaultKind::Disk,
+            Some(Fault::StopHost(_)) => FaultKind::StopHost,
+        };
+        self.policy.check_allowed(kind)?;
+        self.policy
+            .check_duration(Duration::from_millis(start.duration_ms))?;
+        let Some(Fault::Kill(kill)) = &start.fault else {
+            return Err(Refusal::Unimplemented(format!(
+                "fault kind {kind} is not supported by this agent version"
+            )));
+        };
+        let spec = KillSpec::from_pb(kill)?;
+        let signalled = kill::apply(&spec, self.processes.as_ref(), &self.policy, &mut rand::rng())?;
+        let names: Vec<String> = signalled
+            .iter()
+            .map(|process| format!("{} ({})", process.pid, process.name))
+            .collect();
+        Ok(pb::Receipt {
+            signalled,
+            ..receipt(format!(
+                "sent signal {} to {}",
+                spec.signal,
+                names.join(", ")
+            ))
+        })
+    }
+
+    pub fn status(&self) -> pb::AgentStatus {
+        pb::AgentStatus {
+            agent_id: self.id.clone(),
+            labels: self.labels.clone().into_iter().collect(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            active_faults: Vec::new(),
+            inventory: Some(crate::inventory::collect()),
+        }
+    }
+}
+
+fn replayed(outcome: Outcome) -> Result<pb::Receipt, Status> {
+    match outcome {
+        Outcome::Receipt(hex_bytes) => hex::decode(hex_bytes)
+            .ok()
+            .and_then(|bytes| pb::Receipt::decode(bytes.as_slice()).ok())
+            .ok_or_else(|| Status::internal("stored receipt is unreadable")),
+        Outcome::Refused { code, message } => Err(Status::new(code.into(), message)),
+    }
+}
+
+/// Ids and key ids come from the network; keep them short and printable in logs.
+fn printable(text: &str) -> String {
+    text.chars()
+        .take(128)
+        .map(|c| if c.is_ascii_graphic() { c } else { '?' })
+        .collect()
+}
+
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// The tonic face of [`AgentService`].
+#[derive(Clone)]
+pub struct GrpcAgent(pub Arc<AgentService>);
+
+#[tonic::async_trait]
+impl Agent for GrpcAgent {
+    async fn execute(
+        &self,
+        request: Request<pb::SignedCommand>,
+    ) -> Result<Response<pb::Receipt>, Status> {
+        let service = self.0.clone();
+        let signed = request.into_inner();
+        tokio::task::spawn_blocking(move || service.execute(&signed))
+            .await
+            .map_err(|_| Status::internal("command task failed"))?
+            .map(Response::new)
+    }
+
+    async fn status(
+        &self,
+        _request: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::AgentStatus>, Status> {
+        let service = self.0.clone();
+        tokio::task::spawn_blocking(move || service.status())
+            .await
+            .map(Response::new)
+            .map_err(|_| Status::internal("status task failed"))
+    }
+}

@@ -1,0 +1,107 @@
+//! Every reason an agent refuses or fails a command, and the gRPC code each maps to.
+
+use tonic::{Code, Status};
+
+/// Why a command was not carried out. Messages name the problem and never key material.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum Refusal {
+    // Signature and key problems: UNAUTHENTICATED.
+    #[error("command has no key_id")]
+    MissingKeyId,
+    #[error("key_id {key_id} is not a trusted coordinator key")]
+    UnknownKey { key_id: String },
+    #[error("signature is {len} bytes, an Ed25519 signature is 64")]
+    MalformedSignature { len: usize },
+    #[error("signature does not verify under trusted key {key_id}")]
+    BadSignature { key_id: String },
+
+    // Binding, freshness, replay and policy: PERMISSION_DENIED.
+    #[error("command is addressed to agent {addressed_to:?}, this is agent {this_agent:?}")]
+    WrongAgent {
+        addressed_to: String,
+        this_agent: String,
+    },
+    #[error("command expired {ago_ms} ms ago")]
+    Expired { ago_ms: i64 },
+    #[error("command is issued {ahead_ms} ms in the future, past the allowed clock skew")]
+    IssuedInFuture { ahead_ms: i64 },
+    #[error("command validity window is {window_ms} ms, the maximum is 300000 ms")]
+    WindowTooLong { window_ms: u128 },
+    #[error(
+        "command expires ({expires_at_unix_ms}) before it is issued ({issued_at_unix_ms})"
+    )]
+    InvalidWindow {
+        issued_at_unix_ms: i64,
+        expires_at_unix_ms: i64,
+    },
+    #[error("command_id {command_id} was already used by a different command")]
+    ReusedCommandId { command_id: String },
+    #[error("refused by local policy: {0}")]
+    Policy(String),
+
+    // Bad parameters: INVALID_ARGUMENT.
+    #[error("payload is not a valid Command: {0}")]
+    MalformedPayload(prost::DecodeError),
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+
+    // Accepted, but the fault could not be carried out.
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Unimplemented(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl Refusal {
+    pub fn code(&self) -> Code {
+        use Refusal::*;
+        match self {
+            MissingKeyId | UnknownKey { .. } | MalformedSignature { .. } | BadSignature { .. } => {
+                Code::Unauthenticated
+            }
+            WrongAgent { .. }
+            | Expired { .. }
+            | IssuedInFuture { .. }
+            | WindowTooLong { .. }
+            | InvalidWindow { .. }
+            | ReusedCommandId { .. }
+            | Policy(_) => Code::PermissionDenied,
+            MalformedPayload(_) | InvalidArgument(_) => Code::InvalidArgument,
+            NotFound(_) => Code::NotFound,
+            Unimplemented(_) => Code::Unimplemented,
+            Internal(_) => Code::Internal,
+        }
+    }
+}
+
+impl From<Refusal> for Status {
+    fn from(refusal: Refusal) -> Self {
+        Status::new(refusal.code(), refusal.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_follow_the_contract() {
+        assert_eq!(Refusal::MissingKeyId.code(), Code::Unauthenticated);
+        assert_eq!(
+            Refusal::Expired { ago_ms: 1 }.code(),
+            Code::PermissionDenied
+        );
+        assert_eq!(Refusal::Policy("x".into()).code(), Code::PermissionDenied);
+        assert_eq!(
+            Refusal::InvalidArgument("x".into()).code(),
+            Code::InvalidArgument
+        );
+        let status = Status::from(Refusal::UnknownKey {
+            key_id: "abcd".into(),
+        });
+        assert_eq!(status.code(), Code::Unauthenticated);
+        assert!(status.message().contains("abcd"));
+    }
+}
