@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use troop_agent::config::{AgentConfig, DEFAULT_CONFIG_PATH};
-use troop_agent::{Agent, service::error_chain};
+use troop_agent::Agent;
+use troop_telemetry::error_chain;
 use troop_telemetry::LogFormat;
 
 /// troop's host agent: carries out signed chaos commands under this host's own policy.

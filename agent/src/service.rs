@@ -14,6 +14,7 @@ use crate::faults::kill::{self, KillSpec};
 use crate::host::process::ProcessTable;
 use crate::ledger::{self, Admission, Ledger, Outcome};
 use crate::policy::{FaultKind, Policy};
+use troop_telemetry::error_chain;
 
 pub fn now_unix_ms() -> i64 {
     SystemTime::now()
@@ -180,17 +181,6 @@ fn printable(text: &str) -> String {
         .take(128)
         .map(|c| if c.is_ascii_graphic() { c } else { '?' })
         .collect()
-}
-
-pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// The tonic face of [`AgentService`].

@@ -1,1 +1,22 @@
+//! troop-coordinator: the fleet side of troop, and the `troop` CLI.
+//!
+//! - [`config`]: `troop.toml` and the static fleet.
+//! - [`selector`] and [`picker`]: which agents a command goes to.
+//! - [`signer`]: commands built and Ed25519-signed.
+//! - [`client`] and [`dispatch`]: mutual-TLS channels to agents, many at once.
+//! - [`pki`]: the fleet CA, certificates and the signing key.
+//! - [`local_fleet`]: hosts made of PID namespaces on this machine, for the demo and tests.
+//!
+//! The binary (`src/main.rs`, `src/commands/`) turns these into the CLI.
+#![forbid(unsafe_code)]
 
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod dispatch;
+pub mod local_fleet;
+pub mod picker;
+pub mod pki;
+pub mod selector;
+pub mod signer;
+pub mod table;

@@ -1,1 +1,40 @@
-fn main() {}
+//! `troop`: parse args, set up telemetry, run one command, exit with its code.
+#![forbid(unsafe_code)]
+
+mod commands;
+mod report;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use troop_coordinator::cli::{Cli, Command};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // A CLI's stderr is for problems unless RUST_LOG asks for more.
+    let _telemetry = match troop_telemetry::init_with_default_filter("troop", cli.log_format, "warn") {
+        Ok(telemetry) => Some(telemetry),
+        Err(error) => {
+            eprintln!("troop: telemetry: {error:#}");
+            None
+        }
+    };
+    let result = match cli.command {
+        Command::Pki(command) => commands::pki::run(command, cli.output),
+        Command::InternalAgent { config } => commands::demo::run_agent(&config).await,
+        Command::InternalDemoService { name } => commands::demo::run_service(&name),
+        Command::Demo(args) => commands::demo::run(args, cli.output).await,
+        command => match commands::Context::load(cli.config.as_deref(), cli.output) {
+            Ok(context) => commands::run(context, command).await,
+            Err(error) => Err(error),
+        },
+    };
+    match result {
+        Ok(outcome) => outcome.exit_code(),
+        Err(error) => {
+            eprintln!("troop: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -192,7 +192,10 @@ pub fn choose_victims(
 ) -> Result<Vec<ProcessInfo>, Refusal> {
     let mut candidates = Vec::new();
     let mut protected = Vec::new();
-    for process in processes.iter().filter(|p| spec.target.matches(p)) {
+    for process in processes
+        .iter()
+        .filter(|p| !p.zombie && spec.target.matches(p))
+    {
         match protection(process, agent, policy) {
             Some(reason) => protected.push(reason),
             None => candidates.push(process.clone()),
@@ -269,6 +272,7 @@ mod tests {
             uid: 1000,
             start_time: pid as u64 * 10,
             kernel_thread: false,
+            zombie: false,
         }
     }
 
@@ -285,6 +289,10 @@ mod tests {
             process(40, 1, "nginx"),
             process(41, 40, "nginx"),
             process(42, 40, "nginx"),
+            ProcessInfo {
+                zombie: true,
+                ..process(43, 40, "nginx")
+            },
         ]
     }
 

@@ -23,6 +23,8 @@ pub struct ProcessInfo {
     /// Clock ticks after boot; with the pid, the process's identity.
     pub start_time: u64,
     pub kernel_thread: bool,
+    /// Exited but not yet reaped: signalling it would do nothing.
+    pub zombie: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +37,11 @@ pub enum SignalError {
         #[source]
         source: io::Error,
     },
+}
+
+/// Reads one process, `None` if it is gone.
+pub fn read_process(pid: i32) -> Option<ProcessInfo> {
+    LinuxProcessTable::read(pid)
 }
 
 /// The processes of the host the agent runs on.
@@ -80,6 +87,7 @@ impl LinuxProcessTable {
             uid,
             start_time: stat.start_time,
             kernel_thread: stat.flags & PF_KTHREAD != 0,
+            zombie: stat.state == 'Z',
         })
     }
 }
@@ -120,6 +128,7 @@ impl ProcessTable for LinuxProcessTable {
 
 struct Stat {
     name: String,
+    state: char,
     ppid: i32,
     flags: u64,
     start_time: u64,
@@ -135,6 +144,7 @@ fn parse_stat(text: &str) -> Option<Stat> {
     // fields[0] is field 3 (state) of proc(5).
     Some(Stat {
         name,
+        state: fields.first()?.chars().next()?,
         ppid: fields.get(1)?.parse().ok()?,
         flags: fields.get(6)?.parse().ok()?,
         start_time: fields.get(19)?.parse().ok()?,

@@ -1,0 +1,168 @@
+//! `troop agents`, `troop status` and `troop halt`: the fleet as it is, and stopping all.
+
+use serde_json::{Value, json};
+use troop_agent::units::format_size;
+use troop_coordinator::cli::Output;
+use troop_coordinator::config::AgentEntry;
+use troop_coordinator::dispatch::CallError;
+use troop_coordinator::selector::Selector;
+use troop_coordinator::table;
+use troop_proto::pb;
+
+use super::{Context, Outcome, attack};
+use crate::report;
+
+async fn statuses(
+    context: &Context,
+    selector: &Selector,
+) -> anyhow::Result<Vec<(AgentEntry, Result<pb::AgentStatus, CallError>)>> {
+    let agents = context.select(selector)?;
+    let work = agents.into_iter().map(|agent| (agent, ())).collect();
+    Ok(context
+        .dispatcher
+        .each(work, |mut client, ()| async move {
+            client.status(pb::StatusRequest {}).await
+        })
+        .await)
+}
+
+fn labels_text(agent: &AgentEntry) -> String {
+    agent
+        .labels
+        .iter()
+        .map(|(key, value)| format!("{key}={value}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn status_json(agent: &AgentEntry, result: &Result<pb::AgentStatus, CallError>) -> Value {
+    let mut value = json!({
+        "agent": agent.id,
+        "address": agent.address,
+        "labels": agent.labels,
+        "reachable": result.is_ok(),
+    });
+    match result {
+        Ok(status) => {
+            let inventory = status.inventory.clone().unwrap_or_default();
+            value["version"] = json!(status.version);
+            value["reported_labels"] = json!(status.labels);
+            value["inventory"] = json!({
+                "hostname": inventory.hostname,
+                "os": inventory.os,
+                "kernel": inventory.kernel,
+                "cpus": inventory.cpus,
+                "memory_total_bytes": inventory.memory_total_bytes,
+                "memory_available_bytes": inventory.memory_available_bytes,
+                "uptime_seconds": inventory.uptime_seconds,
+                "disks": inventory.disks.iter().map(|d| json!({
+                    "mount_point": d.mount_point, "filesystem": d.filesystem,
+                    "total_bytes": d.total_bytes, "available_bytes": d.available_bytes,
+                })).collect::<Vec<_>>(),
+            });
+            value["active_faults"] = json!(status.active_faults.iter().map(fault_json).collect::<Vec<_>>());
+        }
+        Err(error) => value["error"] = json!(error.to_string()),
+    }
+    value
+}
+
+fn fault_json(fault: &pb::ActiveFault) -> Value {
+    json!({
+        "fault_id": fault.fault_id,
+        "command_id": fault.command_id,
+        "kind": fault.kind,
+        "started_at_unix_ms": fault.started_at_unix_ms,
+        "ends_at_unix_ms": fault.ends_at_unix_ms,
+        "effect": fault.effect,
+    })
+}
+
+pub async fn agents(context: &Context, selector: &Selector) -> anyhow::Result<Outcome> {
+    let results = statuses(context, selector).await?;
+    match context.output {
+        Output::Json => {
+            let all: Vec<Value> = results.iter().map(|(a, r)| status_json(a, r)).collect();
+            println!("{}", json!({ "agents": all }));
+        }
+        Output::Table => {
+            let rows: Vec<Vec<String>> = results
+                .iter()
+                .map(|(agent, result)| match result {
+                    Ok(status) => {
+                        let inventory = status.inventory.clone().unwrap_or_default();
+                        vec![
+                            agent.id.clone(),
+                            agent.address.clone(),
+                            "yes".into(),
+                            labels_text(agent),
+                            format!(
+                                "{} cpu, {} mem, kernel {}",
+                                inventory.cpus,
+                                format_size(inventory.memory_total_bytes),
+                                inventory.kernel
+                            ),
+                            status.active_faults.len().to_string(),
+                        ]
+                    }
+                    Err(error) => vec![
+                        agent.id.clone(),
+                        agent.address.clone(),
+                        "NO".into(),
+                        labels_text(agent),
+                        error.to_string(),
+                        "-".into(),
+                    ],
+                })
+                .collect();
+            print!(
+                "{}",
+                table::render(&["AGENT", "ADDRESS", "REACHABLE", "LABELS", "HOST", "FAULTS"], &rows)
+            );
+        }
+    }
+    Ok(Outcome::from_all_ok(results.iter().all(|(_, r)| r.is_ok())))
+}
+
+pub async fn status(context: &Context, selector: &Selector) -> anyhow::Result<Outcome> {
+    let results = statuses(context, selector).await?;
+    match context.output {
+        Output::Json => {
+            let all: Vec<Value> = results.iter().map(|(a, r)| status_json(a, r)).collect();
+            println!("{}", json!({ "agents": all }));
+        }
+        Output::Table => {
+            let now = troop_coordinator::signer::now_unix_ms();
+            let mut rows = Vec::new();
+            for (agent, result) in &results {
+                match result {
+                    Ok(status) if status.active_faults.is_empty() => {
+                        rows.push(vec![agent.id.clone(), "-".into(), "no active faults".into(), String::new(), String::new()]);
+                    }
+                    Ok(status) => {
+                        for fault in &status.active_faults {
+                            let remaining = (fault.ends_at_unix_ms - now).max(0) / 1000;
+                            rows.push(vec![
+                                agent.id.clone(),
+                                fault.fault_id.clone(),
+                                fault.kind.clone(),
+                                format!("{remaining}s"),
+                                fault.effect.clone(),
+                            ]);
+                        }
+                    }
+                    Err(error) => rows.push(vec![agent.id.clone(), "-".into(), error.to_string(), String::new(), String::new()]),
+                }
+            }
+            print!("{}", table::render(&["AGENT", "FAULT", "KIND", "REMAINING", "EFFECT"], &rows));
+        }
+    }
+    Ok(Outcome::from_all_ok(results.iter().all(|(_, r)| r.is_ok())))
+}
+
+pub async fn halt(context: &Context, selector: &Selector) -> anyhow::Result<Outcome> {
+    let targets = context.select(selector)?;
+    let deliveries =
+        attack::send(context, &targets, pb::command::Action::AbortAll(pb::AbortAll {})).await?;
+    Ok(report::print_deliveries(context.output, &deliveries))
+}

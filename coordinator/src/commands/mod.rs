@@ -1,0 +1,94 @@
+//! The CLI's commands. Each returns an [`Outcome`] (exit 0 or 1) or an error (exit 2).
+
+pub mod attack;
+pub mod demo;
+pub mod fleet;
+pub mod pki;
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, bail};
+use troop_coordinator::cli::{Command, Output};
+use troop_coordinator::client::Dialer;
+use troop_coordinator::config::{AgentEntry, CoordinatorConfig};
+use troop_coordinator::dispatch::{DEFAULT_AGENT_TIMEOUT, Dispatcher};
+use troop_coordinator::selector::Selector;
+
+/// How a command that ran went, for the exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every target succeeded.
+    Success,
+    /// Some target failed, was refused or could not be reached.
+    Partial,
+}
+
+impl Outcome {
+    pub fn from_all_ok(all_ok: bool) -> Self {
+        if all_ok { Outcome::Success } else { Outcome::Partial }
+    }
+
+    pub fn exit_code(self) -> ExitCode {
+        match self {
+            Outcome::Success => ExitCode::SUCCESS,
+            Outcome::Partial => ExitCode::from(1),
+        }
+    }
+}
+
+/// What the fleet commands share: the config, a way to reach agents, the output format.
+pub struct Context {
+    pub config: CoordinatorConfig,
+    pub dispatcher: Dispatcher,
+    pub output: Output,
+}
+
+impl Context {
+    pub fn load(explicit: Option<&Path>, output: Output) -> anyhow::Result<Self> {
+        let path = CoordinatorConfig::locate(explicit)?;
+        let config = CoordinatorConfig::load(&path)?;
+        let dialer = Dialer::new(&config.tls, DEFAULT_AGENT_TIMEOUT)
+            .with_context(|| format!("config {}: [tls]", path.display()))?;
+        Ok(Self {
+            config,
+            dispatcher: Dispatcher::new(dialer),
+            output,
+        })
+    }
+
+    /// The agents a selector matches, sorted by id so that seeded picks repeat.
+    pub fn select(&self, selector: &Selector) -> anyhow::Result<Vec<AgentEntry>> {
+        let mut agents: Vec<AgentEntry> = self
+            .config
+            .agents
+            .iter()
+            .filter(|agent| selector.matches(&agent.labels))
+            .cloned()
+            .collect();
+        if agents.is_empty() {
+            if self.config.agents.is_empty() {
+                bail!(
+                    "config {} lists no agents ([[agents]] id, address, labels)",
+                    self.config.path.display()
+                );
+            }
+            bail!("no agent matches selector {:?}", selector.to_string());
+        }
+        agents.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(agents)
+    }
+}
+
+pub async fn run(context: Context, command: Command) -> anyhow::Result<Outcome> {
+    match command {
+        Command::Agents(args) => fleet::agents(&context, &args.selector).await,
+        Command::Status(args) => fleet::status(&context, &args.selector).await,
+        Command::Halt(args) => fleet::halt(&context, &args.selector).await,
+        Command::Attack(attack) => attack::run(&context, attack).await,
+        Command::Pki(_)
+        | Command::Demo(_)
+        | Command::InternalAgent { .. }
+        | Command::InternalDemoService { .. } => unreachable!("handled before loading config"),
+    }
+}

@@ -1,0 +1,31 @@
+//! `troop pki`: the fleet's CA, certificates and signing key.
+
+use std::path::PathBuf;
+
+use troop_coordinator::cli::{Output, PkiCommand};
+use troop_coordinator::pki;
+
+use super::Outcome;
+
+pub fn run(command: PkiCommand, output: Output) -> anyhow::Result<Outcome> {
+    let written: Vec<PathBuf> = match &command {
+        PkiCommand::Init { dir } => pki::init(dir)?,
+        PkiCommand::IssueAgent { dir, name, sans } => pki::issue_agent(dir, name, sans)?,
+    };
+    match output {
+        Output::Json => println!("{}", serde_json::json!({ "written": written })),
+        Output::Table => {
+            for path in &written {
+                println!("wrote {}", path.display());
+            }
+            if let PkiCommand::Init { dir } = &command {
+                println!(
+                    "\nNext: `troop pki issue-agent --dir {} --name AGENT_ID` for each host. \
+                     Keep ca.key and signing.key on the coordinator only.",
+                    dir.display()
+                );
+            }
+        }
+    }
+    Ok(Outcome::Success)
+}

@@ -1,0 +1,149 @@
+//! Hosts made on this machine: each one a PID namespace with its own /proc, holding an
+//! agent and the service processes it may attack. Used by `troop demo` and by tests.
+//!
+//! The namespace's pid 1 is a shell that starts the services and the agent. Dropping a
+//! [`LocalHost`] sends SIGKILL to the `unshare` process; `--kill-child` then ends the
+//! namespace's pid 1, and with it every process of the host.
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use troop_agent::host::process::{LinuxProcessTable, ProcessInfo, ProcessTable};
+
+/// One host: a PID namespace with an agent and some services.
+#[derive(Debug)]
+pub struct LocalHost {
+    pub name: String,
+    unshare: Child,
+}
+
+/// `'...'` quoting for a POSIX shell.
+fn shell_quote(arg: &OsString) -> String {
+    let text = String::from_utf8_lossy(arg.as_bytes());
+    format!("'{}'", text.replace('\'', r"'\''"))
+}
+
+fn shell_command(argv: &[OsString]) -> String {
+    argv.iter().map(shell_quote).collect::<Vec<_>>().join(" ")
+}
+
+impl LocalHost {
+    /// Starts `services` (each an argv) in the background and then `agent` in a new PID
+    /// namespace; the agent's output goes to `log`. As root the namespace is made
+    /// directly; otherwise inside a user namespace, where the kernel allows that.
+    pub fn start(
+        name: &str,
+        agent: &[OsString],
+        services: &[Vec<OsString>],
+        log: &Path,
+    ) -> io::Result<Self> {
+        let mut script = String::new();
+        for service in services {
+            script.push_str(&shell_command(service));
+            script.push_str(" &\n");
+        }
+        // Not `exec`: the shell stays pid 1 and reaps the services the agent kills.
+        script.push_str(&shell_command(agent));
+        script.push_str("\nwait\n");
+        let output = File::create(log)?;
+        let mut command = Command::new("unshare");
+        if !nix::unistd::geteuid().is_root() {
+            command.args(["--user", "--map-root-user"]);
+        }
+        command
+            .args(["--pid", "--fork", "--kill-child", "--mount-proc", "--", "sh", "-c"])
+            .arg(script)
+            .stdin(Stdio::null())
+            .stdout(output.try_clone()?)
+            .stderr(output);
+        let unshare = command.spawn()?;
+        Ok(Self {
+            name: name.to_string(),
+            unshare,
+        })
+    }
+
+    /// The namespace's pid 1 as this machine sees it, once it exists.
+    pub fn init_pid(&self) -> Option<i32> {
+        let parent = self.unshare.id() as i32;
+        LinuxProcessTable
+            .list()
+            .ok()?
+            .into_iter()
+            .find(|process| process.ppid == parent)
+            .map(|process| process.pid)
+    }
+
+    /// Every live process of the host, as this machine sees them.
+    pub fn processes(&self) -> Vec<ProcessInfo> {
+        let Some(init) = self.init_pid() else {
+            return Vec::new();
+        };
+        let all = LinuxProcessTable.list().unwrap_or_default();
+        let mut members = vec![init];
+        let mut found = Vec::new();
+        while let Some(parent) = members.pop() {
+            for process in all.iter().filter(|p| p.ppid == parent && !p.zombie) {
+                members.push(process.pid);
+                found.push(process.clone());
+            }
+        }
+        found
+    }
+
+    /// Live processes of the host with this name.
+    pub fn pids_named(&self, name: &str) -> Vec<i32> {
+        let mut pids: Vec<i32> = self
+            .processes()
+            .into_iter()
+            .filter(|process| process.name == name)
+            .map(|process| process.pid)
+            .collect();
+        pids.sort_unstable();
+        pids
+    }
+
+    /// Waits until the host runs `count` processes named `name`.
+    pub fn wait_for(&self, name: &str, count: usize, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.pids_named(name).len() == count {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// Ends the host and every process in it.
+    pub fn stop(&mut self) {
+        let _ = self.unshare.kill();
+        let _ = self.unshare.wait();
+    }
+}
+
+impl Drop for LocalHost {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A free loopback port, for an agent to listen on.
+pub fn free_port() -> io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_survives_quotes() {
+        assert_eq!(shell_quote(&OsString::from("it's")), r"'it'\''s'");
+    }
+}

@@ -1,0 +1,973 @@
+//! troop's built-in PKI: a fleet CA, the coordinator's client certificate,
+//! per-agent certificates, and the Ed25519 key that signs experiments.
+//!
+//! The file names written here are a contract other tools rely on:
+//! `ca.pem ca.key coordinator.pem coordinator.key signing.key signing.pub`
+//! from [`init`], and `<name>.pem <name>.key` from [`issue_agent`].
+
+use std::fs::{self, DirBuilder, OpenOptions};
+use std::io::{self, Write};
+use std::net::IpAddr;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
+use ed25519_dalek::pkcs8::{
+    DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, KeypairBytes,
+};
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use rand::TryRngCore;
+use rand::rngs::OsRng;
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PublicKeyData, SanType, SerialNumber,
+};
+use rustls::RootCertStore;
+use rustls::client::danger::ServerCertVerifier;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, DnsName, ServerName, UnixTime};
+
+/// File name of the fleet CA certificate.
+pub const CA_CERT: &str = "ca.pem";
+/// File name of the fleet CA private key.
+pub const CA_KEY: &str = "ca.key";
+/// File name of the coordinator's client certificate.
+pub const COORDINATOR_CERT: &str = "coordinator.pem";
+/// File name of the coordinator's client private key.
+pub const COORDINATOR_KEY: &str = "coordinator.key";
+/// File name of the Ed25519 experiment-signing private key (PKCS#8 PEM).
+pub const SIGNING_KEY: &str = "signing.key";
+/// File name of the Ed25519 experiment-signing public key (SPKI PEM).
+pub const SIGNING_PUB: &str = "signing.pub";
+/// Common name and DNS SAN of the coordinator's client certificate.
+pub const COORDINATOR_NAME: &str = "troop-coordinator";
+
+/// Common name of the fleet CA; issued certificates name it as their issuer.
+const CA_COMMON_NAME: &str = "troop fleet CA";
+/// Agent names that would overwrite the PKI's own files.
+const RESERVED_NAMES: [&str; 3] = ["ca", "coordinator", "signing"];
+const CA_VALIDITY_DAYS: u64 = 3652;
+/// 825 days is the longest leaf lifetime Apple's TLS stack (and many others) accept.
+const LEAF_VALIDITY_DAYS: u64 = 825;
+/// Backdating absorbs small clock differences between the coordinator and agents.
+const CLOCK_SKEW: Duration = Duration::from_secs(300);
+const KEY_MODE: u32 = 0o600;
+const CERT_MODE: u32 = 0o644;
+
+/// Everything that can go wrong creating, issuing or loading troop's keys and certificates.
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    /// A file the PKI would write is already there.
+    #[error("{} already exists; refusing to overwrite it", path.display())]
+    Exists {
+        /// The existing file.
+        path: PathBuf,
+    },
+    /// Reading, writing or creating a file or directory failed.
+    #[error("{action} {}", path.display())]
+    Io {
+        /// What was being done, e.g. "cannot read".
+        action: &'static str,
+        /// The file or directory involved.
+        path: PathBuf,
+        /// The underlying I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// The agent name cannot be used as a certificate name.
+    #[error("invalid agent name {name:?}: {reason}")]
+    InvalidName {
+        /// The rejected name.
+        name: String,
+        /// Why it was rejected.
+        reason: String,
+    },
+    /// A `--san` value is neither an IP address nor a valid DNS name.
+    #[error("invalid subject alternative name {san:?}: {reason}")]
+    InvalidSan {
+        /// The rejected SAN.
+        san: String,
+        /// Why it was rejected.
+        reason: String,
+    },
+    /// Generating a key or certificate failed.
+    #[error("cannot generate {what}")]
+    Generate {
+        /// What was being generated.
+        what: String,
+        /// The underlying rcgen error.
+        #[source]
+        source: rcgen::Error,
+    },
+    /// Getting random bytes from the operating system failed.
+    #[error("cannot get random bytes from the operating system")]
+    Random(#[source] rand::rand_core::OsError),
+    /// A PEM file did not hold what was expected.
+    #[error("{}: {reason}", path.display())]
+    Malformed {
+        /// The offending file.
+        path: PathBuf,
+        /// What was wrong with it (never the key material itself).
+        reason: String,
+    },
+    /// An Ed25519 private key file could not be decoded.
+    #[error("{}: not an Ed25519 PKCS#8 PEM private key", path.display())]
+    SigningKey {
+        /// The offending file.
+        path: PathBuf,
+        /// The decoder's error.
+        #[source]
+        source: ed25519_dalek::pkcs8::Error,
+    },
+    /// An Ed25519 public key file could not be decoded.
+    #[error("{}: not an Ed25519 SPKI PEM public key", path.display())]
+    VerifyingKey {
+        /// The offending file.
+        path: PathBuf,
+        /// The decoder's error.
+        #[source]
+        source: ed25519_dalek::pkcs8::spki::Error,
+    },
+    /// Serialising an Ed25519 key to PEM failed.
+    #[error("cannot encode the {what} as PEM")]
+    Encode {
+        /// Which key was being encoded.
+        what: &'static str,
+    },
+    /// `ca.key` is not the private key of `ca.pem`.
+    #[error("{} does not hold the private key of {}", key.display(), cert.display())]
+    CaKeyMismatch {
+        /// The CA certificate.
+        cert: PathBuf,
+        /// The CA private key.
+        key: PathBuf,
+    },
+    /// A freshly issued certificate failed verification against the CA.
+    #[error(
+        "certificate for {name:?} does not verify against {} (was it created by `troop pki init`?)",
+        ca.display()
+    )]
+    Verify {
+        /// The name the certificate was issued for.
+        name: String,
+        /// The CA certificate it was checked against.
+        ca: PathBuf,
+        /// The verifier's error.
+        #[source]
+        source: rustls::Error,
+    },
+}
+
+/// Creates `dir` (mode 0700 if new) and writes a new CA, the coordinator's
+/// client certificate and the experiment-signing key pair into it.
+pub fn init(dir: &Path) -> Result<Vec<PathBuf>, PkiError> {
+    ensure_dir(dir)?;
+    // Check before generating anything so a second `init` fails fast and clearly.
+    for name in [
+        CA_CERT,
+        CA_KEY,
+        COORDINATOR_CERT,
+        COORDINATOR_KEY,
+        SIGNING_KEY,
+        SIGNING_PUB,
+    ] {
+        refuse_existing(&dir.join(name))?;
+    }
+
+    let ca_key = generate_key("the CA key")?;
+    let ca_params = ca_params()?;
+    let ca_cert = ca_params
+        .self_signed(&ca_key)
+        .map_err(generate_err("the CA certificate"))?;
+    let issuer = Issuer::new(ca_params, &ca_key);
+
+    let coord_key = generate_key("the coordinator key")?;
+    let coord_params = leaf_params(
+        COORDINATOR_NAME,
+        &[],
+        vec![ExtendedKeyUsagePurpose::ClientAuth],
+    )?;
+    let coord_cert = coord_params
+        .signed_by(&coord_key, &issuer)
+        .map_err(generate_err("the coordinator certificate"))?;
+
+    let signing = generate_signing_key()?;
+    // PKCS#8 v1 (no embedded public key): OpenSSL 3.0 cannot read the v2 form
+    // ed25519-dalek writes by default.
+    let signing_pem = KeypairBytes {
+        secret_key: signing.to_bytes(),
+        public_key: None,
+    }
+    .to_pkcs8_pem(LineEnding::LF)
+    .map_err(|_| PkiError::Encode {
+        what: "signing key",
+    })?;
+    let signing_pub = signing
+        .verifying_key()
+        .to_public_key_pem(LineEnding::LF)
+        .map_err(|_| PkiError::Encode {
+            what: "signing public key",
+        })?;
+
+    write_files(
+        dir,
+        &[
+            (CA_CERT, ca_cert.pem().as_bytes(), CERT_MODE),
+            (CA_KEY, ca_key.serialize_pem().as_bytes(), KEY_MODE),
+            (COORDINATOR_CERT, coord_cert.pem().as_bytes(), CERT_MODE),
+            (
+                COORDINATOR_KEY,
+                coord_key.serialize_pem().as_bytes(),
+                KEY_MODE,
+            ),
+            (SIGNING_KEY, signing_pem.as_bytes(), KEY_MODE),
+            (SIGNING_PUB, signing_pub.as_bytes(), CERT_MODE),
+        ],
+    )
+}
+
+/// Issues `<name>.pem` and `<name>.key` in `dir`, signed by the CA there,
+/// valid as both TLS server and client certificate for `name` and `sans`.
+pub fn issue_agent(dir: &Path, name: &str, sans: &[String]) -> Result<Vec<PathBuf>, PkiError> {
+    validate_agent_name(name)?;
+    let cert_file = format!("{name}.pem");
+    let key_file = format!("{name}.key");
+    refuse_existing(&dir.join(&cert_file))?;
+    refuse_existing(&dir.join(&key_file))?;
+
+    let ca_cert_path = dir.join(CA_CERT);
+    let ca_key_path = dir.join(CA_KEY);
+    let ca_der = read_ca_cert(&ca_cert_path)?;
+    let ca_key_pem = read_to_string(&ca_key_path)?;
+    let ca_key = KeyPair::from_pem(&ca_key_pem).map_err(|e| PkiError::Malformed {
+        path: ca_key_path.clone(),
+        reason: format!("not a PKCS#8 PEM private key ({e})"),
+    })?;
+    let roots = ca_roots(&ca_cert_path, &ca_der)?;
+    // A mismatched pair would sign certificates nobody can verify; say so plainly.
+    if !spki_matches(&roots, &ca_key) {
+        return Err(PkiError::CaKeyMismatch {
+            cert: ca_cert_path,
+            key: ca_key_path,
+        });
+    }
+
+    // rcgen cannot parse ca.pem without x509-parser, so rebuild the issuer from the
+    // same parameters `init` used; the verification below catches any mismatch.
+    let issuer = Issuer::new(ca_params()?, &ca_key);
+    let key = generate_key("the agent key")?;
+    let params = leaf_params(
+        name,
+        sans,
+        vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ],
+    )?;
+    let cert = params
+        .signed_by(&key, &issuer)
+        .map_err(generate_err("the agent certificate"))?;
+    verify_agent_cert(roots, cert.der(), name).map_err(|source| PkiError::Verify {
+        name: name.to_owned(),
+        ca: ca_cert_path,
+        source,
+    })?;
+
+    write_files(
+        dir,
+        &[
+            (&cert_file, cert.pem().as_bytes(), CERT_MODE),
+            (&key_file, key.serialize_pem().as_bytes(), KEY_MODE),
+        ],
+    )
+}
+
+/// Loads an Ed25519 private key from a PKCS#8 PEM file.
+pub fn load_signing_key(path: &Path) -> Result<SigningKey, PkiError> {
+    let pem = read_to_string(path)?;
+    SigningKey::from_pkcs8_pem(&pem).map_err(|source| PkiError::SigningKey {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Loads an Ed25519 public key from an SPKI PEM file.
+pub fn load_verifying_key(path: &Path) -> Result<VerifyingKey, PkiError> {
+    let pem = read_to_string(path)?;
+    VerifyingKey::from_public_key_pem(&pem).map_err(|source| PkiError::VerifyingKey {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Checks that `name` can be an agent id, a file stem and a DNS name the
+/// coordinator verifies the agent's certificate against.
+fn validate_agent_name(name: &str) -> Result<(), PkiError> {
+    let invalid = |reason: &str| PkiError::InvalidName {
+        name: name.to_owned(),
+        reason: reason.to_owned(),
+    };
+    check_dns_name(name, false).map_err(|r| invalid(&r))?;
+    // `<name>.key` must fit in one path component (NAME_MAX is 255 on Linux and macOS).
+    if name.len() + ".key".len() > 255 {
+        return Err(invalid(&format!(
+            "{} characters is too long for the file name {name}.key; at most 251",
+            name.len()
+        )));
+    }
+    if RESERVED_NAMES.iter().any(|r| r.eq_ignore_ascii_case(name)) {
+        return Err(invalid(
+            "reserved: its files would collide with the PKI's own (ca, coordinator, signing)",
+        ));
+    }
+    Ok(())
+}
+
+/// Validates a DNS name by the rules webpki applies, with a reason for each failure.
+fn check_dns_name(name: &str, allow_wildcard: bool) -> Result<(), String> {
+    if name.is_empty() || name.len() > 253 {
+        return Err(format!(
+            "must be 1 to 253 characters long, not {}",
+            name.len()
+        ));
+    }
+    if name.parse::<IpAddr>().is_ok() {
+        return Err("looks like an IP address, not a DNS name".into());
+    }
+    for (i, label) in name.split('.').enumerate() {
+        if allow_wildcard && i == 0 && label == "*" {
+            continue;
+        }
+        if label.is_empty() {
+            return Err("has an empty label (leading, trailing or doubled '.')".into());
+        }
+        if label.len() > 63 {
+            return Err(format!("label {label:?} is longer than 63 characters"));
+        }
+        if let Some(c) = label
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || *c == '-'))
+        {
+            return Err(format!(
+                "contains {c:?}; only letters, digits, '-' and '.' are allowed"
+            ));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err(format!("label {label:?} starts or ends with '-'"));
+        }
+    }
+    // webpki also rejects names whose last label is numeric; catch whatever else it would.
+    let plain = name
+        .strip_prefix("*.")
+        .filter(|_| allow_wildcard)
+        .unwrap_or(name);
+    if DnsName::try_from(plain).is_err() {
+        return Err("is not a DNS name TLS libraries accept (is the last label numeric?)".into());
+    }
+    Ok(())
+}
+
+/// The CA's parameters; `issue_agent` rebuilds them, so they must be deterministic
+/// apart from serial and validity, which do not affect issuing.
+fn ca_params() -> Result<CertificateParams, PkiError> {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = common_name(CA_COMMON_NAME);
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    params.serial_number = Some(random_serial()?);
+    set_validity(&mut params, CA_VALIDITY_DAYS);
+    Ok(params)
+}
+
+fn leaf_params(
+    name: &str,
+    sans: &[String],
+    ekus: Vec<ExtendedKeyUsagePurpose>,
+) -> Result<CertificateParams, PkiError> {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = common_name(name);
+    params.subject_alt_names = std::iter::once(dns_san(name))
+        .chain(sans.iter().map(|s| parse_san(s)))
+        .collect::<Result<_, _>>()?;
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = ekus;
+    // Lets OpenSSL-based tools pick the right issuer key when building chains.
+    params.use_authority_key_identifier_extension = true;
+    params.serial_number = Some(random_serial()?);
+    set_validity(&mut params, LEAF_VALIDITY_DAYS);
+    Ok(params)
+}
+
+fn common_name(cn: &str) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, cn);
+    dn
+}
+
+fn dns_san(name: &str) -> Result<SanType, PkiError> {
+    let ia5 = name
+        .try_into()
+        .map_err(|e: rcgen::Error| PkiError::InvalidSan {
+            san: name.to_owned(),
+            reason: e.to_string(),
+        })?;
+    Ok(SanType::DnsName(ia5))
+}
+
+/// An `--san` is an IP address if it parses as one, else a DNS name (wildcards allowed).
+fn parse_san(san: &str) -> Result<SanType, PkiError> {
+    if let Ok(ip) = san.parse::<IpAddr>() {
+        return Ok(SanType::IpAddress(ip));
+    }
+    check_dns_name(san, true).map_err(|reason| PkiError::InvalidSan {
+        san: san.to_owned(),
+        reason,
+    })?;
+    dns_san(san)
+}
+
+/// Sets `not_before` slightly in the past and `not_after` `days` later.
+fn set_validity(params: &mut CertificateParams, days: u64) {
+    // Before 1970 the clock is broken anyway; fall back to the epoch rather than fail.
+    let since_epoch = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .saturating_sub(CLOCK_SKEW);
+    params.not_before = rcgen::date_time_ymd(1970, 1, 1) + since_epoch;
+    params.not_after = params.not_before + Duration::from_secs(days * 86_400);
+}
+
+/// A random positive 128-bit serial, so re-issued certificates never share one.
+fn random_serial() -> Result<SerialNumber, PkiError> {
+    let mut bytes = [0u8; 16];
+    OsRng.try_fill_bytes(&mut bytes).map_err(PkiError::Random)?;
+    // Clear the sign bit and keep the top byte non-zero: DER wants a positive, minimal integer.
+    bytes[0] = (bytes[0] & 0x7f) | 0x01;
+    Ok(SerialNumber::from_slice(&bytes))
+}
+
+fn generate_key(what: &str) -> Result<KeyPair, PkiError> {
+    KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(generate_err(what))
+}
+
+fn generate_signing_key() -> Result<SigningKey, PkiError> {
+    // ed25519-dalek 2 wants rand_core 0.6, so draw the seed from rand 0.9's OsRng ourselves.
+    let mut secret = [0u8; 32];
+    OsRng
+        .try_fill_bytes(&mut secret)
+        .map_err(PkiError::Random)?;
+    let key = SigningKey::from_bytes(&secret);
+    secret.fill(0);
+    Ok(key)
+}
+
+fn generate_err(what: &str) -> impl FnOnce(rcgen::Error) -> PkiError + '_ {
+    move |source| PkiError::Generate {
+        what: what.to_owned(),
+        source,
+    }
+}
+
+fn read_ca_cert(path: &Path) -> Result<CertificateDer<'static>, PkiError> {
+    let pem = fs::read(path).map_err(io_err("cannot read", path))?;
+    CertificateDer::from_pem_slice(&pem).map_err(|e| PkiError::Malformed {
+        path: path.to_owned(),
+        reason: format!("no PEM certificate found ({e})"),
+    })
+}
+
+fn ca_roots(path: &Path, ca_der: &CertificateDer<'_>) -> Result<RootCertStore, PkiError> {
+    let mut roots = RootCertStore::empty();
+    roots.add(ca_der.clone()).map_err(|e| PkiError::Malformed {
+        path: path.to_owned(),
+        reason: format!("not a usable CA certificate ({e})"),
+    })?;
+    Ok(roots)
+}
+
+/// Whether the CA certificate carries `key`'s public key.
+fn spki_matches(roots: &RootCertStore, key: &KeyPair) -> bool {
+    // webpki keeps the SPKI without its outer SEQUENCE header; rcgen emits the whole thing.
+    let full = key.subject_public_key_info();
+    roots.roots.iter().any(|anchor| {
+        let inner = anchor.subject_public_key_info.as_ref();
+        full.len() > inner.len() && full.ends_with(inner)
+    })
+}
+
+/// Checks the new certificate as rustls will: as a server cert for `name` and as a client cert.
+fn verify_agent_cert(
+    roots: RootCertStore,
+    cert: &CertificateDer<'_>,
+    name: &str,
+) -> Result<(), rustls::Error> {
+    let roots = Arc::new(roots);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let now = UnixTime::now();
+    let server_name =
+        ServerName::try_from(name.to_owned()).map_err(|e| rustls::Error::General(e.to_string()))?;
+    let verifier_err =
+        |e: rustls::server::VerifierBuilderError| rustls::Error::General(e.to_string());
+    rustls::client::WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
+        .build()
+        .map_err(verifier_err)?
+        .verify_server_cert(cert, &[], &server_name, &[], now)?;
+    rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider)
+        .build()
+        .map_err(verifier_err)?
+        .verify_client_cert(cert, &[], now)?;
+    Ok(())
+}
+
+fn ensure_dir(dir: &Path) -> Result<(), PkiError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io_err("cannot create directory", dir))
+}
+
+fn refuse_existing(path: &Path) -> Result<(), PkiError> {
+    // symlink_metadata so a dangling symlink also counts as "there".
+    match fs::symlink_metadata(path) {
+        Ok(_) => Err(PkiError::Exists {
+            path: path.to_owned(),
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err("cannot check", path)(e)),
+    }
+}
+
+/// Writes every file or none: on failure the ones already written are removed again.
+fn write_files(dir: &Path, files: &[(&str, &[u8], u32)]) -> Result<Vec<PathBuf>, PkiError> {
+    let mut written = Vec::with_capacity(files.len());
+    for (name, contents, mode) in files {
+        let path = dir.join(name);
+        if let Err(e) = write_new(&path, contents, *mode) {
+            for done in &written {
+                let _ = fs::remove_file(done);
+            }
+            return Err(e);
+        }
+        written.push(path);
+    }
+    Ok(written)
+}
+
+fn write_new(path: &Path, contents: &[u8], mode: u32) -> Result<(), PkiError> {
+    // create_new + mode: the file never exists with looser permissions, and a
+    // file that appeared since our check is not clobbered.
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::AlreadyExists => PkiError::Exists {
+                path: path.to_owned(),
+            },
+            _ => io_err("cannot create", path)(e),
+        })?;
+    let result = file.write_all(contents).and_then(|()| file.sync_all());
+    if let Err(e) = result {
+        let _ = fs::remove_file(path);
+        return Err(io_err("cannot write", path)(e));
+    }
+    Ok(())
+}
+
+fn read_to_string(path: &Path) -> Result<String, PkiError> {
+    fs::read_to_string(path).map_err(io_err("cannot read", path))
+}
+
+fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> PkiError + 'a {
+    move |source| PkiError::Io {
+        action,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ed25519_dalek::{Signer, Verifier};
+    use rustls::client::WebPkiServerVerifier;
+    use rustls::server::WebPkiClientVerifier;
+    use std::os::unix::fs::PermissionsExt;
+
+    const ALL: [&str; 6] = [
+        CA_CERT,
+        CA_KEY,
+        COORDINATOR_CERT,
+        COORDINATOR_KEY,
+        SIGNING_KEY,
+        SIGNING_PUB,
+    ];
+
+    fn mode(path: &Path) -> u32 {
+        fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    fn cert(path: &Path) -> CertificateDer<'static> {
+        CertificateDer::from_pem_file(path).unwrap()
+    }
+
+    fn roots(dir: &Path) -> Arc<RootCertStore> {
+        let mut roots = RootCertStore::empty();
+        for ca in CertificateDer::pem_file_iter(dir.join(CA_CERT)).unwrap() {
+            roots.add(ca.unwrap()).unwrap();
+        }
+        Arc::new(roots)
+    }
+
+    fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+        Arc::new(rustls::crypto::ring::default_provider())
+    }
+
+    fn verify_server(dir: &Path, cert_file: &str, name: &str) -> Result<(), rustls::Error> {
+        let verifier = WebPkiServerVerifier::builder_with_provider(roots(dir), provider())
+            .build()
+            .unwrap();
+        let name = ServerName::try_from(name.to_owned()).unwrap();
+        verifier
+            .verify_server_cert(
+                &cert(&dir.join(cert_file)),
+                &[],
+                &name,
+                &[],
+                UnixTime::now(),
+            )
+            .map(|_| ())
+    }
+
+    fn verify_client(dir: &Path, cert_file: &str) -> Result<(), rustls::Error> {
+        let verifier = WebPkiClientVerifier::builder_with_provider(roots(dir), provider())
+            .build()
+            .unwrap();
+        verifier
+            .verify_client_cert(&cert(&dir.join(cert_file)), &[], UnixTime::now())
+            .map(|_| ())
+    }
+
+    #[test]
+    fn init_writes_all_files_with_safe_modes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("pki");
+        let written = init(&dir).unwrap();
+        let expected: Vec<PathBuf> = ALL.iter().map(|f| dir.join(f)).collect();
+        assert_eq!(written, expected);
+        assert_eq!(mode(&dir), 0o700);
+        for path in &written {
+            let m = mode(path);
+            if path.extension().is_some_and(|e| e == "key") {
+                assert_eq!(m, 0o600, "{}", path.display());
+            } else {
+                // 0644 under the usual umask; never writable by others.
+                assert_eq!(m & 0o622, 0o600, "{}: {m:o}", path.display());
+            }
+        }
+        let pem = |f: &str| fs::read_to_string(dir.join(f)).unwrap();
+        assert!(pem(CA_KEY).starts_with("-----BEGIN PRIVATE KEY-----"));
+        assert!(pem(SIGNING_KEY).starts_with("-----BEGIN PRIVATE KEY-----"));
+        assert!(pem(SIGNING_PUB).starts_with("-----BEGIN PUBLIC KEY-----"));
+        assert!(pem(CA_CERT).starts_with("-----BEGIN CERTIFICATE-----"));
+    }
+
+    #[test]
+    fn init_keeps_existing_dir_mode() {
+        let tmp = tempfile::tempdir().unwrap();
+        fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o750)).unwrap();
+        init(tmp.path()).unwrap();
+        assert_eq!(mode(tmp.path()), 0o750);
+    }
+
+    #[test]
+    fn init_refuses_to_overwrite_and_writes_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        fs::write(tmp.path().join(SIGNING_PUB), "mine").unwrap();
+        let err = init(tmp.path()).unwrap_err();
+        assert!(matches!(&err, PkiError::Exists { path } if path.ends_with(SIGNING_PUB)));
+        assert!(err.to_string().contains("signing.pub"), "{err}");
+        for f in &ALL[..5] {
+            assert!(!tmp.path().join(f).exists(), "{f} was written");
+        }
+        assert_eq!(
+            fs::read_to_string(tmp.path().join(SIGNING_PUB)).unwrap(),
+            "mine"
+        );
+
+        // A second init over a complete PKI leaves the first one untouched.
+        let dir = tmp.path().join("again");
+        init(&dir).unwrap();
+        let before = fs::read(dir.join(CA_KEY)).unwrap();
+        assert!(matches!(init(&dir), Err(PkiError::Exists { .. })));
+        assert_eq!(fs::read(dir.join(CA_KEY)).unwrap(), before);
+    }
+
+    #[test]
+    fn chain_verifies_with_rustls() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        init(dir).unwrap();
+        let sans = ["10.0.0.7".to_owned(), "web-1.example.com".to_owned()];
+        let written = issue_agent(dir, "web-1", &sans).unwrap();
+        assert_eq!(written, vec![dir.join("web-1.pem"), dir.join("web-1.key")]);
+        assert_eq!(mode(&dir.join("web-1.key")), 0o600);
+
+        // The coordinator certificate is a client certificate only.
+        verify_client(dir, COORDINATOR_CERT).unwrap();
+        assert!(verify_server(dir, COORDINATOR_CERT, COORDINATOR_NAME).is_err());
+
+        // The agent certificate serves for its name and SANs, and can dial in as a client.
+        verify_server(dir, "web-1.pem", "web-1").unwrap();
+        verify_server(dir, "web-1.pem", "10.0.0.7").unwrap();
+        verify_server(dir, "web-1.pem", "web-1.example.com").unwrap();
+        verify_client(dir, "web-1.pem").unwrap();
+        let err = verify_server(dir, "web-1.pem", "web-2").unwrap_err();
+        assert!(
+            matches!(
+                err,
+                rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName)
+                    | rustls::Error::InvalidCertificate(
+                        rustls::CertificateError::NotValidForNameContext { .. }
+                    )
+            ),
+            "{err:?}"
+        );
+        assert!(verify_server(dir, "web-1.pem", "10.0.0.8").is_err());
+
+        // Certificates from another fleet's CA are rejected.
+        let other = tmp.path().join("other");
+        init(&other).unwrap();
+        fs::copy(dir.join("web-1.pem"), other.join("web-1.pem")).unwrap();
+        assert!(verify_server(&other, "web-1.pem", "web-1").is_err());
+    }
+
+    /// Pumps TLS records between the two ends until both finish the handshake.
+    fn handshake(
+        client: &mut rustls::Connection,
+        server: &mut rustls::Connection,
+    ) -> Result<(), rustls::Error> {
+        fn pump(
+            from: &mut rustls::Connection,
+            to: &mut rustls::Connection,
+        ) -> Result<(), rustls::Error> {
+            let mut buf = Vec::new();
+            while from.wants_write() {
+                from.write_tls(&mut buf).unwrap();
+            }
+            let mut rd = &buf[..];
+            while !rd.is_empty() {
+                to.read_tls(&mut rd).unwrap();
+                to.process_new_packets()?;
+            }
+            Ok(())
+        }
+        for _ in 0..10 {
+            pump(client, server)?;
+            pump(server, client)?;
+            if !client.is_handshaking() && !server.is_handshaking() {
+                return Ok(());
+            }
+        }
+        panic!("handshake did not finish");
+    }
+
+    /// Sets up the coordinator dialling `name` at the agent whose files are `agent`.
+    fn connect(dir: &Path, agent: &str, name: &str) -> (rustls::Connection, rustls::Connection) {
+        use rustls_pki_types::PrivateKeyDer;
+        let chain = |f: &str| vec![cert(&dir.join(format!("{f}.pem")))];
+        let key = |f: &str| PrivateKeyDer::from_pem_file(dir.join(format!("{f}.key"))).unwrap();
+        let client_verifier = WebPkiClientVerifier::builder_with_provider(roots(dir), provider())
+            .build()
+            .unwrap();
+        let server_config = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_client_cert_verifier(client_verifier)
+            .with_single_cert(chain(agent), key(agent))
+            .unwrap();
+        let client_config = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots(dir))
+            .with_client_auth_cert(chain("coordinator"), key("coordinator"))
+            .unwrap();
+        let name = ServerName::try_from(name.to_owned()).unwrap();
+        let client = rustls::ClientConnection::new(Arc::new(client_config), name).unwrap();
+        let server = rustls::ServerConnection::new(Arc::new(server_config)).unwrap();
+        (client.into(), server.into())
+    }
+
+    #[test]
+    fn mutual_tls_handshake_succeeds() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        init(dir).unwrap();
+        issue_agent(dir, "web-1", &["127.0.0.1".to_owned()]).unwrap();
+
+        let (mut client, mut server) = connect(dir, "web-1", "web-1");
+        handshake(&mut client, &mut server).unwrap();
+        let peer = server.peer_certificates().unwrap();
+        assert_eq!(peer, [cert(&dir.join(COORDINATOR_CERT))]);
+
+        let (mut client, mut server) = connect(dir, "web-1", "127.0.0.1");
+        handshake(&mut client, &mut server).unwrap();
+
+        let (mut client, mut server) = connect(dir, "web-1", "web-2");
+        assert!(handshake(&mut client, &mut server).is_err());
+    }
+
+    #[test]
+    fn issue_agent_refuses_to_overwrite() {
+        let tmp = tempfile::tempdir().unwrap();
+        init(tmp.path()).unwrap();
+        issue_agent(tmp.path(), "db-1", &[]).unwrap();
+        let before = fs::read(tmp.path().join("db-1.key")).unwrap();
+        let err = issue_agent(tmp.path(), "db-1", &[]).unwrap_err();
+        assert!(err.to_string().contains("db-1.pem"), "{err}");
+        assert_eq!(fs::read(tmp.path().join("db-1.key")).unwrap(), before);
+
+        // Only the key left over from something else still blocks, and nothing is written.
+        fs::write(tmp.path().join("db-2.key"), "x").unwrap();
+        let err = issue_agent(tmp.path(), "db-2", &[]).unwrap_err();
+        assert!(err.to_string().contains("db-2.key"), "{err}");
+        assert!(!tmp.path().join("db-2.pem").exists());
+    }
+
+    #[test]
+    fn issue_agent_rejects_bad_names_and_sans() {
+        let tmp = tempfile::tempdir().unwrap();
+        init(tmp.path()).unwrap();
+        let long_label = "a".repeat(64);
+        let too_long = ["a"; 128].join(".");
+        let too_long_for_a_file = ["a"; 127].join(".");
+        for bad in [
+            "",
+            "ca",
+            "coordinator",
+            "Signing",
+            "-web",
+            "web-",
+            "a.-b",
+            "web_1",
+            "web 1",
+            "../etc",
+            "a/b",
+            ".web",
+            "web.",
+            "a..b",
+            "10.0.0.1",
+            "::1",
+            "host.123",
+            "wéb",
+            long_label.as_str(),
+            too_long.as_str(),
+            too_long_for_a_file.as_str(),
+        ] {
+            match issue_agent(tmp.path(), bad, &[]) {
+                Err(PkiError::InvalidName { name, reason }) => {
+                    assert_eq!(name, bad);
+                    assert!(!reason.is_empty());
+                }
+                other => panic!("{bad:?} accepted or wrong error: {other:?}"),
+            }
+        }
+        for bad in ["bad san", "-x.example", "a..b"] {
+            let err = issue_agent(tmp.path(), "ok-1", &[bad.to_owned()]).unwrap_err();
+            assert!(
+                matches!(&err, PkiError::InvalidSan { san, .. } if san == bad),
+                "{err:?}"
+            );
+        }
+        assert!(!tmp.path().join("ok-1.pem").exists());
+
+        for good in ["a", "web-1", "Web-1.Prod", "1a", "x1.example.com"] {
+            issue_agent(
+                tmp.path(),
+                good,
+                &["*.example.com".to_owned(), "fd00::1".to_owned()],
+            )
+            .unwrap_or_else(|e| panic!("{good:?}: {e}"));
+        }
+        issue_agent(tmp.path(), &"a".repeat(63), &[]).unwrap();
+        issue_agent(tmp.path(), &["a"; 126].join("."), &[]).unwrap();
+    }
+
+    #[test]
+    fn issue_agent_needs_a_matching_ca() {
+        let tmp = tempfile::tempdir().unwrap();
+        let err = issue_agent(tmp.path(), "web-1", &[]).unwrap_err();
+        assert!(
+            matches!(&err, PkiError::Io { path, .. } if path.ends_with(CA_CERT)),
+            "{err:?}"
+        );
+
+        let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+        init(&a).unwrap();
+        init(&b).unwrap();
+        fs::remove_file(a.join(CA_KEY)).unwrap();
+        fs::copy(b.join(CA_KEY), a.join(CA_KEY)).unwrap();
+        let err = issue_agent(&a, "web-1", &[]).unwrap_err();
+        assert!(matches!(err, PkiError::CaKeyMismatch { .. }), "{err:?}");
+        assert!(!a.join("web-1.pem").exists());
+
+        fs::write(b.join(CA_CERT), "not a certificate").unwrap();
+        let err = issue_agent(&b, "web-1", &[]).unwrap_err();
+        assert!(matches!(&err, PkiError::Malformed { path, .. } if path.ends_with(CA_CERT)));
+    }
+
+    #[test]
+    fn signing_keys_are_a_pair() {
+        let tmp = tempfile::tempdir().unwrap();
+        init(tmp.path()).unwrap();
+        let signing = load_signing_key(&tmp.path().join(SIGNING_KEY)).unwrap();
+        let verifying = load_verifying_key(&tmp.path().join(SIGNING_PUB)).unwrap();
+        assert_eq!(signing.verifying_key(), verifying);
+        let msg = b"experiment: kill -9 web-1";
+        let sig = signing.sign(msg);
+        verifying.verify(msg, &sig).unwrap();
+        assert!(verifying.verify(b"something else", &sig).is_err());
+
+        // PKCS#8 v1 without the optional public key, the form OpenSSL 3.0 can read.
+        let pem = fs::read_to_string(tmp.path().join(SIGNING_KEY)).unwrap();
+        assert_eq!(KeypairBytes::from_pkcs8_pem(&pem).unwrap().public_key, None);
+
+        // Fresh keys each time.
+        let other = tmp.path().join("other");
+        init(&other).unwrap();
+        let other_key = load_signing_key(&other.join(SIGNING_KEY)).unwrap();
+        assert_ne!(other_key.to_bytes(), signing.to_bytes());
+    }
+
+    #[test]
+    fn load_errors_name_the_path_but_not_the_key() {
+        let tmp = tempfile::tempdir().unwrap();
+        init(tmp.path()).unwrap();
+        let missing = tmp.path().join("nope.key");
+        let err = load_signing_key(&missing).unwrap_err();
+        assert!(matches!(err, PkiError::Io { .. }));
+        assert!(err.to_string().contains("nope.key"), "{err}");
+
+        // An ECDSA key is PKCS#8 too, but not Ed25519.
+        let ca_key = tmp.path().join(CA_KEY);
+        let err = load_signing_key(&ca_key).unwrap_err();
+        let shown = format!("{err} / {err:?}");
+        assert!(shown.contains("ca.key"), "{shown}");
+        let pem = fs::read_to_string(&ca_key).unwrap();
+        let body = pem.lines().nth(1).unwrap();
+        assert!(!shown.contains(body), "key material leaked: {shown}");
+
+        let err = load_verifying_key(&tmp.path().join(SIGNING_KEY)).unwrap_err();
+        assert!(matches!(err, PkiError::VerifyingKey { .. }), "{err:?}");
+        assert!(err.to_string().contains("signing.key"));
+        assert!(std::error::Error::source(&err).is_some());
+    }
+}
