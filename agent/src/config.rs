@@ -226,9 +226,9 @@ impl Validator<'_> {
         if let Some(allow) = raw.allow {
             policy.allow.clear();
             for (index, name) in allow.iter().enumerate() {
-                let kind = name.parse::<FaultKind>().map_err(|message| {
-                    self.invalid(&format!("policy.allow[{index}]"), message)
-                })?;
+                let kind = name
+                    .parse::<FaultKind>()
+                    .map_err(|message| self.invalid(&format!("policy.allow[{index}]"), message))?;
                 policy.allow.insert(kind);
             }
         }
@@ -301,7 +301,9 @@ fn validate_label(key: &str, value: &str) -> Result<(), String> {
     };
     let name = key.rsplit_once('/').map_or(key, |(_, name)| name);
     if !ok(name, false) {
-        return Err(format!("label key {key:?} must be 1 to 63 of [A-Za-z0-9-_.]"));
+        return Err(format!(
+            "label key {key:?} must be 1 to 63 of [A-Za-z0-9-_.]"
+        ));
     }
     if !ok(value, true) {
         return Err(format!(
@@ -334,7 +336,10 @@ coordinator_keys = ["signing.pub"]
         let config = parse(MINIMAL).unwrap();
         assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
         assert_eq!(config.tls.cert, Path::new("/etc/troop/web-1.pem"));
-        assert_eq!(config.coordinator_keys, [Path::new("/etc/troop/signing.pub")]);
+        assert_eq!(
+            config.coordinator_keys,
+            [Path::new("/etc/troop/signing.pub")]
+        );
         assert_eq!(config.max_clock_skew, DEFAULT_CLOCK_SKEW);
         assert!(!config.policy.allow.contains(&FaultKind::StopHost));
         assert!(config.policy.protected_processes.contains("sshd"));
@@ -355,8 +360,14 @@ coordinator_keys = ["signing.pub"]
             ("listen = \"nowhere\"", "listen"),
             ("[policy]\nallow = [\"kill\", \"nuke\"]", "policy.allow[1]"),
             ("[policy]\nmax_duration = \"10\"", "policy.max_duration"),
-            ("[policy]\nmax_disk_fill_percent = 150", "policy.max_disk_fill_percent"),
-            ("[policy]\nmax_memory_percent = \"0%\"", "policy.max_memory_percent"),
+            (
+                "[policy]\nmax_disk_fill_percent = 150",
+                "policy.max_disk_fill_percent",
+            ),
+            (
+                "[policy]\nmax_memory_percent = \"0%\"",
+                "policy.max_memory_percent",
+            ),
             ("[policy]\ndisk_paths = [\"tmp\"]", "policy.disk_paths[0]"),
         ];
         for (extra, key) in cases {

@@ -4,8 +4,9 @@ use sysinfo::{Disks, MemoryRefreshKind, RefreshKind, System};
 use troop_proto::pb;
 
 pub fn collect() -> pb::Inventory {
-    let system =
-        System::new_with_specifics(RefreshKind::nothing().with_memory(MemoryRefreshKind::nothing().with_ram()));
+    let system = System::new_with_specifics(
+        RefreshKind::nothing().with_memory(MemoryRefreshKind::nothing().with_ram()),
+    );
     let disks = Disks::new_with_refreshed_list()
         .list()
         .iter()

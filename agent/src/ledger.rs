@@ -25,7 +25,10 @@ const COMPACT_AFTER_LINES: usize = 4096;
 pub enum Outcome {
     /// The encoded `Receipt`, hex.
     Receipt(String),
-    Refused { code: i32, message: String },
+    Refused {
+        code: i32,
+        message: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -170,7 +173,8 @@ impl Ledger {
         };
         if inner.lines > self.compact_after_lines && inner.lines > 2 * live() {
             drop(inner);
-            self.compact(now_unix_ms).map_err(|source| self.error(source))?;
+            self.compact(now_unix_ms)
+                .map_err(|source| self.error(source))?;
         }
         Ok(())
     }
@@ -197,7 +201,9 @@ impl Ledger {
     /// Rewrites the file with only the live entries, atomically.
     fn compact(&self, now_unix_ms: i64) -> io::Result<()> {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        inner.entries.retain(|_, entry| entry.until_unix_ms >= now_unix_ms);
+        inner
+            .entries
+            .retain(|_, entry| entry.until_unix_ms >= now_unix_ms);
         let temp = self.path.with_extension("jsonl.tmp");
         {
             let mut file = File::create(&temp)?;
@@ -267,14 +273,23 @@ mod tests {
     fn first_use_then_exact_replay_then_conflict() {
         let dir = tempfile::tempdir().unwrap();
         let ledger = Ledger::open(dir.path(), NOW).unwrap();
-        assert_eq!(ledger.admit("a", "d1", NOW + 10, NOW).unwrap(), Admission::New);
-        assert_eq!(ledger.admit("a", "d1", NOW + 10, NOW).unwrap(), Admission::Pending);
+        assert_eq!(
+            ledger.admit("a", "d1", NOW + 10, NOW).unwrap(),
+            Admission::New
+        );
+        assert_eq!(
+            ledger.admit("a", "d1", NOW + 10, NOW).unwrap(),
+            Admission::Pending
+        );
         ledger.finish("a", receipt(), NOW).unwrap();
         assert_eq!(
             ledger.admit("a", "d1", NOW + 10, NOW).unwrap(),
             Admission::Replay(receipt())
         );
-        assert_eq!(ledger.admit("a", "d2", NOW + 10, NOW).unwrap(), Admission::Conflict);
+        assert_eq!(
+            ledger.admit("a", "d2", NOW + 10, NOW).unwrap(),
+            Admission::Conflict
+        );
     }
 
     #[test]
@@ -296,7 +311,10 @@ mod tests {
             ledger.admit("crashed", "d", NOW + 100, NOW + 50).unwrap(),
             Admission::Pending
         );
-        assert_eq!(ledger.admit("old", "d", NOW + 100, NOW + 50).unwrap(), Admission::New);
+        assert_eq!(
+            ledger.admit("old", "d", NOW + 100, NOW + 50).unwrap(),
+            Admission::New
+        );
         let text = fs::read_to_string(dir.path().join(FILE_NAME)).unwrap();
         assert!(!text.contains("\"old\",\"digest\":\"d\",\"until_unix_ms\":1000001"));
     }
@@ -311,7 +329,10 @@ mod tests {
         let mut file = open_append(&dir.path().join(FILE_NAME)).unwrap();
         file.write_all(b"{\"id\":\"a\",\"dig").unwrap();
         let ledger = Ledger::open(dir.path(), NOW).unwrap();
-        assert_eq!(ledger.admit("a", "d", NOW + 100, NOW).unwrap(), Admission::Pending);
+        assert_eq!(
+            ledger.admit("a", "d", NOW + 100, NOW).unwrap(),
+            Admission::Pending
+        );
     }
 
     #[test]

@@ -4,10 +4,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use troop_agent::config::{AgentConfig, DEFAULT_CONFIG_PATH};
 use troop_agent::Agent;
-use troop_telemetry::error_chain;
+use troop_agent::config::{AgentConfig, DEFAULT_CONFIG_PATH};
 use troop_telemetry::LogFormat;
+use troop_telemetry::error_chain;
 
 /// troop's host agent: carries out signed chaos commands under this host's own policy.
 #[derive(Debug, Parser)]

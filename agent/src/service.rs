@@ -139,7 +139,12 @@ impl AgentService {
             )));
         };
         let spec = KillSpec::from_pb(kill)?;
-        let signalled = kill::apply(&spec, self.processes.as_ref(), &self.policy, &mut rand::rng())?;
+        let signalled = kill::apply(
+            &spec,
+            self.processes.as_ref(),
+            &self.policy,
+            &mut rand::rng(),
+        )?;
         let names: Vec<String> = signalled
             .iter()
             .map(|process| format!("{} ({})", process.pid, process.name))

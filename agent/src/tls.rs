@@ -83,9 +83,11 @@ pub fn root_store(ca: &Path) -> Result<rustls::RootCertStore, TlsError> {
 /// The agent's server config: its own certificate, clients must present one from the CA.
 pub fn server_config(paths: &TlsPaths) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = provider();
-    let verifier =
-        WebPkiClientVerifier::builder_with_provider(Arc::new(root_store(&paths.ca)?), provider.clone())
-            .build()?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(
+        Arc::new(root_store(&paths.ca)?),
+        provider.clone(),
+    )
+    .build()?;
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
@@ -180,7 +182,9 @@ pub fn incoming(
                     Ok(Err(error)) => {
                         tracing::warn!(%remote, %error, "refused connection: TLS handshake failed")
                     }
-                    Err(_) => tracing::warn!(%remote, "refused connection: TLS handshake timed out"),
+                    Err(_) => {
+                        tracing::warn!(%remote, "refused connection: TLS handshake timed out")
+                    }
                 }
             });
         }

@@ -192,8 +192,13 @@ mod tests {
         assert!(parse("troop attack kill --select role=web --name nginx").is_ok());
         assert!(parse("troop attack kill --select role=web").is_err());
         assert!(parse("troop attack kill --select role=web --name a --pid 3").is_err());
-        assert!(parse("troop attack kill --select role=web --name a --count 1 --percent 5").is_err());
+        assert!(
+            parse("troop attack kill --select role=web --name a --count 1 --percent 5").is_err()
+        );
         let bad_selector = parse("troop attack kill --select role=,x --name a").unwrap_err();
-        assert!(bad_selector.to_string().contains("column"), "{bad_selector}");
+        assert!(
+            bad_selector.to_string().contains("column"),
+            "{bad_selector}"
+        );
     }
 }

@@ -13,7 +13,9 @@ pub const SYSTEM_CONFIG: &str = "/etc/troop/troop.toml";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("no config: pass --config, set {CONFIG_ENV}, or create ./{LOCAL_CONFIG} or {SYSTEM_CONFIG}")]
+    #[error(
+        "no config: pass --config, set {CONFIG_ENV}, or create ./{LOCAL_CONFIG} or {SYSTEM_CONFIG}"
+    )]
     NotFound,
     #[error("cannot read config {path}")]
     Read {
@@ -211,7 +213,10 @@ ca = "pki/ca.pem"
 "#;
 
     fn parse(extra: &str) -> Result<CoordinatorConfig, ConfigError> {
-        CoordinatorConfig::parse(&format!("{BASE}{extra}"), Path::new("/srv/troop/troop.toml"))
+        CoordinatorConfig::parse(
+            &format!("{BASE}{extra}"),
+            Path::new("/srv/troop/troop.toml"),
+        )
     }
 
     #[test]
@@ -228,8 +233,14 @@ ca = "pki/ca.pem"
     #[test]
     fn errors_name_the_key() {
         for (extra, key) in [
-            ("[[agents]]\nid = \"web 1\"\naddress = \"a:1\"\n", "agents[0].id"),
-            ("[[agents]]\nid = \"w\"\naddress = \"nohost\"\n", "agents[0].address"),
+            (
+                "[[agents]]\nid = \"web 1\"\naddress = \"a:1\"\n",
+                "agents[0].id",
+            ),
+            (
+                "[[agents]]\nid = \"w\"\naddress = \"nohost\"\n",
+                "agents[0].address",
+            ),
             (
                 "[[agents]]\nid = \"w\"\naddress = \"a:1\"\n[[agents]]\nid = \"w\"\naddress = \"b:1\"\n",
                 "agents[1].id",

@@ -8,7 +8,7 @@ use futures::StreamExt;
 use tonic::transport::Channel;
 use troop_proto::pb::agent_client::AgentClient;
 
-use crate::client::{Dialer, DialError};
+use crate::client::{DialError, Dialer};
 use crate::config::AgentEntry;
 use troop_telemetry::error_chain;
 
@@ -23,7 +23,10 @@ pub enum CallError {
     Unreachable(String),
     TimedOut(Duration),
     /// The agent answered with an error status.
-    Status { code: tonic::Code, message: String },
+    Status {
+        code: tonic::Code,
+        message: String,
+    },
 }
 
 impl CallError {

@@ -56,7 +56,15 @@ impl LocalHost {
             command.args(["--user", "--map-root-user"]);
         }
         command
-            .args(["--pid", "--fork", "--kill-child", "--mount-proc", "--", "sh", "-c"])
+            .args([
+                "--pid",
+                "--fork",
+                "--kill-child",
+                "--mount-proc",
+                "--",
+                "sh",
+                "-c",
+            ])
             .arg(script)
             .stdin(Stdio::null())
             .stdout(output.try_clone()?)
@@ -135,7 +143,9 @@ impl Drop for LocalHost {
 
 /// A free loopback port, for an agent to listen on.
 pub fn free_port() -> io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 #[cfg(test)]

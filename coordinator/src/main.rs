@@ -13,13 +13,14 @@ use troop_coordinator::cli::{Cli, Command};
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     // A CLI's stderr is for problems unless RUST_LOG asks for more.
-    let _telemetry = match troop_telemetry::init_with_default_filter("troop", cli.log_format, "warn") {
-        Ok(telemetry) => Some(telemetry),
-        Err(error) => {
-            eprintln!("troop: telemetry: {error:#}");
-            None
-        }
-    };
+    let _telemetry =
+        match troop_telemetry::init_with_default_filter("troop", cli.log_format, "warn") {
+            Ok(telemetry) => Some(telemetry),
+            Err(error) => {
+                eprintln!("troop: telemetry: {error:#}");
+                None
+            }
+        };
     let result = match cli.command {
         Command::Pki(command) => commands::pki::run(command, cli.output),
         Command::InternalAgent { config } => commands::demo::run_agent(&config).await,

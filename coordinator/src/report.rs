@@ -116,7 +116,11 @@ pub fn action_text(action: Option<&pb::command::Action>) -> String {
                     Some(By::User(user)) => format!("user {user:?}"),
                     None => "no target".into(),
                 };
-                let how = if kill.all_matches { "every match" } else { "one match at random" };
+                let how = if kill.all_matches {
+                    "every match"
+                } else {
+                    "one match at random"
+                };
                 format!("kill {target} with signal {} ({how})", kill.signal)
             }
             Some(other) => format!("{other:?}"),

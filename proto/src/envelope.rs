@@ -76,11 +76,10 @@ impl TrustedKeys {
             .ok_or_else(|| Refusal::UnknownKey {
                 key_id: printable(&signed.key_id),
             })?;
-        let signature = Signature::from_slice(&signed.signature).map_err(|_| {
-            Refusal::MalformedSignature {
+        let signature =
+            Signature::from_slice(&signed.signature).map_err(|_| Refusal::MalformedSignature {
                 len: signed.signature.len(),
-            }
-        })?;
+            })?;
         key.verify_strict(&signed_message(&signed.payload), &signature)
             .map_err(|_| Refusal::BadSignature {
                 key_id: signed.key_id.clone(),
@@ -122,7 +121,10 @@ mod tests {
         let digest = Sha256::digest(key(1).verifying_key().as_bytes());
         assert_eq!(id, hex::encode(&digest[..8]));
         assert_eq!(id.len(), 16);
-        assert!(id.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        assert!(
+            id.chars()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        );
     }
 
     #[test]

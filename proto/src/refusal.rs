@@ -27,9 +27,7 @@ pub enum Refusal {
     IssuedInFuture { ahead_ms: i64 },
     #[error("command validity window is {window_ms} ms, the maximum is 300000 ms")]
     WindowTooLong { window_ms: u128 },
-    #[error(
-        "command expires ({expires_at_unix_ms}) before it is issued ({issued_at_unix_ms})"
-    )]
+    #[error("command expires ({expires_at_unix_ms}) before it is issued ({issued_at_unix_ms})")]
     InvalidWindow {
         issued_at_unix_ms: i64,
         expires_at_unix_ms: i64,

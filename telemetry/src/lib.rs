@@ -249,6 +249,22 @@ fn tracer_provider(
         .build())
 }
 
+/// An error and its sources on one line, for logs and messages: `a: b: c`.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        // Some errors already print their source; don't say it twice.
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -356,16 +372,4 @@ mod tests {
         assert!(format!("{err:#}").contains("already"), "{err:#}");
         telemetry.shutdown();
     }
-}
-
-/// An error and its sources on one line, for logs and messages: `a: b: c`.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

@@ -1,1 +1,276 @@
-//! Shared helpers for the integration tests.
+//! Helpers for troop's integration tests: a throwaway PKI, agents in this process on
+//! real mutual-TLS sockets, gRPC clients with chosen (and wrong) credentials, victim
+//! processes the tests start themselves, and the workspace's built binaries.
+#![forbid(unsafe_code)]
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ed25519_dalek::SigningKey;
+use hyper_util::rt::TokioIo;
+use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsConnector;
+use tonic::transport::{Channel, Endpoint};
+use troop_agent::Agent;
+use troop_agent::config::AgentConfig;
+use troop_agent::tls::{load_certs, load_key, provider, root_store};
+use troop_coordinator::pki;
+use troop_proto::freshness::DEFAULT_VALIDITY;
+use troop_proto::pb;
+use troop_proto::pb::agent_client::AgentClient;
+
+/// A fleet PKI in a temporary directory, with certificates for the named agents.
+pub struct TestPki {
+    pub dir: tempfile::TempDir,
+}
+
+impl TestPki {
+    pub fn new(agents: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        pki::init(&dir.path().join("pki")).unwrap();
+        for agent in agents {
+            pki::issue_agent(&dir.path().join("pki"), agent, &["127.0.0.1".into()]).unwrap();
+        }
+        Self { dir }
+    }
+
+    pub fn path(&self, file: &str) -> PathBuf {
+        self.dir.path().join("pki").join(file)
+    }
+
+    pub fn signing_key(&self) -> SigningKey {
+        pki::load_signing_key(&self.path("signing.key")).unwrap()
+    }
+
+    /// A minimal agent config for `id`, trusting this PKI's signing key.
+    pub fn agent_config(&self, id: &str, extra: &str) -> AgentConfig {
+        let text = format!(
+            "id = \"{id}\"\nlisten = \"127.0.0.1:0\"\nstate_dir = \"state-{id}\"\n\
+             [tls]\ncert = \"pki/{id}.pem\"\nkey = \"pki/{id}.key\"\nca = \"pki/ca.pem\"\n\
+             [trust]\ncoordinator_keys = [\"pki/signing.pub\"]\n{extra}"
+        );
+        AgentConfig::parse(&text, &self.dir.path().join(format!("{id}.toml"))).unwrap()
+    }
+}
+
+/// An agent serving in this process on a loopback port.
+pub struct RunningAgent {
+    pub address: std::net::SocketAddr,
+    pub id: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl RunningAgent {
+    pub async fn start(config: AgentConfig) -> Self {
+        let id = config.id.clone();
+        let agent = Agent::new(config).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(async move {
+            agent
+                .serve(listener, async {
+                    let _ = stopped.await;
+                })
+                .await
+                .unwrap();
+        });
+        Self {
+            address,
+            id,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Stops serving and waits until the agent has let go of its state.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        }
+    }
+}
+
+impl Drop for RunningAgent {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Client credentials to try against an agent.
+pub enum Credentials<'a> {
+    /// The coordinator's certificate from this PKI.
+    Coordinator(&'a TestPki),
+    /// Trusts the agent's CA but presents no client certificate.
+    NoClientCert(&'a TestPki),
+    /// A client certificate from a different CA.
+    OtherCa {
+        agent_ca: &'a TestPki,
+        other: &'a TestPki,
+    },
+}
+
+/// Opens a gRPC channel to `address` over TLS, expecting the server to be `server_name`.
+pub async fn connect(
+    address: std::net::SocketAddr,
+    server_name: &str,
+    credentials: Credentials<'_>,
+) -> Result<AgentClient<Channel>, tonic::transport::Error> {
+    let builder = |ca: &TestPki| {
+        ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(root_store(&ca.path("ca.pem")).unwrap())
+    };
+    let mut config = match credentials {
+        Credentials::Coordinator(pki) => builder(pki)
+            .with_client_auth_cert(
+                load_certs(&pki.path("coordinator.pem")).unwrap(),
+                load_key(&pki.path("coordinator.key")).unwrap(),
+            )
+            .unwrap(),
+        Credentials::NoClientCert(pki) => builder(pki).with_no_client_auth(),
+        Credentials::OtherCa { agent_ca, other } => builder(agent_ca)
+            .with_client_auth_cert(
+                load_certs(&other.path("coordinator.pem")).unwrap(),
+                load_key(&other.path("coordinator.key")).unwrap(),
+            )
+            .unwrap(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = TlsConnector::from(Arc::new(config));
+    let name = ServerName::try_from(server_name.to_string()).unwrap();
+    let channel = Endpoint::from_shared(format!("http://{address}"))
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_| {
+            let connector = connector.clone();
+            let name = name.clone();
+            async move {
+                let tcp = TcpStream::connect(address).await?;
+                Ok::<_, std::io::Error>(TokioIo::new(connector.connect(name, tcp).await?))
+            }
+        }))
+        .await?;
+    Ok(AgentClient::new(channel))
+}
+
+pub fn now_ms() -> i64 {
+    troop_coordinator::signer::now_unix_ms()
+}
+
+/// A fresh, valid command for `agent_id`.
+pub fn command(agent_id: &str, action: pb::command::Action) -> pb::Command {
+    troop_coordinator::signer::new_command(agent_id, action, DEFAULT_VALIDITY)
+}
+
+/// The action that kills `pid` with SIGKILL.
+pub fn kill_pid(pid: i32) -> pb::command::Action {
+    kill(pb::process_match::By::Pid(pid), 9, false)
+}
+
+pub fn kill(by: pb::process_match::By, signal: i32, all_matches: bool) -> pb::command::Action {
+    pb::command::Action::Start(pb::StartFault {
+        duration_ms: 0,
+        fault: Some(pb::start_fault::Fault::Kill(pb::Kill {
+            target: Some(pb::ProcessMatch { by: Some(by) }),
+            signal,
+            all_matches,
+            repeat_every_ms: 0,
+        })),
+    })
+}
+
+/// A process this test started and may kill: `sleep`, with a marker in its arguments so
+/// commands can match it (and only it) by cmdline pattern.
+pub struct Victim {
+    child: Child,
+    pub marker: String,
+}
+
+impl Victim {
+    pub fn start() -> Self {
+        Self::with_marker(&format!("troop-victim-{}", uuid::Uuid::new_v4().simple()))
+    }
+
+    /// A victim with a given marker: a second one with the same marker is what a command
+    /// that ran twice would hit.
+    pub fn with_marker(marker: &str) -> Self {
+        let marker = marker.to_string();
+        // bash's `exec -a` makes the marker sleep's argv[0]; its name stays `sleep`.
+        let child = Command::new("bash")
+            .args(["-c", "exec -a \"$0\" sleep 600", &marker])
+            .spawn()
+            .unwrap();
+        let victim = Self { child, marker };
+        victim.wait_until_exec();
+        victim
+    }
+
+    /// Waits until the child runs `sleep` (before exec it still looks like the shell).
+    fn wait_until_exec(&self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            let comm =
+                std::fs::read_to_string(format!("/proc/{}/comm", self.pid())).unwrap_or_default();
+            if comm.trim() == "sleep" {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        panic!("victim never became sleep");
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Alive means not exited: a killed child is reaped here, so a zombie counts as dead.
+    pub fn is_alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Waits for the victim to die and returns the signal that ended it.
+    pub fn wait_killed(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.signal();
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        None
+    }
+}
+
+impl Drop for Victim {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A binary built from this workspace (`troop` or `troop-agent`).
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/debug/deps/this-test -> target/debug/NAME
+    let path = exe.parent().and_then(Path::parent).unwrap().join(name);
+    assert!(
+        path.exists(),
+        "{} is not built; run the tests with `cargo test --workspace`",
+        path.display()
+    );
+    path
+}

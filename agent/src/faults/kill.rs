@@ -87,7 +87,9 @@ impl KillSpec {
             .and_then(|target| target.by.as_ref())
             .ok_or_else(|| invalid("kill names no target process".into()))?;
         let target = match by {
-            By::Name(name) if name.is_empty() => return Err(invalid("process name is empty".into())),
+            By::Name(name) if name.is_empty() => {
+                return Err(invalid("process name is empty".into()));
+            }
             By::Name(name) => Target::Name(name.clone()),
             By::Exe(path) if !path.starts_with('/') => {
                 return Err(invalid(format!("exe {path:?} must be an absolute path")));
@@ -148,7 +150,10 @@ fn protection(process: &ProcessInfo, agent: &AgentLineage, policy: &Policy) -> O
     } else if pid == agent.pid {
         Some(format!("pid {pid} is the troop agent itself"))
     } else if agent.ancestors.contains(&pid) {
-        Some(format!("pid {pid} ({}) is an ancestor of the troop agent", process.name))
+        Some(format!(
+            "pid {pid} ({}) is an ancestor of the troop agent",
+            process.name
+        ))
     } else if process.kernel_thread || process.ppid == 0 {
         // Processes with ppid 0 other than init are the kernel's own (kthreadd).
         Some(format!("pid {pid} ({}) is a kernel thread", process.name))
@@ -318,7 +323,10 @@ mod tests {
 
     #[test]
     fn all_matches_or_one_at_random() {
-        assert_eq!(choose(&spec(By::Name("nginx".into()), true)), Ok(vec![40, 41, 42]));
+        assert_eq!(
+            choose(&spec(By::Name("nginx".into()), true)),
+            Ok(vec![40, 41, 42])
+        );
         let one = choose(&spec(By::Name("nginx".into()), false)).unwrap();
         assert_eq!(one.len(), 1);
         assert!([40, 41, 42].contains(&one[0]));
@@ -326,11 +334,20 @@ mod tests {
 
     #[test]
     fn every_way_of_matching() {
-        assert_eq!(choose(&spec(By::Exe("/usr/bin/nginx".into()), true)), Ok(vec![40, 41, 42]));
-        assert_eq!(choose(&spec(By::CmdlinePattern("--id=4[12]$".into()), true)), Ok(vec![41, 42]));
+        assert_eq!(
+            choose(&spec(By::Exe("/usr/bin/nginx".into()), true)),
+            Ok(vec![40, 41, 42])
+        );
+        assert_eq!(
+            choose(&spec(By::CmdlinePattern("--id=4[12]$".into()), true)),
+            Ok(vec![41, 42])
+        );
         assert_eq!(choose(&spec(By::Pid(41), true)), Ok(vec![41]));
         // uid 1000 matches everything here; only the unprotected remain.
-        assert_eq!(choose(&spec(By::User("1000".into()), true)), Ok(vec![40, 41, 42]));
+        assert_eq!(
+            choose(&spec(By::User("1000".into()), true)),
+            Ok(vec![40, 41, 42])
+        );
     }
 
     #[test]
@@ -351,7 +368,10 @@ mod tests {
     #[test]
     fn no_match_says_what_was_looked_for() {
         let refusal = choose(&spec(By::Name("postgres".into()), true)).unwrap_err();
-        assert_eq!(refusal, Refusal::NotFound("no process matches name \"postgres\"".into()));
+        assert_eq!(
+            refusal,
+            Refusal::NotFound("no process matches name \"postgres\"".into())
+        );
     }
 
     #[test]
@@ -370,7 +390,10 @@ mod tests {
             (kill(Some(By::Name(String::new())), 9), "name is empty"),
             (kill(Some(By::Exe("nginx".into())), 9), "absolute"),
             (kill(Some(By::CmdlinePattern("(".into())), 9), "pattern"),
-            (kill(Some(By::User("no-such-user-troop".into())), 9), "no user"),
+            (
+                kill(Some(By::User("no-such-user-troop".into())), 9),
+                "no user",
+            ),
         ] {
             let refusal = KillSpec::from_pb(&kill).unwrap_err();
             assert_eq!(refusal.code(), tonic::Code::InvalidArgument, "{refusal}");
@@ -387,6 +410,9 @@ mod tests {
         let signalled = apply(&spec, &table, &Policy::default(), &mut rng).unwrap();
         let pids: Vec<i32> = signalled.iter().map(|s| s.pid).collect();
         assert_eq!(pids, [40, 42]);
-        assert_eq!(table.signalled(), [(40, libc::SIGKILL), (42, libc::SIGKILL)]);
+        assert_eq!(
+            table.signalled(),
+            [(40, libc::SIGKILL), (42, libc::SIGKILL)]
+        );
     }
 }

@@ -73,9 +73,8 @@ pub async fn send(
     targets: &[AgentEntry],
     action: pb::command::Action,
 ) -> anyhow::Result<Vec<Delivery>> {
-    let signer = Signer::load(&context.config.signing_key).with_context(|| {
-        format!("config {}: [signing] key", context.config.path.display())
-    })?;
+    let signer = Signer::load(&context.config.signing_key)
+        .with_context(|| format!("config {}: [signing] key", context.config.path.display()))?;
     Ok(send_signed(context, &signer, targets, action).await)
 }
 
@@ -88,7 +87,12 @@ pub async fn send_signed(
 ) -> Vec<Delivery> {
     let work: Vec<(AgentEntry, pb::Command)> = targets
         .iter()
-        .map(|agent| (agent.clone(), new_command(&agent.id, action.clone(), DEFAULT_VALIDITY)))
+        .map(|agent| {
+            (
+                agent.clone(),
+                new_command(&agent.id, action.clone(), DEFAULT_VALIDITY),
+            )
+        })
         .collect();
     let ids: Vec<String> = work.iter().map(|(_, c)| c.command_id.clone()).collect();
     let signed: Vec<(AgentEntry, pb::SignedCommand)> = work
@@ -100,7 +104,9 @@ pub async fn send_signed(
         .collect();
     let results = context
         .dispatcher
-        .each(signed, |mut client, command| async move { client.execute(command).await })
+        .each(signed, |mut client, command| async move {
+            client.execute(command).await
+        })
         .await;
     results
         .into_iter()
@@ -127,7 +133,10 @@ fn dry_run(output: Output, targets: &[AgentEntry], action: &pb::command::Action)
     match output {
         Output::Json => {
             let commands: Vec<_> = commands.iter().map(report::command_json).collect();
-            println!("{}", serde_json::json!({ "dry_run": true, "commands": commands }));
+            println!(
+                "{}",
+                serde_json::json!({ "dry_run": true, "commands": commands })
+            );
         }
         Output::Table => {
             println!("dry run: nothing sent. {} target(s):", targets.len());
@@ -143,7 +152,10 @@ fn dry_run(output: Output, targets: &[AgentEntry], action: &pb::command::Action)
                     ]
                 })
                 .collect();
-            print!("{}", table::render(&["AGENT", "ADDRESS", "COMMAND ID", "ACTION"], &rows));
+            print!(
+                "{}",
+                table::render(&["AGENT", "ADDRESS", "COMMAND ID", "ACTION"], &rows)
+            );
         }
     }
     Outcome::Success

@@ -71,7 +71,9 @@ pub async fn run_agent(config: &Path) -> anyhow::Result<Outcome> {
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .with_context(|| format!("listen on {address}"))?;
-    agent.serve(listener, troop_agent::shutdown_signal()).await?;
+    agent
+        .serve(listener, troop_agent::shutdown_signal())
+        .await?;
     Ok(Outcome::Success)
 }
 
@@ -86,7 +88,9 @@ pub fn run_service(name: &str) -> anyhow::Result<Outcome> {
 
 pub async fn run(args: DemoArgs, output: Output) -> anyhow::Result<Outcome> {
     let started = Instant::now();
-    let seed = args.seed.unwrap_or_else(|| rand::rng().random_range(0..10_000));
+    let seed = args
+        .seed
+        .unwrap_or_else(|| rand::rng().random_range(0..10_000));
     let workdir = tempfile::Builder::new().prefix("troop-demo-").tempdir()?;
     let say = |text: String| {
         if output == Output::Table {
@@ -108,14 +112,22 @@ pub async fn run(args: DemoArgs, output: Output) -> anyhow::Result<Outcome> {
         .map(|(spec, host)| {
             vec![
                 spec.id.to_string(),
-                context.config.agents.iter().find(|a| a.id == spec.id).map_or_else(String::new, |a| a.address.clone()),
+                context
+                    .config
+                    .agents
+                    .iter()
+                    .find(|a| a.id == spec.id)
+                    .map_or_else(String::new, |a| a.address.clone()),
                 labels_text(spec.labels),
                 format!("{} x {}", host.pids_named(spec.service).len(), spec.service),
             ]
         })
         .collect();
     say("1. The fleet: throwaway CA and signing key, one certificate per agent".into());
-    say(table::render(&["AGENT", "ADDRESS", "LABELS", "SERVICES"], &fleet_rows));
+    say(table::render(
+        &["AGENT", "ADDRESS", "LABELS", "SERVICES"],
+        &fleet_rows,
+    ));
 
     // 2. The attack: one random web host loses one random replica.
     let selector: Selector = "role=web".parse()?;
@@ -154,12 +166,19 @@ pub async fn run(args: DemoArgs, output: Output) -> anyhow::Result<Outcome> {
                 spec.id.to_string(),
                 format!("{} {}", before[spec.id], spec.service),
                 format!("{} {}", after[spec.id], spec.service),
-                if hit.contains(&spec.id) { "hit".into() } else { "untouched".into() },
+                if hit.contains(&spec.id) {
+                    "hit".into()
+                } else {
+                    "untouched".into()
+                },
             ]
         })
         .collect();
     say("3. Effect, counted from outside each host's PID namespace".into());
-    say(table::render(&["AGENT", "BEFORE", "AFTER", ""], &effect_rows));
+    say(table::render(
+        &["AGENT", "BEFORE", "AFTER", ""],
+        &effect_rows,
+    ));
 
     // 4. What agents refuse: a fault their policy forbids, and a forged signature.
     let db = context.select(&"role=db".parse()?)?;
@@ -178,7 +197,10 @@ pub async fn run(args: DemoArgs, output: Output) -> anyhow::Result<Outcome> {
         .iter()
         .all(|d| d.result.as_ref().err().is_some_and(|e| e.is_refusal()));
     let db_intact = hosts[3].pids_named("demo-db").len() == 1;
-    say("4. Refused: stop-host where policy forbids it, and a command signed by an unknown key".into());
+    say(
+        "4. Refused: stop-host where policy forbids it, and a command signed by an unknown key"
+            .into(),
+    );
     say(deliveries_table(&refusals));
 
     let ok = effects_ok && refusals_ok && db_intact;
@@ -186,7 +208,11 @@ pub async fn run(args: DemoArgs, output: Output) -> anyhow::Result<Outcome> {
         "{} {} host(s) hit, {} process(es) killed, {} command(s) refused, db-1 still serving: {}. Took {:.1}s; fleet removed.",
         if ok { "PASS:" } else { "FAIL:" },
         hit.len(),
-        attack.iter().filter_map(|d| d.result.as_ref().ok()).map(|r| r.signalled.len()).sum::<usize>(),
+        attack
+            .iter()
+            .filter_map(|d| d.result.as_ref().ok())
+            .map(|r| r.signalled.len())
+            .sum::<usize>(),
         refusals.iter().filter(|d| d.result.is_err()).count(),
         if db_intact { "yes" } else { "NO" },
         started.elapsed().as_secs_f32(),
@@ -262,7 +288,11 @@ fn build_fleet(dir: &Path) -> anyhow::Result<(Vec<LocalHost>, std::path::PathBuf
     for spec in FLEET {
         pki::issue_agent(&pki_dir, spec.id, &["127.0.0.1".to_string()])?;
         let port = free_port()?;
-        let labels: Vec<String> = spec.labels.iter().map(|(k, v)| format!("{k} = \"{v}\"")).collect();
+        let labels: Vec<String> = spec
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k} = \"{v}\""))
+            .collect();
         let agent_toml = dir.join(format!("{}.toml", spec.id));
         std::fs::write(
             &agent_toml,
@@ -280,9 +310,22 @@ fn build_fleet(dir: &Path) -> anyhow::Result<(Vec<LocalHost>, std::path::PathBuf
             spec.id,
             labels.join(", ")
         ));
-        let agent: Vec<OsString> = vec![exe.clone().into(), "__agent".into(), "--config".into(), agent_toml.into()];
-        let replicas = if spec.service == "demo-web" { REPLICAS } else { 1 };
-        let service: Vec<OsString> = vec![exe.clone().into(), "__demo-service".into(), spec.service.into()];
+        let agent: Vec<OsString> = vec![
+            exe.clone().into(),
+            "__agent".into(),
+            "--config".into(),
+            agent_toml.into(),
+        ];
+        let replicas = if spec.service == "demo-web" {
+            REPLICAS
+        } else {
+            1
+        };
+        let service: Vec<OsString> = vec![
+            exe.clone().into(),
+            "__demo-service".into(),
+            spec.service.into(),
+        ];
         let host = LocalHost::start(
             spec.id,
             &agent,
@@ -306,7 +349,12 @@ fn build_fleet(dir: &Path) -> anyhow::Result<(Vec<LocalHost>, std::path::PathBuf
 
 async fn wait_until_reachable(context: &Context, hosts: &[LocalHost]) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
-    let agents: Vec<(AgentEntry, ())> = context.config.agents.iter().map(|a| (a.clone(), ())).collect();
+    let agents: Vec<(AgentEntry, ())> = context
+        .config
+        .agents
+        .iter()
+        .map(|a| (a.clone(), ()))
+        .collect();
     loop {
         let results = context
             .dispatcher
@@ -316,7 +364,9 @@ async fn wait_until_reachable(context: &Context, hosts: &[LocalHost]) -> anyhow:
             .await;
         let down: Vec<String> = results
             .iter()
-            .filter_map(|(agent, result)| result.as_ref().err().map(|e| format!("{}: {e}", agent.id)))
+            .filter_map(|(agent, result)| {
+                result.as_ref().err().map(|e| format!("{}: {e}", agent.id))
+            })
             .collect();
         if down.is_empty() {
             return Ok(());

@@ -60,7 +60,13 @@ fn status_json(agent: &AgentEntry, result: &Result<pb::AgentStatus, CallError>) 
                     "total_bytes": d.total_bytes, "available_bytes": d.available_bytes,
                 })).collect::<Vec<_>>(),
             });
-            value["active_faults"] = json!(status.active_faults.iter().map(fault_json).collect::<Vec<_>>());
+            value["active_faults"] = json!(
+                status
+                    .active_faults
+                    .iter()
+                    .map(fault_json)
+                    .collect::<Vec<_>>()
+            );
         }
         Err(error) => value["error"] = json!(error.to_string()),
     }
@@ -117,7 +123,10 @@ pub async fn agents(context: &Context, selector: &Selector) -> anyhow::Result<Ou
                 .collect();
             print!(
                 "{}",
-                table::render(&["AGENT", "ADDRESS", "REACHABLE", "LABELS", "HOST", "FAULTS"], &rows)
+                table::render(
+                    &["AGENT", "ADDRESS", "REACHABLE", "LABELS", "HOST", "FAULTS"],
+                    &rows
+                )
             );
         }
     }
@@ -137,7 +146,13 @@ pub async fn status(context: &Context, selector: &Selector) -> anyhow::Result<Ou
             for (agent, result) in &results {
                 match result {
                     Ok(status) if status.active_faults.is_empty() => {
-                        rows.push(vec![agent.id.clone(), "-".into(), "no active faults".into(), String::new(), String::new()]);
+                        rows.push(vec![
+                            agent.id.clone(),
+                            "-".into(),
+                            "no active faults".into(),
+                            String::new(),
+                            String::new(),
+                        ]);
                     }
                     Ok(status) => {
                         for fault in &status.active_faults {
@@ -151,10 +166,19 @@ pub async fn status(context: &Context, selector: &Selector) -> anyhow::Result<Ou
                             ]);
                         }
                     }
-                    Err(error) => rows.push(vec![agent.id.clone(), "-".into(), error.to_string(), String::new(), String::new()]),
+                    Err(error) => rows.push(vec![
+                        agent.id.clone(),
+                        "-".into(),
+                        error.to_string(),
+                        String::new(),
+                        String::new(),
+                    ]),
                 }
             }
-            print!("{}", table::render(&["AGENT", "FAULT", "KIND", "REMAINING", "EFFECT"], &rows));
+            print!(
+                "{}",
+                table::render(&["AGENT", "FAULT", "KIND", "REMAINING", "EFFECT"], &rows)
+            );
         }
     }
     Ok(Outcome::from_all_ok(results.iter().all(|(_, r)| r.is_ok())))
@@ -162,7 +186,11 @@ pub async fn status(context: &Context, selector: &Selector) -> anyhow::Result<Ou
 
 pub async fn halt(context: &Context, selector: &Selector) -> anyhow::Result<Outcome> {
     let targets = context.select(selector)?;
-    let deliveries =
-        attack::send(context, &targets, pb::command::Action::AbortAll(pb::AbortAll {})).await?;
+    let deliveries = attack::send(
+        context,
+        &targets,
+        pb::command::Action::AbortAll(pb::AbortAll {}),
+    )
+    .await?;
     Ok(report::print_deliveries(context.output, &deliveries))
 }

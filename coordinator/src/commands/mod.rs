@@ -26,7 +26,11 @@ pub enum Outcome {
 
 impl Outcome {
     pub fn from_all_ok(all_ok: bool) -> Self {
-        if all_ok { Outcome::Success } else { Outcome::Partial }
+        if all_ok {
+            Outcome::Success
+        } else {
+            Outcome::Partial
+        }
     }
 
     pub fn exit_code(self) -> ExitCode {

@@ -1,0 +1,72 @@
+//! The `troop` binary's contract: exit codes, errors that point at the problem, and the
+//! demo, run as a user would and its report checked.
+
+use std::process::Command;
+
+fn troop(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_troop"))
+        .args(args)
+        .env_remove("TROOP_CONFIG")
+        .current_dir(std::env::temp_dir())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn usage_errors_exit_2_and_point_at_the_column() {
+    let output = troop(&["attack", "kill", "--select", "role=web,,x", "--name", "a"]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("column 10"), "{stderr}");
+}
+
+#[test]
+fn a_missing_config_exits_2_and_says_where_it_looked() {
+    let output = troop(&["--config", "/nonexistent/troop.toml", "agents"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("/nonexistent/troop.toml"));
+}
+
+#[test]
+fn pki_refuses_to_overwrite() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    let pki = pki.to_str().unwrap();
+    assert!(troop(&["pki", "init", "--dir", pki]).status.success());
+    let again = troop(&["pki", "init", "--dir", pki]);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+}
+
+#[test]
+fn the_demo_attacks_a_local_fleet_and_reports_what_it_measured() {
+    let output = troop(&["demo", "--seed", "5", "--output", "json"]);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["ok"], true, "{report}");
+    let effects = report["effects"].as_array().unwrap();
+    let hit: Vec<_> = effects.iter().filter(|e| e["hit"] == true).collect();
+    assert_eq!(hit.len(), 1, "{report}");
+    assert_eq!(
+        hit[0]["after"].as_u64().unwrap() + 1,
+        hit[0]["before"].as_u64().unwrap()
+    );
+    for untouched in effects.iter().filter(|e| e["hit"] == false) {
+        assert_eq!(untouched["after"], untouched["before"], "{report}");
+    }
+    let refusals = report["refusals"].as_array().unwrap();
+    assert!(
+        refusals.iter().all(|r| r["outcome"] == "refused"),
+        "{report}"
+    );
+    // Nothing left behind: no demo process survives the demo.
+    let leftover = Command::new("pgrep")
+        .args(["-f", "__demo-service|__agent"])
+        .output()
+        .unwrap();
+    assert!(
+        leftover.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&leftover.stdout)
+    );
+}
