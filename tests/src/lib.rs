@@ -160,6 +160,7 @@ pub async fn connect(
             let name = name.clone();
             async move {
                 let tcp = TcpStream::connect(address).await?;
+                tcp.set_nodelay(true)?;
                 Ok::<_, std::io::Error>(TokioIo::new(connector.connect(name, tcp).await?))
             }
         }))
