@@ -3,9 +3,11 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use rustls_pki_types::DnsName;
 use serde::Deserialize;
 use troop_proto::freshness::{DEFAULT_CLOCK_SKEW, MAX_VALIDITY};
 
@@ -239,8 +241,10 @@ impl Validator<'_> {
                 return Err(self.invalid("policy.max_duration", "must be more than 0s"));
             }
         }
+        // Added to the defaults, never instead of them: naming `postgres` must not make
+        // `sshd` fair game.
         if let Some(names) = raw.protected_processes {
-            policy.protected_processes = names.into_iter().collect();
+            policy.protected_processes.extend(names);
         }
         for (index, path) in raw.disk_paths.iter().enumerate() {
             if !path.is_absolute() {
@@ -273,25 +277,57 @@ impl Validator<'_> {
 
 /// Agent ids double as the DNS name in the agent's certificate, so they follow DNS rules.
 pub fn validate_agent_id(id: &str) -> Result<(), String> {
-    if id.is_empty() || id.len() > 253 {
-        return Err(format!("{id:?} must be 1 to 253 characters"));
+    check_dns_name(id, false).map_err(|reason| {
+        format!("{id:?} {reason}; an agent id is the DNS name its certificate must carry")
+    })
+}
+
+/// Validates a DNS name by the rules webpki applies, with a reason for each failure.
+pub fn check_dns_name(name: &str, allow_wildcard: bool) -> Result<(), String> {
+    if name.is_empty() || name.len() > 253 {
+        return Err(format!(
+            "must be 1 to 253 characters long, not {}",
+            name.len()
+        ));
     }
-    for label in id.split('.') {
-        let valid = !label.is_empty()
-            && label.len() <= 63
-            && !label.starts_with('-')
-            && !label.ends_with('-')
-            && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
-        if !valid {
+    if name.parse::<IpAddr>().is_ok() {
+        return Err("looks like an IP address, not a DNS name".into());
+    }
+    for (i, label) in name.split('.').enumerate() {
+        if allow_wildcard && i == 0 && label == "*" {
+            continue;
+        }
+        if label.is_empty() {
+            return Err("has an empty label (leading, trailing or doubled '.')".into());
+        }
+        if label.len() > 63 {
+            return Err(format!("label {label:?} is longer than 63 characters"));
+        }
+        if let Some(c) = label
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || *c == '-'))
+        {
             return Err(format!(
-                "{id:?} is not a DNS name (letters, digits, '-' and '.'), which the agent's certificate must name"
+                "contains {c:?}; only letters, digits, '-' and '.' are allowed"
             ));
         }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err(format!("label {label:?} starts or ends with '-'"));
+        }
+    }
+    // webpki also rejects names whose last label is numeric; catch whatever else it would.
+    let plain = name
+        .strip_prefix("*.")
+        .filter(|_| allow_wildcard)
+        .unwrap_or(name);
+    if DnsName::try_from(plain).is_err() {
+        return Err("is not a DNS name TLS libraries accept (is the last label numeric?)".into());
     }
     Ok(())
 }
 
-fn validate_label(key: &str, value: &str) -> Result<(), String> {
+
+pub fn validate_label(key: &str, value: &str) -> Result<(), String> {
     let ok = |text: &str, allow_empty: bool| {
         (allow_empty || !text.is_empty())
             && text.len() <= 63
@@ -392,7 +428,8 @@ coordinator_keys = ["signing.pub"]
         assert!(config.policy.allow.contains(&FaultKind::StopHost));
         assert!(!config.policy.allow.contains(&FaultKind::Cpu));
         assert_eq!(config.policy.max_duration, Duration::from_secs(600));
-        assert!(!config.policy.protected_processes.contains("sshd"));
+        assert!(config.policy.protected_processes.contains("postgres"));
+        assert!(config.policy.protected_processes.contains("sshd"));
         assert_eq!(config.policy.max_disk_fill_percent, 90);
     }
 }

@@ -13,10 +13,14 @@ use std::io::{self, BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 const FILE_NAME: &str = "commands.jsonl";
+/// Held (flock) while an agent uses the state dir: two agents on one ledger would each
+/// forget what the other ran.
+const LOCK_NAME: &str = "agent.lock";
 const COMPACT_AFTER_LINES: usize = 4096;
 
 /// What a command got the first time.
@@ -25,10 +29,8 @@ const COMPACT_AFTER_LINES: usize = 4096;
 pub enum Outcome {
     /// The encoded `Receipt`, hex.
     Receipt(String),
-    Refused {
-        code: i32,
-        message: String,
-    },
+    /// The gRPC status it was answered with.
+    Status { code: i32, message: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,6 +76,7 @@ pub struct Ledger {
     path: PathBuf,
     compact_after_lines: usize,
     inner: Mutex<Inner>,
+    _lock: Flock<File>,
 }
 
 #[derive(Debug)]
@@ -81,6 +84,9 @@ struct Inner {
     file: File,
     entries: HashMap<String, Entry>,
     lines: usize,
+    /// Set when a write failed: the file may end in a torn line, so nothing more is
+    /// appended (and no command admitted) until a restart compacts it.
+    broken: bool,
 }
 
 pub fn digest(payload: &[u8]) -> String {
@@ -88,7 +94,17 @@ pub fn digest(payload: &[u8]) -> String {
 }
 
 impl Ledger {
-    /// Opens the ledger in `state_dir`, forgetting what expired before `now_unix_ms`.
+    /// Reads the ledger in `state_dir` without changing anything (for `validate`, which
+    /// may run beside a live agent). Returns how many commands it remembers.
+    pub fn check(state_dir: &Path) -> Result<usize, LedgerError> {
+        let path = state_dir.join(FILE_NAME);
+        read_entries(&path)
+            .map(|entries| entries.len())
+            .map_err(|source| LedgerError { path, source })
+    }
+
+    /// Opens the ledger in `state_dir` for this agent alone, forgetting what expired
+    /// before `now_unix_ms`.
     pub fn open(state_dir: &Path, now_unix_ms: i64) -> Result<Self, LedgerError> {
         let path = state_dir.join(FILE_NAME);
         let error = |source| LedgerError {
@@ -96,6 +112,7 @@ impl Ledger {
             source,
         };
         fs::create_dir_all(state_dir).map_err(error)?;
+        let lock = lock(&state_dir.join(LOCK_NAME)).map_err(error)?;
         let entries = read_entries(&path).map_err(error)?;
         let ledger = Self {
             path: path.clone(),
@@ -104,7 +121,9 @@ impl Ledger {
                 file: open_append(&path).map_err(error)?,
                 entries,
                 lines: 0,
+                broken: false,
             }),
+            _lock: lock,
         };
         ledger.compact(now_unix_ms).map_err(error)?;
         Ok(ledger)
@@ -119,6 +138,11 @@ impl Ledger {
         now_unix_ms: i64,
     ) -> Result<Admission, LedgerError> {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if inner.broken {
+            return Err(self.error(io::Error::other(
+                "an earlier write failed; restart the agent to recover the ledger",
+            )));
+        }
         if let Some(entry) = inner.entries.get(id)
             && entry.until_unix_ms >= now_unix_ms
         {
@@ -187,24 +211,39 @@ impl Ledger {
     }
 
     fn append(&self, inner: &mut Inner, line: &Line, sync: bool) -> Result<(), LedgerError> {
+        if inner.broken {
+            return Err(self.error(io::Error::other("an earlier write failed")));
+        }
         let mut text = serde_json::to_string(line).map_err(|e| self.error(e.into()))?;
         text.push('\n');
-        inner
+        let written = inner
             .file
             .write_all(text.as_bytes())
-            .and_then(|()| if sync { inner.file.sync_data() } else { Ok(()) })
-            .map_err(|source| self.error(source))?;
+            .and_then(|()| if sync { inner.file.sync_data() } else { Ok(()) });
+        if let Err(source) = written {
+            inner.broken = true;
+            return Err(self.error(source));
+        }
         inner.lines += 1;
         Ok(())
     }
 
-    /// Rewrites the file with only the live entries, atomically.
+    /// Rewrites the file with only the live entries, atomically. If it fails half-way the
+    /// ledger stops admitting commands rather than write to a file that may be gone.
     fn compact(&self, now_unix_ms: i64) -> io::Result<()> {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let result = Self::rewrite(&self.path, &mut inner, now_unix_ms);
+        if result.is_err() {
+            inner.broken = true;
+        }
+        result
+    }
+
+    fn rewrite(path: &Path, inner: &mut Inner, now_unix_ms: i64) -> io::Result<()> {
         inner
             .entries
             .retain(|_, entry| entry.until_unix_ms >= now_unix_ms);
-        let temp = self.path.with_extension("jsonl.tmp");
+        let temp = path.with_extension("jsonl.tmp");
         {
             let mut file = File::create(&temp)?;
             for (id, entry) in &inner.entries {
@@ -219,22 +258,41 @@ impl Ledger {
             }
             file.sync_all()?;
         }
-        fs::rename(&temp, &self.path)?;
-        if let Some(dir) = self.path.parent() {
+        fs::rename(&temp, path)?;
+        inner.file = open_append(path)?;
+        inner.lines = inner.entries.len();
+        if let Some(dir) = path.parent() {
             File::open(dir)?.sync_all()?;
         }
-        inner.file = open_append(&self.path)?;
-        inner.lines = inner.entries.len();
         Ok(())
     }
+}
+
+fn lock(path: &Path) -> io::Result<Flock<File>> {
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)?;
+    Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
+        if errno == nix::errno::Errno::EWOULDBLOCK {
+            io::Error::new(
+                io::ErrorKind::WouldBlock,
+                "the state dir is in use by another running troop-agent",
+            )
+        } else {
+            io::Error::from(errno)
+        }
+    })
 }
 
 fn open_append(path: &Path) -> io::Result<File> {
     OpenOptions::new().create(true).append(true).open(path)
 }
 
-/// Later lines for an id complete earlier ones. A torn last line (a crash mid-write of an
-/// outcome) is skipped: its admission line before it still stands.
+/// An admission line starts an entry (replacing any earlier one for the id: ids may be
+/// reused once expired); an outcome line completes the entry with its digest. A torn last
+/// line (a crash mid-write of an outcome) is skipped: the admission before it stands.
 fn read_entries(path: &Path) -> io::Result<HashMap<String, Entry>> {
     let file = match File::open(path) {
         Ok(file) => file,
@@ -247,13 +305,24 @@ fn read_entries(path: &Path) -> io::Result<HashMap<String, Entry>> {
             tracing::warn!(path = %path.display(), "skipping an unreadable ledger line");
             continue;
         };
-        let entry = entries.entry(line.id).or_insert(Entry {
-            digest: line.digest.clone(),
-            until_unix_ms: line.until_unix_ms,
-            outcome: None,
-        });
-        if entry.digest == line.digest && line.outcome.is_some() {
-            entry.outcome = line.outcome;
+        match line.outcome {
+            None => {
+                entries.insert(
+                    line.id,
+                    Entry {
+                        digest: line.digest,
+                        until_unix_ms: line.until_unix_ms,
+                        outcome: None,
+                    },
+                );
+            }
+            Some(outcome) => {
+                if let Some(entry) = entries.get_mut(&line.id)
+                    && entry.digest == line.digest
+                {
+                    entry.outcome = Some(outcome);
+                }
+            }
         }
     }
     Ok(entries)
@@ -333,6 +402,35 @@ mod tests {
             ledger.admit("a", "d", NOW + 100, NOW).unwrap(),
             Admission::Pending
         );
+    }
+
+    #[test]
+    fn an_id_reused_after_expiry_keeps_its_new_digest_across_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let ledger = Ledger::open(dir.path(), NOW).unwrap();
+            ledger.admit("a", "old", NOW + 10, NOW).unwrap();
+            ledger.finish("a", receipt(), NOW).unwrap();
+            assert_eq!(ledger.admit("a", "new", NOW + 100, NOW + 50).unwrap(), Admission::New);
+        }
+        let ledger = Ledger::open(dir.path(), NOW + 50).unwrap();
+        assert_eq!(ledger.admit("a", "new", NOW + 100, NOW + 50).unwrap(), Admission::Pending);
+        assert_eq!(ledger.admit("a", "old", NOW + 100, NOW + 50).unwrap(), Admission::Conflict);
+    }
+
+    #[test]
+    fn one_state_dir_serves_one_agent_and_check_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(dir.path(), NOW).unwrap();
+        ledger.admit("a", "d", NOW + 100, NOW).unwrap();
+        let error = Ledger::open(dir.path(), NOW).unwrap_err();
+        assert!(format!("{:?}", error).contains("in use by another running troop-agent"));
+        let before = fs::read(dir.path().join(FILE_NAME)).unwrap();
+        assert_eq!(Ledger::check(dir.path()).unwrap(), 1);
+        assert_eq!(fs::read(dir.path().join(FILE_NAME)).unwrap(), before);
+        assert_eq!(ledger.admit("b", "d", NOW + 100, NOW).unwrap(), Admission::New);
+        drop(ledger);
+        assert!(Ledger::open(dir.path(), NOW).is_ok(), "the lock goes with the agent");
     }
 
     #[test]

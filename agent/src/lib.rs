@@ -38,7 +38,7 @@ pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 /// HTTP/2 streams one coordinator connection may hold open at once.
 const MAX_CONCURRENT_STREAMS: u32 = 64;
 /// No request may hold the agent longer than this.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -81,9 +81,37 @@ pub struct Agent {
     service: Arc<AgentService>,
 }
 
+/// What `troop-agent validate` found.
+#[derive(Debug)]
+pub struct Validated {
+    pub trusted_keys: usize,
+    pub remembered_commands: usize,
+}
+
+/// Loads every key, certificate and the ledger the config points at, changing nothing:
+/// safe to run (as systemd's ExecStartPre, or by hand) beside a live agent.
+pub fn validate(config: &AgentConfig) -> Result<Validated, StartError> {
+    let keys = load_trusted_keys(config)?;
+    tls::server_config(&config.tls)?;
+    let remembered_commands = Ledger::check(&config.state_dir)?;
+    Ok(Validated {
+        trusted_keys: keys.len(),
+        remembered_commands,
+    })
+}
+
+fn load_trusted_keys(config: &AgentConfig) -> Result<TrustedKeys, StartError> {
+    let keys = config
+        .coordinator_keys
+        .iter()
+        .map(|path| load_public_key(path))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(TrustedKeys::new(keys))
+}
+
 impl Agent {
-    /// Loads everything the config points at; any problem is reported here, before
-    /// the agent listens (this is also what `troop-agent validate` runs).
+    /// Loads everything the config points at and takes the state dir for itself; any
+    /// problem is reported here, before the agent listens.
     pub fn new(config: AgentConfig) -> Result<Self, StartError> {
         Self::with_process_table(config, Arc::new(LinuxProcessTable))
     }
@@ -92,17 +120,13 @@ impl Agent {
         config: AgentConfig,
         processes: Arc<dyn ProcessTable>,
     ) -> Result<Self, StartError> {
-        let keys = config
-            .coordinator_keys
-            .iter()
-            .map(|path| load_public_key(path))
-            .collect::<Result<Vec<_>, _>>()?;
+        let trusted = load_trusted_keys(&config)?;
         let tls = tls::server_config(&config.tls)?;
         let ledger = Ledger::open(&config.state_dir, service::now_unix_ms())?;
         let service = Arc::new(AgentService {
             id: config.id.clone(),
             labels: config.labels.clone(),
-            trusted: TrustedKeys::new(keys),
+            trusted,
             max_clock_skew: config.max_clock_skew,
             policy: config.policy.clone(),
             ledger,

@@ -32,34 +32,40 @@ enum Command {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    let loaded = AgentConfig::load(&args.config)
-        .map_err(|error| error_chain(&error))
-        .and_then(|config| Agent::new(config).map_err(|error| error_chain(&error)));
-    let agent = match loaded {
-        Ok(agent) => agent,
+    let config = match AgentConfig::load(&args.config) {
+        Ok(config) => config,
         Err(error) => {
-            eprintln!("troop-agent: {error}");
+            eprintln!("troop-agent: {}", error_chain(&error));
             return ExitCode::from(2);
         }
     };
     if let Some(Command::Validate) = args.command {
-        let config = agent.config();
-        println!(
-            "{}: valid. agent {:?} on {}, {} trusted coordinator key(s), allows {}",
-            args.config.display(),
-            config.id,
-            config.listen,
-            config.coordinator_keys.len(),
-            config
-                .policy
-                .allow
-                .iter()
-                .map(|kind| kind.name())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        return ExitCode::SUCCESS;
+        return match troop_agent::validate(&config) {
+            Ok(found) => {
+                println!(
+                    "{}: valid. agent {:?} on {}, {} trusted coordinator key(s), {} command(s) remembered, allows {}",
+                    args.config.display(),
+                    config.id,
+                    config.listen,
+                    found.trusted_keys,
+                    found.remembered_commands,
+                    config
+                        .policy
+                        .allow
+                        .iter()
+                        .map(|kind| kind.name())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("troop-agent: {}", error_chain(&error));
+                ExitCode::from(2)
+            }
+        };
     }
+    // Telemetry first, so whatever start-up finds (a damaged ledger line) is logged.
     let _telemetry = match troop_telemetry::init("troop-agent", args.log_format) {
         Ok(telemetry) => telemetry,
         Err(error) => {
@@ -67,10 +73,19 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let agent = match Agent::new(config) {
+        Ok(agent) => agent,
+        Err(error) => {
+            let error = error_chain(&error);
+            tracing::error!(%error, "cannot start");
+            eprintln!("troop-agent: {error}");
+            return ExitCode::from(2);
+        }
+    };
     match run(agent).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            tracing::error!(error = %error, "agent failed");
+            tracing::error!(%error, "agent failed");
             eprintln!("troop-agent: {error}");
             ExitCode::FAILURE
         }

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use prost::Message;
 use tonic::{Request, Response, Status};
 use troop_proto::pb::agent_server::Agent;
+use troop_proto::envelope::printable;
 use troop_proto::{Refusal, TrustedKeys, freshness, pb};
 
 use crate::faults::kill::{self, KillSpec};
@@ -46,8 +47,11 @@ impl AgentService {
             tracing::warn!(command_id = %printable(&id), reason = %refusal, "refused command");
             return Err(refusal.into());
         }
-        if id.is_empty() || id.len() > 128 {
-            let refusal = Refusal::InvalidArgument("command_id must be 1 to 128 bytes".into());
+        // Ids are logged and echoed back: only short, printable ones are accepted.
+        if id.is_empty() || id.len() > 128 || !id.chars().all(|c| c.is_ascii_graphic()) {
+            let refusal = Refusal::InvalidArgument(
+                "command_id must be 1 to 128 printable ASCII characters".into(),
+            );
             tracing::warn!(reason = %refusal, "refused command");
             return Err(refusal.into());
         }
@@ -82,11 +86,15 @@ impl AgentService {
                 tracing::info!(command_id = %id, summary = %receipt.summary, "accepted command");
                 Outcome::Receipt(hex::encode(receipt.encode_to_vec()))
             }
-            Err(refusal) => {
-                tracing::warn!(command_id = %id, reason = %refusal, "refused command");
-                Outcome::Refused {
-                    code: refusal.code() as i32,
-                    message: refusal.to_string(),
+            Err(error) => {
+                if error.is_refusal() {
+                    tracing::warn!(command_id = %id, reason = %error, "refused command");
+                } else {
+                    tracing::warn!(command_id = %id, %error, "command failed");
+                }
+                Outcome::Status {
+                    code: error.code() as i32,
+                    message: error.to_string(),
                 }
             }
         };
@@ -176,16 +184,8 @@ fn replayed(outcome: Outcome) -> Result<pb::Receipt, Status> {
             .ok()
             .and_then(|bytes| pb::Receipt::decode(bytes.as_slice()).ok())
             .ok_or_else(|| Status::internal("stored receipt is unreadable")),
-        Outcome::Refused { code, message } => Err(Status::new(code.into(), message)),
+        Outcome::Status { code, message } => Err(Status::new(code.into(), message)),
     }
-}
-
-/// Ids and key ids come from the network; keep them short and printable in logs.
-fn printable(text: &str) -> String {
-    text.chars()
-        .take(128)
-        .map(|c| if c.is_ascii_graphic() { c } else { '?' })
-        .collect()
 }
 
 /// The tonic face of [`AgentService`].

@@ -159,7 +159,12 @@ pub fn incoming(
             let Ok(permit) = permits.clone().acquire_owned().await else {
                 return;
             };
-            let (tcp, remote) = match listener.accept().await {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                // The server is gone: stop accepting, and let the socket close.
+                () = sender.closed() => return,
+            };
+            let (tcp, remote) = match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
                     tracing::warn!(%error, "accept failed");
@@ -167,9 +172,6 @@ pub fn incoming(
                     continue;
                 }
             };
-            if sender.is_closed() {
-                return;
-            }
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let sender = sender.clone();

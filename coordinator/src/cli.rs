@@ -123,12 +123,12 @@ pub struct KillArgs {
     #[arg(long)]
     pub name: Option<String>,
     /// Absolute path of the executable.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_exe)]
     pub exe: Option<String>,
     /// Regular expression over the command line.
     #[arg(long)]
     pub pattern: Option<String>,
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(i32).range(1..))]
     pub pid: Option<i32>,
     /// User name or uid owning the processes.
     #[arg(long)]
@@ -152,10 +152,23 @@ fn parse_percent(text: &str) -> Result<u8, String> {
     troop_agent::units::parse_percent(text).map_err(|error| error.to_string())
 }
 
-/// `KILL`, `SIGKILL`, `kill` or `9`.
+fn parse_exe(text: &str) -> Result<String, String> {
+    if text.starts_with('/') {
+        Ok(text.to_string())
+    } else {
+        Err(format!("{text:?} must be an absolute path"))
+    }
+}
+
+/// `KILL`, `SIGKILL`, `kill` or `9`; 1 to 64. (Signal 0 would only probe; on the wire it
+/// means "the default, KILL", so it is refused here.)
 pub fn parse_signal(text: &str) -> Result<i32, String> {
     if let Ok(number) = text.parse::<i32>() {
-        return Ok(number);
+        return if (1..=64).contains(&number) {
+            Ok(number)
+        } else {
+            Err(format!("signal {number} is not 1 to 64"))
+        };
     }
     let upper = text.to_ascii_uppercase();
     let name = if upper.starts_with("SIG") {
@@ -184,6 +197,8 @@ mod tests {
         assert_eq!(parse_signal("sigterm"), Ok(15));
         assert_eq!(parse_signal("10"), Ok(10));
         assert!(parse_signal("NUKE").is_err());
+        assert!(parse_signal("0").is_err());
+        assert!(parse_signal("65").is_err());
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use troop_agent::config::validate_agent_id;
+use troop_agent::config::{validate_agent_id, validate_label};
 
 pub const CONFIG_ENV: &str = "TROOP_CONFIG";
 pub const LOCAL_CONFIG: &str = "troop.toml";
@@ -162,6 +162,10 @@ impl CoordinatorConfig {
                     format!("{:?} must be host:port", agent.address),
                 ));
             }
+            for (key, value) in &agent.labels {
+                validate_label(key, value)
+                    .map_err(|m| invalid(format!("agents[{index}].labels"), m))?;
+            }
             agents.push(AgentEntry {
                 id: agent.id,
                 address: agent.address,
@@ -175,6 +179,14 @@ impl CoordinatorConfig {
             return Err(invalid(
                 "store.url".into(),
                 format!("{store_url:?} must start with sqlite:// or postgres://"),
+            ));
+        }
+        if let Some(serve) = &raw.serve
+            && serve.listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(invalid(
+                "serve.listen".into(),
+                format!("{:?} is not an address:port such as 0.0.0.0:7080", serve.listen),
             ));
         }
         Ok(Self {
@@ -246,6 +258,9 @@ ca = "pki/ca.pem"
                 "agents[1].id",
             ),
             ("[store]\nurl = \"mysql://x\"\n", "store.url"),
+            ("[[agents]]\nid = \"10.0.0.1\"\naddress = \"a:1\"\n", "agents[0].id"),
+            ("[[agents]]\nid = \"w\"\naddress = \"a:1\"\nlabels = { role = \"w b\" }\n", "agents[0].labels"),
+            ("[serve]\nlisten = \"everywhere\"\n", "serve.listen"),
         ] {
             let error = parse(extra).unwrap_err().to_string();
             assert!(error.contains(&format!("`{key}`")), "{key}: {error}");

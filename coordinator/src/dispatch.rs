@@ -14,8 +14,11 @@ use troop_telemetry::error_chain;
 
 /// Agents contacted at once.
 pub const DEFAULT_CONCURRENCY: usize = 32;
-/// Connecting plus answering, per agent.
-pub const DEFAULT_AGENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connecting (TCP and TLS) to one agent.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connecting plus answering, per agent; longer than an agent's own 10 s request limit,
+/// so a slow agent answers with its own error rather than leaving the outcome unknown.
+pub const DEFAULT_AGENT_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Why one agent did not answer with a result.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,15 +35,7 @@ pub enum CallError {
 impl CallError {
     /// Refusals are the agent's verdict on the command; other errors are failures.
     pub fn is_refusal(&self) -> bool {
-        matches!(
-            self,
-            CallError::Status {
-                code: tonic::Code::Unauthenticated
-                    | tonic::Code::PermissionDenied
-                    | tonic::Code::InvalidArgument,
-                ..
-            }
-        )
+        matches!(self, CallError::Status { code, .. } if troop_proto::refusal::is_refusal_code(*code))
     }
 }
 
@@ -48,7 +43,11 @@ impl std::fmt::Display for CallError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             CallError::Unreachable(reason) => write!(f, "unreachable: {reason}"),
-            CallError::TimedOut(after) => write!(f, "no answer within {}s", after.as_secs_f32()),
+            CallError::TimedOut(after) => write!(
+                f,
+                "no answer within {}s: the command may or may not have run",
+                after.as_secs_f32()
+            ),
             CallError::Status { code, message } => {
                 write!(f, "{}: {message}", code_name(*code))
             }

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use troop_agent::host::process::{LinuxProcessTable, ProcessInfo, ProcessTable};
+use troop_agent::host::process::{LinuxProcessTable, ProcessInfo, ProcessTable, read_process};
 
 /// One host: a PID namespace with an agent and some services.
 #[derive(Debug)]
@@ -128,10 +128,27 @@ impl LocalHost {
         false
     }
 
-    /// Ends the host and every process in it.
+    /// Ends the host and waits until every process in it is gone.
     pub fn stop(&mut self) {
+        let mut members = self.processes();
+        if let Some(init) = self.init_pid().and_then(read_process) {
+            members.push(init);
+        }
         let _ = self.unshare.kill();
         let _ = self.unshare.wait();
+        // The kernel ends the namespace's processes after unshare is gone; a pid counts
+        // as gone once it no longer names the same process, or names a zombie.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let alive = members.iter().any(|member| {
+                read_process(member.pid)
+                    .is_some_and(|now| now.start_time == member.start_time && !now.zombie)
+            });
+            if !alive {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
 

@@ -15,9 +15,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
 use ed25519_dalek::pkcs8::{
-    DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, KeypairBytes,
+    DecodePrivateKey, EncodePrivateKey, EncodePublicKey, KeypairBytes,
 };
-use ed25519_dalek::{SigningKey, VerifyingKey};
+use ed25519_dalek::SigningKey;
 use rand::TryRngCore;
 use rand::rngs::OsRng;
 use rcgen::{
@@ -27,7 +27,8 @@ use rcgen::{
 use rustls::RootCertStore;
 use rustls::client::danger::ServerCertVerifier;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, DnsName, ServerName, UnixTime};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use troop_agent::config::check_dns_name;
 
 /// File name of the fleet CA certificate.
 pub const CA_CERT: &str = "ca.pem";
@@ -120,15 +121,6 @@ pub enum PkiError {
         /// The decoder's error.
         #[source]
         source: ed25519_dalek::pkcs8::Error,
-    },
-    /// An Ed25519 public key file could not be decoded.
-    #[error("{}: not an Ed25519 SPKI PEM public key", path.display())]
-    VerifyingKey {
-        /// The offending file.
-        path: PathBuf,
-        /// The decoder's error.
-        #[source]
-        source: ed25519_dalek::pkcs8::spki::Error,
     },
     /// Serialising an Ed25519 key to PEM failed.
     #[error("cannot encode the {what} as PEM")]
@@ -261,10 +253,8 @@ pub fn issue_agent(dir: &Path, name: &str, sans: &[String]) -> Result<Vec<PathBu
     let params = leaf_params(
         name,
         sans,
-        vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ],
+        // Server only: an agent's certificate must not open a session to another agent.
+        vec![ExtendedKeyUsagePurpose::ServerAuth],
     )?;
     let cert = params
         .signed_by(&key, &issuer)
@@ -293,15 +283,6 @@ pub fn load_signing_key(path: &Path) -> Result<SigningKey, PkiError> {
     })
 }
 
-/// Loads an Ed25519 public key from an SPKI PEM file.
-pub fn load_verifying_key(path: &Path) -> Result<VerifyingKey, PkiError> {
-    let pem = read_to_string(path)?;
-    VerifyingKey::from_public_key_pem(&pem).map_err(|source| PkiError::VerifyingKey {
-        path: path.to_owned(),
-        source,
-    })
-}
-
 /// Checks that `name` can be an agent id, a file stem and a DNS name the
 /// coordinator verifies the agent's certificate against.
 fn validate_agent_name(name: &str) -> Result<(), PkiError> {
@@ -321,50 +302,6 @@ fn validate_agent_name(name: &str) -> Result<(), PkiError> {
         return Err(invalid(
             "reserved: its files would collide with the PKI's own (ca, coordinator, signing)",
         ));
-    }
-    Ok(())
-}
-
-/// Validates a DNS name by the rules webpki applies, with a reason for each failure.
-fn check_dns_name(name: &str, allow_wildcard: bool) -> Result<(), String> {
-    if name.is_empty() || name.len() > 253 {
-        return Err(format!(
-            "must be 1 to 253 characters long, not {}",
-            name.len()
-        ));
-    }
-    if name.parse::<IpAddr>().is_ok() {
-        return Err("looks like an IP address, not a DNS name".into());
-    }
-    for (i, label) in name.split('.').enumerate() {
-        if allow_wildcard && i == 0 && label == "*" {
-            continue;
-        }
-        if label.is_empty() {
-            return Err("has an empty label (leading, trailing or doubled '.')".into());
-        }
-        if label.len() > 63 {
-            return Err(format!("label {label:?} is longer than 63 characters"));
-        }
-        if let Some(c) = label
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || *c == '-'))
-        {
-            return Err(format!(
-                "contains {c:?}; only letters, digits, '-' and '.' are allowed"
-            ));
-        }
-        if label.starts_with('-') || label.ends_with('-') {
-            return Err(format!("label {label:?} starts or ends with '-'"));
-        }
-    }
-    // webpki also rejects names whose last label is numeric; catch whatever else it would.
-    let plain = name
-        .strip_prefix("*.")
-        .filter(|_| allow_wildcard)
-        .unwrap_or(name);
-    if DnsName::try_from(plain).is_err() {
-        return Err("is not a DNS name TLS libraries accept (is the last label numeric?)".into());
     }
     Ok(())
 }
@@ -498,7 +435,7 @@ fn spki_matches(roots: &RootCertStore, key: &KeyPair) -> bool {
     })
 }
 
-/// Checks the new certificate as rustls will: as a server cert for `name` and as a client cert.
+/// Checks the new certificate as rustls will, as a server certificate for `name`.
 fn verify_agent_cert(
     roots: RootCertStore,
     cert: &CertificateDer<'_>,
@@ -515,10 +452,6 @@ fn verify_agent_cert(
         .build()
         .map_err(verifier_err)?
         .verify_server_cert(cert, &[], &server_name, &[], now)?;
-    rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider)
-        .build()
-        .map_err(verifier_err)?
-        .verify_client_cert(cert, &[], now)?;
     Ok(())
 }
 
@@ -725,11 +658,11 @@ mod tests {
         verify_client(dir, COORDINATOR_CERT).unwrap();
         assert!(verify_server(dir, COORDINATOR_CERT, COORDINATOR_NAME).is_err());
 
-        // The agent certificate serves for its name and SANs, and can dial in as a client.
+        // The agent certificate serves for its name and SANs, and is no client certificate.
         verify_server(dir, "web-1.pem", "web-1").unwrap();
         verify_server(dir, "web-1.pem", "10.0.0.7").unwrap();
         verify_server(dir, "web-1.pem", "web-1.example.com").unwrap();
-        verify_client(dir, "web-1.pem").unwrap();
+        assert!(verify_client(dir, "web-1.pem").is_err());
         let err = verify_server(dir, "web-1.pem", "web-2").unwrap_err();
         assert!(
             matches!(
@@ -929,7 +862,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         init(tmp.path()).unwrap();
         let signing = load_signing_key(&tmp.path().join(SIGNING_KEY)).unwrap();
-        let verifying = load_verifying_key(&tmp.path().join(SIGNING_PUB)).unwrap();
+        let verifying = troop_agent::load_public_key(&tmp.path().join(SIGNING_PUB)).unwrap();
         assert_eq!(signing.verifying_key(), verifying);
         let msg = b"experiment: kill -9 web-1";
         let sig = signing.sign(msg);
@@ -965,8 +898,8 @@ mod tests {
         let body = pem.lines().nth(1).unwrap();
         assert!(!shown.contains(body), "key material leaked: {shown}");
 
-        let err = load_verifying_key(&tmp.path().join(SIGNING_KEY)).unwrap_err();
-        assert!(matches!(err, PkiError::VerifyingKey { .. }), "{err:?}");
+        let err = troop_agent::load_public_key(&tmp.path().join(SIGNING_KEY)).unwrap_err();
+        assert!(matches!(err, troop_agent::StartError::Key { .. }), "{err:?}");
         assert!(err.to_string().contains("signing.key"));
         assert!(std::error::Error::source(&err).is_some());
     }

@@ -20,7 +20,8 @@ pub fn outcome_word(result: &Result<pb::Receipt, CallError>) -> &'static str {
     match result {
         Ok(_) => "applied",
         Err(error) if error.is_refusal() => "refused",
-        Err(CallError::Unreachable(_) | CallError::TimedOut(_)) => "unreachable",
+        Err(CallError::Unreachable(_)) => "unreachable",
+        Err(CallError::TimedOut(_)) => "unknown",
         Err(_) => "failed",
     }
 }

@@ -88,8 +88,9 @@ impl TrustedKeys {
     }
 }
 
-/// Key ids come from the network: keep what is echoed back short and printable.
-fn printable(text: &str) -> String {
+/// Text from the network (key ids, command ids) as it may be logged or echoed back:
+/// at most 64 characters, non-printable ones replaced.
+pub fn printable(text: &str) -> String {
     text.chars()
         .take(64)
         .map(|c| if c.is_ascii_graphic() { c } else { '?' })

@@ -40,12 +40,12 @@ pub fn check(
     let skew_ms = skew.as_millis() as i64;
     if issued > now_unix_ms.saturating_add(skew_ms) {
         return Err(Refusal::IssuedInFuture {
-            ahead_ms: issued - now_unix_ms,
+            ahead_ms: issued.saturating_sub(now_unix_ms),
         });
     }
     if expires < now_unix_ms.saturating_sub(skew_ms) {
         return Err(Refusal::Expired {
-            ago_ms: now_unix_ms - expires,
+            ago_ms: now_unix_ms.saturating_sub(expires),
         });
     }
     Ok(())
@@ -102,5 +102,7 @@ mod tests {
         assert!(matches!(inverted, Err(Refusal::InvalidWindow { .. })));
         let extreme = check(&command(i64::MIN, i64::MAX), "a", NOW, SKEW);
         assert!(matches!(extreme, Err(Refusal::WindowTooLong { .. })));
+        let ancient = check(&command(i64::MIN, i64::MIN + 1), "a", NOW, SKEW);
+        assert!(matches!(ancient, Err(Refusal::Expired { .. })));
     }
 }

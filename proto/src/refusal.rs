@@ -53,6 +53,12 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// A verdict on the command itself (bad signature, binding, freshness, replay, policy
+    /// or parameters), as opposed to a failure to carry out an accepted command.
+    pub fn is_refusal(&self) -> bool {
+        is_refusal_code(self.code())
+    }
+
     pub fn code(&self) -> Code {
         use Refusal::*;
         match self {
@@ -72,6 +78,14 @@ impl Refusal {
             Internal(_) => Code::Internal,
         }
     }
+}
+
+/// The codes DESIGN.md gives refusals; any other error code is a failure.
+pub fn is_refusal_code(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unauthenticated | Code::PermissionDenied | Code::InvalidArgument
+    )
 }
 
 impl From<Refusal> for Status {

@@ -26,7 +26,13 @@ fn bench_verify() {
     let pki = TestPki::new(&[]);
     let key = pki.signing_key();
     let trusted = TrustedKeys::new([key.verifying_key()]);
-    let signed = sign_command(&command("web-1", kill(pb::process_match::By::Name("nginx".into()), 9, false)), &key);
+    let signed = sign_command(
+        &command(
+            "web-1",
+            kill(pb::process_match::By::Name("nginx".into()), 9, false),
+        ),
+        &key,
+    );
     for _ in 0..1000 {
         trusted.verify(&signed).unwrap();
     }
@@ -36,27 +42,92 @@ fn bench_verify() {
         std::hint::black_box(trusted.verify(std::hint::black_box(&signed)).unwrap());
     }
     let per = start.elapsed() / rounds;
-    println!("verify: {} bytes payload, {:.1} µs per command (mean of {rounds})", signed.payload.len(), micros(per));
+    println!(
+        "verify: {} bytes payload, {:.1} µs per command (mean of {rounds})",
+        signed.payload.len(),
+        micros(per)
+    );
 }
 
-async fn bench_execute(label: &str, state_dir: &std::path::Path) {
-    let pki = TestPki::new(&["web-1"]);
-    let mut config = pki.agent_config("web-1", "");
-    config.state_dir = state_dir.to_path_buf();
-    let agent = RunningAgent::start(config).await;
-    let mut client = connect(agent.address, "web-1", Credentials::Coordinator(&pki)).await.unwrap();
-    let key = pki.signing_key();
+/// A release `troop-agent` process, as production runs it.
+struct AgentProcess {
+    pki: TestPki,
+    child: std::process::Child,
+    client: pb::agent_client::AgentClient<tonic::transport::Channel>,
+}
+
+impl AgentProcess {
+    async fn start(state_dir: &std::path::Path) -> Self {
+        let pki = TestPki::new(&["web-1"]);
+        let port = troop_coordinator::local_fleet::free_port().unwrap();
+        let config = pki.dir.path().join("agent.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "id = \"web-1\"\nlisten = \"127.0.0.1:{port}\"\nstate_dir = \"{}\"\n\
+                 [tls]\ncert = \"pki/web-1.pem\"\nkey = \"pki/web-1.key\"\nca = \"pki/ca.pem\"\n\
+                 [trust]\ncoordinator_keys = [\"pki/signing.pub\"]\n",
+                state_dir.display()
+            ),
+        )
+        .unwrap();
+        let child = std::process::Command::new(binary("troop-agent"))
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "error")
+            .spawn()
+            .unwrap();
+        let address = format!("127.0.0.1:{port}").parse().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let client = loop {
+            if let Ok(client) = connect(address, "web-1", Credentials::Coordinator(&pki)).await {
+                break client;
+            }
+            assert!(Instant::now() < deadline, "agent did not come up");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        Self { pki, child, client }
+    }
+
+    fn rss_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let kib: f64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap()
+            .parse()
+            .unwrap();
+        kib / 1024.0
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn bench_execute(label: &str, agent: &mut AgentProcess) {
+    let key = agent.pki.signing_key();
     for (name, action) in [
         ("abort-all", pb::command::Action::AbortAll(pb::AbortAll {})),
-        ("kill, no match", kill(pb::process_match::By::Name("no-such-process".into()), 9, false)),
+        (
+            "kill, no match",
+            kill(
+                pb::process_match::By::Name("no-such-process".into()),
+                9,
+                false,
+            ),
+        ),
     ] {
         let rounds = 2_000;
-        let commands: Vec<pb::SignedCommand> =
-            (0..rounds + 200).map(|_| sign_command(&command("web-1", action.clone()), &key)).collect();
         let mut times = Vec::with_capacity(rounds);
-        for (index, signed) in commands.into_iter().enumerate() {
+        for index in 0..rounds + 200 {
+            let signed = sign_command(&command("web-1", action.clone()), &key);
             let start = Instant::now();
-            let result = client.execute(signed).await;
+            let result = agent.client.execute(signed).await;
             let elapsed = start.elapsed();
             assert!(result.is_ok() || name != "abort-all", "{result:?}");
             if index >= 200 {
@@ -71,74 +142,24 @@ async fn bench_execute(label: &str, state_dir: &std::path::Path) {
             micros(*times.last().unwrap()),
         );
     }
-    agent.stop().await;
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
-async fn bench_idle_rss() {
-    let pki = TestPki::new(&["web-1"]);
-    let port = troop_coordinator::local_fleet::free_port().unwrap();
-    let config = pki.dir.path().join("agent.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "id = \"web-1\"\nlisten = \"127.0.0.1:{port}\"\nstate_dir = \"state\"\n\
-             [tls]\ncert = \"pki/web-1.pem\"\nkey = \"pki/web-1.key\"\nca = \"pki/ca.pem\"\n\
-             [trust]\ncoordinator_keys = [\"pki/signing.pub\"]\n"
-        ),
-    )
-    .unwrap();
-    let mut child = std::process::Command::new(binary("troop-agent"))
-        .arg("--config")
-        .arg(&config)
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let address = format!("127.0.0.1:{port}").parse().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut client = loop {
-        if let Ok(client) = connect(address, "web-1", Credentials::Coordinator(&pki)).await {
-            break client;
-        }
-        assert!(Instant::now() < deadline, "agent did not come up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let started = rss_kib(child.id());
-    let key = pki.signing_key();
-    for _ in 0..500 {
-        let signed = sign_command(&command("web-1", pb::command::Action::AbortAll(pb::AbortAll {})), &key);
-        client.execute(signed).await.unwrap();
-    }
-    client.status(pb::StatusRequest {}).await.unwrap();
-    drop(client);
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let after = rss_kib(child.id());
-    println!(
-        "idle RSS of release troop-agent: {:.1} MiB after start-up, {:.1} MiB idle after 500 commands and a status",
-        started as f64 / 1024.0,
-        after as f64 / 1024.0
-    );
-    child.kill().unwrap();
-    child.wait().unwrap();
 }
 
 #[tokio::main]
 async fn main() {
     bench_verify();
     let disk = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    bench_execute("state on disk", disk.path()).await;
+    let mut agent = AgentProcess::start(disk.path()).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle_start = agent.rss_mib();
+    bench_execute("state on disk", &mut agent).await;
+    agent.client.status(pb::StatusRequest {}).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    println!(
+        "idle RSS of release troop-agent: {idle_start:.1} MiB after start-up, {:.1} MiB idle after 4400 commands and a status",
+        agent.rss_mib()
+    );
+    drop(agent);
     let tmpfs = tempfile::tempdir_in("/dev/shm").unwrap();
-    bench_execute("state on tmpfs", tmpfs.path()).await;
-    bench_idle_rss().await;
+    let mut agent = AgentProcess::start(tmpfs.path()).await;
+    bench_execute("state on tmpfs", &mut agent).await;
 }

@@ -237,15 +237,18 @@ pub fn apply(
     let victims = choose_victims(spec, &processes, &agent, policy, rng)?;
     let mut signalled = Vec::new();
     let mut last_error = None;
+    let still_eligible = |now: &ProcessInfo| {
+        !now.zombie && spec.target.matches(now) && protection(now, &agent, policy).is_none()
+    };
     for victim in victims {
-        match table.signal(&victim, spec.signal) {
+        match table.signal(&victim, spec.signal, &still_eligible) {
             Ok(()) => signalled.push(pb::SignalledProcess {
                 pid: victim.pid,
                 name: victim.name.clone(),
                 signal: spec.signal,
             }),
-            Err(SignalError::Gone { pid }) => {
-                tracing::debug!(pid, "process exited before it was signalled")
+            Err(error @ (SignalError::Gone { .. } | SignalError::Changed { .. })) => {
+                tracing::debug!(%error, "skipped")
             }
             Err(error) => last_error = Some(error),
         }

@@ -31,6 +31,8 @@ pub struct ProcessInfo {
 pub enum SignalError {
     #[error("process {pid} exited or its pid was reused before it could be signalled")]
     Gone { pid: i32 },
+    #[error("process {pid} changed (exec) after it was matched and no longer qualifies")]
+    Changed { pid: i32 },
     #[error("signalling process {pid} failed")]
     Failed {
         pid: i32,
@@ -47,8 +49,15 @@ pub fn read_process(pid: i32) -> Option<ProcessInfo> {
 /// The processes of the host the agent runs on.
 pub trait ProcessTable: Send + Sync {
     fn list(&self) -> io::Result<Vec<ProcessInfo>>;
-    /// Sends `signal` to exactly the process `process` describes, never to a reused pid.
-    fn signal(&self, process: &ProcessInfo, signal: i32) -> Result<(), SignalError>;
+    /// Sends `signal` to exactly the process `process` describes, never to a reused pid,
+    /// and only if `still_eligible` holds for the process as it is at that moment (it may
+    /// have exec'd into something protected since it was matched).
+    fn signal(
+        &self,
+        process: &ProcessInfo,
+        signal: i32,
+        still_eligible: &dyn Fn(&ProcessInfo) -> bool,
+    ) -> Result<(), SignalError>;
 }
 
 /// `/proc` and pidfds.
@@ -107,17 +116,25 @@ impl ProcessTable for LinuxProcessTable {
         Ok(processes)
     }
 
-    fn signal(&self, process: &ProcessInfo, signal: i32) -> Result<(), SignalError> {
+    fn signal(
+        &self,
+        process: &ProcessInfo,
+        signal: i32,
+        still_eligible: &dyn Fn(&ProcessInfo) -> bool,
+    ) -> Result<(), SignalError> {
         let pid = process.pid;
         let pidfd = pidfd::open(pid).map_err(|source| match source.raw_os_error() {
             Some(libc::ESRCH) => SignalError::Gone { pid },
             _ => SignalError::Failed { pid, source },
         })?;
-        let now = fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|text| parse_stat(&text));
-        if now.map(|stat| stat.start_time) != Some(process.start_time) {
+        // The pidfd now pins one process; make sure it is the one that was matched, as it
+        // is now.
+        let now = Self::read(pid).ok_or(SignalError::Gone { pid })?;
+        if now.start_time != process.start_time {
             return Err(SignalError::Gone { pid });
+        }
+        if !still_eligible(&now) {
+            return Err(SignalError::Changed { pid });
         }
         pidfd::send_signal(&pidfd, signal).map_err(|source| match source.raw_os_error() {
             Some(libc::ESRCH) => SignalError::Gone { pid },
@@ -220,7 +237,15 @@ impl ProcessTable for FakeProcessTable {
         Ok(self.processes.lock().unwrap().clone())
     }
 
-    fn signal(&self, process: &ProcessInfo, signal: i32) -> Result<(), SignalError> {
+    fn signal(
+        &self,
+        process: &ProcessInfo,
+        signal: i32,
+        still_eligible: &dyn Fn(&ProcessInfo) -> bool,
+    ) -> Result<(), SignalError> {
+        if !still_eligible(process) {
+            return Err(SignalError::Changed { pid: process.pid });
+        }
         if self.fail_pids.lock().unwrap().contains_key(&process.pid) {
             return Err(SignalError::Gone { pid: process.pid });
         }
@@ -268,7 +293,7 @@ mod tests {
         }
         assert_eq!(info.ppid, me);
         assert_eq!(info.cmdline, ["sleep", "30"]);
-        table.signal(&info, libc::SIGKILL).unwrap();
+        table.signal(&info, libc::SIGKILL, &|_| true).unwrap();
         let status = child.wait().unwrap();
         use std::os::unix::process::ExitStatusExt;
         assert_eq!(status.signal(), Some(libc::SIGKILL));
@@ -281,8 +306,14 @@ mod tests {
         let mut info = LinuxProcessTable::read(child.id() as i32).unwrap();
         info.start_time += 1; // as if the pid now belonged to a newer process
         assert!(matches!(
-            table.signal(&info, libc::SIGKILL),
+            table.signal(&info, libc::SIGKILL, &|_| true),
             Err(SignalError::Gone { .. })
+        ));
+        assert!(child.try_wait().unwrap().is_none(), "child must still run");
+        let info = LinuxProcessTable::read(child.id() as i32).unwrap();
+        assert!(matches!(
+            table.signal(&info, libc::SIGKILL, &|now| now.name != "sleep"),
+            Err(SignalError::Changed { .. })
         ));
         assert!(child.try_wait().unwrap().is_none(), "child must still run");
         child.kill().unwrap();

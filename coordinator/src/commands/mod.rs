@@ -12,7 +12,7 @@ use anyhow::{Context as _, bail};
 use troop_coordinator::cli::{Command, Output};
 use troop_coordinator::client::Dialer;
 use troop_coordinator::config::{AgentEntry, CoordinatorConfig};
-use troop_coordinator::dispatch::{DEFAULT_AGENT_TIMEOUT, Dispatcher};
+use troop_coordinator::dispatch::{CONNECT_TIMEOUT, Dispatcher};
 use troop_coordinator::selector::Selector;
 
 /// How a command that ran went, for the exit code.
@@ -52,7 +52,7 @@ impl Context {
     pub fn load(explicit: Option<&Path>, output: Output) -> anyhow::Result<Self> {
         let path = CoordinatorConfig::locate(explicit)?;
         let config = CoordinatorConfig::load(&path)?;
-        let dialer = Dialer::new(&config.tls, DEFAULT_AGENT_TIMEOUT)
+        let dialer = Dialer::new(&config.tls, CONNECT_TIMEOUT)
             .with_context(|| format!("config {}: [tls]", path.display()))?;
         Ok(Self {
             config,
