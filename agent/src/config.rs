@@ -2,8 +2,8 @@
 //! in which bad states cannot exist. Every error names the file and the key.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::net::IpAddr;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -325,7 +325,6 @@ pub fn check_dns_name(name: &str, allow_wildcard: bool) -> Result<(), String> {
     }
     Ok(())
 }
-
 
 pub fn validate_label(key: &str, value: &str) -> Result<(), String> {
     let ok = |text: &str, allow_empty: bool| {

@@ -203,6 +203,13 @@ impl Ledger {
         Ok(())
     }
 
+    /// Makes every later write fail, as a full or failing disk would.
+    #[cfg(test)]
+    pub(crate) fn fail_writes(&self) {
+        let mut inner = self.inner.lock().unwrap();
+        inner.file = OpenOptions::new().write(true).open("/dev/full").unwrap();
+    }
+
     fn error(&self, source: io::Error) -> LedgerError {
         LedgerError {
             path: self.path.clone(),
@@ -411,11 +418,20 @@ mod tests {
             let ledger = Ledger::open(dir.path(), NOW).unwrap();
             ledger.admit("a", "old", NOW + 10, NOW).unwrap();
             ledger.finish("a", receipt(), NOW).unwrap();
-            assert_eq!(ledger.admit("a", "new", NOW + 100, NOW + 50).unwrap(), Admission::New);
+            assert_eq!(
+                ledger.admit("a", "new", NOW + 100, NOW + 50).unwrap(),
+                Admission::New
+            );
         }
         let ledger = Ledger::open(dir.path(), NOW + 50).unwrap();
-        assert_eq!(ledger.admit("a", "new", NOW + 100, NOW + 50).unwrap(), Admission::Pending);
-        assert_eq!(ledger.admit("a", "old", NOW + 100, NOW + 50).unwrap(), Admission::Conflict);
+        assert_eq!(
+            ledger.admit("a", "new", NOW + 100, NOW + 50).unwrap(),
+            Admission::Pending
+        );
+        assert_eq!(
+            ledger.admit("a", "old", NOW + 100, NOW + 50).unwrap(),
+            Admission::Conflict
+        );
     }
 
     #[test]
@@ -428,9 +444,33 @@ mod tests {
         let before = fs::read(dir.path().join(FILE_NAME)).unwrap();
         assert_eq!(Ledger::check(dir.path()).unwrap(), 1);
         assert_eq!(fs::read(dir.path().join(FILE_NAME)).unwrap(), before);
-        assert_eq!(ledger.admit("b", "d", NOW + 100, NOW).unwrap(), Admission::New);
+        assert_eq!(
+            ledger.admit("b", "d", NOW + 100, NOW).unwrap(),
+            Admission::New
+        );
         drop(ledger);
-        assert!(Ledger::open(dir.path(), NOW).is_ok(), "the lock goes with the agent");
+        assert!(
+            Ledger::open(dir.path(), NOW).is_ok(),
+            "the lock goes with the agent"
+        );
+    }
+
+    #[test]
+    fn a_failed_write_stops_admissions_until_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(dir.path(), NOW).unwrap();
+        ledger.fail_writes();
+        assert!(ledger.admit("a", "d", NOW + 100, NOW).is_err());
+        assert!(
+            ledger.admit("b", "d", NOW + 100, NOW).is_err(),
+            "must stay stopped"
+        );
+        drop(ledger);
+        let ledger = Ledger::open(dir.path(), NOW).unwrap();
+        assert_eq!(
+            ledger.admit("a", "d", NOW + 100, NOW).unwrap(),
+            Admission::New
+        );
     }
 
     #[test]

@@ -7,8 +7,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prost::Message;
 use tonic::{Request, Response, Status};
-use troop_proto::pb::agent_server::Agent;
 use troop_proto::envelope::printable;
+use troop_proto::pb::agent_server::Agent;
 use troop_proto::{Refusal, TrustedKeys, freshness, pb};
 
 use crate::faults::kill::{self, KillSpec};
@@ -215,5 +215,115 @@ impl Agent for GrpcAgent {
             .await
             .map(Response::new)
             .map_err(|_| Status::internal("status task failed"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::process::{FakeProcessTable, ProcessInfo};
+    use ed25519_dalek::SigningKey;
+    use troop_proto::sign_command;
+
+    fn victim() -> ProcessInfo {
+        ProcessInfo {
+            pid: 4242,
+            ppid: 1,
+            name: "nginx".into(),
+            exe: Some("/usr/sbin/nginx".into()),
+            cmdline: vec!["nginx".into()],
+            uid: 33,
+            start_time: 1,
+            kernel_thread: false,
+            zombie: false,
+        }
+    }
+
+    fn service(dir: &std::path::Path, policy: Policy) -> (AgentService, Arc<FakeProcessTable>) {
+        let table = Arc::new(FakeProcessTable::new(vec![victim()]));
+        let service = AgentService {
+            id: "web-1".into(),
+            labels: BTreeMap::new(),
+            trusted: TrustedKeys::new([key().verifying_key()]),
+            max_clock_skew: freshness::DEFAULT_CLOCK_SKEW,
+            policy,
+            ledger: Ledger::open(dir, now_unix_ms()).unwrap(),
+            processes: table.clone(),
+        };
+        (service, table)
+    }
+
+    fn key() -> SigningKey {
+        SigningKey::from_bytes(&[3; 32])
+    }
+
+    fn kill_nginx() -> pb::SignedCommand {
+        let now = now_unix_ms();
+        let command = pb::Command {
+            command_id: "c-1".into(),
+            agent_id: "web-1".into(),
+            issued_at_unix_ms: now,
+            expires_at_unix_ms: now + 60_000,
+            action: Some(pb::command::Action::Start(pb::StartFault {
+                duration_ms: 0,
+                fault: Some(pb::start_fault::Fault::Kill(pb::Kill {
+                    target: Some(pb::ProcessMatch {
+                        by: Some(pb::process_match::By::Name("nginx".into())),
+                    }),
+                    signal: 15,
+                    all_matches: true,
+                    repeat_every_ms: 0,
+                })),
+            })),
+        };
+        sign_command(&command, &key())
+    }
+
+    #[test]
+    fn an_accepted_kill_signals_through_the_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let (service, table) = service(dir.path(), Policy::default());
+        let receipt = service.execute(&kill_nginx()).unwrap();
+        assert_eq!(receipt.signalled[0].pid, 4242);
+        assert_eq!(table.signalled(), [(4242, 15)]);
+    }
+
+    #[test]
+    fn an_unwritable_ledger_runs_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (service, table) = service(dir.path(), Policy::default());
+        service.ledger.fail_writes();
+        let status = service.execute(&kill_nginx()).unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert!(status.message().contains("nothing was run"), "{status:?}");
+        assert!(table.signalled().is_empty());
+    }
+
+    #[test]
+    fn policy_refusals_run_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut policy = Policy::default();
+        policy.protected_processes.insert("nginx".into());
+        let (service, table) = service(dir.path(), policy);
+        let status = service.execute(&kill_nginx()).unwrap_err();
+        assert_eq!(status.code(), tonic::Code::PermissionDenied);
+        assert!(
+            status.message().contains("protected_processes"),
+            "{status:?}"
+        );
+        assert!(table.signalled().is_empty());
+    }
+
+    #[test]
+    fn unprintable_command_ids_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (service, table) = service(dir.path(), Policy::default());
+        let mut command = pb::Command::decode(kill_nginx().payload.as_slice()).unwrap();
+        command.command_id = "c\u{1b}[2J".into();
+        let status = service
+            .execute(&sign_command(&command, &key()))
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(table.signalled().is_empty());
     }
 }

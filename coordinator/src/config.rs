@@ -186,7 +186,10 @@ impl CoordinatorConfig {
         {
             return Err(invalid(
                 "serve.listen".into(),
-                format!("{:?} is not an address:port such as 0.0.0.0:7080", serve.listen),
+                format!(
+                    "{:?} is not an address:port such as 0.0.0.0:7080",
+                    serve.listen
+                ),
             ));
         }
         Ok(Self {
@@ -258,8 +261,14 @@ ca = "pki/ca.pem"
                 "agents[1].id",
             ),
             ("[store]\nurl = \"mysql://x\"\n", "store.url"),
-            ("[[agents]]\nid = \"10.0.0.1\"\naddress = \"a:1\"\n", "agents[0].id"),
-            ("[[agents]]\nid = \"w\"\naddress = \"a:1\"\nlabels = { role = \"w b\" }\n", "agents[0].labels"),
+            (
+                "[[agents]]\nid = \"10.0.0.1\"\naddress = \"a:1\"\n",
+                "agents[0].id",
+            ),
+            (
+                "[[agents]]\nid = \"w\"\naddress = \"a:1\"\nlabels = { role = \"w b\" }\n",
+                "agents[0].labels",
+            ),
             ("[serve]\nlisten = \"everywhere\"\n", "serve.listen"),
         ] {
             let error = parse(extra).unwrap_err().to_string();

@@ -158,6 +158,27 @@ impl Drop for LocalHost {
     }
 }
 
+/// Whether this machine lets us make hosts: as root always (on Linux with util-linux);
+/// otherwise only where unprivileged user namespaces are allowed. The error says why not.
+pub fn can_make_hosts() -> Result<(), String> {
+    let mut command = Command::new("unshare");
+    if !nix::unistd::geteuid().is_root() {
+        command.args(["--user", "--map-root-user"]);
+    }
+    let output = command
+        .args(["--pid", "--fork", "--mount-proc", "true"])
+        .output()
+        .map_err(|error| format!("cannot run unshare (util-linux): {error}"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "unshare cannot make a PID namespace here: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        ))
+    }
+}
+
 /// A free loopback port, for an agent to listen on.
 pub fn free_port() -> io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?

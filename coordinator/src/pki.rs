@@ -13,11 +13,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
-use ed25519_dalek::pkcs8::{
-    DecodePrivateKey, EncodePrivateKey, EncodePublicKey, KeypairBytes,
-};
 use ed25519_dalek::SigningKey;
+use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
+use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey, EncodePublicKey, KeypairBytes};
 use rand::TryRngCore;
 use rand::rngs::OsRng;
 use rcgen::{
@@ -899,7 +897,10 @@ mod tests {
         assert!(!shown.contains(body), "key material leaked: {shown}");
 
         let err = troop_agent::load_public_key(&tmp.path().join(SIGNING_KEY)).unwrap_err();
-        assert!(matches!(err, troop_agent::StartError::Key { .. }), "{err:?}");
+        assert!(
+            matches!(err, troop_agent::StartError::Key { .. }),
+            "{err:?}"
+        );
         assert!(err.to_string().contains("signing.key"));
         assert!(std::error::Error::source(&err).is_some());
     }

@@ -40,6 +40,14 @@ fn pki_refuses_to_overwrite() {
 
 #[test]
 fn the_demo_attacks_a_local_fleet_and_reports_what_it_measured() {
+    if let Err(reason) = troop_coordinator::local_fleet::can_make_hosts() {
+        assert!(
+            !nix::unistd::geteuid().is_root(),
+            "as root, the demo must run: {reason}"
+        );
+        eprintln!("SKIPPED: {reason}");
+        return;
+    }
     let output = troop(&["demo", "--seed", "5", "--output", "json"]);
     assert_eq!(output.status.code(), Some(0), "{output:?}");
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();

@@ -121,6 +121,10 @@ pub enum Credentials<'a> {
         agent_ca: &'a TestPki,
         other: &'a TestPki,
     },
+    /// Another agent's certificate (same CA), presented as a client certificate.
+    AgentCert { pki: &'a TestPki, agent: &'a str },
+    /// The coordinator's certificate, but offering only TLS 1.2.
+    Tls12Only(&'a TestPki),
 }
 
 /// Opens a gRPC channel to `address` over TLS, expecting the server to be `server_name`.
@@ -129,26 +133,35 @@ pub async fn connect(
     server_name: &str,
     credentials: Credentials<'_>,
 ) -> Result<AgentClient<Channel>, tonic::transport::Error> {
-    let builder = |ca: &TestPki| {
+    let builder = |ca: &TestPki, version: &'static rustls::SupportedProtocolVersion| {
         ClientConfig::builder_with_provider(provider())
-            .with_protocol_versions(&[&rustls::version::TLS13])
+            .with_protocol_versions(&[version])
             .unwrap()
             .with_root_certificates(root_store(&ca.path("ca.pem")).unwrap())
     };
-    let mut config = match credentials {
-        Credentials::Coordinator(pki) => builder(pki)
-            .with_client_auth_cert(
-                load_certs(&pki.path("coordinator.pem")).unwrap(),
-                load_key(&pki.path("coordinator.key")).unwrap(),
-            )
-            .unwrap(),
-        Credentials::NoClientCert(pki) => builder(pki).with_no_client_auth(),
-        Credentials::OtherCa { agent_ca, other } => builder(agent_ca)
-            .with_client_auth_cert(
-                load_certs(&other.path("coordinator.pem")).unwrap(),
-                load_key(&other.path("coordinator.key")).unwrap(),
-            )
-            .unwrap(),
+    let identity = |pki: &TestPki, name: &str| {
+        (
+            load_certs(&pki.path(&format!("{name}.pem"))).unwrap(),
+            load_key(&pki.path(&format!("{name}.key"))).unwrap(),
+        )
+    };
+    let tls13 = &rustls::version::TLS13;
+    let (builder, identity) = match credentials {
+        Credentials::Coordinator(pki) => (builder(pki, tls13), Some(identity(pki, "coordinator"))),
+        Credentials::NoClientCert(pki) => (builder(pki, tls13), None),
+        Credentials::OtherCa { agent_ca, other } => (
+            builder(agent_ca, tls13),
+            Some(identity(other, "coordinator")),
+        ),
+        Credentials::AgentCert { pki, agent } => (builder(pki, tls13), Some(identity(pki, agent))),
+        Credentials::Tls12Only(pki) => (
+            builder(pki, &rustls::version::TLS12),
+            Some(identity(pki, "coordinator")),
+        ),
+    };
+    let mut config = match identity {
+        Some((certs, key)) => builder.with_client_auth_cert(certs, key).unwrap(),
+        None => builder.with_no_client_auth(),
     };
     config.alpn_protocols = vec![b"h2".to_vec()];
     let connector = TlsConnector::from(Arc::new(config));
@@ -241,6 +254,11 @@ impl Victim {
     /// Alive means not exited: a killed child is reaped here, so a zombie counts as dead.
     pub fn is_alive(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Still alive after `grace`: a signal, once sent, would have ended it by then.
+    pub fn survives(&mut self, grace: Duration) -> bool {
+        self.wait_killed(grace).is_none() && self.is_alive()
     }
 
     /// Waits for the victim to die and returns the signal that ended it.

@@ -19,6 +19,8 @@ struct Lab {
 }
 
 const AGENT: &str = "web-1";
+/// How long a victim must outlive a refused command: a sent SIGKILL ends it far sooner.
+const GRACE: Duration = Duration::from_millis(300);
 
 async fn lab() -> Lab {
     let pki = TestPki::new(&[AGENT, "web-2"]);
@@ -227,7 +229,7 @@ async fn oversized_message() {
     let status = lab.send(signed).await.expect_err("must be refused");
     assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
     assert!(status.message().contains("too large"), "{status:?}");
-    assert!(lab.victim.is_alive());
+    assert!(lab.victim.survives(GRACE));
 }
 
 #[tokio::test]
@@ -246,8 +248,7 @@ async fn exact_replay_answers_the_first_receipt_and_runs_nothing() {
     let mut second = Victim::with_marker(&marker);
     let replay = lab.send(signed.clone()).await.unwrap();
     assert_eq!(replay, first);
-    std::thread::sleep(Duration::from_millis(100));
-    assert!(second.is_alive(), "the replay ran the kill again");
+    assert!(second.survives(GRACE), "the replay ran the kill again");
 }
 
 #[tokio::test]
@@ -273,8 +274,7 @@ async fn replay_after_agent_restart() {
         .unwrap();
     let replay = client.execute(signed.clone()).await.unwrap().into_inner();
     assert_eq!(replay, first, "the first receipt, from the ledger on disk");
-    std::thread::sleep(Duration::from_millis(100));
-    assert!(second.is_alive(), "the replay ran the kill again");
+    assert!(second.survives(GRACE), "the replay ran the kill again");
 
     // The same id with another payload is refused after the restart too.
     let mut other = pb::Command::decode(signed.payload.as_slice()).unwrap();
@@ -284,7 +284,7 @@ async fn replay_after_agent_restart() {
     let status = client.execute(signed).await.unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
     assert!(status.message().contains("already used"), "{status:?}");
-    assert!(bystander.is_alive());
+    assert!(bystander.survives(GRACE));
 }
 
 #[tokio::test]
@@ -322,28 +322,27 @@ async fn policy_refuses_a_fault_kind_it_does_not_allow() {
             .contains("kill is not in this agent's policy.allow"),
         "{status:?}"
     );
-    assert!(victim.is_alive());
+    assert!(victim.survives(GRACE));
+}
+
+/// Connects with `credentials` and tries to kill a victim; true if that was refused.
+async fn refused_with(lab: &Lab, credentials: Credentials<'_>, victim: &Victim) -> bool {
+    match connect(lab.agent.address, AGENT, credentials).await {
+        Err(_) => true,
+        Ok(mut client) => {
+            let signed = sign_command(&command(AGENT, kill_pid(victim.pid())), &lab.key);
+            client.execute(signed).await.is_err()
+        }
+    }
 }
 
 #[tokio::test]
 async fn no_client_certificate() {
     let lab = lab().await;
     let mut victim = Victim::start();
-    let refused = match connect(
-        lab.agent.address,
-        AGENT,
-        Credentials::NoClientCert(&lab.pki),
-    )
-    .await
-    {
-        Err(_) => true,
-        Ok(mut client) => {
-            let signed = sign_command(&command(AGENT, kill_pid(victim.pid())), &lab.key);
-            client.execute(signed).await.is_err()
-        }
-    };
+    let refused = refused_with(&lab, Credentials::NoClientCert(&lab.pki), &victim).await;
     assert!(refused, "a client without a certificate must not be served");
-    assert!(victim.is_alive());
+    assert!(victim.survives(GRACE));
 }
 
 #[tokio::test]
@@ -355,15 +354,37 @@ async fn client_certificate_from_another_ca() {
         agent_ca: &lab.pki,
         other: &other,
     };
-    let refused = match connect(lab.agent.address, AGENT, credentials).await {
-        Err(_) => true,
-        Ok(mut client) => {
-            let signed = sign_command(&command(AGENT, kill_pid(victim.pid())), &lab.key);
-            client.execute(signed).await.is_err()
-        }
+    assert!(
+        refused_with(&lab, credentials, &victim).await,
+        "another CA's certificate was served"
+    );
+    assert!(victim.survives(GRACE));
+}
+
+#[tokio::test]
+async fn another_agents_certificate_is_no_client_certificate() {
+    let lab = lab().await;
+    let mut victim = Victim::start();
+    let credentials = Credentials::AgentCert {
+        pki: &lab.pki,
+        agent: "web-2",
     };
-    assert!(refused, "a certificate from another CA must not be served");
-    assert!(victim.is_alive());
+    assert!(
+        refused_with(&lab, credentials, &victim).await,
+        "an agent certificate was served as a client"
+    );
+    assert!(victim.survives(GRACE));
+}
+
+#[tokio::test]
+async fn tls_1_2() {
+    let lab = lab().await;
+    let mut victim = Victim::start();
+    assert!(
+        refused_with(&lab, Credentials::Tls12Only(&lab.pki), &victim).await,
+        "TLS 1.2 was served"
+    );
+    assert!(victim.survives(GRACE));
 }
 
 #[tokio::test]
@@ -383,14 +404,34 @@ async fn plaintext() {
         }
     };
     assert!(refused, "plaintext must not be served");
-    assert!(victim.is_alive());
+    assert!(victim.survives(GRACE));
 }
 
 #[tokio::test]
 async fn the_coordinator_refuses_an_agent_whose_certificate_names_another_id() {
-    // web-2's certificate served where web-1 is expected: the dial must fail.
+    // web-2 answers where the fleet config says web-1 lives: the coordinator's dialer
+    // must refuse the connection, because web-2's certificate does not name web-1.
     let pki = TestPki::new(&["web-1", "web-2"]);
     let impostor = RunningAgent::start(pki.agent_config("web-2", "")).await;
-    let result = connect(impostor.address, "web-1", Credentials::Coordinator(&pki)).await;
-    assert!(result.is_err(), "certificate for web-2 accepted as web-1");
+    let tls = troop_coordinator::config::ClientTls {
+        cert: pki.path("coordinator.pem"),
+        key: pki.path("coordinator.key"),
+        ca: pki.path("ca.pem"),
+    };
+    let dialer = troop_coordinator::client::Dialer::new(&tls, Duration::from_secs(5)).unwrap();
+    let entry = |id: &str| troop_coordinator::config::AgentEntry {
+        id: id.into(),
+        address: impostor.address.to_string(),
+        labels: Default::default(),
+    };
+    assert!(
+        dialer.dial(&entry("web-2")).await.is_ok(),
+        "the real name must work"
+    );
+    let error = dialer
+        .dial(&entry("web-1"))
+        .await
+        .expect_err("impostor accepted as web-1");
+    let chain = troop_telemetry::error_chain(&error);
+    assert!(chain.contains("certificate"), "{chain}");
 }
