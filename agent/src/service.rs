@@ -157,13 +157,13 @@ impl AgentService {
             .iter()
             .map(|process| format!("{} ({})", process.pid, process.name))
             .collect();
+        let signal = nix::sys::signal::Signal::try_from(spec.signal).map_or_else(
+            |_| format!("signal {}", spec.signal),
+            |s| s.as_str().to_string(),
+        );
         Ok(pb::Receipt {
             signalled,
-            ..receipt(format!(
-                "sent signal {} to {}",
-                spec.signal,
-                names.join(", ")
-            ))
+            ..receipt(format!("sent {signal} to {}", names.join(", ")))
         })
     }
 

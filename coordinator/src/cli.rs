@@ -38,15 +38,9 @@ pub enum Command {
     /// Make the fleet's certificates and the coordinator's signing key.
     #[command(subcommand)]
     Pki(PkiCommand),
-    /// List agents: reachable or not, labels, inventory, active faults.
-    Agents(SelectArgs),
-    /// Show the active faults on each agent.
-    Status(SelectArgs),
-    /// Inject a fault on agents picked by a label selector.
-    #[command(subcommand)]
-    Attack(AttackCommand),
-    /// Abort every active fault now.
-    Halt(SelectArgs),
+    /// Commands that talk to the fleet in the config.
+    #[command(flatten)]
+    Fleet(FleetCommand),
     /// Run a local fleet, attack it and report, with nothing to set up.
     Demo(DemoArgs),
     /// Internal: run an agent from this binary (used by `troop demo`).
@@ -58,6 +52,19 @@ pub enum Command {
     /// Internal: a stand-in service process for `troop demo` to attack.
     #[command(name = "__demo-service", hide = true)]
     InternalDemoService { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FleetCommand {
+    /// List agents: reachable or not, labels, inventory, active faults.
+    Agents(SelectArgs),
+    /// Show the active faults on each agent.
+    Status(SelectArgs),
+    /// Inject a fault on agents picked by a label selector.
+    #[command(subcommand)]
+    Attack(AttackCommand),
+    /// Abort every active fault now.
+    Halt(SelectArgs),
 }
 
 #[derive(Debug, Subcommand)]

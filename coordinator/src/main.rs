@@ -26,7 +26,8 @@ async fn main() -> ExitCode {
         Command::InternalAgent { config } => commands::demo::run_agent(&config).await,
         Command::InternalDemoService { name } => commands::demo::run_service(&name),
         Command::Demo(args) => commands::demo::run(args, cli.output).await,
-        command => match commands::Context::load(cli.config.as_deref(), cli.output) {
+        Command::Fleet(command) => match commands::Context::load(cli.config.as_deref(), cli.output)
+        {
             Ok(context) => commands::run(context, command).await,
             Err(error) => Err(error),
         },

@@ -196,7 +196,11 @@ pub async fn run(args: DemoArgs, output: Output) -> anyhow::Result<Outcome> {
     let refusals_ok = refusals
         .iter()
         .all(|d| d.result.as_ref().err().is_some_and(|e| e.is_refusal()));
-    let db_intact = hosts[3].pids_named("demo-db").len() == 1;
+    let db_intact = FLEET
+        .iter()
+        .zip(&hosts)
+        .filter(|(spec, _)| spec.service == "demo-db")
+        .all(|(_, host)| host.pids_named("demo-db").len() == 1);
     say(
         "4. Refused: stop-host where policy forbids it, and a command signed by an unknown key"
             .into(),

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
-use troop_coordinator::cli::{Command, Output};
+use troop_coordinator::cli::{FleetCommand, Output};
 use troop_coordinator::client::Dialer;
 use troop_coordinator::config::{AgentEntry, CoordinatorConfig};
 use troop_coordinator::dispatch::{CONNECT_TIMEOUT, Dispatcher};
@@ -84,15 +84,11 @@ impl Context {
     }
 }
 
-pub async fn run(context: Context, command: Command) -> anyhow::Result<Outcome> {
+pub async fn run(context: Context, command: FleetCommand) -> anyhow::Result<Outcome> {
     match command {
-        Command::Agents(args) => fleet::agents(&context, &args.selector).await,
-        Command::Status(args) => fleet::status(&context, &args.selector).await,
-        Command::Halt(args) => fleet::halt(&context, &args.selector).await,
-        Command::Attack(attack) => attack::run(&context, attack).await,
-        Command::Pki(_)
-        | Command::Demo(_)
-        | Command::InternalAgent { .. }
-        | Command::InternalDemoService { .. } => unreachable!("handled before loading config"),
+        FleetCommand::Agents(args) => fleet::agents(&context, &args.selector).await,
+        FleetCommand::Status(args) => fleet::status(&context, &args.selector).await,
+        FleetCommand::Halt(args) => fleet::halt(&context, &args.selector).await,
+        FleetCommand::Attack(attack) => attack::run(&context, attack).await,
     }
 }
