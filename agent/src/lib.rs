@@ -29,6 +29,9 @@ use troop_proto::TrustedKeys;
 use troop_proto::pb::agent_server::AgentServer;
 
 use crate::config::AgentConfig;
+use crate::faults::engine::Engine;
+use crate::faults::journal::Journal;
+use crate::faults::runner::Runner;
 use crate::host::process::{LinuxProcessTable, ProcessTable};
 use crate::ledger::Ledger;
 use crate::service::{AgentService, GrpcAgent};
@@ -58,6 +61,10 @@ pub enum StartError {
     Tls(#[from] tls::TlsError),
     #[error("state")]
     Ledger(#[from] ledger::LedgerError),
+    #[error("state")]
+    Journal(#[from] faults::journal::JournalError),
+    #[error("cannot find this program's own path (for the memory holder)")]
+    Helper(#[source] std::io::Error),
     #[error("gRPC server")]
     Serve(#[from] tonic::transport::Error),
 }
@@ -79,6 +86,7 @@ pub struct Agent {
     config: AgentConfig,
     tls: Arc<rustls::ServerConfig>,
     service: Arc<AgentService>,
+    engine: Arc<Engine>,
 }
 
 /// What `troop-agent validate` found.
@@ -86,6 +94,8 @@ pub struct Agent {
 pub struct Validated {
     pub trusted_keys: usize,
     pub remembered_commands: usize,
+    /// Faults a previous run left applied; the agent undoes them when it starts.
+    pub journaled_faults: usize,
 }
 
 /// Loads every key, certificate and the ledger the config points at, changing nothing:
@@ -94,9 +104,11 @@ pub fn validate(config: &AgentConfig) -> Result<Validated, StartError> {
     let keys = load_trusted_keys(config)?;
     tls::server_config(&config.tls)?;
     let remembered_commands = Ledger::check(&config.state_dir)?;
+    let journaled_faults = Journal::check(&config.state_dir)?;
     Ok(Validated {
         trusted_keys: keys.len(),
         remembered_commands,
+        journaled_faults,
     })
 }
 
@@ -113,29 +125,44 @@ impl Agent {
     /// Loads everything the config points at and takes the state dir for itself; any
     /// problem is reported here, before the agent listens.
     pub fn new(config: AgentConfig) -> Result<Self, StartError> {
-        Self::with_process_table(config, Arc::new(LinuxProcessTable))
+        let helper_exe = std::env::current_exe().map_err(StartError::Helper)?;
+        Self::with_host(config, Arc::new(LinuxProcessTable), helper_exe)
     }
 
-    pub fn with_process_table(
+    /// As [`Agent::new`], with the process table and the memory-holder binary chosen
+    /// (tests run agents inside a test binary that cannot hold memory itself).
+    pub fn with_host(
         config: AgentConfig,
         processes: Arc<dyn ProcessTable>,
+        helper_exe: PathBuf,
     ) -> Result<Self, StartError> {
         let trusted = load_trusted_keys(&config)?;
         let tls = tls::server_config(&config.tls)?;
         let ledger = Ledger::open(&config.state_dir, service::now_unix_ms())?;
+        // The ledger holds the state dir's lock, so no other agent is undoing this too.
+        let (journal, left) = Journal::open(&config.state_dir)?;
+        faults::recover(&config.state_dir, &journal, left);
+        let engine = Arc::new(Engine::new(journal));
         let service = Arc::new(AgentService {
             id: config.id.clone(),
             labels: config.labels.clone(),
             trusted,
             max_clock_skew: config.max_clock_skew,
-            policy: config.policy.clone(),
             ledger,
-            processes,
+            runner: Runner {
+                agent_id: config.id.clone(),
+                policy: config.policy.clone(),
+                engine: engine.clone(),
+                processes,
+                helper_exe,
+            },
+            last_stop: faults::load_last_stop(&config.state_dir).map(Into::into),
         });
         Ok(Self {
             config,
             tls,
             service,
+            engine,
         })
     }
 
@@ -157,17 +184,25 @@ impl Agent {
             allow = ?self.config.policy.allow,
             "agent listening"
         );
+        let deadlines = self.engine.supervise();
         let grpc = AgentServer::new(GrpcAgent(self.service))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        tonic::transport::Server::builder()
+        let served = tonic::transport::Server::builder()
             .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
             .http2_max_pending_accept_reset_streams(Some(32))
             .http2_max_header_list_size(16 * 1024)
             .timeout(REQUEST_TIMEOUT)
             .add_service(grpc)
             .serve_with_incoming_shutdown(tls::incoming(listener, self.tls), shutdown)
-            .await?;
+            .await;
+        // Whatever ended the server, nothing it started may outlive it.
+        let engine = self.engine;
+        tokio::task::spawn_blocking(move || engine.shutdown())
+            .await
+            .ok();
+        let _ = deadlines.join();
+        served?;
         tracing::info!("agent stopped");
         Ok(())
     }

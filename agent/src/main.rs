@@ -27,11 +27,28 @@ struct Args {
 enum Command {
     /// Check the config and everything it points at (keys, certificates, state dir), then exit.
     Validate,
+    /// Internal: hold memory for a memory fault (started by the agent itself).
+    #[command(name = "__hold-memory", hide = true)]
+    HoldMemory {
+        #[arg(long)]
+        fault: String,
+        #[arg(long)]
+        bytes: u64,
+    },
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(Command::HoldMemory { bytes, .. }) = args.command {
+        return match troop_agent::host::memory::hold(bytes) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("troop-agent: {error}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let config = match AgentConfig::load(&args.config) {
         Ok(config) => config,
         Err(error) => {
@@ -39,16 +56,17 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Some(Command::Validate) = args.command {
+    if let Some(Command::Validate) = &args.command {
         return match troop_agent::validate(&config) {
             Ok(found) => {
                 println!(
-                    "{}: valid. agent {:?} on {}, {} trusted coordinator key(s), {} command(s) remembered, allows {}",
+                    "{}: valid. agent {:?} on {}, {} trusted coordinator key(s), {} command(s) remembered, {} fault(s) to undo at start, allows {}",
                     args.config.display(),
                     config.id,
                     config.listen,
                     found.trusted_keys,
                     found.remembered_commands,
+                    found.journaled_faults,
                     config
                         .policy
                         .allow

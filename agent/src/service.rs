@@ -11,10 +11,8 @@ use troop_proto::envelope::printable;
 use troop_proto::pb::agent_server::Agent;
 use troop_proto::{Refusal, TrustedKeys, freshness, pb};
 
-use crate::faults::kill::{self, KillSpec};
-use crate::host::process::ProcessTable;
+use crate::faults::runner::Runner;
 use crate::ledger::{self, Admission, Ledger, Outcome};
-use crate::policy::{FaultKind, Policy};
 use troop_telemetry::error_chain;
 
 pub fn now_unix_ms() -> i64 {
@@ -29,9 +27,9 @@ pub struct AgentService {
     pub(crate) labels: BTreeMap<String, String>,
     pub(crate) trusted: TrustedKeys,
     pub(crate) max_clock_skew: Duration,
-    pub(crate) policy: Policy,
     pub(crate) ledger: Ledger,
-    pub(crate) processes: Arc<dyn ProcessTable>,
+    pub(crate) runner: Runner,
+    pub(crate) last_stop: Option<pb::HostStop>,
 }
 
 impl AgentService {
@@ -80,7 +78,7 @@ impl AgentService {
                 return Err(refusal.into());
             }
         }
-        let result = self.carry_out(&command);
+        let result = self.runner.carry_out(&command);
         let outcome = match &result {
             Ok(receipt) => {
                 tracing::info!(command_id = %id, summary = %receipt.summary, "accepted command");
@@ -104,76 +102,14 @@ impl AgentService {
         result.map_err(Status::from)
     }
 
-    fn carry_out(&self, command: &pb::Command) -> Result<pb::Receipt, Refusal> {
-        use pb::command::Action;
-        let receipt = |summary: String| pb::Receipt {
-            command_id: command.command_id.clone(),
-            agent_id: self.id.clone(),
-            applied_at_unix_ms: now_unix_ms(),
-            summary,
-            ..pb::Receipt::default()
-        };
-        match &command.action {
-            None => Err(Refusal::InvalidArgument("command has no action".into())),
-            Some(Action::Start(start)) => self.start(start, receipt),
-            Some(Action::Abort(abort)) => Err(Refusal::NotFound(format!(
-                "no active fault {:?} on this agent",
-                abort.fault_id
-            ))),
-            Some(Action::AbortAll(_)) => Ok(receipt("no active faults to abort".into())),
-        }
-    }
-
-    fn start(
-        &self,
-        start: &pb::StartFault,
-        receipt: impl Fn(String) -> pb::Receipt,
-    ) -> Result<pb::Receipt, Refusal> {
-        use pb::start_fault::Fault;
-        let kind = match &start.fault {
-            None => return Err(Refusal::InvalidArgument("start names no fault".into())),
-            Some(Fault::Kill(_)) => FaultKind::Kill,
-            Some(Fault::Cpu(_)) => FaultKind::Cpu,
-            Some(Fault::Memory(_)) => FaultKind::Memory,
-            Some(Fault::Disk(_)) => FaultKind::Disk,
-            Some(Fault::StopHost(_)) => FaultKind::StopHost,
-        };
-        self.policy.check_allowed(kind)?;
-        self.policy
-            .check_duration(Duration::from_millis(start.duration_ms))?;
-        let Some(Fault::Kill(kill)) = &start.fault else {
-            return Err(Refusal::Unimplemented(format!(
-                "fault kind {kind} is not supported by this agent version"
-            )));
-        };
-        let spec = KillSpec::from_pb(kill)?;
-        let signalled = kill::apply(
-            &spec,
-            self.processes.as_ref(),
-            &self.policy,
-            &mut rand::rng(),
-        )?;
-        let names: Vec<String> = signalled
-            .iter()
-            .map(|process| format!("{} ({})", process.pid, process.name))
-            .collect();
-        let signal = nix::sys::signal::Signal::try_from(spec.signal).map_or_else(
-            |_| format!("signal {}", spec.signal),
-            |s| s.as_str().to_string(),
-        );
-        Ok(pb::Receipt {
-            signalled,
-            ..receipt(format!("sent {signal} to {}", names.join(", ")))
-        })
-    }
-
     pub fn status(&self) -> pb::AgentStatus {
         pb::AgentStatus {
             agent_id: self.id.clone(),
             labels: self.labels.clone().into_iter().collect(),
             version: env!("CARGO_PKG_VERSION").to_string(),
-            active_faults: Vec::new(),
+            active_faults: self.runner.engine.active(),
             inventory: Some(crate::inventory::collect()),
+            last_stop: self.last_stop.clone(),
         }
     }
 }
@@ -221,7 +157,10 @@ impl Agent for GrpcAgent {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::faults::engine::Engine;
+    use crate::faults::journal::Journal;
     use crate::host::process::{FakeProcessTable, ProcessInfo};
+    use crate::policy::Policy;
     use ed25519_dalek::SigningKey;
     use troop_proto::sign_command;
 
@@ -241,14 +180,21 @@ mod tests {
 
     fn service(dir: &std::path::Path, policy: Policy) -> (AgentService, Arc<FakeProcessTable>) {
         let table = Arc::new(FakeProcessTable::new(vec![victim()]));
+        let (journal, _) = Journal::open(dir).unwrap();
         let service = AgentService {
             id: "web-1".into(),
             labels: BTreeMap::new(),
             trusted: TrustedKeys::new([key().verifying_key()]),
             max_clock_skew: freshness::DEFAULT_CLOCK_SKEW,
-            policy,
             ledger: Ledger::open(dir, now_unix_ms()).unwrap(),
-            processes: table.clone(),
+            runner: Runner {
+                agent_id: "web-1".into(),
+                policy,
+                engine: Arc::new(Engine::new(journal)),
+                processes: table.clone(),
+                helper_exe: "/nonexistent".into(),
+            },
+            last_stop: None,
         };
         (service, table)
     }
@@ -265,6 +211,7 @@ mod tests {
             issued_at_unix_ms: now,
             expires_at_unix_ms: now + 60_000,
             action: Some(pb::command::Action::Start(pb::StartFault {
+                lease_ms: 0,
                 duration_ms: 0,
                 fault: Some(pb::start_fault::Fault::Kill(pb::Kill {
                     target: Some(pb::ProcessMatch {

@@ -1,6 +1,7 @@
 //! The `troop` command line, as DESIGN.md's CLI contract lays it out.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use troop_telemetry::LogFormat;
@@ -48,6 +49,14 @@ pub enum Command {
     InternalAgent {
         #[arg(long)]
         config: PathBuf,
+    },
+    /// Internal: hold memory for a memory fault of a demo agent.
+    #[command(name = "__hold-memory", hide = true)]
+    InternalHoldMemory {
+        #[arg(long)]
+        fault: String,
+        #[arg(long)]
+        bytes: u64,
     },
     /// Internal: a stand-in service process for `troop demo` to attack.
     #[command(name = "__demo-service", hide = true)]
@@ -119,6 +128,26 @@ pub struct Targeting {
 pub enum AttackCommand {
     /// Signal processes matched by name, exe, cmdline pattern, pid or user.
     Kill(KillArgs),
+    /// Burn CPU: a load on some or all cores.
+    Cpu(CpuArgs),
+    /// Hold memory resident (in a helper the OOM killer takes before the agent).
+    Memory(MemoryArgs),
+    /// Fill a filesystem with one file, under a path the agent's policy allows.
+    Disk(DiskArgs),
+    /// Power off, reboot or halt the host (only where the agent's policy allows it).
+    StopHost(StopHostArgs),
+}
+
+/// How long a fault holds, and whether this command stays to keep it alive.
+#[derive(Debug, Args)]
+pub struct Holding {
+    /// How long the fault holds; each agent reverts it then by itself.
+    #[arg(long = "for", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Stay attached, renewing a lease of this length; if renewals stop (this command is
+    /// killed, the network fails) agents revert within the lease. Ctrl-C aborts.
+    #[arg(long, value_parser = parse_duration)]
+    pub lease: Option<Duration>,
 }
 
 #[derive(Debug, Args)]
@@ -146,6 +175,84 @@ pub struct KillArgs {
     /// Signal every matching process (default: one at random).
     #[arg(long)]
     pub all_matches: bool,
+    /// Kill again at this interval (keeps a restarting service down), for `--for`.
+    #[arg(long, value_parser = parse_duration, requires = "duration")]
+    pub repeat: Option<Duration>,
+    /// How long to keep repeating.
+    #[arg(long = "for", value_parser = parse_duration, requires = "repeat")]
+    pub duration: Option<Duration>,
+    /// With --repeat: stay attached and renew a lease of this length (see `attack cpu`).
+    #[arg(long, value_parser = parse_duration, requires = "repeat")]
+    pub lease: Option<Duration>,
+}
+
+#[derive(Debug, Args)]
+pub struct CpuArgs {
+    #[command(flatten)]
+    pub targeting: Targeting,
+    /// Load per core, 1 to 100 (`80` or `80%`).
+    #[arg(long, value_parser = parse_percent)]
+    pub load: u8,
+    /// How many cores (default: all).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub cores: Option<u32>,
+    #[command(flatten)]
+    pub holding: Holding,
+}
+
+#[derive(Debug, Args)]
+pub struct MemoryArgs {
+    #[command(flatten)]
+    pub targeting: Targeting,
+    /// How much: a size (`512MiB`, `2GiB`) or a share of the host's memory (`25%`).
+    /// (`--percent` already picks hosts, so memory's percent is written as a size.)
+    #[arg(long, value_parser = parse_memory_amount)]
+    pub size: MemoryAmount,
+    #[command(flatten)]
+    pub holding: Holding,
+}
+
+/// A memory amount as the operator wrote it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemoryAmount {
+    Bytes(u64),
+    Percent(u8),
+}
+
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("amount").required(true).args(["fill", "size"])))]
+pub struct DiskArgs {
+    #[command(flatten)]
+    pub targeting: Targeting,
+    /// Directory for the fill file; must be under the agent's policy.disk_paths.
+    #[arg(long)]
+    pub path: String,
+    /// Fill the filesystem to this percent used.
+    #[arg(long, value_parser = parse_percent)]
+    pub fill: Option<u8>,
+    /// Add this much (`200MiB`, `4GiB`).
+    #[arg(long, value_parser = parse_size)]
+    pub size: Option<u64>,
+    #[command(flatten)]
+    pub holding: Holding,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StopMode {
+    Poweroff,
+    Reboot,
+    Halt,
+}
+
+#[derive(Debug, Args)]
+pub struct StopHostArgs {
+    #[command(flatten)]
+    pub targeting: Targeting,
+    #[arg(long, value_enum)]
+    pub mode: StopMode,
+    /// Wait this long after answering before stopping.
+    #[arg(long, value_parser = parse_duration, default_value = "0s")]
+    pub delay: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -157,6 +264,22 @@ pub struct DemoArgs {
 
 fn parse_percent(text: &str) -> Result<u8, String> {
     troop_agent::units::parse_percent(text).map_err(|error| error.to_string())
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    troop_agent::units::parse_duration(text).map_err(|error| error.to_string())
+}
+
+fn parse_size(text: &str) -> Result<u64, String> {
+    troop_agent::units::parse_size(text).map_err(|error| error.to_string())
+}
+
+fn parse_memory_amount(text: &str) -> Result<MemoryAmount, String> {
+    if text.trim_end().ends_with('%') {
+        parse_percent(text).map(MemoryAmount::Percent)
+    } else {
+        parse_size(text).map(MemoryAmount::Bytes)
+    }
 }
 
 fn parse_exe(text: &str) -> Result<String, String> {
@@ -206,6 +329,37 @@ mod tests {
         assert!(parse_signal("NUKE").is_err());
         assert!(parse_signal("0").is_err());
         assert!(parse_signal("65").is_err());
+    }
+
+    #[test]
+    fn every_attack_parses_and_contradictions_are_usage_errors() {
+        let parse = |args: &str| Cli::try_parse_from(args.split_whitespace());
+        for ok in [
+            "troop attack cpu --select role=web --load 80 --for 2m",
+            "troop attack cpu --select role=web --load 80% --cores 1 --for 30s --lease 10s",
+            "troop attack memory --select role=web --size 512MiB --for 1m",
+            "troop attack memory --select role=web --size 25% --for 1m --count 2",
+            "troop attack disk --select role=web --path /var/tmp/troop --fill 90 --for 5m",
+            "troop attack disk --select role=web --path /var/tmp/troop --size 4GiB --for 5m",
+            "troop attack stop-host --select role=db --mode reboot --delay 10s",
+            "troop attack kill --select role=web --name nginx --repeat 5s --for 1m",
+        ] {
+            assert!(parse(ok).is_ok(), "{ok}: {:?}", parse(ok).err());
+        }
+        for bad in [
+            "troop attack cpu --select role=web --load 80",
+            "troop attack cpu --select role=web --load 0 --for 1m",
+            "troop attack cpu --select role=web --load 101 --for 1m",
+            "troop attack cpu --select role=web --load 50 --for 10",
+            "troop attack memory --select role=web --size 0% --for 1m",
+            "troop attack disk --select role=web --path /x --fill 90 --size 1GiB --for 1m",
+            "troop attack disk --select role=web --path /x --for 1m",
+            "troop attack stop-host --select role=db --mode explode",
+            "troop attack kill --select role=web --name nginx --repeat 5s",
+            "troop attack kill --select role=web --name nginx --for 1m",
+        ] {
+            assert!(parse(bad).is_err(), "{bad} must be refused");
+        }
     }
 
     #[test]

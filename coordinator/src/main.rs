@@ -25,6 +25,9 @@ async fn main() -> ExitCode {
         Command::Pki(command) => commands::pki::run(command, cli.output),
         Command::InternalAgent { config } => commands::demo::run_agent(&config).await,
         Command::InternalDemoService { name } => commands::demo::run_service(&name),
+        Command::InternalHoldMemory { bytes, .. } => troop_agent::host::memory::hold(bytes)
+            .map(|()| commands::Outcome::Success)
+            .map_err(Into::into),
         Command::Demo(args) => commands::demo::run(args, cli.output).await,
         Command::Fleet(command) => match commands::Context::load(cli.config.as_deref(), cli.output)
         {

@@ -1,6 +1,9 @@
 //! How command results are shown: a table for people, JSON for scripts.
 
+use std::time::Duration;
+
 use serde_json::{Value, json};
+use troop_agent::units::{format_duration, format_size};
 use troop_coordinator::cli::Output;
 use troop_coordinator::config::AgentEntry;
 use troop_coordinator::dispatch::CallError;
@@ -37,6 +40,7 @@ pub fn receipt_json(receipt: &pb::Receipt) -> Value {
             "pid": p.pid, "name": p.name, "signal": p.signal,
         })).collect::<Vec<_>>(),
         "aborted_fault_ids": receipt.aborted_fault_ids,
+        "ends_at_unix_ms": receipt.ends_at_unix_ms,
     })
 }
 
@@ -98,34 +102,93 @@ pub fn command_json(command: &pb::Command) -> Value {
     })
 }
 
-/// One line describing an action, e.g. `kill name "nginx" signal 9 (one match)`.
+/// One line describing an action, e.g. `kill name "nginx" with signal 9 (one match)`.
 pub fn action_text(action: Option<&pb::command::Action>) -> String {
     use pb::command::Action;
-    use pb::process_match::By;
-    use pb::start_fault::Fault;
     match action {
         None => "nothing".into(),
         Some(Action::AbortAll(_)) => "abort every active fault".into(),
         Some(Action::Abort(abort)) => format!("abort fault {}", abort.fault_id),
-        Some(Action::Start(start)) => match &start.fault {
-            Some(Fault::Kill(kill)) => {
-                let target = match kill.target.as_ref().and_then(|t| t.by.as_ref()) {
-                    Some(By::Name(name)) => format!("name {name:?}"),
-                    Some(By::Exe(exe)) => format!("exe {exe:?}"),
-                    Some(By::CmdlinePattern(pattern)) => format!("pattern {pattern:?}"),
-                    Some(By::Pid(pid)) => format!("pid {pid}"),
-                    Some(By::User(user)) => format!("user {user:?}"),
-                    None => "no target".into(),
-                };
-                let how = if kill.all_matches {
-                    "every match"
-                } else {
-                    "one match at random"
-                };
-                format!("kill {target} with signal {} ({how})", kill.signal)
+        Some(Action::Renew(renew)) => {
+            format!(
+                "renew the lease of {} for {} ms",
+                renew.fault_id, renew.lease_ms
+            )
+        }
+        Some(Action::Start(start)) => {
+            let mut text = fault_text(start.fault.as_ref());
+            if start.duration_ms > 0 {
+                text.push_str(&format!(
+                    " for {}",
+                    format_duration(Duration::from_millis(start.duration_ms))
+                ));
             }
-            Some(other) => format!("{other:?}"),
-            None => "no fault".into(),
+            if start.lease_ms > 0 {
+                text.push_str(&format!(
+                    " (lease {})",
+                    format_duration(Duration::from_millis(start.lease_ms))
+                ));
+            }
+            text
+        }
+    }
+}
+
+fn fault_text(fault: Option<&pb::start_fault::Fault>) -> String {
+    use pb::process_match::By;
+    use pb::start_fault::Fault;
+    match fault {
+        None => "no fault".into(),
+        Some(Fault::Kill(kill)) => {
+            let target = match kill.target.as_ref().and_then(|t| t.by.as_ref()) {
+                Some(By::Name(name)) => format!("name {name:?}"),
+                Some(By::Exe(exe)) => format!("exe {exe:?}"),
+                Some(By::CmdlinePattern(pattern)) => format!("pattern {pattern:?}"),
+                Some(By::Pid(pid)) => format!("pid {pid}"),
+                Some(By::User(user)) => format!("user {user:?}"),
+                None => "no target".into(),
+            };
+            let how = if kill.all_matches {
+                "every match"
+            } else {
+                "one match at random"
+            };
+            let repeat = match kill.repeat_every_ms {
+                0 => String::new(),
+                ms => format!(
+                    ", again every {}",
+                    format_duration(Duration::from_millis(ms))
+                ),
+            };
+            format!("kill {target} with signal {} ({how}{repeat})", kill.signal)
+        }
+        Some(Fault::Cpu(cpu)) => match cpu.cores {
+            0 => format!("cpu {}% on every core", cpu.load_percent),
+            n => format!("cpu {}% on {n} core(s)", cpu.load_percent),
         },
+        Some(Fault::Memory(memory)) => match memory.amount {
+            Some(pb::memory::Amount::Bytes(bytes)) => format!("memory {}", format_size(bytes)),
+            Some(pb::memory::Amount::Percent(percent)) => format!("memory {percent}% of the host"),
+            None => "memory (no amount)".into(),
+        },
+        Some(Fault::Disk(disk)) => match disk.amount {
+            Some(pb::disk::Amount::Bytes(bytes)) => {
+                format!("disk: add {} in {}", format_size(bytes), disk.path)
+            }
+            Some(pb::disk::Amount::FillPercent(percent)) => {
+                format!("disk: fill {} to {percent}%", disk.path)
+            }
+            None => format!("disk {} (no amount)", disk.path),
+        },
+        Some(Fault::StopHost(stop)) => {
+            let mode = pb::stop_host::Mode::try_from(stop.mode)
+                .map_or("?", |mode| mode.as_str_name())
+                .trim_start_matches("MODE_")
+                .to_ascii_lowercase();
+            format!(
+                "stop-host: {mode} after {}",
+                format_duration(Duration::from_millis(stop.delay_ms))
+            )
+        }
     }
 }

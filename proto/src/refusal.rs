@@ -49,6 +49,8 @@ pub enum Refusal {
     #[error("{0}")]
     Unimplemented(String),
     #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
     Internal(String),
 }
 
@@ -75,6 +77,7 @@ impl Refusal {
             MalformedPayload(_) | InvalidArgument(_) => Code::InvalidArgument,
             NotFound(_) => Code::NotFound,
             Unimplemented(_) => Code::Unimplemented,
+            Unavailable(_) => Code::Unavailable,
             Internal(_) => Code::Internal,
         }
     }

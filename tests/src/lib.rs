@@ -197,6 +197,7 @@ pub fn kill_pid(pid: i32) -> pb::command::Action {
 
 pub fn kill(by: pb::process_match::By, signal: i32, all_matches: bool) -> pb::command::Action {
     pb::command::Action::Start(pb::StartFault {
+        lease_ms: 0,
         duration_ms: 0,
         fault: Some(pb::start_fault::Fault::Kill(pb::Kill {
             target: Some(pb::ProcessMatch { by: Some(by) }),

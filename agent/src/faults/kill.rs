@@ -3,15 +3,22 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
 use rand::Rng;
 use rand::seq::IndexedRandom;
 use regex::{Regex, RegexBuilder};
 use troop_proto::{Refusal, pb};
 
+use super::engine::{Applied, Effect};
 use crate::host::process::{ProcessInfo, ProcessTable, SignalError};
 use crate::policy::Policy;
 
+/// Killing more often than this is a fork bomb's job, not ours.
+const MIN_REPEAT: Duration = Duration::from_millis(100);
 /// Linux's highest real-time signal.
 const MAX_SIGNAL: i32 = 64;
 /// Patterns come from the network: bound what compiling one may cost.
@@ -65,16 +72,24 @@ pub struct KillSpec {
     pub target: Target,
     pub signal: i32,
     pub all_matches: bool,
+    /// Kill again at this interval for the fault's duration (keeps a restarting service
+    /// down); `None` for one kill.
+    pub repeat_every: Option<Duration>,
 }
 
 impl KillSpec {
     pub fn from_pb(kill: &pb::Kill) -> Result<Self, Refusal> {
         let invalid = |message: String| Refusal::InvalidArgument(message);
-        if kill.repeat_every_ms != 0 {
-            return Err(Refusal::Unimplemented(
-                "kill with a repeat interval is not supported by this agent version".into(),
-            ));
-        }
+        let repeat_every = match kill.repeat_every_ms {
+            0 => None,
+            ms if ms < MIN_REPEAT.as_millis() as u64 => {
+                return Err(invalid(format!(
+                    "repeat interval {ms} ms is under the minimum of {} ms",
+                    MIN_REPEAT.as_millis()
+                )));
+            }
+            ms => Some(Duration::from_millis(ms)),
+        };
         let signal = match kill.signal {
             0 => libc::SIGKILL,
             signal if (1..=MAX_SIGNAL).contains(&signal) => signal,
@@ -104,6 +119,7 @@ impl KillSpec {
             target,
             signal,
             all_matches: kill.all_matches,
+            repeat_every,
         })
     }
 
@@ -260,6 +276,77 @@ pub fn apply(
             spec.describe()
         ))),
         _ => Ok(signalled),
+    }
+}
+
+/// Keeps killing what matches, every `repeat_every`, until reverted. The first kill has
+/// already happened (its pids are in the receipt).
+pub fn start_repeating(
+    spec: KillSpec,
+    interval: Duration,
+    table: Arc<dyn ProcessTable>,
+    policy: Policy,
+    first: usize,
+) -> Applied {
+    let stop = Arc::new(AtomicBool::new(false));
+    let kills = Arc::new(AtomicUsize::new(first));
+    let thread = {
+        let (stop, kills) = (stop.clone(), kills.clone());
+        let spec = spec.clone();
+        std::thread::spawn(move || {
+            let mut rng = rand::rng();
+            loop {
+                let deadline = std::time::Instant::now() + interval;
+                while std::time::Instant::now() < deadline {
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(10).min(interval));
+                }
+                // No match is normal here: the service may not be back yet.
+                if let Ok(signalled) = apply(&spec, table.as_ref(), &policy, &mut rng) {
+                    kills.fetch_add(signalled.len(), Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    Applied {
+        summary: format!(
+            "killing {} every {} ms",
+            spec.describe(),
+            interval.as_millis()
+        ),
+        effect: Box::new(RepeatKill {
+            what: spec.describe(),
+            stop,
+            kills,
+            thread: Some(thread),
+        }),
+    }
+}
+
+struct RepeatKill {
+    what: String,
+    stop: Arc<AtomicBool>,
+    kills: Arc<AtomicUsize>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Effect for RepeatKill {
+    fn effect(&self) -> String {
+        format!(
+            "{} process(es) matching {} killed so far",
+            self.kills.load(Ordering::Relaxed),
+            self.what
+        )
+    }
+
+    fn revert(&mut self) -> Result<(), String> {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        Ok(())
     }
 }
 

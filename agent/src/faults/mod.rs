@@ -1,4 +1,137 @@
-//! Faults the agent applies. Each module validates its parameters from the wire into a
-//! spec (refusing out-of-range values) and applies it through a host trait.
+//! Faults the agent applies. Each module validates its parameters from the wire
+//! (refusing out-of-range values), and applies its fault through a host module; the
+//! [`engine`] holds applied faults until their deadline and reverts them, and the
+//! [`journal`] lets a restarted agent undo what a crashed one left.
 
+pub mod cpu;
+pub mod disk;
+pub mod engine;
+pub mod journal;
 pub mod kill;
+pub mod memory;
+pub mod power;
+pub mod runner;
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use troop_proto::pb;
+
+use journal::{Journal, Record, Undo};
+
+const LAST_STOP_FILE: &str = "last-stop.json";
+
+/// The last stop-host carried out, as the agent reports it once the host is back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastStop {
+    pub command_id: String,
+    pub mode: String,
+    pub at_unix_ms: i64,
+}
+
+impl From<LastStop> for pb::HostStop {
+    fn from(stop: LastStop) -> Self {
+        pb::HostStop {
+            command_id: stop.command_id,
+            mode: stop.mode,
+            at_unix_ms: stop.at_unix_ms,
+        }
+    }
+}
+
+pub fn load_last_stop(state_dir: &Path) -> Option<LastStop> {
+    let bytes = std::fs::read(state_dir.join(LAST_STOP_FILE)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// Undoes what a previous run left in the journal (a crash, or a stopped host) and clears
+/// it. Idempotent: a restart in the middle simply undoes again.
+pub fn recover(state_dir: &Path, journal: &Journal, left: Vec<Record>) {
+    for record in left {
+        let id = &record.fault_id;
+        match &record.undo {
+            Undo::Nothing => {
+                tracing::info!(fault_id = %id, kind = %record.kind, "fault ended with the previous agent process")
+            }
+            Undo::RemoveFile { path } => match crate::host::disk::remove(path) {
+                Ok(()) => {
+                    tracing::info!(fault_id = %id, path = %path.display(), "removed a fill left by the previous agent process")
+                }
+                Err(error) => {
+                    tracing::error!(fault_id = %id, path = %path.display(), %error, "cannot remove a leftover fill")
+                }
+            },
+            Undo::EndHelper { marker } => crate::host::memory::end_leftover(marker),
+            Undo::ReportStop { mode } => {
+                let stop = LastStop {
+                    command_id: id.clone(),
+                    mode: mode.clone(),
+                    at_unix_ms: record.started_at_unix_ms,
+                };
+                tracing::warn!(command_id = %id, mode = %mode, "this host was stopped by troop");
+                if let Err(error) = save_last_stop(state_dir, &stop) {
+                    tracing::error!(%error, "cannot record the last stop");
+                    continue;
+                }
+            }
+        }
+        if let Err(error) = journal.remove(id) {
+            tracing::error!(fault_id = %id, error = %troop_telemetry::error_chain(&error), "cannot update the fault journal");
+        }
+    }
+}
+
+fn save_last_stop(state_dir: &Path, stop: &LastStop) -> std::io::Result<()> {
+    let path = state_dir.join(LAST_STOP_FILE);
+    let temp = path.with_extension("json.tmp");
+    std::fs::write(&temp, serde_json::to_vec(stop)?)?;
+    std::fs::File::open(&temp)?.sync_all()?;
+    std::fs::rename(temp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recovery_removes_a_leftover_fill_and_remembers_a_stop() {
+        let dir = tempfile::tempdir().unwrap();
+        let fill = dir.path().join(".troop-fill-x");
+        std::fs::write(&fill, b"fill").unwrap();
+        {
+            let (journal, _) = Journal::open(dir.path()).unwrap();
+            for (id, undo) in [
+                ("x", Undo::RemoveFile { path: fill.clone() }),
+                (
+                    "s",
+                    Undo::ReportStop {
+                        mode: "poweroff".into(),
+                    },
+                ),
+            ] {
+                journal
+                    .add(Record {
+                        fault_id: id.into(),
+                        kind: "disk".into(),
+                        started_at_unix_ms: 7,
+                        ends_at_unix_ms: 8,
+                        undo,
+                    })
+                    .unwrap();
+            }
+        }
+        let (journal, left) = Journal::open(dir.path()).unwrap();
+        recover(dir.path(), &journal, left);
+        assert!(!fill.exists());
+        assert_eq!(Journal::check(dir.path()).unwrap(), 0);
+        let stop = load_last_stop(dir.path()).unwrap();
+        assert_eq!(
+            (
+                stop.command_id.as_str(),
+                stop.mode.as_str(),
+                stop.at_unix_ms
+            ),
+            ("s", "poweroff", 7)
+        );
+    }
+}

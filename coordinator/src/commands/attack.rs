@@ -1,7 +1,9 @@
 //! `troop attack`: pick targets, build one signed command each, send, report.
 
 use anyhow::Context as _;
-use troop_coordinator::cli::{AttackCommand, KillArgs, Output, Targeting};
+use std::time::Duration;
+
+use troop_coordinator::cli::{AttackCommand, KillArgs, MemoryAmount, Output, StopMode, Targeting};
 use troop_coordinator::config::AgentEntry;
 use troop_coordinator::picker::{Pick, pick, rng_from_seed};
 use troop_coordinator::signer::{Signer, new_command};
@@ -9,28 +11,83 @@ use troop_coordinator::table;
 use troop_proto::freshness::DEFAULT_VALIDITY;
 use troop_proto::pb;
 
-use super::{Context, Outcome};
+use super::{Context, Outcome, lease};
 use crate::report::{self, Delivery};
 
 pub async fn run(context: &Context, command: AttackCommand) -> anyhow::Result<Outcome> {
-    match command {
-        AttackCommand::Kill(args) => {
-            let targets = pick_targets(context, &args.targeting)?;
-            let action = start(pb::start_fault::Fault::Kill(kill_fault(&args)), 0);
-            if args.targeting.dry_run {
-                return Ok(dry_run(context.output, &targets, &action));
-            }
-            let deliveries = send(context, &targets, action).await?;
-            Ok(report::print_deliveries(context.output, &deliveries))
-        }
+    use pb::start_fault::Fault;
+    let (targeting, fault, duration, lease) = match &command {
+        AttackCommand::Kill(args) => (
+            &args.targeting,
+            Fault::Kill(kill_fault(args)),
+            args.duration,
+            args.lease,
+        ),
+        AttackCommand::Cpu(args) => (
+            &args.targeting,
+            Fault::Cpu(pb::Cpu {
+                load_percent: u32::from(args.load),
+                cores: args.cores.unwrap_or(0),
+            }),
+            Some(args.holding.duration),
+            args.holding.lease,
+        ),
+        AttackCommand::Memory(args) => (
+            &args.targeting,
+            Fault::Memory(pb::Memory {
+                amount: Some(match args.size {
+                    MemoryAmount::Bytes(bytes) => pb::memory::Amount::Bytes(bytes),
+                    MemoryAmount::Percent(p) => pb::memory::Amount::Percent(u32::from(p)),
+                }),
+            }),
+            Some(args.holding.duration),
+            args.holding.lease,
+        ),
+        AttackCommand::Disk(args) => (
+            &args.targeting,
+            Fault::Disk(pb::Disk {
+                path: args.path.clone(),
+                amount: match (args.fill, args.size) {
+                    (Some(percent), _) => Some(pb::disk::Amount::FillPercent(u32::from(percent))),
+                    (None, size) => size.map(pb::disk::Amount::Bytes),
+                },
+            }),
+            Some(args.holding.duration),
+            args.holding.lease,
+        ),
+        AttackCommand::StopHost(args) => (
+            &args.targeting,
+            Fault::StopHost(pb::StopHost {
+                mode: match args.mode {
+                    StopMode::Poweroff => pb::stop_host::Mode::Poweroff,
+                    StopMode::Reboot => pb::stop_host::Mode::Reboot,
+                    StopMode::Halt => pb::stop_host::Mode::Halt,
+                } as i32,
+                delay_ms: millis(args.delay),
+            }),
+            None,
+            None,
+        ),
+    };
+    let targets = pick_targets(context, targeting)?;
+    let action = pb::command::Action::Start(pb::StartFault {
+        duration_ms: duration.map_or(0, millis),
+        lease_ms: lease.map_or(0, millis),
+        fault: Some(fault),
+    });
+    if targeting.dry_run {
+        return Ok(dry_run(context.output, &targets, &action));
+    }
+    let deliveries = send(context, &targets, action).await?;
+    let outcome = report::print_deliveries(context.output, &deliveries);
+    match lease {
+        Some(lease) => Ok(outcome.and(lease::hold(context, &deliveries, lease).await?)),
+        None => Ok(outcome),
     }
 }
 
-fn start(fault: pb::start_fault::Fault, duration_ms: u64) -> pb::command::Action {
-    pb::command::Action::Start(pb::StartFault {
-        duration_ms,
-        fault: Some(fault),
-    })
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 pub fn kill_fault(args: &KillArgs) -> pb::Kill {
@@ -51,7 +108,7 @@ pub fn kill_fault(args: &KillArgs) -> pb::Kill {
         target: Some(pb::ProcessMatch { by: Some(by) }),
         signal: args.signal,
         all_matches: args.all_matches,
-        repeat_every_ms: 0,
+        repeat_every_ms: args.repeat.map_or(0, millis),
     }
 }
 
@@ -85,13 +142,24 @@ pub async fn send_signed(
     targets: &[AgentEntry],
     action: pb::command::Action,
 ) -> Vec<Delivery> {
-    let work: Vec<(AgentEntry, pb::Command)> = targets
+    let work = targets
         .iter()
-        .map(|agent| {
-            (
-                agent.clone(),
-                new_command(&agent.id, action.clone(), DEFAULT_VALIDITY),
-            )
+        .map(|agent| (agent.clone(), action.clone()))
+        .collect();
+    send_each(context, signer, work).await
+}
+
+/// Signs and sends each agent its own action.
+pub async fn send_each(
+    context: &Context,
+    signer: &Signer,
+    work: Vec<(AgentEntry, pb::command::Action)>,
+) -> Vec<Delivery> {
+    let work: Vec<(AgentEntry, pb::Command)> = work
+        .into_iter()
+        .map(|(agent, action)| {
+            let command = new_command(&agent.id, action, DEFAULT_VALIDITY);
+            (agent, command)
         })
         .collect();
     let ids: Vec<String> = work.iter().map(|(_, c)| c.command_id.clone()).collect();

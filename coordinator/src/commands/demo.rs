@@ -143,6 +143,7 @@ pub async fn run(args: DemoArgs, output: Output) -> anyhow::Result<Outcome> {
         repeat_every_ms: 0,
     };
     let action = pb::command::Action::Start(pb::StartFault {
+        lease_ms: 0,
         duration_ms: 0,
         fault: Some(pb::start_fault::Fault::Kill(kill)),
     });
@@ -183,6 +184,7 @@ pub async fn run(args: DemoArgs, output: Output) -> anyhow::Result<Outcome> {
     // 4. What agents refuse: a fault their policy forbids, and a forged signature.
     let db = context.select(&"role=db".parse()?)?;
     let stop_host = pb::command::Action::Start(pb::StartFault {
+        lease_ms: 0,
         duration_ms: 0,
         fault: Some(pb::start_fault::Fault::StopHost(pb::StopHost {
             mode: pb::stop_host::Mode::Poweroff as i32,

@@ -3,6 +3,7 @@
 pub mod attack;
 pub mod demo;
 pub mod fleet;
+pub mod lease;
 pub mod pki;
 
 use std::path::Path;
@@ -31,6 +32,11 @@ impl Outcome {
         } else {
             Outcome::Partial
         }
+    }
+
+    /// Success only if both are.
+    pub fn and(self, other: Outcome) -> Outcome {
+        Outcome::from_all_ok(self == Outcome::Success && other == Outcome::Success)
     }
 
     pub fn exit_code(self) -> ExitCode {

@@ -1,0 +1,271 @@
+//! The disk fault: one fill file in a directory the policy allows, to a percent of that
+//! filesystem or by a size, never past `policy.max_disk_fill_percent`.
+
+use std::path::{Path, PathBuf};
+
+use troop_proto::{Refusal, pb};
+
+use super::engine::{Applied, Effect};
+use crate::host::disk::{self, Usage};
+use crate::policy::Policy;
+use crate::units::format_size;
+
+/// A validated, planned fill.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DiskPlan {
+    pub file: PathBuf,
+    pub bytes: u64,
+    /// Used percent of the filesystem once filled.
+    pub fill_percent: f64,
+}
+
+/// Checks the request against policy and the filesystem as it is now.
+pub fn plan(request: &pb::Disk, fault_id: &str, policy: &Policy) -> Result<DiskPlan, Refusal> {
+    let dir = allowed_dir(&request.path, policy)?;
+    let usage = disk::usage(&dir)
+        .map_err(|error| Refusal::Internal(format!("statvfs {}: {error}", dir.display())))?;
+    let bytes = bytes_to_fill(request.amount.as_ref(), &usage, policy)?;
+    Ok(DiskPlan {
+        file: dir.join(format!(".troop-fill-{fault_id}")),
+        bytes,
+        fill_percent: (usage.used + bytes) as f64 * 100.0 / usage.total.max(1) as f64,
+    })
+}
+
+/// The request's directory, if it lies under one of the policy's `disk_paths`.
+fn allowed_dir(path: &str, policy: &Policy) -> Result<PathBuf, Refusal> {
+    if path.is_empty() || !path.starts_with('/') {
+        return Err(Refusal::InvalidArgument(format!(
+            "disk path {path:?} must be an absolute path"
+        )));
+    }
+    let dir = Path::new(path)
+        .canonicalize()
+        .map_err(|error| Refusal::InvalidArgument(format!("disk path {path:?}: {error}")))?;
+    if !dir.is_dir() {
+        return Err(Refusal::InvalidArgument(format!(
+            "disk path {path:?} is not a directory"
+        )));
+    }
+    let allowed = policy
+        .disk_paths
+        .iter()
+        .filter_map(|allowed| allowed.canonicalize().ok())
+        .any(|allowed| dir.starts_with(allowed));
+    if !allowed {
+        return Err(Refusal::Policy(format!(
+            "disk path {path:?} is not under this agent's policy.disk_paths"
+        )));
+    }
+    Ok(dir)
+}
+
+/// How many bytes the request adds, refusing what would pass the policy's cap.
+pub fn bytes_to_fill(
+    amount: Option<&pb::disk::Amount>,
+    usage: &Usage,
+    policy: &Policy,
+) -> Result<u64, Refusal> {
+    use pb::disk::Amount;
+    let cap = policy.max_disk_fill_percent;
+    let bytes = match amount {
+        None => {
+            return Err(Refusal::InvalidArgument(
+                "disk fault names neither a fill percent nor a size".into(),
+            ));
+        }
+        Some(Amount::FillPercent(percent)) => {
+            if !(1..=100).contains(percent) {
+                return Err(Refusal::InvalidArgument(format!(
+                    "fill percent {percent} is not 1 to 100"
+                )));
+            }
+            if *percent > u32::from(cap) {
+                return Err(Refusal::Policy(format!(
+                    "fill to {percent}% is past this agent's policy.max_disk_fill_percent of {cap}%"
+                )));
+            }
+            let target = (usage.total as u128 * u128::from(*percent) / 100) as u64;
+            if target <= usage.used {
+                return Err(Refusal::InvalidArgument(format!(
+                    "the filesystem is already {:.1}% full, at or past {percent}%",
+                    usage.used_percent()
+                )));
+            }
+            target - usage.used
+        }
+        Some(Amount::Bytes(0)) => {
+            return Err(Refusal::InvalidArgument(
+                "fill size must be more than 0".into(),
+            ));
+        }
+        Some(Amount::Bytes(bytes)) => *bytes,
+    };
+    let after = (usage.used as u128 + bytes as u128) * 100;
+    if after > usage.total as u128 * u128::from(cap) {
+        return Err(Refusal::Policy(format!(
+            "adding {} would fill the filesystem past this agent's policy.max_disk_fill_percent of {cap}%",
+            format_size(bytes)
+        )));
+    }
+    if bytes > usage.available {
+        return Err(Refusal::InvalidArgument(format!(
+            "adding {} needs more than the {} available",
+            format_size(bytes),
+            format_size(usage.available)
+        )));
+    }
+    Ok(bytes)
+}
+
+pub fn apply(plan: &DiskPlan) -> Result<Applied, Refusal> {
+    if let Err(error) = disk::fill(&plan.file, plan.bytes) {
+        let _ = disk::remove(&plan.file);
+        return Err(Refusal::Internal(format!(
+            "cannot fill {}: {error}",
+            plan.file.display()
+        )));
+    }
+    Ok(Applied {
+        summary: format!(
+            "filled {} in {} ({:.1}% of the filesystem used)",
+            format_size(plan.bytes),
+            plan.file.display(),
+            plan.fill_percent
+        ),
+        effect: Box::new(DiskFill {
+            file: plan.file.clone(),
+            bytes: plan.bytes,
+        }),
+    })
+}
+
+struct DiskFill {
+    file: PathBuf,
+    bytes: u64,
+}
+
+impl Effect for DiskFill {
+    fn effect(&self) -> String {
+        let used = self
+            .file
+            .parent()
+            .and_then(|dir| disk::usage(dir).ok())
+            .map_or_else(String::new, |usage| {
+                format!(", filesystem {:.1}% used", usage.used_percent())
+            });
+        format!(
+            "{} in {}{used}",
+            format_size(self.bytes),
+            self.file.display()
+        )
+    }
+
+    fn revert(&mut self) -> Result<(), String> {
+        disk::remove(&self.file).map_err(|error| format!("remove {}: {error}", self.file.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pb::disk::Amount;
+
+    const GIB: u64 = 1 << 30;
+
+    fn usage(used: u64) -> Usage {
+        Usage {
+            total: 10 * GIB,
+            used,
+            available: 10 * GIB - used,
+        }
+    }
+
+    #[test]
+    fn a_percent_fills_up_to_that_share_of_the_filesystem() {
+        let bytes = bytes_to_fill(
+            Some(&Amount::FillPercent(80)),
+            &usage(2 * GIB),
+            &Policy::default(),
+        );
+        assert_eq!(bytes, Ok(6 * GIB));
+    }
+
+    #[test]
+    fn the_policy_cap_and_bad_amounts_are_refused() {
+        let policy = Policy {
+            max_disk_fill_percent: 90,
+            ..Policy::default()
+        };
+        let refuse = |amount: Option<Amount>, used: u64| {
+            bytes_to_fill(amount.as_ref(), &usage(used), &policy).unwrap_err()
+        };
+        assert!(matches!(
+            refuse(Some(Amount::FillPercent(95)), 0),
+            Refusal::Policy(_)
+        ));
+        assert!(matches!(
+            refuse(Some(Amount::Bytes(9 * GIB + 1)), 0),
+            Refusal::Policy(_)
+        ));
+        assert!(matches!(
+            refuse(Some(Amount::FillPercent(0)), 0),
+            Refusal::InvalidArgument(_)
+        ));
+        assert!(matches!(
+            refuse(Some(Amount::FillPercent(50)), 6 * GIB),
+            Refusal::InvalidArgument(_)
+        ));
+        assert!(matches!(
+            refuse(Some(Amount::Bytes(0)), 0),
+            Refusal::InvalidArgument(_)
+        ));
+        assert!(matches!(refuse(None, 0), Refusal::InvalidArgument(_)));
+    }
+
+    #[test]
+    fn only_paths_under_the_policy_are_allowed() {
+        let allowed = tempfile::tempdir().unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let policy = Policy {
+            disk_paths: vec![allowed.path().to_path_buf()],
+            ..Policy::default()
+        };
+        std::fs::create_dir(allowed.path().join("sub")).unwrap();
+        let sub = allowed.path().join("sub");
+        assert!(allowed_dir(sub.to_str().unwrap(), &policy).is_ok());
+        let escape = format!(
+            "{}/sub/../../{}",
+            allowed.path().display(),
+            other.path().file_name().unwrap().to_str().unwrap()
+        );
+        assert!(matches!(
+            allowed_dir(&escape, &policy),
+            Err(Refusal::Policy(_))
+        ));
+        assert!(matches!(
+            allowed_dir(other.path().to_str().unwrap(), &policy),
+            Err(Refusal::Policy(_))
+        ));
+        assert!(matches!(
+            allowed_dir("relative", &policy),
+            Err(Refusal::InvalidArgument(_))
+        ));
+    }
+
+    #[test]
+    fn a_fill_is_allocated_and_reverted() {
+        let dir = tempfile::tempdir().unwrap();
+        let plan = DiskPlan {
+            file: dir.path().join(".troop-fill-t"),
+            bytes: 8 << 20,
+            fill_percent: 0.0,
+        };
+        let mut applied = apply(&plan).unwrap();
+        let allocated = std::fs::metadata(&plan.file).unwrap();
+        assert_eq!(allocated.len(), 8 << 20);
+        applied.effect.revert().unwrap();
+        assert!(!plan.file.exists());
+        applied.effect.revert().unwrap();
+    }
+}

@@ -1,0 +1,444 @@
+//! The fault lifecycle: apply, hold until the deadline (or the lease) passes, revert.
+//!
+//! Each running fault is a small state machine: `journaled → applied → reverted`. The
+//! journal entry is written before the fault is applied, and removed after it is reverted.
+//! One supervisor thread sleeps until the earliest deadline or lease expiry and reverts
+//! what is due; `abort`, `abort_all` and `shutdown` revert at once. Reverting is done
+//! outside the engine's lock and is idempotent, so a fault is reverted exactly once
+//! whichever of these gets to it first.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use troop_proto::{Refusal, pb};
+
+use super::journal::{Journal, Record, Undo};
+use crate::policy::FaultKind;
+use crate::service::now_unix_ms;
+
+/// A fault that is holding: reports what it achieves, and undoes itself.
+pub trait Effect: Send {
+    /// What the fault achieves right now, for `Status`.
+    fn effect(&self) -> String;
+    /// Undoes the fault. Called once; must not panic.
+    fn revert(&mut self) -> Result<(), String>;
+}
+
+/// What a fault started with: its effect and how to undo it after a crash.
+pub struct Applied {
+    pub effect: Box<dyn Effect>,
+    pub summary: String,
+}
+
+struct Running {
+    kind: FaultKind,
+    started_at_unix_ms: i64,
+    ends_at: Instant,
+    ends_at_unix_ms: i64,
+    lease: Option<(Instant, i64)>,
+    effect: Box<dyn Effect>,
+}
+
+#[derive(Default)]
+struct State {
+    running: BTreeMap<String, Running>,
+    stopping: bool,
+}
+
+/// Why a fault ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    Deadline,
+    LeaseExpired,
+    Aborted,
+    Shutdown,
+}
+
+impl EndReason {
+    fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Deadline => "its duration is over",
+            EndReason::LeaseExpired => "its lease was not renewed",
+            EndReason::Aborted => "it was aborted",
+            EndReason::Shutdown => "the agent is stopping",
+        }
+    }
+}
+
+pub struct Engine {
+    state: Mutex<State>,
+    wake: Condvar,
+    journal: Journal,
+}
+
+fn ms(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl Engine {
+    pub fn new(journal: Journal) -> Self {
+        Self {
+            state: Mutex::new(State::default()),
+            wake: Condvar::new(),
+            journal,
+        }
+    }
+
+    pub fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Journals, applies and starts holding a fault. `undo` must say how to undo `apply`
+    /// after a crash; it is on disk before `apply` runs.
+    pub fn start(
+        &self,
+        fault_id: &str,
+        kind: FaultKind,
+        duration: Duration,
+        lease: Option<Duration>,
+        undo: Undo,
+        apply: &dyn Fn() -> Result<Applied, Refusal>,
+    ) -> Result<(String, i64), Refusal> {
+        if self.lock().stopping {
+            return Err(Refusal::Unavailable("the agent is stopping".into()));
+        }
+        let started_at_unix_ms = now_unix_ms();
+        let ends_at_unix_ms = started_at_unix_ms.saturating_add(ms(duration));
+        self.journal
+            .add(Record {
+                fault_id: fault_id.to_string(),
+                kind: kind.name().to_string(),
+                started_at_unix_ms,
+                ends_at_unix_ms,
+                undo,
+            })
+            .map_err(|error| {
+                Refusal::Unavailable(format!(
+                    "cannot journal the fault, so it was not applied: {}",
+                    troop_telemetry::error_chain(&error)
+                ))
+            })?;
+        let applied = match apply() {
+            Ok(applied) => applied,
+            Err(refusal) => {
+                self.forget(fault_id);
+                return Err(refusal);
+            }
+        };
+        let now = Instant::now();
+        let running = Running {
+            kind,
+            started_at_unix_ms,
+            ends_at: now + duration,
+            ends_at_unix_ms,
+            lease: lease.map(|lease| (now + lease, now_unix_ms().saturating_add(ms(lease)))),
+            effect: applied.effect,
+        };
+        let mut state = self.lock();
+        if state.stopping {
+            drop(state);
+            self.revert(fault_id.to_string(), running, EndReason::Shutdown);
+            return Err(Refusal::Unavailable("the agent is stopping".into()));
+        }
+        state.running.insert(fault_id.to_string(), running);
+        drop(state);
+        self.wake.notify_all();
+        tracing::info!(fault_id, %kind, duration_ms = ms(duration), "fault applied");
+        Ok((applied.summary, ends_at_unix_ms))
+    }
+
+    fn forget(&self, fault_id: &str) {
+        if let Err(error) = self.journal.remove(fault_id) {
+            tracing::error!(fault_id, error = %troop_telemetry::error_chain(&error), "cannot update the fault journal");
+        }
+    }
+
+    fn revert(&self, fault_id: String, mut running: Running, reason: EndReason) {
+        match running.effect.revert() {
+            Ok(()) => {
+                tracing::info!(%fault_id, kind = %running.kind, reason = reason.as_str(), "fault reverted")
+            }
+            Err(error) => {
+                tracing::error!(%fault_id, kind = %running.kind, %error, "fault revert failed")
+            }
+        }
+        self.forget(&fault_id);
+    }
+
+    pub fn abort(&self, fault_id: &str) -> Result<(), Refusal> {
+        let running = self.lock().running.remove(fault_id);
+        match running {
+            Some(running) => {
+                self.revert(fault_id.to_string(), running, EndReason::Aborted);
+                Ok(())
+            }
+            None => Err(Refusal::NotFound(format!(
+                "no active fault {fault_id:?} on this agent"
+            ))),
+        }
+    }
+
+    /// Reverts every fault now; returns their ids.
+    pub fn abort_all(&self, reason: EndReason) -> Vec<String> {
+        let taken = std::mem::take(&mut self.lock().running);
+        let ids: Vec<String> = taken.keys().cloned().collect();
+        // Reverted side by side: halting many faults takes as long as the slowest.
+        std::thread::scope(|scope| {
+            for (id, running) in taken {
+                scope.spawn(move || self.revert(id, running, reason));
+            }
+        });
+        ids
+    }
+
+    pub fn renew(&self, fault_id: &str, lease: Duration) -> Result<i64, Refusal> {
+        let mut state = self.lock();
+        let running = state.running.get_mut(fault_id).ok_or_else(|| {
+            Refusal::NotFound(format!("no active fault {fault_id:?} on this agent"))
+        })?;
+        if running.lease.is_none() {
+            return Err(Refusal::InvalidArgument(format!(
+                "fault {fault_id:?} was started without a lease"
+            )));
+        }
+        let expires = now_unix_ms().saturating_add(ms(lease));
+        running.lease = Some((Instant::now() + lease, expires));
+        Ok(expires)
+    }
+
+    pub fn active(&self) -> Vec<pb::ActiveFault> {
+        self.lock()
+            .running
+            .iter()
+            .map(|(id, running)| pb::ActiveFault {
+                fault_id: id.clone(),
+                command_id: id.clone(),
+                kind: running.kind.name().to_string(),
+                started_at_unix_ms: running.started_at_unix_ms,
+                ends_at_unix_ms: running.ends_at_unix_ms,
+                effect: running.effect.effect(),
+                lease_expires_at_unix_ms: running.lease.map_or(0, |(_, at)| at),
+            })
+            .collect()
+    }
+
+    /// Reverts everything and stops the supervisor (SIGTERM, or the server ending).
+    pub fn shutdown(&self) {
+        self.lock().stopping = true;
+        self.wake.notify_all();
+        let ids = self.abort_all(EndReason::Shutdown);
+        if !ids.is_empty() {
+            tracing::info!(count = ids.len(), "reverted every fault before stopping");
+        }
+    }
+
+    /// Starts the thread that ends faults on time.
+    pub fn supervise(self: &Arc<Self>) -> JoinHandle<()> {
+        let engine = self.clone();
+        std::thread::Builder::new()
+            .name("troop-deadlines".into())
+            .spawn(move || engine.supervisor_loop())
+            .expect("cannot start the deadline thread")
+    }
+
+    fn supervisor_loop(&self) {
+        let mut state = self.lock();
+        loop {
+            if state.stopping {
+                return;
+            }
+            let now = Instant::now();
+            let due: Vec<(String, EndReason)> = state
+                .running
+                .iter()
+                .filter_map(|(id, running)| {
+                    if running.ends_at <= now {
+                        Some((id.clone(), EndReason::Deadline))
+                    } else if running.lease.is_some_and(|(at, _)| at <= now) {
+                        Some((id.clone(), EndReason::LeaseExpired))
+                    } else {
+                        None
+                    }
+                })
+                .collect();
+            if !due.is_empty() {
+                let taken: Vec<_> = due
+                    .into_iter()
+                    .filter_map(|(id, reason)| {
+                        state
+                            .running
+                            .remove(&id)
+                            .map(|running| (id, running, reason))
+                    })
+                    .collect();
+                drop(state);
+                for (id, running, reason) in taken {
+                    self.revert(id, running, reason);
+                }
+                state = self.lock();
+                continue;
+            }
+            let next = state
+                .running
+                .values()
+                .map(|running| match running.lease {
+                    Some((lease, _)) => running.ends_at.min(lease),
+                    None => running.ends_at,
+                })
+                .min();
+            state = match next {
+                Some(next) => {
+                    let wait = next.saturating_duration_since(Instant::now());
+                    self.wake
+                        .wait_timeout(state, wait)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
+                }
+                None => self.wake.wait(state).unwrap_or_else(|e| e.into_inner()),
+            };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Counts its reverts.
+    struct Probe(Arc<AtomicUsize>);
+
+    impl Effect for Probe {
+        fn effect(&self) -> String {
+            "probing".into()
+        }
+        fn revert(&mut self) -> Result<(), String> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    fn engine() -> (Arc<Engine>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, _) = Journal::open(dir.path()).unwrap();
+        let engine = Arc::new(Engine::new(journal));
+        engine.supervise();
+        (engine, dir)
+    }
+
+    fn start(
+        engine: &Engine,
+        id: &str,
+        duration: Duration,
+        lease: Option<Duration>,
+    ) -> Arc<AtomicUsize> {
+        let reverts = Arc::new(AtomicUsize::new(0));
+        engine
+            .start(id, FaultKind::Cpu, duration, lease, Undo::Nothing, &|| {
+                Ok(Applied {
+                    effect: Box::new(Probe(reverts.clone())),
+                    summary: "probe".into(),
+                })
+            })
+            .unwrap();
+        reverts
+    }
+
+    fn wait_until(what: impl Fn() -> bool) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if what() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        false
+    }
+
+    #[test]
+    fn reverts_once_at_the_deadline_and_clears_the_journal() {
+        let (engine, dir) = engine();
+        let reverts = start(&engine, "a", Duration::from_millis(50), None);
+        assert_eq!(engine.active().len(), 1);
+        assert_eq!(Journal::check(dir.path()).unwrap(), 1);
+        assert!(wait_until(|| reverts.load(Ordering::SeqCst) == 1));
+        assert!(engine.active().is_empty());
+        assert_eq!(Journal::check(dir.path()).unwrap(), 0);
+        assert!(engine.abort("a").is_err(), "already reverted");
+        assert_eq!(reverts.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn abort_and_abort_all_revert_now() {
+        let (engine, _dir) = engine();
+        let a = start(&engine, "a", Duration::from_secs(60), None);
+        let b = start(&engine, "b", Duration::from_secs(60), None);
+        let c = start(&engine, "c", Duration::from_secs(60), None);
+        engine.abort("a").unwrap();
+        assert_eq!(a.load(Ordering::SeqCst), 1);
+        assert_eq!(engine.abort_all(EndReason::Aborted), ["b", "c"]);
+        assert_eq!((b.load(Ordering::SeqCst), c.load(Ordering::SeqCst)), (1, 1));
+    }
+
+    #[test]
+    fn a_lease_not_renewed_ends_the_fault_and_renewing_keeps_it() {
+        let (engine, _dir) = engine();
+        let lapsed = start(
+            &engine,
+            "lapsed",
+            Duration::from_secs(60),
+            Some(Duration::from_millis(100)),
+        );
+        let kept = start(
+            &engine,
+            "kept",
+            Duration::from_secs(60),
+            Some(Duration::from_millis(300)),
+        );
+        assert!(wait_until(|| lapsed.load(Ordering::SeqCst) == 1));
+        for _ in 0..5 {
+            engine.renew("kept", Duration::from_millis(300)).unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(kept.load(Ordering::SeqCst), 0, "renewed, so still held");
+        assert!(wait_until(|| kept.load(Ordering::SeqCst) == 1));
+    }
+
+    #[test]
+    fn shutdown_reverts_everything_and_refuses_new_faults() {
+        let (engine, _dir) = engine();
+        let a = start(&engine, "a", Duration::from_secs(60), None);
+        engine.shutdown();
+        assert_eq!(a.load(Ordering::SeqCst), 1);
+        let refused = engine.start(
+            "b",
+            FaultKind::Cpu,
+            Duration::from_secs(1),
+            None,
+            Undo::Nothing,
+            &|| unreachable!("must not apply while stopping"),
+        );
+        assert!(refused.is_err());
+    }
+
+    #[test]
+    fn a_failed_apply_leaves_no_journal_entry() {
+        let (engine, dir) = engine();
+        let result = engine.start(
+            "a",
+            FaultKind::Disk,
+            Duration::from_secs(1),
+            None,
+            Undo::Nothing,
+            &|| Err(Refusal::InvalidArgument("no".into())),
+        );
+        assert!(result.is_err());
+        assert_eq!(Journal::check(dir.path()).unwrap(), 0);
+    }
+}

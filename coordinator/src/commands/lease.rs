@@ -1,0 +1,118 @@
+//! `--lease`: stay attached to the faults just started, renew their leases, show progress,
+//! and abort them on Ctrl-C. If this process dies or the network fails, renewals stop and
+//! every agent reverts its fault within the lease by itself.
+
+use std::io::Write as _;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use troop_coordinator::cli::Output;
+use troop_coordinator::config::AgentEntry;
+use troop_coordinator::dispatch::CallError;
+use troop_coordinator::signer::{Signer, now_unix_ms};
+use troop_proto::pb;
+
+use super::{Context, Outcome, attack};
+use crate::report::Delivery;
+
+struct Held {
+    agent: AgentEntry,
+    fault_id: String,
+    ends_at_unix_ms: i64,
+}
+
+pub async fn hold(
+    context: &Context,
+    deliveries: &[Delivery],
+    lease: Duration,
+) -> anyhow::Result<Outcome> {
+    let signer = Signer::load(&context.config.signing_key)
+        .with_context(|| format!("config {}: [signing] key", context.config.path.display()))?;
+    let mut held: Vec<Held> = deliveries
+        .iter()
+        .filter_map(|delivery| {
+            let receipt = delivery.result.as_ref().ok()?;
+            (!receipt.fault_id.is_empty()).then(|| Held {
+                agent: delivery.agent.clone(),
+                fault_id: receipt.fault_id.clone(),
+                ends_at_unix_ms: receipt.ends_at_unix_ms,
+            })
+        })
+        .collect();
+    let lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
+    let mut renew = tokio::time::interval(lease / 3);
+    renew.tick().await;
+    let progress = |text: String| {
+        if context.output == Output::Table {
+            eprintln!("{text}");
+            let _ = std::io::stderr().flush();
+        }
+    };
+    progress(format!(
+        "holding {} fault(s), renewing a {}s lease every {}s; Ctrl-C aborts them",
+        held.len(),
+        lease.as_secs(),
+        (lease / 3).as_secs_f32()
+    ));
+    while !held.is_empty() {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {
+                progress("Ctrl-C: aborting".into());
+                let work = held
+                    .iter()
+                    .map(|h| {
+                        let abort = pb::AbortFault { fault_id: h.fault_id.clone() };
+                        (h.agent.clone(), pb::command::Action::Abort(abort))
+                    })
+                    .collect();
+                let aborted = attack::send_each(context, &signer, work).await;
+                for delivery in &aborted {
+                    let outcome = match &delivery.result {
+                        Ok(receipt) => receipt.summary.clone(),
+                        Err(error) => error.to_string(),
+                    };
+                    progress(format!("  {}: {outcome}", delivery.agent.id));
+                }
+                // Aborted on purpose; the exit code says whether every abort landed.
+                return Ok(Outcome::from_all_ok(aborted.iter().all(|d| d.result.is_ok())));
+            }
+            _ = renew.tick() => {
+                let now = now_unix_ms();
+                held.retain(|h| {
+                    let over = h.ends_at_unix_ms <= now;
+                    if over {
+                        progress(format!("  {}: fault {} ended at its deadline", h.agent.id, h.fault_id));
+                    }
+                    !over
+                });
+                if held.is_empty() {
+                    break;
+                }
+                let work = held
+                    .iter()
+                    .map(|h| {
+                        let renew = pb::RenewLease { fault_id: h.fault_id.clone(), lease_ms };
+                        (h.agent.clone(), pb::command::Action::Renew(renew))
+                    })
+                    .collect();
+                let renewed = attack::send_each(context, &signer, work).await;
+                let mut line = Vec::new();
+                for delivery in renewed {
+                    match &delivery.result {
+                        Ok(_) => line.push(format!("{} held", delivery.agent.id)),
+                        Err(CallError::Status { code: tonic::Code::NotFound, .. }) => {
+                            line.push(format!("{} ended", delivery.agent.id));
+                            held.retain(|h| h.agent.id != delivery.agent.id);
+                        }
+                        // Keep trying: the agent reverts by itself if this keeps failing.
+                        Err(error) => line.push(format!("{} not renewed ({error})", delivery.agent.id)),
+                    }
+                }
+                let left = held.iter().map(|h| h.ends_at_unix_ms).max().unwrap_or(now) - now;
+                progress(format!("  {}s left: {}", left.max(0) / 1000, line.join(", ")));
+            }
+        }
+    }
+    progress("every fault ended".into());
+    Ok(Outcome::Success)
+}
