@@ -15,6 +15,17 @@ use std::time::{Duration, Instant};
 
 use troop_agent::host::process::{LinuxProcessTable, ProcessInfo, ProcessTable, read_process};
 
+/// What a host runs.
+#[derive(Debug)]
+pub struct HostSpec<'a> {
+    pub name: &'a str,
+    pub agent: &'a [OsString],
+    pub services: &'a [Vec<OsString>],
+    /// A size-capped tmpfs mounted here (bytes), inside the host only.
+    pub tmpfs: Option<(std::path::PathBuf, u64)>,
+    pub log: &'a Path,
+}
+
 /// One host: a PID namespace with an agent and some services.
 #[derive(Debug)]
 pub struct LocalHost {
@@ -42,15 +53,34 @@ impl LocalHost {
         services: &[Vec<OsString>],
         log: &Path,
     ) -> io::Result<Self> {
-        let mut script = String::new();
-        for service in services {
+        Self::start_spec(&HostSpec {
+            name,
+            agent,
+            services,
+            tmpfs: None,
+            log,
+        })
+    }
+
+    pub fn start_spec(spec: &HostSpec<'_>) -> io::Result<Self> {
+        let mut script = String::from("set -e\n");
+        if let Some((dir, bytes)) = &spec.tmpfs {
+            let dir = shell_quote(&dir.clone().into_os_string());
+            // The mount namespace is private: this tmpfs exists only inside the host.
+            script.push_str(&format!(
+                "mkdir -p {dir}\nmount -t tmpfs -o size={bytes} troop-lab {dir}\n"
+            ));
+        }
+        script.push_str("set +e\n");
+        for service in spec.services {
             script.push_str(&shell_command(service));
             script.push_str(" &\n");
         }
-        // Not `exec`: the shell stays pid 1 and reaps the services the agent kills.
-        script.push_str(&shell_command(agent));
-        script.push_str("\nwait\n");
-        let output = File::create(log)?;
+        // Not `exec`: the shell stays pid 1, reaps the services the agent kills, and
+        // keeps the host up if the agent dies, as a real host's init would.
+        script.push_str(&shell_command(spec.agent));
+        script.push_str("\nwait\nwhile :; do sleep 3600; done\n");
+        let output = File::create(spec.log)?;
         let mut command = Command::new("unshare");
         if !nix::unistd::geteuid().is_root() {
             command.args(["--user", "--map-root-user"]);
@@ -61,6 +91,8 @@ impl LocalHost {
                 "--fork",
                 "--kill-child",
                 "--mount-proc",
+                "--propagation",
+                "private",
                 "--",
                 "sh",
                 "-c",
@@ -71,9 +103,26 @@ impl LocalHost {
             .stderr(output);
         let unshare = command.spawn()?;
         Ok(Self {
-            name: name.to_string(),
+            name: spec.name.to_string(),
             unshare,
         })
+    }
+
+    /// A path inside the host (its own mounts), as this machine can reach it.
+    pub fn path_inside(&self, path: &Path) -> Option<std::path::PathBuf> {
+        let init = self.init_pid()?;
+        let relative = path.strip_prefix("/").unwrap_or(path);
+        Some(std::path::PathBuf::from(format!("/proc/{init}/root")).join(relative))
+    }
+
+    /// A command that runs inside the host's PID and mount namespaces.
+    pub fn command_inside(&self, argv: &[OsString]) -> Option<Command> {
+        let init = self.init_pid()?;
+        let mut command = Command::new("nsenter");
+        command
+            .args(["-t", &init.to_string(), "-p", "-m", "--"])
+            .args(argv);
+        Some(command)
     }
 
     /// The namespace's pid 1 as this machine sees it, once it exists.

@@ -3,6 +3,8 @@
 //! processes the tests start themselves, and the workspace's built binaries.
 #![forbid(unsafe_code)]
 
+pub mod lab;
+
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};

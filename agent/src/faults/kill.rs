@@ -505,4 +505,20 @@ mod tests {
             [(40, libc::SIGKILL), (42, libc::SIGKILL)]
         );
     }
+
+    #[test]
+    fn a_repeating_kill_kills_again_until_reverted() {
+        let table = Arc::new(FakeProcessTable::new(host()));
+        let spec = spec(By::Pid(40), true);
+        let mut applied = start_repeating(spec, MIN_REPEAT, table.clone(), Policy::default(), 0);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while table.signalled().len() < 2 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(table.signalled().len() >= 2);
+        applied.effect.revert().unwrap();
+        let after = table.signalled().len();
+        std::thread::sleep(MIN_REPEAT * 3);
+        assert_eq!(table.signalled().len(), after, "kills after revert");
+    }
 }

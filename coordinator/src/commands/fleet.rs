@@ -67,6 +67,13 @@ fn status_json(agent: &AgentEntry, result: &Result<pb::AgentStatus, CallError>) 
                     .map(fault_json)
                     .collect::<Vec<_>>()
             );
+            if let Some(stop) = &status.last_stop {
+                value["last_stop"] = json!({
+                    "command_id": stop.command_id,
+                    "mode": stop.mode,
+                    "at_unix_ms": stop.at_unix_ms,
+                });
+            }
         }
         Err(error) => value["error"] = json!(error.to_string()),
     }
@@ -81,6 +88,7 @@ fn fault_json(fault: &pb::ActiveFault) -> Value {
         "started_at_unix_ms": fault.started_at_unix_ms,
         "ends_at_unix_ms": fault.ends_at_unix_ms,
         "effect": fault.effect,
+        "lease_expires_at_unix_ms": fault.lease_expires_at_unix_ms,
     })
 }
 
