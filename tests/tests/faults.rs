@@ -161,7 +161,7 @@ fn cpu_load_shows_in_the_agents_cpu_time_and_stops_at_the_deadline() {
     let load = (cpu_seconds(agent) - cpu0) / wall0.elapsed().as_secs_f64() * 100.0;
     // Loose bounds for a shared CI machine; BENCHMARKS.md has the precise figures.
     assert!(
-        (35.0..=65.0).contains(&load),
+        (25.0..=75.0).contains(&load),
         "agent burned {load:.1}% of a core for a 50% fault"
     );
     let effect = lab.status("web-1")["active_faults"][0]["effect"]
