@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use troop_tests::lab::{DISK_BYTES, Lab, cpu_seconds, resident_bytes, wait_for};
+use troop_proto::{pb, sign_command};
+use troop_tests::lab::{Lab, cpu_seconds, resident_bytes, wait_for};
+use troop_tests::{Credentials, command, connect};
 
 const ALL_BUT_STOP: &str = "allow = [\"kill\", \"cpu\", \"memory\", \"disk\"]";
 
@@ -288,53 +290,85 @@ fn sigterm_reverts_before_the_agent_exits() {
     );
 }
 
-#[test]
-fn a_fill_left_by_a_killed_agent_is_removed_at_its_next_start_and_its_command_not_rerun() {
-    let Some(mut lab) = lab_with("web-1", ALL_BUT_STOP, vec![]) else {
+#[tokio::test(flavor = "multi_thread")]
+async fn what_a_killed_agent_leaves_is_undone_at_its_next_start_and_never_rerun() {
+    let Some(lab) = lab_with("web-1", ALL_BUT_STOP, vec![]) else {
         return;
     };
-    let disk = lab.hosts["web-1"].disk.clone();
+    let host = &lab.hosts["web-1"];
+    // The fill is sent as one signed command, so that exactly it can be replayed later.
+    let address = format!("127.0.0.1:{}", host.port).parse().unwrap();
+    let mut client = connect(address, "web-1", Credentials::Coordinator(&lab.pki))
+        .await
+        .unwrap();
+    let fill = pb::command::Action::Start(pb::StartFault {
+        duration_ms: 300_000,
+        lease_ms: 0,
+        fault: Some(pb::start_fault::Fault::Disk(pb::Disk {
+            path: host.disk.display().to_string(),
+            amount: Some(pb::disk::Amount::FillPercent(50)),
+        })),
+    });
+    let signed = sign_command(&command("web-1", fill), &lab.pki.signing_key());
+    let first = client.execute(signed.clone()).await.unwrap().into_inner();
     let (code, report) = lab.troop_json(&[
-        "attack",
-        "disk",
-        "--select",
-        "role=web",
-        "--path",
-        disk.to_str().unwrap(),
-        "--fill",
-        "50",
-        "--for",
-        "5m",
+        "attack", "memory", "--select", "role=web", "--size", "32MiB", "--for", "5m",
     ]);
     assert_eq!(code, Some(0), "{report}");
-    let agent = lab.hosts["web-1"].agent_pid().unwrap();
+    let agent = host.agent_pid().unwrap();
+    let holder = host
+        .host
+        .processes()
+        .into_iter()
+        .find(|p| p.ppid == agent && p.cmdline.iter().any(|a| a == "__hold-memory"))
+        .expect("memory holder");
+
     kill(Pid::from_raw(agent), Signal::SIGKILL).unwrap();
-    assert!(wait_for(Duration::from_secs(10), || lab.hosts["web-1"]
+    assert!(wait_for(Duration::from_secs(10), || host
         .agent_pid()
         .is_none()));
     assert!(
         used_percent(&lab, "web-1") > 45.0,
-        "the crash itself must leave the fill"
+        "the crash itself leaves the fill"
     );
-    // Start the agent again inside the same host (same tmpfs, same state dir).
+    // The holder sees its agent gone and frees the memory by itself.
+    assert!(
+        wait_for(Duration::from_secs(5), || resident_bytes(holder.pid)
+            .is_none()),
+        "holder outlived the agent"
+    );
+
+    // The agent starts again inside the same host: same tmpfs, same state dir.
     let config = lab.dir().join("web-1.toml");
     let argv: Vec<OsString> = vec![
         troop_tests::binary("troop-agent").into(),
         "--config".into(),
         config.into(),
     ];
-    let mut restarted = lab.hosts["web-1"]
-        .host
-        .command_inside(&argv)
-        .unwrap()
-        .spawn()
-        .unwrap();
+    let mut restarted = host.host.command_inside(&argv).unwrap().spawn().unwrap();
     lab.wait_reachable("web-1");
     assert!(
         wait_for(Duration::from_secs(5), || used_percent(&lab, "web-1") < 1.0),
         "leftover fill not removed"
     );
-    let _ = &mut lab;
+    assert!(
+        lab.status("web-1")["active_faults"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+
+    // The command it ran before the crash is remembered: its first receipt, no new fill.
+    let mut client = connect(address, "web-1", Credentials::Coordinator(&lab.pki))
+        .await
+        .unwrap();
+    let replay = client.execute(signed).await.unwrap().into_inner();
+    assert_eq!(replay, first);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        used_percent(&lab, "web-1") < 1.0,
+        "a replay filled the disk again"
+    );
     let _ = restarted.kill();
     let _ = restarted.wait();
 }
@@ -450,5 +484,4 @@ fn stop_host_ends_only_that_hosts_namespace_and_is_reported_after_power_on() {
         lab.log("db-1")
     );
     assert_eq!(stop["mode"], "poweroff");
-    let _ = DISK_BYTES;
 }
