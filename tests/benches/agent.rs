@@ -90,15 +90,8 @@ impl AgentProcess {
     }
 
     fn rss_mib(&self) -> f64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        let kib: f64 = status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmRSS:"))
-            .and_then(|rest| rest.split_whitespace().next())
-            .unwrap()
-            .parse()
-            .unwrap();
-        kib / 1024.0
+        let bytes = troop_tests::lab::resident_bytes(self.child.id() as i32).unwrap();
+        bytes as f64 / (1u64 << 20) as f64
     }
 }
 

@@ -235,13 +235,5 @@ pub fn cpu_seconds(pid: i32) -> f64 {
 
 /// Resident memory of a process, from /proc/PID/status.
 pub fn resident_bytes(pid: i32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kib: u64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()?;
-    Some(kib * 1024)
+    troop_agent::host::process::resident_bytes(pid as u32)
 }

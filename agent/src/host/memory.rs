@@ -97,15 +97,7 @@ impl Holder {
 
     /// The holder's resident memory, from /proc.
     pub fn resident_bytes(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
-        let kib: u64 = status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmRSS:"))?
-            .split_whitespace()
-            .next()?
-            .parse()
-            .ok()?;
-        Some(kib * 1024)
+        crate::host::process::resident_bytes(self.child.id())
     }
 
     pub fn stop(&mut self) {

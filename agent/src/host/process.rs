@@ -41,6 +41,19 @@ pub enum SignalError {
     },
 }
 
+/// Resident memory of a process (`VmRSS`), `None` if it is gone.
+pub fn resident_bytes(pid: u32) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
 /// Reads one process, `None` if it is gone.
 pub fn read_process(pid: i32) -> Option<ProcessInfo> {
     LinuxProcessTable::read(pid)

@@ -92,13 +92,15 @@ fn fault_json(fault: &pb::ActiveFault) -> Value {
     })
 }
 
+fn print_json(results: &[(AgentEntry, Result<pb::AgentStatus, CallError>)]) {
+    let all: Vec<Value> = results.iter().map(|(a, r)| status_json(a, r)).collect();
+    println!("{}", json!({ "agents": all }));
+}
+
 pub async fn agents(context: &Context, selector: &Selector) -> anyhow::Result<Outcome> {
     let results = statuses(context, selector).await?;
     match context.output {
-        Output::Json => {
-            let all: Vec<Value> = results.iter().map(|(a, r)| status_json(a, r)).collect();
-            println!("{}", json!({ "agents": all }));
-        }
+        Output::Json => print_json(&results),
         Output::Table => {
             let rows: Vec<Vec<String>> = results
                 .iter()
@@ -144,10 +146,7 @@ pub async fn agents(context: &Context, selector: &Selector) -> anyhow::Result<Ou
 pub async fn status(context: &Context, selector: &Selector) -> anyhow::Result<Outcome> {
     let results = statuses(context, selector).await?;
     match context.output {
-        Output::Json => {
-            let all: Vec<Value> = results.iter().map(|(a, r)| status_json(a, r)).collect();
-            println!("{}", json!({ "agents": all }));
-        }
+        Output::Json => print_json(&results),
         Output::Table => {
             let now = troop_coordinator::signer::now_unix_ms();
             let mut rows = Vec::new();
