@@ -485,3 +485,43 @@ fn stop_host_ends_only_that_hosts_namespace_and_is_reported_after_power_on() {
     );
     assert_eq!(stop["mode"], "poweroff");
 }
+
+#[test]
+fn ctrl_c_on_an_attached_attack_aborts_its_faults() {
+    let Some(lab) = lab_with("web-1", ALL_BUT_STOP, vec![]) else {
+        return;
+    };
+    let disk = lab.hosts["web-1"].disk.display().to_string();
+    let mut attached = std::process::Command::new(troop_tests::binary("troop"))
+        .current_dir(lab.dir())
+        .args([
+            "attack", "disk", "--select", "role=web", "--path", &disk, "--fill", "30", "--for",
+            "5m", "--lease", "30s",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the CLI to say it is holding (it listens for Ctrl-C from then on).
+    let mut stderr = std::io::BufReader::new(attached.stderr.take().unwrap());
+    let mut said = String::new();
+    while !said.contains("Ctrl-C aborts") {
+        let mut line = String::new();
+        let read = std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
+        assert!(read > 0, "the CLI ended early: {said}");
+        said.push_str(&line);
+    }
+    assert!(used_percent(&lab, "web-1") > 25.0, "fill not applied");
+    kill(Pid::from_raw(attached.id() as i32), Signal::SIGINT).unwrap();
+    let aborted = Instant::now();
+    std::io::Read::read_to_string(&mut stderr, &mut said).unwrap();
+    let status = attached.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{said}");
+    // Long before the 30 s lease could lapse: the CLI aborted the fault itself.
+    assert!(
+        used_percent(&lab, "web-1") < 1.0,
+        "fill still there after Ctrl-C"
+    );
+    assert!(aborted.elapsed() < Duration::from_secs(5));
+    assert!(said.contains("reverted fault"), "{said}");
+}

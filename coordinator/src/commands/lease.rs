@@ -39,6 +39,9 @@ pub async fn hold(
             })
         })
         .collect();
+    // Listening before saying so: a Ctrl-C after the line below always aborts.
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("cannot listen for Ctrl-C")?;
     let lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
     let mut renew = tokio::time::interval(lease / 3);
     renew.tick().await;
@@ -56,7 +59,7 @@ pub async fn hold(
     ));
     while !held.is_empty() {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {
+            _ = interrupt.recv() => {
                 progress("Ctrl-C: aborting".into());
                 let work = held
                     .iter()
