@@ -23,6 +23,9 @@ pub struct HostSpec<'a> {
     pub services: &'a [Vec<OsString>],
     /// A size-capped tmpfs mounted here (bytes), inside the host only.
     pub tmpfs: Option<(std::path::PathBuf, u64)>,
+    /// A network namespace (made beforehand with `ip netns add`) to run the host in;
+    /// `None` shares this machine's network (loopback hosts).
+    pub netns: Option<&'a str>,
     pub log: &'a Path,
 }
 
@@ -58,6 +61,7 @@ impl LocalHost {
             agent,
             services,
             tmpfs: None,
+            netns: None,
             log,
         })
     }
@@ -81,7 +85,14 @@ impl LocalHost {
         script.push_str(&shell_command(spec.agent));
         script.push_str("\nwait\nwhile :; do sleep 3600; done\n");
         let output = File::create(spec.log)?;
-        let mut command = Command::new("unshare");
+        // setpriv makes the host die with this process even if it is killed outright;
+        // it and `ip netns exec` exec onwards, so the child is unshare itself.
+        let mut command = Command::new("setpriv");
+        command.args(["--pdeathsig", "KILL", "--"]);
+        if let Some(netns) = spec.netns {
+            command.args(["ip", "netns", "exec", netns]);
+        }
+        command.arg("unshare");
         if !nix::unistd::geteuid().is_root() {
             command.args(["--user", "--map-root-user"]);
         }
@@ -115,13 +126,18 @@ impl LocalHost {
         Some(std::path::PathBuf::from(format!("/proc/{init}/root")).join(relative))
     }
 
-    /// A command that runs inside the host's PID and mount namespaces.
+    /// A command that runs inside the host's PID, mount and network namespaces.
     pub fn command_inside(&self, argv: &[OsString]) -> Option<Command> {
         let init = self.init_pid()?;
         let mut command = Command::new("nsenter");
-        command
-            .args(["-t", &init.to_string(), "-p", "-m", "--"])
-            .args(argv);
+        command.args(["-t", &init.to_string(), "-p", "-m"]);
+        if nix::unistd::geteuid().is_root() {
+            command.arg("-n");
+        } else {
+            // The host lives in a user namespace of ours and shares our network.
+            command.args(["-U", "--preserve-credentials"]);
+        }
+        command.arg("--").args(argv);
         Some(command)
     }
 

@@ -42,10 +42,10 @@ fn pki_refuses_to_overwrite() {
 fn the_demo_attacks_a_local_fleet_and_reports_what_it_measured() {
     if let Err(reason) = troop_coordinator::local_fleet::can_make_hosts() {
         assert!(
-            !nix::unistd::geteuid().is_root(),
-            "as root, the demo must run: {reason}"
+            !nix::unistd::geteuid().is_root() && std::env::var_os("TROOP_LAB_REQUIRED").is_none(),
+            "the demo must run here: {reason}"
         );
-        eprintln!("SKIPPED: {reason}");
+        eprintln!("SKIPPED demo: {reason}");
         return;
     }
     let output = troop(&["demo", "--seed", "5", "--output", "json"]);

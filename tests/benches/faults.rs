@@ -117,10 +117,12 @@ fn bench_fill() {
 }
 
 fn bench_halt() {
-    let Some(mut lab) = Lab::new() else { return };
+    let Some(mut lab) = Lab::new("halt bench") else {
+        return;
+    };
     lab.add_host(
         "web-1",
-        "web",
+        &[("role", "web")],
         "allow = [\"cpu\", \"disk\", \"memory\"]",
         vec![],
     );

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use troop_coordinator::local_fleet::{HostSpec, LocalHost, can_make_hosts, free_port};
 
+use crate::net::LabNet;
 use crate::{TestPki, binary};
 
 /// Size of each host's tmpfs.
@@ -18,9 +19,13 @@ pub const DISK_BYTES: u64 = 64 << 20;
 
 pub struct LabHost {
     pub host: LocalHost,
-    pub port: u16,
-    /// Where the host's tmpfs is mounted (inside the host).
+    /// `ip:port` the coordinator dials.
+    pub address: String,
+    /// Where the host's tmpfs is mounted (inside the host; the same path on every host).
     pub disk: PathBuf,
+    index: usize,
+    netns: Option<String>,
+    labels: String,
     config: PathBuf,
     services: Vec<Vec<OsString>>,
 }
@@ -43,44 +48,98 @@ impl LabHost {
     }
 }
 
+/// Whether a scenario that needs the lab must not be skipped (CI sets it).
+fn required() -> bool {
+    std::env::var_os("TROOP_LAB_REQUIRED").is_some_and(|v| v == "1")
+}
+
+/// Says why a scenario is skipped, or fails it where skipping is not allowed.
+pub fn skip(scenario: &str, reason: &str) {
+    assert!(
+        !required(),
+        "lab scenario {scenario:?} cannot run here ({reason}) and TROOP_LAB_REQUIRED=1"
+    );
+    eprintln!("SKIPPED {scenario}: {reason}");
+}
+
+/// The hosts, then the network, then the files: fields drop in this order.
 pub struct Lab {
-    pub pki: TestPki,
     pub hosts: BTreeMap<String, LabHost>,
+    pub net: Option<LabNet>,
+    pub pki: TestPki,
 }
 
 impl Lab {
-    /// A lab, or `None` (the reason printed) where PID namespaces cannot be made; as
-    /// root that is a failure, not a skip.
-    pub fn new() -> Option<Self> {
+    /// A lab: as root every host gets its own network namespace on a lab bridge; without
+    /// root, hosts share loopback (in user namespaces, where the kernel allows them).
+    /// `None` (the reason printed) where no hosts can be made at all.
+    pub fn new(scenario: &str) -> Option<Self> {
         if let Err(reason) = can_make_hosts() {
             assert!(
                 !nix::unistd::geteuid().is_root(),
                 "as root, hosts must work: {reason}"
             );
-            eprintln!("SKIPPED: {reason}");
+            skip(scenario, &reason);
             return None;
         }
+        let net = nix::unistd::geteuid().is_root().then(LabNet::new);
         Some(Self {
-            pki: TestPki::new(&[]),
             hosts: BTreeMap::new(),
+            net,
+            pki: TestPki::new(&[]),
         })
+    }
+
+    /// A lab whose hosts have their own network (partitions need it), or `None` with the
+    /// scenario reported as skipped.
+    pub fn networked(scenario: &str) -> Option<Self> {
+        let lab = Self::new(scenario)?;
+        if lab.net.is_none() {
+            skip(scenario, "needs network namespaces, which need root");
+            return None;
+        }
+        Some(lab)
     }
 
     pub fn dir(&self) -> &Path {
         self.pki.dir.path()
     }
 
-    /// Adds a host running `troop-agent` with `policy` (TOML lines of `[policy]`).
-    pub fn add_host(&mut self, id: &str, role: &str, policy: &str, services: Vec<Vec<OsString>>) {
-        troop_coordinator::pki::issue_agent(&self.dir().join("pki"), id, &["127.0.0.1".into()])
-            .unwrap();
-        let disk = self.dir().join(format!("{id}-disk"));
+    /// Adds a host running `troop-agent` with `labels` and `policy` (TOML lines of
+    /// `[policy]`), running `services`.
+    pub fn add_host(
+        &mut self,
+        id: &str,
+        labels: &[(&str, &str)],
+        policy: &str,
+        services: Vec<Vec<OsString>>,
+    ) {
+        troop_coordinator::pki::issue_agent(&self.dir().join("pki"), id, &[]).unwrap();
+        let index = self.hosts.len();
+        let (netns, ip, port) = match &mut self.net {
+            Some(net) => {
+                let (ns, ip) = net.add_host(index);
+                (Some(ns), ip, 7443)
+            }
+            None => (None, "127.0.0.1".to_string(), free_port().unwrap()),
+        };
+        let address = format!("{ip}:{port}");
+        let labels = format!(
+            "{{ {} }}",
+            labels
+                .iter()
+                .map(|(k, v)| format!("{k} = \"{v}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        // The same path on every host, as a fleet would have it; each host mounts its own
+        // tmpfs there in its own mount namespace.
+        let disk = self.dir().join("disk");
         let config = self.dir().join(format!("{id}.toml"));
-        let port = free_port().unwrap();
         std::fs::write(
             &config,
             format!(
-                "id = \"{id}\"\nlisten = \"127.0.0.1:{port}\"\nstate_dir = \"state/{id}\"\nlabels = {{ role = \"{role}\" }}\n\
+                "id = \"{id}\"\nlisten = \"{address}\"\nstate_dir = \"state/{id}\"\nlabels = {labels}\n\
                  [tls]\ncert = \"pki/{id}.pem\"\nkey = \"pki/{id}.key\"\nca = \"pki/ca.pem\"\n\
                  [trust]\ncoordinator_keys = [\"pki/signing.pub\"]\n\
                  [policy]\ndisk_paths = [\"{}\"]\n{policy}\n",
@@ -88,13 +147,16 @@ impl Lab {
             ),
         )
         .unwrap();
-        let host = self.launch(id, &config, &disk, &services);
+        let host = self.launch(id, &config, &disk, &services, netns.as_deref());
         self.hosts.insert(
             id.to_string(),
             LabHost {
                 host,
-                port,
+                address,
                 disk,
+                index,
+                netns,
+                labels,
                 config,
                 services,
             },
@@ -109,6 +171,7 @@ impl Lab {
         config: &Path,
         disk: &Path,
         services: &[Vec<OsString>],
+        netns: Option<&str>,
     ) -> LocalHost {
         let agent: Vec<OsString> = vec![
             binary("troop-agent").into(),
@@ -121,24 +184,40 @@ impl Lab {
             agent: &agent,
             services,
             tmpfs: Some((disk.to_path_buf(), DISK_BYTES)),
+            netns,
             log: &log,
         })
         .unwrap()
     }
 
-    /// Powers a stopped host on again: a new namespace, the same config and state dir.
+    /// Powers a stopped host on again: a new PID namespace, the same network, config
+    /// and state dir.
     pub fn power_on(&mut self, id: &str) {
-        let (config, disk, services) = {
-            let host = &self.hosts[id];
-            (
-                host.config.clone(),
-                host.disk.clone(),
-                host.services.clone(),
-            )
-        };
-        let host = self.launch(id, &config, &disk, &services);
+        let old = &self.hosts[id];
+        let host = self.launch(
+            id,
+            &old.config,
+            &old.disk,
+            &old.services,
+            old.netns.as_deref(),
+        );
         self.hosts.get_mut(id).unwrap().host = host;
         self.wait_reachable(id);
+    }
+
+    /// Cuts a host off the network (`false`) or heals it (`true`).
+    pub fn set_connected(&self, id: &str, connected: bool) {
+        let net = self.net.as_ref().expect("partitions need a networked lab");
+        net.set_connected(self.hosts[id].index, connected);
+    }
+
+    /// Moves the calling thread into the lab's network, so sockets it opens reach the
+    /// hosts by address (a no-op for loopback labs). For single-threaded async tests.
+    pub fn enter_network(&self) {
+        if let Some(net) = &self.net {
+            let file = std::fs::File::open(format!("/run/netns/{}", net.ns)).unwrap();
+            nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        }
     }
 
     /// The agent's log so far, for failure messages.
@@ -151,26 +230,28 @@ impl Lab {
             "[signing]\nkey = \"pki/signing.key\"\n[tls]\ncert = \"pki/coordinator.pem\"\nkey = \"pki/coordinator.key\"\nca = \"pki/ca.pem\"\n",
         );
         for (id, host) in &self.hosts {
-            let role = std::fs::read_to_string(&host.config)
-                .unwrap()
-                .lines()
-                .find_map(|l| l.strip_prefix("labels = ").map(str::to_string))
-                .unwrap();
             text.push_str(&format!(
-                "[[agents]]\nid = \"{id}\"\naddress = \"127.0.0.1:{}\"\nlabels = {role}\n",
-                host.port
+                "[[agents]]\nid = \"{id}\"\naddress = \"{}\"\nlabels = {}\n",
+                host.address, host.labels
             ));
         }
         std::fs::write(self.dir().join("troop.toml"), text).unwrap();
     }
 
+    /// The `troop` CLI as the coordinator runs it: inside the lab's network.
+    pub fn troop_command(&self) -> Command {
+        let troop = binary("troop");
+        let mut command = match &self.net {
+            Some(net) => net.command(&troop),
+            None => Command::new(troop),
+        };
+        command.current_dir(self.dir());
+        command
+    }
+
     /// Runs the `troop` CLI against this lab.
     pub fn troop(&self, args: &[&str]) -> Output {
-        Command::new(binary("troop"))
-            .current_dir(self.dir())
-            .args(args)
-            .output()
-            .unwrap()
+        self.troop_command().args(args).output().unwrap()
     }
 
     /// Runs `troop ... --output json` and parses what it printed.
@@ -188,9 +269,9 @@ impl Lab {
         (output.status.code(), value)
     }
 
-    /// `troop status` for one agent: its JSON entry.
+    /// `troop agents` for one agent: its JSON entry.
     pub fn status(&self, id: &str) -> Value {
-        let (_, value) = self.troop_json(&["agents", "--select", ""]);
+        let (_, value) = self.troop_json(&["agents"]);
         value["agents"]
             .as_array()
             .unwrap()

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod lab;
+pub mod net;
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};

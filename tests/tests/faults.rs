@@ -16,8 +16,8 @@ use troop_tests::{Credentials, command, connect};
 const ALL_BUT_STOP: &str = "allow = [\"kill\", \"cpu\", \"memory\", \"disk\"]";
 
 fn lab_with(id: &str, policy: &str, services: Vec<Vec<OsString>>) -> Option<Lab> {
-    let mut lab = Lab::new()?;
-    lab.add_host(id, "web", policy, services);
+    let mut lab = Lab::new(id)?;
+    lab.add_host(id, &[("role", "web")], policy, services);
     Some(lab)
 }
 
@@ -290,14 +290,16 @@ fn sigterm_reverts_before_the_agent_exits() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
+#[tokio::test]
 async fn what_a_killed_agent_leaves_is_undone_at_its_next_start_and_never_rerun() {
     let Some(lab) = lab_with("web-1", ALL_BUT_STOP, vec![]) else {
         return;
     };
+    // This test's single thread speaks gRPC to the host itself, from the lab's network.
+    lab.enter_network();
     let host = &lab.hosts["web-1"];
     // The fill is sent as one signed command, so that exactly it can be replayed later.
-    let address = format!("127.0.0.1:{}", host.port).parse().unwrap();
+    let address = host.address.parse().unwrap();
     let mut client = connect(address, "web-1", Credentials::Coordinator(&lab.pki))
         .await
         .unwrap();
@@ -379,8 +381,8 @@ fn a_leased_fault_is_reverted_when_renewals_stop() {
         return;
     };
     let disk = lab.hosts["web-1"].disk.display().to_string();
-    let mut attached = std::process::Command::new(troop_tests::binary("troop"))
-        .current_dir(lab.dir())
+    let mut attached = lab
+        .troop_command()
         .args([
             "attack", "disk", "--select", "role=web", "--path", &disk, "--fill", "30", "--for",
             "5m", "--lease", "2s",
@@ -422,9 +424,16 @@ fn a_leased_fault_is_reverted_when_renewals_stop() {
 
 #[test]
 fn stop_host_ends_only_that_hosts_namespace_and_is_reported_after_power_on() {
-    let Some(mut lab) = Lab::new() else { return };
-    lab.add_host("db-1", "db", "allow = [\"kill\", \"stop-host\"]", vec![]);
-    lab.add_host("web-1", "web", ALL_BUT_STOP, vec![]);
+    let Some(mut lab) = Lab::new("stop-host") else {
+        return;
+    };
+    lab.add_host(
+        "db-1",
+        &[("role", "db")],
+        "allow = [\"kill\", \"stop-host\"]",
+        vec![],
+    );
+    lab.add_host("web-1", &[("role", "web")], ALL_BUT_STOP, vec![]);
     // Safety: the host to stop must be in a PID namespace that is not ours.
     let init = lab.hosts["db-1"].host.init_pid().unwrap();
     let theirs = std::fs::read_link(format!("/proc/{init}/ns/pid")).unwrap();
@@ -492,8 +501,8 @@ fn ctrl_c_on_an_attached_attack_aborts_its_faults() {
         return;
     };
     let disk = lab.hosts["web-1"].disk.display().to_string();
-    let mut attached = std::process::Command::new(troop_tests::binary("troop"))
-        .current_dir(lab.dir())
+    let mut attached = lab
+        .troop_command()
         .args([
             "attack", "disk", "--select", "role=web", "--path", &disk, "--fill", "30", "--for",
             "5m", "--lease", "30s",

@@ -46,7 +46,7 @@ impl Fleet {
                 !nix::unistd::geteuid().is_root(),
                 "as root, hosts must work: {reason}"
             );
-            eprintln!("SKIPPED: {reason}");
+            troop_tests::lab::skip("CLI end to end", &reason);
             return None;
         }
         Some(Self::start_hosts(extra_agents))
