@@ -82,7 +82,7 @@ impl Lab {
             skip(scenario, &reason);
             return None;
         }
-        let net = nix::unistd::geteuid().is_root().then(LabNet::new);
+        let net = nix::unistd::geteuid().is_root().then(LabNet::create);
         Some(Self {
             hosts: BTreeMap::new(),
             net,

@@ -54,7 +54,8 @@ pub struct LabNet {
 }
 
 impl LabNet {
-    pub fn new() -> Self {
+    /// Sweeps stale lab namespaces, then makes this lab's namespace and bridge.
+    pub fn create() -> Self {
         sweep_stale();
         let ns = format!(
             "{PREFIX}{}-{}",
