@@ -42,6 +42,11 @@ pub enum Command {
     /// Commands that talk to the fleet in the config.
     #[command(flatten)]
     Fleet(FleetCommand),
+    /// Campaigns: validate, plan, run, and their history.
+    #[command(subcommand)]
+    Campaign(CampaignCommand),
+    /// The Chaos Monkey: fire every campaign in the campaigns directory on its schedule.
+    Serve,
     /// Run a local fleet, attack it and report, with nothing to set up.
     Demo(DemoArgs),
     /// Internal: run an agent from this binary (used by `troop demo`).
@@ -74,6 +79,29 @@ pub enum FleetCommand {
     Attack(AttackCommand),
     /// Abort every active fault now.
     Halt(SelectArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CampaignCommand {
+    /// Check a campaign file; every problem is reported with its line and column.
+    Validate { file: PathBuf },
+    /// Show when and where a scheduled campaign would strike, touching nothing.
+    Plan {
+        file: PathBuf,
+        #[arg(long, default_value_t = 7, value_parser = clap::value_parser!(u32).range(1..=366))]
+        days: u32,
+    },
+    /// Run a campaign now, attached: progress, guardrails, Ctrl-C aborts and reverts.
+    Run {
+        file: PathBuf,
+        /// Plan the steps and show the targets; send nothing, record nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Past runs, newest first.
+    History,
+    /// One run: its steps, commands and probe results.
+    Show { run: i64 },
 }
 
 #[derive(Debug, Subcommand)]

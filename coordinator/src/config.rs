@@ -175,6 +175,13 @@ impl CoordinatorConfig {
         let store_url = raw
             .store
             .map_or_else(|| "sqlite://troop.db".to_string(), |store| store.url);
+        // Like every other path here, a relative database path is next to this file.
+        let store_url = match store_url.strip_prefix("sqlite://") {
+            Some(db) if db != ":memory:" && !Path::new(db).is_absolute() => {
+                format!("sqlite://{}", base.join(db).display())
+            }
+            _ => store_url,
+        };
         if !(store_url.starts_with("sqlite://") || store_url.starts_with("postgres://")) {
             return Err(invalid(
                 "store.url".into(),
@@ -242,7 +249,7 @@ ca = "pki/ca.pem"
         .unwrap();
         assert_eq!(config.signing_key, Path::new("/srv/troop/pki/signing.key"));
         assert_eq!(config.agents[0].labels["role"], "web");
-        assert_eq!(config.store_url, "sqlite://troop.db");
+        assert_eq!(config.store_url, "sqlite:///srv/troop/troop.db");
     }
 
     #[test]

@@ -6,10 +6,13 @@
 //! - [`client`] and [`dispatch`]: mutual-TLS channels to agents, many at once.
 //! - [`pki`]: the fleet CA, certificates and the signing key.
 //! - [`local_fleet`]: hosts made of PID namespaces on this machine, for the demo and tests.
+//! - [`campaign`]: campaign files, schedules, the guardrail planner and probes.
+//! - [`store`]: the audit store (SQLite): every run, step, command and probe result.
 //!
 //! The binary (`src/main.rs`, `src/commands/`) turns these into the CLI.
 #![forbid(unsafe_code)]
 
+pub mod campaign;
 pub mod cli;
 pub mod client;
 pub mod config;
@@ -19,4 +22,5 @@ pub mod picker;
 pub mod pki;
 pub mod selector;
 pub mod signer;
+pub mod store;
 pub mod table;

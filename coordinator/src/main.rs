@@ -29,6 +29,13 @@ async fn main() -> ExitCode {
             .map(|()| commands::Outcome::Success)
             .map_err(Into::into),
         Command::Demo(args) => commands::demo::run(args, cli.output).await,
+        Command::Campaign(command) => {
+            commands::run_campaign_command(cli.config.as_deref(), cli.output, command).await
+        }
+        Command::Serve => match commands::Context::load(cli.config.as_deref(), cli.output) {
+            Ok(context) => commands::serve::run(context).await,
+            Err(error) => Err(error),
+        },
         Command::Fleet(command) => match commands::Context::load(cli.config.as_deref(), cli.output)
         {
             Ok(context) => commands::run(context, command).await,

@@ -52,16 +52,30 @@ fn the_demo_attacks_a_local_fleet_and_reports_what_it_measured() {
     assert_eq!(output.status.code(), Some(0), "{output:?}");
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(report["ok"], true, "{report}");
-    let effects = report["effects"].as_array().unwrap();
-    let hit: Vec<_> = effects.iter().filter(|e| e["hit"] == true).collect();
-    assert_eq!(hit.len(), 1, "{report}");
-    assert_eq!(
-        hit[0]["after"].as_u64().unwrap() + 1,
-        hit[0]["before"].as_u64().unwrap()
+    assert_eq!(report["campaign"]["status"], "completed", "{report}");
+    let commands = report["campaign"]["commands"].as_array().unwrap();
+    assert_eq!(commands.len(), 3, "{report}");
+    assert!(
+        commands.iter().all(|c| c["outcome"] == "applied"),
+        "{report}"
     );
-    for untouched in effects.iter().filter(|e| e["hit"] == false) {
-        assert_eq!(untouched["after"], untouched["before"], "{report}");
-    }
+    let effects = report["effects"].as_array().unwrap();
+    let lost: u64 = effects
+        .iter()
+        .map(|e| e["before"].as_u64().unwrap() - e["after"].as_u64().unwrap())
+        .sum();
+    assert_eq!(lost, 1, "exactly one replica killed: {report}");
+    let peak = |key: &str| {
+        effects
+            .iter()
+            .map(|e| e[key].as_f64().unwrap())
+            .fold(0.0, f64::max)
+    };
+    assert!(peak("peak_cpu_percent") >= 25.0, "{report}");
+    assert!(peak("peak_disk_percent") >= 40.0, "{report}");
+    assert_eq!(report["probe"]["failed"], 0, "{report}");
+    assert!(report["probe"]["checks"].as_u64().unwrap() > 0, "{report}");
+    assert_eq!(report["reverted"], true, "{report}");
     let refusals = report["refusals"].as_array().unwrap();
     assert!(
         refusals.iter().all(|r| r["outcome"] == "refused"),

@@ -1,13 +1,17 @@
-//! `troop demo`: a local fleet, an attack, and a report of what was measured.
+//! `troop demo`: a local fleet, a Chaos Monkey campaign against a replicated service
+//! while a probe watches it, and a report of what was measured.
 //!
-//! Each host is a PID namespace on this machine with its own /proc, holding an agent on a
-//! loopback port and some stand-in service processes. The demo makes a throwaway PKI,
-//! writes real agent and coordinator configs, and then drives the fleet through the same
-//! code paths as `troop attack`: nothing is simulated. Everything is removed at the end.
+//! Each host is a PID and mount namespace on this machine with its own /proc and a small
+//! tmpfs, holding an agent on a loopback port and replicas of a stand-in service. A health
+//! endpoint says the service is up while every web host keeps a replica. The demo makes a
+//! throwaway PKI, writes real agent and coordinator configs and a campaign file, and runs
+//! the campaign through the same code as `troop campaign run`: nothing is simulated.
+//! Everything is removed at the end.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -15,11 +19,10 @@ use rand::Rng;
 use serde_json::{Value, json};
 use troop_agent::Agent;
 use troop_agent::config::AgentConfig;
+use troop_coordinator::campaign::Campaign;
 use troop_coordinator::cli::{DemoArgs, Output};
 use troop_coordinator::config::AgentEntry;
-use troop_coordinator::local_fleet::{LocalHost, free_port};
-use troop_coordinator::picker::{Pick, pick, rng_from_seed};
-use troop_coordinator::selector::Selector;
+use troop_coordinator::local_fleet::{HostSpec, LocalHost, free_port};
 use troop_coordinator::signer::Signer;
 use troop_coordinator::{pki, table};
 use troop_proto::pb;
@@ -28,6 +31,8 @@ use super::{Context, Outcome, attack};
 use crate::report::{self, Delivery};
 
 const REPLICAS: usize = 3;
+/// Each host's tmpfs, for the disk fault.
+const DISK_BYTES: u64 = 64 << 20;
 
 struct DemoHost {
     id: &'static str,
@@ -98,17 +103,22 @@ pub async fn run(args: DemoArgs, output: Output) -> anyhow::Result<Outcome> {
         }
     };
     say(format!(
-        "troop demo: {} hosts on this machine, each a PID namespace with its own agent.\n",
+        "troop demo: {} hosts on this machine, each a PID and mount namespace with its own agent.\n",
         FLEET.len()
     ));
-    let (hosts, troop_toml) = build_fleet(workdir.path())?;
+    let disk = workdir.path().join("disk");
+    let (hosts, troop_toml) = build_fleet(workdir.path(), &disk)?;
+    let hosts = Arc::new(hosts);
     let context = Context::load(Some(&troop_toml), output)?;
     wait_until_reachable(&context, &hosts).await?;
+    let health = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let health_url = format!("http://{}/health", health.local_addr()?);
+    let health_task = tokio::spawn(serve_health(health, hosts.clone()));
 
     // 1. The fleet.
     let fleet_rows: Vec<Vec<String>> = FLEET
         .iter()
-        .zip(&hosts)
+        .zip(hosts.iter())
         .map(|(spec, host)| {
             vec![
                 spec.id.to_string(),
@@ -129,113 +139,150 @@ pub async fn run(args: DemoArgs, output: Output) -> anyhow::Result<Outcome> {
         &fleet_rows,
     ));
 
-    // 2. The attack: one random web host loses one random replica.
-    let selector: Selector = "role=web".parse()?;
-    let candidates = context.select(&selector)?;
-    let targets = pick(&candidates, Pick::Count(1), &mut rng_from_seed(Some(seed)));
-    let before = replica_counts(&hosts);
-    let kill = pb::Kill {
-        target: Some(pb::ProcessMatch {
-            by: Some(pb::process_match::By::Name("demo-web".into())),
-        }),
-        signal: 9,
-        all_matches: false,
-        repeat_every_ms: 0,
-    };
-    let action = pb::command::Action::Start(pb::StartFault {
-        lease_ms: 0,
-        duration_ms: 0,
-        fault: Some(pb::start_fault::Fault::Kill(kill)),
-    });
+    // 2. The campaign, while a probe watches the service and a sampler measures each host.
+    let campaign_file = workdir.path().join("demo.toml");
+    std::fs::write(&campaign_file, campaign_text(seed, &health_url, &disk))?;
+    let campaign = Campaign::load(&campaign_file)?;
     say(format!(
-        "2. Attack: `troop attack kill --select role=web --count 1 --name demo-web --seed {seed}`"
+        "2. Campaign {:?} (seed {seed}): kill a replica, burn CPU, fill a disk; probe {health_url}",
+        campaign.name
     ));
-    let attack = attack::send(&context, &targets, action).await?;
-    say(deliveries_table(&attack));
+    let before = replica_counts(&hosts);
+    let sampler = Sampler::start(hosts.clone(), disk.clone());
+    let (_cancel, cancelled) = tokio::sync::watch::channel(None::<String>);
+    let quiet = Context {
+        output: Output::Json,
+        ..context.clone()
+    };
+    let report = super::campaign::run_campaign(&quiet, &campaign, false, None, cancelled).await?;
+    let peaks = sampler.stop();
+    let store = troop_coordinator::store::Store::open(&context.config.store_url)?;
+    let detail = store.run(report.run_id.unwrap_or_default())?;
+    let command_rows: Vec<Vec<String>> = detail
+        .commands
+        .iter()
+        .map(|c| vec![c.target.clone(), c.outcome.clone(), c.message.clone()])
+        .collect();
+    say(table::render(
+        &["AGENT", "OUTCOME", "DETAIL"],
+        &command_rows,
+    ));
 
-    // 3. What happened, read from outside each host's namespace.
-    let hit: Vec<&str> = targets.iter().map(|t| t.id.as_str()).collect();
-    let after = measured_after(&hosts, &before, &hit);
-    let effects_ok = FLEET.iter().all(|spec| {
-        let expected = before[spec.id] - usize::from(hit.contains(&spec.id));
-        after[spec.id] == expected
-    }) && attack.iter().all(|d| d.result.is_ok());
+    // 3. What happened, measured from outside each host.
+    let after = replica_counts(&hosts);
+    let probes_failed = detail.probes.iter().filter(|p| !p.ok).count();
     let effect_rows: Vec<Vec<String>> = FLEET
         .iter()
-        .map(|spec| {
+        .zip(&peaks)
+        .map(|(spec, peak)| {
             vec![
                 spec.id.to_string(),
-                format!("{} {}", before[spec.id], spec.service),
-                format!("{} {}", after[spec.id], spec.service),
-                if hit.contains(&spec.id) {
-                    "hit".into()
-                } else {
-                    "untouched".into()
-                },
+                format!("{} -> {}", before[spec.id], after[spec.id]),
+                format!("{:.0}%", peak.cpu_percent),
+                format!("{:.0}%", peak.disk_percent),
             ]
         })
         .collect();
-    say("3. Effect, counted from outside each host's PID namespace".into());
+    say(format!(
+        "3. Measured from outside each host (peaks during the run); probe: {} check(s), {probes_failed} failed",
+        detail.probes.len()
+    ));
     say(table::render(
-        &["AGENT", "BEFORE", "AFTER", ""],
+        &["AGENT", "REPLICAS", "PEAK CPU", "PEAK DISK"],
         &effect_rows,
     ));
 
-    // 4. What agents refuse: a fault their policy forbids, and a forged signature.
+    // 4. Everything reverted: no active fault anywhere, every disk empty, CPUs idle.
+    let reverted = everything_reverted(&context, &hosts, &disk).await;
+    say(format!(
+        "4. Reverted: {}",
+        if reverted.is_empty() {
+            "everything".to_string()
+        } else {
+            reverted.join("; ")
+        }
+    ));
+
+    // 5. What agents refuse: a fault their policy forbids, and a forged signature.
     let db = context.select(&"role=db".parse()?)?;
     let stop_host = pb::command::Action::Start(pb::StartFault {
-        lease_ms: 0,
         duration_ms: 0,
+        lease_ms: 0,
         fault: Some(pb::start_fault::Fault::StopHost(pb::StopHost {
             mode: pb::stop_host::Mode::Poweroff as i32,
             delay_ms: 0,
         })),
     });
     let mut refusals = attack::send(&context, &db, stop_host).await?;
+    let web = context.select(&"role=web".parse()?)?;
     let forger = Signer::from_key(ed25519_dalek::SigningKey::from_bytes(&rand::rng().random()));
     let abort_all = pb::command::Action::AbortAll(pb::AbortAll {});
-    refusals.extend(attack::send_signed(&context, &forger, &targets, abort_all).await);
+    refusals.extend(attack::send_signed(&context, &forger, &web[..1], abort_all).await);
     let refusals_ok = refusals
         .iter()
         .all(|d| d.result.as_ref().err().is_some_and(|e| e.is_refusal()));
-    let db_intact = FLEET
-        .iter()
-        .zip(&hosts)
-        .filter(|(spec, _)| spec.service == "demo-db")
-        .all(|(_, host)| host.pids_named("demo-db").len() == 1);
     say(
-        "4. Refused: stop-host where policy forbids it, and a command signed by an unknown key"
+        "5. Refused: stop-host where policy forbids it, and a command signed by an unknown key"
             .into(),
     );
     say(deliveries_table(&refusals));
 
-    let ok = effects_ok && refusals_ok && db_intact;
+    let applied = detail
+        .commands
+        .iter()
+        .filter(|c| c.outcome == "applied")
+        .count();
+    let killed = before
+        .iter()
+        .map(|(id, n)| n.saturating_sub(after[id]))
+        .sum::<usize>();
+    let burned = peaks.iter().any(|p| p.cpu_percent >= 25.0);
+    let filled = peaks.iter().any(|p| p.disk_percent >= 40.0);
+    let ok = report.status == "completed"
+        && applied == 3
+        && killed == 1
+        && burned
+        && filled
+        && probes_failed == 0
+        && reverted.is_empty()
+        && refusals_ok;
+    health_task.abort();
+    drop(quiet);
     let summary = format!(
-        "{} {} host(s) hit, {} process(es) killed, {} command(s) refused, db-1 still serving: {}. Took {:.1}s; fleet removed.",
+        "{} campaign {}: {applied} fault(s) applied ({killed} replica killed, CPU burned: {}, disk filled: {}), probe saw the service up in {} of {} checks, everything reverted: {}, {} command(s) refused. Took {:.1}s; fleet removed.",
         if ok { "PASS:" } else { "FAIL:" },
-        hit.len(),
-        attack
-            .iter()
-            .filter_map(|d| d.result.as_ref().ok())
-            .map(|r| r.signalled.len())
-            .sum::<usize>(),
+        report.status,
+        if burned { "yes" } else { "NO" },
+        if filled { "yes" } else { "NO" },
+        detail.probes.len() - probes_failed,
+        detail.probes.len(),
+        if reverted.is_empty() { "yes" } else { "NO" },
         refusals.iter().filter(|d| d.result.is_err()).count(),
-        if db_intact { "yes" } else { "NO" },
         started.elapsed().as_secs_f32(),
     );
     say(format!("Report: {summary}"));
     if output == Output::Json {
         let effects: Vec<Value> = FLEET
             .iter()
-            .map(|spec| json!({"agent": spec.id, "service": spec.service, "before": before[spec.id], "after": after[spec.id], "hit": hit.contains(&spec.id)}))
+            .zip(&peaks)
+            .map(|(spec, peak)| {
+                json!({
+                    "agent": spec.id, "service": spec.service,
+                    "before": before[spec.id], "after": after[spec.id],
+                    "peak_cpu_percent": peak.cpu_percent, "peak_disk_percent": peak.disk_percent,
+                })
+            })
             .collect();
         println!(
             "{}",
             json!({
                 "seed": seed,
                 "hosts": FLEET.iter().map(|h| h.id).collect::<Vec<_>>(),
-                "attack": attack.iter().map(delivery_value).collect::<Vec<_>>(),
+                "campaign": { "status": report.status, "reason": report.reason, "commands": detail.commands },
+                "probe": { "checks": detail.probes.len(), "failed": probes_failed },
                 "effects": effects,
+                "reverted": reverted.is_empty(),
+                "not_reverted": reverted,
                 "refusals": refusals.iter().map(delivery_value).collect::<Vec<_>>(),
                 "ok": ok,
                 "summary": summary,
@@ -244,6 +291,197 @@ pub async fn run(args: DemoArgs, output: Output) -> anyhow::Result<Outcome> {
     }
     drop(hosts);
     Ok(Outcome::from_all_ok(ok))
+}
+
+/// The built-in campaign: one replica killed, then CPU and a disk fill held for 3 s,
+/// at most two hosts under fault, a probe on the service every 200 ms.
+fn campaign_text(seed: u64, health_url: &str, disk: &Path) -> String {
+    format!(
+        r#"name = "demo"
+seed = {seed}
+
+[guardrails]
+max_concurrent = 2
+min_healthy_percent = 30
+error_threshold_percent = 50
+lease = "5s"
+
+[[guardrails.stop_if]]
+name = "web service"
+http = "{health_url}"
+every = "200ms"
+failures = 3
+
+[[step]]
+select = "role=web"
+pick = {{ count = 1 }}
+fault = {{ kind = "kill", name = "demo-web" }}
+
+[[step]]
+select = "role=web"
+pick = {{ count = 1 }}
+fault = {{ kind = "cpu", load = 50, cores = 1 }}
+duration = "3s"
+
+[[step]]
+select = "role=web"
+pick = {{ count = 1 }}
+fault = {{ kind = "disk", path = "{}", fill = 50 }}
+duration = "3s"
+"#,
+        disk.display()
+    )
+}
+
+/// `GET /health`: 200 while every web host runs a replica, 503 otherwise.
+async fn serve_health(listener: tokio::net::TcpListener, hosts: Arc<Vec<LocalHost>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let hosts = hosts.clone();
+        tokio::spawn(async move {
+            let mut request = [0u8; 512];
+            let _ = stream.read(&mut request).await;
+            let up = tokio::task::spawn_blocking(move || {
+                FLEET
+                    .iter()
+                    .zip(hosts.iter())
+                    .filter(|(spec, _)| spec.service == "demo-web")
+                    .all(|(_, host)| !host.pids_named("demo-web").is_empty())
+            })
+            .await
+            .unwrap_or(false);
+            let status = if up {
+                "200 OK"
+            } else {
+                "503 Service Unavailable"
+            };
+            let _ = stream
+                .write_all(
+                    format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                        .as_bytes(),
+                )
+                .await;
+        });
+    }
+}
+
+/// The most each host showed while the campaign ran.
+#[derive(Debug, Clone, Copy, Default)]
+struct Peak {
+    cpu_percent: f64,
+    disk_percent: f64,
+}
+
+/// Samples every host every 100 ms from outside: its agent's CPU time from /proc, and
+/// its tmpfs from statvfs.
+struct Sampler {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<Peak>>,
+}
+
+impl Sampler {
+    fn start(hosts: Arc<Vec<LocalHost>>, disk: PathBuf) -> Self {
+        use std::sync::atomic::Ordering;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut peaks = vec![Peak::default(); hosts.len()];
+            let agent_of = |host: &LocalHost| {
+                host.processes()
+                    .into_iter()
+                    .find(|p| p.cmdline.iter().any(|a| a == "__agent"))
+                    .map(|p| p.pid)
+            };
+            let mut last: Vec<Option<(Instant, f64)>> = vec![None; hosts.len()];
+            while !flag.load(Ordering::Relaxed) {
+                for (index, host) in hosts.iter().enumerate() {
+                    if let Some(pid) = agent_of(host) {
+                        let cpu = cpu_seconds(pid);
+                        if let Some((at, before)) = last[index] {
+                            let rate = (cpu - before) / at.elapsed().as_secs_f64() * 100.0;
+                            peaks[index].cpu_percent = peaks[index].cpu_percent.max(rate);
+                        }
+                        last[index] = Some((Instant::now(), cpu));
+                    }
+                    if let Some(path) = host.path_inside(&disk)
+                        && let Ok(usage) = troop_agent::host::disk::usage(&path)
+                    {
+                        peaks[index].disk_percent =
+                            peaks[index].disk_percent.max(usage.used_percent());
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            peaks
+        });
+        Self { stop, thread }
+    }
+
+    fn stop(self) -> Vec<Peak> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap_or_default()
+    }
+}
+
+fn cpu_seconds(pid: i32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    let Some(close) = stat.rfind(')') else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+    let ticks: u64 = fields.get(11).and_then(|f| f.parse().ok()).unwrap_or(0)
+        + fields.get(12).and_then(|f| f.parse().ok()).unwrap_or(0);
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    ticks as f64 / hz
+}
+
+/// What is not back to normal, if anything: active faults, a disk not empty.
+async fn everything_reverted(context: &Context, hosts: &[LocalHost], disk: &Path) -> Vec<String> {
+    let mut left = Vec::new();
+    let work = context
+        .config
+        .agents
+        .iter()
+        .map(|a| (a.clone(), ()))
+        .collect();
+    for (agent, result) in context
+        .dispatcher
+        .each(work, |mut client, ()| async move {
+            client.status(pb::StatusRequest {}).await
+        })
+        .await
+    {
+        match result {
+            Ok(status) if status.active_faults.is_empty() => {}
+            Ok(status) => left.push(format!(
+                "{}: {} active fault(s)",
+                agent.id,
+                status.active_faults.len()
+            )),
+            Err(error) => left.push(format!("{}: {error}", agent.id)),
+        }
+    }
+    for (spec, host) in FLEET.iter().zip(hosts) {
+        if let Some(path) = host.path_inside(disk)
+            && let Ok(usage) = troop_agent::host::disk::usage(&path)
+            && usage.used_percent() > 1.0
+        {
+            left.push(format!(
+                "{}: disk {:.0}% used",
+                spec.id,
+                usage.used_percent()
+            ));
+        }
+    }
+    left
 }
 
 fn labels_text(labels: &[(&str, &str)]) -> String {
@@ -283,7 +521,7 @@ fn deliveries_table(deliveries: &[Delivery]) -> String {
 }
 
 /// Makes the PKI, configs and hosts; returns the hosts (in FLEET order) and troop.toml.
-fn build_fleet(dir: &Path) -> anyhow::Result<(Vec<LocalHost>, std::path::PathBuf)> {
+fn build_fleet(dir: &Path, disk: &Path) -> anyhow::Result<(Vec<LocalHost>, PathBuf)> {
     let pki_dir = dir.join("pki");
     pki::init(&pki_dir)?;
     let exe = std::env::current_exe().context("cannot find the troop binary")?;
@@ -305,7 +543,8 @@ fn build_fleet(dir: &Path) -> anyhow::Result<(Vec<LocalHost>, std::path::PathBuf
             format!(
                 "id = \"{id}\"\nlisten = \"127.0.0.1:{port}\"\nstate_dir = \"state/{id}\"\nlabels = {{ {labels} }}\n\
                  [tls]\ncert = \"pki/{id}.pem\"\nkey = \"pki/{id}.key\"\nca = \"pki/ca.pem\"\n\
-                 [trust]\ncoordinator_keys = [\"pki/signing.pub\"]\n[policy]\n{policy}",
+                 [trust]\ncoordinator_keys = [\"pki/signing.pub\"]\n[policy]\ndisk_paths = [\"{disk}\"]\n{policy}",
+                disk = disk.display(),
                 id = spec.id,
                 labels = labels.join(", "),
                 policy = spec.policy,
@@ -332,12 +571,15 @@ fn build_fleet(dir: &Path) -> anyhow::Result<(Vec<LocalHost>, std::path::PathBuf
             "__demo-service".into(),
             spec.service.into(),
         ];
-        let host = LocalHost::start(
-            spec.id,
-            &agent,
-            &vec![service; replicas],
-            &dir.join(format!("{}.log", spec.id)),
-        )
+        let log = dir.join(format!("{}.log", spec.id));
+        let host = LocalHost::start_spec(&HostSpec {
+            name: spec.id,
+            agent: &agent,
+            services: &vec![service; replicas],
+            tmpfs: Some((disk.to_path_buf(), DISK_BYTES)),
+            netns: None,
+            log: &log,
+        })
         .context("cannot make a PID namespace for a demo host (needs root or unprivileged user namespaces, and util-linux's unshare)")?;
         if !host.wait_for(spec.service, replicas, Duration::from_secs(10)) {
             bail!(
@@ -348,6 +590,7 @@ fn build_fleet(dir: &Path) -> anyhow::Result<(Vec<LocalHost>, std::path::PathBuf
         }
         hosts.push(host);
     }
+    coordinator.push_str("[store]\nurl = \"sqlite://troop.db\"\n");
     let troop_toml = dir.join("troop.toml");
     std::fs::write(&troop_toml, coordinator)?;
     Ok((hosts, troop_toml))
@@ -391,18 +634,4 @@ fn replica_counts(hosts: &[LocalHost]) -> BTreeMap<&'static str, usize> {
         .zip(hosts)
         .map(|(spec, host)| (spec.id, host.pids_named(spec.service).len()))
         .collect()
-}
-
-/// Counts after the attack, waiting briefly for the killed process to be reaped.
-fn measured_after(
-    hosts: &[LocalHost],
-    before: &BTreeMap<&'static str, usize>,
-    hit: &[&str],
-) -> BTreeMap<&'static str, usize> {
-    for (spec, host) in FLEET.iter().zip(hosts) {
-        if hit.contains(&spec.id) {
-            host.wait_for(spec.service, before[spec.id] - 1, Duration::from_secs(5));
-        }
-    }
-    replica_counts(hosts)
 }

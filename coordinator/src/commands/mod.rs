@@ -1,16 +1,18 @@
 //! The CLI's commands. Each returns an [`Outcome`] (exit 0 or 1) or an error (exit 2).
 
 pub mod attack;
+pub mod campaign;
 pub mod demo;
 pub mod fleet;
 pub mod lease;
 pub mod pki;
+pub mod serve;
 
 use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
-use troop_coordinator::cli::{FleetCommand, Output};
+use troop_coordinator::cli::{CampaignCommand, FleetCommand, Output};
 use troop_coordinator::client::Dialer;
 use troop_coordinator::config::{AgentEntry, CoordinatorConfig};
 use troop_coordinator::dispatch::{CONNECT_TIMEOUT, Dispatcher};
@@ -48,6 +50,7 @@ impl Outcome {
 }
 
 /// What the fleet commands share: the config, a way to reach agents, the output format.
+#[derive(Clone)]
 pub struct Context {
     pub config: CoordinatorConfig,
     pub dispatcher: Dispatcher,
@@ -96,5 +99,25 @@ pub async fn run(context: Context, command: FleetCommand) -> anyhow::Result<Outc
         FleetCommand::Status(args) => fleet::status(&context, &args.selector).await,
         FleetCommand::Halt(args) => fleet::halt(&context, &args.selector).await,
         FleetCommand::Attack(attack) => attack::run(&context, attack).await,
+    }
+}
+
+pub async fn run_campaign_command(
+    config: Option<&Path>,
+    output: Output,
+    command: CampaignCommand,
+) -> anyhow::Result<Outcome> {
+    match command {
+        CampaignCommand::Validate { file } => campaign::validate(&file, output),
+        CampaignCommand::Plan { file, days } => {
+            // The fleet config only adds the groups; a plan works without it.
+            let context = Context::load(config, output).ok();
+            campaign::plan(context.as_ref(), &file, days, output)
+        }
+        CampaignCommand::Run { file, dry_run } => {
+            campaign::run(&Context::load(config, output)?, &file, dry_run).await
+        }
+        CampaignCommand::History => campaign::history(&Context::load(config, output)?),
+        CampaignCommand::Show { run } => campaign::show(&Context::load(config, output)?, run),
     }
 }

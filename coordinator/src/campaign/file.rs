@@ -1,0 +1,931 @@
+//! Campaign files (TOML): parsed, then checked all the way through, with every problem
+//! reported at its line and column. A file that validates is a [`Campaign`] the runner
+//! and the scheduler can trust.
+
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+use troop_agent::units::{parse_duration, parse_percent, parse_size};
+use troop_proto::pb;
+
+use super::planner::Pick;
+use super::probe::{Check, Probe};
+use super::schedule::{Schedule, Window};
+use crate::selector::Selector;
+
+/// A lease the runner renews for every fault it starts, unless the file says otherwise.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+
+/// A validated campaign.
+#[derive(Debug, Clone)]
+pub struct Campaign {
+    pub name: String,
+    pub seed: Option<u64>,
+    pub schedule: Option<Schedule>,
+    pub guardrails: Guardrails,
+    pub probes: Vec<Probe>,
+    pub steps: Vec<Step>,
+    /// SHA-256 of the file, recorded with each run.
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Guardrails {
+    pub max_concurrent: usize,
+    pub min_healthy_percent: u8,
+    /// Abort once more than this share of the commands sent failed or were refused.
+    pub error_threshold_percent: u8,
+    pub lease: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub select: Selector,
+    pub group_by: Option<String>,
+    pub pick: Pick,
+    pub fault: pb::start_fault::Fault,
+    /// How long each fault holds (0 for a single kill).
+    pub duration: Duration,
+}
+
+/// One problem in a campaign file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+/// Every problem found in a campaign file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CampaignError {
+    pub path: PathBuf,
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for CampaignError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let count = self.problems.len();
+        write!(f, "{}: {count} problem(s)", self.path.display())?;
+        for problem in &self.problems {
+            write!(
+                f,
+                "\n  {}:{}:{}: {}",
+                self.path.display(),
+                problem.line,
+                problem.column,
+                problem.message
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for CampaignError {}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCampaign {
+    name: Spanned<String>,
+    seed: Option<Spanned<i64>>,
+    schedule: Option<Spanned<RawSchedule>>,
+    guardrails: Option<RawGuardrails>,
+    #[serde(default, rename = "step")]
+    steps: Vec<Spanned<RawStep>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSchedule {
+    every: Spanned<String>,
+    jitter: Option<Spanned<String>>,
+    window: Option<Spanned<String>>,
+    timezone: Option<Spanned<String>>,
+    #[serde(default)]
+    blackout: Vec<Spanned<String>>,
+    mean_time_between: Option<Spanned<String>>,
+    min_time_between: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGuardrails {
+    max_concurrent: Option<Spanned<i64>>,
+    min_healthy_percent: Option<Spanned<i64>>,
+    error_threshold_percent: Option<Spanned<i64>>,
+    lease: Option<Spanned<String>>,
+    #[serde(default)]
+    stop_if: Vec<Spanned<RawProbe>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProbe {
+    name: Option<String>,
+    http: Option<Spanned<String>>,
+    tcp: Option<Spanned<String>>,
+    command: Option<Spanned<String>>,
+    expect_status: Option<Spanned<i64>>,
+    every: Option<Spanned<String>>,
+    failures: Option<Spanned<i64>>,
+    timeout: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStep {
+    select: Spanned<String>,
+    group_by: Option<Spanned<String>>,
+    pick: Spanned<toml::Value>,
+    fault: Spanned<RawFault>,
+    duration: Option<Spanned<String>>,
+}
+
+/// Every key any fault kind takes; which ones a kind accepts is checked after parsing.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFault {
+    kind: Spanned<String>,
+    name: Option<Spanned<String>>,
+    exe: Option<Spanned<String>>,
+    pattern: Option<Spanned<String>>,
+    pid: Option<Spanned<i64>>,
+    user: Option<Spanned<String>>,
+    signal: Option<Spanned<String>>,
+    all_matches: Option<Spanned<bool>>,
+    repeat: Option<Spanned<String>>,
+    load: Option<Spanned<i64>>,
+    cores: Option<Spanned<i64>>,
+    size: Option<Spanned<String>>,
+    path: Option<Spanned<String>>,
+    fill: Option<Spanned<i64>>,
+    mode: Option<Spanned<String>>,
+    delay: Option<Spanned<String>>,
+}
+
+/// Collects problems, turning byte spans into lines and columns.
+struct Problems<'a> {
+    text: &'a str,
+    found: Vec<Problem>,
+}
+
+impl Problems<'_> {
+    fn at(&mut self, span: Range<usize>, message: impl Into<String>) {
+        let start = span.start.min(self.text.len());
+        let before = &self.text[..start];
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        self.found.push(Problem {
+            line,
+            column,
+            message: message.into(),
+        });
+    }
+
+    fn duration(&mut self, value: &Spanned<String>, key: &str) -> Option<Duration> {
+        match parse_duration(value.get_ref()) {
+            Ok(duration) => Some(duration),
+            Err(error) => {
+                self.at(value.span(), format!("{key}: {error}"));
+                None
+            }
+        }
+    }
+
+    fn ranged(
+        &mut self,
+        value: &Spanned<i64>,
+        key: &str,
+        range: std::ops::RangeInclusive<i64>,
+    ) -> Option<i64> {
+        let number = *value.get_ref();
+        if range.contains(&number) {
+            Some(number)
+        } else {
+            self.at(
+                value.span(),
+                format!(
+                    "{key} is {number}, it must be {} to {}",
+                    range.start(),
+                    range.end()
+                ),
+            );
+            None
+        }
+    }
+}
+
+impl Campaign {
+    pub fn load(path: &Path) -> Result<Self, CampaignError> {
+        let text = std::fs::read_to_string(path).map_err(|error| CampaignError {
+            path: path.to_path_buf(),
+            problems: vec![Problem {
+                line: 0,
+                column: 0,
+                message: format!("cannot read: {error}"),
+            }],
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and checks campaign text; `path` names it in problems.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, CampaignError> {
+        let mut problems = Problems {
+            text,
+            found: Vec::new(),
+        };
+        let raw: RawCampaign = match toml::from_str(text) {
+            Ok(raw) => raw,
+            Err(error) => {
+                problems.at(error.span().unwrap_or(0..0), error.message().to_string());
+                return Err(CampaignError {
+                    path: path.to_path_buf(),
+                    problems: problems.found,
+                });
+            }
+        };
+        let campaign = check(raw, &mut problems, text);
+        match campaign {
+            Some(campaign) if problems.found.is_empty() => Ok(campaign),
+            _ => Err(CampaignError {
+                path: path.to_path_buf(),
+                problems: problems.found,
+            }),
+        }
+    }
+}
+
+fn check(raw: RawCampaign, p: &mut Problems<'_>, text: &str) -> Option<Campaign> {
+    let name = raw.name.get_ref().trim().to_string();
+    let name_ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if !name_ok {
+        p.at(raw.name.span(), "name must be 1 to 64 of [A-Za-z0-9-_.]");
+    }
+    let seed = raw.seed.as_ref().map(|seed| *seed.get_ref() as u64);
+    let schedule = raw.schedule.as_ref().and_then(|s| check_schedule(s, p));
+    let guardrails_raw = raw.guardrails.unwrap_or_default();
+    let guardrails = check_guardrails(&guardrails_raw, p);
+    let probes: Vec<Probe> = guardrails_raw
+        .stop_if
+        .iter()
+        .enumerate()
+        .filter_map(|(index, probe)| check_probe(index, probe, p))
+        .collect();
+    if raw.steps.is_empty() {
+        p.at(0..0, "a campaign needs at least one [[step]]");
+    }
+    let steps: Vec<Step> = raw
+        .steps
+        .iter()
+        .filter_map(|step| check_step(step, &guardrails, p))
+        .collect();
+    if !p.found.is_empty() || steps.len() != raw.steps.len() {
+        return None;
+    }
+    use sha2::Digest;
+    Some(Campaign {
+        name,
+        seed,
+        schedule,
+        guardrails,
+        probes,
+        steps,
+        sha256: hex::encode(sha2::Sha256::digest(text.as_bytes())),
+    })
+}
+
+fn check_schedule(raw: &Spanned<RawSchedule>, p: &mut Problems<'_>) -> Option<Schedule> {
+    let s = raw.get_ref();
+    let every = p.duration(&s.every, "schedule.every");
+    if every.is_some_and(|every| every < Duration::from_secs(1)) {
+        p.at(s.every.span(), "schedule.every must be at least 1s");
+    }
+    let jitter = s
+        .jitter
+        .as_ref()
+        .and_then(|j| p.duration(j, "schedule.jitter"));
+    if let (Some(every), Some(jitter), Some(raw_jitter)) = (every, jitter, &s.jitter)
+        && jitter > every
+    {
+        p.at(
+            raw_jitter.span(),
+            "schedule.jitter may not be longer than schedule.every",
+        );
+    }
+    let window = s
+        .window
+        .as_ref()
+        .and_then(|w| match w.get_ref().parse::<Window>() {
+            Ok(window) => Some(window),
+            Err(error) => {
+                p.at(w.span(), format!("schedule.window: {error}"));
+                None
+            }
+        });
+    let timezone = match &s.timezone {
+        None => Some(jiff::tz::TimeZone::UTC),
+        Some(name) => match jiff::tz::TimeZone::get(name.get_ref()) {
+            Ok(zone) => Some(zone),
+            Err(_) => {
+                p.at(
+                    name.span(),
+                    format!("schedule.timezone: unknown time zone {:?}", name.get_ref()),
+                );
+                None
+            }
+        },
+    };
+    let blackout: Vec<jiff::civil::Date> = s
+        .blackout
+        .iter()
+        .filter_map(|date| match date.get_ref().parse::<jiff::civil::Date>() {
+            Ok(date) => Some(date),
+            Err(_) => {
+                p.at(
+                    date.span(),
+                    format!(
+                        "schedule.blackout: {:?} is not a date YYYY-MM-DD",
+                        date.get_ref()
+                    ),
+                );
+                None
+            }
+        })
+        .collect();
+    let mean = s
+        .mean_time_between
+        .as_ref()
+        .and_then(|d| p.duration(d, "schedule.mean_time_between"));
+    let min = s
+        .min_time_between
+        .as_ref()
+        .and_then(|d| p.duration(d, "schedule.min_time_between"));
+    if blackout.len() != s.blackout.len() || (s.window.is_some() && window.is_none()) {
+        return None;
+    }
+    Some(Schedule {
+        every: every?,
+        jitter: jitter.unwrap_or_default(),
+        window,
+        timezone: timezone?,
+        blackout,
+        mean_time_between: mean,
+        min_time_between: min,
+    })
+}
+
+fn check_guardrails(raw: &RawGuardrails, p: &mut Problems<'_>) -> Guardrails {
+    let number = |p: &mut Problems<'_>, value: &Option<Spanned<i64>>, key, range, default| {
+        value
+            .as_ref()
+            .and_then(|v| p.ranged(v, key, range))
+            .unwrap_or(default)
+    };
+    Guardrails {
+        max_concurrent: number(
+            p,
+            &raw.max_concurrent,
+            "guardrails.max_concurrent",
+            1..=10_000,
+            1,
+        ) as usize,
+        min_healthy_percent: number(
+            p,
+            &raw.min_healthy_percent,
+            "guardrails.min_healthy_percent",
+            0..=100,
+            50,
+        ) as u8,
+        error_threshold_percent: number(
+            p,
+            &raw.error_threshold_percent,
+            "guardrails.error_threshold_percent",
+            1..=100,
+            50,
+        ) as u8,
+        lease: raw
+            .lease
+            .as_ref()
+            .and_then(|lease| {
+                let parsed = p.duration(lease, "guardrails.lease")?;
+                if parsed < Duration::from_secs(3) {
+                    p.at(lease.span(), "guardrails.lease must be at least 3s");
+                    return None;
+                }
+                Some(parsed)
+            })
+            .unwrap_or(DEFAULT_LEASE),
+    }
+}
+
+fn check_probe(index: usize, raw: &Spanned<RawProbe>, p: &mut Problems<'_>) -> Option<Probe> {
+    let probe = raw.get_ref();
+    let checks = [
+        probe.http.is_some(),
+        probe.tcp.is_some(),
+        probe.command.is_some(),
+    ];
+    if checks.iter().filter(|set| **set).count() != 1 {
+        p.at(
+            raw.span(),
+            "a stop_if probe needs exactly one of http, tcp or command",
+        );
+        return None;
+    }
+    let expect_status = match &probe.expect_status {
+        Some(status) => p.ranged(status, "expect_status", 100..=599)? as u16,
+        None => 200,
+    };
+    let check = if let Some(url) = &probe.http {
+        if let Err(error) = super::probe::parse_http_url(url.get_ref()) {
+            p.at(url.span(), error);
+            return None;
+        }
+        Check::Http {
+            url: url.get_ref().clone(),
+            expect_status,
+        }
+    } else if let Some(address) = &probe.tcp {
+        if !address.get_ref().contains(':') {
+            p.at(address.span(), "tcp probe needs host:port");
+            return None;
+        }
+        Check::Tcp {
+            address: address.get_ref().clone(),
+        }
+    } else {
+        let command = probe.command.as_ref()?;
+        Check::Command {
+            command: command.get_ref().clone(),
+        }
+    };
+    let every = match &probe.every {
+        Some(every) => p.duration(every, "stop_if.every")?,
+        None => Duration::from_secs(5),
+    };
+    if every < Duration::from_millis(100) {
+        p.at(raw.span(), "stop_if.every must be at least 100ms");
+    }
+    Some(Probe {
+        name: probe
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("stop_if[{index}]")),
+        check,
+        every,
+        failures: match &probe.failures {
+            Some(failures) => p.ranged(failures, "stop_if.failures", 1..=1000)? as u32,
+            None => 3,
+        },
+        timeout: match &probe.timeout {
+            Some(timeout) => p.duration(timeout, "stop_if.timeout")?,
+            None => Duration::from_secs(2),
+        },
+    })
+}
+
+fn check_pick(raw: &Spanned<toml::Value>, p: &mut Problems<'_>) -> Option<Pick> {
+    let bad = "pick must be \"all\", { count = N } or { percent = P }";
+    match raw.get_ref() {
+        toml::Value::String(word) if word == "all" => Some(Pick::All),
+        toml::Value::Table(table) if table.len() == 1 => match table.iter().next() {
+            Some((key, toml::Value::Integer(n))) if key == "count" => {
+                if *n < 1 {
+                    p.at(
+                        raw.span(),
+                        format!("pick count {n} picks nothing; use at least 1"),
+                    );
+                    return None;
+                }
+                Some(Pick::Count(*n as usize))
+            }
+            Some((key, toml::Value::Integer(n))) if key == "percent" => {
+                if !(1..=100).contains(n) {
+                    p.at(raw.span(), format!("pick percent {n} is not 1 to 100"));
+                    return None;
+                }
+                Some(Pick::Percent(*n as u8))
+            }
+            _ => {
+                p.at(raw.span(), bad);
+                None
+            }
+        },
+        _ => {
+            p.at(raw.span(), bad);
+            None
+        }
+    }
+}
+
+fn check_step(
+    raw: &Spanned<RawStep>,
+    guardrails: &Guardrails,
+    p: &mut Problems<'_>,
+) -> Option<Step> {
+    let step = raw.get_ref();
+    let select = match step.select.get_ref().parse::<Selector>() {
+        Ok(selector) => Some(selector),
+        Err(error) => {
+            // Point into the selector: its text starts one past the opening quote.
+            let start = step.select.span().start + error.column;
+            p.at(start..start, format!("select: {}", error.message));
+            None
+        }
+    };
+    let pick = check_pick(&step.pick, p);
+    if let Some(Pick::Count(count)) = pick
+        && count > guardrails.max_concurrent
+    {
+        p.at(
+            step.pick.span(),
+            format!(
+                "pick count {count} can never happen: guardrails.max_concurrent is {}",
+                guardrails.max_concurrent
+            ),
+        );
+    }
+    let duration = match &step.duration {
+        Some(duration) => p.duration(duration, "duration"),
+        None => Some(Duration::ZERO),
+    };
+    let fault = check_fault(&step.fault, duration.unwrap_or_default(), p);
+    let group_by = step.group_by.as_ref().map(|g| g.get_ref().clone());
+    Some(Step {
+        select: select?,
+        group_by,
+        pick: pick?,
+        fault: fault?,
+        duration: duration?,
+    })
+}
+
+fn check_fault(
+    raw: &Spanned<RawFault>,
+    duration: Duration,
+    p: &mut Problems<'_>,
+) -> Option<pb::start_fault::Fault> {
+    use pb::start_fault::Fault;
+    let f = raw.get_ref();
+    let kind = f.kind.get_ref().as_str();
+    // Which keys each kind accepts; any other key present is a mistake worth naming.
+    let allowed: &[&str] = match kind {
+        "kill" => &[
+            "name",
+            "exe",
+            "pattern",
+            "pid",
+            "user",
+            "signal",
+            "all_matches",
+            "repeat",
+        ],
+        "cpu" => &["load", "cores"],
+        "memory" => &["size"],
+        "disk" => &["path", "fill", "size"],
+        "stop-host" => &["mode", "delay"],
+        other => {
+            p.at(
+                f.kind.span(),
+                format!("unknown fault kind {other:?}; known: kill, cpu, memory, disk, stop-host"),
+            );
+            return None;
+        }
+    };
+    let present: [(&str, Option<Range<usize>>); 15] = [
+        ("name", f.name.as_ref().map(Spanned::span)),
+        ("exe", f.exe.as_ref().map(Spanned::span)),
+        ("pattern", f.pattern.as_ref().map(Spanned::span)),
+        ("pid", f.pid.as_ref().map(Spanned::span)),
+        ("user", f.user.as_ref().map(Spanned::span)),
+        ("signal", f.signal.as_ref().map(Spanned::span)),
+        ("all_matches", f.all_matches.as_ref().map(Spanned::span)),
+        ("repeat", f.repeat.as_ref().map(Spanned::span)),
+        ("load", f.load.as_ref().map(Spanned::span)),
+        ("cores", f.cores.as_ref().map(Spanned::span)),
+        ("size", f.size.as_ref().map(Spanned::span)),
+        ("path", f.path.as_ref().map(Spanned::span)),
+        ("fill", f.fill.as_ref().map(Spanned::span)),
+        ("mode", f.mode.as_ref().map(Spanned::span)),
+        ("delay", f.delay.as_ref().map(Spanned::span)),
+    ];
+    let before = p.found.len();
+    for (key, span) in &present {
+        if let Some(span) = span
+            && !allowed.contains(key)
+        {
+            p.at(
+                span.clone(),
+                format!("{key} does not apply to a {kind} fault"),
+            );
+        }
+    }
+    let holds = kind != "kill" && kind != "stop-host";
+    if holds && duration.is_zero() {
+        p.at(raw.span(), format!("a {kind} fault needs a step duration"));
+    }
+    let fault = match kind {
+        "kill" => check_kill(f, raw.span(), duration, p).map(Fault::Kill),
+        "cpu" => {
+            let load = match &f.load {
+                Some(load) => p.ranged(load, "load", 1..=100)?,
+                None => {
+                    p.at(raw.span(), "a cpu fault needs load (1 to 100)");
+                    return None;
+                }
+            };
+            let cores = match &f.cores {
+                Some(cores) => p.ranged(cores, "cores", 1..=4096)?,
+                None => 0,
+            };
+            Some(Fault::Cpu(pb::Cpu {
+                load_percent: load as u32,
+                cores: cores as u32,
+            }))
+        }
+        "memory" => {
+            let Some(size) = &f.size else {
+                p.at(
+                    raw.span(),
+                    "a memory fault needs size (\"512MiB\" or \"25%\")",
+                );
+                return None;
+            };
+            let text = size.get_ref();
+            let amount = if text.trim_end().ends_with('%') {
+                parse_percent(text).map(|pct| pb::memory::Amount::Percent(u32::from(pct)))
+            } else {
+                parse_size(text).map(pb::memory::Amount::Bytes)
+            };
+            match amount {
+                Ok(amount) => Some(Fault::Memory(pb::Memory {
+                    amount: Some(amount),
+                })),
+                Err(error) => {
+                    p.at(size.span(), format!("size: {error}"));
+                    None
+                }
+            }
+        }
+        "disk" => {
+            let Some(path) = &f.path else {
+                p.at(raw.span(), "a disk fault needs path");
+                return None;
+            };
+            if !path.get_ref().starts_with('/') {
+                p.at(path.span(), "path must be absolute");
+            }
+            let amount = match (&f.fill, &f.size) {
+                (Some(fill), None) => {
+                    Some(pb::disk::Amount::FillPercent(
+                        p.ranged(fill, "fill", 1..=100)? as u32,
+                    ))
+                }
+                (None, Some(size)) => match parse_size(size.get_ref()) {
+                    Ok(bytes) => Some(pb::disk::Amount::Bytes(bytes)),
+                    Err(error) => {
+                        p.at(size.span(), format!("size: {error}"));
+                        None
+                    }
+                },
+                _ => {
+                    p.at(raw.span(), "a disk fault needs exactly one of fill or size");
+                    None
+                }
+            };
+            Some(Fault::Disk(pb::Disk {
+                path: path.get_ref().clone(),
+                amount: Some(amount?),
+            }))
+        }
+        _ => {
+            let mode = match f.mode.as_ref().map(|m| (m, m.get_ref().as_str())) {
+                Some((_, "poweroff")) => pb::stop_host::Mode::Poweroff,
+                Some((_, "reboot")) => pb::stop_host::Mode::Reboot,
+                Some((_, "halt")) => pb::stop_host::Mode::Halt,
+                Some((m, other)) => {
+                    p.at(
+                        m.span(),
+                        format!("mode {other:?} is not poweroff, reboot or halt"),
+                    );
+                    return None;
+                }
+                None => {
+                    p.at(raw.span(), "a stop-host fault needs mode");
+                    return None;
+                }
+            };
+            let delay = match &f.delay {
+                Some(delay) => p.duration(delay, "delay")?,
+                None => Duration::ZERO,
+            };
+            Some(Fault::StopHost(pb::StopHost {
+                mode: mode as i32,
+                delay_ms: delay.as_millis() as u64,
+            }))
+        }
+    };
+    if p.found.len() > before {
+        return None;
+    }
+    fault
+}
+
+fn check_kill(
+    f: &RawFault,
+    span: Range<usize>,
+    duration: Duration,
+    p: &mut Problems<'_>,
+) -> Option<pb::Kill> {
+    use pb::process_match::By;
+    let targets = [
+        f.name.as_ref().map(|v| By::Name(v.get_ref().clone())),
+        f.exe.as_ref().map(|v| By::Exe(v.get_ref().clone())),
+        f.pattern
+            .as_ref()
+            .map(|v| By::CmdlinePattern(v.get_ref().clone())),
+        f.pid.as_ref().map(|v| By::Pid(*v.get_ref() as i32)),
+        f.user.as_ref().map(|v| By::User(v.get_ref().clone())),
+    ];
+    let mut chosen = targets.into_iter().flatten();
+    let (Some(by), None) = (chosen.next(), chosen.next()) else {
+        p.at(
+            span,
+            "a kill fault needs exactly one of name, exe, pattern, pid or user",
+        );
+        return None;
+    };
+    let signal = match &f.signal {
+        Some(signal) => match crate::cli::parse_signal(signal.get_ref()) {
+            Ok(signal) => signal,
+            Err(error) => {
+                p.at(signal.span(), error);
+                return None;
+            }
+        },
+        None => 9,
+    };
+    let repeat = match &f.repeat {
+        Some(repeat) => {
+            let every = p.duration(repeat, "repeat")?;
+            if duration.is_zero() {
+                p.at(repeat.span(), "a repeating kill needs a step duration");
+            }
+            every.as_millis() as u64
+        }
+        None => {
+            if !duration.is_zero() {
+                p.at(
+                    span,
+                    "a kill without repeat is over at once; drop the step duration or add repeat",
+                );
+            }
+            0
+        }
+    };
+    Some(pb::Kill {
+        target: Some(pb::ProcessMatch { by: Some(by) }),
+        signal,
+        all_matches: f.all_matches.as_ref().is_some_and(|a| *a.get_ref()),
+        repeat_every_ms: repeat,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"name = "monkey-web"
+seed = 42
+
+[schedule]
+every = "1h"
+jitter = "30m"
+window = "Mon-Fri 09:00-17:00"
+timezone = "Europe/Berlin"
+blackout = ["2026-12-24"]
+
+[guardrails]
+max_concurrent = 2
+min_healthy_percent = 75
+error_threshold_percent = 20
+
+[[guardrails.stop_if]]
+http = "http://127.0.0.1:8080/health"
+expect_status = 200
+every = "5s"
+failures = 3
+
+[[step]]
+select = "role=web"
+group_by = "cluster"
+pick = { count = 1 }
+fault = { kind = "kill", name = "nginx", signal = "KILL" }
+
+[[step]]
+select = "role=db"
+pick = { count = 1 }
+fault = { kind = "cpu", load = 80 }
+duration = "2m"
+"#;
+
+    fn problems(text: &str) -> Vec<(usize, usize, String)> {
+        Campaign::parse(text, Path::new("c.toml"))
+            .unwrap_err()
+            .problems
+            .into_iter()
+            .map(|p| (p.line, p.column, p.message))
+            .collect()
+    }
+
+    #[test]
+    fn the_design_example_validates() {
+        let campaign = Campaign::parse(GOOD, Path::new("c.toml")).unwrap();
+        assert_eq!(campaign.name, "monkey-web");
+        assert_eq!(campaign.steps.len(), 2);
+        assert_eq!(campaign.steps[1].duration, Duration::from_secs(120));
+        assert_eq!(campaign.guardrails.max_concurrent, 2);
+        assert_eq!(campaign.probes[0].failures, 3);
+        assert!(campaign.schedule.is_some());
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_its_line_and_column() {
+        let text = GOOD
+            .replace("every = \"1h\"", "every = \"1 hour\"")
+            .replace("max_concurrent = 2", "max_concurrent = 0")
+            .replace("load = 80", "load = 180")
+            .replace("select = \"role=db\"", "select = \"role==\"");
+        let found = problems(&text);
+        assert_eq!(found.len(), 4, "{found:?}");
+        assert!(
+            found
+                .iter()
+                .any(|(line, _, m)| *line == 5 && m.contains("schedule.every")),
+            "{found:?}"
+        );
+        assert!(
+            found
+                .iter()
+                .any(|(line, _, m)| *line == 12 && m.contains("max_concurrent")),
+            "{found:?}"
+        );
+        assert!(
+            found.iter().any(|(_, _, m)| m.contains("load is 180")),
+            "{found:?}"
+        );
+        let select = found
+            .iter()
+            .find(|(_, _, m)| m.starts_with("select"))
+            .unwrap();
+        assert_eq!(select.0, 29, "{found:?}");
+    }
+
+    #[test]
+    fn unknown_keys_kinds_and_impossible_picks_are_errors() {
+        let unknown = problems(&GOOD.replace("group_by", "grup_by"));
+        assert!(unknown[0].2.contains("grup_by"), "{unknown:?}");
+        assert_eq!(unknown[0].0, 24);
+        let kind = problems(&GOOD.replace("kind = \"cpu\"", "kind = \"cpuu\""));
+        assert!(kind[0].2.contains("unknown fault kind"), "{kind:?}");
+        let pick = problems(&GOOD.replace(
+            "pick = { count = 1 }\nfault = { kind = \"cpu\"",
+            "pick = { count = 3 }\nfault = { kind = \"cpu\"",
+        ));
+        assert!(pick[0].2.contains("can never happen"), "{pick:?}");
+        let zero = problems(&GOOD.replacen("count = 1", "count = 0", 1));
+        assert!(zero[0].2.contains("picks nothing"), "{zero:?}");
+        let stray = problems(&GOOD.replace("load = 80", "load = 80, name = \"x\""));
+        assert!(
+            stray[0].2.contains("name does not apply to a cpu fault"),
+            "{stray:?}"
+        );
+        let no_duration = problems(&GOOD.replace("duration = \"2m\"\n", ""));
+        assert!(
+            no_duration[0].2.contains("needs a step duration"),
+            "{no_duration:?}"
+        );
+        let bad_zone = problems(&GOOD.replace("Europe/Berlin", "Europe/Atlantis"));
+        assert!(bad_zone[0].2.contains("unknown time zone"), "{bad_zone:?}");
+        let bad_window = problems(&GOOD.replace("Mon-Fri 09:00-17:00", "Mon-Fri 09:00-25:00"));
+        assert!(
+            bad_window[0].2.contains("schedule.window"),
+            "{bad_window:?}"
+        );
+        let no_steps = problems("name = \"x\"\n");
+        assert!(
+            no_steps[0].2.contains("at least one [[step]]"),
+            "{no_steps:?}"
+        );
+        let syntax = problems("name = \"x\n");
+        assert_eq!(syntax.len(), 1);
+    }
+}

@@ -1,0 +1,16 @@
+//! Campaigns: Chaos Monkey practice rather than a remote kill switch.
+//!
+//! - [`file`]: the campaign file, validated with every problem at its line and column.
+//! - [`schedule`]: when a campaign fires (every + jitter, inside a window, outside
+//!   blackouts, per-group mean and minimum time between strikes): pure functions.
+//! - [`planner`]: which hosts a step may fault right now, inside the guardrails; pure.
+//! - [`probe`]: steady-state checks that stop a campaign when the service breaks.
+//!
+//! The runner that drives them against a fleet is the CLI's `campaign run` and `serve`.
+
+pub mod file;
+pub mod planner;
+pub mod probe;
+pub mod schedule;
+
+pub use file::{Campaign, CampaignError};

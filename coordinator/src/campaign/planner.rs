@@ -1,0 +1,942 @@
+//! Campaign step planning: which hosts a step may fault right now, inside the
+//! campaign's guardrails, plus a run ledger that proves every applied fault is
+//! reverted.
+//!
+//! Everything here is pure: no clock, no I/O, and all randomness comes from the
+//! caller's rng, so a seed plus the same input order reproduces a plan exactly
+//! (a dry run and the real run agree).
+//!
+//! Order of decisions for a step, per group (`group_by` label value):
+//! 1. the pick says how many hosts the group wants (`Percent` rounds up, of the
+//!    whole group);
+//! 2. they are drawn at random among hosts that are healthy and not under
+//!    fault; if the group has too few such hosts, the shortfall is reported
+//!    against randomly drawn unhealthy/faulted hosts (`All` reports them all);
+//! 3. the group is capped so that its healthy-and-not-faulted hosts stay at or
+//!    above `ceil(size × min_healthy_percent / 100)`;
+//! 4. finally the whole step is capped so that `active + targets ≤
+//!    max_concurrent`, sharing the remaining budget round-robin across groups.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use rand::Rng;
+use rand::seq::SliceRandom;
+
+/// A candidate host of a step, already filtered by the step's label selector.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Host {
+    /// Host id, unique within one call.
+    pub id: String,
+    /// Value of the step's `group_by` label, or `""` when there is no `group_by`.
+    pub group: String,
+    /// Reachable and passing its health checks (being under fault is tracked apart).
+    pub healthy: bool,
+    /// Already under a fault of this campaign.
+    pub under_fault: bool,
+}
+
+/// How many hosts of each group a step wants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pick {
+    /// Every host of the group.
+    All,
+    /// This many hosts per group (the whole group if it is smaller).
+    Count(usize),
+    /// This share of each group, rounded up; values above 100 act as 100.
+    Percent(u8),
+}
+
+/// Limits a campaign must respect while it faults hosts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Guardrails {
+    /// Most hosts under fault by this campaign at once, across all steps.
+    pub max_concurrent: usize,
+    /// Per group, the share of hosts that must stay healthy and not under fault; above 100 acts as 100.
+    pub min_healthy_percent: u8,
+}
+
+/// Why a host the pick wanted was held back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Skip {
+    /// Faulting it would exceed `max_concurrent`.
+    MaxConcurrent,
+    /// Faulting it would take its group below `min_healthy_percent`.
+    MinHealthy {
+        /// The group's `group_by` value.
+        group: String,
+        /// Hosts of the group healthy and not under fault before this step.
+        healthy: usize,
+        /// All hosts of the group given to the planner.
+        size: usize,
+    },
+    /// Already under a fault of this campaign.
+    AlreadyFaulted,
+    /// Not healthy (unreachable or failing checks).
+    Unhealthy,
+}
+
+/// What a step should do now.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StepPlan {
+    /// Host ids to fault, in input order.
+    pub targets: Vec<String>,
+    /// Host ids the pick wanted but that are held back, with why, in input order.
+    pub skipped: Vec<(String, Skip)>,
+}
+
+/// Per-host decision while planning; `None` in the table means "not wanted".
+#[derive(Debug, Clone)]
+enum Outcome {
+    Target,
+    Held(Skip),
+}
+
+/// Plans one step: picks per group, then applies the min-healthy and max-concurrent caps.
+///
+/// `active` = how many hosts are under this campaign's faults right now (before this step).
+pub fn plan_step(
+    hosts: &[Host],
+    pick: Pick,
+    guardrails: Guardrails,
+    active: usize,
+    rng: &mut impl Rng,
+) -> StepPlan {
+    // BTreeMap, not HashMap: the order groups consume the rng must not depend
+    // on a hasher seed, or a seed would not reproduce the plan.
+    let mut groups: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, host) in hosts.iter().enumerate() {
+        groups.entry(host.group.as_str()).or_default().push(i);
+    }
+
+    let min_healthy = usize::from(guardrails.min_healthy_percent.min(100));
+    let mut outcome: Vec<Option<Outcome>> = vec![None; hosts.len()];
+    // Per group, the picked hosts that passed the min-healthy cap, in random
+    // order, so cutting a prefix later is itself a random choice.
+    let mut allowed: Vec<Vec<usize>> = Vec::with_capacity(groups.len());
+
+    for (&name, members) in &groups {
+        let size = members.len();
+        let (mut free, mut busy): (Vec<usize>, Vec<usize>) =
+            members.iter().partition(|&&i| is_free(&hosts[i]));
+
+        let healthy = free.len();
+        let want = wanted(pick, size);
+        let take = want.min(healthy);
+        let (chosen, _) = free.partial_shuffle(rng, take);
+
+        // Report the hosts the pick would have needed beyond the free ones.
+        let shortfall = want - take;
+        if shortfall > 0 {
+            let (wanted_busy, _) = busy.partial_shuffle(rng, shortfall);
+            for &i in wanted_busy.iter() {
+                outcome[i] = Some(Outcome::Held(unavailable(&hosts[i])));
+            }
+        }
+
+        // Slice lengths are far below usize::MAX / 100, so no overflow.
+        let floor = (size * min_healthy).div_ceil(100);
+        // A group already below its floor gets no room at all.
+        let room = healthy.saturating_sub(floor);
+        let (ok, held) = chosen.split_at(take.min(room));
+        for &i in held {
+            outcome[i] = Some(Outcome::Held(Skip::MinHealthy {
+                group: name.to_owned(),
+                healthy,
+                size,
+            }));
+        }
+        allowed.push(ok.to_vec());
+    }
+
+    let budget = guardrails.max_concurrent.saturating_sub(active);
+    let quotas = fair_quotas(&allowed, budget, rng);
+    for (picked, quota) in allowed.iter().zip(quotas) {
+        let (kept, surplus) = picked.split_at(quota);
+        for &i in kept {
+            outcome[i] = Some(Outcome::Target);
+        }
+        for &i in surplus {
+            outcome[i] = Some(Outcome::Held(Skip::MaxConcurrent));
+        }
+    }
+
+    let mut plan = StepPlan::default();
+    for (host, decided) in hosts.iter().zip(outcome) {
+        match decided {
+            Some(Outcome::Target) => plan.targets.push(host.id.clone()),
+            Some(Outcome::Held(why)) => plan.skipped.push((host.id.clone(), why)),
+            None => {}
+        }
+    }
+    plan
+}
+
+/// A host that may be faulted: healthy and not already under fault.
+fn is_free(host: &Host) -> bool {
+    host.healthy && !host.under_fault
+}
+
+/// Why a non-free host can't be a target; a campaign's own fault is the more
+/// specific reason (it usually explains the unhealthiness too).
+fn unavailable(host: &Host) -> Skip {
+    if host.under_fault {
+        Skip::AlreadyFaulted
+    } else {
+        Skip::Unhealthy
+    }
+}
+
+/// How many hosts of a group of `size` the pick wants.
+fn wanted(pick: Pick, size: usize) -> usize {
+    match pick {
+        Pick::All => size,
+        Pick::Count(n) => n.min(size),
+        // Round up so any P > 0 of a non-empty group wants at least one host.
+        Pick::Percent(p) => (size * usize::from(p.min(100))).div_ceil(100),
+    }
+}
+
+/// Splits `budget` across groups round-robin (max-min fair), so one big group
+/// can't starve the others; the group order is shuffled so the leftover slots
+/// of the last round don't always favour the same groups.
+fn fair_quotas(allowed: &[Vec<usize>], budget: usize, rng: &mut impl Rng) -> Vec<usize> {
+    let lens: Vec<usize> = allowed.iter().map(Vec::len).collect();
+    let total: usize = lens.iter().sum();
+    if total <= budget {
+        return lens;
+    }
+    let mut order: Vec<usize> = (0..lens.len()).collect();
+    order.shuffle(rng);
+    let mut quotas = vec![0; lens.len()];
+    // Terminates: budget < total, so some group always has room.
+    let mut left = budget;
+    while left > 0 {
+        for &g in &order {
+            if left == 0 {
+                break;
+            }
+            if quotas[g] < lens[g] {
+                quotas[g] += 1;
+                left -= 1;
+            }
+        }
+    }
+    quotas
+}
+
+/// One applied, not yet reverted fault.
+#[derive(Debug, Clone)]
+struct Applied {
+    fault_id: String,
+    host: String,
+    ends_at_ms: i64,
+}
+
+/// Faults a campaign run has applied and not yet seen end, in application order.
+#[derive(Debug, Default, Clone)]
+pub struct RunLedger {
+    active: Vec<Applied>,
+}
+
+impl RunLedger {
+    /// Records a fault applied to `host` that ends by itself at `ends_at_ms`.
+    pub fn applied(&mut self, fault_id: String, host: String, ends_at_ms: i64) {
+        self.active.push(Applied {
+            fault_id,
+            host,
+            ends_at_ms,
+        });
+    }
+
+    /// Records that a fault was reverted (by deadline or abort); unknown ids are ignored.
+    pub fn ended(&mut self, fault_id: &str) {
+        // Idempotent: a deadline revert and an abort may both report the same fault.
+        self.active.retain(|f| f.fault_id != fault_id);
+    }
+
+    /// Hosts under at least one fault of this run.
+    pub fn active_hosts(&self) -> BTreeSet<String> {
+        self.active.iter().map(|f| f.host.clone()).collect()
+    }
+
+    /// Number of active faults (never fewer than active hosts, so safe as `plan_step`'s `active`).
+    pub fn active_count(&self) -> usize {
+        self.active.len()
+    }
+
+    /// Every active fault as (fault id, host), e.g. to renew their leases.
+    pub fn faults(&self) -> Vec<(String, String)> {
+        self.active
+            .iter()
+            .map(|f| (f.fault_id.clone(), f.host.clone()))
+            .collect()
+    }
+
+    /// On abort: every fault still active, to revert now (the ledger then holds none).
+    pub fn take_all(&mut self) -> Vec<(String, String)> {
+        std::mem::take(&mut self.active)
+            .into_iter()
+            .map(|f| (f.fault_id, f.host))
+            .collect()
+    }
+
+    /// Faults whose deadline passed by `now_ms` (they end by themselves; removed from the ledger).
+    pub fn expire(&mut self, now_ms: i64) -> Vec<String> {
+        // partition, not extract_if: the workspace's MSRV (1.85) predates it.
+        let (due, pending): (Vec<Applied>, Vec<Applied>) = std::mem::take(&mut self.active)
+            .into_iter()
+            .partition(|f| f.ends_at_ms <= now_ms);
+        self.active = pending;
+        due.into_iter().map(|f| f.fault_id).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+    use std::collections::BTreeMap;
+
+    const OPEN: Guardrails = Guardrails {
+        max_concurrent: usize::MAX,
+        min_healthy_percent: 0,
+    };
+
+    fn host(id: &str, group: &str, healthy: bool, under_fault: bool) -> Host {
+        Host {
+            id: id.to_owned(),
+            group: group.to_owned(),
+            healthy,
+            under_fault,
+        }
+    }
+
+    /// `n` healthy, free hosts named `{group}{i}`.
+    fn fleet(group: &str, n: usize) -> Vec<Host> {
+        (0..n)
+            .map(|i| host(&format!("{group}{i}"), group, true, false))
+            .collect()
+    }
+
+    fn plan(hosts: &[Host], pick: Pick, guardrails: Guardrails, active: usize) -> StepPlan {
+        plan_step(
+            hosts,
+            pick,
+            guardrails,
+            active,
+            &mut StdRng::seed_from_u64(7),
+        )
+    }
+
+    fn in_group(ids: &[String], group: &str) -> usize {
+        ids.iter().filter(|id| id.starts_with(group)).count()
+    }
+
+    // ---- rules, one by one ----
+
+    #[test]
+    fn all_targets_free_hosts_and_reports_the_rest() {
+        let hosts = vec![
+            host("a", "", true, false),
+            host("b", "", false, false),
+            host("c", "", true, true),
+            host("d", "", true, false),
+            host("e", "", false, true),
+        ];
+        let p = plan(&hosts, Pick::All, OPEN, 0);
+        assert_eq!(p.targets, ["a", "d"]);
+        assert_eq!(
+            p.skipped,
+            [
+                ("b".to_owned(), Skip::Unhealthy),
+                ("c".to_owned(), Skip::AlreadyFaulted),
+                ("e".to_owned(), Skip::AlreadyFaulted),
+            ]
+        );
+    }
+
+    #[test]
+    fn count_is_per_group_and_capped_by_group_size() {
+        let hosts = [fleet("a", 5), fleet("b", 3), fleet("c", 1)].concat();
+        let p = plan(&hosts, Pick::Count(2), OPEN, 0);
+        assert_eq!(in_group(&p.targets, "a"), 2);
+        assert_eq!(in_group(&p.targets, "b"), 2);
+        assert_eq!(in_group(&p.targets, "c"), 1);
+        assert!(p.skipped.is_empty());
+    }
+
+    #[test]
+    fn count_prefers_free_hosts_and_reports_only_the_shortfall() {
+        let hosts = vec![
+            host("a", "", false, false),
+            host("b", "", true, false),
+            host("c", "", false, false),
+            host("d", "", false, false),
+        ];
+        let p = plan(&hosts, Pick::Count(2), OPEN, 0);
+        assert_eq!(p.targets, ["b"]);
+        assert_eq!(p.skipped.len(), 1);
+        assert_eq!(p.skipped[0].1, Skip::Unhealthy);
+        // Enough free hosts: nothing unhealthy is mentioned.
+        let p = plan(&hosts, Pick::Count(1), OPEN, 0);
+        assert_eq!(p.targets, ["b"]);
+        assert!(p.skipped.is_empty());
+    }
+
+    #[test]
+    fn percent_is_of_each_group_rounded_up() {
+        let hosts = [fleet("a", 10), fleet("b", 3)].concat();
+        let p = plan(&hosts, Pick::Percent(25), OPEN, 0);
+        assert_eq!(in_group(&p.targets, "a"), 3);
+        assert_eq!(in_group(&p.targets, "b"), 1);
+        assert!(plan(&hosts, Pick::Percent(0), OPEN, 0).targets.is_empty());
+        assert_eq!(plan(&hosts, Pick::Percent(250), OPEN, 0).targets.len(), 13);
+    }
+
+    #[test]
+    fn percent_counts_unhealthy_hosts_in_the_group_size() {
+        // 4 hosts, 50% wants 2, but only one is free.
+        let hosts = vec![
+            host("a", "", true, false),
+            host("b", "", false, false),
+            host("c", "", false, false),
+            host("d", "", false, false),
+        ];
+        let p = plan(&hosts, Pick::Percent(50), OPEN, 0);
+        assert_eq!(p.targets, ["a"]);
+        assert_eq!(p.skipped.len(), 1);
+    }
+
+    #[test]
+    fn min_healthy_caps_each_group() {
+        let hosts = fleet("a", 10);
+        let guard = Guardrails {
+            max_concurrent: 100,
+            min_healthy_percent: 70,
+        };
+        let p = plan(&hosts, Pick::All, guard, 0);
+        assert_eq!(p.targets.len(), 3);
+        assert_eq!(p.skipped.len(), 7);
+        let why = Skip::MinHealthy {
+            group: "a".to_owned(),
+            healthy: 10,
+            size: 10,
+        };
+        assert!(p.skipped.iter().all(|(_, s)| *s == why));
+    }
+
+    #[test]
+    fn min_healthy_floor_uses_whole_group_size() {
+        // 8 of 10 free, floor ceil(10 × 70%) = 7: only one may go.
+        let mut hosts = fleet("a", 10);
+        hosts[0].healthy = false;
+        hosts[1].under_fault = true;
+        let guard = Guardrails {
+            max_concurrent: 100,
+            min_healthy_percent: 70,
+        };
+        let p = plan(&hosts, Pick::All, guard, 0);
+        assert_eq!(p.targets.len(), 1);
+        let held = p
+            .skipped
+            .iter()
+            .filter(|(_, s)| {
+                matches!(
+                    s,
+                    Skip::MinHealthy {
+                        healthy: 8,
+                        size: 10,
+                        ..
+                    }
+                )
+            })
+            .count();
+        assert_eq!(held, 7);
+    }
+
+    #[test]
+    fn group_already_below_floor_gets_nothing() {
+        let mut hosts = [fleet("a", 4), fleet("b", 4)].concat();
+        hosts[0].healthy = false;
+        hosts[1].under_fault = true;
+        let guard = Guardrails {
+            max_concurrent: 100,
+            min_healthy_percent: 75,
+        };
+        let p = plan(&hosts, Pick::Count(1), guard, 0);
+        assert_eq!(in_group(&p.targets, "a"), 0);
+        assert_eq!(in_group(&p.targets, "b"), 1);
+        assert_eq!(
+            p.skipped,
+            [(
+                p.skipped[0].0.clone(),
+                Skip::MinHealthy {
+                    group: "a".to_owned(),
+                    healthy: 2,
+                    size: 4
+                }
+            )]
+        );
+    }
+
+    #[test]
+    fn max_concurrent_counts_active_faults() {
+        let hosts = fleet("a", 10);
+        let guard = Guardrails {
+            max_concurrent: 5,
+            min_healthy_percent: 0,
+        };
+        let p = plan(&hosts, Pick::All, guard, 3);
+        assert_eq!(p.targets.len(), 2);
+        assert_eq!(p.skipped.len(), 8);
+        assert!(p.skipped.iter().all(|(_, s)| *s == Skip::MaxConcurrent));
+        // Already over the limit (e.g. lowered mid-run): nothing more.
+        assert!(plan(&hosts, Pick::All, guard, 9).targets.is_empty());
+    }
+
+    #[test]
+    fn max_concurrent_is_shared_fairly_across_groups() {
+        let hosts = [fleet("a", 10), fleet("b", 10), fleet("c", 1)].concat();
+        let guard = Guardrails {
+            max_concurrent: 5,
+            min_healthy_percent: 0,
+        };
+        for seed in 0..20 {
+            let p = plan_step(
+                &hosts,
+                Pick::All,
+                guard,
+                0,
+                &mut StdRng::seed_from_u64(seed),
+            );
+            assert_eq!(in_group(&p.targets, "a"), 2);
+            assert_eq!(in_group(&p.targets, "b"), 2);
+            assert_eq!(in_group(&p.targets, "c"), 1);
+        }
+    }
+
+    #[test]
+    fn targets_keep_input_order_and_vary_with_seed() {
+        let hosts = fleet("h", 20);
+        let mut seen = BTreeSet::new();
+        for seed in 0..10 {
+            let p = plan_step(
+                &hosts,
+                Pick::Count(5),
+                OPEN,
+                0,
+                &mut StdRng::seed_from_u64(seed),
+            );
+            let pos: Vec<usize> = p
+                .targets
+                .iter()
+                .map(|t| hosts.iter().position(|h| &h.id == t).unwrap())
+                .collect();
+            assert!(pos.is_sorted());
+            seen.insert(p.targets);
+        }
+        assert!(seen.len() > 1, "the pick should depend on the seed");
+    }
+
+    #[test]
+    fn same_seed_same_plan() {
+        let hosts = [fleet("a", 7), fleet("b", 9)].concat();
+        let guard = Guardrails {
+            max_concurrent: 4,
+            min_healthy_percent: 20,
+        };
+        let one = plan_step(
+            &hosts,
+            Pick::Percent(60),
+            guard,
+            1,
+            &mut StdRng::seed_from_u64(3),
+        );
+        let two = plan_step(
+            &hosts,
+            Pick::Percent(60),
+            guard,
+            1,
+            &mut StdRng::seed_from_u64(3),
+        );
+        assert_eq!(one, two);
+    }
+
+    // ---- regressions for edge cases ----
+
+    #[test]
+    fn regression_percent_rounding() {
+        // 33% of 3 is 0.99 → 1; 34% of 3 is 1.02 → 2; 1% of 1 is 0.01 → 1.
+        assert_eq!(
+            plan(&fleet("a", 3), Pick::Percent(33), OPEN, 0)
+                .targets
+                .len(),
+            1
+        );
+        assert_eq!(
+            plan(&fleet("a", 3), Pick::Percent(34), OPEN, 0)
+                .targets
+                .len(),
+            2
+        );
+        assert_eq!(
+            plan(&fleet("a", 1), Pick::Percent(1), OPEN, 0)
+                .targets
+                .len(),
+            1
+        );
+        assert_eq!(
+            plan(&fleet("a", 200), Pick::Percent(1), OPEN, 0)
+                .targets
+                .len(),
+            2
+        );
+    }
+
+    #[test]
+    fn regression_group_of_one_with_min_healthy_50() {
+        // ceil(1 × 50%) = 1 must stay up, so the lone host is never faulted.
+        let guard = Guardrails {
+            max_concurrent: 10,
+            min_healthy_percent: 50,
+        };
+        let p = plan(&fleet("a", 1), Pick::All, guard, 0);
+        assert!(p.targets.is_empty());
+        assert_eq!(
+            p.skipped,
+            [(
+                "a0".to_owned(),
+                Skip::MinHealthy {
+                    group: "a".to_owned(),
+                    healthy: 1,
+                    size: 1
+                }
+            )]
+        );
+    }
+
+    #[test]
+    fn regression_max_concurrent_zero() {
+        let guard = Guardrails {
+            max_concurrent: 0,
+            min_healthy_percent: 0,
+        };
+        let p = plan(&fleet("a", 3), Pick::All, guard, 0);
+        assert!(p.targets.is_empty());
+        assert_eq!(p.skipped.len(), 3);
+        assert!(p.skipped.iter().all(|(_, s)| *s == Skip::MaxConcurrent));
+    }
+
+    #[test]
+    fn regression_empty_input() {
+        assert_eq!(plan(&[], Pick::All, OPEN, 0), StepPlan::default());
+        assert_eq!(plan(&[], Pick::Percent(100), OPEN, 5), StepPlan::default());
+    }
+
+    // ---- ledger ----
+
+    #[test]
+    fn ledger_tracks_expires_and_takes_all() {
+        let mut ledger = RunLedger::default();
+        ledger.applied("f1".into(), "h1".into(), 100);
+        ledger.applied("f2".into(), "h2".into(), 200);
+        ledger.applied("f3".into(), "h3".into(), 300);
+        assert_eq!(ledger.active_count(), 3);
+        assert_eq!(ledger.expire(99), Vec::<String>::new());
+        assert_eq!(ledger.expire(200), ["f1", "f2"]);
+        ledger.ended("f3");
+        ledger.ended("f3");
+        ledger.ended("nope");
+        assert_eq!(ledger.active_count(), 0);
+        ledger.applied("f4".into(), "h1".into(), 400);
+        ledger.applied("f5".into(), "h5".into(), 500);
+        assert_eq!(
+            ledger.active_hosts(),
+            BTreeSet::from(["h1".to_owned(), "h5".to_owned()])
+        );
+        assert_eq!(
+            ledger.take_all(),
+            [
+                ("f4".to_owned(), "h1".to_owned()),
+                ("f5".to_owned(), "h5".to_owned())
+            ]
+        );
+        assert_eq!(ledger.active_count(), 0);
+        assert!(ledger.active_hosts().is_empty());
+        assert!(ledger.take_all().is_empty());
+    }
+
+    // ---- properties ----
+
+    fn arb_fleet() -> impl Strategy<Value = Vec<Host>> {
+        (1usize..=6)
+            .prop_flat_map(|groups| {
+                prop::collection::vec(
+                    (
+                        0..groups,
+                        prop::bool::weighted(0.8),
+                        prop::bool::weighted(0.15),
+                    ),
+                    1..=40,
+                )
+            })
+            .prop_map(|rows| {
+                rows.into_iter()
+                    .enumerate()
+                    .map(|(i, (g, healthy, under_fault))| Host {
+                        id: format!("h{i}"),
+                        group: format!("g{g}"),
+                        healthy,
+                        under_fault,
+                    })
+                    .collect()
+            })
+    }
+
+    fn arb_percent() -> impl Strategy<Value = u8> {
+        prop_oneof![4 => 0u8..=100, 1 => any::<u8>()]
+    }
+
+    fn arb_pick() -> impl Strategy<Value = Pick> {
+        prop_oneof![
+            Just(Pick::All),
+            (0usize..=45).prop_map(Pick::Count),
+            arb_percent().prop_map(Pick::Percent),
+        ]
+    }
+
+    fn arb_guardrails() -> impl Strategy<Value = Guardrails> {
+        (0usize..=45, arb_percent()).prop_map(|(max_concurrent, min_healthy_percent)| Guardrails {
+            max_concurrent,
+            min_healthy_percent,
+        })
+    }
+
+    /// What happens between two steps.
+    #[derive(Debug, Clone)]
+    enum Between {
+        Nothing,
+        /// Time moves on by this many ms; due faults expire.
+        Advance(i64),
+        /// The runner reverts the n-th (mod len) active fault early.
+        End(usize),
+    }
+
+    fn arb_between() -> impl Strategy<Value = Between> {
+        prop_oneof![
+            Just(Between::Nothing),
+            (1i64..=60).prop_map(Between::Advance),
+            any::<usize>().prop_map(Between::End),
+        ]
+    }
+
+    // Oracles written apart from the code under test, so a bug there can't
+    // hide by also changing what the properties expect.
+    fn oracle_free(h: &Host) -> bool {
+        h.healthy && !h.under_fault
+    }
+
+    fn oracle_wanted(pick: Pick, size: usize) -> usize {
+        match pick {
+            Pick::All => size,
+            Pick::Count(n) => n.min(size),
+            Pick::Percent(p) => (size * usize::from(p.min(100))).div_ceil(100),
+        }
+    }
+
+    fn floor(size: usize, guardrails: Guardrails) -> usize {
+        (size * usize::from(guardrails.min_healthy_percent.min(100))).div_ceil(100)
+    }
+
+    /// Checks every rule of one plan against the fleet it was made for.
+    fn check_plan(
+        hosts: &[Host],
+        pick: Pick,
+        guardrails: Guardrails,
+        active: usize,
+        p: &StepPlan,
+    ) -> Result<(), TestCaseError> {
+        let index: BTreeMap<&str, usize> = hosts
+            .iter()
+            .enumerate()
+            .map(|(i, h)| (h.id.as_str(), i))
+            .collect();
+        let pos = |id: &String| index[id.as_str()];
+
+        // Input order, and each host decided at most once.
+        let t_pos: Vec<usize> = p.targets.iter().map(pos).collect();
+        let s_pos: Vec<usize> = p.skipped.iter().map(|(id, _)| pos(id)).collect();
+        prop_assert!(t_pos.is_sorted_by(|a, b| a < b));
+        prop_assert!(s_pos.is_sorted_by(|a, b| a < b));
+        prop_assert!(t_pos.iter().all(|i| !s_pos.contains(i)));
+
+        // Targets are free; skip reasons fit the host.
+        for &i in &t_pos {
+            prop_assert!(oracle_free(&hosts[i]), "target {} not free", hosts[i].id);
+        }
+        for (id, why) in &p.skipped {
+            let h = &hosts[pos(id)];
+            match why {
+                Skip::AlreadyFaulted => prop_assert!(h.under_fault),
+                Skip::Unhealthy => prop_assert!(!h.healthy && !h.under_fault),
+                Skip::MaxConcurrent | Skip::MinHealthy { .. } => prop_assert!(oracle_free(h)),
+            }
+        }
+
+        // Max concurrent, and it only holds back when the budget is used up.
+        let budget = guardrails.max_concurrent.saturating_sub(active);
+        prop_assert!(p.targets.len() <= budget);
+        let max_held = p.skipped.iter().any(|(_, s)| *s == Skip::MaxConcurrent);
+        if max_held {
+            prop_assert_eq!(p.targets.len(), budget);
+        }
+
+        // Per group: wanted count, floor, and fair sharing of the budget.
+        let mut groups: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for (i, h) in hosts.iter().enumerate() {
+            groups.entry(h.group.as_str()).or_default().push(i);
+        }
+        let mut cut_by_max = Vec::new();
+        let mut per_group = Vec::new();
+        for (name, members) in &groups {
+            let size = members.len();
+            let free = members.iter().filter(|&&i| oracle_free(&hosts[i])).count();
+            let targets = t_pos.iter().filter(|i| members.contains(i)).count();
+            let skips: Vec<&Skip> = p
+                .skipped
+                .iter()
+                .filter(|(id, _)| members.contains(&pos(id)))
+                .map(|(_, s)| s)
+                .collect();
+            prop_assert_eq!(targets + skips.len(), oracle_wanted(pick, size));
+            if let Pick::Percent(pct) = pick {
+                prop_assert!(pct == 0 || oracle_wanted(pick, size) > 0);
+            }
+            let fl = floor(size, guardrails);
+            prop_assert!(
+                targets == 0 || free - targets >= fl,
+                "group {name}: {free} free, {targets} targets, floor {fl}"
+            );
+            let room = free.saturating_sub(fl);
+            let min_held = skips
+                .iter()
+                .filter(|s| matches!(s, Skip::MinHealthy { .. }))
+                .count();
+            let max_held = skips.iter().filter(|s| **s == &Skip::MaxConcurrent).count();
+            for s in &skips {
+                if let Skip::MinHealthy {
+                    group,
+                    healthy,
+                    size: sz,
+                } = s
+                {
+                    prop_assert_eq!(group.as_str(), *name);
+                    prop_assert_eq!((*healthy, *sz), (free, size));
+                }
+            }
+            if min_held > 0 {
+                prop_assert_eq!(targets + max_held, room);
+            }
+            if max_held > 0 {
+                cut_by_max.push(targets);
+            }
+            per_group.push(targets);
+        }
+        // A group cut by max_concurrent has at most one slot fewer than any other.
+        for cut in &cut_by_max {
+            for other in &per_group {
+                prop_assert!(*other <= cut + 1, "unfair: {per_group:?}");
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #[test]
+        fn prop_single_step_obeys_every_rule(
+            hosts in arb_fleet(),
+            pick in arb_pick(),
+            guardrails in arb_guardrails(),
+            active in 0usize..=50,
+            seed in any::<u64>(),
+        ) {
+            let p = plan_step(&hosts, pick, guardrails, active, &mut StdRng::seed_from_u64(seed));
+            check_plan(&hosts, pick, guardrails, active, &p)?;
+            let again = plan_step(&hosts, pick, guardrails, active, &mut StdRng::seed_from_u64(seed));
+            prop_assert_eq!(p, again);
+        }
+
+        #[test]
+        fn prop_campaign_run_stays_inside_guardrails(
+            base in arb_fleet(),
+            guardrails in arb_guardrails(),
+            steps in prop::collection::vec((arb_pick(), 1i64..=100, arb_between()), 1..=12),
+            seed in any::<u64>(),
+        ) {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let mut ledger = RunLedger::default();
+            // Model of what the ledger must hold: fault id -> (host, due).
+            let mut model: BTreeMap<String, (String, i64)> = BTreeMap::new();
+            let mut now = 0i64;
+            let mut next_id = 0usize;
+
+            for (pick, duration, between) in steps {
+                let active_hosts = ledger.active_hosts();
+                let view: Vec<Host> = base
+                    .iter()
+                    .map(|h| Host {
+                        under_fault: h.under_fault || active_hosts.contains(&h.id),
+                        ..h.clone()
+                    })
+                    .collect();
+                let active = ledger.active_count();
+                let p = plan_step(&view, pick, guardrails, active, &mut rng);
+                check_plan(&view, pick, guardrails, active, &p)?;
+
+                for t in &p.targets {
+                    prop_assert!(!active_hosts.contains(t), "{t} targeted twice");
+                    let h = base.iter().find(|h| &h.id == t).unwrap();
+                    prop_assert!(h.healthy && !h.under_fault);
+                    let id = format!("f{next_id}");
+                    next_id += 1;
+                    ledger.applied(id.clone(), t.clone(), now + duration);
+                    model.insert(id, (t.clone(), now + duration));
+                }
+                prop_assert!(ledger.active_count() <= guardrails.max_concurrent);
+                prop_assert!(ledger.active_hosts().len() <= guardrails.max_concurrent);
+                prop_assert_eq!(ledger.active_count(), model.len());
+
+                match between {
+                    Between::Nothing => {}
+                    Between::Advance(ms) => {
+                        now += ms;
+                        for id in ledger.expire(now) {
+                            let (_, due) = model.remove(&id).expect("expired a fault never applied");
+                            prop_assert!(due <= now);
+                        }
+                        prop_assert!(model.values().all(|(_, due)| *due > now));
+                    }
+                    Between::End(n) => {
+                        if let Some(id) = model.keys().nth(n % model.len().max(1)).cloned() {
+                            ledger.ended(&id);
+                            model.remove(&id);
+                        }
+                    }
+                }
+            }
+
+            // Abort: every applied fault not yet ended comes back exactly once.
+            let mut reverts = ledger.take_all();
+            reverts.sort();
+            let expected: Vec<(String, String)> =
+                model.into_iter().map(|(id, (host, _))| (id, host)).collect();
+            prop_assert_eq!(reverts, expected);
+            prop_assert_eq!(ledger.active_count(), 0);
+            prop_assert!(ledger.active_hosts().is_empty());
+            prop_assert!(ledger.take_all().is_empty());
+            prop_assert!(ledger.expire(i64::MAX).is_empty());
+        }
+    }
+}

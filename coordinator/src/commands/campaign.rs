@@ -1,0 +1,658 @@
+//! `troop campaign`: validate, plan, run (attached, with guardrails and probes), history
+//! and show. The run loop is also what `troop serve` fires on a schedule.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context as _, bail};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use serde_json::json;
+use tokio::sync::watch;
+use troop_coordinator::campaign::planner::{self, Host, RunLedger};
+use troop_coordinator::campaign::probe::Probe;
+use troop_coordinator::campaign::{Campaign, file::Step};
+use troop_coordinator::cli::Output;
+use troop_coordinator::config::AgentEntry;
+use troop_coordinator::signer::{Signer, new_command, now_unix_ms};
+use troop_coordinator::store::{CommandRecord, Store};
+use troop_coordinator::table;
+use troop_proto::freshness::DEFAULT_VALIDITY;
+use troop_proto::pb;
+
+use super::{Context, Outcome};
+use crate::report;
+
+/// Why a run stops early; `None` while it may go on.
+type StopReason = Option<String>;
+
+/// How a run ended, for the summary and the exit code.
+pub struct RunReport {
+    pub run_id: Option<i64>,
+    pub status: &'static str,
+    pub reason: String,
+    pub sent: usize,
+    pub applied: usize,
+    pub not_applied: usize,
+    pub reverted_early: usize,
+}
+
+pub fn validate(path: &Path, output: Output) -> anyhow::Result<Outcome> {
+    let campaign = Campaign::load(path)?;
+    match output {
+        Output::Json => println!(
+            "{}",
+            json!({ "valid": true, "name": campaign.name, "steps": campaign.steps.len(), "probes": campaign.probes.len() })
+        ),
+        Output::Table => println!(
+            "{}: valid. campaign {:?}, {} step(s), {} probe(s), {}",
+            path.display(),
+            campaign.name,
+            campaign.steps.len(),
+            campaign.probes.len(),
+            if campaign.schedule.is_some() {
+                "scheduled"
+            } else {
+                "run once"
+            }
+        ),
+    }
+    Ok(Outcome::Success)
+}
+
+/// Every run and the groups it would strike over the next days; touches nothing.
+pub fn plan(
+    context: Option<&Context>,
+    path: &Path,
+    days: u32,
+    output: Output,
+) -> anyhow::Result<Outcome> {
+    let campaign = Campaign::load(path)?;
+    let Some(schedule) = &campaign.schedule else {
+        bail!(
+            "campaign {:?} has no [schedule]: it runs once, when `troop campaign run` runs it",
+            campaign.name
+        );
+    };
+    let groups: Vec<String> = match context {
+        Some(context) => {
+            let mut groups = BTreeSet::new();
+            for step in &campaign.steps {
+                for agent in context
+                    .config
+                    .agents
+                    .iter()
+                    .filter(|a| step.select.matches(&a.labels))
+                {
+                    groups.insert(group_of(agent, step));
+                }
+            }
+            groups.into_iter().collect()
+        }
+        None => vec![String::new()],
+    };
+    let last = match context.and_then(|c| Store::open(&c.config.store_url).ok()) {
+        Some(store) => store
+            .last_strikes(&campaign.name)?
+            .into_iter()
+            .filter_map(|(group, ms)| {
+                jiff::Timestamp::from_millisecond(ms)
+                    .ok()
+                    .map(|t| (group, t))
+            })
+            .collect(),
+        None => BTreeMap::new(),
+    };
+    let mut rng = StdRng::seed_from_u64(campaign.seed.unwrap_or(0));
+    let runs = schedule.plan(jiff::Timestamp::now(), days, &groups, &last, &mut rng);
+    match output {
+        Output::Json => {
+            let runs: Vec<_> = runs
+                .iter()
+                .map(|run| json!({ "at": run.at.to_string(), "groups": run.groups }))
+                .collect();
+            println!("{}", json!({ "campaign": campaign.name, "runs": runs }));
+        }
+        Output::Table => {
+            let rows: Vec<Vec<String>> = runs
+                .iter()
+                .map(|run| {
+                    let local = run.at.to_zoned(schedule.timezone.clone());
+                    let groups = run
+                        .groups
+                        .iter()
+                        .map(|g| if g.is_empty() { "(all)" } else { g })
+                        .collect::<Vec<_>>();
+                    vec![
+                        local.strftime("%a %Y-%m-%d %H:%M %Z").to_string(),
+                        groups.join(", "),
+                    ]
+                })
+                .collect();
+            println!(
+                "campaign {:?} over the next {days} day(s): {} run(s)",
+                campaign.name,
+                runs.len()
+            );
+            print!("{}", table::render(&["WHEN", "STRIKES"], &rows));
+        }
+    }
+    Ok(Outcome::Success)
+}
+
+fn group_of(agent: &AgentEntry, step: &Step) -> String {
+    step.group_by
+        .as_ref()
+        .and_then(|label| agent.labels.get(label).cloned())
+        .unwrap_or_default()
+}
+
+/// `troop campaign run`: attached, with progress; Ctrl-C aborts and reverts.
+pub async fn run(context: &Context, path: &Path, dry_run: bool) -> anyhow::Result<Outcome> {
+    let campaign = Campaign::load(path)?;
+    let (cancel, cancelled) = watch::channel(None::<String>);
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("cannot listen for Ctrl-C")?;
+    tokio::spawn(async move {
+        if interrupt.recv().await.is_some() {
+            let _ = cancel.send(Some("interrupted (Ctrl-C)".into()));
+        }
+    });
+    let report = run_campaign(context, &campaign, dry_run, None, cancelled).await?;
+    summary(context.output, &campaign, &report);
+    Ok(Outcome::from_all_ok(
+        report.status == "completed" && report.not_applied == 0,
+    ))
+}
+
+fn summary(output: Output, campaign: &Campaign, report: &RunReport) {
+    match output {
+        Output::Json => println!(
+            "{}",
+            json!({
+                "campaign": campaign.name, "run": report.run_id, "status": report.status,
+                "reason": report.reason, "sent": report.sent, "applied": report.applied,
+                "not_applied": report.not_applied, "reverted_early": report.reverted_early,
+            })
+        ),
+        Output::Table => println!(
+            "campaign {:?} {}{}: {} command(s) sent, {} applied, {} not applied, {} fault(s) reverted early{}",
+            campaign.name,
+            report.status,
+            if report.reason.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", report.reason)
+            },
+            report.sent,
+            report.applied,
+            report.not_applied,
+            report.reverted_early,
+            report
+                .run_id
+                .map_or_else(String::new, |id| format!("; `troop campaign show {id}`"))
+        ),
+    }
+}
+
+struct Fleet {
+    agents: Vec<AgentEntry>,
+    /// Reachable and holding no fault.
+    healthy: BTreeSet<String>,
+}
+
+async fn survey(context: &Context) -> Fleet {
+    let work = context
+        .config
+        .agents
+        .iter()
+        .map(|a| (a.clone(), ()))
+        .collect();
+    let results = context
+        .dispatcher
+        .each(work, |mut client, ()| async move {
+            client.status(pb::StatusRequest {}).await
+        })
+        .await;
+    let healthy = results
+        .iter()
+        .filter(|(_, result)| result.as_ref().is_ok_and(|s| s.active_faults.is_empty()))
+        .map(|(agent, _)| agent.id.clone())
+        .collect();
+    Fleet {
+        agents: context.config.agents.clone(),
+        healthy,
+    }
+}
+
+/// Runs every probe once; the first failure, if any.
+async fn steady_state(probes: &[Probe]) -> Result<(), String> {
+    for probe in probes {
+        if let Err(error) = probe.check.run(probe.timeout).await {
+            return Err(format!(
+                "probe {} fails before any fault: {error}",
+                probe.name
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Watches the probes while faults are active; sends a stop reason once one has failed
+/// `failures` times in a row. Each result goes to the store.
+fn watch_probes(
+    probes: Vec<Probe>,
+    store: Option<Arc<Store>>,
+    run: Option<i64>,
+    stop: watch::Sender<StopReason>,
+    output: Output,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tasks = tokio::task::JoinSet::new();
+        for probe in probes {
+            let (store, stop) = (store.clone(), stop.clone());
+            tasks.spawn(async move {
+                let mut failed = 0;
+                let mut every = tokio::time::interval(probe.every);
+                loop {
+                    every.tick().await;
+                    let result = probe.check.run(probe.timeout).await;
+                    let (ok, detail) = match &result {
+                        Ok(detail) => (true, detail.clone()),
+                        Err(error) => (false, error.clone()),
+                    };
+                    if let (Some(store), Some(run)) = (&store, run) {
+                        let _ = store.record_probe(run, &probe.name, ok, &detail, now_unix_ms());
+                    }
+                    failed = if ok { 0 } else { failed + 1 };
+                    if !ok && output == Output::Table {
+                        eprintln!(
+                            "  probe {}: {detail} ({failed}/{})",
+                            probe.name, probe.failures
+                        );
+                    }
+                    if failed >= probe.failures {
+                        let _ = stop.send(Some(format!(
+                            "probe {} failed {failed} time(s): {detail}",
+                            probe.name
+                        )));
+                        return;
+                    }
+                }
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+    })
+}
+
+/// One run of a campaign. `strike_groups` (from the scheduler) limits which groups may
+/// be hit; `cancel` stops it from outside (Ctrl-C, SIGTERM of `serve`).
+pub async fn run_campaign(
+    context: &Context,
+    campaign: &Campaign,
+    dry_run: bool,
+    strike_groups: Option<&BTreeSet<String>>,
+    mut cancel: watch::Receiver<StopReason>,
+) -> anyhow::Result<RunReport> {
+    let say = |text: String| {
+        if context.output == Output::Table {
+            eprintln!("{text}");
+        }
+    };
+    let mut report = RunReport {
+        run_id: None,
+        status: "completed",
+        reason: String::new(),
+        sent: 0,
+        applied: 0,
+        not_applied: 0,
+        reverted_early: 0,
+    };
+    // No chaos on a service that is already sick.
+    if let Err(reason) = steady_state(&campaign.probes).await {
+        report.status = "aborted";
+        report.reason = reason;
+        return Ok(report);
+    }
+    let signer = Signer::load(&context.config.signing_key)
+        .with_context(|| format!("config {}: [signing] key", context.config.path.display()))?;
+    // A dry run touches nothing, the store included.
+    let store = if dry_run {
+        None
+    } else {
+        Some(Arc::new(
+            Store::open(&context.config.store_url).context("audit store")?,
+        ))
+    };
+    let seed = campaign.seed.unwrap_or_else(rand::random);
+    let run = match &store {
+        Some(store) => Some(store.begin_run(
+            &campaign.name,
+            &campaign.sha256,
+            seed,
+            dry_run,
+            now_unix_ms(),
+        )?),
+        None => None,
+    };
+    report.run_id = run;
+    say(format!(
+        "campaign {:?}: run {} (seed {seed})",
+        campaign.name,
+        run.map_or("dry".to_string(), |r| r.to_string())
+    ));
+    let (stop, mut stopped) = watch::channel(None::<String>);
+    let probes = watch_probes(
+        campaign.probes.clone(),
+        store.clone(),
+        run,
+        stop.clone(),
+        context.output,
+    );
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut ledger = RunLedger::default();
+    let fleet = survey(context).await;
+    let lease_ms = campaign.guardrails.lease.as_millis() as u64;
+
+    let outcome: Result<(), String> = async {
+        for (index, step) in campaign.steps.iter().enumerate() {
+            if let Some(reason) = stopped.borrow().clone().or_else(|| cancel.borrow().clone()) {
+                return Err(reason);
+            }
+            let hosts: Vec<Host> = fleet
+                .agents
+                .iter()
+                .filter(|agent| step.select.matches(&agent.labels))
+                .filter(|agent| {
+                    strike_groups.is_none_or(|groups| groups.contains(&group_of(agent, step)))
+                })
+                .map(|agent| Host {
+                    id: agent.id.clone(),
+                    group: group_of(agent, step),
+                    healthy: fleet.healthy.contains(&agent.id),
+                    under_fault: ledger.active_hosts().contains(&agent.id),
+                })
+                .collect();
+            let plan = planner::plan_step(
+                &hosts,
+                step.pick,
+                guardrails(campaign),
+                ledger.active_count(),
+                &mut rng,
+            );
+            say(format!(
+                "step {}: {} on {} host(s){}",
+                index + 1,
+                report::action_text(Some(&start_action(step, 0))),
+                plan.targets.len(),
+                if plan.skipped.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {} held back by guardrails", plan.skipped.len())
+                }
+            ));
+            let step_id = match (&store, run) {
+                (Some(store), Some(run)) => Some(
+                    store
+                        .record_step(
+                            run,
+                            index as u32,
+                            &report::action_text(Some(&start_action(step, lease_ms))),
+                            now_unix_ms(),
+                        )
+                        .map_err(|e| format!("audit store: {e}; nothing sent"))?,
+                ),
+                _ => None,
+            };
+            if dry_run {
+                for target in &plan.targets {
+                    say(format!("  would fault {target}"));
+                }
+                continue;
+            }
+            let targets: Vec<AgentEntry> = fleet
+                .agents
+                .iter()
+                .filter(|a| plan.targets.contains(&a.id))
+                .cloned()
+                .collect();
+            let action = start_action(step, if step.duration.is_zero() { 0 } else { lease_ms });
+            let mut signed = Vec::new();
+            let mut records = Vec::new();
+            for agent in targets {
+                let command = new_command(&agent.id, action.clone(), DEFAULT_VALIDITY);
+                let envelope = signer.sign(&command);
+                // The audit record comes first: if it cannot be written, nothing is sent.
+                if let (Some(store), Some(run)) = (&store, run) {
+                    use sha2::Digest;
+                    let id = store
+                        .record_command(&CommandRecord {
+                            run,
+                            step: step_id,
+                            target: agent.id.clone(),
+                            command_id: command.command_id.clone(),
+                            fault_kind: report::action_text(command.action.as_ref()),
+                            parameters: json!({
+                                "action": report::action_text(command.action.as_ref()),
+                                "duration_ms": step.duration.as_millis() as u64,
+                                "lease_ms": lease_ms,
+                            })
+                            .to_string(),
+                            signature_sha256: hex::encode(sha2::Sha256::digest(
+                                &envelope.signature,
+                            )),
+                            sent_at_ms: now_unix_ms(),
+                        })
+                        .map_err(|e| format!("audit store: {e}; nothing sent"))?;
+                    records.push(id);
+                }
+                signed.push((agent, envelope));
+            }
+            report.sent += signed.len();
+            let results = context
+                .dispatcher
+                .each(signed, |mut client, envelope| async move {
+                    client.execute(envelope).await
+                })
+                .await;
+            for (position, (agent, result)) in results.into_iter().enumerate() {
+                let word = report::outcome_word(&result);
+                match &result {
+                    Ok(receipt) => {
+                        report.applied += 1;
+                        if !receipt.fault_id.is_empty() {
+                            ledger.applied(
+                                receipt.fault_id.clone(),
+                                agent.id.clone(),
+                                receipt.ends_at_unix_ms,
+                            );
+                        }
+                        say(format!("  {}: {}", agent.id, receipt.summary));
+                    }
+                    Err(error) => {
+                        report.not_applied += 1;
+                        say(format!("  {}: {word}: {error}", agent.id));
+                    }
+                }
+                if let (Some(store), Some(id)) = (&store, records.get(position)) {
+                    let (code, message) = match &result {
+                        Ok(receipt) => (None, receipt.summary.clone()),
+                        Err(troop_coordinator::dispatch::CallError::Status { code, message }) => (
+                            Some(troop_coordinator::dispatch::code_name(*code)),
+                            message.clone(),
+                        ),
+                        Err(error) => (None, error.to_string()),
+                    };
+                    let _ = store.finish_command(*id, word, code, &message, now_unix_ms());
+                }
+            }
+            let threshold = f64::from(campaign.guardrails.error_threshold_percent);
+            if report.sent > 0 && report.not_applied as f64 * 100.0 / report.sent as f64 > threshold
+            {
+                return Err(format!(
+                    "{} of {} command(s) not applied, past the error threshold of {threshold}%",
+                    report.not_applied, report.sent
+                ));
+            }
+        }
+        // Hold until every fault has ended by itself, renewing leases, watching probes.
+        let mut renew = tokio::time::interval(campaign.guardrails.lease / 3);
+        loop {
+            ledger.expire(now_unix_ms());
+            if ledger.active_count() == 0 {
+                return Ok(());
+            }
+            tokio::select! {
+                _ = renew.tick() => renew_leases(context, &signer, &fleet, &ledger, lease_ms).await,
+                _ = stopped.changed() => {}
+                _ = cancel.changed() => {}
+            }
+            if let Some(reason) = stopped.borrow().clone().or_else(|| cancel.borrow().clone()) {
+                return Err(reason);
+            }
+        }
+    }
+    .await;
+
+    probes.abort();
+    if let Err(reason) = outcome {
+        let to_revert = ledger.take_all();
+        report.reverted_early = to_revert.len();
+        report.status = "aborted";
+        report.reason = reason;
+        say(format!(
+            "aborting: {}; reverting {} fault(s)",
+            report.reason,
+            to_revert.len()
+        ));
+        let work = to_revert
+            .into_iter()
+            .filter_map(|(fault_id, host)| {
+                let agent = fleet.agents.iter().find(|a| a.id == host)?.clone();
+                Some((
+                    agent,
+                    pb::command::Action::Abort(pb::AbortFault { fault_id }),
+                ))
+            })
+            .collect();
+        for delivery in super::attack::send_each(context, &signer, work).await {
+            if let Err(error) = &delivery.result {
+                // A failed abort still ends within the lease, which is no longer renewed.
+                say(format!(
+                    "  {}: abort not applied ({error}); its lease ends it",
+                    delivery.agent.id
+                ));
+            }
+        }
+    }
+    if let (Some(store), Some(run)) = (&store, run) {
+        store.finish_run(run, report.status, &report.reason, now_unix_ms())?;
+    }
+    let _ = stop;
+    Ok(report)
+}
+
+fn guardrails(campaign: &Campaign) -> planner::Guardrails {
+    planner::Guardrails {
+        max_concurrent: campaign.guardrails.max_concurrent,
+        min_healthy_percent: campaign.guardrails.min_healthy_percent,
+    }
+}
+
+fn start_action(step: &Step, lease_ms: u64) -> pb::command::Action {
+    pb::command::Action::Start(pb::StartFault {
+        duration_ms: step.duration.as_millis() as u64,
+        lease_ms,
+        fault: Some(step.fault.clone()),
+    })
+}
+
+async fn renew_leases(
+    context: &Context,
+    signer: &Signer,
+    fleet: &Fleet,
+    ledger: &RunLedger,
+    lease_ms: u64,
+) {
+    let work = ledger
+        .faults()
+        .into_iter()
+        .filter_map(|(fault_id, host)| {
+            let agent = fleet.agents.iter().find(|a| a.id == host)?.clone();
+            Some((
+                agent,
+                pb::command::Action::Renew(pb::RenewLease { fault_id, lease_ms }),
+            ))
+        })
+        .collect();
+    super::attack::send_each(context, signer, work).await;
+}
+
+pub fn history(context: &Context) -> anyhow::Result<Outcome> {
+    let store = Store::open(&context.config.store_url)?;
+    let runs = store.runs(50)?;
+    match context.output {
+        Output::Json => println!("{}", json!({ "runs": runs })),
+        Output::Table => {
+            let rows: Vec<Vec<String>> = runs
+                .iter()
+                .map(|run| {
+                    vec![
+                        run.id.to_string(),
+                        run.campaign.clone(),
+                        run.status.clone(),
+                        jiff::Timestamp::from_millisecond(run.started_at_ms)
+                            .map_or_else(|_| "?".into(), |t| t.to_string()),
+                        format!(
+                            "{} sent, {} applied, {} refused, {} failed",
+                            run.commands, run.applied, run.refused, run.failed
+                        ),
+                        run.reason.clone(),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                table::render(
+                    &["RUN", "CAMPAIGN", "STATUS", "STARTED", "COMMANDS", "REASON"],
+                    &rows
+                )
+            );
+        }
+    }
+    Ok(Outcome::Success)
+}
+
+pub fn show(context: &Context, run: i64) -> anyhow::Result<Outcome> {
+    let store = Store::open(&context.config.store_url)?;
+    let detail = store.run(run)?;
+    match context.output {
+        Output::Json => println!("{}", serde_json::to_string(&detail)?),
+        Output::Table => {
+            println!(
+                "run {} of campaign {:?}: {} {}",
+                detail.run.id, detail.run.campaign, detail.run.status, detail.run.reason
+            );
+            let rows: Vec<Vec<String>> = detail
+                .commands
+                .iter()
+                .map(|c| {
+                    vec![
+                        c.target.clone(),
+                        c.outcome.clone(),
+                        c.fault_kind.clone(),
+                        c.message.clone(),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                table::render(&["TARGET", "OUTCOME", "FAULT", "DETAIL"], &rows)
+            );
+            let failed = detail.probes.iter().filter(|p| !p.ok).count();
+            println!("{} probe result(s), {failed} failed", detail.probes.len());
+        }
+    }
+    Ok(Outcome::Success)
+}

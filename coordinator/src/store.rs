@@ -1,0 +1,1405 @@
+//! The audit store: one record per campaign run, step, command and probe result, plus the
+//! scheduler state (last strike per group, last run per campaign) that must survive a restart
+//! of the long-running coordinator.
+//!
+//! Only SQLite is built (`sqlite://PATH`); `postgres://` URLs are refused with a clear error.
+//! The file is opened in WAL mode with a busy timeout so a CLI and a running `troop serve` can
+//! share it, and the schema is migrated forward on open, tracked with `PRAGMA user_version`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use rusqlite::types::Type;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior, params};
+use serde::Serialize;
+
+/// How long a writer waits for another process (a CLI beside `troop serve`) to release the file.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Schema batches; entry N takes `user_version` from N to N+1. Append only: a released entry
+/// has already run on someone's file, so editing it would fork the schema.
+const MIGRATIONS: &[&str] = &[
+    // 1: the audit trail and scheduler state.
+    r"
+    CREATE TABLE runs (
+        id             INTEGER PRIMARY KEY,
+        campaign       TEXT    NOT NULL,
+        file_sha256    TEXT    NOT NULL,
+        -- Decimal text: SQLite integers are i64 and a u64 seed must round-trip exactly.
+        seed           TEXT    NOT NULL,
+        dry_run        INTEGER NOT NULL,
+        status         TEXT    NOT NULL DEFAULT 'running',
+        reason         TEXT    NOT NULL DEFAULT '',
+        started_at_ms  INTEGER NOT NULL,
+        finished_at_ms INTEGER
+    );
+    CREATE INDEX runs_by_status ON runs (status);
+
+    CREATE TABLE steps (
+        id          INTEGER PRIMARY KEY,
+        run_id      INTEGER NOT NULL REFERENCES runs (id),
+        step_index  INTEGER NOT NULL,
+        description TEXT    NOT NULL,
+        at_ms       INTEGER NOT NULL
+    );
+    CREATE INDEX steps_by_run ON steps (run_id);
+
+    CREATE TABLE commands (
+        id               INTEGER PRIMARY KEY,
+        run_id           INTEGER NOT NULL REFERENCES runs (id),
+        step_id          INTEGER REFERENCES steps (id),
+        target           TEXT    NOT NULL,
+        command_id       TEXT    NOT NULL,
+        fault_kind       TEXT    NOT NULL,
+        parameters       TEXT    NOT NULL,
+        signature_sha256 TEXT    NOT NULL,
+        sent_at_ms       INTEGER NOT NULL,
+        outcome          TEXT    NOT NULL DEFAULT 'pending',
+        code             TEXT,
+        message          TEXT    NOT NULL DEFAULT '',
+        answered_at_ms   INTEGER
+    );
+    CREATE INDEX commands_by_run ON commands (run_id);
+    CREATE INDEX commands_by_command_id ON commands (command_id);
+
+    CREATE TABLE probes (
+        id     INTEGER PRIMARY KEY,
+        run_id INTEGER NOT NULL REFERENCES runs (id),
+        probe  TEXT    NOT NULL,
+        ok     INTEGER NOT NULL,
+        detail TEXT    NOT NULL,
+        at_ms  INTEGER NOT NULL
+    );
+    CREATE INDEX probes_by_run ON probes (run_id);
+
+    CREATE TABLE last_strikes (
+        campaign   TEXT    NOT NULL,
+        group_name TEXT    NOT NULL,
+        at_ms      INTEGER NOT NULL,
+        PRIMARY KEY (campaign, group_name)
+    ) WITHOUT ROWID;
+
+    CREATE TABLE last_runs (
+        campaign TEXT    PRIMARY KEY,
+        at_ms    INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    ",
+];
+
+/// The schema version this build writes; a file with a higher one came from a newer troop.
+#[allow(clippy::cast_possible_truncation)] // A handful of migrations, never 2^32.
+const LATEST_VERSION: u32 = MIGRATIONS.len() as u32;
+
+/// Outcomes `finish_command` accepts; `pending` is only ever set by `record_command`.
+const COMMAND_OUTCOMES: &[&str] = &["applied", "refused", "failed", "unreachable", "unknown"];
+
+/// Statuses `finish_run` accepts; `running` is only ever set by `begin_run`.
+const RUN_STATUSES: &[&str] = &["completed", "aborted", "failed"];
+
+/// Columns of a [`RunSummary`], in the order `summary_from_row` reads them.
+const SUMMARY_SELECT: &str = "
+    SELECT r.id, r.campaign, r.status, r.reason, r.dry_run, r.seed,
+           r.started_at_ms, r.finished_at_ms,
+           COUNT(c.id),
+           COUNT(CASE WHEN c.outcome = 'applied' THEN 1 END),
+           COUNT(CASE WHEN c.outcome = 'refused' THEN 1 END),
+           COUNT(CASE WHEN c.outcome = 'failed' THEN 1 END)
+    FROM runs r LEFT JOIN commands c ON c.run_id = r.id";
+
+/// Why a store operation failed; a failed write means nothing was recorded.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The URL names a backend that is planned but not built yet.
+    #[error("store URL {:?}: PostgreSQL is not supported yet; use sqlite://", redact(.url))]
+    Unsupported {
+        /// The URL as given (printed with any password hidden).
+        url: String,
+    },
+    /// The URL is not `sqlite://PATH` or `sqlite://:memory:`.
+    #[error("store URL {:?}: expected sqlite://PATH or sqlite://:memory:", redact(.url))]
+    BadUrl {
+        /// The URL as given (printed with any password hidden).
+        url: String,
+    },
+    /// The database file could not be opened, created or configured.
+    #[error("cannot open store {}", .path.display())]
+    Open {
+        /// The file path from the URL.
+        path: PathBuf,
+        /// What SQLite reported.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// A schema migration failed; it was rolled back and the file keeps its old version.
+    #[error("store {}: migrating the schema to version {version} failed", .path.display())]
+    Migrate {
+        /// The file path from the URL.
+        path: PathBuf,
+        /// The version that failed to apply.
+        version: u32,
+        /// What SQLite reported.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// The file was written by a newer troop; touching it could corrupt its data.
+    #[error(
+        "store {}: schema version {found} is newer than this troop supports ({supported}); upgrade troop",
+        .path.display()
+    )]
+    TooNew {
+        /// The file path from the URL.
+        path: PathBuf,
+        /// The file's `user_version`.
+        found: u32,
+        /// The newest version this build knows.
+        supported: u32,
+    },
+    /// A query or write failed; shown as SQLite's own message, since callers format it with `{}`.
+    #[error(transparent)]
+    Sql(#[from] rusqlite::Error),
+    /// No run has this id.
+    #[error("run {run} not found in the store")]
+    NotFound {
+        /// The run id asked for.
+        run: i64,
+    },
+    /// The run is no longer running, so no new step or command may be recorded for it.
+    #[error("run {run} is already {status}")]
+    RunFinished {
+        /// The run id.
+        run: i64,
+        /// Its final status.
+        status: String,
+    },
+    /// No command record has this id.
+    #[error("command record {id} not found in the store")]
+    CommandNotFound {
+        /// The command record id asked for.
+        id: i64,
+    },
+    /// The command already has an outcome; an audit record is not rewritten.
+    #[error("command record {id} already finished as {outcome}")]
+    CommandFinished {
+        /// The command record id.
+        id: i64,
+        /// The outcome it already has.
+        outcome: String,
+    },
+    /// The command names a step of another run (or no step at all).
+    #[error("step {step} does not belong to run {run}")]
+    StepNotInRun {
+        /// The step id given.
+        step: i64,
+        /// The run id given.
+        run: i64,
+    },
+    /// A status or outcome string outside the allowed set.
+    #[error("invalid {field} {value:?}: expected one of {}", .expected.join(", "))]
+    Invalid {
+        /// Which argument was wrong.
+        field: &'static str,
+        /// The value given.
+        value: String,
+        /// The values allowed.
+        expected: &'static [&'static str],
+    },
+}
+
+/// A command about to be sent to an agent, recorded first with outcome `pending`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandRecord {
+    /// The run it belongs to.
+    pub run: i64,
+    /// The step it belongs to, if any; must be a step of `run`.
+    pub step: Option<i64>,
+    /// The agent it is sent to.
+    pub target: String,
+    /// The command's own id, as signed and sent.
+    pub command_id: String,
+    /// The fault it injects.
+    pub fault_kind: String,
+    /// The fault parameters, meant to be JSON; stored as given, never rejected.
+    pub parameters: String,
+    /// SHA-256 of the signature sent with it.
+    pub signature_sha256: String,
+    /// When it was recorded, just before sending.
+    pub sent_at_ms: i64,
+}
+
+/// One run, with counts of its commands by outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RunSummary {
+    /// The run id.
+    pub id: i64,
+    /// The campaign name.
+    pub campaign: String,
+    /// `running`, `completed`, `aborted` or `failed`.
+    pub status: String,
+    /// Why it ended as it did; empty while running.
+    pub reason: String,
+    /// Whether commands were only recorded, not sent.
+    pub dry_run: bool,
+    /// The seed that drove its random choices.
+    pub seed: u64,
+    /// When it began.
+    pub started_at_ms: i64,
+    /// When it ended, if it has.
+    pub finished_at_ms: Option<i64>,
+    /// All its commands, whatever their outcome (pending, unreachable and unknown included).
+    pub commands: u32,
+    /// Commands the agent applied.
+    pub applied: u32,
+    /// Commands the agent refused.
+    pub refused: u32,
+    /// Commands whose outcome is `failed`.
+    pub failed: u32,
+}
+
+/// One run with everything recorded for it, each list in the order it was recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RunDetail {
+    /// The run itself.
+    pub run: RunSummary,
+    /// Its steps.
+    pub steps: Vec<StepRow>,
+    /// Its commands.
+    pub commands: Vec<CommandRow>,
+    /// Its probe results.
+    pub probes: Vec<ProbeRow>,
+}
+
+/// One recorded campaign step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StepRow {
+    /// The step id.
+    pub id: i64,
+    /// The run it belongs to.
+    pub run: i64,
+    /// Its position in the campaign file.
+    pub index: u32,
+    /// What it does.
+    pub description: String,
+    /// When it began.
+    pub at_ms: i64,
+}
+
+/// One recorded command and, once answered, its outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CommandRow {
+    /// The command record id.
+    pub id: i64,
+    /// The run it belongs to.
+    pub run: i64,
+    /// The step it belongs to, if any.
+    pub step: Option<i64>,
+    /// The agent it was sent to.
+    pub target: String,
+    /// The command's own id.
+    pub command_id: String,
+    /// The fault it injects.
+    pub fault_kind: String,
+    /// The fault parameters, as recorded.
+    pub parameters: String,
+    /// SHA-256 of the signature sent with it.
+    pub signature_sha256: String,
+    /// When it was recorded, just before sending.
+    pub sent_at_ms: i64,
+    /// `pending`, `applied`, `refused`, `failed`, `unreachable` or `unknown`.
+    pub outcome: String,
+    /// The agent's error code, if it gave one.
+    pub code: Option<String>,
+    /// The agent's message or the transport error.
+    pub message: String,
+    /// When the outcome was recorded, if it has been.
+    pub answered_at_ms: Option<i64>,
+}
+
+/// One recorded probe result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProbeRow {
+    /// The probe result id.
+    pub id: i64,
+    /// The run it belongs to.
+    pub run: i64,
+    /// The probe's name.
+    pub probe: String,
+    /// Whether it passed.
+    pub ok: bool,
+    /// What it saw.
+    pub detail: String,
+    /// When it ran.
+    pub at_ms: i64,
+}
+
+/// The audit store; `&self` methods may be called from several threads.
+pub struct Store {
+    /// Where the data lives, for `Debug`.
+    path: PathBuf,
+    /// One connection: SQLite serializes writers anyway, and a mutex keeps it simple.
+    conn: Mutex<Connection>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// `sqlite://PATH` (relative paths as given; `sqlite://:memory:` for tests), created on first use, migrated to the latest schema.
+    pub fn open(url: &str) -> Result<Self, StoreError> {
+        let (path, opened) = match parse_url(url)? {
+            None => (PathBuf::from(":memory:"), Connection::open_in_memory()),
+            Some(path) => {
+                // No URI flag: the path is a file name, never `file:...?mode=...`.
+                let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+                    | OpenFlags::SQLITE_OPEN_CREATE
+                    | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+                let opened = Connection::open_with_flags(&path, flags);
+                (path, opened)
+            }
+        };
+        let mut conn = match opened.and_then(|conn| configure(&conn).map(|()| conn)) {
+            Ok(conn) => conn,
+            Err(source) => return Err(StoreError::Open { path, source }),
+        };
+        migrate(&mut conn, &path)?;
+        Ok(Self {
+            path,
+            conn: Mutex::new(conn),
+        })
+    }
+
+    /// Records the start of a run, with status `running`, and returns its id.
+    pub fn begin_run(
+        &self,
+        campaign: &str,
+        file_sha256: &str,
+        seed: u64,
+        dry_run: bool,
+        started_at_ms: i64,
+    ) -> Result<i64, StoreError> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO runs (campaign, file_sha256, seed, dry_run, started_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                campaign,
+                file_sha256,
+                seed.to_string(),
+                dry_run,
+                started_at_ms
+            ],
+        )?;
+        Ok(conn.last_insert_rowid())
+    }
+
+    /// Records a step of a running run and returns its id.
+    pub fn record_step(
+        &self,
+        run: i64,
+        index: u32,
+        description: &str,
+        at_ms: i64,
+    ) -> Result<i64, StoreError> {
+        let conn = self.conn();
+        // One conditional statement, so a run aborted by another process cannot gain a step.
+        let inserted = conn.execute(
+            "INSERT INTO steps (run_id, step_index, description, at_ms)
+             SELECT ?1, ?2, ?3, ?4
+             WHERE EXISTS (SELECT 1 FROM runs WHERE id = ?1 AND status = 'running')",
+            params![run, index, description, at_ms],
+        )?;
+        if inserted == 0 {
+            // `NotFound` covers the one way left: the run was created in between.
+            return Err(not_running(&conn, run)?.unwrap_or(StoreError::NotFound { run }));
+        }
+        Ok(conn.last_insert_rowid())
+    }
+
+    /// Records a command as `pending` before it is sent and returns its record id; on error send nothing.
+    pub fn record_command(&self, c: &CommandRecord) -> Result<i64, StoreError> {
+        let conn = self.conn();
+        // Conditional like `record_step`: once a run is finished (say, aborted from the CLI),
+        // no further command can be recorded, so the coordinator sends none.
+        let inserted = conn.execute(
+            "INSERT INTO commands (run_id, step_id, target, command_id, fault_kind,
+                                   parameters, signature_sha256, sent_at_ms)
+             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8
+             WHERE EXISTS (SELECT 1 FROM runs WHERE id = ?1 AND status = 'running')
+               AND (?2 IS NULL OR EXISTS (SELECT 1 FROM steps WHERE id = ?2 AND run_id = ?1))",
+            params![
+                c.run,
+                c.step,
+                c.target,
+                c.command_id,
+                c.fault_kind,
+                c.parameters,
+                c.signature_sha256,
+                c.sent_at_ms
+            ],
+        )?;
+        if inserted == 0 {
+            let run = c.run;
+            // If the run is fine, the step was the problem.
+            let step = c.step.map(|step| StoreError::StepNotInRun { step, run });
+            return Err(not_running(&conn, run)?
+                .or(step)
+                .unwrap_or(StoreError::NotFound { run }));
+        }
+        Ok(conn.last_insert_rowid())
+    }
+
+    /// Sets the outcome of a `pending` command; a command's outcome is set once.
+    pub fn finish_command(
+        &self,
+        id: i64,
+        outcome: &str,
+        code: Option<&str>,
+        message: &str,
+        answered_at_ms: i64,
+    ) -> Result<(), StoreError> {
+        check("outcome", outcome, COMMAND_OUTCOMES)?;
+        let conn = self.conn();
+        let updated = conn.execute(
+            "UPDATE commands SET outcome = ?2, code = ?3, message = ?4, answered_at_ms = ?5
+             WHERE id = ?1 AND outcome = 'pending'",
+            params![id, outcome, code, message, answered_at_ms],
+        )?;
+        if updated == 0 {
+            let existing: Option<String> = conn
+                .query_row("SELECT outcome FROM commands WHERE id = ?1", [id], |row| {
+                    row.get(0)
+                })
+                .optional()?;
+            return Err(match existing {
+                None => StoreError::CommandNotFound { id },
+                Some(outcome) => StoreError::CommandFinished { id, outcome },
+            });
+        }
+        Ok(())
+    }
+
+    /// Records a probe result; allowed after the run ends, since a post-abort check is evidence too.
+    pub fn record_probe(
+        &self,
+        run: i64,
+        probe: &str,
+        ok: bool,
+        detail: &str,
+        at_ms: i64,
+    ) -> Result<(), StoreError> {
+        let conn = self.conn();
+        let inserted = conn.execute(
+            "INSERT INTO probes (run_id, probe, ok, detail, at_ms)
+             SELECT ?1, ?2, ?3, ?4, ?5 WHERE EXISTS (SELECT 1 FROM runs WHERE id = ?1)",
+            params![run, probe, ok, detail, at_ms],
+        )?;
+        if inserted == 0 {
+            return Err(StoreError::NotFound { run });
+        }
+        Ok(())
+    }
+
+    /// Ends a running run with `completed`, `aborted` or `failed`; a run ends once.
+    pub fn finish_run(
+        &self,
+        run: i64,
+        status: &str,
+        reason: &str,
+        finished_at_ms: i64,
+    ) -> Result<(), StoreError> {
+        check("status", status, RUN_STATUSES)?;
+        let conn = self.conn();
+        let updated = conn.execute(
+            "UPDATE runs SET status = ?2, reason = ?3, finished_at_ms = ?4
+             WHERE id = ?1 AND status = 'running'",
+            params![run, status, reason, finished_at_ms],
+        )?;
+        if updated == 0 {
+            // `NotFound` covers the one way left: the run was created in between.
+            return Err(not_running(&conn, run)?.unwrap_or(StoreError::NotFound { run }));
+        }
+        Ok(())
+    }
+
+    /// The newest `limit` runs, newest first, with counts of their commands by outcome.
+    pub fn runs(&self, limit: usize) -> Result<Vec<RunSummary>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let conn = self.conn();
+        let mut statement = conn.prepare_cached(&format!(
+            "{SUMMARY_SELECT} GROUP BY r.id ORDER BY r.id DESC LIMIT ?1"
+        ))?;
+        let rows = statement.query_map([limit], summary_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// One run with its steps, commands and probe results, each in the order recorded.
+    pub fn run(&self, id: i64) -> Result<RunDetail, StoreError> {
+        let mut conn = self.conn();
+        // One read transaction: a consistent snapshot even while another process writes.
+        let tx = conn.transaction()?;
+        let run = tx
+            .query_row(
+                &format!("{SUMMARY_SELECT} WHERE r.id = ?1 GROUP BY r.id"),
+                [id],
+                summary_from_row,
+            )
+            .optional()?
+            .ok_or(StoreError::NotFound { run: id })?;
+        let steps = tx
+            .prepare_cached(
+                "SELECT id, run_id, step_index, description, at_ms FROM steps
+                 WHERE run_id = ?1 ORDER BY id",
+            )?
+            .query_map([id], |row| {
+                Ok(StepRow {
+                    id: row.get(0)?,
+                    run: row.get(1)?,
+                    index: row.get(2)?,
+                    description: row.get(3)?,
+                    at_ms: row.get(4)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        let commands = tx
+            .prepare_cached(
+                "SELECT id, run_id, step_id, target, command_id, fault_kind, parameters,
+                        signature_sha256, sent_at_ms, outcome, code, message, answered_at_ms
+                 FROM commands WHERE run_id = ?1 ORDER BY id",
+            )?
+            .query_map([id], |row| {
+                Ok(CommandRow {
+                    id: row.get(0)?,
+                    run: row.get(1)?,
+                    step: row.get(2)?,
+                    target: row.get(3)?,
+                    command_id: row.get(4)?,
+                    fault_kind: row.get(5)?,
+                    parameters: row.get(6)?,
+                    signature_sha256: row.get(7)?,
+                    sent_at_ms: row.get(8)?,
+                    outcome: row.get(9)?,
+                    code: row.get(10)?,
+                    message: row.get(11)?,
+                    answered_at_ms: row.get(12)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        let probes = tx
+            .prepare_cached(
+                "SELECT id, run_id, probe, ok, detail, at_ms FROM probes
+                 WHERE run_id = ?1 ORDER BY id",
+            )?
+            .query_map([id], |row| {
+                Ok(ProbeRow {
+                    id: row.get(0)?,
+                    run: row.get(1)?,
+                    probe: row.get(2)?,
+                    ok: row.get(3)?,
+                    detail: row.get(4)?,
+                    at_ms: row.get(5)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        tx.commit()?;
+        Ok(RunDetail {
+            run,
+            steps,
+            commands,
+            probes,
+        })
+    }
+
+    /// Remembers when `group` of `campaign` was last struck, replacing any earlier time.
+    pub fn set_last_strike(
+        &self,
+        campaign: &str,
+        group: &str,
+        at_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT INTO last_strikes (campaign, group_name, at_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT (campaign, group_name) DO UPDATE SET at_ms = excluded.at_ms",
+            params![campaign, group, at_ms],
+        )?;
+        Ok(())
+    }
+
+    /// When each group of `campaign` was last struck, by group name.
+    pub fn last_strikes(&self, campaign: &str) -> Result<BTreeMap<String, i64>, StoreError> {
+        let conn = self.conn();
+        let mut statement =
+            conn.prepare_cached("SELECT group_name, at_ms FROM last_strikes WHERE campaign = ?1")?;
+        let rows = statement.query_map([campaign], |row| Ok((row.get(0)?, row.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Remembers when `campaign` last ran, replacing any earlier time.
+    pub fn set_last_run(&self, campaign: &str, at_ms: i64) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT INTO last_runs (campaign, at_ms) VALUES (?1, ?2)
+             ON CONFLICT (campaign) DO UPDATE SET at_ms = excluded.at_ms",
+            params![campaign, at_ms],
+        )?;
+        Ok(())
+    }
+
+    /// When `campaign` last ran, if ever.
+    pub fn last_run(&self, campaign: &str) -> Result<Option<i64>, StoreError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT at_ms FROM last_runs WHERE campaign = ?1",
+                [campaign],
+                |row| row.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Runs still marked running (a coordinator died mid-run); the caller decides what to do, then calls `finish_run`.
+    pub fn unfinished_runs(&self) -> Result<Vec<RunSummary>, StoreError> {
+        let conn = self.conn();
+        let mut statement = conn.prepare_cached(&format!(
+            "{SUMMARY_SELECT} WHERE r.status = 'running' GROUP BY r.id ORDER BY r.id"
+        ))?;
+        let rows = statement.query_map([], summary_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The connection, even if another thread panicked while holding it.
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic cannot leave half a write behind: each write is one statement or a
+        // transaction that rolls back when dropped during unwinding.
+        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The file path of a `sqlite://` URL, or `None` for `sqlite://:memory:`.
+fn parse_url(url: &str) -> Result<Option<PathBuf>, StoreError> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Err(StoreError::Unsupported { url: url.into() });
+    }
+    match url.strip_prefix("sqlite://") {
+        Some(":memory:") => Ok(None),
+        Some(path) if !path.is_empty() => Ok(Some(PathBuf::from(path))),
+        _ => Err(StoreError::BadUrl { url: url.into() }),
+    }
+}
+
+/// Per-connection settings; none of them persist in the file except the journal mode.
+fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    // First, so that even switching the journal mode waits for a busy writer.
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    // WAL lets a CLI read while `troop serve` writes. The pragma answers with the mode in
+    // force (`memory` for `:memory:`), which is fine either way.
+    conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get::<_, String>(0))?;
+    conn.pragma_update(None, "foreign_keys", true)?;
+    Ok(())
+}
+
+/// Applies the migrations the file lacks, each in its own transaction; returns how many ran.
+fn migrate(conn: &mut Connection, path: &Path) -> Result<u32, StoreError> {
+    let found = user_version(conn).map_err(|source| StoreError::Open {
+        path: path.into(),
+        source,
+    })?;
+    if found > LATEST_VERSION {
+        return Err(StoreError::TooNew {
+            path: path.into(),
+            found,
+            supported: LATEST_VERSION,
+        });
+    }
+    let mut applied = 0;
+    for version in found + 1..=LATEST_VERSION {
+        let apply = |conn: &mut Connection| -> rusqlite::Result<bool> {
+            // Immediate: take the write lock before re-reading the version, so two processes
+            // opening a fresh file together do not both apply the same batch.
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            if user_version(&tx)? >= version {
+                return Ok(false);
+            }
+            tx.execute_batch(MIGRATIONS[version as usize - 1])?;
+            tx.pragma_update(None, "user_version", version)?;
+            tx.commit()?;
+            Ok(true)
+        };
+        let ran = apply(conn).map_err(|source| StoreError::Migrate {
+            path: path.into(),
+            version,
+            source,
+        })?;
+        applied += u32::from(ran);
+    }
+    Ok(applied)
+}
+
+/// The schema version stored in the file header.
+fn user_version(conn: &Connection) -> rusqlite::Result<u32> {
+    conn.query_row("PRAGMA user_version", [], |row| row.get(0))
+}
+
+/// Why a write conditioned on a running run touched nothing: `NotFound`, `RunFinished`, or
+/// `None` when the run is in fact running.
+fn not_running(conn: &Connection, run: i64) -> Result<Option<StoreError>, StoreError> {
+    let status: Option<String> = conn
+        .query_row("SELECT status FROM runs WHERE id = ?1", [run], |row| {
+            row.get(0)
+        })
+        .optional()?;
+    Ok(match status {
+        None => Some(StoreError::NotFound { run }),
+        Some(status) if status != "running" => Some(StoreError::RunFinished { run, status }),
+        Some(_) => None,
+    })
+}
+
+/// Rejects a value outside `allowed`, before it reaches the audit trail.
+fn check(
+    field: &'static str,
+    value: &str,
+    allowed: &'static [&'static str],
+) -> Result<(), StoreError> {
+    if allowed.contains(&value) {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid {
+            field,
+            value: value.into(),
+            expected: allowed,
+        })
+    }
+}
+
+/// Reads a row selected by `SUMMARY_SELECT`.
+fn summary_from_row(row: &Row<'_>) -> rusqlite::Result<RunSummary> {
+    let seed: String = row.get(5)?;
+    let seed = seed.parse().map_err(|error| {
+        rusqlite::Error::FromSqlConversionFailure(5, Type::Text, Box::new(error))
+    })?;
+    Ok(RunSummary {
+        id: row.get(0)?,
+        campaign: row.get(1)?,
+        status: row.get(2)?,
+        reason: row.get(3)?,
+        dry_run: row.get(4)?,
+        seed,
+        started_at_ms: row.get(6)?,
+        finished_at_ms: row.get(7)?,
+        commands: row.get(8)?,
+        applied: row.get(9)?,
+        refused: row.get(10)?,
+        failed: row.get(11)?,
+    })
+}
+
+/// The URL with any `user:password@` hidden, for error messages.
+fn redact(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+        if let Some(at) = authority.rfind('@') {
+            return format!("{scheme}://***@{}", &rest[at + 1..]);
+        }
+    }
+    url.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn url(path: &Path) -> String {
+        format!("sqlite://{}", path.display())
+    }
+
+    fn memory() -> Store {
+        Store::open("sqlite://:memory:").unwrap()
+    }
+
+    fn command(run: i64, step: Option<i64>, n: u32) -> CommandRecord {
+        CommandRecord {
+            run,
+            step,
+            target: format!("agent-{n}"),
+            command_id: format!("cmd-{n}"),
+            fault_kind: "cpu_stress".into(),
+            parameters: format!(r#"{{"cores":{n},"duration_s":30}}"#),
+            signature_sha256: "ab".repeat(32),
+            sent_at_ms: 1_000 + i64::from(n),
+        }
+    }
+
+    #[test]
+    fn open_creates_file_and_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("troop.db");
+        let store = Store::open(&url(&path)).unwrap();
+        assert!(path.is_file());
+        let conn = store.conn();
+        assert_eq!(user_version(&conn).unwrap(), LATEST_VERSION);
+        let mode: String = conn
+            .pragma_query_value(None, "journal_mode", |row| row.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        let foreign_keys: bool = conn
+            .pragma_query_value(None, "foreign_keys", |row| row.get(0))
+            .unwrap();
+        assert!(foreign_keys);
+        let tables: Vec<String> = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            tables,
+            [
+                "commands",
+                "last_runs",
+                "last_strikes",
+                "probes",
+                "runs",
+                "steps"
+            ]
+        );
+    }
+
+    #[test]
+    fn relative_path_is_used_as_given() {
+        assert_eq!(
+            parse_url("sqlite://troop.db").unwrap(),
+            Some(PathBuf::from("troop.db"))
+        );
+        assert_eq!(
+            parse_url("sqlite:///var/lib/troop/troop.db").unwrap(),
+            Some(PathBuf::from("/var/lib/troop/troop.db"))
+        );
+        assert_eq!(parse_url("sqlite://:memory:").unwrap(), None);
+    }
+
+    #[test]
+    fn migrations_run_once() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        let path = Path::new(":memory:");
+        assert_eq!(migrate(&mut conn, path).unwrap(), LATEST_VERSION);
+        assert_eq!(migrate(&mut conn, path).unwrap(), 0);
+        assert_eq!(user_version(&conn).unwrap(), LATEST_VERSION);
+    }
+
+    #[test]
+    fn reopen_keeps_data_and_does_not_rerun_migrations() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("troop.db");
+        let run = {
+            let store = Store::open(&url(&path)).unwrap();
+            store.begin_run("nightly", "f00d", 7, false, 100).unwrap()
+        };
+        let store = Store::open(&url(&path)).unwrap();
+        let runs = store.runs(10).unwrap();
+        assert_eq!(runs.len(), 1);
+        assert_eq!(runs[0].id, run);
+        assert_eq!(runs[0].campaign, "nightly");
+        // Nothing left to apply: the batches are not idempotent, so a rerun would have failed.
+        assert_eq!(migrate(&mut store.conn(), &path).unwrap(), 0);
+    }
+
+    #[test]
+    fn full_run_round_trip() {
+        let store = memory();
+        let run = store.begin_run("nightly", "f00d", 42, true, 100).unwrap();
+        let step0 = store.record_step(run, 0, "stress web", 110).unwrap();
+        let step1 = store.record_step(run, 1, "partition db", 120).unwrap();
+
+        let first = store.record_command(&command(run, Some(step0), 1)).unwrap();
+        let second = store.record_command(&command(run, Some(step1), 2)).unwrap();
+        let loose = store.record_command(&command(run, None, 3)).unwrap();
+        store
+            .finish_command(first, "applied", None, "ok", 200)
+            .unwrap();
+        store
+            .finish_command(second, "refused", Some("POLICY"), "denied", 210)
+            .unwrap();
+        store
+            .record_probe(run, "http-200", true, "200 OK", 300)
+            .unwrap();
+        store
+            .record_probe(run, "latency", false, "p99 900ms", 310)
+            .unwrap();
+        store
+            .finish_run(run, "completed", "all steps done", 400)
+            .unwrap();
+
+        let summary = store.runs(10).unwrap().remove(0);
+        assert_eq!(
+            summary,
+            RunSummary {
+                id: run,
+                campaign: "nightly".into(),
+                status: "completed".into(),
+                reason: "all steps done".into(),
+                dry_run: true,
+                seed: 42,
+                started_at_ms: 100,
+                finished_at_ms: Some(400),
+                commands: 3,
+                applied: 1,
+                refused: 1,
+                failed: 0,
+            }
+        );
+
+        let detail = store.run(run).unwrap();
+        assert_eq!(detail.run, summary);
+        assert_eq!(
+            detail.steps,
+            [
+                StepRow {
+                    id: step0,
+                    run,
+                    index: 0,
+                    description: "stress web".into(),
+                    at_ms: 110
+                },
+                StepRow {
+                    id: step1,
+                    run,
+                    index: 1,
+                    description: "partition db".into(),
+                    at_ms: 120
+                },
+            ]
+        );
+        let ids: Vec<i64> = detail.commands.iter().map(|c| c.id).collect();
+        assert_eq!(ids, [first, second, loose]);
+        let c = &detail.commands[1];
+        assert_eq!(c.step, Some(step1));
+        assert_eq!(c.target, "agent-2");
+        assert_eq!(c.command_id, "cmd-2");
+        assert_eq!(c.fault_kind, "cpu_stress");
+        assert_eq!(c.parameters, r#"{"cores":2,"duration_s":30}"#);
+        assert_eq!(c.signature_sha256, "ab".repeat(32));
+        assert_eq!(c.sent_at_ms, 1_002);
+        assert_eq!(c.outcome, "refused");
+        assert_eq!(c.code.as_deref(), Some("POLICY"));
+        assert_eq!(c.message, "denied");
+        assert_eq!(c.answered_at_ms, Some(210));
+        let pending = &detail.commands[2];
+        assert_eq!(
+            (
+                pending.outcome.as_str(),
+                pending.step,
+                pending.answered_at_ms
+            ),
+            ("pending", None, None)
+        );
+        assert_eq!(
+            detail.probes,
+            [
+                ProbeRow {
+                    id: detail.probes[0].id,
+                    run,
+                    probe: "http-200".into(),
+                    ok: true,
+                    detail: "200 OK".into(),
+                    at_ms: 300
+                },
+                ProbeRow {
+                    id: detail.probes[1].id,
+                    run,
+                    probe: "latency".into(),
+                    ok: false,
+                    detail: "p99 900ms".into(),
+                    at_ms: 310
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn counts_commands_by_outcome() {
+        let store = memory();
+        let run = store.begin_run("c", "f", 1, false, 0).unwrap();
+        let other = store.begin_run("c", "f", 2, false, 1).unwrap();
+        let outcomes = [
+            "applied",
+            "applied",
+            "applied",
+            "refused",
+            "failed",
+            "failed",
+            "unreachable",
+            "unknown",
+        ];
+        for (n, outcome) in (0..).zip(outcomes) {
+            let id = store.record_command(&command(run, None, n)).unwrap();
+            store.finish_command(id, outcome, None, "", 5).unwrap();
+        }
+        store.record_command(&command(run, None, 99)).unwrap(); // still pending
+        store.record_command(&command(other, None, 100)).unwrap();
+
+        let runs = store.runs(10).unwrap();
+        assert_eq!(runs.iter().map(|r| r.id).collect::<Vec<_>>(), [other, run]);
+        let r = &runs[1];
+        assert_eq!((r.commands, r.applied, r.refused, r.failed), (9, 3, 1, 2));
+        let o = &runs[0];
+        assert_eq!((o.commands, o.applied, o.refused, o.failed), (1, 0, 0, 0));
+        assert_eq!(store.runs(1).unwrap().len(), 1);
+        assert_eq!(store.runs(1).unwrap()[0].id, other);
+        assert!(store.runs(0).unwrap().is_empty());
+    }
+
+    #[test]
+    fn run_without_commands_has_zero_counts() {
+        let store = memory();
+        let run = store.begin_run("c", "f", 1, false, 0).unwrap();
+        let detail = store.run(run).unwrap();
+        assert_eq!(
+            (
+                detail.run.commands,
+                detail.run.applied,
+                detail.run.finished_at_ms
+            ),
+            (0, 0, None)
+        );
+        assert!(detail.steps.is_empty() && detail.commands.is_empty() && detail.probes.is_empty());
+    }
+
+    #[test]
+    fn seeds_round_trip_exactly() {
+        let store = memory();
+        for seed in [0, 1, i64::MAX as u64, i64::MAX as u64 + 1, u64::MAX] {
+            let run = store.begin_run("c", "f", seed, false, 0).unwrap();
+            assert_eq!(store.run(run).unwrap().run.seed, seed);
+        }
+        let json = serde_json::to_string(&store.runs(1).unwrap()[0]).unwrap();
+        assert!(json.contains(r#""seed":18446744073709551615"#), "{json}");
+    }
+
+    #[test]
+    fn scheduler_state_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("troop.db");
+        {
+            let store = Store::open(&url(&path)).unwrap();
+            store.set_last_strike("nightly", "web", 100).unwrap();
+            store.set_last_strike("nightly", "db", 200).unwrap();
+            store.set_last_strike("nightly", "web", 300).unwrap();
+            store.set_last_strike("weekly", "web", 5).unwrap();
+            store.set_last_run("nightly", 1_000).unwrap();
+            store.set_last_run("nightly", 2_000).unwrap();
+        }
+        let store = Store::open(&url(&path)).unwrap();
+        let strikes = store.last_strikes("nightly").unwrap();
+        assert_eq!(
+            strikes,
+            BTreeMap::from([("db".to_string(), 200), ("web".to_string(), 300)])
+        );
+        assert!(store.last_strikes("never").unwrap().is_empty());
+        assert_eq!(store.last_run("nightly").unwrap(), Some(2_000));
+        assert_eq!(store.last_run("weekly").unwrap(), None);
+    }
+
+    #[test]
+    fn unfinished_runs_are_listed_until_finished() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("troop.db");
+        let (a, b, c) = {
+            let store = Store::open(&url(&path)).unwrap();
+            let a = store.begin_run("a", "f", 1, false, 10).unwrap();
+            let b = store.begin_run("b", "f", 2, false, 20).unwrap();
+            let c = store.begin_run("c", "f", 3, false, 30).unwrap();
+            store.finish_run(b, "completed", "", 25).unwrap();
+            let id = store.record_command(&command(c, None, 1)).unwrap();
+            store.finish_command(id, "applied", None, "", 31).unwrap();
+            (a, b, c)
+            // The "coordinator" dies here with runs a and c still running.
+        };
+        let store = Store::open(&url(&path)).unwrap();
+        let unfinished = store.unfinished_runs().unwrap();
+        assert_eq!(unfinished.iter().map(|r| r.id).collect::<Vec<_>>(), [a, c]);
+        assert!(
+            unfinished
+                .iter()
+                .all(|r| r.status == "running" && r.finished_at_ms.is_none())
+        );
+        assert_eq!(unfinished[1].applied, 1);
+        assert_ne!(b, a);
+
+        store
+            .finish_run(a, "aborted", "coordinator restarted", 99)
+            .unwrap();
+        store
+            .finish_run(c, "aborted", "coordinator restarted", 99)
+            .unwrap();
+        assert!(store.unfinished_runs().unwrap().is_empty());
+        let aborted = store.run(a).unwrap().run;
+        assert_eq!(
+            (aborted.status.as_str(), aborted.reason.as_str()),
+            ("aborted", "coordinator restarted")
+        );
+    }
+
+    #[test]
+    fn postgres_url_is_unsupported() {
+        for url in ["postgres://troop:hunter2@db/troop", "postgresql://db/troop"] {
+            let error = Store::open(url).unwrap_err();
+            assert!(matches!(error, StoreError::Unsupported { .. }), "{error:?}");
+            let message = error.to_string();
+            assert!(message.contains("PostgreSQL is not supported yet; use sqlite://"));
+            assert!(!message.contains("hunter2"), "{message}");
+        }
+    }
+
+    #[test]
+    fn bad_urls_are_rejected() {
+        for url in [
+            "",
+            "sqlite://",
+            "sqlite:troop.db",
+            "troop.db",
+            "mysql://u:pw@x/db",
+        ] {
+            let error = Store::open(url).unwrap_err();
+            assert!(
+                matches!(error, StoreError::BadUrl { .. }),
+                "{url}: {error:?}"
+            );
+            assert!(error.to_string().contains("expected sqlite://PATH"));
+            assert!(!error.to_string().contains(":pw@"));
+        }
+    }
+
+    #[test]
+    fn unopenable_path_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("no/such/dir/troop.db");
+        // A path under a file: fails even for root, unlike a read-only directory.
+        for path in [PathBuf::from("/dev/null/x.db"), missing] {
+            let error = Store::open(&url(&path)).unwrap_err();
+            match &error {
+                StoreError::Open { path: named, .. } => assert_eq!(named, &path),
+                other => panic!("expected Open, got {other:?}"),
+            }
+            assert!(error.to_string().contains(&path.display().to_string()));
+        }
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_database_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notes.txt");
+        std::fs::write(
+            &path,
+            "not a database, just some text that is long enough ".repeat(50),
+        )
+        .unwrap();
+        let error = Store::open(&url(&path)).unwrap_err();
+        assert!(matches!(error, StoreError::Open { .. }), "{error:?}");
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("troop.db");
+        drop(Store::open(&url(&path)).unwrap());
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", LATEST_VERSION + 1)
+            .unwrap();
+        let error = Store::open(&url(&path)).unwrap_err();
+        assert!(
+            matches!(error, StoreError::TooNew { found, .. } if found == LATEST_VERSION + 1),
+            "{error:?}"
+        );
+    }
+
+    #[test]
+    fn failed_writes_return_errors() {
+        let store = memory();
+        let run = store.begin_run("c", "f", 1, false, 0).unwrap();
+        let other = store.begin_run("c", "f", 1, false, 0).unwrap();
+        let other_step = store.record_step(other, 0, "x", 0).unwrap();
+
+        assert!(matches!(
+            store.record_step(999, 0, "x", 0),
+            Err(StoreError::NotFound { run: 999 })
+        ));
+        assert!(matches!(
+            store.record_command(&command(999, None, 1)),
+            Err(StoreError::NotFound { run: 999 })
+        ));
+        assert!(matches!(
+            store.record_command(&command(run, Some(other_step), 1)),
+            Err(StoreError::StepNotInRun { .. })
+        ));
+        assert!(matches!(
+            store.record_command(&command(run, Some(12345), 1)),
+            Err(StoreError::StepNotInRun { step: 12345, .. })
+        ));
+        assert!(matches!(
+            store.record_probe(999, "p", true, "", 0),
+            Err(StoreError::NotFound { run: 999 })
+        ));
+        assert!(matches!(
+            store.run(999),
+            Err(StoreError::NotFound { run: 999 })
+        ));
+
+        let id = store.record_command(&command(run, None, 1)).unwrap();
+        assert!(matches!(
+            store.finish_command(id, "pending", None, "", 0),
+            Err(StoreError::Invalid {
+                field: "outcome",
+                ..
+            })
+        ));
+        assert!(matches!(
+            store.finish_command(999, "applied", None, "", 0),
+            Err(StoreError::CommandNotFound { id: 999 })
+        ));
+        store.finish_command(id, "applied", None, "", 0).unwrap();
+        let again = store.finish_command(id, "failed", None, "", 0).unwrap_err();
+        assert!(
+            matches!(&again, StoreError::CommandFinished { outcome, .. } if outcome == "applied")
+        );
+
+        assert!(matches!(
+            store.finish_run(run, "done", "", 0),
+            Err(StoreError::Invalid {
+                field: "status",
+                ..
+            })
+        ));
+        assert!(matches!(
+            store.finish_run(999, "completed", "", 0),
+            Err(StoreError::NotFound { run: 999 })
+        ));
+        store.finish_run(run, "aborted", "operator", 1).unwrap();
+        assert!(matches!(
+            store.finish_run(run, "completed", "", 2),
+            Err(StoreError::RunFinished { .. })
+        ));
+        // Nothing new may be sent for a finished run, but probes may still be recorded.
+        assert!(matches!(
+            store.record_command(&command(run, None, 2)),
+            Err(StoreError::RunFinished { .. })
+        ));
+        assert!(matches!(
+            store.record_step(run, 9, "late", 3),
+            Err(StoreError::RunFinished { .. })
+        ));
+        store.record_probe(run, "recovered", true, "", 4).unwrap();
+
+        // None of the failures left a row behind.
+        let detail = store.run(run).unwrap();
+        assert_eq!(
+            (
+                detail.steps.len(),
+                detail.commands.len(),
+                detail.probes.len()
+            ),
+            (0, 1, 1)
+        );
+    }
+
+    #[test]
+    fn sqlite_failures_are_errors_with_sqlite_message() {
+        let store = memory();
+        store.conn().execute_batch("DROP TABLE last_runs").unwrap();
+        let error = store.set_last_run("c", 1).unwrap_err();
+        assert!(matches!(error, StoreError::Sql(_)), "{error:?}");
+        assert!(error.to_string().contains("no such table"), "{error}");
+    }
+
+    #[test]
+    fn two_processes_share_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("troop.db");
+        let serve = Store::open(&url(&path)).unwrap();
+        let cli = Store::open(&url(&path)).unwrap();
+        let run = serve.begin_run("nightly", "f", 1, false, 0).unwrap();
+        serve.record_command(&command(run, None, 1)).unwrap();
+        assert_eq!(cli.unfinished_runs().unwrap()[0].commands, 1);
+        // An abort from the CLI stops `serve` from recording, hence sending, anything more.
+        cli.finish_run(run, "aborted", "operator", 5).unwrap();
+        assert!(matches!(
+            serve.record_command(&command(run, None, 2)),
+            Err(StoreError::RunFinished { .. })
+        ));
+    }
+
+    #[test]
+    fn threads_share_one_store() {
+        let store = Arc::new(memory());
+        let run = store.begin_run("c", "f", 1, false, 0).unwrap();
+        let handles: Vec<_> = (0..4)
+            .map(|t| {
+                let store = Arc::clone(&store);
+                std::thread::spawn(move || {
+                    for n in 0..25 {
+                        let id = store
+                            .record_command(&command(run, None, t * 100 + n))
+                            .unwrap();
+                        store.finish_command(id, "applied", None, "", 1).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for handle in handles {
+            handle.join().unwrap();
+        }
+        let summary = store.run(run).unwrap().run;
+        assert_eq!((summary.commands, summary.applied), (100, 100));
+    }
+
+    #[test]
+    fn a_poisoned_lock_does_not_break_the_store() {
+        let store = Arc::new(memory());
+        let clone = Arc::clone(&store);
+        let result = std::thread::spawn(move || {
+            let _guard = clone.conn();
+            panic!("boom");
+        })
+        .join();
+        assert!(result.is_err());
+        store.begin_run("c", "f", 1, false, 0).unwrap();
+    }
+
+    #[test]
+    fn detail_serializes_to_json() {
+        let store = memory();
+        let run = store.begin_run("c", "f", 1, false, 0).unwrap();
+        let mut not_json = command(run, None, 3);
+        not_json.parameters = "CpuStress { cores: 3 }".into(); // recorded all the same
+        store.record_command(&not_json).unwrap();
+        let json = serde_json::to_value(store.run(run).unwrap()).unwrap();
+        assert_eq!(json["commands"][0]["parameters"], "CpuStress { cores: 3 }");
+        assert_eq!(json["commands"][0]["outcome"], "pending");
+        assert_eq!(json["run"]["status"], "running");
+    }
+
+    #[test]
+    fn types_cross_threads_and_fit_anyhow() {
+        fn send_sync_static<T: Send + Sync + 'static>() {}
+        send_sync_static::<Store>();
+        send_sync_static::<StoreError>();
+    }
+
+    #[test]
+    fn redact_hides_credentials_only() {
+        assert_eq!(
+            redact("postgres://u:pw@db:5432/x"),
+            "postgres://***@db:5432/x"
+        );
+        assert_eq!(redact("postgres://db/x@y"), "postgres://db/x@y");
+        assert_eq!(redact("sqlite://troop.db"), "sqlite://troop.db");
+    }
+}

@@ -1,0 +1,359 @@
+//! Campaigns end to end on the lab fleet: guardrails hold, a probe going red aborts the
+//! run and every fault is reverted, a dry run touches nothing, and the audit store holds
+//! one record per command sent.
+
+use std::ffi::OsString;
+use std::time::Duration;
+
+use serde_json::Value;
+use troop_tests::lab::{Lab, wait_for};
+
+const POLICY: &str = "allow = [\"kill\", \"cpu\", \"memory\", \"disk\"]";
+
+/// Six web hosts in two clusters of three.
+fn fleet(scenario: &str) -> Option<Lab> {
+    let mut lab = Lab::new(scenario)?;
+    for index in 1..=6 {
+        let id = format!("web-{index}");
+        let cluster = if index <= 3 { "a" } else { "b" };
+        let services: Vec<Vec<OsString>> = vec![vec!["sleep".into(), "600".into()]];
+        lab.add_host(
+            &id,
+            &[("role", "web"), ("cluster", cluster)],
+            POLICY,
+            services,
+        );
+    }
+    Some(lab)
+}
+
+fn used_percent(lab: &Lab, id: &str) -> f64 {
+    let (used, total) = lab.hosts[id].disk_usage();
+    used as f64 * 100.0 / total as f64
+}
+
+fn write_campaign(lab: &Lab, name: &str, body: &str) -> String {
+    let path = lab.dir().join(format!("{name}.toml"));
+    std::fs::write(&path, format!("name = \"{name}\"\nseed = 7\n{body}")).unwrap();
+    path.display().to_string()
+}
+
+fn faulted_hosts(lab: &Lab) -> Vec<String> {
+    lab.hosts
+        .keys()
+        .filter(|id| used_percent(lab, id) > 10.0)
+        .cloned()
+        .collect()
+}
+
+fn show(lab: &Lab, run: &Value) -> Value {
+    let run = run.as_i64().expect("a run id").to_string();
+    let (code, detail) = lab.troop_json(&["campaign", "show", &run]);
+    assert_eq!(code, Some(0), "{detail}");
+    detail
+}
+
+#[test]
+fn guardrails_hold_and_the_store_records_every_command() {
+    let Some(lab) = fleet("campaign guardrails") else {
+        return;
+    };
+    let disk = lab.hosts["web-1"].disk.display().to_string();
+    // Asks for every host; max_concurrent and min_healthy_percent must hold it back.
+    let file = write_campaign(
+        &lab,
+        "fill-all",
+        &format!(
+            "[guardrails]\nmax_concurrent = 3\nmin_healthy_percent = 60\n\
+             [[step]]\nselect = \"role=web\"\ngroup_by = \"cluster\"\npick = \"all\"\n\
+             fault = {{ kind = \"disk\", path = \"{disk}\", fill = 40 }}\nduration = \"3s\"\n"
+        ),
+    );
+    let mut run = lab
+        .troop_command()
+        .args(["campaign", "run", &file, "--output", "json"])
+        .spawn_json();
+    let mut most = 0;
+    let finished = wait_for(Duration::from_secs(30), || {
+        let hit = faulted_hosts(&lab);
+        most = most.max(hit.len());
+        // Per cluster of 3, 60 % healthy means at most one host under fault.
+        for cluster in [["web-1", "web-2", "web-3"], ["web-4", "web-5", "web-6"]] {
+            let in_cluster = hit.iter().filter(|h| cluster.contains(&h.as_str())).count();
+            assert!(
+                in_cluster <= 1,
+                "cluster {cluster:?} has {in_cluster} under fault: {hit:?}"
+            );
+        }
+        run.finished()
+    });
+    assert!(finished, "campaign run did not finish");
+    let (code, report) = run.result();
+    assert_eq!(code, Some(0), "{report}");
+    assert_eq!(report["status"], "completed", "{report}");
+    assert!(
+        (1..=2).contains(&most),
+        "at most one per cluster, seen {most}"
+    );
+    assert!(
+        lab.hosts.keys().all(|id| used_percent(&lab, id) < 1.0),
+        "fills left behind"
+    );
+    let detail = show(&lab, &report["run"]);
+    let commands = detail["commands"].as_array().unwrap();
+    assert_eq!(
+        commands.len() as u64,
+        report["sent"].as_u64().unwrap(),
+        "{detail}"
+    );
+    assert!(
+        commands.iter().all(|c| c["outcome"] == "applied"),
+        "{detail}"
+    );
+}
+
+#[test]
+fn a_probe_going_red_aborts_the_run_and_reverts_every_fault() {
+    let Some(lab) = fleet("campaign abort") else {
+        return;
+    };
+    let disk = lab.hosts["web-1"].disk.display().to_string();
+    let healthy = lab.dir().join("service-is-healthy");
+    std::fs::write(&healthy, "").unwrap();
+    let file = write_campaign(
+        &lab,
+        "probe-red",
+        &format!(
+            "[guardrails]\nmax_concurrent = 6\nmin_healthy_percent = 0\n\
+             [[guardrails.stop_if]]\nname = \"service\"\ncommand = \"test -e {}\"\nevery = \"200ms\"\nfailures = 2\n\
+             [[step]]\nselect = \"role=web\"\npick = {{ count = 4 }}\n\
+             fault = {{ kind = \"disk\", path = \"{disk}\", fill = 40 }}\nduration = \"5m\"\n",
+            healthy.display()
+        ),
+    );
+    let mut run = lab
+        .troop_command()
+        .args(["campaign", "run", &file, "--output", "json"])
+        .spawn_json();
+    assert!(
+        wait_for(Duration::from_secs(20), || faulted_hosts(&lab).len() == 4),
+        "faults not applied"
+    );
+    // The service breaks: the probe fails twice, the campaign aborts and reverts.
+    std::fs::remove_file(&healthy).unwrap();
+    assert!(
+        wait_for(Duration::from_secs(10), || run.finished()),
+        "run did not stop"
+    );
+    let (code, report) = run.result();
+    assert_eq!(code, Some(1), "{report}");
+    assert_eq!(report["status"], "aborted", "{report}");
+    assert!(
+        report["reason"].as_str().unwrap().contains("probe service"),
+        "{report}"
+    );
+    assert_eq!(report["reverted_early"], 4, "{report}");
+    assert!(
+        faulted_hosts(&lab).is_empty(),
+        "faults left after the abort"
+    );
+    let detail = show(&lab, &report["run"]);
+    assert!(
+        detail["probes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["ok"] == false),
+        "{detail}"
+    );
+}
+
+#[test]
+fn an_already_sick_service_gets_no_chaos() {
+    let Some(lab) = fleet("campaign steady state") else {
+        return;
+    };
+    let disk = lab.hosts["web-1"].disk.display().to_string();
+    let file = write_campaign(
+        &lab,
+        "sick",
+        &format!(
+            "[[guardrails.stop_if]]\ncommand = \"false\"\n\
+             [[step]]\nselect = \"role=web\"\npick = {{ count = 1 }}\n\
+             fault = {{ kind = \"disk\", path = \"{disk}\", fill = 40 }}\nduration = \"5m\"\n"
+        ),
+    );
+    let (code, report) = lab.troop_json(&["campaign", "run", &file]);
+    assert_eq!(code, Some(1), "{report}");
+    assert_eq!(report["status"], "aborted");
+    assert!(
+        report["reason"]
+            .as_str()
+            .unwrap()
+            .contains("before any fault"),
+        "{report}"
+    );
+    assert_eq!(report["sent"], 0);
+    assert!(faulted_hosts(&lab).is_empty());
+}
+
+#[test]
+fn a_dry_run_touches_nothing() {
+    let Some(lab) = fleet("campaign dry run") else {
+        return;
+    };
+    let disk = lab.hosts["web-1"].disk.display().to_string();
+    let file = write_campaign(
+        &lab,
+        "dry",
+        &format!(
+            "[guardrails]\nmax_concurrent = 6\n[[step]]\nselect = \"role=web\"\npick = \"all\"\n\
+             fault = {{ kind = \"disk\", path = \"{disk}\", fill = 40 }}\nduration = \"5m\"\n"
+        ),
+    );
+    let (code, report) = lab.troop_json(&["campaign", "run", &file, "--dry-run"]);
+    assert_eq!(code, Some(0), "{report}");
+    assert_eq!(report["sent"], 0);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(faulted_hosts(&lab).is_empty());
+    assert!(
+        !lab.dir().join("troop.db").exists(),
+        "a dry run wrote the audit store"
+    );
+}
+
+/// A `troop ... --output json` process running in the background.
+trait SpawnJson {
+    fn spawn_json(&mut self) -> Running;
+}
+
+impl SpawnJson for std::process::Command {
+    fn spawn_json(&mut self) -> Running {
+        let child = self
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        Running {
+            child,
+            status: None,
+        }
+    }
+}
+
+struct Running {
+    child: std::process::Child,
+    status: Option<std::process::ExitStatus>,
+}
+
+impl Running {
+    fn finished(&mut self) -> bool {
+        if self.status.is_none() {
+            self.status = self.child.try_wait().unwrap();
+        }
+        self.status.is_some()
+    }
+
+    fn result(mut self) -> (Option<i32>, Value) {
+        let mut stdout = String::new();
+        let mut stderr = String::new();
+        use std::io::Read;
+        self.child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut stdout)
+            .unwrap();
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        let status = self
+            .status
+            .take()
+            .unwrap_or_else(|| self.child.wait().unwrap());
+        let value = serde_json::from_str(&stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}\n{stderr}"));
+        (status.code(), value)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.status.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+#[test]
+fn serve_fires_on_schedule_and_a_restart_keeps_the_floor() {
+    let Some(lab) = fleet("serve") else {
+        return;
+    };
+    let campaigns = lab.dir().join("campaigns");
+    std::fs::create_dir(&campaigns).unwrap();
+    std::fs::write(
+        campaigns.join("monkey.toml"),
+        "name = \"monkey\"\n[schedule]\nevery = \"1s\"\nmin_time_between = \"1h\"\n\
+         [guardrails]\nmax_concurrent = 6\nmin_healthy_percent = 0\n\
+         [[step]]\nselect = \"role=web\"\ngroup_by = \"cluster\"\npick = { count = 1 }\n\
+         fault = { kind = \"kill\", name = \"sleep\" }\n",
+    )
+    .unwrap();
+    let history = || -> Vec<Value> {
+        let (code, value) = lab.troop_json(&["campaign", "history"]);
+        assert_eq!(code, Some(0), "{value}");
+        value["runs"].as_array().cloned().unwrap_or_default()
+    };
+    let start = || {
+        lab.troop_command()
+            .args(["serve"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let stop = |mut serve: std::process::Child| {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(serve.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let status = serve.wait().unwrap();
+        assert!(status.success(), "serve did not stop cleanly: {status:?}");
+    };
+    let serve = start();
+    // The first run strikes one host in each cluster; later runs fall inside the floor.
+    assert!(
+        wait_for(Duration::from_secs(20), || history().len() == 1),
+        "no run fired"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    stop(serve);
+    let runs = history();
+    assert_eq!(
+        runs.len(),
+        1,
+        "struck twice within min_time_between: {runs:?}"
+    );
+    assert_eq!(runs[0]["applied"], 2, "{runs:?}");
+    let killed: usize = lab
+        .hosts
+        .values()
+        .filter(|h| h.host.pids_named("sleep").is_empty())
+        .count();
+    assert_eq!(killed, 2, "one host per cluster");
+    // A restarted serve remembers the floor from the store.
+    let serve = start();
+    std::thread::sleep(Duration::from_secs(4));
+    stop(serve);
+    assert_eq!(
+        history().len(),
+        1,
+        "a restart struck again inside min_time_between"
+    );
+}
