@@ -222,6 +222,52 @@ fn a_dry_run_touches_nothing() {
     );
 }
 
+/// `GET /healthz` on serve's default address, from the lab's network; the status code.
+fn healthz(lab: &Lab) -> String {
+    use std::io::{Read, Write};
+    lab.enter_network();
+    let mut stream = std::net::TcpStream::connect("127.0.0.1:7080").unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: troop\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn without_an_audit_record_nothing_is_sent() {
+    let Some(lab) = fleet("audit store down") else {
+        return;
+    };
+    let disk = lab.hosts["web-1"].disk.display().to_string();
+    let file = write_campaign(
+        &lab,
+        "unrecorded",
+        &format!(
+            "[[step]]\nselect = \"role=web\"\npick = {{ count = 1 }}\n\
+             fault = {{ kind = \"disk\", path = \"{disk}\", fill = 40 }}\nduration = \"5m\"\n"
+        ),
+    );
+    // The store's file cannot be a database: it is a directory.
+    std::fs::create_dir(lab.dir().join("troop.db")).unwrap();
+    let output = lab.troop(&["campaign", "run", &file]);
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("audit store"),
+        "{output:?}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        faulted_hosts(&lab).is_empty(),
+        "a fault was sent without an audit record"
+    );
+}
+
 /// A `troop ... --output json` process running in the background.
 trait SpawnJson {
     fn spawn_json(&mut self) -> Running;
@@ -332,6 +378,7 @@ fn serve_fires_on_schedule_and_a_restart_keeps_the_floor() {
         wait_for(Duration::from_secs(20), || history().len() == 1),
         "no run fired"
     );
+    assert_eq!(healthz(&lab), "200", "serve answers /healthz");
     std::thread::sleep(Duration::from_secs(3));
     stop(serve);
     let runs = history();
