@@ -35,16 +35,8 @@ pub struct Host {
     pub under_fault: bool,
 }
 
-/// How many hosts of each group a step wants.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pick {
-    /// Every host of the group.
-    All,
-    /// This many hosts per group (the whole group if it is smaller).
-    Count(usize),
-    /// This share of each group, rounded up; values above 100 act as 100.
-    Percent(u8),
-}
+/// How many hosts of each group a step wants: the same choice `troop attack` offers.
+pub use crate::picker::Pick;
 
 /// Limits a campaign must respect while it faults hosts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
