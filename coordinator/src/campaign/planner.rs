@@ -112,7 +112,7 @@ pub fn plan_step(
             members.iter().partition(|&&i| is_free(&hosts[i]));
 
         let healthy = free.len();
-        let want = wanted(pick, size);
+        let want = pick.count(size);
         let take = want.min(healthy);
         let (chosen, _) = free.partial_shuffle(rng, take);
 
@@ -175,16 +175,6 @@ fn unavailable(host: &Host) -> Skip {
         Skip::AlreadyFaulted
     } else {
         Skip::Unhealthy
-    }
-}
-
-/// How many hosts of a group of `size` the pick wants.
-fn wanted(pick: Pick, size: usize) -> usize {
-    match pick {
-        Pick::All => size,
-        Pick::Count(n) => n.min(size),
-        // Round up so any P > 0 of a non-empty group wants at least one host.
-        Pick::Percent(p) => (size * usize::from(p.min(100))).div_ceil(100),
     }
 }
 
