@@ -12,6 +12,7 @@ pub mod faults;
 pub mod host;
 pub mod inventory;
 pub mod ledger;
+pub mod notify;
 pub mod policy;
 pub mod service;
 pub mod tls;

@@ -115,6 +115,10 @@ async fn run(agent: Agent) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .map_err(|error| format!("cannot listen on {address}: {error}"))?;
+    // Everything is loaded and the port is ours: systemd may count us as started.
+    if let Err(error) = troop_agent::notify::ready() {
+        tracing::warn!(%error, "cannot notify systemd of readiness");
+    }
     agent
         .serve(listener, troop_agent::shutdown_signal())
         .await

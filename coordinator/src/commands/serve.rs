@@ -125,6 +125,9 @@ pub async fn run(context: Context) -> anyhow::Result<Outcome> {
         .with_context(|| format!("cannot listen on {listen}"))?;
     tracing::info!(%listen, "serving /healthz");
     tokio::spawn(health(listener));
+    if let Err(error) = troop_agent::notify::ready() {
+        tracing::warn!(%error, "cannot notify systemd of readiness");
+    }
     let dir = campaigns_dir(&context);
     let mut campaigns = load_campaigns(&dir);
     tracing::info!(count = campaigns.len(), dir = %dir.display(), "campaigns loaded");
