@@ -352,6 +352,20 @@ impl std::fmt::Debug for Store {
 impl Store {
     /// `sqlite://PATH` (relative paths as given; `sqlite://:memory:` for tests), created on first use, migrated to the latest schema.
     pub fn open(url: &str) -> Result<Self, StoreError> {
+        // A file another process is creating or migrating answers "locked" at once for
+        // some steps (journal mode switch, schema read), whatever the busy timeout: retry.
+        let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+        loop {
+            match Self::open_once(url) {
+                Err(error) if is_busy(&error) && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                result => return result,
+            }
+        }
+    }
+
+    fn open_once(url: &str) -> Result<Self, StoreError> {
         let (path, opened) = match parse_url(url)? {
             None => (PathBuf::from(":memory:"), Connection::open_in_memory()),
             Some(path) => {
@@ -689,6 +703,19 @@ fn parse_url(url: &str) -> Result<Option<PathBuf>, StoreError> {
         Some(path) if !path.is_empty() => Ok(Some(PathBuf::from(path))),
         _ => Err(StoreError::BadUrl { url: url.into() }),
     }
+}
+
+/// Whether an open failed only because another connection held the file for a moment.
+fn is_busy(error: &StoreError) -> bool {
+    let source = match error {
+        StoreError::Open { source, .. } | StoreError::Migrate { source, .. } => source,
+        StoreError::Sql(source) => source,
+        _ => return false,
+    };
+    matches!(
+        source.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
 }
 
 /// Per-connection settings; none of them persist in the file except the journal mode.
@@ -1401,5 +1428,20 @@ mod tests {
         );
         assert_eq!(redact("postgres://db/x@y"), "postgres://db/x@y");
         assert_eq!(redact("sqlite://troop.db"), "sqlite://troop.db");
+    }
+
+    #[test]
+    fn many_processes_opening_a_new_file_at_once_all_succeed() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("race.db").display());
+        let openers: Vec<_> = (0..8)
+            .map(|_| {
+                let url = url.clone();
+                std::thread::spawn(move || Store::open(&url).map(|_| ()))
+            })
+            .collect();
+        for opener in openers {
+            opener.join().unwrap().unwrap();
+        }
     }
 }
