@@ -249,6 +249,17 @@ impl Lab {
         command
     }
 
+    /// Starts the `troop` CLI in the background, its output discarded (attached attacks,
+    /// `serve`).
+    pub fn spawn_troop(&self, args: &[&str]) -> std::process::Child {
+        self.troop_command()
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
     /// Runs the `troop` CLI against this lab.
     pub fn troop(&self, args: &[&str]) -> Output {
         self.troop_command().args(args).output().unwrap()
@@ -305,13 +316,7 @@ pub fn wait_for(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool 
 
 /// CPU time (user + system) of a process, from /proc/PID/stat.
 pub fn cpu_seconds(pid: i32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .unwrap()
-        .unwrap() as f64;
-    ticks as f64 / hz
+    troop_agent::host::process::cpu_seconds(pid).expect("process is running")
 }
 
 /// Resident memory of a process, from /proc/PID/status.

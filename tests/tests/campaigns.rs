@@ -355,14 +355,7 @@ fn serve_fires_on_schedule_and_a_restart_keeps_the_floor() {
         assert_eq!(code, Some(0), "{value}");
         value["runs"].as_array().cloned().unwrap_or_default()
     };
-    let start = || {
-        lab.troop_command()
-            .args(["serve"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap()
-    };
+    let start = || lab.spawn_troop(&["serve"]);
     let stop = |mut serve: std::process::Child| {
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(serve.id() as i32),

@@ -381,16 +381,10 @@ fn a_leased_fault_is_reverted_when_renewals_stop() {
         return;
     };
     let disk = lab.hosts["web-1"].disk.display().to_string();
-    let mut attached = lab
-        .troop_command()
-        .args([
-            "attack", "disk", "--select", "role=web", "--path", &disk, "--fill", "30", "--for",
-            "5m", "--lease", "2s",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut attached = lab.spawn_troop(&[
+        "attack", "disk", "--select", "role=web", "--path", &disk, "--fill", "30", "--for", "5m",
+        "--lease", "2s",
+    ]);
     assert!(
         wait_for(Duration::from_secs(10), || used_percent(&lab, "web-1")
             > 25.0),

@@ -338,16 +338,10 @@ fn a_partitioned_host_reverts_its_leased_fault_and_rejoins_clean() {
     lab.add_host("web-1", &[("role", "web")], ALL_BUT_STOP, vec![]);
     lab.add_host("web-2", &[("role", "web")], ALL_BUT_STOP, vec![]);
     let disk = lab.hosts["web-1"].disk.display().to_string();
-    let mut attached = lab
-        .troop_command()
-        .args([
-            "attack", "disk", "--select", "", "--path", &disk, "--fill", "30", "--for", "5m",
-            "--lease", "3s",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut attached = lab.spawn_troop(&[
+        "attack", "disk", "--select", "", "--path", &disk, "--fill", "30", "--for", "5m",
+        "--lease", "3s",
+    ]);
     assert!(wait_for(Duration::from_secs(10), || {
         used_percent(&lab, "web-1") > 25.0 && used_percent(&lab, "web-2") > 25.0
     }));
@@ -391,16 +385,10 @@ fn faults_end_at_their_deadline_when_the_coordinator_is_killed() {
     };
     let disk = lab.hosts["web-1"].disk.display().to_string();
     // Attached with a lease far longer than the faults: only the deadline can end them.
-    let mut attached = lab
-        .troop_command()
-        .args([
-            "attack", "disk", "--select", "role=web", "--path", &disk, "--size", "16MiB", "--for",
-            "3s", "--lease", "60s",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut attached = lab.spawn_troop(&[
+        "attack", "disk", "--select", "role=web", "--path", &disk, "--size", "16MiB", "--for",
+        "3s", "--lease", "60s",
+    ]);
     let webs = ["web-1", "web-2", "web-3", "web-4"];
     assert!(wait_for(Duration::from_secs(10), || webs
         .iter()

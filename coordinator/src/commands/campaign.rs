@@ -76,20 +76,7 @@ pub fn plan(
         );
     };
     let groups: Vec<String> = match context {
-        Some(context) => {
-            let mut groups = BTreeSet::new();
-            for step in &campaign.steps {
-                for agent in context
-                    .config
-                    .agents
-                    .iter()
-                    .filter(|a| step.select.matches(&a.labels))
-                {
-                    groups.insert(group_of(agent, step));
-                }
-            }
-            groups.into_iter().collect()
-        }
+        Some(context) => groups_of(context, &campaign).into_iter().collect(),
         None => vec![String::new()],
     };
     let last = match context.and_then(|c| Store::open(&c.config.store_url).ok()) {
@@ -139,6 +126,22 @@ pub fn plan(
         }
     }
     Ok(Outcome::Success)
+}
+
+/// Every group the campaign's steps select from ("" where a step has no `group_by`).
+pub fn groups_of(context: &Context, campaign: &Campaign) -> BTreeSet<String> {
+    let mut groups = BTreeSet::new();
+    for step in &campaign.steps {
+        for agent in context
+            .config
+            .agents
+            .iter()
+            .filter(|a| step.select.matches(&a.labels))
+        {
+            groups.insert(group_of(agent, step));
+        }
+    }
+    groups
 }
 
 fn group_of(agent: &AgentEntry, step: &Step) -> String {
@@ -203,18 +206,7 @@ struct Fleet {
 }
 
 async fn survey(context: &Context) -> Fleet {
-    let work = context
-        .config
-        .agents
-        .iter()
-        .map(|a| (a.clone(), ()))
-        .collect();
-    let results = context
-        .dispatcher
-        .each(work, |mut client, ()| async move {
-            client.status(pb::StatusRequest {}).await
-        })
-        .await;
+    let results = context.statuses(&context.config.agents).await;
     let healthy = results
         .iter()
         .filter(|(_, result)| result.as_ref().is_ok_and(|s| s.active_faults.is_empty()))

@@ -21,7 +21,6 @@ use troop_agent::Agent;
 use troop_agent::config::AgentConfig;
 use troop_coordinator::campaign::Campaign;
 use troop_coordinator::cli::{DemoArgs, Output};
-use troop_coordinator::config::AgentEntry;
 use troop_coordinator::local_fleet::{HostSpec, LocalHost, free_port};
 use troop_coordinator::signer::Signer;
 use troop_coordinator::{pki, table};
@@ -427,38 +426,13 @@ impl Sampler {
 }
 
 fn cpu_seconds(pid: i32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    let Some(close) = stat.rfind(')') else {
-        return 0.0;
-    };
-    let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
-    let ticks: u64 = fields.get(11).and_then(|f| f.parse().ok()).unwrap_or(0)
-        + fields.get(12).and_then(|f| f.parse().ok()).unwrap_or(0);
-    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .unwrap_or(100) as f64;
-    ticks as f64 / hz
+    troop_agent::host::process::cpu_seconds(pid).unwrap_or(0.0)
 }
 
 /// What is not back to normal, if anything: active faults, a disk not empty.
 async fn everything_reverted(context: &Context, hosts: &[LocalHost], disk: &Path) -> Vec<String> {
     let mut left = Vec::new();
-    let work = context
-        .config
-        .agents
-        .iter()
-        .map(|a| (a.clone(), ()))
-        .collect();
-    for (agent, result) in context
-        .dispatcher
-        .each(work, |mut client, ()| async move {
-            client.status(pb::StatusRequest {}).await
-        })
-        .await
-    {
+    for (agent, result) in context.statuses(&context.config.agents).await {
         match result {
             Ok(status) if status.active_faults.is_empty() => {}
             Ok(status) => left.push(format!(
@@ -598,19 +572,8 @@ fn build_fleet(dir: &Path, disk: &Path) -> anyhow::Result<(Vec<LocalHost>, PathB
 
 async fn wait_until_reachable(context: &Context, hosts: &[LocalHost]) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
-    let agents: Vec<(AgentEntry, ())> = context
-        .config
-        .agents
-        .iter()
-        .map(|a| (a.clone(), ()))
-        .collect();
     loop {
-        let results = context
-            .dispatcher
-            .each(agents.clone(), |mut client, ()| async move {
-                client.status(pb::StatusRequest {}).await
-            })
-            .await;
+        let results = context.statuses(&context.config.agents).await;
         let down: Vec<String> = results
             .iter()
             .filter_map(|(agent, result)| {

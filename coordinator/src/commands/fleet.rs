@@ -16,14 +16,7 @@ async fn statuses(
     context: &Context,
     selector: &Selector,
 ) -> anyhow::Result<Vec<(AgentEntry, Result<pb::AgentStatus, CallError>)>> {
-    let agents = context.select(selector)?;
-    let work = agents.into_iter().map(|agent| (agent, ())).collect();
-    Ok(context
-        .dispatcher
-        .each(work, |mut client, ()| async move {
-            client.status(pb::StatusRequest {}).await
-        })
-        .await)
+    Ok(context.statuses(&context.select(selector)?).await)
 }
 
 fn labels_text(agent: &AgentEntry) -> String {

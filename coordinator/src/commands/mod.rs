@@ -15,8 +15,9 @@ use anyhow::{Context as _, bail};
 use troop_coordinator::cli::{CampaignCommand, FleetCommand, Output};
 use troop_coordinator::client::Dialer;
 use troop_coordinator::config::{AgentEntry, CoordinatorConfig};
-use troop_coordinator::dispatch::{CONNECT_TIMEOUT, Dispatcher};
+use troop_coordinator::dispatch::{CONNECT_TIMEOUT, CallError, Dispatcher};
 use troop_coordinator::selector::Selector;
+use troop_proto::pb;
 
 /// How a command that ran went, for the exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +69,19 @@ impl Context {
             dispatcher: Dispatcher::new(dialer),
             output,
         })
+    }
+
+    /// Asks every one of `agents` for its status, concurrently.
+    pub async fn statuses(
+        &self,
+        agents: &[AgentEntry],
+    ) -> Vec<(AgentEntry, Result<pb::AgentStatus, CallError>)> {
+        let work = agents.iter().map(|agent| (agent.clone(), ())).collect();
+        self.dispatcher
+            .each(work, |mut client, ()| async move {
+                client.status(pb::StatusRequest {}).await
+            })
+            .await
     }
 
     /// The agents a selector matches, sorted by id so that seeded picks repeat.

@@ -164,7 +164,7 @@ pub async fn run(context: Context) -> anyhow::Result<Outcome> {
             .expect("only scheduled campaigns are loaded");
         let now = jiff::Timestamp::now();
         let last_strikes = store.last_strikes(&campaign.name)?;
-        let groups: BTreeSet<String> = groups_of(&context, &campaign)
+        let groups: BTreeSet<String> = campaign::groups_of(&context, &campaign)
             .into_iter()
             .filter(|group| {
                 let last = last_strikes
@@ -206,24 +206,4 @@ pub async fn run(context: Context) -> anyhow::Result<Outcome> {
             }
         }
     }
-}
-
-fn groups_of(context: &Context, campaign: &Campaign) -> BTreeSet<String> {
-    let mut groups = BTreeSet::new();
-    for step in &campaign.steps {
-        for agent in context
-            .config
-            .agents
-            .iter()
-            .filter(|a| step.select.matches(&a.labels))
-        {
-            groups.insert(
-                step.group_by
-                    .as_ref()
-                    .and_then(|label| agent.labels.get(label).cloned())
-                    .unwrap_or_default(),
-            );
-        }
-    }
-    groups
 }
