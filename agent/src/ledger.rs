@@ -18,6 +18,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 const FILE_NAME: &str = "commands.jsonl";
+/// The replay horizon: every command the ledger ever forgot expired at or before it.
+const HORIZON_NAME: &str = "replay-horizon.json";
 /// Held (flock) while an agent uses the state dir: two agents on one ledger would each
 /// forget what the other ran.
 const LOCK_NAME: &str = "agent.lock";
@@ -39,6 +41,9 @@ struct Line {
     /// SHA-256 of the signed payload: tells an exact retry from a reused id.
     digest: String,
     until_unix_ms: i64,
+    /// Absent in ledgers written before the replay horizon existed; `until` stands in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    expires_at_unix_ms: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     outcome: Option<Outcome>,
 }
@@ -47,7 +52,20 @@ struct Line {
 struct Entry {
     digest: String,
     until_unix_ms: i64,
+    expires_at_unix_ms: i64,
     outcome: Option<Outcome>,
+}
+
+impl Entry {
+    fn line(&self, id: &str) -> Line {
+        Line {
+            id: id.to_string(),
+            digest: self.digest.clone(),
+            until_unix_ms: self.until_unix_ms,
+            expires_at_unix_ms: Some(self.expires_at_unix_ms),
+            outcome: self.outcome.clone(),
+        }
+    }
 }
 
 /// What the ledger says about a command about to run.
@@ -61,6 +79,9 @@ pub enum Admission {
     Pending,
     /// Another command already used this id.
     Conflict,
+    /// The command expired at or before the replay horizon: it may have run and been
+    /// forgotten, whatever the clock or the configured skew say now.
+    BeyondHorizon,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +104,8 @@ pub struct Ledger {
 struct Inner {
     file: File,
     entries: HashMap<String, Entry>,
+    /// The latest expiry among forgotten commands (persisted before they are dropped).
+    horizon_unix_ms: i64,
     lines: usize,
     /// Set when a write failed: the file may end in a torn line, so nothing more is
     /// appended (and no command admitted) until a restart compacts it.
@@ -114,12 +137,14 @@ impl Ledger {
         fs::create_dir_all(state_dir).map_err(error)?;
         let lock = lock(&state_dir.join(LOCK_NAME)).map_err(error)?;
         let entries = read_entries(&path).map_err(error)?;
+        let horizon_unix_ms = read_horizon(&path).map_err(error)?;
         let ledger = Self {
             path: path.clone(),
             compact_after_lines: COMPACT_AFTER_LINES,
             inner: Mutex::new(Inner {
                 file: open_append(&path).map_err(error)?,
                 entries,
+                horizon_unix_ms,
                 lines: 0,
                 broken: false,
             }),
@@ -134,6 +159,7 @@ impl Ledger {
         &self,
         id: &str,
         digest: &str,
+        expires_at_unix_ms: i64,
         until_unix_ms: i64,
         now_unix_ms: i64,
     ) -> Result<Admission, LedgerError> {
@@ -143,34 +169,44 @@ impl Ledger {
                 "an earlier write failed; restart the agent to recover the ledger",
             )));
         }
-        if let Some(entry) = inner.entries.get(id)
-            && entry.until_unix_ms >= now_unix_ms
+        let known = inner.entries.get(id);
+        if let Some(entry) = known
+            && entry.digest == digest
         {
-            return Ok(if entry.digest != digest {
-                Admission::Conflict
-            } else {
-                entry
-                    .outcome
-                    .clone()
-                    .map_or(Admission::Pending, Admission::Replay)
-            });
+            // Remembered, so answered from memory even if a raised skew or a clock set
+            // back made it fresh again.
+            return Ok(entry
+                .outcome
+                .clone()
+                .map_or(Admission::Pending, Admission::Replay));
         }
-        let line = Line {
-            id: id.to_string(),
+        if known.is_some_and(|entry| entry.until_unix_ms >= now_unix_ms) {
+            return Ok(Admission::Conflict);
+        }
+        if expires_at_unix_ms <= inner.horizon_unix_ms {
+            return Ok(Admission::BeyondHorizon);
+        }
+        // An expired entry for this id is forgotten now: the horizon moves past it first.
+        if let Some(replaced) = known.map(|entry| entry.expires_at_unix_ms)
+            && replaced > inner.horizon_unix_ms
+        {
+            write_horizon(&self.path, replaced).map_err(|source| self.error(source))?;
+            inner.horizon_unix_ms = replaced;
+        }
+        let entry = Entry {
             digest: digest.to_string(),
             until_unix_ms,
+            expires_at_unix_ms,
             outcome: None,
         };
-        self.append(&mut inner, &line, true)?;
-        inner.entries.insert(
-            id.to_string(),
-            Entry {
-                digest: line.digest,
-                until_unix_ms,
-                outcome: None,
-            },
-        );
+        self.append(&mut inner, &entry.line(id), true)?;
+        inner.entries.insert(id.to_string(), entry);
         Ok(Admission::New)
+    }
+
+    /// Whether the ledger can record admissions (false after a failed write).
+    pub fn is_broken(&self) -> bool {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).broken
     }
 
     /// Records what an admitted command got, for exact retries.
@@ -179,13 +215,8 @@ impl Ledger {
         let Some(entry) = inner.entries.get_mut(id) else {
             return Ok(());
         };
-        entry.outcome = Some(outcome.clone());
-        let line = Line {
-            id: id.to_string(),
-            digest: entry.digest.clone(),
-            until_unix_ms: entry.until_unix_ms,
-            outcome: Some(outcome),
-        };
+        entry.outcome = Some(outcome);
+        let line = entry.line(id);
         // Not synced: losing it in a power cut makes a retry answer "unknown", never rerun.
         self.append(&mut inner, &line, false)?;
         let live = || {
@@ -247,6 +278,19 @@ impl Ledger {
     }
 
     fn rewrite(path: &Path, inner: &mut Inner, now_unix_ms: i64) -> io::Result<()> {
+        let forgotten = inner
+            .entries
+            .values()
+            .filter(|entry| entry.until_unix_ms < now_unix_ms)
+            .map(|entry| entry.expires_at_unix_ms)
+            .max();
+        // The horizon is on disk before anything it covers leaves the ledger.
+        if let Some(horizon) = forgotten
+            && horizon > inner.horizon_unix_ms
+        {
+            write_horizon(path, horizon)?;
+            inner.horizon_unix_ms = horizon;
+        }
         inner
             .entries
             .retain(|_, entry| entry.until_unix_ms >= now_unix_ms);
@@ -254,13 +298,7 @@ impl Ledger {
         {
             let mut file = File::create(&temp)?;
             for (id, entry) in &inner.entries {
-                let line = Line {
-                    id: id.clone(),
-                    digest: entry.digest.clone(),
-                    until_unix_ms: entry.until_unix_ms,
-                    outcome: entry.outcome.clone(),
-                };
-                serde_json::to_writer(&mut file, &line)?;
+                serde_json::to_writer(&mut file, &entry.line(id))?;
                 file.write_all(b"\n")?;
             }
             file.sync_all()?;
@@ -293,6 +331,46 @@ fn lock(path: &Path) -> io::Result<Flock<File>> {
     })
 }
 
+#[derive(Serialize, Deserialize)]
+struct Horizon {
+    forgotten_expiring_up_to_unix_ms: i64,
+}
+
+fn horizon_path(ledger: &Path) -> PathBuf {
+    ledger.with_file_name(HORIZON_NAME)
+}
+
+fn read_horizon(ledger: &Path) -> io::Result<i64> {
+    match fs::read(horizon_path(ledger)) {
+        Ok(bytes) => serde_json::from_slice::<Horizon>(&bytes)
+            .map(|horizon| horizon.forgotten_expiring_up_to_unix_ms)
+            .map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error)),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(i64::MIN),
+        Err(error) => Err(error),
+    }
+}
+
+/// Atomically: temp file, fsync, rename, fsync of the folder.
+fn write_horizon(ledger: &Path, horizon_unix_ms: i64) -> io::Result<()> {
+    let path = horizon_path(ledger);
+    let temp = path.with_extension("json.tmp");
+    {
+        let mut file = File::create(&temp)?;
+        serde_json::to_writer(
+            &mut file,
+            &Horizon {
+                forgotten_expiring_up_to_unix_ms: horizon_unix_ms,
+            },
+        )?;
+        file.sync_all()?;
+    }
+    fs::rename(&temp, &path)?;
+    if let Some(dir) = path.parent() {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
 fn open_append(path: &Path) -> io::Result<File> {
     OpenOptions::new().create(true).append(true).open(path)
 }
@@ -319,6 +397,7 @@ fn read_entries(path: &Path) -> io::Result<HashMap<String, Entry>> {
                     Entry {
                         digest: line.digest,
                         until_unix_ms: line.until_unix_ms,
+                        expires_at_unix_ms: line.expires_at_unix_ms.unwrap_or(line.until_unix_ms),
                         outcome: None,
                     },
                 );
@@ -350,20 +429,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ledger = Ledger::open(dir.path(), NOW).unwrap();
         assert_eq!(
-            ledger.admit("a", "d1", NOW + 10, NOW).unwrap(),
+            ledger.admit("a", "d1", NOW + 10, NOW + 10, NOW).unwrap(),
             Admission::New
         );
         assert_eq!(
-            ledger.admit("a", "d1", NOW + 10, NOW).unwrap(),
+            ledger.admit("a", "d1", NOW + 10, NOW + 10, NOW).unwrap(),
             Admission::Pending
         );
         ledger.finish("a", receipt(), NOW).unwrap();
         assert_eq!(
-            ledger.admit("a", "d1", NOW + 10, NOW).unwrap(),
+            ledger.admit("a", "d1", NOW + 10, NOW + 10, NOW).unwrap(),
             Admission::Replay(receipt())
         );
         assert_eq!(
-            ledger.admit("a", "d2", NOW + 10, NOW).unwrap(),
+            ledger.admit("a", "d2", NOW + 10, NOW + 10, NOW).unwrap(),
             Admission::Conflict
         );
     }
@@ -373,22 +452,32 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let ledger = Ledger::open(dir.path(), NOW).unwrap();
-            ledger.admit("done", "d", NOW + 100, NOW).unwrap();
+            ledger
+                .admit("done", "d", NOW + 100, NOW + 100, NOW)
+                .unwrap();
             ledger.finish("done", receipt(), NOW).unwrap();
-            ledger.admit("crashed", "d", NOW + 100, NOW).unwrap();
-            ledger.admit("old", "d", NOW + 1, NOW).unwrap();
+            ledger
+                .admit("crashed", "d", NOW + 100, NOW + 100, NOW)
+                .unwrap();
+            ledger.admit("old", "d", NOW + 1, NOW + 1, NOW).unwrap();
         }
         let ledger = Ledger::open(dir.path(), NOW + 50).unwrap();
         assert_eq!(
-            ledger.admit("done", "d", NOW + 100, NOW + 50).unwrap(),
+            ledger
+                .admit("done", "d", NOW + 100, NOW + 100, NOW + 50)
+                .unwrap(),
             Admission::Replay(receipt())
         );
         assert_eq!(
-            ledger.admit("crashed", "d", NOW + 100, NOW + 50).unwrap(),
+            ledger
+                .admit("crashed", "d", NOW + 100, NOW + 100, NOW + 50)
+                .unwrap(),
             Admission::Pending
         );
         assert_eq!(
-            ledger.admit("old", "d", NOW + 100, NOW + 50).unwrap(),
+            ledger
+                .admit("old", "d", NOW + 100, NOW + 100, NOW + 50)
+                .unwrap(),
             Admission::New
         );
         let text = fs::read_to_string(dir.path().join(FILE_NAME)).unwrap();
@@ -400,13 +489,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let ledger = Ledger::open(dir.path(), NOW).unwrap();
-            ledger.admit("a", "d", NOW + 100, NOW).unwrap();
+            ledger.admit("a", "d", NOW + 100, NOW + 100, NOW).unwrap();
         }
         let mut file = open_append(&dir.path().join(FILE_NAME)).unwrap();
         file.write_all(b"{\"id\":\"a\",\"dig").unwrap();
         let ledger = Ledger::open(dir.path(), NOW).unwrap();
         assert_eq!(
-            ledger.admit("a", "d", NOW + 100, NOW).unwrap(),
+            ledger.admit("a", "d", NOW + 100, NOW + 100, NOW).unwrap(),
             Admission::Pending
         );
     }
@@ -416,20 +505,26 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let ledger = Ledger::open(dir.path(), NOW).unwrap();
-            ledger.admit("a", "old", NOW + 10, NOW).unwrap();
+            ledger.admit("a", "old", NOW + 10, NOW + 10, NOW).unwrap();
             ledger.finish("a", receipt(), NOW).unwrap();
             assert_eq!(
-                ledger.admit("a", "new", NOW + 100, NOW + 50).unwrap(),
+                ledger
+                    .admit("a", "new", NOW + 100, NOW + 100, NOW + 50)
+                    .unwrap(),
                 Admission::New
             );
         }
         let ledger = Ledger::open(dir.path(), NOW + 50).unwrap();
         assert_eq!(
-            ledger.admit("a", "new", NOW + 100, NOW + 50).unwrap(),
+            ledger
+                .admit("a", "new", NOW + 100, NOW + 100, NOW + 50)
+                .unwrap(),
             Admission::Pending
         );
         assert_eq!(
-            ledger.admit("a", "old", NOW + 100, NOW + 50).unwrap(),
+            ledger
+                .admit("a", "old", NOW + 100, NOW + 100, NOW + 50)
+                .unwrap(),
             Admission::Conflict
         );
     }
@@ -438,14 +533,14 @@ mod tests {
     fn one_state_dir_serves_one_agent_and_check_changes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let ledger = Ledger::open(dir.path(), NOW).unwrap();
-        ledger.admit("a", "d", NOW + 100, NOW).unwrap();
+        ledger.admit("a", "d", NOW + 100, NOW + 100, NOW).unwrap();
         let error = Ledger::open(dir.path(), NOW).unwrap_err();
         assert!(format!("{:?}", error).contains("in use by another running troop-agent"));
         let before = fs::read(dir.path().join(FILE_NAME)).unwrap();
         assert_eq!(Ledger::check(dir.path()).unwrap(), 1);
         assert_eq!(fs::read(dir.path().join(FILE_NAME)).unwrap(), before);
         assert_eq!(
-            ledger.admit("b", "d", NOW + 100, NOW).unwrap(),
+            ledger.admit("b", "d", NOW + 100, NOW + 100, NOW).unwrap(),
             Admission::New
         );
         drop(ledger);
@@ -460,16 +555,80 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ledger = Ledger::open(dir.path(), NOW).unwrap();
         ledger.fail_writes();
-        assert!(ledger.admit("a", "d", NOW + 100, NOW).is_err());
+        assert!(ledger.admit("a", "d", NOW + 100, NOW + 100, NOW).is_err());
         assert!(
-            ledger.admit("b", "d", NOW + 100, NOW).is_err(),
+            ledger.admit("b", "d", NOW + 100, NOW + 100, NOW).is_err(),
             "must stay stopped"
         );
         drop(ledger);
         let ledger = Ledger::open(dir.path(), NOW).unwrap();
         assert_eq!(
-            ledger.admit("a", "d", NOW + 100, NOW).unwrap(),
+            ledger.admit("a", "d", NOW + 100, NOW + 100, NOW).unwrap(),
             Admission::New
+        );
+    }
+
+    #[test]
+    fn a_forgotten_command_stays_refused_after_the_clock_goes_back() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let ledger = Ledger::open(dir.path(), NOW).unwrap();
+            ledger.admit("a", "d", NOW + 10, NOW + 40, NOW).unwrap();
+            ledger.finish("a", receipt(), NOW).unwrap();
+        }
+        // Opened with the clock far ahead: "a" is past its window and forgotten.
+        drop(Ledger::open(dir.path(), NOW + 1_000_000).unwrap());
+        assert!(
+            !fs::read_to_string(dir.path().join(FILE_NAME))
+                .unwrap()
+                .contains("\"a\"")
+        );
+        // The clock is set back (or the skew raised), so "a" looks fresh again.
+        let ledger = Ledger::open(dir.path(), NOW).unwrap();
+        assert_eq!(
+            ledger.admit("a", "d", NOW + 10, NOW + 40, NOW).unwrap(),
+            Admission::BeyondHorizon
+        );
+        assert_eq!(
+            ledger.admit("b", "d", NOW + 11, NOW + 41, NOW).unwrap(),
+            Admission::New,
+            "commands expiring after the horizon are admitted"
+        );
+    }
+
+    #[test]
+    fn a_remembered_command_is_a_replay_even_when_its_window_looks_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(dir.path(), NOW).unwrap();
+        ledger.admit("a", "d", NOW + 10, NOW + 40, NOW).unwrap();
+        ledger.finish("a", receipt(), NOW).unwrap();
+        // A larger skew now makes it fresh at NOW + 100: still the first outcome.
+        assert_eq!(
+            ledger
+                .admit("a", "d", NOW + 10, NOW + 130, NOW + 100)
+                .unwrap(),
+            Admission::Replay(receipt())
+        );
+        // Another command taking over the expired id moves the horizon past the first.
+        assert_eq!(
+            ledger
+                .admit("a", "e", NOW + 200, NOW + 230, NOW + 100)
+                .unwrap(),
+            Admission::New
+        );
+        drop(ledger);
+        let ledger = Ledger::open(dir.path(), NOW + 100).unwrap();
+        assert_eq!(
+            ledger
+                .admit("a", "d", NOW + 10, NOW + 130, NOW + 100)
+                .unwrap(),
+            Admission::Conflict
+        );
+        assert_eq!(
+            ledger
+                .admit("z", "d", NOW + 10, NOW + 130, NOW + 100)
+                .unwrap(),
+            Admission::BeyondHorizon
         );
     }
 
@@ -480,7 +639,7 @@ mod tests {
         ledger.compact_after_lines = 64;
         for i in 0..256 {
             let id = i.to_string();
-            ledger.admit(&id, "d", NOW + i, NOW + i).unwrap();
+            ledger.admit(&id, "d", NOW + i, NOW + i, NOW + i).unwrap();
             ledger.finish(&id, receipt(), NOW + i).unwrap();
         }
         let lines = fs::read_to_string(dir.path().join(FILE_NAME))

@@ -142,21 +142,21 @@ impl Agent {
         let ledger = Ledger::open(&config.state_dir, service::now_unix_ms())?;
         // The ledger holds the state dir's lock, so no other agent is undoing this too.
         let (journal, left) = Journal::open(&config.state_dir)?;
-        faults::recover(&config.state_dir, &journal, left);
         let engine = Arc::new(Engine::new(journal));
+        faults::recover(&config.state_dir, &engine, left);
         let service = Arc::new(AgentService {
             id: config.id.clone(),
             labels: config.labels.clone(),
             trusted,
             max_clock_skew: config.max_clock_skew,
             ledger,
-            runner: Runner {
-                agent_id: config.id.clone(),
-                policy: config.policy.clone(),
-                engine: engine.clone(),
+            runner: Runner::new(
+                config.id.clone(),
+                config.policy.clone(),
+                engine.clone(),
                 processes,
                 helper_exe,
-            },
+            ),
             last_stop: faults::load_last_stop(&config.state_dir).map(Into::into),
         });
         Ok(Self {

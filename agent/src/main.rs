@@ -27,28 +27,22 @@ struct Args {
 enum Command {
     /// Check the config and everything it points at (keys, certificates, state dir), then exit.
     Validate,
-    /// Internal: hold memory for a memory fault (started by the agent itself).
-    #[command(name = "__hold-memory", hide = true)]
-    HoldMemory {
-        #[arg(long)]
-        fault: String,
-        #[arg(long)]
-        bytes: u64,
-    },
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    let args = Args::parse();
-    if let Some(Command::HoldMemory { bytes, .. }) = args.command {
-        return match troop_agent::host::memory::hold(bytes) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(error) => {
-                eprintln!("troop-agent: {error}");
-                ExitCode::FAILURE
-            }
-        };
+fn main() -> ExitCode {
+    // A memory holder the agent started: nothing else of the agent may run in it.
+    troop_agent::host::memory::run_holder_if_asked();
+    match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime.block_on(agent_main()),
+        Err(error) => {
+            eprintln!("troop-agent: cannot start the async runtime: {error}");
+            ExitCode::from(2)
+        }
     }
+}
+
+async fn agent_main() -> ExitCode {
+    let args = Args::parse();
     let config = match AgentConfig::load(&args.config) {
         Ok(config) => config,
         Err(error) => {

@@ -45,24 +45,44 @@ impl AgentService {
             tracing::warn!(command_id = %printable(&id), reason = %refusal, "refused command");
             return Err(refusal.into());
         }
-        // Ids are logged and echoed back: only short, printable ones are accepted.
-        if id.is_empty() || id.len() > 128 || !id.chars().all(|c| c.is_ascii_graphic()) {
+        // Ids are names: logged, echoed back and part of file names.
+        if !is_valid_command_id(&id) {
             let refusal = Refusal::InvalidArgument(
-                "command_id must be 1 to 128 printable ASCII characters".into(),
+                "command_id must be 1 to 128 characters of A-Z, a-z, 0-9, '.', '_' and '-'".into(),
             );
-            tracing::warn!(reason = %refusal, "refused command");
+            tracing::warn!(command_id = %printable(&id), reason = %refusal, "refused command");
             return Err(refusal.into());
         }
         let until = freshness::remember_until_unix_ms(&command, self.max_clock_skew);
-        let admission = self
-            .ledger
-            .admit(&id, &ledger::digest(&signed.payload), until, now)
-            .map_err(|error| {
+        let digest = ledger::digest(&signed.payload);
+        let admission = match self.ledger.admit(
+            &id,
+            &digest,
+            command.expires_at_unix_ms,
+            until,
+            now,
+        ) {
+            Ok(admission) => admission,
+            // Ending faults must never depend on the state dir's disk: running an
+            // abort, halt or renewal twice ends nothing that should go on.
+            Err(error) if only_ends_faults(&command) => {
+                tracing::error!(command_id = %id, error = %error_chain(&error), "ledger write failed; running this command anyway, as it only ends faults");
+                return self.runner.carry_out(&command).map_err(Status::from);
+            }
+            Err(error) => {
                 tracing::error!(command_id = %id, error = %error_chain(&error), "ledger write failed; command not run");
-                Status::unavailable("agent cannot record the command durably; nothing was run")
-            })?;
+                return Err(Status::unavailable(
+                    "agent cannot record the command durably; nothing was run",
+                ));
+            }
+        };
         match admission {
             Admission::New => {}
+            Admission::BeyondHorizon => {
+                let refusal = Refusal::BeyondReplayHorizon { command_id: id };
+                tracing::warn!(reason = %refusal, "refused command");
+                return Err(refusal.into());
+            }
             Admission::Replay(outcome) => {
                 tracing::info!(command_id = %id, "exact retry of a command: answering its first outcome, running nothing");
                 return replayed(outcome);
@@ -112,6 +132,26 @@ impl AgentService {
             last_stop: self.last_stop.clone(),
         }
     }
+}
+
+/// `[A-Za-z0-9._-]{1,128}`: a command's id names its fault and its fill file.
+pub fn is_valid_command_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && id != "."
+        && id != ".."
+}
+
+/// Aborts, halts and lease renewals: they can only end what runs, or keep it within the
+/// bounds it was started with.
+fn only_ends_faults(command: &pb::Command) -> bool {
+    use pb::command::Action;
+    matches!(
+        command.action,
+        Some(Action::Abort(_) | Action::AbortAll(_) | Action::Renew(_))
+    )
 }
 
 fn replayed(outcome: Outcome) -> Result<pb::Receipt, Status> {
@@ -187,13 +227,13 @@ mod tests {
             trusted: TrustedKeys::new([key().verifying_key()]),
             max_clock_skew: freshness::DEFAULT_CLOCK_SKEW,
             ledger: Ledger::open(dir, now_unix_ms()).unwrap(),
-            runner: Runner {
-                agent_id: "web-1".into(),
+            runner: Runner::new(
+                "web-1".into(),
                 policy,
-                engine: Arc::new(Engine::new(journal)),
-                processes: table.clone(),
-                helper_exe: "/nonexistent".into(),
-            },
+                Arc::new(Engine::new(journal)),
+                table.clone(),
+                "/nonexistent".into(),
+            ),
             last_stop: None,
         };
         (service, table)
@@ -262,15 +302,146 @@ mod tests {
     }
 
     #[test]
-    fn unprintable_command_ids_are_refused() {
+    fn ids_that_are_not_plain_names_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let (service, table) = service(dir.path(), Policy::default());
-        let mut command = pb::Command::decode(kill_nginx().payload.as_slice()).unwrap();
-        command.command_id = "c\u{1b}[2J".into();
+        let long = "x".repeat(129);
+        for id in [
+            "c\u{1b}[2J",
+            "../../etc/x",
+            "a/b",
+            "..",
+            ".",
+            "",
+            "a b",
+            "é",
+            &long,
+        ] {
+            let mut command = pb::Command::decode(kill_nginx().payload.as_slice()).unwrap();
+            command.command_id = id.into();
+            let status = service
+                .execute(&sign_command(&command, &key()))
+                .unwrap_err();
+            assert_eq!(status.code(), tonic::Code::InvalidArgument, "{id:?}");
+            assert!(status.message().contains("command_id"), "{status:?}");
+        }
+        assert!(table.signalled().is_empty());
+        assert!(is_valid_command_id("0b0c4f6e-8a1d-4c4e-9d7c-1f2a3b4c5d6e"));
+        assert!(is_valid_command_id("run-12.step_3"));
+    }
+
+    fn signed(id: &str, validity_ms: i64, action: pb::command::Action) -> pb::SignedCommand {
+        let now = now_unix_ms();
+        let command = pb::Command {
+            command_id: id.into(),
+            agent_id: "web-1".into(),
+            issued_at_unix_ms: now,
+            expires_at_unix_ms: now + validity_ms,
+            action: Some(action),
+        };
+        sign_command(&command, &key())
+    }
+
+    fn repeating_kill(duration_ms: u64) -> pb::command::Action {
+        pb::command::Action::Start(pb::StartFault {
+            lease_ms: 0,
+            duration_ms,
+            fault: Some(pb::start_fault::Fault::Kill(pb::Kill {
+                target: Some(pb::ProcessMatch {
+                    by: Some(pb::process_match::By::Name("nginx".into())),
+                }),
+                signal: 15,
+                all_matches: true,
+                repeat_every_ms: 60_000,
+            })),
+        })
+    }
+
+    /// Once the ledger no longer guards an id (its window is over), a new command with
+    /// the same id must still not replace the fault that runs under it.
+    #[test]
+    fn a_new_command_reusing_the_id_of_a_running_fault_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut service, table) = service(dir.path(), Policy::default());
+        service.max_clock_skew = Duration::ZERO;
+        service
+            .execute(&signed("r-1", 100, repeating_kill(60_000)))
+            .unwrap();
+        assert_eq!(table.signalled().len(), 1);
+        std::thread::sleep(Duration::from_millis(150));
         let status = service
-            .execute(&sign_command(&command, &key()))
+            .execute(&signed("r-1", 60_000, repeating_kill(30_000)))
             .unwrap_err();
-        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert_eq!(status.code(), tonic::Code::PermissionDenied);
+        assert!(status.message().contains("still active"), "{status:?}");
+        assert_eq!(
+            table.signalled().len(),
+            1,
+            "the refused start signalled nothing"
+        );
+        let active = service.status().active_faults;
+        assert_eq!(active.len(), 1);
+        assert_eq!(
+            active[0].ends_at_unix_ms - active[0].started_at_unix_ms,
+            60_000
+        );
+        let halt = service
+            .execute(&signed(
+                "h-1",
+                60_000,
+                pb::command::Action::AbortAll(pb::AbortAll {}),
+            ))
+            .unwrap();
+        assert_eq!(halt.aborted_fault_ids, ["r-1"]);
+    }
+
+    #[test]
+    fn halt_and_aborts_still_run_when_the_ledger_cannot_be_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let (service, table) = service(dir.path(), Policy::default());
+        service
+            .execute(&signed("r-1", 60_000, repeating_kill(60_000)))
+            .unwrap();
+        service
+            .execute(&signed("r-2", 60_000, repeating_kill(60_000)))
+            .unwrap();
+        service.ledger.fail_writes();
+        let start = service
+            .execute(&signed("r-3", 60_000, repeating_kill(60_000)))
+            .unwrap_err();
+        assert_eq!(start.code(), tonic::Code::Unavailable);
+        let abort = pb::command::Action::Abort(pb::AbortFault {
+            fault_id: "r-1".into(),
+        });
+        service.execute(&signed("a-1", 60_000, abort)).unwrap();
+        let halt = service
+            .execute(&signed(
+                "h-1",
+                60_000,
+                pb::command::Action::AbortAll(pb::AbortAll {}),
+            ))
+            .unwrap();
+        assert_eq!(halt.aborted_fault_ids, ["r-2"]);
+        assert!(service.status().active_faults.is_empty());
+        assert_eq!(table.signalled().len(), 2, "only the two first kills ran");
+    }
+
+    /// The same signed command, re-sent after the agent restarted with its clock far
+    /// ahead (so the ledger forgot it) and then set right again, runs nothing.
+    #[test]
+    fn a_replay_after_the_clock_jumped_ahead_and_back_runs_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let command = kill_nginx();
+        {
+            let (service, table) = service(dir.path(), Policy::default());
+            service.execute(&command).unwrap();
+            assert_eq!(table.signalled().len(), 1);
+        }
+        drop(Ledger::open(dir.path(), now_unix_ms() + 3_600_000).unwrap());
+        let (service, table) = service(dir.path(), Policy::default());
+        let status = service.execute(&command).unwrap_err();
+        assert_eq!(status.code(), tonic::Code::PermissionDenied);
+        assert!(status.message().contains("replay horizon"), "{status:?}");
         assert!(table.signalled().is_empty());
     }
 }

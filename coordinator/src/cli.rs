@@ -55,14 +55,6 @@ pub enum Command {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Internal: hold memory for a memory fault of a demo agent.
-    #[command(name = "__hold-memory", hide = true)]
-    InternalHoldMemory {
-        #[arg(long)]
-        fault: String,
-        #[arg(long)]
-        bytes: u64,
-    },
     /// Internal: a stand-in service process for `troop demo` to attack.
     #[command(name = "__demo-service", hide = true)]
     InternalDemoService { name: String },

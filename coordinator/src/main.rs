@@ -9,8 +9,19 @@ use std::process::ExitCode;
 use clap::Parser;
 use troop_coordinator::cli::{Cli, Command};
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    // A memory holder of a demo agent: nothing else of troop may run in it.
+    troop_agent::host::memory::run_holder_if_asked();
+    match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime.block_on(run()),
+        Err(error) => {
+            eprintln!("troop: cannot start the async runtime: {error}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run() -> ExitCode {
     let cli = Cli::parse();
     // A CLI's stderr is for problems unless RUST_LOG asks for more.
     let _telemetry =
@@ -25,9 +36,6 @@ async fn main() -> ExitCode {
         Command::Pki(command) => commands::pki::run(command, cli.output),
         Command::InternalAgent { config } => commands::demo::run_agent(&config).await,
         Command::InternalDemoService { name } => commands::demo::run_service(&name),
-        Command::InternalHoldMemory { bytes, .. } => troop_agent::host::memory::hold(bytes)
-            .map(|()| commands::Outcome::Success)
-            .map_err(Into::into),
         Command::Demo(args) => commands::demo::run(args, cli.output).await,
         Command::Campaign(command) => {
             commands::run_campaign_command(cli.config.as_deref(), cli.output, command).await

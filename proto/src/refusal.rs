@@ -34,6 +34,14 @@ pub enum Refusal {
     },
     #[error("command_id {command_id} was already used by a different command")]
     ReusedCommandId { command_id: String },
+    #[error(
+        "command_id {command_id} names a fault that is still active (or still being reverted) on this agent"
+    )]
+    FaultIdInUse { command_id: String },
+    #[error(
+        "command {command_id} expired before this agent's replay horizon: a command that old may have run and been forgotten"
+    )]
+    BeyondReplayHorizon { command_id: String },
     #[error("refused by local policy: {0}")]
     Policy(String),
 
@@ -73,6 +81,8 @@ impl Refusal {
             | WindowTooLong { .. }
             | InvalidWindow { .. }
             | ReusedCommandId { .. }
+            | FaultIdInUse { .. }
+            | BeyondReplayHorizon { .. }
             | Policy(_) => Code::PermissionDenied,
             MalformedPayload(_) | InvalidArgument(_) => Code::InvalidArgument,
             NotFound(_) => Code::NotFound,

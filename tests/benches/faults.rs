@@ -60,13 +60,13 @@ fn bench_cpu() {
 }
 
 fn time_fill(label: &str, dir: &std::path::Path) {
-    let file = dir.join("fill");
+    let dir = disk::FillDir::open(&dir.canonicalize().unwrap()).unwrap();
     let started = Instant::now();
-    disk::fill(&file, 4 << 30).unwrap();
+    dir.fill("fill", 4 << 30).unwrap();
     let filled = started.elapsed();
-    let used = disk::usage(dir).unwrap().used;
+    let used = dir.usage().unwrap().used;
     let started = Instant::now();
-    disk::remove(&file).unwrap();
+    dir.remove("fill").unwrap();
     let removed = started.elapsed();
     println!(
         "fill 4 GiB on {label}: {:.3} s (statvfs then: {:.2} GiB used); removal {:.3} s",

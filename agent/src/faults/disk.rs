@@ -2,31 +2,47 @@
 //! filesystem or by a size, never past `policy.max_disk_fill_percent`.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use troop_proto::{Refusal, pb};
 
 use super::engine::{Applied, Effect};
-use crate::host::disk::{self, Usage};
+use crate::host::disk::{FillDir, Usage};
 use crate::policy::Policy;
 use crate::units::format_size;
 
-/// A validated, planned fill.
-#[derive(Debug, Clone, PartialEq)]
+/// A validated, planned fill: the directory is held open, so the fill lands where it was
+/// planned whatever happens to the path meanwhile.
+#[derive(Debug)]
 pub struct DiskPlan {
-    pub file: PathBuf,
+    pub dir: Arc<FillDir>,
+    pub name: String,
     pub bytes: u64,
     /// Used percent of the filesystem once filled.
     pub fill_percent: f64,
 }
 
-/// Checks the request against policy and the filesystem as it is now.
+impl DiskPlan {
+    /// The fill's path, as journaled for crash recovery.
+    pub fn file(&self) -> PathBuf {
+        self.dir.path().join(&self.name)
+    }
+}
+
+/// Checks the request against policy and the filesystem as it is now. Callers serialise
+/// planning and applying, so concurrent fills together stay under the cap.
 pub fn plan(request: &pb::Disk, fault_id: &str, policy: &Policy) -> Result<DiskPlan, Refusal> {
-    let dir = allowed_dir(&request.path, policy)?;
-    let usage = disk::usage(&dir)
-        .map_err(|error| Refusal::Internal(format!("statvfs {}: {error}", dir.display())))?;
+    let path = allowed_dir(&request.path, policy)?;
+    let dir = FillDir::open(&path).map_err(|error| {
+        Refusal::InvalidArgument(format!("disk path {:?}: {error}", request.path))
+    })?;
+    let usage = dir
+        .usage()
+        .map_err(|error| Refusal::Internal(format!("statvfs {}: {error}", path.display())))?;
     let bytes = bytes_to_fill(request.amount.as_ref(), &usage, policy)?;
     Ok(DiskPlan {
-        file: dir.join(format!(".troop-fill-{fault_id}")),
+        dir: Arc::new(dir),
+        name: format!(".troop-fill-{fault_id}"),
         bytes,
         fill_percent: (usage.used + bytes) as f64 * 100.0 / usage.total.max(1) as f64,
     })
@@ -119,50 +135,70 @@ pub fn bytes_to_fill(
 }
 
 pub fn apply(plan: &DiskPlan) -> Result<Applied, Refusal> {
-    if let Err(error) = disk::fill(&plan.file, plan.bytes) {
-        let _ = disk::remove(&plan.file);
+    let file = plan.file();
+    if let Err(error) = plan.dir.fill(&plan.name, plan.bytes) {
+        // Not ours to remove if it was already there (create_new refused it).
+        if error.kind() != std::io::ErrorKind::AlreadyExists {
+            let _ = plan.dir.remove(&plan.name);
+        }
         return Err(Refusal::Internal(format!(
             "cannot fill {}: {error}",
-            plan.file.display()
+            file.display()
         )));
     }
     Ok(Applied {
         summary: format!(
             "filled {} in {} ({:.1}% of the filesystem used)",
             format_size(plan.bytes),
-            plan.file.display(),
+            file.display(),
             plan.fill_percent
         ),
         effect: Box::new(DiskFill {
-            file: plan.file.clone(),
+            dir: plan.dir.clone(),
+            name: plan.name.clone(),
             bytes: plan.bytes,
+            removed: false,
         }),
     })
 }
 
 struct DiskFill {
-    file: PathBuf,
+    dir: Arc<FillDir>,
+    name: String,
     bytes: u64,
+    removed: bool,
 }
 
 impl Effect for DiskFill {
     fn effect(&self) -> String {
-        let used = self
-            .file
-            .parent()
-            .and_then(|dir| disk::usage(dir).ok())
-            .map_or_else(String::new, |usage| {
-                format!(", filesystem {:.1}% used", usage.used_percent())
-            });
+        let used = self.dir.usage().map_or_else(
+            |_| String::new(),
+            |usage| format!(", filesystem {:.1}% used", usage.used_percent()),
+        );
         format!(
             "{} in {}{used}",
             format_size(self.bytes),
-            self.file.display()
+            self.dir.path().join(&self.name).display()
         )
     }
 
     fn revert(&mut self) -> Result<(), String> {
-        disk::remove(&self.file).map_err(|error| format!("remove {}: {error}", self.file.display()))
+        self.dir.remove(&self.name).map_err(|error| {
+            format!(
+                "remove {}: {error}",
+                self.dir.path().join(&self.name).display()
+            )
+        })?;
+        self.removed = true;
+        Ok(())
+    }
+}
+
+impl Drop for DiskFill {
+    fn drop(&mut self) {
+        if !self.removed {
+            let _ = self.dir.remove(&self.name);
+        }
     }
 }
 
@@ -253,19 +289,78 @@ mod tests {
         ));
     }
 
+    fn plan_in(dir: &Path, bytes: u64) -> DiskPlan {
+        let policy = Policy {
+            disk_paths: vec![dir.to_path_buf()],
+            ..Policy::default()
+        };
+        let request = pb::Disk {
+            path: dir.to_str().unwrap().into(),
+            amount: Some(Amount::Bytes(bytes)),
+        };
+        plan(&request, "t", &policy).unwrap()
+    }
+
     #[test]
     fn a_fill_is_allocated_and_reverted() {
         let dir = tempfile::tempdir().unwrap();
-        let plan = DiskPlan {
-            file: dir.path().join(".troop-fill-t"),
-            bytes: 8 << 20,
-            fill_percent: 0.0,
-        };
+        let plan = plan_in(&dir.path().canonicalize().unwrap(), 8 << 20);
         let mut applied = apply(&plan).unwrap();
-        let allocated = std::fs::metadata(&plan.file).unwrap();
+        let allocated = std::fs::metadata(plan.file()).unwrap();
         assert_eq!(allocated.len(), 8 << 20);
         applied.effect.revert().unwrap();
-        assert!(!plan.file.exists());
+        assert!(!plan.file().exists());
         applied.effect.revert().unwrap();
+    }
+
+    #[test]
+    fn a_dropped_fill_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let plan = plan_in(&dir.path().canonicalize().unwrap(), 1 << 20);
+        let applied = apply(&plan).unwrap();
+        assert!(plan.file().exists());
+        drop(applied);
+        assert!(!plan.file().exists());
+    }
+
+    /// The path is swapped for a link to another directory between planning and filling,
+    /// and again before the revert: the fill stays in the directory that was checked.
+    #[test]
+    fn a_swapped_path_cannot_move_the_fill_elsewhere() {
+        let root = tempfile::tempdir().unwrap();
+        let root = root.path().canonicalize().unwrap();
+        let (allowed, moved, outside) = (root.join("fill"), root.join("moved"), root.join("etc"));
+        std::fs::create_dir(&allowed).unwrap();
+        std::fs::create_dir(&outside).unwrap();
+        let plan = plan_in(&allowed, 1 << 20);
+        std::fs::rename(&allowed, &moved).unwrap();
+        std::os::unix::fs::symlink(&outside, &allowed).unwrap();
+        let mut applied = apply(&plan).unwrap();
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+        assert!(moved.join(".troop-fill-t").exists());
+        // A file of the same name outside is never what the revert removes.
+        std::fs::write(outside.join(".troop-fill-t"), b"not ours").unwrap();
+        applied.effect.revert().unwrap();
+        assert!(!moved.join(".troop-fill-t").exists());
+        assert!(outside.join(".troop-fill-t").exists());
+        // Crash recovery of the recorded path refuses the link that now stands there.
+        assert!(crate::host::disk::remove_fill(&allowed.join(".troop-fill-t")).is_err());
+        assert!(outside.join(".troop-fill-t").exists());
+    }
+
+    #[test]
+    fn an_existing_file_or_link_is_never_taken_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let dir = dir.path().canonicalize().unwrap();
+        let target = dir.join("victim");
+        std::fs::write(&target, b"keep").unwrap();
+        std::os::unix::fs::symlink(&target, dir.join(".troop-fill-t")).unwrap();
+        let plan = plan_in(&dir, 1 << 20);
+        assert!(apply(&plan).is_err());
+        assert_eq!(std::fs::read(&target).unwrap(), b"keep");
+        assert!(
+            dir.join(".troop-fill-t").symlink_metadata().is_ok(),
+            "the link is left alone"
+        );
     }
 }

@@ -1,13 +1,15 @@
 //! The fault lifecycle: apply, hold until the deadline (or the lease) passes, revert.
 //!
 //! Each running fault is a small state machine: `journaled → applied → reverted`. The
-//! journal entry is written before the fault is applied, and removed after it is reverted.
-//! One supervisor thread sleeps until the earliest deadline or lease expiry and reverts
+//! journal entry is written before the fault is applied, and removed only after the fault
+//! is really reverted: a revert that fails keeps its entry, stays listed in `Status`, and
+//! is retried every [`REVERT_RETRY`] (and at the next start) until it succeeds. One
+//! supervisor thread sleeps until the earliest deadline, lease expiry or retry and acts on
 //! what is due; `abort`, `abort_all` and `shutdown` revert at once. Reverting is done
 //! outside the engine's lock and is idempotent, so a fault is reverted exactly once
 //! whichever of these gets to it first.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -18,12 +20,22 @@ use super::journal::{Journal, Record, Undo};
 use crate::policy::FaultKind;
 use crate::service::now_unix_ms;
 
+/// How soon a failed revert is tried again.
+pub const REVERT_RETRY: Duration = Duration::from_secs(2);
+
 /// A fault that is holding: reports what it achieves, and undoes itself.
+///
+/// Dropping an effect must end it too (threads stopped, helpers killed, files removed),
+/// so no path that loses the handle can leave a fault running unseen.
 pub trait Effect: Send {
     /// What the fault achieves right now, for `Status`.
     fn effect(&self) -> String;
-    /// Undoes the fault. Called once; must not panic.
+    /// Undoes the fault. Idempotent: called again after a failure; must not panic.
     fn revert(&mut self) -> Result<(), String>;
+    /// Memory this fault holds, counted against `policy.max_memory_percent`.
+    fn memory_bytes(&self) -> u64 {
+        0
+    }
 }
 
 /// What a fault started with: its effect and how to undo it after a crash.
@@ -39,11 +51,15 @@ struct Running {
     ends_at_unix_ms: i64,
     lease: Option<(Instant, i64)>,
     effect: Box<dyn Effect>,
+    /// Set once a revert failed: why it ended, and what the revert said.
+    failed_revert: Option<(EndReason, String)>,
 }
 
 #[derive(Default)]
 struct State {
     running: BTreeMap<String, Running>,
+    /// Ids between their journal entry and their place in `running`.
+    starting: BTreeSet<String>,
     stopping: bool,
 }
 
@@ -54,6 +70,8 @@ pub enum EndReason {
     LeaseExpired,
     Aborted,
     Shutdown,
+    /// Left applied by a previous agent process.
+    Recovery,
 }
 
 impl EndReason {
@@ -63,8 +81,17 @@ impl EndReason {
             EndReason::LeaseExpired => "its lease was not renewed",
             EndReason::Aborted => "it was aborted",
             EndReason::Shutdown => "the agent is stopping",
+            EndReason::Recovery => "a previous agent process left it applied",
         }
     }
+}
+
+/// What `abort_all` did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Reverted {
+    pub ids: Vec<String>,
+    /// Faults whose revert failed: still journaled, listed in Status and retried.
+    pub failed: Vec<(String, String)>,
 }
 
 pub struct Engine {
@@ -95,7 +122,9 @@ impl Engine {
     }
 
     /// Journals, applies and starts holding a fault. `undo` must say how to undo `apply`
-    /// after a crash; it is on disk before `apply` runs.
+    /// after a crash; it is on disk before `apply` runs. An id that names a fault still
+    /// active, starting or journaled is refused: a second fault must never take the place
+    /// (and hide the handle) of the first.
     pub fn start(
         &self,
         fault_id: &str,
@@ -105,9 +134,48 @@ impl Engine {
         undo: Undo,
         apply: &dyn Fn() -> Result<Applied, Refusal>,
     ) -> Result<(String, i64), Refusal> {
-        if self.lock().stopping {
+        {
+            let mut state = self.lock();
+            if state.stopping {
+                return Err(Refusal::Unavailable("the agent is stopping".into()));
+            }
+            let in_use = state.running.contains_key(fault_id)
+                || state.starting.contains(fault_id)
+                || self.journal.contains(fault_id);
+            if in_use {
+                return Err(Refusal::FaultIdInUse {
+                    command_id: fault_id.to_string(),
+                });
+            }
+            state.starting.insert(fault_id.to_string());
+        }
+        let result = self.journal_and_apply(fault_id, kind, duration, lease, undo, apply);
+        let mut state = self.lock();
+        state.starting.remove(fault_id);
+        let (summary, ends_at_unix_ms) = result?;
+        if state.stopping {
+            let running = state.running.remove(fault_id);
+            drop(state);
+            if let Some(running) = running {
+                self.revert(fault_id.to_string(), running, EndReason::Shutdown);
+            }
             return Err(Refusal::Unavailable("the agent is stopping".into()));
         }
+        drop(state);
+        self.wake.notify_all();
+        tracing::info!(fault_id, %kind, duration_ms = ms(duration), "fault applied");
+        Ok((summary, ends_at_unix_ms))
+    }
+
+    fn journal_and_apply(
+        &self,
+        fault_id: &str,
+        kind: FaultKind,
+        duration: Duration,
+        lease: Option<Duration>,
+        undo: Undo,
+        apply: &dyn Fn() -> Result<Applied, Refusal>,
+    ) -> Result<(String, i64), Refusal> {
         let started_at_unix_ms = now_unix_ms();
         let ends_at_unix_ms = started_at_unix_ms.saturating_add(ms(duration));
         self.journal
@@ -139,18 +207,27 @@ impl Engine {
             ends_at_unix_ms,
             lease: lease.map(|lease| (now + lease, now_unix_ms().saturating_add(ms(lease)))),
             effect: applied.effect,
+            failed_revert: None,
         };
-        let mut state = self.lock();
-        if state.stopping {
-            drop(state);
-            self.revert(fault_id.to_string(), running, EndReason::Shutdown);
-            return Err(Refusal::Unavailable("the agent is stopping".into()));
-        }
-        state.running.insert(fault_id.to_string(), running);
-        drop(state);
-        self.wake.notify_all();
-        tracing::info!(fault_id, %kind, duration_ms = ms(duration), "fault applied");
+        self.lock().running.insert(fault_id.to_string(), running);
         Ok((applied.summary, ends_at_unix_ms))
+    }
+
+    /// Takes over a fault a previous agent process left applied and could not undo at
+    /// start-up: it is retried like any failed revert, and shown in Status meanwhile.
+    pub fn adopt_failed(&self, record: &Record, effect: Box<dyn Effect>, error: String) {
+        let kind = record.kind.parse().unwrap_or(FaultKind::Disk);
+        let running = Running {
+            kind,
+            started_at_unix_ms: record.started_at_unix_ms,
+            ends_at: Instant::now() + REVERT_RETRY,
+            ends_at_unix_ms: record.ends_at_unix_ms,
+            lease: None,
+            effect,
+            failed_revert: Some((EndReason::Recovery, error)),
+        };
+        self.lock().running.insert(record.fault_id.clone(), running);
+        self.wake.notify_all();
     }
 
     fn forget(&self, fault_id: &str) {
@@ -159,42 +236,72 @@ impl Engine {
         }
     }
 
-    fn revert(&self, fault_id: String, mut running: Running, reason: EndReason) {
+    /// Reverts a fault taken out of `running`. On failure it goes back, journal entry
+    /// kept, to be retried; the error is returned.
+    fn revert(&self, fault_id: String, mut running: Running, reason: EndReason) -> Option<String> {
+        let reason = running
+            .failed_revert
+            .as_ref()
+            .map_or(reason, |(first, _)| *first);
         match running.effect.revert() {
             Ok(()) => {
-                tracing::info!(%fault_id, kind = %running.kind, reason = reason.as_str(), "fault reverted")
+                tracing::info!(%fault_id, kind = %running.kind, reason = reason.as_str(), "fault reverted");
+                self.forget(&fault_id);
+                None
             }
             Err(error) => {
-                tracing::error!(%fault_id, kind = %running.kind, %error, "fault revert failed")
+                tracing::error!(%fault_id, kind = %running.kind, %error, retry_in_ms = ms(REVERT_RETRY), "fault revert failed; keeping it journaled and retrying");
+                running.failed_revert = Some((reason, error.clone()));
+                running.ends_at = Instant::now() + REVERT_RETRY;
+                running.lease = None;
+                let mut state = self.lock();
+                state.running.insert(fault_id, running);
+                drop(state);
+                self.wake.notify_all();
+                Some(error)
             }
         }
-        self.forget(&fault_id);
     }
 
     pub fn abort(&self, fault_id: &str) -> Result<(), Refusal> {
         let running = self.lock().running.remove(fault_id);
         match running {
-            Some(running) => {
-                self.revert(fault_id.to_string(), running, EndReason::Aborted);
-                Ok(())
-            }
+            Some(running) => match self.revert(fault_id.to_string(), running, EndReason::Aborted) {
+                None => Ok(()),
+                Some(error) => Err(Refusal::Internal(format!(
+                    "fault {fault_id} could not be reverted ({error}); the agent keeps retrying"
+                ))),
+            },
             None => Err(Refusal::NotFound(format!(
                 "no active fault {fault_id:?} on this agent"
             ))),
         }
     }
 
-    /// Reverts every fault now; returns their ids.
-    pub fn abort_all(&self, reason: EndReason) -> Vec<String> {
+    /// Reverts every fault now.
+    pub fn abort_all(&self, reason: EndReason) -> Reverted {
         let taken = std::mem::take(&mut self.lock().running);
-        let ids: Vec<String> = taken.keys().cloned().collect();
         // Reverted side by side: halting many faults takes as long as the slowest.
-        std::thread::scope(|scope| {
-            for (id, running) in taken {
-                scope.spawn(move || self.revert(id, running, reason));
-            }
+        let outcomes: Vec<(String, Option<String>)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = taken
+                .into_iter()
+                .map(|(id, running)| {
+                    scope.spawn(move || (id.clone(), self.revert(id, running, reason)))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .filter_map(|handle| handle.join().ok())
+                .collect()
         });
-        ids
+        let mut reverted = Reverted::default();
+        for (id, failure) in outcomes {
+            match failure {
+                None => reverted.ids.push(id),
+                Some(error) => reverted.failed.push((id, error)),
+            }
+        }
+        reverted
     }
 
     pub fn renew(&self, fault_id: &str, lease: Duration) -> Result<i64, Refusal> {
@@ -202,6 +309,11 @@ impl Engine {
         let running = state.running.get_mut(fault_id).ok_or_else(|| {
             Refusal::NotFound(format!("no active fault {fault_id:?} on this agent"))
         })?;
+        if running.failed_revert.is_some() {
+            return Err(Refusal::NotFound(format!(
+                "fault {fault_id:?} has ended and is being reverted"
+            )));
+        }
         if running.lease.is_none() {
             return Err(Refusal::InvalidArgument(format!(
                 "fault {fault_id:?} was started without a lease"
@@ -210,6 +322,15 @@ impl Engine {
         let expires = now_unix_ms().saturating_add(ms(lease));
         running.lease = Some((Instant::now() + lease, expires));
         Ok(expires)
+    }
+
+    /// Memory held by every active fault, for the policy's total cap.
+    pub fn memory_held(&self) -> u64 {
+        self.lock()
+            .running
+            .values()
+            .map(|running| running.effect.memory_bytes())
+            .sum()
     }
 
     pub fn active(&self) -> Vec<pb::ActiveFault> {
@@ -222,19 +343,32 @@ impl Engine {
                 kind: running.kind.name().to_string(),
                 started_at_unix_ms: running.started_at_unix_ms,
                 ends_at_unix_ms: running.ends_at_unix_ms,
-                effect: running.effect.effect(),
+                effect: match &running.failed_revert {
+                    None => running.effect.effect(),
+                    Some((_, error)) => format!(
+                        "ended, but its revert failed ({error}); retrying every {} s",
+                        REVERT_RETRY.as_secs()
+                    ),
+                },
                 lease_expires_at_unix_ms: running.lease.map_or(0, |(_, at)| at),
             })
             .collect()
     }
 
     /// Reverts everything and stops the supervisor (SIGTERM, or the server ending).
+    /// What cannot be reverted now stays journaled for the next start.
     pub fn shutdown(&self) {
         self.lock().stopping = true;
         self.wake.notify_all();
-        let ids = self.abort_all(EndReason::Shutdown);
-        if !ids.is_empty() {
-            tracing::info!(count = ids.len(), "reverted every fault before stopping");
+        let reverted = self.abort_all(EndReason::Shutdown);
+        if !reverted.ids.is_empty() {
+            tracing::info!(
+                count = reverted.ids.len(),
+                "reverted every fault before stopping"
+            );
+        }
+        for (fault_id, error) in reverted.failed {
+            tracing::error!(%fault_id, %error, "cannot revert before stopping; the next start retries");
         }
     }
 
@@ -382,7 +516,7 @@ mod tests {
         let c = start(&engine, "c", Duration::from_secs(60), None);
         engine.abort("a").unwrap();
         assert_eq!(a.load(Ordering::SeqCst), 1);
-        assert_eq!(engine.abort_all(EndReason::Aborted), ["b", "c"]);
+        assert_eq!(engine.abort_all(EndReason::Aborted).ids, ["b", "c"]);
         assert_eq!((b.load(Ordering::SeqCst), c.load(Ordering::SeqCst)), (1, 1));
     }
 
@@ -425,6 +559,92 @@ mod tests {
             &|| unreachable!("must not apply while stopping"),
         );
         assert!(refused.is_err());
+    }
+
+    /// Fails its first `failures` reverts.
+    struct Stubborn {
+        failures: usize,
+        reverts: Arc<AtomicUsize>,
+    }
+
+    impl Effect for Stubborn {
+        fn effect(&self) -> String {
+            "stubborn".into()
+        }
+        fn revert(&mut self) -> Result<(), String> {
+            if self.failures > 0 {
+                self.failures -= 1;
+                return Err("the disk said no".into());
+            }
+            self.reverts.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn an_id_that_names_a_running_fault_is_refused_and_the_first_keeps_running() {
+        let (engine, dir) = engine();
+        let first = start(&engine, "a", Duration::from_secs(60), None);
+        let refused = engine.start(
+            "a",
+            FaultKind::Cpu,
+            Duration::from_secs(60),
+            None,
+            Undo::Nothing,
+            &|| unreachable!("must not apply over a running fault"),
+        );
+        assert!(
+            matches!(refused, Err(Refusal::FaultIdInUse { .. })),
+            "{refused:?}"
+        );
+        assert_eq!(engine.active().len(), 1);
+        assert_eq!(Journal::check(dir.path()).unwrap(), 1);
+        assert_eq!(engine.abort_all(EndReason::Aborted).ids, ["a"]);
+        assert_eq!(first.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_failed_revert_stays_journaled_and_listed_until_a_retry_succeeds() {
+        let (engine, dir) = engine();
+        let reverts = Arc::new(AtomicUsize::new(0));
+        let stubborn = reverts.clone();
+        engine
+            .start(
+                "a",
+                FaultKind::Disk,
+                Duration::from_millis(20),
+                None,
+                Undo::Nothing,
+                &|| {
+                    Ok(Applied {
+                        effect: Box::new(Stubborn {
+                            failures: 2,
+                            reverts: stubborn.clone(),
+                        }),
+                        summary: "stubborn".into(),
+                    })
+                },
+            )
+            .unwrap();
+        // The deadline's revert fails: still journaled, listed, and the id still taken.
+        assert!(wait_until(|| engine
+            .active()
+            .first()
+            .is_some_and(|fault| fault.effect.contains("revert failed"))));
+        assert_eq!(Journal::check(dir.path()).unwrap(), 1);
+        assert!(engine.renew("a", Duration::from_secs(5)).is_err());
+        // An abort tries again at once, fails again, and says so.
+        let error = engine.abort("a").unwrap_err();
+        assert!(error.to_string().contains("keeps retrying"), "{error}");
+        assert_eq!(Journal::check(dir.path()).unwrap(), 1);
+        // The supervisor's retry succeeds.
+        let deadline = Instant::now() + REVERT_RETRY * 3;
+        while reverts.load(Ordering::SeqCst) == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(reverts.load(Ordering::SeqCst), 1);
+        assert!(engine.active().is_empty());
+        assert_eq!(Journal::check(dir.path()).unwrap(), 0);
     }
 
     #[test]

@@ -23,7 +23,10 @@ pub enum Undo {
     RemoveFile { path: PathBuf },
     /// A helper process (the memory holder) to end, found by its fault id marker.
     EndHelper { marker: String },
-    /// The host was stopped: nothing to undo, but the agent reports it once back.
+    /// A stop-host waiting out its delay: a restart cancels it (nothing to undo, and
+    /// nothing to report: the host was not stopped).
+    PendingStop { mode: String },
+    /// The host is being stopped now: nothing to undo, but the agent reports it once back.
     ReportStop { mode: String },
 }
 
@@ -90,6 +93,11 @@ impl Journal {
         records.retain(|r| r.fault_id != record.fault_id);
         records.push(record);
         self.write(&records)
+    }
+
+    pub fn contains(&self, fault_id: &str) -> bool {
+        let records = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        records.iter().any(|r| r.fault_id == fault_id)
     }
 
     /// Forgets a fault; forgetting one that is not there is fine (reverts are idempotent).

@@ -350,6 +350,12 @@ impl Effect for RepeatKill {
     }
 }
 
+impl Drop for RepeatKill {
+    fn drop(&mut self) {
+        let _ = self.revert();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,10 +14,12 @@ use crate::units::format_size;
 /// Touching pages runs at a few GiB a second; allow for slow hosts.
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// How many bytes to hold, refusing what the policy does not allow.
+/// How many bytes to hold, refusing what the policy does not allow together with the
+/// `held` bytes other memory faults hold already.
 pub fn bytes_to_hold(
     amount: Option<&pb::memory::Amount>,
     total: u64,
+    held: u64,
     policy: &Policy,
 ) -> Result<u64, Refusal> {
     use pb::memory::Amount;
@@ -41,9 +43,14 @@ pub fn bytes_to_hold(
         Some(Amount::Bytes(bytes)) => *bytes,
     };
     let cap = policy.max_memory_percent;
-    if bytes as u128 * 100 > total as u128 * u128::from(cap) {
+    if (bytes as u128 + held as u128) * 100 > total as u128 * u128::from(cap) {
+        let already = if held > 0 {
+            format!(" with the {} other memory faults hold", format_size(held))
+        } else {
+            String::new()
+        };
         return Err(Refusal::Policy(format!(
-            "holding {} is past this agent's policy.max_memory_percent of {cap}% of {}",
+            "holding {}{already} is past this agent's policy.max_memory_percent of {cap}% of {}",
             format_size(bytes),
             format_size(total)
         )));
@@ -86,6 +93,10 @@ impl Effect for MemoryHold {
         self.holder.stop();
         Ok(())
     }
+
+    fn memory_bytes(&self) -> u64 {
+        self.bytes
+    }
 }
 
 #[cfg(test)]
@@ -98,28 +109,43 @@ mod tests {
         let policy = Policy::default(); // 80 %
         let total = 1000;
         assert_eq!(
-            bytes_to_hold(Some(&Amount::Percent(50)), total, &policy),
+            bytes_to_hold(Some(&Amount::Percent(50)), total, 0, &policy),
             Ok(500)
         );
         assert_eq!(
-            bytes_to_hold(Some(&Amount::Bytes(800)), total, &policy),
+            bytes_to_hold(Some(&Amount::Bytes(800)), total, 0, &policy),
             Ok(800)
         );
         assert!(matches!(
-            bytes_to_hold(Some(&Amount::Bytes(801)), total, &policy),
+            bytes_to_hold(Some(&Amount::Bytes(801)), total, 0, &policy),
             Err(Refusal::Policy(_))
         ));
         assert!(matches!(
-            bytes_to_hold(Some(&Amount::Percent(81)), total, &policy),
+            bytes_to_hold(Some(&Amount::Percent(81)), total, 0, &policy),
             Err(Refusal::Policy(_))
         ));
         assert!(matches!(
-            bytes_to_hold(Some(&Amount::Percent(0)), total, &policy),
+            bytes_to_hold(Some(&Amount::Percent(0)), total, 0, &policy),
             Err(Refusal::InvalidArgument(_))
         ));
         assert!(matches!(
-            bytes_to_hold(None, total, &policy),
+            bytes_to_hold(None, total, 0, &policy),
             Err(Refusal::InvalidArgument(_))
         ));
+    }
+
+    #[test]
+    fn the_cap_counts_what_other_memory_faults_hold() {
+        let policy = Policy::default(); // 80 %
+        assert_eq!(
+            bytes_to_hold(Some(&Amount::Bytes(300)), 1000, 500, &policy),
+            Ok(300)
+        );
+        let refusal = bytes_to_hold(Some(&Amount::Bytes(301)), 1000, 500, &policy).unwrap_err();
+        assert!(matches!(refusal, Refusal::Policy(_)));
+        assert!(
+            refusal.to_string().contains("other memory faults hold"),
+            "{refusal}"
+        );
     }
 }

@@ -12,12 +12,13 @@ pub mod memory;
 pub mod power;
 pub mod runner;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use troop_proto::pb;
 
-use journal::{Journal, Record, Undo};
+use engine::{Effect, Engine};
+use journal::{Record, Undo};
 
 const LAST_STOP_FILE: &str = "last-stop.json";
 
@@ -45,39 +46,74 @@ pub fn load_last_stop(state_dir: &Path) -> Option<LastStop> {
 }
 
 /// Undoes what a previous run left in the journal (a crash, or a stopped host) and clears
-/// it. Idempotent: a restart in the middle simply undoes again.
-pub fn recover(state_dir: &Path, journal: &Journal, left: Vec<Record>) {
+/// it. Idempotent: a restart in the middle simply undoes again. What cannot be undone now
+/// stays journaled and is handed to the engine, which lists it and retries.
+pub fn recover(state_dir: &Path, engine: &Engine, left: Vec<Record>) {
     for record in left {
         let id = &record.fault_id;
-        match &record.undo {
-            Undo::Nothing => {
-                tracing::info!(fault_id = %id, kind = %record.kind, "fault ended with the previous agent process")
-            }
-            Undo::RemoveFile { path } => match crate::host::disk::remove(path) {
-                Ok(()) => {
-                    tracing::info!(fault_id = %id, path = %path.display(), "removed a fill left by the previous agent process")
-                }
-                Err(error) => {
-                    tracing::error!(fault_id = %id, path = %path.display(), %error, "cannot remove a leftover fill")
-                }
-            },
-            Undo::EndHelper { marker } => crate::host::memory::end_leftover(marker),
-            Undo::ReportStop { mode } => {
-                let stop = LastStop {
-                    command_id: id.clone(),
-                    mode: mode.clone(),
-                    at_unix_ms: record.started_at_unix_ms,
-                };
-                tracing::warn!(command_id = %id, mode = %mode, "this host was stopped by troop");
-                if let Err(error) = save_last_stop(state_dir, &stop) {
-                    tracing::error!(%error, "cannot record the last stop");
-                    continue;
+        match undo_leftover(state_dir, &record) {
+            Ok(()) => {
+                if let Err(error) = engine.journal().remove(id) {
+                    tracing::error!(fault_id = %id, error = %troop_telemetry::error_chain(&error), "cannot update the fault journal");
                 }
             }
+            Err(error) => {
+                tracing::error!(fault_id = %id, kind = %record.kind, %error, "cannot undo what the previous agent process left; retrying");
+                let effect = Box::new(Leftover {
+                    state_dir: state_dir.to_path_buf(),
+                    record: record.clone(),
+                });
+                engine.adopt_failed(&record, effect, error);
+            }
         }
-        if let Err(error) = journal.remove(id) {
-            tracing::error!(fault_id = %id, error = %troop_telemetry::error_chain(&error), "cannot update the fault journal");
+    }
+}
+
+fn undo_leftover(state_dir: &Path, record: &Record) -> Result<(), String> {
+    let id = &record.fault_id;
+    match &record.undo {
+        Undo::Nothing => {
+            tracing::info!(fault_id = %id, kind = %record.kind, "fault ended with the previous agent process");
         }
+        Undo::RemoveFile { path } => {
+            crate::host::disk::remove_fill(path)
+                .map_err(|error| format!("remove {}: {error}", path.display()))?;
+            tracing::info!(fault_id = %id, path = %path.display(), "removed a fill left by the previous agent process");
+        }
+        Undo::EndHelper { marker } => crate::host::memory::end_leftover(marker),
+        Undo::PendingStop { mode } => {
+            tracing::info!(fault_id = %id, %mode, "a stop-host was still waiting out its delay when the previous agent process ended; it is cancelled");
+        }
+        Undo::ReportStop { mode } => {
+            let stop = LastStop {
+                command_id: id.clone(),
+                mode: mode.clone(),
+                at_unix_ms: record.started_at_unix_ms,
+            };
+            tracing::warn!(command_id = %id, mode = %mode, "this host was stopped by troop");
+            save_last_stop(state_dir, &stop)
+                .map_err(|error| format!("cannot record the last stop: {error}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// A journal entry the start-up recovery could not undo, retried by the engine.
+struct Leftover {
+    state_dir: PathBuf,
+    record: Record,
+}
+
+impl Effect for Leftover {
+    fn effect(&self) -> String {
+        format!(
+            "left applied by a previous agent process ({})",
+            self.record.kind
+        )
+    }
+
+    fn revert(&mut self) -> Result<(), String> {
+        undo_leftover(&self.state_dir, &self.record)
     }
 }
 
@@ -92,6 +128,7 @@ fn save_last_stop(state_dir: &Path, stop: &LastStop) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use journal::Journal;
 
     #[test]
     fn recovery_removes_a_leftover_fill_and_remembers_a_stop() {
@@ -121,7 +158,7 @@ mod tests {
             }
         }
         let (journal, left) = Journal::open(dir.path()).unwrap();
-        recover(dir.path(), &journal, left);
+        recover(dir.path(), &Engine::new(journal), left);
         assert!(!fill.exists());
         assert_eq!(Journal::check(dir.path()).unwrap(), 0);
         let stop = load_last_stop(dir.path()).unwrap();

@@ -2,13 +2,13 @@
 //! and answer with a receipt once the fault is applied.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use troop_proto::{Refusal, pb};
 
 use super::engine::{Applied, EndReason, Engine};
-use super::journal::{Record, Undo};
+use super::journal::Undo;
 use super::kill::{self, KillSpec};
 use super::power::{self, StopSpec};
 use super::{cpu, disk, memory};
@@ -17,12 +17,16 @@ use crate::policy::{FaultKind, Policy};
 use crate::service::now_unix_ms;
 
 pub struct Runner {
-    pub agent_id: String,
-    pub policy: Policy,
-    pub engine: Arc<Engine>,
-    pub processes: Arc<dyn ProcessTable>,
+    agent_id: String,
+    policy: Policy,
+    pub(crate) engine: Arc<Engine>,
+    processes: Arc<dyn ProcessTable>,
     /// The binary that answers `__hold-memory` (this agent's own, normally).
-    pub helper_exe: PathBuf,
+    helper_exe: PathBuf,
+    /// Memory and disk faults are planned and applied one at a time each, so that
+    /// concurrent faults together stay under the policy's caps.
+    memory_gate: Mutex<()>,
+    disk_gate: Mutex<()>,
 }
 
 fn kind_of(fault: &pb::start_fault::Fault) -> FaultKind {
@@ -37,6 +41,24 @@ fn kind_of(fault: &pb::start_fault::Fault) -> FaultKind {
 }
 
 impl Runner {
+    pub fn new(
+        agent_id: String,
+        policy: Policy,
+        engine: Arc<Engine>,
+        processes: Arc<dyn ProcessTable>,
+        helper_exe: PathBuf,
+    ) -> Self {
+        Self {
+            agent_id,
+            policy,
+            engine,
+            processes,
+            helper_exe,
+            memory_gate: Mutex::new(()),
+            disk_gate: Mutex::new(()),
+        }
+    }
+
     pub fn carry_out(&self, command: &pb::Command) -> Result<pb::Receipt, Refusal> {
         use pb::command::Action;
         let receipt = pb::Receipt {
@@ -56,10 +78,22 @@ impl Runner {
                 }
             }
             Some(Action::AbortAll(_)) => {
-                let ids = self.engine.abort_all(EndReason::Aborted);
+                let reverted = self.engine.abort_all(EndReason::Aborted);
+                if !reverted.failed.is_empty() {
+                    let failed: Vec<String> = reverted
+                        .failed
+                        .iter()
+                        .map(|(id, error)| format!("{id} ({error})"))
+                        .collect();
+                    return Err(Refusal::Internal(format!(
+                        "reverted {} fault(s); could not revert {}; the agent keeps retrying",
+                        reverted.ids.len(),
+                        failed.join(", ")
+                    )));
+                }
                 pb::Receipt {
-                    summary: format!("reverted {} fault(s)", ids.len()),
-                    aborted_fault_ids: ids,
+                    summary: format!("reverted {} fault(s)", reverted.ids.len()),
+                    aborted_fault_ids: reverted.ids,
                     ..receipt
                 }
             }
@@ -123,21 +157,43 @@ impl Runner {
                 held(Undo::Nothing, &|| cpu::apply(&spec))
             }
             Fault::Memory(request) => {
+                let _one_at_a_time = self.memory_gate.lock().unwrap_or_else(|e| e.into_inner());
                 let total = crate::inventory::collect().memory_total_bytes;
-                let bytes = memory::bytes_to_hold(request.amount.as_ref(), total, &self.policy)?;
+                let held_now = self.engine.memory_held();
+                let bytes =
+                    memory::bytes_to_hold(request.amount.as_ref(), total, held_now, &self.policy)?;
                 let undo = Undo::EndHelper {
                     marker: id.to_string(),
                 };
                 held(undo, &|| memory::apply(&self.helper_exe, id, bytes))
             }
             Fault::Disk(request) => {
+                let _one_at_a_time = self.disk_gate.lock().unwrap_or_else(|e| e.into_inner());
                 let plan = disk::plan(request, id, &self.policy)?;
-                let undo = Undo::RemoveFile {
-                    path: plan.file.clone(),
-                };
+                let undo = Undo::RemoveFile { path: plan.file() };
                 held(undo, &|| disk::apply(&plan))
             }
-            Fault::StopHost(request) => self.stop_host(id, StopSpec::from_pb(request)?, receipt),
+            Fault::StopHost(request) => {
+                let spec = StopSpec::from_pb(request)?;
+                let undo = Undo::PendingStop {
+                    mode: spec.mode.name().to_string(),
+                };
+                let engine = self.engine.clone();
+                let (summary, ends_at_unix_ms) = self.engine.start(
+                    id,
+                    kind,
+                    spec.delay + power::STOP_GRACE,
+                    lease,
+                    undo,
+                    &|| power::apply(spec, id, engine.clone()),
+                )?;
+                Ok(pb::Receipt {
+                    fault_id: id.to_string(),
+                    summary,
+                    ends_at_unix_ms,
+                    ..receipt
+                })
+            }
         }
     }
 
@@ -159,82 +215,57 @@ impl Runner {
                 "a repeating kill needs a duration".into(),
             ));
         }
-        let signalled = kill::apply(
-            &spec,
-            self.processes.as_ref(),
-            &self.policy,
-            &mut rand::rng(),
-        )?;
-        let names: Vec<String> = signalled
-            .iter()
-            .map(|process| format!("{} ({})", process.pid, process.name))
-            .collect();
+        let first_kill = || {
+            kill::apply(
+                &spec,
+                self.processes.as_ref(),
+                &self.policy,
+                &mut rand::rng(),
+            )
+        };
         let signal = nix::sys::signal::Signal::try_from(spec.signal).map_or_else(
             |_| format!("signal {}", spec.signal),
             |s| s.as_str().to_string(),
         );
-        let mut summary = format!("sent {signal} to {}", names.join(", "));
-        let mut receipt = pb::Receipt {
-            signalled,
-            ..receipt
+        let sent = |signalled: &[pb::SignalledProcess]| {
+            let names: Vec<String> = signalled
+                .iter()
+                .map(|process| format!("{} ({})", process.pid, process.name))
+                .collect();
+            format!("sent {signal} to {}", names.join(", "))
         };
-        if let Some(interval) = spec.repeat_every {
-            let first = receipt.signalled.len();
-            let (processes, policy) = (self.processes.clone(), self.policy.clone());
-            let (repeat, ends_at) =
-                self.engine
-                    .start(id, FaultKind::Kill, duration, lease, Undo::Nothing, &|| {
-                        Ok(kill::start_repeating(
-                            spec.clone(),
-                            interval,
-                            processes.clone(),
-                            policy.clone(),
-                            first,
-                        ))
-                    })?;
-            summary = format!("{summary}; {repeat}");
-            receipt.fault_id = id.to_string();
-            receipt.ends_at_unix_ms = ends_at;
-        }
-        receipt.summary = summary;
-        Ok(receipt)
-    }
-
-    /// Journals the stop, answers, and stops the host after the delay.
-    fn stop_host(
-        &self,
-        id: &str,
-        spec: StopSpec,
-        receipt: pb::Receipt,
-    ) -> Result<pb::Receipt, Refusal> {
-        let now = now_unix_ms();
-        let record = Record {
-            fault_id: id.to_string(),
-            kind: FaultKind::StopHost.name().to_string(),
-            started_at_unix_ms: now,
-            ends_at_unix_ms: now,
-            undo: Undo::ReportStop {
-                mode: spec.mode.name().to_string(),
-            },
+        let Some(interval) = spec.repeat_every else {
+            let signalled = first_kill()?;
+            return Ok(pb::Receipt {
+                summary: sent(&signalled),
+                signalled,
+                ..receipt
+            });
         };
-        self.engine.journal().add(record).map_err(|error| {
-            Refusal::Unavailable(format!(
-                "cannot journal the stop, so the host was not stopped: {}",
-                troop_telemetry::error_chain(&error)
-            ))
-        })?;
-        let engine = self.engine.clone();
-        let fault_id = id.to_string();
-        power::stop_later(spec, move |_| {
-            let _ = engine.journal().remove(&fault_id);
-        });
+        // The first kill happens inside the engine's start, after its id checks: a
+        // refused start must not have signalled anything.
+        let first = Mutex::new(Vec::new());
+        let (processes, policy) = (self.processes.clone(), self.policy.clone());
+        let (repeat, ends_at_unix_ms) =
+            self.engine
+                .start(id, FaultKind::Kill, duration, lease, Undo::Nothing, &|| {
+                    let signalled = first_kill()?;
+                    let count = signalled.len();
+                    *first.lock().unwrap_or_else(|e| e.into_inner()) = signalled;
+                    Ok(kill::start_repeating(
+                        spec.clone(),
+                        interval,
+                        processes.clone(),
+                        policy.clone(),
+                        count,
+                    ))
+                })?;
+        let signalled = first.into_inner().unwrap_or_else(|e| e.into_inner());
         Ok(pb::Receipt {
+            summary: format!("{}; {repeat}", sent(&signalled)),
+            signalled,
             fault_id: id.to_string(),
-            summary: format!(
-                "host will {} in {} ms",
-                spec.mode.name(),
-                spec.delay.as_millis()
-            ),
+            ends_at_unix_ms,
             ..receipt
         })
     }

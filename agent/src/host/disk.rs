@@ -1,12 +1,14 @@
-//! Filesystem usage and fill files.
+//! Filesystem usage and fill files, the latter only through directory handles.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
 
-use nix::fcntl::{FallocateFlags, fallocate};
-use nix::sys::statvfs::statvfs;
+use nix::fcntl::{FallocateFlags, OFlag, fallocate, open, openat};
+use nix::sys::stat::Mode;
+use nix::sys::statvfs::{Statvfs, fstatvfs, statvfs};
+use nix::unistd::{UnlinkatFlags, unlinkat};
 
 /// A filesystem's size and use, as `df` shows them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,34 +29,102 @@ impl Usage {
 }
 
 pub fn usage(path: &Path) -> io::Result<Usage> {
-    let stat = statvfs(path).map_err(io::Error::from)?;
-    let block = stat.fragment_size();
-    let total = stat.blocks() * block;
-    let free = stat.blocks_free() * block;
-    Ok(Usage {
-        total,
-        used: total.saturating_sub(free),
-        available: stat.blocks_available() * block,
-    })
+    Ok(Usage::from(statvfs(path).map_err(io::Error::from)?))
 }
 
-/// Creates `path` (it must not exist) holding `bytes` of allocated space: fallocate where
-/// the filesystem supports it, written zeros where it does not.
-pub fn fill(path: &Path, bytes: u64) -> io::Result<()> {
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    if bytes == 0 {
-        return Ok(());
+impl From<Statvfs> for Usage {
+    fn from(stat: Statvfs) -> Self {
+        let block = stat.fragment_size();
+        let total = stat.blocks() * block;
+        let free = stat.blocks_free() * block;
+        Usage {
+            total,
+            used: total.saturating_sub(free),
+            available: stat.blocks_available() * block,
+        }
     }
-    let length = i64::try_from(bytes).map_err(|_| io::Error::other("fill size too large"))?;
-    match fallocate(&file, FallocateFlags::empty(), 0, length) {
-        Ok(()) => Ok(()),
-        Err(nix::errno::Errno::EOPNOTSUPP) => write_zeros(&mut file, bytes),
-        Err(errno) => Err(errno.into()),
+}
+
+/// A directory opened once without following links: fills are measured, created and
+/// removed through this handle, so no symlink or rename race can move a fill elsewhere.
+#[derive(Debug)]
+pub struct FillDir {
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
+impl FillDir {
+    /// Opens `path`, which must be canonical (no links): the handle must lead where
+    /// `path` says, or this fails.
+    pub fn open(path: &Path) -> io::Result<Self> {
+        let fd = open(
+            path,
+            OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
+        let real = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))?;
+        if real != path {
+            return Err(io::Error::other(format!(
+                "{} changed while it was opened (it now leads to {})",
+                path.display(),
+                real.display()
+            )));
+        }
+        Ok(Self {
+            fd,
+            path: path.to_path_buf(),
+        })
     }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// statvfs of the filesystem the handle is on.
+    pub fn usage(&self) -> io::Result<Usage> {
+        Ok(Usage::from(fstatvfs(&self.fd)?))
+    }
+
+    /// Creates `name` (it must not exist, nor be a link) holding `bytes` of allocated
+    /// space: fallocate where the filesystem supports it, written zeros where it does not.
+    pub fn fill(&self, name: &str, bytes: u64) -> io::Result<()> {
+        check_name(name)?;
+        let fd = openat(
+            &self.fd,
+            name,
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        )?;
+        let mut file = File::from(fd);
+        if bytes == 0 {
+            return Ok(());
+        }
+        let length = i64::try_from(bytes).map_err(|_| io::Error::other("fill size too large"))?;
+        match fallocate(&file, FallocateFlags::empty(), 0, length) {
+            Ok(()) => Ok(()),
+            Err(nix::errno::Errno::EOPNOTSUPP) => write_zeros(&mut file, bytes),
+            Err(errno) => Err(errno.into()),
+        }
+    }
+
+    /// Removes `name` from this directory; one already gone is fine.
+    pub fn remove(&self, name: &str) -> io::Result<()> {
+        check_name(name)?;
+        match unlinkat(&self.fd, name, UnlinkatFlags::NoRemoveDir) {
+            Ok(()) | Err(nix::errno::Errno::ENOENT) => Ok(()),
+            Err(errno) => Err(errno.into()),
+        }
+    }
+}
+
+fn check_name(name: &str) -> io::Result<()> {
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{name:?} is not a plain file name"),
+        ));
+    }
+    Ok(())
 }
 
 fn write_zeros(file: &mut File, bytes: u64) -> io::Result<()> {
@@ -68,10 +138,19 @@ fn write_zeros(file: &mut File, bytes: u64) -> io::Result<()> {
     file.sync_data()
 }
 
-/// Removes a fill file; one already gone is fine.
-pub fn remove(path: &Path) -> io::Result<()> {
-    match std::fs::remove_file(path) {
-        Err(error) if error.kind() != io::ErrorKind::NotFound => Err(error),
-        _ => Ok(()),
+/// Removes a fill file recorded by its full path (crash recovery): through a handle on
+/// its directory, which must still be the directory it was recorded in.
+pub fn remove_fill(path: &Path) -> io::Result<()> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
+        return Err(io::Error::other(format!(
+            "{} is not a fill path",
+            path.display()
+        )));
+    };
+    match FillDir::open(dir) {
+        Ok(dir) => dir.remove(name),
+        // The directory is gone, and the fill with it.
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(error) => Err(error),
     }
 }

@@ -3,24 +3,63 @@
 //! The memory is held by a child process, not by the agent: the child raises its own
 //! `oom_score_adj` to 1000, so under pressure the kernel's OOM killer takes it first and
 //! the agent survives. The child touches every page so the memory is really resident,
-//! says "ready", and then waits; it exits by itself if the agent goes away.
+//! says "ready", and then waits. It is a minimal process (one thread, no capabilities,
+//! no new privileges) and the kernel kills it when the agent goes away.
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{Mutex, OnceLock, mpsc};
 use std::time::Duration;
 
-/// The hidden subcommand both binaries answer with [`hold`].
+/// The hidden subcommand both binaries answer with [`hold`], before anything else starts.
 pub const HOLD_COMMAND: &str = "__hold-memory";
 const PAGE: usize = 4096;
 
-/// The holder: allocates and touches `bytes`, reports ready, and holds them until killed
-/// or until its parent (the agent) is gone.
-pub fn hold(bytes: u64) -> io::Result<()> {
+/// Runs the memory holder and exits, if this process was started as one; returns
+/// otherwise. Binaries call this first, before argument parsing, logging or an async
+/// runtime: the holder stays a single thread with nothing but its memory.
+pub fn run_holder_if_asked() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) != Some(HOLD_COMMAND) {
+        return;
+    }
+    let value = |name: &str| {
+        args.windows(2)
+            .find(|pair| pair[0] == name)
+            .and_then(|pair| pair[1].parse::<u64>().ok())
+    };
+    let code = match (value("--bytes"), value("--parent")) {
+        (Some(bytes), Some(parent)) => match hold(bytes, parent as i32) {
+            Ok(()) => 0,
+            Err(error) => {
+                eprintln!("{HOLD_COMMAND}: {error}");
+                1
+            }
+        },
+        _ => {
+            eprintln!("{HOLD_COMMAND}: needs --fault ID --bytes N --parent PID");
+            2
+        }
+    };
+    std::process::exit(code);
+}
+
+/// The holder: dies with the agent, gives up every capability, allocates and touches
+/// `bytes`, reports ready, and holds them until killed.
+pub fn hold(bytes: u64, parent: i32) -> io::Result<()> {
+    // SIGKILL when the thread that started us ends (the agent's spawner thread lives as
+    // long as the agent). Checked after arming it: if the agent died before, our parent
+    // is already someone else, and we leave at once.
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+    if nix::unistd::getppid().as_raw() != parent {
+        return Err(io::Error::other(
+            "the agent that started this holder is gone",
+        ));
+    }
     // First in line for the OOM killer, so the agent is not.
     std::fs::write("/proc/self/oom_score_adj", "1000")?;
-    let parent = nix::unistd::getppid();
+    drop_privileges()?;
     let size = usize::try_from(bytes).map_err(|_| io::Error::other("size too large"))?;
     let mut memory: Vec<u8> = Vec::new();
     memory
@@ -36,11 +75,77 @@ pub fn hold(bytes: u64) -> io::Result<()> {
     writeln!(stdout, "ready")?;
     stdout.flush()?;
     loop {
-        std::thread::sleep(Duration::from_millis(200));
-        if nix::unistd::getppid() != parent {
-            return Ok(());
-        }
+        std::thread::park();
     }
+}
+
+/// No new privileges and an empty capability set: the holder can do nothing an
+/// unprivileged process cannot.
+fn drop_privileges() -> io::Result<()> {
+    nix::sys::prctl::set_no_new_privs()?;
+    clear_capabilities()
+}
+
+#[allow(unsafe_code)]
+fn clear_capabilities() -> io::Result<()> {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: libc::c_int,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    let header = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let data = [Data {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    }; 2];
+    // SAFETY: capset(2) reads one header and, for version 3, two data structs; both are
+    // properly laid out (repr(C)), initialised, and live across the call.
+    let result = unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) };
+    if result != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+type SpawnRequest = (Command, mpsc::Sender<io::Result<Child>>);
+
+/// Holders are started from one thread that lives as long as the agent: the kernel's
+/// parent-death signal follows the thread that forked, and a pool thread may end early.
+fn spawn_from_lasting_thread(command: Command) -> io::Result<Child> {
+    static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (requests, incoming) = mpsc::channel::<SpawnRequest>();
+        std::thread::Builder::new()
+            .name("troop-spawner".into())
+            .spawn(move || {
+                for (mut command, reply) in incoming {
+                    let _ = reply.send(command.spawn());
+                }
+            })
+            .expect("cannot start the spawner thread");
+        Mutex::new(requests)
+    });
+    let (reply, answer) = mpsc::channel();
+    spawner
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .send((command, reply))
+        .map_err(|_| io::Error::other("the spawner thread is gone"))?;
+    answer
+        .recv()
+        .map_err(|_| io::Error::other("the spawner thread is gone"))?
 }
 
 /// A running holder.
@@ -52,18 +157,21 @@ pub struct Holder {
 impl Holder {
     /// Starts `exe __hold-memory` and waits until it holds the memory (or `timeout`).
     pub fn start(exe: &Path, marker: &str, bytes: u64, timeout: Duration) -> io::Result<Self> {
-        let mut child = Command::new(exe)
+        let mut command = Command::new(exe);
+        command
             .args([
                 HOLD_COMMAND,
                 "--fault",
                 marker,
                 "--bytes",
                 &bytes.to_string(),
+                "--parent",
+                &std::process::id().to_string(),
             ])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
+            .stderr(Stdio::piped());
+        let mut child = spawn_from_lasting_thread(command)?;
         let stdout = child
             .stdout
             .take()
