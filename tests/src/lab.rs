@@ -220,6 +220,42 @@ impl Lab {
         }
     }
 
+    /// Starts the host's agent again inside the same host (same tmpfs, config and state
+    /// dir), as systemd would after a crash; waits until it answers.
+    pub fn restart_agent(&self, id: &str) -> std::process::Child {
+        let host = &self.hosts[id];
+        let argv: Vec<OsString> = vec![
+            binary("troop-agent").into(),
+            "--config".into(),
+            host.config.clone().into(),
+        ];
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(self.dir().join(format!("{id}.log")))
+            .unwrap();
+        let child = host
+            .host
+            .command_inside(&argv)
+            .expect("host is running")
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.wait_reachable(id);
+        child
+    }
+
+    /// Runs `argv` inside the host (its PID, mount and network namespaces).
+    pub fn run_inside(&self, id: &str, argv: &[&str]) -> Output {
+        let argv: Vec<OsString> = argv.iter().map(OsString::from).collect();
+        self.hosts[id]
+            .host
+            .command_inside(&argv)
+            .expect("host is running")
+            .output()
+            .unwrap()
+    }
+
     /// The agent's log so far, for failure messages.
     pub fn log(&self, id: &str) -> String {
         std::fs::read_to_string(self.dir().join(format!("{id}.log"))).unwrap_or_default()
