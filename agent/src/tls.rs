@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -42,6 +42,8 @@ pub enum TlsError {
     },
     #[error("{path} holds no certificate")]
     Empty { path: String },
+    #[error(transparent)]
+    KeyMode(#[from] ExposedKey),
     #[error("TLS configuration rejected")]
     Rustls(#[from] rustls::Error),
     #[error("client certificate verifier")]
@@ -68,7 +70,32 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
     Ok(certs)
 }
 
+/// A private key file that others than its owner may read.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "private key {} is readable by group or others (mode {mode:04o}); `chmod 600` it",
+    path.display()
+)]
+pub struct ExposedKey {
+    pub path: PathBuf,
+    pub mode: u32,
+}
+
+/// Refuses a private key file with any group or other permission bits. A file that
+/// cannot be inspected is left to the read that follows, which names the problem.
+pub fn check_key_mode(path: &Path) -> Result<(), ExposedKey> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::metadata(path) {
+        Ok(metadata) if metadata.permissions().mode() & 0o077 != 0 => Err(ExposedKey {
+            path: path.to_path_buf(),
+            mode: metadata.permissions().mode() & 0o7777,
+        }),
+        _ => Ok(()),
+    }
+}
+
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    check_key_mode(path)?;
     PrivateKeyDer::from_pem_file(path).map_err(|source| TlsError::Read {
         what: "a private key",
         path: path.display().to_string(),
@@ -260,6 +287,24 @@ pub fn incoming(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_others_can_read_is_refused_naming_the_file_and_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("web-1.key");
+        std::fs::write(&key, "not read").unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let error = load_key(&key).unwrap_err().to_string();
+        assert!(
+            error.contains("web-1.key") && error.contains("0644"),
+            "{error}"
+        );
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(check_key_mode(&key).is_err());
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(check_key_mode(&key).is_ok());
+    }
 
     #[test]
     fn the_oldest_pending_handshake_of_a_peer_makes_room_first() {

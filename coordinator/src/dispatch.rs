@@ -1,7 +1,9 @@
 //! Talking to many agents at once: bounded concurrency, a deadline per agent, and one
 //! unreachable agent reported without failing the others.
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -10,6 +12,9 @@ use troop_proto::pb::agent_client::AgentClient;
 
 use crate::client::{DialError, Dialer};
 use crate::config::AgentEntry;
+use crate::signer::{Signer, now_unix_ms};
+use sha2::{Digest, Sha256};
+use troop_proto::pb;
 use troop_telemetry::error_chain;
 
 /// Agents contacted at once.
@@ -131,6 +136,57 @@ impl Dispatcher {
         results
             .into_iter()
             .map(|(_, agent, outcome)| (agent, outcome))
+            .collect()
+    }
+}
+
+/// One command sent to one agent, and what came back.
+#[derive(Debug)]
+pub struct Delivery {
+    pub agent: AgentEntry,
+    pub command_id: String,
+    /// SHA-256 of the signature it carried (hex); empty if it was never signed (the agent
+    /// could not be dialled).
+    pub signature_sha256: String,
+    pub result: Result<pb::Receipt, CallError>,
+}
+
+impl Dispatcher {
+    /// Signs and sends each agent its command. Each command's validity window is stamped
+    /// and signed only once its agent is dialled, so on a large or slow fleet the last
+    /// commands are as fresh as the first. Results come back in input order.
+    pub async fn sign_and_send(
+        &self,
+        signer: &Signer,
+        work: Vec<(AgentEntry, pb::Command)>,
+    ) -> Vec<Delivery> {
+        let signatures = Mutex::new(HashMap::new());
+        let ids: Vec<String> = work.iter().map(|(_, c)| c.command_id.clone()).collect();
+        let results = self
+            .each(work, |mut client, mut command| {
+                let validity = command
+                    .expires_at_unix_ms
+                    .saturating_sub(command.issued_at_unix_ms);
+                command.issued_at_unix_ms = now_unix_ms();
+                command.expires_at_unix_ms = command.issued_at_unix_ms.saturating_add(validity);
+                let signed = signer.sign(&command);
+                signatures.lock().unwrap_or_else(|e| e.into_inner()).insert(
+                    command.command_id.clone(),
+                    hex::encode(Sha256::digest(&signed.signature)),
+                );
+                async move { client.execute(signed).await }
+            })
+            .await;
+        let mut signatures = signatures.into_inner().unwrap_or_else(|e| e.into_inner());
+        results
+            .into_iter()
+            .zip(ids)
+            .map(|((agent, result), command_id)| Delivery {
+                signature_sha256: signatures.remove(&command_id).unwrap_or_default(),
+                agent,
+                command_id,
+                result,
+            })
             .collect()
     }
 }

@@ -58,6 +58,9 @@ const CERT_MODE: u32 = 0o644;
 /// Everything that can go wrong creating, issuing or loading troop's keys and certificates.
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
+    /// A private key file others than its owner may read.
+    #[error(transparent)]
+    KeyMode(#[from] troop_agent::tls::ExposedKey),
     /// A file the PKI would write is already there.
     #[error("{} already exists; refusing to overwrite it", path.display())]
     Exists {
@@ -274,6 +277,7 @@ pub fn issue_agent(dir: &Path, name: &str, sans: &[String]) -> Result<Vec<PathBu
 
 /// Loads an Ed25519 private key from a PKCS#8 PEM file.
 pub fn load_signing_key(path: &Path) -> Result<SigningKey, PkiError> {
+    troop_agent::tls::check_key_mode(path)?;
     let pem = read_to_string(path)?;
     SigningKey::from_pkcs8_pem(&pem).map_err(|source| PkiError::SigningKey {
         path: path.to_owned(),
@@ -609,6 +613,21 @@ mod tests {
         assert!(pem(SIGNING_KEY).starts_with("-----BEGIN PRIVATE KEY-----"));
         assert!(pem(SIGNING_PUB).starts_with("-----BEGIN PUBLIC KEY-----"));
         assert!(pem(CA_CERT).starts_with("-----BEGIN CERTIFICATE-----"));
+    }
+
+    #[test]
+    fn a_signing_key_others_can_read_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("pki");
+        init(&dir).unwrap();
+        let key = dir.join("signing.key");
+        assert!(load_signing_key(&key).is_ok());
+        fs::set_permissions(&key, fs::Permissions::from_mode(0o604)).unwrap();
+        let error = load_signing_key(&key).unwrap_err().to_string();
+        assert!(
+            error.contains("signing.key") && error.contains("0604"),
+            "{error}"
+        );
     }
 
     #[test]

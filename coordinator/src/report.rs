@@ -5,19 +5,13 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use troop_agent::units::{format_duration, format_size};
 use troop_coordinator::cli::Output;
-use troop_coordinator::config::AgentEntry;
 use troop_coordinator::dispatch::CallError;
 use troop_coordinator::table;
 use troop_proto::pb;
 
 use crate::commands::Outcome;
 
-/// One command sent to one agent, and what came back.
-pub struct Delivery {
-    pub agent: AgentEntry,
-    pub command_id: String,
-    pub result: Result<pb::Receipt, CallError>,
-}
+pub use troop_coordinator::dispatch::Delivery;
 
 pub fn outcome_word(result: &Result<pb::Receipt, CallError>) -> &'static str {
     match result {

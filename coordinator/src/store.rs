@@ -468,21 +468,25 @@ impl Store {
         Ok(conn.last_insert_rowid())
     }
 
-    /// Sets the outcome of a `pending` command; a command's outcome is set once.
+    /// Sets the outcome of a `pending` command, and the hash of the signature it left with
+    /// (commands are signed as they leave, after their record is written); a command's
+    /// outcome is set once. An empty `signature_sha256` keeps what was recorded.
     pub fn finish_command(
         &self,
         id: i64,
         outcome: &str,
         code: Option<&str>,
         message: &str,
+        signature_sha256: &str,
         answered_at_ms: i64,
     ) -> Result<(), StoreError> {
         check("outcome", outcome, COMMAND_OUTCOMES)?;
         let conn = self.conn();
         let updated = conn.execute(
-            "UPDATE commands SET outcome = ?2, code = ?3, message = ?4, answered_at_ms = ?5
+            "UPDATE commands SET outcome = ?2, code = ?3, message = ?4, answered_at_ms = ?5,
+                 signature_sha256 = CASE WHEN ?6 = '' THEN signature_sha256 ELSE ?6 END
              WHERE id = ?1 AND outcome = 'pending'",
-            params![id, outcome, code, message, answered_at_ms],
+            params![id, outcome, code, message, answered_at_ms, signature_sha256],
         )?;
         if updated == 0 {
             let existing: Option<String> = conn
@@ -949,10 +953,10 @@ mod tests {
         let second = store.record_command(&command(run, Some(step1), 2)).unwrap();
         let loose = store.record_command(&command(run, None, 3)).unwrap();
         store
-            .finish_command(first, "applied", None, "ok", 200)
+            .finish_command(first, "applied", None, "ok", "", 200)
             .unwrap();
         store
-            .finish_command(second, "refused", Some("POLICY"), "denied", 210)
+            .finish_command(second, "refused", Some("POLICY"), "denied", "cd", 210)
             .unwrap();
         store
             .record_probe(run, "http-200", true, "200 OK", 300)
@@ -1012,7 +1016,11 @@ mod tests {
         assert_eq!(c.command_id, "cmd-2");
         assert_eq!(c.fault_kind, "cpu_stress");
         assert_eq!(c.parameters, r#"{"cores":2,"duration_s":30}"#);
-        assert_eq!(c.signature_sha256, "ab".repeat(32));
+        assert_eq!(
+            c.signature_sha256, "cd",
+            "set when the command was signed and sent"
+        );
+        assert_eq!(detail.commands[0].signature_sha256, "ab".repeat(32), "kept");
         assert_eq!(c.sent_at_ms, 1_002);
         assert_eq!(c.outcome, "refused");
         assert_eq!(c.code.as_deref(), Some("POLICY"));
@@ -1067,7 +1075,7 @@ mod tests {
         ];
         for (n, outcome) in (0..).zip(outcomes) {
             let id = store.record_command(&command(run, None, n)).unwrap();
-            store.finish_command(id, outcome, None, "", 5).unwrap();
+            store.finish_command(id, outcome, None, "", "", 5).unwrap();
         }
         store.record_command(&command(run, None, 99)).unwrap(); // still pending
         store.record_command(&command(other, None, 100)).unwrap();
@@ -1145,7 +1153,9 @@ mod tests {
             let c = store.begin_run("c", "f", 3, false, 30).unwrap();
             store.finish_run(b, "completed", "", 25).unwrap();
             let id = store.record_command(&command(c, None, 1)).unwrap();
-            store.finish_command(id, "applied", None, "", 31).unwrap();
+            store
+                .finish_command(id, "applied", None, "", "", 31)
+                .unwrap();
             (a, b, c)
             // The "coordinator" dies here with runs a and c still running.
         };
@@ -1282,18 +1292,22 @@ mod tests {
 
         let id = store.record_command(&command(run, None, 1)).unwrap();
         assert!(matches!(
-            store.finish_command(id, "pending", None, "", 0),
+            store.finish_command(id, "pending", None, "", "", 0),
             Err(StoreError::Invalid {
                 field: "outcome",
                 ..
             })
         ));
         assert!(matches!(
-            store.finish_command(999, "applied", None, "", 0),
+            store.finish_command(999, "applied", None, "", "", 0),
             Err(StoreError::CommandNotFound { id: 999 })
         ));
-        store.finish_command(id, "applied", None, "", 0).unwrap();
-        let again = store.finish_command(id, "failed", None, "", 0).unwrap_err();
+        store
+            .finish_command(id, "applied", None, "", "", 0)
+            .unwrap();
+        let again = store
+            .finish_command(id, "failed", None, "", "", 0)
+            .unwrap_err();
         assert!(
             matches!(&again, StoreError::CommandFinished { outcome, .. } if outcome == "applied")
         );
@@ -1375,7 +1389,9 @@ mod tests {
                         let id = store
                             .record_command(&command(run, None, t * 100 + n))
                             .unwrap();
-                        store.finish_command(id, "applied", None, "", 1).unwrap();
+                        store
+                            .finish_command(id, "applied", None, "", "", 1)
+                            .unwrap();
                     }
                 })
             })

@@ -59,12 +59,13 @@ fn guardrails_hold_and_the_store_records_every_command() {
         return;
     };
     let disk = lab.hosts["web-1"].disk.display().to_string();
-    // Asks for every host; max_concurrent and min_healthy_percent must hold it back.
+    // Asks for every host; min_healthy_percent alone would allow one per cluster (two),
+    // max_concurrent = 1 must hold it to one.
     let file = write_campaign(
         &lab,
         "fill-all",
         &format!(
-            "[guardrails]\nmax_concurrent = 3\nmin_healthy_percent = 60\n\
+            "[guardrails]\nmax_concurrent = 1\nmin_healthy_percent = 60\n\
              [[step]]\nselect = \"role=web\"\ngroup_by = \"cluster\"\npick = \"all\"\n\
              fault = {{ kind = \"disk\", path = \"{disk}\", fill = 40 }}\nduration = \"3s\"\n"
         ),
@@ -91,24 +92,57 @@ fn guardrails_hold_and_the_store_records_every_command() {
     let (code, report) = run.result();
     assert_eq!(code, Some(0), "{report}");
     assert_eq!(report["status"], "completed", "{report}");
-    assert!(
-        (1..=2).contains(&most),
-        "at most one per cluster, seen {most}"
+    assert_eq!(
+        most, 1,
+        "max_concurrent = 1, seen {most} hosts under fault at once"
     );
+    assert_eq!(report["sent"], 1, "{report}");
     assert!(
         lab.hosts.keys().all(|id| used_percent(&lab, id) < 1.0),
         "fills left behind"
     );
     let detail = show(&lab, &report["run"]);
     let commands = detail["commands"].as_array().unwrap();
-    assert_eq!(
-        commands.len() as u64,
-        report["sent"].as_u64().unwrap(),
-        "{detail}"
-    );
+    let starts = commands.iter().filter(|c| !c["step"].is_null()).count();
+    assert_eq!(starts as u64, report["sent"].as_u64().unwrap(), "{detail}");
     assert!(
         commands.iter().all(|c| c["outcome"] == "applied"),
         "{detail}"
+    );
+}
+
+/// A single kill is over at once, but the host it hit counts against max_concurrent.
+#[test]
+fn a_single_kill_counts_against_max_concurrent() {
+    let Some(lab) = fleet("campaign kill guardrail") else {
+        return;
+    };
+    let disk = lab.hosts["web-1"].disk.display().to_string();
+    let sleeps = |lab: &Lab| -> usize {
+        lab.hosts
+            .values()
+            .map(|h| h.host.pids_named("sleep").len())
+            .sum()
+    };
+    assert_eq!(sleeps(&lab), 6);
+    let file = write_campaign(
+        &lab,
+        "kill-then-fill",
+        &format!(
+            "[guardrails]\nmax_concurrent = 1\nmin_healthy_percent = 0\n\
+             [[step]]\nselect = \"role=web\"\npick = {{ count = 1 }}\n\
+             fault = {{ kind = \"kill\", name = \"sleep\" }}\n\
+             [[step]]\nselect = \"role=web\"\npick = {{ count = 1 }}\n\
+             fault = {{ kind = \"disk\", path = \"{disk}\", fill = 40 }}\nduration = \"2s\"\n"
+        ),
+    );
+    let (code, report) = lab.troop_json(&["campaign", "run", &file]);
+    assert_eq!(code, Some(0), "{report}");
+    assert_eq!(sleeps(&lab), 5, "exactly one service killed");
+    assert_eq!(report["sent"], 1, "the fill must be held back: {report}");
+    assert!(
+        lab.hosts.keys().all(|id| used_percent(&lab, id) < 1.0),
+        "a fill ran although the killed host counts as under fault"
     );
 }
 
@@ -158,6 +192,14 @@ fn a_probe_going_red_aborts_the_run_and_reverts_every_fault() {
         "faults left after the abort"
     );
     let detail = show(&lab, &report["run"]);
+    let aborts = detail["commands"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["fault_kind"].as_str().unwrap().starts_with("abort fault"))
+        .filter(|c| c["outcome"] == "applied")
+        .count();
+    assert_eq!(aborts, 4, "every abort is in the audit store: {detail}");
     assert!(
         detail["probes"]
             .as_array()

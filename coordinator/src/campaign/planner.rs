@@ -206,9 +206,10 @@ fn fair_quotas(allowed: &[Vec<usize>], budget: usize, rng: &mut impl Rng) -> Vec
     quotas
 }
 
-/// One applied, not yet reverted fault.
+/// One applied, not yet reverted fault, or a strike (a single kill) that holds its host.
 #[derive(Debug, Clone)]
 struct Applied {
+    /// Empty for a strike: nothing to renew or revert.
     fault_id: String,
     host: String,
     ends_at_ms: i64,
@@ -230,6 +231,16 @@ impl RunLedger {
         });
     }
 
+    /// Records a strike on `host` with nothing to revert (a single kill): the host still
+    /// counts as under fault until `until_ms`.
+    pub fn struck(&mut self, host: String, until_ms: i64) {
+        self.active.push(Applied {
+            fault_id: String::new(),
+            host,
+            ends_at_ms: until_ms,
+        });
+    }
+
     /// Records that a fault was reverted (by deadline or abort); unknown ids are ignored.
     pub fn ended(&mut self, fault_id: &str) {
         // Idempotent: a deadline revert and an abort may both report the same fault.
@@ -246,10 +257,23 @@ impl RunLedger {
         self.active.len()
     }
 
-    /// Every active fault as (fault id, host), e.g. to renew their leases.
+    /// Every active fault as (fault id, host), e.g. to renew their leases; strikes have
+    /// nothing to renew and are left out.
     pub fn faults(&self) -> Vec<(String, String)> {
         self.active
             .iter()
+            .filter(|f| !f.fault_id.is_empty())
+            .map(|f| (f.fault_id.clone(), f.host.clone()))
+            .collect()
+    }
+
+    /// Faults whose lease needs renewing at `now_ms`: a fault whose deadline comes
+    /// within half a lease is still covered by its last renewal (sent at most a third of
+    /// a lease ago), so renewing it would only race its end.
+    pub fn to_renew(&self, now_ms: i64, lease_ms: i64) -> Vec<(String, String)> {
+        self.active
+            .iter()
+            .filter(|f| !f.fault_id.is_empty() && f.ends_at_ms - now_ms >= lease_ms / 2)
             .map(|f| (f.fault_id.clone(), f.host.clone()))
             .collect()
     }
@@ -258,6 +282,7 @@ impl RunLedger {
     pub fn take_all(&mut self) -> Vec<(String, String)> {
         std::mem::take(&mut self.active)
             .into_iter()
+            .filter(|f| !f.fault_id.is_empty())
             .map(|f| (f.fault_id, f.host))
             .collect()
     }
@@ -269,7 +294,10 @@ impl RunLedger {
             .into_iter()
             .partition(|f| f.ends_at_ms <= now_ms);
         self.active = pending;
-        due.into_iter().map(|f| f.fault_id).collect()
+        due.into_iter()
+            .map(|f| f.fault_id)
+            .filter(|id| !id.is_empty())
+            .collect()
     }
 }
 
@@ -618,6 +646,31 @@ mod tests {
     }
 
     // ---- ledger ----
+
+    #[test]
+    fn a_strike_holds_its_host_but_has_nothing_to_renew_or_revert() {
+        let mut ledger = RunLedger::default();
+        ledger.struck("h1".into(), 1_000);
+        ledger.applied("f2".into(), "h2".into(), 10_000);
+        assert_eq!(
+            ledger.active_count(),
+            2,
+            "a kill counts against max_concurrent"
+        );
+        assert!(ledger.active_hosts().contains("h1"));
+        assert_eq!(ledger.faults(), [("f2".to_owned(), "h2".to_owned())]);
+        assert_eq!(
+            ledger.to_renew(0, 3_000),
+            [("f2".to_owned(), "h2".to_owned())]
+        );
+        assert!(
+            ledger.to_renew(9_000, 3_000).is_empty(),
+            "its last renewal covers it"
+        );
+        assert!(ledger.expire(1_000).is_empty());
+        assert_eq!(ledger.active_count(), 1);
+        assert_eq!(ledger.take_all(), [("f2".to_owned(), "h2".to_owned())]);
+    }
 
     #[test]
     fn ledger_tracks_expires_and_takes_all() {

@@ -149,7 +149,7 @@ pub async fn send_signed(
     send_each(context, signer, work).await
 }
 
-/// Signs and sends each agent its own action.
+/// Signs (as each leaves) and sends each agent its own action.
 pub async fn send_each(
     context: &Context,
     signer: &Signer,
@@ -159,38 +159,21 @@ pub async fn send_each(
         .into_iter()
         .map(|(agent, action)| {
             let command = new_command(&agent.id, action, DEFAULT_VALIDITY);
+            tracing::info!(agent = %agent.id, command_id = %command.command_id, action = %report::action_text(command.action.as_ref()), "sending command");
             (agent, command)
         })
         .collect();
-    let ids: Vec<String> = work.iter().map(|(_, c)| c.command_id.clone()).collect();
-    let signed: Vec<(AgentEntry, pb::SignedCommand)> = work
-        .into_iter()
-        .map(|(agent, command)| {
-            tracing::info!(agent = %agent.id, command_id = %command.command_id, action = %report::action_text(command.action.as_ref()), "sending command");
-            (agent, signer.sign(&command))
-        })
-        .collect();
-    let results = context
-        .dispatcher
-        .each(signed, |mut client, command| async move {
-            client.execute(command).await
-        })
-        .await;
-    results
-        .into_iter()
-        .zip(ids)
-        .map(|((agent, result), command_id)| {
-            match &result {
-                Ok(receipt) => tracing::info!(agent = %agent.id, %command_id, summary = %receipt.summary, "applied"),
-                Err(error) => tracing::debug!(agent = %agent.id, %command_id, error = %error, "not applied"),
+    let deliveries = context.dispatcher.sign_and_send(signer, work).await;
+    for delivery in &deliveries {
+        let (agent, command_id) = (&delivery.agent.id, &delivery.command_id);
+        match &delivery.result {
+            Ok(receipt) => {
+                tracing::info!(%agent, %command_id, summary = %receipt.summary, "applied")
             }
-            Delivery {
-                agent,
-                command_id,
-                result,
-            }
-        })
-        .collect()
+            Err(error) => tracing::debug!(%agent, %command_id, %error, "not applied"),
+        }
+    }
+    deliveries
 }
 
 fn dry_run(output: Output, targets: &[AgentEntry], action: &pb::command::Action) -> Outcome {

@@ -15,6 +15,7 @@ use troop_coordinator::campaign::probe::Probe;
 use troop_coordinator::campaign::{Campaign, file::Step};
 use troop_coordinator::cli::Output;
 use troop_coordinator::config::AgentEntry;
+use troop_coordinator::dispatch::{CallError, Delivery, code_name};
 use troop_coordinator::signer::{Signer, new_command, now_unix_ms};
 use troop_coordinator::store::{CommandRecord, Store};
 use troop_coordinator::table;
@@ -410,50 +411,30 @@ pub async fn run_campaign(
                 .cloned()
                 .collect();
             let action = start_action(step, if step.duration.is_zero() { 0 } else { lease_ms });
-            let mut signed = Vec::new();
-            let mut records = Vec::new();
-            for agent in targets {
-                let command = new_command(&agent.id, action.clone(), DEFAULT_VALIDITY);
-                let envelope = signer.sign(&command);
-                // The audit record comes first: if it cannot be written, nothing is sent.
-                if let (Some(store), Some(run)) = (&store, run) {
-                    use sha2::Digest;
-                    let id = store
-                        .record_command(&CommandRecord {
-                            run,
-                            step: step_id,
-                            target: agent.id.clone(),
-                            command_id: command.command_id.clone(),
-                            fault_kind: report::action_text(command.action.as_ref()),
-                            parameters: json!({
-                                "action": report::action_text(command.action.as_ref()),
-                                "duration_ms": step.duration.as_millis() as u64,
-                                "lease_ms": lease_ms,
-                            })
-                            .to_string(),
-                            signature_sha256: hex::encode(sha2::Sha256::digest(
-                                &envelope.signature,
-                            )),
-                            sent_at_ms: now_unix_ms(),
-                        })
-                        .map_err(|e| format!("audit store: {e}; nothing sent"))?;
-                    records.push(id);
-                }
-                signed.push((agent, envelope));
-            }
-            report.sent += signed.len();
-            let results = context
-                .dispatcher
-                .each(signed, |mut client, envelope| async move {
-                    client.execute(envelope).await
-                })
-                .await;
-            for (position, (agent, result)) in results.into_iter().enumerate() {
-                let word = report::outcome_word(&result);
-                match &result {
+            let parameters = json!({
+                "action": report::action_text(Some(&action)),
+                "duration_ms": step.duration.as_millis() as u64,
+                "lease_ms": lease_ms,
+            });
+            let work = targets.into_iter().map(|agent| (agent, action.clone())).collect();
+            let audit = store.as_deref().zip(run).map(|(store, run)| Audit { store, run, step: step_id });
+            let deliveries = send_recorded(context, &signer, audit, work, &parameters)
+                .await
+                .map_err(|e| format!("audit store: {e}; nothing sent"))?;
+            report.sent += deliveries.len();
+            // A single kill is over at once, but its host counts as under fault for the
+            // step's duration (or one lease): the service it hit may still be down.
+            let kill_hold_ms =
+                step.duration.max(campaign.guardrails.lease).as_millis() as i64;
+            for delivery in &deliveries {
+                let word = report::outcome_word(&delivery.result);
+                let agent = &delivery.agent;
+                match &delivery.result {
                     Ok(receipt) => {
                         report.applied += 1;
-                        if !receipt.fault_id.is_empty() {
+                        if receipt.fault_id.is_empty() {
+                            ledger.struck(agent.id.clone(), now_unix_ms() + kill_hold_ms);
+                        } else {
                             ledger.applied(
                                 receipt.fault_id.clone(),
                                 agent.id.clone(),
@@ -466,17 +447,6 @@ pub async fn run_campaign(
                         report.not_applied += 1;
                         say(format!("  {}: {word}: {error}", agent.id));
                     }
-                }
-                if let (Some(store), Some(id)) = (&store, records.get(position)) {
-                    let (code, message) = match &result {
-                        Ok(receipt) => (None, receipt.summary.clone()),
-                        Err(troop_coordinator::dispatch::CallError::Status { code, message }) => (
-                            Some(troop_coordinator::dispatch::code_name(*code)),
-                            message.clone(),
-                        ),
-                        Err(error) => (None, error.to_string()),
-                    };
-                    let _ = store.finish_command(*id, word, code, &message, now_unix_ms());
                 }
             }
             let threshold = f64::from(campaign.guardrails.error_threshold_percent);
@@ -492,11 +462,12 @@ pub async fn run_campaign(
         let mut renew = tokio::time::interval(campaign.guardrails.lease / 3);
         loop {
             ledger.expire(now_unix_ms());
-            if ledger.active_count() == 0 {
+            if ledger.faults().is_empty() {
                 return Ok(());
             }
+            let audit = store.as_deref().zip(run).map(|(store, run)| Audit { store, run, step: None });
             tokio::select! {
-                _ = renew.tick() => renew_leases(context, &signer, &fleet, &ledger, lease_ms).await,
+                _ = renew.tick() => renew_leases(context, &signer, audit, &fleet, &ledger, lease_ms).await,
                 _ = stopped.changed() => {}
                 _ = cancel.changed() => {}
             }
@@ -528,7 +499,20 @@ pub async fn run_campaign(
                 ))
             })
             .collect();
-        for delivery in super::attack::send_each(context, &signer, work).await {
+        let audit = store.as_deref().zip(run).map(|(store, run)| Audit {
+            store,
+            run,
+            step: None,
+        });
+        let deliveries = send_recorded(context, &signer, audit, work, &json!({}))
+            .await
+            .unwrap_or_else(|error| {
+                say(format!(
+                    "  audit store: {error}; aborts not sent, the leases end the faults"
+                ));
+                Vec::new()
+            });
+        for delivery in deliveries {
             if let Err(error) = &delivery.result {
                 // A failed abort still ends within the lease, which is no longer renewed.
                 say(format!(
@@ -563,12 +547,13 @@ fn start_action(step: &Step, lease_ms: u64) -> pb::command::Action {
 async fn renew_leases(
     context: &Context,
     signer: &Signer,
+    audit: Option<Audit<'_>>,
     fleet: &Fleet,
     ledger: &RunLedger,
     lease_ms: u64,
 ) {
     let work = ledger
-        .faults()
+        .to_renew(now_unix_ms(), lease_ms as i64)
         .into_iter()
         .filter_map(|(fault_id, host)| {
             let agent = fleet.agents.iter().find(|a| a.id == host)?.clone();
@@ -578,7 +563,81 @@ async fn renew_leases(
             ))
         })
         .collect();
-    super::attack::send_each(context, signer, work).await;
+    // Unrecorded renewals are not sent; the agents then end the faults within the lease.
+    if let Err(error) = send_recorded(
+        context,
+        signer,
+        audit,
+        work,
+        &json!({ "lease_ms": lease_ms }),
+    )
+    .await
+    {
+        tracing::error!(%error, "audit store: lease renewals not sent");
+    }
+}
+
+/// Where a run's commands are recorded.
+#[derive(Clone, Copy)]
+struct Audit<'a> {
+    store: &'a Store,
+    run: i64,
+    step: Option<i64>,
+}
+
+/// Records every command before it is sent (if none can be recorded, none is sent), signs
+/// each as it leaves, and records what each got.
+async fn send_recorded(
+    context: &Context,
+    signer: &Signer,
+    audit: Option<Audit<'_>>,
+    work: Vec<(AgentEntry, pb::command::Action)>,
+    parameters: &serde_json::Value,
+) -> Result<Vec<Delivery>, troop_coordinator::store::StoreError> {
+    let commands: Vec<(AgentEntry, pb::Command)> = work
+        .into_iter()
+        .map(|(agent, action)| {
+            let command = new_command(&agent.id, action, DEFAULT_VALIDITY);
+            (agent, command)
+        })
+        .collect();
+    let mut records = Vec::new();
+    if let Some(audit) = audit {
+        for (agent, command) in &commands {
+            records.push(audit.store.record_command(&CommandRecord {
+                run: audit.run,
+                step: audit.step,
+                target: agent.id.clone(),
+                command_id: command.command_id.clone(),
+                fault_kind: report::action_text(command.action.as_ref()),
+                parameters: parameters.to_string(),
+                signature_sha256: String::new(),
+                sent_at_ms: now_unix_ms(),
+            })?);
+        }
+    }
+    let deliveries = context.dispatcher.sign_and_send(signer, commands).await;
+    if let Some(audit) = audit {
+        for (delivery, id) in deliveries.iter().zip(records) {
+            let (code, message) = match &delivery.result {
+                Ok(receipt) => (None, receipt.summary.clone()),
+                Err(CallError::Status { code, message }) => {
+                    (Some(code_name(*code)), message.clone())
+                }
+                Err(error) => (None, error.to_string()),
+            };
+            let word = report::outcome_word(&delivery.result);
+            let _ = audit.store.finish_command(
+                id,
+                word,
+                code,
+                &message,
+                &delivery.signature_sha256,
+                now_unix_ms(),
+            );
+        }
+    }
+    Ok(deliveries)
 }
 
 pub fn history(context: &Context) -> anyhow::Result<Outcome> {
