@@ -513,6 +513,18 @@ mod tests {
     }
 
     #[test]
+    fn a_pid_reused_between_listing_and_signalling_is_not_signalled() {
+        let table = FakeProcessTable::new(host());
+        table.reuse_pid_after_listing(41);
+        let mut rng = StdRng::seed_from_u64(1);
+        let spec = spec(By::Name("nginx".into()), true);
+        let signalled = apply(&spec, &table, &Policy::default(), &mut rng).unwrap();
+        let pids: Vec<i32> = signalled.iter().map(|s| s.pid).collect();
+        assert_eq!(pids, [40, 42]);
+        assert!(table.signalled().iter().all(|(pid, _)| *pid != 41));
+    }
+
+    #[test]
     fn a_repeating_kill_kills_again_until_reverted() {
         let table = Arc::new(FakeProcessTable::new(host()));
         let spec = spec(By::Pid(40), true);

@@ -234,6 +234,7 @@ pub struct FakeProcessTable {
     processes: Mutex<Vec<ProcessInfo>>,
     signalled: Mutex<Vec<(i32, i32)>>,
     fail_pids: Mutex<HashMap<i32, bool>>,
+    reuse_after_list: Mutex<Vec<i32>>,
 }
 
 impl FakeProcessTable {
@@ -249,6 +250,12 @@ impl FakeProcessTable {
         self.fail_pids.lock().unwrap().insert(pid, true);
     }
 
+    /// After the next listing, `pid` belongs to a newer process (it started later), as
+    /// if the listed one exited and its pid was reused before it could be signalled.
+    pub fn reuse_pid_after_listing(&self, pid: i32) {
+        self.reuse_after_list.lock().unwrap().push(pid);
+    }
+
     /// Every (pid, signal) sent so far.
     pub fn signalled(&self) -> Vec<(i32, i32)> {
         self.signalled.lock().unwrap().clone()
@@ -257,7 +264,14 @@ impl FakeProcessTable {
 
 impl ProcessTable for FakeProcessTable {
     fn list(&self) -> io::Result<Vec<ProcessInfo>> {
-        Ok(self.processes.lock().unwrap().clone())
+        let mut processes = self.processes.lock().unwrap();
+        let listed = processes.clone();
+        for pid in self.reuse_after_list.lock().unwrap().drain(..) {
+            for process in processes.iter_mut().filter(|p| p.pid == pid) {
+                process.start_time += 1;
+            }
+        }
+        Ok(listed)
     }
 
     fn signal(
@@ -266,7 +280,19 @@ impl ProcessTable for FakeProcessTable {
         signal: i32,
         still_eligible: &dyn Fn(&ProcessInfo) -> bool,
     ) -> Result<(), SignalError> {
-        if !still_eligible(process) {
+        // As the real table: the pid must still belong to the process that was matched
+        // (same start time), then still qualify.
+        let now = self
+            .processes
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|p| p.pid == process.pid)
+            .cloned();
+        let Some(now) = now.filter(|now| now.start_time == process.start_time) else {
+            return Err(SignalError::Gone { pid: process.pid });
+        };
+        if !still_eligible(&now) {
             return Err(SignalError::Changed { pid: process.pid });
         }
         if self.fail_pids.lock().unwrap().contains_key(&process.pid) {
