@@ -90,7 +90,7 @@ struct RawPolicy {
 }
 
 /// Paths of the agent's TLS identity: its server certificate, key and the fleet CA.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsPaths {
     pub cert: PathBuf,
     pub key: PathBuf,

@@ -15,6 +15,7 @@ pub mod ledger;
 pub mod notify;
 pub mod policy;
 pub mod service;
+pub mod signals;
 pub mod tls;
 pub mod units;
 
@@ -144,21 +145,21 @@ impl Agent {
         let (journal, left) = Journal::open(&config.state_dir)?;
         let engine = Arc::new(Engine::new(journal));
         faults::recover(&config.state_dir, &engine, left);
-        let service = Arc::new(AgentService {
-            id: config.id.clone(),
-            labels: config.labels.clone(),
+        let service = Arc::new(AgentService::new(
+            config.id.clone(),
+            config.labels.clone(),
             trusted,
-            max_clock_skew: config.max_clock_skew,
+            config.max_clock_skew,
             ledger,
-            runner: Runner::new(
+            Runner::new(
                 config.id.clone(),
                 config.policy.clone(),
                 engine.clone(),
                 processes,
                 helper_exe,
             ),
-            last_stop: faults::load_last_stop(&config.state_dir).map(Into::into),
-        });
+            faults::load_last_stop(&config.state_dir).map(Into::into),
+        ));
         Ok(Self {
             config,
             tls,
@@ -177,12 +178,14 @@ impl Agent {
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), StartError> {
-        let address = listener.local_addr().ok();
+        let address = listener
+            .local_addr()
+            .map_or_else(|_| "?".to_string(), |a| a.to_string());
         tracing::info!(
             agent_id = %self.config.id,
-            address = ?address,
-            trusted_keys = self.service.trusted.len(),
-            allow = ?self.config.policy.allow,
+            %address,
+            trusted_keys = self.config.coordinator_keys.len(),
+            allow = %self.config.policy.allowed_names(),
             "agent listening"
         );
         let deadlines = self.engine.supervise();
@@ -209,18 +212,55 @@ impl Agent {
     }
 }
 
-/// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut terminate = match signal(SignalKind::terminate()) {
-        Ok(stream) => stream,
-        Err(error) => {
-            tracing::error!(%error, "cannot watch SIGTERM");
-            return std::future::pending().await;
+/// Reloads what can change without a restart: trusted keys, skew, labels and policy.
+#[derive(Clone)]
+pub struct Reloader {
+    service: Arc<AgentService>,
+    running: Arc<AgentConfig>,
+}
+
+impl Reloader {
+    /// Loads every key `config` names, then swaps them in with its policy; active
+    /// faults are untouched. Says which changes wait for a restart.
+    pub fn reload(&self, config: &AgentConfig) -> Result<(), StartError> {
+        let trusted = load_trusted_keys(config)?;
+        let keys = trusted.len();
+        self.service.reload(
+            service::Settings {
+                labels: config.labels.clone(),
+                trusted,
+                max_clock_skew: config.max_clock_skew,
+            },
+            config.policy.clone(),
+        );
+        let running = &self.running;
+        let pending: Vec<&str> = [
+            ("id", running.id != config.id),
+            ("listen", running.listen != config.listen),
+            ("state_dir", running.state_dir != config.state_dir),
+            ("tls", running.tls != config.tls),
+            ("coordinator", running.coordinator != config.coordinator),
+        ]
+        .into_iter()
+        .filter_map(|(key, changed)| changed.then_some(key))
+        .collect();
+        tracing::info!(
+            trusted_keys = keys,
+            allow = %config.policy.allowed_names(),
+            "reloaded trusted keys, clock skew, labels and policy; active faults keep running"
+        );
+        if !pending.is_empty() {
+            tracing::warn!(keys = %pending.join(", "), "changed keys take effect at the next restart");
         }
-    };
-    tokio::select! {
-        _ = terminate.recv() => tracing::info!("SIGTERM: stopping"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
+        Ok(())
+    }
+}
+
+impl Agent {
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            service: self.service.clone(),
+            running: Arc::new(self.config.clone()),
+        }
     }
 }

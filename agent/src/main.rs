@@ -94,7 +94,7 @@ async fn agent_main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match run(agent).await {
+    match run(agent, args.config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(%error, "agent failed");
@@ -104,7 +104,7 @@ async fn agent_main() -> ExitCode {
     }
 }
 
-async fn run(agent: Agent) -> Result<(), String> {
+async fn run(agent: Agent, config_path: PathBuf) -> Result<(), String> {
     let address = agent.config().listen;
     let listener = tokio::net::TcpListener::bind(address)
         .await
@@ -113,8 +113,19 @@ async fn run(agent: Agent) -> Result<(), String> {
     if let Err(error) = troop_agent::notify::ready() {
         tracing::warn!(%error, "cannot notify systemd of readiness");
     }
+    let reloader = agent.reloader();
+    let reload = move || match AgentConfig::load(&config_path) {
+        Ok(config) => {
+            if let Err(error) = reloader.reload(&config) {
+                tracing::error!(error = %error_chain(&error), "reload failed; keeping the running config");
+            }
+        }
+        Err(error) => {
+            tracing::error!(error = %error_chain(&error), "reload failed; keeping the running config")
+        }
+    };
     agent
-        .serve(listener, troop_agent::shutdown_signal())
+        .serve(listener, troop_agent::signals::until_stopped(reload))
         .await
         .map_err(|error| error_chain(&error))
 }

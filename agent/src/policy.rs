@@ -112,6 +112,15 @@ impl Policy {
         }
     }
 
+    /// The allowed fault kinds as a person reads them: `kill, cpu`.
+    pub fn allowed_names(&self) -> String {
+        self.allow
+            .iter()
+            .map(|kind| kind.name())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     pub fn is_protected(&self, name: &str) -> bool {
         self.protected_processes.contains(name)
     }

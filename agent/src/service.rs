@@ -2,7 +2,7 @@
 //! policy → fault, and every outcome is logged and remembered in the ledger.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prost::Message;
@@ -24,24 +24,68 @@ pub fn now_unix_ms() -> i64 {
 /// Everything `Execute` and `Status` need; shared by every connection.
 pub struct AgentService {
     pub(crate) id: String,
-    pub(crate) labels: BTreeMap<String, String>,
-    pub(crate) trusted: TrustedKeys,
-    pub(crate) max_clock_skew: Duration,
+    /// What SIGHUP reloads from the config file.
+    pub(crate) settings: RwLock<Settings>,
     pub(crate) ledger: Ledger,
     pub(crate) runner: Runner,
     pub(crate) last_stop: Option<pb::HostStop>,
 }
 
+/// The part of the agent's config a reload (SIGHUP) replaces, without touching active
+/// faults.
+pub struct Settings {
+    pub labels: BTreeMap<String, String>,
+    pub trusted: TrustedKeys,
+    pub max_clock_skew: Duration,
+}
+
 impl AgentService {
+    /// The command pipeline without a server in front of it (the agent builds one in
+    /// [`crate::Agent::new`]; fuzzing drives one directly).
+    pub fn new(
+        id: String,
+        labels: BTreeMap<String, String>,
+        trusted: TrustedKeys,
+        max_clock_skew: Duration,
+        ledger: Ledger,
+        runner: Runner,
+        last_stop: Option<pb::HostStop>,
+    ) -> Self {
+        Self {
+            id,
+            settings: RwLock::new(Settings {
+                labels,
+                trusted,
+                max_clock_skew,
+            }),
+            ledger,
+            runner,
+            last_stop,
+        }
+    }
+
+    /// Replaces the reloadable settings and the policy (for new commands; active faults
+    /// keep what they started with).
+    pub fn reload(&self, settings: Settings, policy: crate::policy::Policy) {
+        *self.settings.write().unwrap_or_else(|e| e.into_inner()) = settings;
+        self.runner.set_policy(policy);
+    }
+
+    fn trust_and_skew(&self) -> (TrustedKeys, Duration) {
+        let settings = self.settings.read().unwrap_or_else(|e| e.into_inner());
+        (settings.trusted.clone(), settings.max_clock_skew)
+    }
+
     /// The whole admission pipeline and the fault, synchronously (it reads /proc and
     /// syncs the ledger, so callers run it off the async threads).
     pub fn execute(&self, signed: &pb::SignedCommand) -> Result<pb::Receipt, Status> {
-        let command = self.trusted.verify(signed).inspect_err(|refusal| {
+        let (trusted, max_clock_skew) = self.trust_and_skew();
+        let command = trusted.verify(signed).inspect_err(|refusal| {
             tracing::warn!(key_id = %printable(&signed.key_id), reason = %refusal, "refused command");
         })?;
         let id = command.command_id.clone();
         let now = now_unix_ms();
-        if let Err(refusal) = freshness::check(&command, &self.id, now, self.max_clock_skew) {
+        if let Err(refusal) = freshness::check(&command, &self.id, now, max_clock_skew) {
             tracing::warn!(command_id = %printable(&id), reason = %refusal, "refused command");
             return Err(refusal.into());
         }
@@ -53,7 +97,7 @@ impl AgentService {
             tracing::warn!(command_id = %printable(&id), reason = %refusal, "refused command");
             return Err(refusal.into());
         }
-        let until = freshness::remember_until_unix_ms(&command, self.max_clock_skew);
+        let until = freshness::remember_until_unix_ms(&command, max_clock_skew);
         let digest = ledger::digest(&signed.payload);
         let admission = match self.ledger.admit(
             &id,
@@ -125,7 +169,14 @@ impl AgentService {
     pub fn status(&self) -> pb::AgentStatus {
         pb::AgentStatus {
             agent_id: self.id.clone(),
-            labels: self.labels.clone().into_iter().collect(),
+            labels: self
+                .settings
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .labels
+                .clone()
+                .into_iter()
+                .collect(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             active_faults: self.runner.engine.active(),
             inventory: Some(crate::inventory::collect()),
@@ -221,21 +272,21 @@ mod tests {
     fn service(dir: &std::path::Path, policy: Policy) -> (AgentService, Arc<FakeProcessTable>) {
         let table = Arc::new(FakeProcessTable::new(vec![victim()]));
         let (journal, _) = Journal::open(dir).unwrap();
-        let service = AgentService {
-            id: "web-1".into(),
-            labels: BTreeMap::new(),
-            trusted: TrustedKeys::new([key().verifying_key()]),
-            max_clock_skew: freshness::DEFAULT_CLOCK_SKEW,
-            ledger: Ledger::open(dir, now_unix_ms()).unwrap(),
-            runner: Runner::new(
+        let service = AgentService::new(
+            "web-1".into(),
+            BTreeMap::new(),
+            TrustedKeys::new([key().verifying_key()]),
+            freshness::DEFAULT_CLOCK_SKEW,
+            Ledger::open(dir, now_unix_ms()).unwrap(),
+            Runner::new(
                 "web-1".into(),
                 policy,
                 Arc::new(Engine::new(journal)),
                 table.clone(),
                 "/nonexistent".into(),
             ),
-            last_stop: None,
-        };
+            None,
+        );
         (service, table)
     }
 
@@ -362,8 +413,8 @@ mod tests {
     #[test]
     fn a_new_command_reusing_the_id_of_a_running_fault_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut service, table) = service(dir.path(), Policy::default());
-        service.max_clock_skew = Duration::ZERO;
+        let (service, table) = service(dir.path(), Policy::default());
+        service.settings.write().unwrap().max_clock_skew = Duration::ZERO;
         service
             .execute(&signed("r-1", 100, repeating_kill(60_000)))
             .unwrap();

@@ -3,6 +3,7 @@
 //! processes the tests start themselves, and the workspace's built binaries.
 #![forbid(unsafe_code)]
 
+pub mod fuzz;
 pub mod lab;
 pub mod net;
 

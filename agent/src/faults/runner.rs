@@ -2,7 +2,7 @@
 //! and answer with a receipt once the fault is applied.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use troop_proto::{Refusal, pb};
@@ -18,7 +18,8 @@ use crate::service::now_unix_ms;
 
 pub struct Runner {
     agent_id: String,
-    policy: Policy,
+    /// Read once per command: a reload changes what later commands get.
+    policy: RwLock<Policy>,
     pub(crate) engine: Arc<Engine>,
     processes: Arc<dyn ProcessTable>,
     /// The binary that answers `__hold-memory` (this agent's own, normally).
@@ -50,13 +51,24 @@ impl Runner {
     ) -> Self {
         Self {
             agent_id,
-            policy,
+            policy: RwLock::new(policy),
             engine,
             processes,
             helper_exe,
             memory_gate: Mutex::new(()),
             disk_gate: Mutex::new(()),
         }
+    }
+
+    pub fn set_policy(&self, policy: Policy) {
+        *self.policy.write().unwrap_or_else(|e| e.into_inner()) = policy;
+    }
+
+    fn policy(&self) -> Policy {
+        self.policy
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn carry_out(&self, command: &pb::Command) -> Result<pb::Receipt, Refusal> {
@@ -125,9 +137,10 @@ impl Runner {
             .as_ref()
             .ok_or_else(|| Refusal::InvalidArgument("start names no fault".into()))?;
         let kind = kind_of(fault);
-        self.policy.check_allowed(kind)?;
+        let policy = self.policy();
+        policy.check_allowed(kind)?;
         let duration = Duration::from_millis(start.duration_ms);
-        self.policy.check_duration(duration)?;
+        policy.check_duration(duration)?;
         let lease = lease(start.lease_ms)?;
         let held = |undo: Undo, apply: &dyn Fn() -> Result<Applied, Refusal>| {
             if duration.is_zero() {
@@ -146,6 +159,7 @@ impl Runner {
         };
         match fault {
             Fault::Kill(request) => self.kill(
+                policy.clone(),
                 id,
                 KillSpec::from_pb(request)?,
                 duration,
@@ -161,7 +175,7 @@ impl Runner {
                 let total = crate::inventory::collect().memory_total_bytes;
                 let held_now = self.engine.memory_held();
                 let bytes =
-                    memory::bytes_to_hold(request.amount.as_ref(), total, held_now, &self.policy)?;
+                    memory::bytes_to_hold(request.amount.as_ref(), total, held_now, &policy)?;
                 let undo = Undo::EndHelper {
                     marker: id.to_string(),
                 };
@@ -169,7 +183,7 @@ impl Runner {
             }
             Fault::Disk(request) => {
                 let _one_at_a_time = self.disk_gate.lock().unwrap_or_else(|e| e.into_inner());
-                let plan = disk::plan(request, id, &self.policy)?;
+                let plan = disk::plan(request, id, &policy)?;
                 let undo = Undo::RemoveFile { path: plan.file() };
                 held(undo, &|| disk::apply(&plan))
             }
@@ -199,6 +213,7 @@ impl Runner {
 
     fn kill(
         &self,
+        policy: Policy,
         id: &str,
         spec: KillSpec,
         duration: Duration,
@@ -215,14 +230,7 @@ impl Runner {
                 "a repeating kill needs a duration".into(),
             ));
         }
-        let first_kill = || {
-            kill::apply(
-                &spec,
-                self.processes.as_ref(),
-                &self.policy,
-                &mut rand::rng(),
-            )
-        };
+        let first_kill = || kill::apply(&spec, self.processes.as_ref(), &policy, &mut rand::rng());
         let signal = nix::sys::signal::Signal::try_from(spec.signal).map_or_else(
             |_| format!("signal {}", spec.signal),
             |s| s.as_str().to_string(),
@@ -245,7 +253,7 @@ impl Runner {
         // The first kill happens inside the engine's start, after its id checks: a
         // refused start must not have signalled anything.
         let first = Mutex::new(Vec::new());
-        let (processes, policy) = (self.processes.clone(), self.policy.clone());
+        let processes = self.processes.clone();
         let (repeat, ends_at_unix_ms) =
             self.engine
                 .start(id, FaultKind::Kill, duration, lease, Undo::Nothing, &|| {

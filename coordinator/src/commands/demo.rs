@@ -76,7 +76,7 @@ pub async fn run_agent(config: &Path) -> anyhow::Result<Outcome> {
         .await
         .with_context(|| format!("listen on {address}"))?;
     agent
-        .serve(listener, troop_agent::shutdown_signal())
+        .serve(listener, troop_agent::signals::until_stopped(|| {}))
         .await?;
     Ok(Outcome::Success)
 }

@@ -1,0 +1,114 @@
+//! No signal that can end the agent leaves a fault behind: SIGHUP (an ssh session
+//! ending) reloads the config and keeps every fault, which still ends at its deadline;
+//! the other catchable signals revert everything before the agent exits.
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use troop_tests::lab::{Lab, wait_for};
+
+fn used_percent(lab: &Lab, id: &str) -> f64 {
+    let (used, total) = lab.hosts[id].disk_usage();
+    used as f64 * 100.0 / total as f64
+}
+
+#[test]
+fn sighup_reloads_the_policy_and_the_fill_still_ends_at_its_deadline() {
+    let Some(mut lab) = Lab::new("SIGHUP reloads") else {
+        return;
+    };
+    lab.add_host(
+        "web-1",
+        &[("role", "web")],
+        "allow = [\"kill\", \"disk\"]",
+        vec![],
+    );
+    let disk = lab.hosts["web-1"].disk.display().to_string();
+    let started = Instant::now();
+    let (code, report) = lab.troop_json(&[
+        "attack", "disk", "--select", "role=web", "--path", &disk, "--size", "24MiB", "--for", "4s",
+    ]);
+    assert_eq!(code, Some(0), "{report}");
+    let (code, report) = lab.troop_json(&[
+        "attack", "cpu", "--select", "role=web", "--load", "10", "--cores", "1", "--for", "2s",
+    ]);
+    assert_eq!(code, Some(1), "cpu is not allowed yet: {report}");
+
+    // The operator allows cpu and sends SIGHUP.
+    let config = lab.dir().join("web-1.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace(
+            "allow = [\"kill\", \"disk\"]",
+            "allow = [\"kill\", \"disk\", \"cpu\"]",
+        ),
+    )
+    .unwrap();
+    let agent = lab.hosts["web-1"].agent_pid().unwrap();
+    kill(Pid::from_raw(agent), Signal::SIGHUP).unwrap();
+    assert!(
+        wait_for(Duration::from_secs(5), || lab
+            .log("web-1")
+            .contains("reloaded trusted keys")),
+        "{}",
+        lab.log("web-1")
+    );
+    assert_eq!(
+        lab.hosts["web-1"].agent_pid(),
+        Some(agent),
+        "SIGHUP ended the agent"
+    );
+    assert!(
+        used_percent(&lab, "web-1") > 30.0,
+        "the reload reverted the fill"
+    );
+    let (code, report) = lab.troop_json(&[
+        "attack", "cpu", "--select", "role=web", "--load", "10", "--cores", "1", "--for", "1s",
+    ]);
+    assert_eq!(code, Some(0), "the reloaded policy allows cpu: {report}");
+
+    assert!(
+        wait_for(Duration::from_secs(10), || used_percent(&lab, "web-1")
+            < 1.0),
+        "fill not removed"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(4),
+        "removed before its deadline"
+    );
+}
+
+#[test]
+fn every_other_catchable_signal_reverts_before_the_agent_exits() {
+    for signal in [Signal::SIGQUIT, Signal::SIGUSR1, Signal::SIGALRM] {
+        let Some(mut lab) = Lab::new("stopping signals revert") else {
+            return;
+        };
+        lab.add_host("web-1", &[("role", "web")], "allow = [\"disk\"]", vec![]);
+        let disk = lab.hosts["web-1"].disk.display().to_string();
+        let (code, report) = lab.troop_json(&[
+            "attack", "disk", "--select", "role=web", "--path", &disk, "--size", "24MiB", "--for",
+            "5m",
+        ]);
+        assert_eq!(code, Some(0), "{report}");
+        let agent = lab.hosts["web-1"].agent_pid().unwrap();
+        kill(Pid::from_raw(agent), signal).unwrap();
+        assert!(
+            wait_for(Duration::from_secs(10), || lab.hosts["web-1"]
+                .agent_pid()
+                .is_none()),
+            "{signal:?} did not stop the agent"
+        );
+        assert!(
+            used_percent(&lab, "web-1") < 1.0,
+            "{signal:?} left the fill behind"
+        );
+        assert!(
+            lab.log("web-1").contains("reverting every fault first"),
+            "{}",
+            lab.log("web-1")
+        );
+    }
+}
