@@ -100,6 +100,8 @@ pub struct TlsPaths {
 /// A validated agent config.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
+    /// The file it was read from (named in problems found later, as by `validate`).
+    pub path: PathBuf,
     pub id: String,
     pub listen: SocketAddr,
     pub labels: BTreeMap<String, String>,
@@ -199,6 +201,7 @@ impl Validator<'_> {
             None => DEFAULT_CLOCK_SKEW,
         };
         Ok(AgentConfig {
+            path: self.path.to_path_buf(),
             id,
             listen,
             labels: raw.labels,

@@ -69,6 +69,12 @@ pub enum StartError {
     Helper(#[source] std::io::Error),
     #[error("gRPC server")]
     Serve(#[from] tonic::transport::Error),
+    #[error("config {}: key `{key}`: {message}", path.display())]
+    Invalid {
+        path: PathBuf,
+        key: &'static str,
+        message: String,
+    },
 }
 
 /// Reads an SPKI PEM ("PUBLIC KEY") Ed25519 key.
@@ -105,6 +111,34 @@ pub struct Validated {
 pub fn validate(config: &AgentConfig) -> Result<Validated, StartError> {
     let keys = load_trusted_keys(config)?;
     tls::server_config(&config.tls)?;
+    let invalid = |key, message: String| StartError::Invalid {
+        path: config.path.clone(),
+        key,
+        message,
+    };
+    tls::check_identity(&config.tls, &config.id).map_err(|message| invalid("tls.cert", message))?;
+    // The agent makes its state dir, but not a whole missing tree: that is a typo.
+    let state_parent = config
+        .state_dir
+        .parent()
+        .unwrap_or(std::path::Path::new("/"));
+    if !config.state_dir.is_dir() && !state_parent.is_dir() {
+        return Err(invalid(
+            "state_dir",
+            format!(
+                "neither {} nor its parent exists",
+                config.state_dir.display()
+            ),
+        ));
+    }
+    for dir in &config.policy.disk_paths {
+        if !dir.is_dir() {
+            return Err(invalid(
+                "policy.disk_paths",
+                format!("{} is not an existing directory", dir.display()),
+            ));
+        }
+    }
     let remembered_commands = Ledger::check(&config.state_dir)?;
     let journaled_faults = Journal::check(&config.state_dir)?;
     Ok(Validated {

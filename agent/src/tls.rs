@@ -127,6 +127,42 @@ pub fn server_config(paths: &TlsPaths) -> Result<Arc<ServerConfig>, TlsError> {
     Ok(Arc::new(config))
 }
 
+/// Checks the agent's own certificate the way a coordinator will: it chains to the
+/// fleet CA (so `ca` is a CA, and the right one) and names `id`. Says what is wrong.
+pub fn check_identity(paths: &TlsPaths, id: &str) -> Result<(), String> {
+    use rustls::client::WebPkiServerVerifier;
+    use rustls::client::danger::ServerCertVerifier;
+    let roots = root_store(&paths.ca).map_err(|error| {
+        format!(
+            "{}: {}",
+            paths.ca.display(),
+            troop_telemetry::error_chain(&error)
+        )
+    })?;
+    let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+        .build()
+        .map_err(|error| format!("{}: {error}", paths.ca.display()))?;
+    let chain = load_certs(&paths.cert).map_err(|error| troop_telemetry::error_chain(&error))?;
+    let name = rustls_pki_types::ServerName::try_from(id.to_string())
+        .map_err(|_| format!("agent id {id:?} is not a DNS name a certificate can name"))?;
+    let now = rustls_pki_types::UnixTime::now();
+    match verifier.verify_server_cert(&chain[0], &chain[1..], &name, &[], now) {
+        Ok(_) => Ok(()),
+        Err(rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName))
+        | Err(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::NotValidForNameContext { .. },
+        )) => Err(format!(
+            "{} does not name this agent's id {id:?} (the coordinator would refuse it)",
+            paths.cert.display()
+        )),
+        Err(error) => Err(format!(
+            "{} is not accepted under the CA in {} ({error}); is `tls.ca` the fleet's CA certificate?",
+            paths.cert.display(),
+            paths.ca.display()
+        )),
+    }
+}
+
 /// Who is on the other end of an accepted connection.
 #[derive(Debug, Clone)]
 pub struct PeerInfo {

@@ -59,12 +59,26 @@ fn delivery_json(delivery: &Delivery) -> Value {
 
 /// Prints what each agent answered; the outcome is a success only if all applied.
 pub fn print_deliveries(output: Output, deliveries: &[Delivery]) -> Outcome {
+    print_attack(output, deliveries, None)
+}
+
+/// As [`print_deliveries`], with how the targets were picked: its seed (so the same
+/// picks can be made again) and a note when fewer hosts matched than asked.
+pub fn print_attack(output: Output, deliveries: &[Delivery], picked: Option<&Picked>) -> Outcome {
     match output {
         Output::Json => {
             let all: Vec<Value> = deliveries.iter().map(delivery_json).collect();
-            println!("{}", json!({ "results": all }));
+            let mut value = json!({ "results": all });
+            if let Some(picked) = picked {
+                value["seed"] = json!(picked.seed);
+                value["shortfall"] = json!(picked.shortfall());
+            }
+            println!("{value}");
         }
         Output::Table => {
+            if let Some(picked) = picked {
+                picked.tell();
+            }
             let rows: Vec<Vec<String>> = deliveries
                 .iter()
                 .map(|delivery| {
@@ -83,6 +97,40 @@ pub fn print_deliveries(output: Output, deliveries: &[Delivery]) -> Outcome {
         }
     }
     Outcome::from_all_ok(deliveries.iter().all(|delivery| delivery.result.is_ok()))
+}
+
+/// How an attack's targets were picked.
+#[derive(Debug, Clone)]
+pub struct Picked {
+    pub seed: u64,
+    /// `--count N` as asked, if it was.
+    pub asked: Option<usize>,
+    /// Hosts the selector matched.
+    pub matched: usize,
+    pub picked: usize,
+}
+
+impl Picked {
+    /// `{"asked": N, "matched": M}` when `--count` asked for more hosts than matched.
+    pub fn shortfall(&self) -> Value {
+        match self.asked {
+            Some(asked) if asked > self.matched => {
+                json!({ "asked": asked, "matched": self.matched })
+            }
+            _ => Value::Null,
+        }
+    }
+
+    /// The seed and any shortfall, on stderr (stdout holds the results).
+    pub fn tell(&self) {
+        if let Some(asked) = self.asked.filter(|asked| *asked > self.matched) {
+            eprintln!(
+                "note: --count {asked} asked for more hosts than the {} that match; hitting {}",
+                self.matched, self.picked
+            );
+        }
+        eprintln!("picked {} host(s) with --seed {}", self.picked, self.seed);
+    }
 }
 
 /// A command as `--dry-run` shows it.

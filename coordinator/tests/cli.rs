@@ -98,3 +98,112 @@ fn the_demo_attacks_a_local_fleet_and_reports_what_it_measured() {
         String::from_utf8_lossy(&leftover.stdout)
     );
 }
+
+/// A fleet of two static agents nobody dials: enough for dry runs.
+fn dry_fleet(signing_key: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    assert!(
+        troop(&["pki", "init", "--dir", pki.to_str().unwrap()])
+            .status
+            .success()
+    );
+    std::fs::write(
+        dir.path().join("troop.toml"),
+        format!(
+            "[signing]\nkey = \"pki/{signing_key}\"\n[tls]\ncert = \"pki/coordinator.pem\"\n\
+             key = \"pki/coordinator.key\"\nca = \"pki/ca.pem\"\n\
+             [[agents]]\nid = \"web-1\"\naddress = \"192.0.2.1:7443\"\nlabels = {{ role = \"web\" }}\n\
+             [[agents]]\nid = \"web-2\"\naddress = \"192.0.2.2:7443\"\nlabels = {{ role = \"web\" }}\n"
+        ),
+    )
+    .unwrap();
+    dir
+}
+
+fn troop_in(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_troop"))
+        .args(args)
+        .env_remove("TROOP_CONFIG")
+        .current_dir(dir)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_dry_run_fails_where_the_real_run_would() {
+    // A public key where the private signing key belongs.
+    let dir = dry_fleet("signing.pub");
+    let output = troop_in(
+        dir.path(),
+        &[
+            "attack",
+            "kill",
+            "--select",
+            "role=web",
+            "--name",
+            "x",
+            "--dry-run",
+        ],
+    );
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("[signing] key"),
+        "{output:?}"
+    );
+    // A pattern no agent could compile.
+    let dir = dry_fleet("signing.key");
+    let output = troop_in(
+        dir.path(),
+        &[
+            "attack",
+            "kill",
+            "--select",
+            "role=web",
+            "--pattern",
+            "victim[d",
+            "--dry-run",
+        ],
+    );
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("--pattern"),
+        "{output:?}"
+    );
+}
+
+#[test]
+fn a_dry_run_shows_its_seed_and_any_shortfall_so_it_can_be_repeated() {
+    let dir = dry_fleet("signing.key");
+    let json = |args: &[&str]| -> serde_json::Value {
+        let mut all = vec![
+            "attack",
+            "kill",
+            "--select",
+            "role=web",
+            "--name",
+            "x",
+            "--dry-run",
+            "--output",
+            "json",
+        ];
+        all.extend(args);
+        let output = troop_in(dir.path(), &all);
+        assert_eq!(output.status.code(), Some(0), "{output:?}");
+        serde_json::from_slice(&output.stdout).unwrap()
+    };
+    let first = json(&["--count", "1"]);
+    let seed = first["seed"].as_u64().expect("the seed is shown");
+    let again = json(&["--count", "1", "--seed", &seed.to_string()]);
+    assert_eq!(
+        first["commands"][0]["agent_id"],
+        again["commands"][0]["agent_id"]
+    );
+    assert!(first["shortfall"].is_null());
+    let short = json(&["--count", "3"]);
+    assert_eq!(
+        short["shortfall"],
+        serde_json::json!({ "asked": 3, "matched": 2 })
+    );
+    assert_eq!(short["commands"].as_array().unwrap().len(), 2);
+}

@@ -48,3 +48,69 @@ fn validate_names_a_missing_key_file() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("nope.pub"), "{stderr}");
 }
+
+/// `validate` with the config's text edited by `edit`: exit code 2 and what it said.
+fn refused(pki: &TestPki, edit: impl Fn(String) -> String) -> String {
+    let path = config(pki, "pki/signing.pub");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, edit(text)).unwrap();
+    let output = Command::new(binary("troop-agent"))
+        .args(["validate", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn validate_checks_what_the_agent_and_its_coordinator_will_hit() {
+    use std::os::unix::fs::PermissionsExt;
+    let pki = TestPki::new(&["web-1", "web-2"]);
+    // A certificate that names another agent.
+    let said = refused(&pki, |t| {
+        t.replace("pki/web-1.pem", "pki/web-2.pem")
+            .replace("pki/web-1.key", "pki/web-2.key")
+    });
+    assert!(
+        said.contains("tls.cert") && said.contains("does not name") && said.contains("web-2.pem"),
+        "{said}"
+    );
+    // `tls.ca` pointing at a certificate that is not the fleet's CA.
+    let said = refused(&pki, |t| {
+        t.replace("ca = \"pki/ca.pem\"", "ca = \"pki/web-2.pem\"")
+    });
+    assert!(
+        said.contains("tls.cert") && said.contains("web-2.pem") && said.contains("CA"),
+        "{said}"
+    );
+    // A disk path and a state dir that do not exist.
+    let said = refused(&pki, |t| {
+        t.replace(
+            "[policy]\n",
+            "[policy]\ndisk_paths = [\"/nonexistent/fill\"]\n",
+        )
+    });
+    assert!(
+        said.contains("policy.disk_paths") && said.contains("/nonexistent/fill"),
+        "{said}"
+    );
+    let said = refused(&pki, |t| {
+        t.replace(
+            "state_dir = \"state\"",
+            "state_dir = \"/nonexistent/troop/state\"",
+        )
+    });
+    assert!(
+        said.contains("state_dir") && said.contains("/nonexistent/troop/state"),
+        "{said}"
+    );
+    // A private key others can read.
+    let key = pki.path("web-1.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let said = refused(&pki, |t| t);
+    assert!(
+        said.contains("web-1.key") && said.contains("0644"),
+        "{said}"
+    );
+}

@@ -69,17 +69,26 @@ pub async fn run(context: &Context, command: AttackCommand) -> anyhow::Result<Ou
             None,
         ),
     };
-    let targets = pick_targets(context, targeting)?;
+    if let AttackCommand::Kill(KillArgs {
+        pattern: Some(pattern),
+        ..
+    }) = &command
+    {
+        regex::Regex::new(pattern).with_context(|| format!("--pattern {pattern:?}"))?;
+    }
+    // Loaded for the dry run too, so it fails exactly where the real run would.
+    let signer = load_signer(context)?;
+    let (targets, picked) = pick_targets(context, targeting)?;
     let action = pb::command::Action::Start(pb::StartFault {
         duration_ms: duration.map_or(0, millis),
         lease_ms: lease.map_or(0, millis),
         fault: Some(fault),
     });
     if targeting.dry_run {
-        return Ok(dry_run(context.output, &targets, &action));
+        return Ok(dry_run(context.output, &targets, &picked, &signer, &action));
     }
-    let deliveries = send(context, &targets, action).await?;
-    let outcome = report::print_deliveries(context.output, &deliveries);
+    let deliveries = send_signed(context, &signer, &targets, action).await;
+    let outcome = report::print_attack(context.output, &deliveries, Some(&picked));
     match lease {
         Some(lease) => Ok(outcome.and(lease::hold(context, &deliveries, lease).await?)),
         None => Ok(outcome),
@@ -112,8 +121,12 @@ pub fn kill_fault(args: &KillArgs) -> pb::Kill {
     }
 }
 
-/// The selected agents, then `--count`/`--percent` of them at random (all without).
-pub fn pick_targets(context: &Context, targeting: &Targeting) -> anyhow::Result<Vec<AgentEntry>> {
+/// The selected agents, then `--count`/`--percent` of them at random (all without),
+/// with the seed that made the picks (given, or drawn and shown so a run can be repeated).
+pub fn pick_targets(
+    context: &Context,
+    targeting: &Targeting,
+) -> anyhow::Result<(Vec<AgentEntry>, report::Picked)> {
     let selected = context.select(&targeting.selector)?;
     let how = match (targeting.count, targeting.percent) {
         (Some(0), _) => anyhow::bail!("--count must be at least 1"),
@@ -121,7 +134,20 @@ pub fn pick_targets(context: &Context, targeting: &Targeting) -> anyhow::Result<
         (None, Some(percent)) => Pick::Percent(percent),
         (None, None) => Pick::All,
     };
-    Ok(pick(&selected, how, &mut rng_from_seed(targeting.seed)))
+    let seed = targeting.seed.unwrap_or_else(rand::random);
+    let targets = pick(&selected, how, &mut rng_from_seed(Some(seed)));
+    let picked = report::Picked {
+        seed,
+        asked: targeting.count,
+        matched: selected.len(),
+        picked: targets.len(),
+    };
+    Ok((targets, picked))
+}
+
+pub fn load_signer(context: &Context) -> anyhow::Result<Signer> {
+    Signer::load(&context.config.signing_key)
+        .with_context(|| format!("config {}: [signing] key", context.config.path.display()))
 }
 
 /// Signs `action` once per target with the configured key and sends them all.
@@ -130,8 +156,7 @@ pub async fn send(
     targets: &[AgentEntry],
     action: pb::command::Action,
 ) -> anyhow::Result<Vec<Delivery>> {
-    let signer = Signer::load(&context.config.signing_key)
-        .with_context(|| format!("config {}: [signing] key", context.config.path.display()))?;
+    let signer = load_signer(context)?;
     Ok(send_signed(context, &signer, targets, action).await)
 }
 
@@ -176,7 +201,13 @@ pub async fn send_each(
     deliveries
 }
 
-fn dry_run(output: Output, targets: &[AgentEntry], action: &pb::command::Action) -> Outcome {
+fn dry_run(
+    output: Output,
+    targets: &[AgentEntry],
+    picked: &report::Picked,
+    signer: &Signer,
+    action: &pb::command::Action,
+) -> Outcome {
     let commands: Vec<pb::Command> = targets
         .iter()
         .map(|agent| new_command(&agent.id, action.clone(), DEFAULT_VALIDITY))
@@ -186,11 +217,22 @@ fn dry_run(output: Output, targets: &[AgentEntry], action: &pb::command::Action)
             let commands: Vec<_> = commands.iter().map(report::command_json).collect();
             println!(
                 "{}",
-                serde_json::json!({ "dry_run": true, "commands": commands })
+                serde_json::json!({
+                    "dry_run": true,
+                    "commands": commands,
+                    "seed": picked.seed,
+                    "shortfall": picked.shortfall(),
+                    "key_id": signer.key_id(),
+                })
             );
         }
         Output::Table => {
-            println!("dry run: nothing sent. {} target(s):", targets.len());
+            picked.tell();
+            println!(
+                "dry run: nothing sent; would sign with key {}. {} target(s):",
+                signer.key_id(),
+                targets.len()
+            );
             let rows: Vec<Vec<String>> = targets
                 .iter()
                 .zip(&commands)
