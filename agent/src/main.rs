@@ -30,8 +30,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    // A memory holder the agent started: nothing else of the agent may run in it.
-    troop_agent::host::memory::run_holder_if_asked();
+    // A helper the agent started (memory holder, fill guard): nothing else may run in it.
+    troop_agent::host::run_helper_if_asked();
     match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime.block_on(agent_main()),
         Err(error) => {

@@ -10,8 +10,8 @@ use clap::Parser;
 use troop_coordinator::cli::{Cli, Command};
 
 fn main() -> ExitCode {
-    // A memory holder of a demo agent: nothing else of troop may run in it.
-    troop_agent::host::memory::run_holder_if_asked();
+    // A helper of a demo agent (memory holder, fill guard): nothing else may run in it.
+    troop_agent::host::run_helper_if_asked();
     match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime.block_on(run()),
         Err(error) => {

@@ -31,12 +31,13 @@ pub struct LabHost {
 }
 
 impl LabHost {
-    /// The `troop-agent` process of the host, as this machine sees it.
+    /// The `troop-agent` process of the host, as this machine sees it (not one of its
+    /// helpers, which run the same binary with a `__` subcommand).
     pub fn agent_pid(&self) -> Option<i32> {
         self.host
             .processes()
             .into_iter()
-            .find(|p| p.name == "troop-agent")
+            .find(|p| p.name == "troop-agent" && !p.cmdline.iter().any(|a| a.starts_with("__")))
             .map(|p| p.pid)
     }
 

@@ -75,7 +75,10 @@ pub struct RunningAgent {
 impl RunningAgent {
     pub async fn start(config: AgentConfig) -> Self {
         let id = config.id.clone();
-        let agent = Agent::new(config).unwrap();
+        // Helpers (memory holder, fill guard) come from the real agent binary: this test
+        // binary cannot be one.
+        let processes = Arc::new(troop_agent::host::process::LinuxProcessTable);
+        let agent = Agent::with_host(config, processes, binary("troop-agent")).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel();

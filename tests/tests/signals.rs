@@ -112,3 +112,89 @@ fn every_other_catchable_signal_reverts_before_the_agent_exits() {
         );
     }
 }
+
+/// A fill ends by its deadline even when its agent is SIGKILLed and nothing restarts
+/// it: the fill's guard removes it. Stopping what is left (as systemd does with SIGTERM
+/// when it gives up on a unit) removes a fill at once.
+#[test]
+fn a_fill_ends_on_time_with_its_agent_dead_and_at_once_when_its_guard_is_stopped() {
+    let Some(mut lab) = Lab::new("fill guard") else {
+        return;
+    };
+    lab.add_host("web-1", &[("role", "web")], "allow = [\"disk\"]", vec![]);
+    let disk = lab.hosts["web-1"].disk.display().to_string();
+    // Every process of this machine: an agent restarted from outside is no child of
+    // the host's pid 1.
+    let all = || {
+        use troop_agent::host::process::{LinuxProcessTable, ProcessTable};
+        LinuxProcessTable.list().unwrap()
+    };
+    let guards = |_: &Lab| -> Vec<i32> {
+        all()
+            .iter()
+            .filter(|p| p.cmdline.iter().any(|a| a == "__guard-fill"))
+            .filter(|p| p.cmdline.iter().any(|a| a == &disk))
+            .map(|p| p.pid)
+            .collect()
+    };
+    let fill = |lab: &Lab, duration: &str| {
+        let (code, report) = lab.troop_json(&[
+            "attack", "disk", "--select", "role=web", "--path", &disk, "--size", "24MiB", "--for",
+            duration,
+        ]);
+        assert_eq!(code, Some(0), "{report}");
+        assert!(used_percent(lab, "web-1") > 30.0);
+    };
+
+    // The agent dies; the fill goes at its deadline, not before.
+    let started = Instant::now();
+    fill(&lab, "3s");
+    assert_eq!(guards(&lab).len(), 1, "one guard per fill");
+    let agent = lab.hosts["web-1"].agent_pid().unwrap();
+    kill(Pid::from_raw(agent), Signal::SIGKILL).unwrap();
+    assert!(wait_for(Duration::from_secs(5), || lab.hosts["web-1"]
+        .agent_pid()
+        .is_none()));
+    assert!(
+        used_percent(&lab, "web-1") > 30.0,
+        "the fill went with the agent, before its deadline"
+    );
+    assert!(
+        wait_for(Duration::from_secs(10), || used_percent(&lab, "web-1")
+            < 1.0),
+        "the fill outlived its deadline"
+    );
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(3),
+        "removed before its deadline: {took:?}"
+    );
+    assert!(
+        took < Duration::from_secs(6),
+        "removed {took:?} after a 3 s fill"
+    );
+    assert!(
+        wait_for(Duration::from_secs(5), || guards(&lab).is_empty()),
+        "the guard stayed"
+    );
+
+    // Again with a long fill, the agent killed too: SIGTERM to the guard that is left
+    // removes the fill now.
+    let mut nsenter = lab.restart_agent("web-1");
+    fill(&lab, "5m");
+    let left = guards(&lab);
+    assert_eq!(left.len(), 1, "one guard per fill");
+    let agent = all()
+        .into_iter()
+        .find(|p| p.name == "troop-agent" && p.ppid == nsenter.id() as i32)
+        .expect("the restarted agent")
+        .pid;
+    kill(Pid::from_raw(agent), Signal::SIGKILL).unwrap();
+    let _ = nsenter.wait();
+    assert!(used_percent(&lab, "web-1") > 30.0);
+    kill(Pid::from_raw(left[0]), Signal::SIGTERM).unwrap();
+    assert!(
+        wait_for(Duration::from_secs(2), || used_percent(&lab, "web-1") < 1.0),
+        "SIGTERM to the guard left the fill"
+    );
+}

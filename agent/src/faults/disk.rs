@@ -8,6 +8,7 @@ use troop_proto::{Refusal, pb};
 
 use super::engine::{Applied, Effect};
 use crate::host::disk::{FillDir, Usage};
+use crate::host::fill_guard::Guard;
 use crate::policy::Policy;
 use crate::units::format_size;
 
@@ -134,7 +135,9 @@ pub fn bytes_to_fill(
     Ok(bytes)
 }
 
-pub fn apply(plan: &DiskPlan) -> Result<Applied, Refusal> {
+/// Fills, and leaves a guard (`helper_exe __guard-fill`) that removes the fill at
+/// `until_unix_ms` should the agent be gone by then.
+pub fn apply(plan: &DiskPlan, helper_exe: &Path, until_unix_ms: i64) -> Result<Applied, Refusal> {
     let file = plan.file();
     if let Err(error) = plan.dir.fill(&plan.name, plan.bytes) {
         // Not ours to remove if it was already there (create_new refused it).
@@ -146,6 +149,12 @@ pub fn apply(plan: &DiskPlan) -> Result<Applied, Refusal> {
             file.display()
         )));
     }
+    // Without a guard the fill still ends at its deadline while the agent lives.
+    let guard = Guard::start(helper_exe, &plan.dir, &plan.name, until_unix_ms)
+        .inspect_err(|error| {
+            tracing::warn!(path = %file.display(), %error, "cannot start the fill guard; the fill ends with the agent only");
+        })
+        .ok();
     Ok(Applied {
         summary: format!(
             "filled {} in {} ({:.1}% of the filesystem used)",
@@ -157,6 +166,7 @@ pub fn apply(plan: &DiskPlan) -> Result<Applied, Refusal> {
             dir: plan.dir.clone(),
             name: plan.name.clone(),
             bytes: plan.bytes,
+            guard,
             removed: false,
         }),
     })
@@ -166,6 +176,7 @@ struct DiskFill {
     dir: Arc<FillDir>,
     name: String,
     bytes: u64,
+    guard: Option<Guard>,
     removed: bool,
 }
 
@@ -183,6 +194,8 @@ impl Effect for DiskFill {
     }
 
     fn revert(&mut self) -> Result<(), String> {
+        // The agent removes its own fill: the guard is no longer needed.
+        drop(self.guard.take());
         self.dir.remove(&self.name).map_err(|error| {
             format!(
                 "remove {}: {error}",
@@ -196,6 +209,7 @@ impl Effect for DiskFill {
 
 impl Drop for DiskFill {
     fn drop(&mut self) {
+        drop(self.guard.take());
         if !self.removed {
             let _ = self.dir.remove(&self.name);
         }
@@ -305,7 +319,7 @@ mod tests {
     fn a_fill_is_allocated_and_reverted() {
         let dir = tempfile::tempdir().unwrap();
         let plan = plan_in(&dir.path().canonicalize().unwrap(), 8 << 20);
-        let mut applied = apply(&plan).unwrap();
+        let mut applied = apply(&plan, Path::new("/nonexistent"), 0).unwrap();
         let allocated = std::fs::metadata(plan.file()).unwrap();
         assert_eq!(allocated.len(), 8 << 20);
         applied.effect.revert().unwrap();
@@ -317,7 +331,7 @@ mod tests {
     fn a_dropped_fill_is_removed() {
         let dir = tempfile::tempdir().unwrap();
         let plan = plan_in(&dir.path().canonicalize().unwrap(), 1 << 20);
-        let applied = apply(&plan).unwrap();
+        let applied = apply(&plan, Path::new("/nonexistent"), 0).unwrap();
         assert!(plan.file().exists());
         drop(applied);
         assert!(!plan.file().exists());
@@ -335,7 +349,7 @@ mod tests {
         let plan = plan_in(&allowed, 1 << 20);
         std::fs::rename(&allowed, &moved).unwrap();
         std::os::unix::fs::symlink(&outside, &allowed).unwrap();
-        let mut applied = apply(&plan).unwrap();
+        let mut applied = apply(&plan, Path::new("/nonexistent"), 0).unwrap();
         assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
         assert!(moved.join(".troop-fill-t").exists());
         // A file of the same name outside is never what the revert removes.
@@ -356,7 +370,7 @@ mod tests {
         std::fs::write(&target, b"keep").unwrap();
         std::os::unix::fs::symlink(&target, dir.join(".troop-fill-t")).unwrap();
         let plan = plan_in(&dir, 1 << 20);
-        assert!(apply(&plan).is_err());
+        assert!(apply(&plan, Path::new("/nonexistent"), 0).is_err());
         assert_eq!(std::fs::read(&target).unwrap(), b"keep");
         assert!(
             dir.join(".troop-fill-t").symlink_metadata().is_ok(),

@@ -76,6 +76,9 @@ fn undo_leftover(state_dir: &Path, record: &Record) -> Result<(), String> {
             tracing::info!(fault_id = %id, kind = %record.kind, "fault ended with the previous agent process");
         }
         Undo::RemoveFile { path } => {
+            if let Some(name) = path.file_name().and_then(|name| name.to_str()) {
+                crate::host::fill_guard::end_leftover(name);
+            }
             crate::host::disk::remove_fill(path)
                 .map_err(|error| format!("remove {}: {error}", path.display()))?;
             tracing::info!(fault_id = %id, path = %path.display(), "removed a fill left by the previous agent process");

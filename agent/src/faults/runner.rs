@@ -185,7 +185,10 @@ impl Runner {
                 let _one_at_a_time = self.disk_gate.lock().unwrap_or_else(|e| e.into_inner());
                 let plan = disk::plan(request, id, &policy)?;
                 let undo = Undo::RemoveFile { path: plan.file() };
-                held(undo, &|| disk::apply(&plan))
+                held(undo, &|| {
+                    let until = now_unix_ms().saturating_add(duration.as_millis() as i64);
+                    disk::apply(&plan, &self.helper_exe, until)
+                })
             }
             Fault::StopHost(request) => {
                 let spec = StopSpec::from_pb(request)?;

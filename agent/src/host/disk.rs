@@ -80,6 +80,10 @@ impl FillDir {
         &self.path
     }
 
+    pub fn handle(&self) -> &OwnedFd {
+        &self.fd
+    }
+
     /// statvfs of the filesystem the handle is on.
     pub fn usage(&self) -> io::Result<Usage> {
         Ok(Usage::from(fstatvfs(&self.fd)?))
