@@ -158,6 +158,19 @@ pub enum AttackCommand {
     StopHost(StopHostArgs),
 }
 
+impl AttackCommand {
+    /// The fault kind, as the CLI spells it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AttackCommand::Kill(_) => "kill",
+            AttackCommand::Cpu(_) => "cpu",
+            AttackCommand::Memory(_) => "memory",
+            AttackCommand::Disk(_) => "disk",
+            AttackCommand::StopHost(_) => "stop-host",
+        }
+    }
+}
+
 /// How long a fault holds, and whether this command stays to keep it alive.
 #[derive(Debug, Args)]
 pub struct Holding {

@@ -86,6 +86,11 @@ const MIGRATIONS: &[&str] = &[
         at_ms    INTEGER NOT NULL
     ) WITHOUT ROWID;
     ",
+    // 2: ad-hoc attacks and halts are runs too; who ran them, and the key that signed.
+    r"
+    ALTER TABLE runs ADD COLUMN operator TEXT NOT NULL DEFAULT '';
+    ALTER TABLE commands ADD COLUMN key_id TEXT NOT NULL DEFAULT '';
+    ",
 ];
 
 /// The schema version this build writes; a file with a higher one came from a newer troop.
@@ -105,7 +110,8 @@ const SUMMARY_SELECT: &str = "
            COUNT(c.id),
            COUNT(CASE WHEN c.outcome = 'applied' THEN 1 END),
            COUNT(CASE WHEN c.outcome = 'refused' THEN 1 END),
-           COUNT(CASE WHEN c.outcome = 'failed' THEN 1 END)
+           COUNT(CASE WHEN c.outcome = 'failed' THEN 1 END),
+           r.operator
     FROM runs r LEFT JOIN commands c ON c.run_id = r.id";
 
 /// Why a store operation failed; a failed write means nothing was recorded.
@@ -224,6 +230,8 @@ pub struct CommandRecord {
     pub parameters: String,
     /// SHA-256 of the signature sent with it.
     pub signature_sha256: String,
+    /// The id of the key that signs it.
+    pub key_id: String,
     /// When it was recorded, just before sending.
     pub sent_at_ms: i64,
 }
@@ -247,6 +255,8 @@ pub struct RunSummary {
     pub started_at_ms: i64,
     /// When it ended, if it has.
     pub finished_at_ms: Option<i64>,
+    /// Who ran it: the local user of an ad-hoc command; empty for campaigns.
+    pub operator: String,
     /// All its commands, whatever their outcome (pending, unreachable and unknown included).
     pub commands: u32,
     /// Commands the agent applied.
@@ -304,6 +314,8 @@ pub struct CommandRow {
     pub parameters: String,
     /// SHA-256 of the signature sent with it.
     pub signature_sha256: String,
+    /// The id of the key that signed it.
+    pub key_id: String,
     /// When it was recorded, just before sending.
     pub sent_at_ms: i64,
     /// `pending`, `applied`, `refused`, `failed`, `unreachable` or `unknown`.
@@ -412,6 +424,25 @@ impl Store {
         Ok(conn.last_insert_rowid())
     }
 
+    /// Records the start of an ad-hoc command run (`troop attack`, `troop halt`): `what`
+    /// names it in history, `operator` is who ran it. Its commands are recorded like a
+    /// campaign's.
+    pub fn begin_adhoc(
+        &self,
+        what: &str,
+        seed: u64,
+        operator: &str,
+        started_at_ms: i64,
+    ) -> Result<i64, StoreError> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO runs (campaign, file_sha256, seed, dry_run, started_at_ms, operator)
+             VALUES (?1, '', ?2, 0, ?3, ?4)",
+            params![what, seed.to_string(), started_at_ms, operator],
+        )?;
+        Ok(conn.last_insert_rowid())
+    }
+
     /// Records a step of a running run and returns its id.
     pub fn record_step(
         &self,
@@ -442,8 +473,8 @@ impl Store {
         // no further command can be recorded, so the coordinator sends none.
         let inserted = conn.execute(
             "INSERT INTO commands (run_id, step_id, target, command_id, fault_kind,
-                                   parameters, signature_sha256, sent_at_ms)
-             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8
+                                   parameters, signature_sha256, sent_at_ms, key_id)
+             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9
              WHERE EXISTS (SELECT 1 FROM runs WHERE id = ?1 AND status = 'running')
                AND (?2 IS NULL OR EXISTS (SELECT 1 FROM steps WHERE id = ?2 AND run_id = ?1))",
             params![
@@ -454,7 +485,8 @@ impl Store {
                 c.fault_kind,
                 c.parameters,
                 c.signature_sha256,
-                c.sent_at_ms
+                c.sent_at_ms,
+                c.key_id
             ],
         )?;
         if inserted == 0 {
@@ -587,7 +619,8 @@ impl Store {
         let commands = tx
             .prepare_cached(
                 "SELECT id, run_id, step_id, target, command_id, fault_kind, parameters,
-                        signature_sha256, sent_at_ms, outcome, code, message, answered_at_ms
+                        signature_sha256, sent_at_ms, outcome, code, message, answered_at_ms,
+                        key_id
                  FROM commands WHERE run_id = ?1 ORDER BY id",
             )?
             .query_map([id], |row| {
@@ -605,6 +638,7 @@ impl Store {
                     code: row.get(10)?,
                     message: row.get(11)?,
                     answered_at_ms: row.get(12)?,
+                    key_id: row.get(13)?,
                 })
             })?
             .collect::<Result<_, _>>()?;
@@ -822,6 +856,7 @@ fn summary_from_row(row: &Row<'_>) -> rusqlite::Result<RunSummary> {
         seed,
         started_at_ms: row.get(6)?,
         finished_at_ms: row.get(7)?,
+        operator: row.get(12)?,
         commands: row.get(8)?,
         applied: row.get(9)?,
         refused: row.get(10)?,
@@ -863,8 +898,33 @@ mod tests {
             fault_kind: "cpu_stress".into(),
             parameters: format!(r#"{{"cores":{n},"duration_s":30}}"#),
             signature_sha256: "ab".repeat(32),
+            key_id: "00112233aabbccdd".into(),
             sent_at_ms: 1_000 + i64::from(n),
         }
+    }
+
+    #[test]
+    fn an_adhoc_run_records_who_ran_it_and_the_signing_key() {
+        let store = Store::open("sqlite://:memory:").unwrap();
+        let run = store.begin_adhoc("attack kill", 7, "alice", 10).unwrap();
+        let id = store.record_command(&command(run, None, 1)).unwrap();
+        store
+            .finish_command(id, "applied", None, "sent SIGKILL", "ef", 20)
+            .unwrap();
+        store.finish_run(run, "completed", "", 30).unwrap();
+        let summary = store.runs(10).unwrap().remove(0);
+        assert_eq!(
+            (
+                summary.campaign.as_str(),
+                summary.operator.as_str(),
+                summary.seed,
+                summary.applied
+            ),
+            ("attack kill", "alice", 7, 1)
+        );
+        let detail = store.run(run).unwrap();
+        assert_eq!(detail.commands[0].key_id, "00112233aabbccdd");
+        assert_eq!(detail.commands[0].signature_sha256, "ef");
     }
 
     #[test]
@@ -980,6 +1040,7 @@ mod tests {
                 seed: 42,
                 started_at_ms: 100,
                 finished_at_ms: Some(400),
+                operator: String::new(),
                 commands: 3,
                 applied: 1,
                 refused: 1,

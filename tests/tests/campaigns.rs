@@ -439,3 +439,56 @@ fn serve_fires_on_schedule_and_a_restart_keeps_the_floor() {
         "a restart struck again inside min_time_between"
     );
 }
+
+/// Ad-hoc attacks and halts are in the audit store like campaign runs: who ran them,
+/// their seed, every command with its signing key and signature.
+#[test]
+fn ad_hoc_attacks_and_halts_are_audited() {
+    let Some(mut lab) = Lab::new("ad-hoc audit") else {
+        return;
+    };
+    lab.add_host(
+        "web-1",
+        &[("role", "web")],
+        POLICY,
+        vec![vec!["sleep".into(), "600".into()]],
+    );
+    let (code, report) = lab.troop_json(&[
+        "attack", "kill", "--select", "role=web", "--name", "sleep", "--seed", "11",
+    ]);
+    assert_eq!(code, Some(0), "{report}");
+    let command_id = report["results"][0]["command_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (code, report) = lab.troop_json(&["halt"]);
+    assert_eq!(code, Some(0), "{report}");
+    let (code, history) = lab.troop_json(&["campaign", "history"]);
+    assert_eq!(code, Some(0), "{history}");
+    let runs = history["runs"].as_array().unwrap();
+    let attack = runs
+        .iter()
+        .find(|r| r["campaign"] == "attack kill")
+        .expect("the attack");
+    assert_eq!(attack["seed"], 11, "{history}");
+    assert_eq!(attack["status"], "completed", "{history}");
+    assert!(
+        !attack["operator"].as_str().unwrap().is_empty(),
+        "{history}"
+    );
+    assert!(
+        runs.iter()
+            .any(|r| r["campaign"] == "halt" && r["applied"] == 1),
+        "{history}"
+    );
+    let detail = show(&lab, &attack["id"]);
+    let recorded = &detail["commands"][0];
+    assert_eq!(recorded["command_id"], command_id.as_str(), "{detail}");
+    assert_eq!(recorded["outcome"], "applied", "{detail}");
+    assert_eq!(recorded["key_id"].as_str().unwrap().len(), 16, "{detail}");
+    assert_eq!(
+        recorded["signature_sha256"].as_str().unwrap().len(),
+        64,
+        "{detail}"
+    );
+}

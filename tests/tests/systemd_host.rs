@@ -29,6 +29,28 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// The agent's .deb: the one `cargo deb` built; where none is built and the lab is
+/// required (CI), built here (once per test process), failing if it cannot be.
+fn agent_deb_or_build() -> Option<PathBuf> {
+    static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_build = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    let required = std::env::var_os("TROOP_LAB_REQUIRED").is_some_and(|v| v == "1");
+    if agent_deb().is_none() && required {
+        let status = Command::new("cargo")
+            .args(["deb", "--locked", "-p", "troop-agent"])
+            .current_dir(repo())
+            .status()
+            .expect(
+                "TROOP_LAB_REQUIRED=1 and no .deb: `cargo deb` must run (cargo install cargo-deb)",
+            );
+        assert!(
+            status.success(),
+            "TROOP_LAB_REQUIRED=1 and `cargo deb -p troop-agent` failed"
+        );
+    }
+    agent_deb()
+}
+
 /// The agent's .deb from `cargo deb`, if built.
 fn agent_deb() -> Option<PathBuf> {
     let dir = repo().join("target/debian");
@@ -127,7 +149,7 @@ fn the_deb_on_a_systemd_host_serves_a_kill_and_a_stop() {
     if !nix::unistd::geteuid().is_root() || !missing.is_empty() {
         return skip(SCENARIO, &format!("needs root and {missing:?}"));
     }
-    let Some(deb) = agent_deb() else {
+    let Some(deb) = agent_deb_or_build() else {
         return skip(
             SCENARIO,
             "no target/debian/troop-agent_*.deb (run `cargo deb -p troop-agent`)",
@@ -285,7 +307,7 @@ fn the_deb_on_a_systemd_host_serves_a_kill_and_a_stop() {
 
 #[test]
 fn the_agent_deb_holds_the_binary_the_unit_and_its_conffile() {
-    let Some(deb) = agent_deb() else {
+    let Some(deb) = agent_deb_or_build() else {
         return skip(
             "agent .deb contents",
             "no target/debian/troop-agent_*.deb (run `cargo deb -p troop-agent`)",

@@ -11,8 +11,10 @@ use troop_coordinator::table;
 use troop_proto::freshness::DEFAULT_VALIDITY;
 use troop_proto::pb;
 
+use super::audit::{AdhocRun, Audit, send_recorded};
 use super::{Context, Outcome, lease};
 use crate::report::{self, Delivery};
+use troop_coordinator::store::StoreError;
 
 pub async fn run(context: &Context, command: AttackCommand) -> anyhow::Result<Outcome> {
     use pb::start_fault::Fault;
@@ -87,12 +89,21 @@ pub async fn run(context: &Context, command: AttackCommand) -> anyhow::Result<Ou
     if targeting.dry_run {
         return Ok(dry_run(context.output, &targets, &picked, &signer, &action));
     }
-    let deliveries = send_signed(context, &signer, &targets, action).await;
+    // Like a campaign's: an attack that cannot be recorded is not sent.
+    let what = format!("attack {}", command.kind());
+    let run = AdhocRun::begin(context, &what, picked.seed).context("audit store; nothing sent")?;
+    let deliveries = send_signed(context, &signer, Some(run.audit()), &targets, action)
+        .await
+        .context("audit store; nothing sent")?;
     let outcome = report::print_attack(context.output, &deliveries, Some(&picked));
-    match lease {
-        Some(lease) => Ok(outcome.and(lease::hold(context, &deliveries, lease).await?)),
-        None => Ok(outcome),
-    }
+    let outcome = match lease {
+        Some(lease) => {
+            outcome.and(lease::hold(context, &signer, run.audit(), &deliveries, lease).await?)
+        }
+        None => outcome,
+    };
+    run.finish(&deliveries);
+    Ok(outcome)
 }
 
 fn millis(duration: Duration) -> u64 {
@@ -150,55 +161,47 @@ pub fn load_signer(context: &Context) -> anyhow::Result<Signer> {
         .with_context(|| format!("config {}: [signing] key", context.config.path.display()))
 }
 
-/// Signs `action` once per target with the configured key and sends them all.
+/// Signs `action` once per target with the configured key and sends them all, recorded
+/// as the ad-hoc run `what` where the store can be opened (a halt goes out regardless).
 pub async fn send(
     context: &Context,
+    what: &str,
     targets: &[AgentEntry],
     action: pb::command::Action,
 ) -> anyhow::Result<Vec<Delivery>> {
     let signer = load_signer(context)?;
-    Ok(send_signed(context, &signer, targets, action).await)
+    let run = AdhocRun::begin(context, what, 0)
+        .inspect_err(|error| eprintln!("warning: audit store: {error}; sending anyway"))
+        .ok();
+    let audit = run.as_ref().map(AdhocRun::audit);
+    let deliveries = match send_signed(context, &signer, audit, targets, action.clone()).await {
+        Ok(deliveries) => deliveries,
+        // Recording failed, so nothing was sent: send unrecorded rather than not halt.
+        Err(error) => {
+            eprintln!("warning: audit store: {error}; sending anyway");
+            send_signed(context, &signer, None, targets, action).await?
+        }
+    };
+    if let Some(run) = &run {
+        run.finish(&deliveries);
+    }
+    Ok(deliveries)
 }
 
-/// Signs `action` once per target with `signer` and sends them all.
+/// Signs `action` once per target with `signer` and sends them all, each recorded first
+/// when `audit` says where.
 pub async fn send_signed(
     context: &Context,
     signer: &Signer,
+    audit: Option<Audit<'_>>,
     targets: &[AgentEntry],
     action: pb::command::Action,
-) -> Vec<Delivery> {
+) -> Result<Vec<Delivery>, StoreError> {
     let work = targets
         .iter()
         .map(|agent| (agent.clone(), action.clone()))
         .collect();
-    send_each(context, signer, work).await
-}
-
-/// Signs (as each leaves) and sends each agent its own action.
-pub async fn send_each(
-    context: &Context,
-    signer: &Signer,
-    work: Vec<(AgentEntry, pb::command::Action)>,
-) -> Vec<Delivery> {
-    let work: Vec<(AgentEntry, pb::Command)> = work
-        .into_iter()
-        .map(|(agent, action)| {
-            let command = new_command(&agent.id, action, DEFAULT_VALIDITY);
-            tracing::info!(agent = %agent.id, command_id = %command.command_id, action = %report::action_text(command.action.as_ref()), "sending command");
-            (agent, command)
-        })
-        .collect();
-    let deliveries = context.dispatcher.sign_and_send(signer, work).await;
-    for delivery in &deliveries {
-        let (agent, command_id) = (&delivery.agent.id, &delivery.command_id);
-        match &delivery.result {
-            Ok(receipt) => {
-                tracing::info!(%agent, %command_id, summary = %receipt.summary, "applied")
-            }
-            Err(error) => tracing::debug!(%agent, %command_id, %error, "not applied"),
-        }
-    }
-    deliveries
+    send_recorded(context, signer, audit, work, &serde_json::json!({})).await
 }
 
 fn dry_run(

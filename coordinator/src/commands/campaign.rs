@@ -15,13 +15,12 @@ use troop_coordinator::campaign::probe::Probe;
 use troop_coordinator::campaign::{Campaign, file::Step};
 use troop_coordinator::cli::Output;
 use troop_coordinator::config::AgentEntry;
-use troop_coordinator::dispatch::{CallError, Delivery, code_name};
-use troop_coordinator::signer::{Signer, new_command, now_unix_ms};
-use troop_coordinator::store::{CommandRecord, Store};
+use troop_coordinator::signer::{Signer, now_unix_ms};
+use troop_coordinator::store::Store;
 use troop_coordinator::table;
-use troop_proto::freshness::DEFAULT_VALIDITY;
 use troop_proto::pb;
 
+use super::audit::{Audit, send_recorded};
 use super::{Context, Outcome};
 use crate::report;
 
@@ -575,69 +574,6 @@ async fn renew_leases(
     {
         tracing::error!(%error, "audit store: lease renewals not sent");
     }
-}
-
-/// Where a run's commands are recorded.
-#[derive(Clone, Copy)]
-struct Audit<'a> {
-    store: &'a Store,
-    run: i64,
-    step: Option<i64>,
-}
-
-/// Records every command before it is sent (if none can be recorded, none is sent), signs
-/// each as it leaves, and records what each got.
-async fn send_recorded(
-    context: &Context,
-    signer: &Signer,
-    audit: Option<Audit<'_>>,
-    work: Vec<(AgentEntry, pb::command::Action)>,
-    parameters: &serde_json::Value,
-) -> Result<Vec<Delivery>, troop_coordinator::store::StoreError> {
-    let commands: Vec<(AgentEntry, pb::Command)> = work
-        .into_iter()
-        .map(|(agent, action)| {
-            let command = new_command(&agent.id, action, DEFAULT_VALIDITY);
-            (agent, command)
-        })
-        .collect();
-    let mut records = Vec::new();
-    if let Some(audit) = audit {
-        for (agent, command) in &commands {
-            records.push(audit.store.record_command(&CommandRecord {
-                run: audit.run,
-                step: audit.step,
-                target: agent.id.clone(),
-                command_id: command.command_id.clone(),
-                fault_kind: report::action_text(command.action.as_ref()),
-                parameters: parameters.to_string(),
-                signature_sha256: String::new(),
-                sent_at_ms: now_unix_ms(),
-            })?);
-        }
-    }
-    let deliveries = context.dispatcher.sign_and_send(signer, commands).await;
-    if let Some(audit) = audit {
-        for (delivery, id) in deliveries.iter().zip(records) {
-            let (code, message) = match &delivery.result {
-                Ok(receipt) => (None, receipt.summary.clone()),
-                Err(CallError::Status { code, message }) => {
-                    (Some(code_name(*code)), message.clone())
-                }
-                Err(error) => (None, error.to_string()),
-            };
-            let word = report::outcome_word(&delivery.result);
-            let _ = audit.store.finish_command(
-                id,
-                word,
-                code,
-                &message,
-                &delivery.signature_sha256,
-                now_unix_ms(),
-            );
-        }
-    }
-    Ok(deliveries)
 }
 
 pub fn history(context: &Context) -> anyhow::Result<Outcome> {

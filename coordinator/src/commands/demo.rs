@@ -214,11 +214,11 @@ pub async fn run(args: DemoArgs, output: Output) -> anyhow::Result<Outcome> {
             delay_ms: 0,
         })),
     });
-    let mut refusals = attack::send(&context, &db, stop_host).await?;
+    let mut refusals = attack::send(&context, "attack stop-host", &db, stop_host).await?;
     let web = context.select(&"role=web".parse()?)?;
     let forger = Signer::from_key(ed25519_dalek::SigningKey::from_bytes(&rand::rng().random()));
     let abort_all = pb::command::Action::AbortAll(pb::AbortAll {});
-    refusals.extend(attack::send_signed(&context, &forger, &web[..1], abort_all).await);
+    refusals.extend(attack::send_signed(&context, &forger, None, &web[..1], abort_all).await?);
     let refusals_ok = refusals
         .iter()
         .all(|d| d.result.as_ref().err().is_some_and(|e| e.is_refusal()));

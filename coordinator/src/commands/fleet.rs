@@ -188,6 +188,7 @@ pub async fn halt(context: &Context, selector: &Selector) -> anyhow::Result<Outc
     let targets = context.select(selector)?;
     let deliveries = attack::send(
         context,
+        "halt",
         &targets,
         pb::command::Action::AbortAll(pb::AbortAll {}),
     )

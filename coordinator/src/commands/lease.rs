@@ -12,8 +12,10 @@ use troop_coordinator::dispatch::CallError;
 use troop_coordinator::signer::{Signer, now_unix_ms};
 use troop_proto::pb;
 
-use super::{Context, Outcome, attack};
+use super::audit::{Audit, send_recorded};
+use super::{Context, Outcome};
 use crate::report::Delivery;
+use serde_json::json;
 
 struct Held {
     agent: AgentEntry,
@@ -23,11 +25,11 @@ struct Held {
 
 pub async fn hold(
     context: &Context,
+    signer: &Signer,
+    audit: Audit<'_>,
     deliveries: &[Delivery],
     lease: Duration,
 ) -> anyhow::Result<Outcome> {
-    let signer = Signer::load(&context.config.signing_key)
-        .with_context(|| format!("config {}: [signing] key", context.config.path.display()))?;
     let mut held: Vec<Held> = deliveries
         .iter()
         .filter_map(|delivery| {
@@ -61,14 +63,21 @@ pub async fn hold(
         tokio::select! {
             _ = interrupt.recv() => {
                 progress("Ctrl-C: aborting".into());
-                let work = held
+                let work: Vec<(AgentEntry, pb::command::Action)> = held
                     .iter()
                     .map(|h| {
                         let abort = pb::AbortFault { fault_id: h.fault_id.clone() };
                         (h.agent.clone(), pb::command::Action::Abort(abort))
                     })
                     .collect();
-                let aborted = attack::send_each(context, &signer, work).await;
+                // Aborts go out even when they cannot be recorded.
+                let aborted = match send_recorded(context, signer, Some(audit), work.clone(), &json!({})).await {
+                    Ok(aborted) => aborted,
+                    Err(error) => {
+                        progress(format!("audit store: {error}; aborting unrecorded"));
+                        send_recorded(context, signer, None, work, &json!({})).await?
+                    }
+                };
                 for delivery in &aborted {
                     let outcome = match &delivery.result {
                         Ok(receipt) => receipt.summary.clone(),
@@ -98,7 +107,13 @@ pub async fn hold(
                         (h.agent.clone(), pb::command::Action::Renew(renew))
                     })
                     .collect();
-                let renewed = attack::send_each(context, &signer, work).await;
+                // An unrecorded renewal is not sent: the agents then end the faults.
+                let renewed = send_recorded(context, signer, Some(audit), work, &json!({ "lease_ms": lease_ms }))
+                    .await
+                    .unwrap_or_else(|error| {
+                        progress(format!("audit store: {error}; renewals not sent"));
+                        Vec::new()
+                    });
                 let mut line = Vec::new();
                 for delivery in renewed {
                     match &delivery.result {

@@ -1,6 +1,7 @@
 //! The CLI's commands. Each returns an [`Outcome`] (exit 0 or 1) or an error (exit 2).
 
 pub mod attack;
+pub mod audit;
 pub mod campaign;
 pub mod demo;
 pub mod fleet;

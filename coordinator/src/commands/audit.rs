@@ -1,0 +1,141 @@
+//! The audit trail of every command the CLI sends: campaign runs, and ad-hoc attacks,
+//! their lease renewals and aborts, and halts, each an entry in `troop campaign history`.
+//! A command is recorded before it is sent (none is sent that cannot be recorded, except
+//! a halt), signed as it leaves, and its outcome recorded when it answers.
+
+use serde_json::Value;
+use troop_coordinator::config::AgentEntry;
+use troop_coordinator::dispatch::{CallError, Delivery, code_name};
+use troop_coordinator::signer::{Signer, new_command, now_unix_ms};
+use troop_coordinator::store::{CommandRecord, Store, StoreError};
+use troop_proto::freshness::DEFAULT_VALIDITY;
+use troop_proto::pb;
+
+use super::Context;
+use crate::report;
+
+/// Where a run's commands are recorded.
+#[derive(Clone, Copy)]
+pub struct Audit<'a> {
+    pub store: &'a Store,
+    pub run: i64,
+    pub step: Option<i64>,
+}
+
+/// An ad-hoc run (`troop attack`, `troop halt`) in the store.
+pub struct AdhocRun {
+    store: Store,
+    run: i64,
+}
+
+impl AdhocRun {
+    /// Opens the store and records the run's start, under the local user's name.
+    pub fn begin(context: &Context, what: &str, seed: u64) -> Result<Self, StoreError> {
+        let store = Store::open(&context.config.store_url)?;
+        let run = store.begin_adhoc(what, seed, &operator(), now_unix_ms())?;
+        Ok(Self { store, run })
+    }
+
+    pub fn audit(&self) -> Audit<'_> {
+        Audit {
+            store: &self.store,
+            run: self.run,
+            step: None,
+        }
+    }
+
+    /// Records how it ended: `completed` if every command applied, else `failed`.
+    pub fn finish(&self, deliveries: &[Delivery]) {
+        let failed = deliveries.iter().filter(|d| d.result.is_err()).count();
+        let (status, reason) = if failed == 0 {
+            ("completed", String::new())
+        } else {
+            (
+                "failed",
+                format!("{failed} of {} command(s) not applied", deliveries.len()),
+            )
+        };
+        if let Err(error) = self
+            .store
+            .finish_run(self.run, status, &reason, now_unix_ms())
+        {
+            tracing::warn!(%error, "audit store: cannot record the end of the run");
+        }
+    }
+}
+
+/// Who runs this CLI, as the audit trail names them.
+fn operator() -> String {
+    ["SUDO_USER", "USER", "LOGNAME"]
+        .iter()
+        .find_map(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
+        .unwrap_or_else(|| format!("uid {}", nix::unistd::getuid()))
+}
+
+/// Records every command before it is sent (if one cannot be recorded, none is sent),
+/// signs each as it leaves, and records what each got.
+pub async fn send_recorded(
+    context: &Context,
+    signer: &Signer,
+    audit: Option<Audit<'_>>,
+    work: Vec<(AgentEntry, pb::command::Action)>,
+    parameters: &Value,
+) -> Result<Vec<Delivery>, StoreError> {
+    let commands: Vec<(AgentEntry, pb::Command)> = work
+        .into_iter()
+        .map(|(agent, action)| {
+            let command = new_command(&agent.id, action, DEFAULT_VALIDITY);
+            tracing::info!(agent = %agent.id, command_id = %command.command_id, action = %report::action_text(command.action.as_ref()), "sending command");
+            (agent, command)
+        })
+        .collect();
+    let mut records = Vec::new();
+    if let Some(audit) = audit {
+        for (agent, command) in &commands {
+            records.push(audit.store.record_command(&CommandRecord {
+                run: audit.run,
+                step: audit.step,
+                target: agent.id.clone(),
+                command_id: command.command_id.clone(),
+                fault_kind: report::action_text(command.action.as_ref()),
+                parameters: parameters.to_string(),
+                signature_sha256: String::new(),
+                key_id: signer.key_id(),
+                sent_at_ms: now_unix_ms(),
+            })?);
+        }
+    }
+    let deliveries = context.dispatcher.sign_and_send(signer, commands).await;
+    for delivery in &deliveries {
+        let (agent, command_id) = (&delivery.agent.id, &delivery.command_id);
+        match &delivery.result {
+            Ok(receipt) => {
+                tracing::info!(%agent, %command_id, summary = %receipt.summary, "applied")
+            }
+            Err(error) => tracing::debug!(%agent, %command_id, %error, "not applied"),
+        }
+    }
+    if let Some(audit) = audit {
+        for (delivery, id) in deliveries.iter().zip(records) {
+            let (code, message) = match &delivery.result {
+                Ok(receipt) => (None, receipt.summary.clone()),
+                Err(CallError::Status { code, message }) => {
+                    (Some(code_name(*code)), message.clone())
+                }
+                Err(error) => (None, error.to_string()),
+            };
+            let word = report::outcome_word(&delivery.result);
+            if let Err(error) = audit.store.finish_command(
+                id,
+                word,
+                code,
+                &message,
+                &delivery.signature_sha256,
+                now_unix_ms(),
+            ) {
+                tracing::warn!(%error, "audit store: cannot record a command's outcome");
+            }
+        }
+    }
+    Ok(deliveries)
+}
