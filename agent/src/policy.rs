@@ -10,6 +10,7 @@ use std::time::Duration;
 use troop_proto::Refusal;
 
 use crate::config::DEFAULT_PROTECTED;
+use crate::units::format_duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum FaultKind {
@@ -103,9 +104,9 @@ impl Policy {
     pub fn check_duration(&self, duration: Duration) -> Result<(), Refusal> {
         if duration > self.max_duration {
             Err(Refusal::Policy(format!(
-                "duration {} ms is past this agent's policy.max_duration of {} ms",
-                duration.as_millis(),
-                self.max_duration.as_millis()
+                "duration {} is past this agent's policy.max_duration of {}",
+                format_duration(duration),
+                format_duration(self.max_duration)
             )))
         } else {
             Ok(())
@@ -142,7 +143,18 @@ mod tests {
     fn durations_past_the_cap_are_refused() {
         let policy = Policy::default();
         assert!(policy.check_duration(Duration::from_secs(3600)).is_ok());
-        assert!(policy.check_duration(Duration::from_secs(3601)).is_err());
+        let refusal = policy
+            .check_duration(Duration::from_secs(7200))
+            .unwrap_err();
+        // In the units a person types, not milliseconds.
+        assert!(
+            refusal.to_string().contains("duration 2h is past"),
+            "{refusal}"
+        );
+        assert!(
+            refusal.to_string().contains("max_duration of 1h"),
+            "{refusal}"
+        );
     }
 
     #[test]

@@ -58,10 +58,13 @@ struct CpuBurn(Burner);
 
 impl Effect for CpuBurn {
     fn effect(&self) -> String {
+        let achieved = self
+            .0
+            .achieved_percent()
+            .map_or_else(|| "measuring".to_string(), |load| format!("{load:.1}%"));
         format!(
-            "{} core(s) at {:.1}% (target {}%)",
+            "{} core(s) at {achieved} (target {}%)",
             self.0.cores.len(),
-            self.0.achieved_percent(),
             self.0.target_percent
         )
     }

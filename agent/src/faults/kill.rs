@@ -16,6 +16,7 @@ use troop_proto::{Refusal, pb};
 use super::engine::{Applied, Effect};
 use crate::host::process::{ProcessInfo, ProcessTable, SignalError};
 use crate::policy::Policy;
+use crate::units::format_duration;
 
 /// Killing more often than this is a fork bomb's job, not ours.
 const MIN_REPEAT: Duration = Duration::from_millis(100);
@@ -84,8 +85,9 @@ impl KillSpec {
             0 => None,
             ms if ms < MIN_REPEAT.as_millis() as u64 => {
                 return Err(invalid(format!(
-                    "repeat interval {ms} ms is under the minimum of {} ms",
-                    MIN_REPEAT.as_millis()
+                    "repeat interval {} is under the minimum of {}",
+                    format_duration(Duration::from_millis(ms)),
+                    format_duration(MIN_REPEAT)
                 )));
             }
             ms => Some(Duration::from_millis(ms)),
@@ -312,9 +314,9 @@ pub fn start_repeating(
     };
     Applied {
         summary: format!(
-            "killing {} every {} ms",
+            "killing {} every {}",
             spec.describe(),
-            interval.as_millis()
+            format_duration(interval)
         ),
         effect: Box::new(RepeatKill {
             what: spec.describe(),

@@ -45,9 +45,9 @@ impl StopSpec {
         let delay = Duration::from_millis(stop.delay_ms);
         if delay > MAX_DELAY {
             return Err(Refusal::InvalidArgument(format!(
-                "stop-host delay {} ms is over the maximum of {} ms",
-                stop.delay_ms,
-                MAX_DELAY.as_millis()
+                "stop-host delay {} is over the maximum of {}",
+                format_duration(delay),
+                format_duration(MAX_DELAY)
             )));
         }
         Ok(Self { mode, delay })

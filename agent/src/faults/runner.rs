@@ -286,7 +286,8 @@ fn lease(lease_ms: u64) -> Result<Option<Duration>, Refusal> {
     match lease_ms {
         0 => Ok(None),
         ms if ms < 1000 => Err(Refusal::InvalidArgument(format!(
-            "lease {ms} ms is under the minimum of 1000 ms"
+            "lease {} is under the minimum of 1s",
+            crate::units::format_duration(Duration::from_millis(ms))
         ))),
         ms => Ok(Some(Duration::from_millis(ms))),
     }

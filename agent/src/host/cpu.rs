@@ -35,6 +35,8 @@ fn thread_cpu_time() -> Duration {
 struct Achieved {
     /// Per mille of one core.
     load_permille: AtomicU64,
+    /// Set once the burner has a window to measure over.
+    measured: AtomicBool,
 }
 
 /// Burner threads; dropping or [`Burner::stop`] ends them within a few milliseconds.
@@ -79,17 +81,23 @@ impl Burner {
         })
     }
 
-    /// Mean load over the burner threads' last second, in percent of one core.
-    pub fn achieved_percent(&self) -> f64 {
-        if self.achieved.is_empty() {
-            return 0.0;
+    /// Mean load over the burner threads' last second, in percent of one core; `None`
+    /// until every thread has measured itself.
+    pub fn achieved_percent(&self) -> Option<f64> {
+        if self.achieved.is_empty()
+            || !self
+                .achieved
+                .iter()
+                .all(|a| a.measured.load(Ordering::Relaxed))
+        {
+            return None;
         }
         let sum: u64 = self
             .achieved
             .iter()
             .map(|a| a.load_permille.load(Ordering::Relaxed))
             .sum();
-        sum as f64 / self.achieved.len() as f64 / 10.0
+        Some(sum as f64 / self.achieved.len() as f64 / 10.0)
     }
 
     pub fn stop(&mut self) {
@@ -143,6 +151,7 @@ fn burn(core: usize, load_percent: u32, stop: &AtomicBool, achieved: &Achieved) 
                 achieved
                     .load_permille
                     .store(permille.round() as u64, Ordering::Relaxed);
+                achieved.measured.store(true, Ordering::Relaxed);
             }
         }
     }
