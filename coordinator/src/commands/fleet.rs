@@ -28,6 +28,23 @@ fn labels_text(agent: &AgentEntry) -> String {
         .join(",")
 }
 
+/// Labels troop.toml gives an agent that differ from what the agent itself reports
+/// (`key: configured -> reported`, `-` for absent); selectors use the configured ones.
+fn label_drift(agent: &AgentEntry, status: &pb::AgentStatus) -> Vec<String> {
+    let keys: std::collections::BTreeSet<&String> =
+        agent.labels.keys().chain(status.labels.keys()).collect();
+    keys.into_iter()
+        .filter_map(|key| {
+            let configured = agent.labels.get(key);
+            let reported = status.labels.get(key);
+            (configured != reported).then(|| {
+                let show = |v: Option<&String>| v.map_or("-".to_string(), Clone::clone);
+                format!("{key}: {} -> {}", show(configured), show(reported))
+            })
+        })
+        .collect()
+}
+
 fn status_json(agent: &AgentEntry, result: &Result<pb::AgentStatus, CallError>) -> Value {
     let mut value = json!({
         "agent": agent.id,
@@ -40,6 +57,7 @@ fn status_json(agent: &AgentEntry, result: &Result<pb::AgentStatus, CallError>) 
             let inventory = status.inventory.clone().unwrap_or_default();
             value["version"] = json!(status.version);
             value["reported_labels"] = json!(status.labels);
+            value["label_drift"] = json!(label_drift(agent, status));
             value["inventory"] = json!({
                 "hostname": inventory.hostname,
                 "os": inventory.os,
@@ -100,11 +118,21 @@ pub async fn agents(context: &Context, selector: &Selector) -> anyhow::Result<Ou
                 .map(|(agent, result)| match result {
                     Ok(status) => {
                         let inventory = status.inventory.clone().unwrap_or_default();
+                        let drift = label_drift(agent, status);
+                        let labels = if drift.is_empty() {
+                            labels_text(agent)
+                        } else {
+                            format!(
+                                "{} (agent reports otherwise: {})",
+                                labels_text(agent),
+                                drift.join("; ")
+                            )
+                        };
                         vec![
                             agent.id.clone(),
                             agent.address.clone(),
                             "yes".into(),
-                            labels_text(agent),
+                            labels,
                             format!(
                                 "{} cpu, {} mem, kernel {}",
                                 inventory.cpus,
