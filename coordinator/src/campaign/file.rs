@@ -87,8 +87,57 @@ impl fmt::Display for CampaignError {
 
 impl std::error::Error for CampaignError {}
 
+// No `deny_unknown_fields` on the Raw* structs: serde would stop at the first unknown
+// key. [`unknown_keys`] reports every one of them (by these key lists) and serde then
+// ignores them, so one pass finds every problem.
+const CAMPAIGN_KEYS: &[&str] = &["name", "seed", "schedule", "guardrails", "step"];
+const SCHEDULE_KEYS: &[&str] = &[
+    "every",
+    "jitter",
+    "window",
+    "timezone",
+    "blackout",
+    "mean_time_between",
+    "min_time_between",
+];
+const GUARDRAIL_KEYS: &[&str] = &[
+    "max_concurrent",
+    "min_healthy_percent",
+    "error_threshold_percent",
+    "lease",
+    "stop_if",
+];
+const PROBE_KEYS: &[&str] = &[
+    "name",
+    "http",
+    "tcp",
+    "command",
+    "expect_status",
+    "every",
+    "failures",
+    "timeout",
+];
+const STEP_KEYS: &[&str] = &["select", "group_by", "pick", "fault", "duration"];
+const FAULT_KEYS: &[&str] = &[
+    "kind",
+    "name",
+    "exe",
+    "pattern",
+    "pid",
+    "user",
+    "signal",
+    "all_matches",
+    "repeat",
+    "load",
+    "cores",
+    "size",
+    "path",
+    "fill",
+    "mode",
+    "delay",
+];
+
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawCampaign {
     name: Spanned<String>,
     seed: Option<Spanned<i64>>,
@@ -99,7 +148,6 @@ struct RawCampaign {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawSchedule {
     every: Spanned<String>,
     jitter: Option<Spanned<String>>,
@@ -112,7 +160,6 @@ struct RawSchedule {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawGuardrails {
     max_concurrent: Option<Spanned<i64>>,
     min_healthy_percent: Option<Spanned<i64>>,
@@ -123,7 +170,6 @@ struct RawGuardrails {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawProbe {
     name: Option<String>,
     http: Option<Spanned<String>>,
@@ -136,7 +182,6 @@ struct RawProbe {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawStep {
     select: Spanned<String>,
     group_by: Option<Spanned<String>>,
@@ -147,7 +192,6 @@ struct RawStep {
 
 /// Every key any fault kind takes; which ones a kind accepts is checked after parsing.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawFault {
     kind: Spanned<String>,
     name: Option<Spanned<String>>,
@@ -238,6 +282,7 @@ impl Campaign {
             text,
             found: Vec::new(),
         };
+        unknown_keys(text, &mut problems);
         let raw: RawCampaign = match toml::from_str(text) {
             Ok(raw) => raw,
             Err(error) => {
@@ -255,6 +300,72 @@ impl Campaign {
                 path: path.to_path_buf(),
                 problems: problems.found,
             }),
+        }
+    }
+}
+
+/// Reports every key the campaign format does not have, each at its place. Syntax
+/// errors are left to the parse that follows.
+fn unknown_keys(text: &str, p: &mut Problems<'_>) {
+    use toml::de::{DeTable, DeValue};
+    fn table<'a>(value: &'a DeValue<'_>) -> Option<&'a DeTable<'a>> {
+        match value {
+            DeValue::Table(table) => Some(table),
+            _ => None,
+        }
+    }
+    fn tables<'a>(value: &'a DeValue<'_>) -> Vec<&'a DeTable<'a>> {
+        match value {
+            DeValue::Array(items) => items
+                .iter()
+                .filter_map(|item| table(item.get_ref()))
+                .collect(),
+            DeValue::Table(one) => vec![one],
+            _ => Vec::new(),
+        }
+    }
+    fn check(table: &DeTable<'_>, allowed: &[&str], prefix: &str, p: &mut Problems<'_>) {
+        for key in table.keys() {
+            if !allowed.contains(&key.get_ref().as_ref()) {
+                p.at(
+                    key.span(),
+                    format!(
+                        "unknown key `{prefix}{}`; expected one of: {}",
+                        key.get_ref(),
+                        allowed.join(", ")
+                    ),
+                );
+            }
+        }
+    }
+    let Ok(root) = DeTable::parse(text) else {
+        return;
+    };
+    let root = root.get_ref();
+    check(root, CAMPAIGN_KEYS, "", p);
+    fn get<'a>(table: &'a DeTable<'a>, key: &str) -> Option<&'a DeValue<'a>> {
+        table
+            .iter()
+            .find(|(k, _)| k.get_ref() == key)
+            .map(|(_, v)| v.get_ref())
+    }
+    if let Some(schedule) = get(root, "schedule").and_then(table) {
+        check(schedule, SCHEDULE_KEYS, "schedule.", p);
+    }
+    if let Some(guardrails) = get(root, "guardrails").and_then(table) {
+        check(guardrails, GUARDRAIL_KEYS, "guardrails.", p);
+        if let Some(probes) = get(guardrails, "stop_if") {
+            for probe in tables(probes) {
+                check(probe, PROBE_KEYS, "guardrails.stop_if.", p);
+            }
+        }
+    }
+    if let Some(steps) = get(root, "step") {
+        for step in tables(steps) {
+            check(step, STEP_KEYS, "step.", p);
+            if let Some(fault) = get(step, "fault").and_then(table) {
+                check(fault, FAULT_KEYS, "step.fault.", p);
+            }
         }
     }
 }
@@ -389,14 +500,16 @@ fn check_guardrails(raw: &RawGuardrails, p: &mut Problems<'_>) -> Guardrails {
             .and_then(|v| p.ranged(v, key, range))
             .unwrap_or(default)
     };
+    // An invalid max_concurrent is reported once; checks against it then assume no cap,
+    // so no later message quotes a value the file does not hold.
+    let max_concurrent = match &raw.max_concurrent {
+        None => 1,
+        Some(value) => p
+            .ranged(value, "guardrails.max_concurrent", 1..=10_000)
+            .unwrap_or(i64::MAX),
+    };
     Guardrails {
-        max_concurrent: number(
-            p,
-            &raw.max_concurrent,
-            "guardrails.max_concurrent",
-            1..=10_000,
-            1,
-        ) as usize,
+        max_concurrent: usize::try_from(max_concurrent).unwrap_or(usize::MAX),
         min_healthy_percent: number(
             p,
             &raw.min_healthy_percent,
@@ -887,6 +1000,60 @@ duration = "2m"
             .find(|(_, _, m)| m.starts_with("select"))
             .unwrap();
         assert_eq!(select.0, 29, "{found:?}");
+    }
+
+    #[test]
+    fn every_unknown_key_and_every_other_problem_in_one_pass() {
+        let text = GOOD
+            .replace("group_by", "grup_by")
+            .replace("jitter", "jiter")
+            .replace("failures = 3", "failure = 3")
+            .replace("signal = \"KILL\"", "sig = \"KILL\"")
+            .replace("load = 80", "load = 180");
+        let found = problems(&text);
+        for key in [
+            "step.grup_by",
+            "schedule.jiter",
+            "guardrails.stop_if.failure",
+            "step.fault.sig",
+        ] {
+            assert!(
+                found
+                    .iter()
+                    .any(|(_, _, m)| m.contains(&format!("unknown key `{key}`"))),
+                "{key}: {found:?}"
+            );
+        }
+        assert!(
+            found.iter().any(|(_, _, m)| m.contains("load is 180")),
+            "{found:?}"
+        );
+        let grup = found
+            .iter()
+            .find(|(_, _, m)| m.contains("grup_by"))
+            .unwrap();
+        assert_eq!((grup.0, grup.1), (24, 1), "at the key itself");
+    }
+
+    #[test]
+    fn messages_quote_the_file_not_a_default() {
+        let found = problems(
+            &GOOD
+                .replace("max_concurrent = 2", "max_concurrent = 0")
+                .replace("pick = { count = 1 }", "pick = { count = 2 }"),
+        );
+        assert!(
+            found
+                .iter()
+                .all(|(_, _, m)| !m.contains("max_concurrent is 1")),
+            "{found:?}"
+        );
+        assert!(
+            found
+                .iter()
+                .any(|(_, _, m)| m.contains("max_concurrent is 0")),
+            "{found:?}"
+        );
     }
 
     #[test]
