@@ -85,30 +85,37 @@ async fn agent_main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Exit 2: cannot start (config, keys, state dir in use, port in use); 1: failed
+    // while running. Each is logged once (the log goes to stderr).
     let agent = match Agent::new(config) {
         Ok(agent) => agent,
         Err(error) => {
-            let error = error_chain(&error);
-            tracing::error!(%error, "cannot start");
-            eprintln!("troop-agent: {error}");
+            tracing::error!(error = %error_chain(&error), "cannot start");
             return ExitCode::from(2);
         }
     };
-    match run(agent, args.config).await {
+    let address = agent.config().listen;
+    let listener = match tokio::net::TcpListener::bind(address).await {
+        Ok(listener) => listener,
+        Err(error) => {
+            tracing::error!(%address, %error, "cannot start: cannot listen");
+            return ExitCode::from(2);
+        }
+    };
+    match run(agent, listener, args.config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(%error, "agent failed");
-            eprintln!("troop-agent: {error}");
             ExitCode::FAILURE
         }
     }
 }
 
-async fn run(agent: Agent, config_path: PathBuf) -> Result<(), String> {
-    let address = agent.config().listen;
-    let listener = tokio::net::TcpListener::bind(address)
-        .await
-        .map_err(|error| format!("cannot listen on {address}: {error}"))?;
+async fn run(
+    agent: Agent,
+    listener: tokio::net::TcpListener,
+    config_path: PathBuf,
+) -> Result<(), String> {
     // Everything is loaded and the port is ours: systemd may count us as started.
     if let Err(error) = troop_agent::notify::ready() {
         tracing::warn!(%error, "cannot notify systemd of readiness");

@@ -114,3 +114,65 @@ fn validate_checks_what_the_agent_and_its_coordinator_will_hit() {
         "{said}"
     );
 }
+
+/// Both ways an agent cannot start exit 2, and say so once.
+#[test]
+fn a_taken_port_and_a_taken_state_dir_both_exit_2_saying_so_once() {
+    let pki = TestPki::new(&["web-1"]);
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let path = config(&pki, "pki/signing.pub");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        text.replace("127.0.0.1:0", &format!("127.0.0.1:{port}")),
+    )
+    .unwrap();
+    let output = Command::new(binary("troop-agent"))
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.matches("cannot listen").count(), 1, "{stderr}");
+
+    // The state dir held by a running agent (a second agent on another port).
+    drop(taken);
+    let mut first = Command::new(binary("troop-agent"))
+        .arg("--config")
+        .arg(&path)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let state = pki.dir.path().join("state/agent.lock");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !state.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let second_path = pki.dir.path().join("second.toml");
+    std::fs::write(
+        &second_path,
+        std::fs::read_to_string(&path)
+            .unwrap()
+            .replace(&format!(":{port}"), ":0"),
+    )
+    .unwrap();
+    let output = Command::new(binary("troop-agent"))
+        .arg("--config")
+        .arg(&second_path)
+        .output()
+        .unwrap();
+    let _ = first.kill();
+    let _ = first.wait();
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        stderr
+            .matches("in use by another running troop-agent")
+            .count(),
+        1,
+        "{stderr}"
+    );
+}
