@@ -101,7 +101,7 @@ const LATEST_VERSION: u32 = MIGRATIONS.len() as u32;
 const COMMAND_OUTCOMES: &[&str] = &["applied", "refused", "failed", "unreachable", "unknown"];
 
 /// Statuses `finish_run` accepts; `running` is only ever set by `begin_run`.
-const RUN_STATUSES: &[&str] = &["completed", "aborted", "failed"];
+const RUN_STATUSES: &[&str] = &["completed", "aborted", "failed", "refused"];
 
 /// Columns of a [`RunSummary`], in the order `summary_from_row` reads them.
 const SUMMARY_SELECT: &str = "
@@ -243,7 +243,8 @@ pub struct RunSummary {
     pub id: i64,
     /// The campaign name.
     pub campaign: String,
-    /// `running`, `completed`, `aborted` or `failed`.
+    /// `running`, `completed`, `aborted`, `failed` or `refused` (the steady state did not
+    /// hold, so nothing was sent).
     pub status: String,
     /// Why it ended as it did; empty while running.
     pub reason: String,

@@ -227,7 +227,7 @@ fn an_already_sick_service_gets_no_chaos() {
     );
     let (code, report) = lab.troop_json(&["campaign", "run", &file]);
     assert_eq!(code, Some(1), "{report}");
-    assert_eq!(report["status"], "aborted");
+    assert_eq!(report["status"], "refused");
     assert!(
         report["reason"]
             .as_str()
@@ -237,6 +237,12 @@ fn an_already_sick_service_gets_no_chaos() {
     );
     assert_eq!(report["sent"], 0);
     assert!(faulted_hosts(&lab).is_empty());
+    // The refusal is in the audit trail, as a run that sent nothing.
+    let (_, history) = lab.troop_json(&["campaign", "history"]);
+    let run = &history["runs"][0];
+    assert_eq!(run["campaign"], "sick", "{history}");
+    assert_eq!(run["status"], "refused", "{history}");
+    assert_eq!(run["commands"], 0, "{history}");
 }
 
 #[test]

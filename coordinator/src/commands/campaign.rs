@@ -301,12 +301,6 @@ pub async fn run_campaign(
         not_applied: 0,
         reverted_early: 0,
     };
-    // No chaos on a service that is already sick.
-    if let Err(reason) = steady_state(&campaign.probes).await {
-        report.status = "aborted";
-        report.reason = reason;
-        return Ok(report);
-    }
     let signer = Signer::load(&context.config.signing_key)
         .with_context(|| format!("config {}: [signing] key", context.config.path.display()))?;
     // A dry run touches nothing, the store included.
@@ -334,6 +328,15 @@ pub async fn run_campaign(
         campaign.name,
         run.map_or("dry".to_string(), |r| r.to_string())
     ));
+    // No chaos on a service that is already sick; the refusal is part of the record.
+    if let Err(reason) = steady_state(&campaign.probes).await {
+        report.status = "refused";
+        report.reason = reason;
+        if let (Some(store), Some(run)) = (&store, run) {
+            store.finish_run(run, report.status, &report.reason, now_unix_ms())?;
+        }
+        return Ok(report);
+    }
     let (stop, mut stopped) = watch::channel(None::<String>);
     let probes = watch_probes(
         campaign.probes.clone(),
