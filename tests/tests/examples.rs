@@ -31,3 +31,20 @@ fn every_example_config_is_valid() {
         }
     }
 }
+
+#[test]
+fn every_example_campaign_passes_campaign_validate() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/campaigns");
+    let mut count = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let output = std::process::Command::new(troop_tests::binary("troop"))
+            .args(["campaign", "validate"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}: {output:?}", path.display());
+        count += 1;
+    }
+    assert!(count >= 2);
+}
