@@ -100,11 +100,14 @@ pub enum CampaignCommand {
 pub enum PkiCommand {
     /// Create a fleet CA, the coordinator's client certificate and its signing key in DIR.
     Init {
+        /// Where to write ca.pem, ca.key, coordinator.pem/.key, signing.key, signing.pub
+        /// (created 0700 if missing; existing files are never overwritten).
         #[arg(long)]
         dir: PathBuf,
     },
     /// Issue an agent's server certificate (ID.pem, ID.key) signed by the CA in DIR.
     IssueAgent {
+        /// The directory `troop pki init` wrote (its ca.pem and ca.key sign the certificate).
         #[arg(long)]
         dir: PathBuf,
         /// The agent id; the certificate names it, and the coordinator checks that.
@@ -113,6 +116,9 @@ pub enum PkiCommand {
         /// Further host names or IP addresses for the certificate.
         #[arg(long = "san")]
         sans: Vec<String>,
+        /// How long the certificate is valid, in days (at most 825).
+        #[arg(long, default_value_t = 825)]
+        days: u64,
     },
 }
 

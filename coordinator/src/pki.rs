@@ -49,7 +49,7 @@ const CA_COMMON_NAME: &str = "troop fleet CA";
 const RESERVED_NAMES: [&str; 3] = ["ca", "coordinator", "signing"];
 const CA_VALIDITY_DAYS: u64 = 3652;
 /// 825 days is the longest leaf lifetime Apple's TLS stack (and many others) accept.
-const LEAF_VALIDITY_DAYS: u64 = 825;
+pub const LEAF_VALIDITY_DAYS: u64 = 825;
 /// Backdating absorbs small clock differences between the coordinator and agents.
 const CLOCK_SKEW: Duration = Duration::from_secs(300);
 const KEY_MODE: u32 = 0o600;
@@ -221,9 +221,27 @@ pub fn init(dir: &Path) -> Result<Vec<PathBuf>, PkiError> {
     )
 }
 
-/// Issues `<name>.pem` and `<name>.key` in `dir`, signed by the CA there,
-/// valid as both TLS server and client certificate for `name` and `sans`.
+/// Issues `<name>.pem` and `<name>.key` in `dir`, signed by the CA there, a TLS server
+/// certificate for `name` and `sans`, valid for [`LEAF_VALIDITY_DAYS`].
 pub fn issue_agent(dir: &Path, name: &str, sans: &[String]) -> Result<Vec<PathBuf>, PkiError> {
+    issue_agent_for(dir, name, sans, LEAF_VALIDITY_DAYS)
+}
+
+/// As [`issue_agent`], valid for `days` (1 to [`LEAF_VALIDITY_DAYS`]).
+pub fn issue_agent_for(
+    dir: &Path,
+    name: &str,
+    sans: &[String],
+    days: u64,
+) -> Result<Vec<PathBuf>, PkiError> {
+    if !(1..=LEAF_VALIDITY_DAYS).contains(&days) {
+        return Err(PkiError::InvalidName {
+            name: name.to_owned(),
+            reason: format!(
+                "a certificate is valid for 1 to {LEAF_VALIDITY_DAYS} days, not {days}"
+            ),
+        });
+    }
     validate_agent_name(name)?;
     let cert_file = format!("{name}.pem");
     let key_file = format!("{name}.key");
@@ -251,12 +269,13 @@ pub fn issue_agent(dir: &Path, name: &str, sans: &[String]) -> Result<Vec<PathBu
     // same parameters `init` used; the verification below catches any mismatch.
     let issuer = Issuer::new(ca_params()?, &ca_key);
     let key = generate_key("the agent key")?;
-    let params = leaf_params(
+    let mut params = leaf_params(
         name,
         sans,
         // Server only: an agent's certificate must not open a session to another agent.
         vec![ExtendedKeyUsagePurpose::ServerAuth],
     )?;
+    set_validity(&mut params, days);
     let cert = params
         .signed_by(&key, &issuer)
         .map_err(generate_err("the agent certificate"))?;
@@ -613,6 +632,44 @@ mod tests {
         assert!(pem(SIGNING_KEY).starts_with("-----BEGIN PRIVATE KEY-----"));
         assert!(pem(SIGNING_PUB).starts_with("-----BEGIN PUBLIC KEY-----"));
         assert!(pem(CA_CERT).starts_with("-----BEGIN CERTIFICATE-----"));
+    }
+
+    #[test]
+    fn an_agent_certificate_is_valid_for_the_days_asked() {
+        use rustls::client::danger::ServerCertVerifier;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("pki");
+        init(&dir).unwrap();
+        issue_agent_for(&dir, "web-1", &[], 30).unwrap();
+        let cert = CertificateDer::from_pem_file(dir.join("web-1.pem")).unwrap();
+        let roots = ca_roots(
+            &dir.join(CA_CERT),
+            &read_ca_cert(&dir.join(CA_CERT)).unwrap(),
+        )
+        .unwrap();
+        let verifier = WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            Arc::new(rustls::crypto::ring::default_provider()),
+        )
+        .build()
+        .unwrap();
+        let name = ServerName::try_from("web-1").unwrap();
+        let at = |days: u64| {
+            let now = UnixTime::now().as_secs();
+            UnixTime::since_unix_epoch(std::time::Duration::from_secs(now + days * 86_400))
+        };
+        assert!(
+            verifier
+                .verify_server_cert(&cert, &[], &name, &[], at(29))
+                .is_ok()
+        );
+        assert!(
+            verifier
+                .verify_server_cert(&cert, &[], &name, &[], at(31))
+                .is_err()
+        );
+        assert!(issue_agent_for(&dir, "web-2", &[], 826).is_err());
+        assert!(issue_agent_for(&dir, "web-2", &[], 0).is_err());
     }
 
     #[test]

@@ -10,7 +10,12 @@ use super::Outcome;
 pub fn run(command: PkiCommand, output: Output) -> anyhow::Result<Outcome> {
     let written: Vec<PathBuf> = match &command {
         PkiCommand::Init { dir } => pki::init(dir)?,
-        PkiCommand::IssueAgent { dir, name, sans } => pki::issue_agent(dir, name, sans)?,
+        PkiCommand::IssueAgent {
+            dir,
+            name,
+            sans,
+            days,
+        } => pki::issue_agent_for(dir, name, sans, *days)?,
     };
     match output {
         Output::Json => println!("{}", serde_json::json!({ "written": written })),
