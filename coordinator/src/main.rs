@@ -23,15 +23,21 @@ fn main() -> ExitCode {
 
 async fn run() -> ExitCode {
     let cli = Cli::parse();
-    // A CLI's stderr is for problems unless RUST_LOG asks for more.
-    let _telemetry =
-        match troop_telemetry::init_with_default_filter("troop", cli.log_format, "warn") {
-            Ok(telemetry) => Some(telemetry),
-            Err(error) => {
-                eprintln!("troop: telemetry: {error:#}");
-                None
-            }
-        };
+    // A CLI's stderr is for problems unless RUST_LOG asks for more; `serve` is a service
+    // and says what it loaded and does.
+    let level = if matches!(cli.command, Command::Serve) {
+        "info"
+    } else {
+        "warn"
+    };
+    let _telemetry = match troop_telemetry::init_with_default_filter("troop", cli.log_format, level)
+    {
+        Ok(telemetry) => Some(telemetry),
+        Err(error) => {
+            eprintln!("troop: telemetry: {error:#}");
+            None
+        }
+    };
     let result = match cli.command {
         Command::Pki(command) => commands::pki::run(command, cli.output),
         Command::InternalAgent { config } => commands::demo::run_agent(&config).await,

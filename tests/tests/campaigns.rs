@@ -403,7 +403,15 @@ fn serve_fires_on_schedule_and_a_restart_keeps_the_floor() {
         assert_eq!(code, Some(0), "{value}");
         value["runs"].as_array().cloned().unwrap_or_default()
     };
-    let start = || lab.spawn_troop(&["serve"]);
+    let log = lab.dir().join("serve.log");
+    let start = || {
+        lab.troop_command()
+            .arg("serve")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap()
+    };
     let stop = |mut serve: std::process::Child| {
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(serve.id() as i32),
@@ -422,6 +430,13 @@ fn serve_fires_on_schedule_and_a_restart_keeps_the_floor() {
     assert_eq!(healthz(&lab), "200", "serve answers /healthz");
     std::thread::sleep(Duration::from_secs(3));
     stop(serve);
+    // At its default level serve says what it loaded and when each campaign fires.
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        said.contains("loaded a scheduled campaign") && said.contains("monkey"),
+        "{said}"
+    );
+    assert!(said.contains("fires next"), "{said}");
     let runs = history();
     assert_eq!(
         runs.len(),

@@ -47,7 +47,10 @@ fn load_campaigns(dir: &Path) -> Vec<Campaign> {
     paths
         .into_iter()
         .filter_map(|path| match Campaign::load(&path) {
-            Ok(campaign) if campaign.schedule.is_some() => Some(campaign),
+            Ok(campaign) if campaign.schedule.is_some() => {
+                tracing::info!(campaign = %campaign.name, file = %path.display(), steps = campaign.steps.len(), "loaded a scheduled campaign");
+                Some(campaign)
+            }
             Ok(campaign) => {
                 tracing::info!(campaign = %campaign.name, "no [schedule]; not fired by serve");
                 None
@@ -136,11 +139,15 @@ pub async fn run(context: Context) -> anyhow::Result<Outcome> {
     let mut hangup = signal(SignalKind::hangup())?;
     let mut rng = StdRng::from_os_rng();
     loop {
-        let due = campaigns
+        let firings: Vec<(jiff::Timestamp, usize)> = campaigns
             .iter()
             .enumerate()
             .filter_map(|(index, c)| next_due(c, &store, &mut rng).map(|at| (at, index)))
-            .min();
+            .collect();
+        for (at, index) in &firings {
+            tracing::info!(campaign = %campaigns[*index].name, %at, "fires next");
+        }
+        let due = firings.into_iter().min();
         let wait = due.map_or(std::time::Duration::from_secs(3600), |(at, _)| {
             at.duration_since(jiff::Timestamp::now()).unsigned_abs()
         });
@@ -182,7 +189,8 @@ pub async fn run(context: Context) -> anyhow::Result<Outcome> {
         for group in &groups {
             store.set_last_strike(&campaign.name, group, now.as_millisecond())?;
         }
-        tracing::info!(campaign = %campaign.name, groups = ?groups, "firing");
+        let groups_text = groups.iter().cloned().collect::<Vec<_>>().join(", ");
+        tracing::info!(campaign = %campaign.name, groups = %groups_text, "firing");
         let run =
             campaign::run_campaign(&context, &campaign, false, Some(&groups), cancelled.clone());
         tokio::pin!(run);
