@@ -176,6 +176,61 @@ pub fn action_text(action: Option<&pb::command::Action>) -> String {
     }
 }
 
+/// A fault as fields named like the campaign file's keys (`kind`, `name`, `load`, ...),
+/// for scripts: `campaign plan` and `campaign show --output json`.
+pub fn fault_fields(fault: &pb::start_fault::Fault) -> Value {
+    use pb::process_match::By;
+    use pb::start_fault::Fault;
+    match fault {
+        Fault::Kill(kill) => {
+            let mut value = json!({
+                "kind": "kill",
+                "signal": kill.signal,
+                "all_matches": kill.all_matches,
+            });
+            match kill.target.as_ref().and_then(|t| t.by.as_ref()) {
+                Some(By::Name(name)) => value["name"] = json!(name),
+                Some(By::Exe(exe)) => value["exe"] = json!(exe),
+                Some(By::CmdlinePattern(pattern)) => value["pattern"] = json!(pattern),
+                Some(By::Pid(pid)) => value["pid"] = json!(pid),
+                Some(By::User(user)) => value["user"] = json!(user),
+                None => {}
+            }
+            if kill.repeat_every_ms > 0 {
+                value["repeat_ms"] = json!(kill.repeat_every_ms);
+            }
+            value
+        }
+        Fault::Cpu(cpu) => json!({ "kind": "cpu", "load": cpu.load_percent, "cores": cpu.cores }),
+        Fault::Memory(memory) => match memory.amount {
+            Some(pb::memory::Amount::Bytes(bytes)) => {
+                json!({ "kind": "memory", "size_bytes": bytes })
+            }
+            Some(pb::memory::Amount::Percent(percent)) => {
+                json!({ "kind": "memory", "percent": percent })
+            }
+            None => json!({ "kind": "memory" }),
+        },
+        Fault::Disk(disk) => match disk.amount {
+            Some(pb::disk::Amount::Bytes(bytes)) => {
+                json!({ "kind": "disk", "path": disk.path, "size_bytes": bytes })
+            }
+            Some(pb::disk::Amount::FillPercent(fill)) => {
+                json!({ "kind": "disk", "path": disk.path, "fill": fill })
+            }
+            None => json!({ "kind": "disk", "path": disk.path }),
+        },
+        Fault::StopHost(stop) => json!({
+            "kind": "stop-host",
+            "mode": pb::stop_host::Mode::try_from(stop.mode)
+                .map_or("?", |mode| mode.as_str_name())
+                .trim_start_matches("MODE_")
+                .to_ascii_lowercase(),
+            "delay_ms": stop.delay_ms,
+        }),
+    }
+}
+
 fn fault_text(fault: Option<&pb::start_fault::Fault>) -> String {
     use pb::process_match::By;
     use pb::start_fault::Fault;

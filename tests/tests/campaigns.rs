@@ -513,3 +513,91 @@ fn ad_hoc_attacks_and_halts_are_audited() {
         "{detail}"
     );
 }
+
+/// `campaign plan` names, for each firing, every step and the hosts it may strike, by
+/// group; its JSON and `campaign show --output json` give faults as fields.
+#[test]
+fn plan_and_show_name_steps_hosts_and_fault_fields() {
+    let Some(lab) = fleet("campaign plan") else {
+        return;
+    };
+    let file = write_campaign(
+        &lab,
+        "planned",
+        "[schedule]\nevery = \"6h\"\ntimezone = \"UTC\"\n\
+         [guardrails]\nmax_concurrent = 6\nmin_healthy_percent = 0\n\
+         [[step]]\nselect = \"role=web\"\ngroup_by = \"cluster\"\npick = { count = 1 }\n\
+         fault = { kind = \"kill\", name = \"sleep\" }\n",
+    );
+    let (code, plan) = lab.troop_json(&["campaign", "plan", &file, "--days", "1"]);
+    assert_eq!(code, Some(0), "{plan}");
+    let step = &plan["runs"][0]["steps"][0];
+    assert_eq!(step["step"], 1, "{plan}");
+    assert_eq!(step["fault"]["kind"], "kill", "{plan}");
+    assert_eq!(step["fault"]["name"], "sleep", "{plan}");
+    let strikes = step["may_strike"].as_array().unwrap();
+    let a = strikes
+        .iter()
+        .find(|g| g["group"] == "a")
+        .expect("cluster a");
+    assert_eq!(
+        a["hosts"],
+        serde_json::json!(["web-1", "web-2", "web-3"]),
+        "{plan}"
+    );
+    let table = String::from_utf8_lossy(
+        &lab.troop(&["campaign", "plan", &file, "--days", "1"])
+            .stdout,
+    )
+    .into_owned();
+    assert!(table.contains("1 of a [web-1 web-2 web-3]"), "{table}");
+
+    let (code, report) = lab.troop_json(&["campaign", "run", &file]);
+    assert_eq!(code, Some(0), "{report}");
+    let detail = show(&lab, &report["run"]);
+    let parameters = &detail["commands"][0]["parameters"];
+    assert_eq!(parameters["fault"]["kind"], "kill", "{detail}");
+    assert_eq!(parameters["fault"]["name"], "sleep", "{detail}");
+}
+
+/// A dry run prints its picks on stdout; a group_by label some hosts lack and a run
+/// outside the schedule's window are said, not silent.
+#[test]
+fn a_dry_run_says_what_would_surprise() {
+    let Some(lab) = fleet("campaign dry run notes") else {
+        return;
+    };
+    let date = |when: &str| {
+        let out = std::process::Command::new("date")
+            .args(["-u", "-d", when, "+%F"])
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let blackout = ["yesterday", "today", "tomorrow"]
+        .map(|d| format!("\"{}\"", date(d)))
+        .join(", ");
+    let file = write_campaign(
+        &lab,
+        "off-window",
+        &format!(
+            "[schedule]\nevery = \"1h\"\ntimezone = \"UTC\"\nblackout = [{blackout}]\n\
+             [guardrails]\nmax_concurrent = 6\nmin_healthy_percent = 0\n\
+             [[step]]\nselect = \"role=web\"\ngroup_by = \"zone\"\npick = {{ count = 1 }}\n\
+             fault = {{ kind = \"kill\", name = \"sleep\" }}\n"
+        ),
+    );
+    let output = lab.troop(&["campaign", "run", &file, "--dry-run"]);
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stdout.contains("step 1: would fault web-"), "{stdout}");
+    assert!(
+        stderr.contains("outside campaign \"off-window\"'s schedule window"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("group_by \"zone\"") && stderr.contains("web-1"),
+        "{stderr}"
+    );
+}

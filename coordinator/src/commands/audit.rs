@@ -92,6 +92,18 @@ pub async fn send_recorded(
     let mut records = Vec::new();
     if let Some(audit) = audit {
         for (agent, command) in &commands {
+            let mut parameters = parameters.clone();
+            // A start without described parameters: its fault, as fields.
+            if let Some(pb::command::Action::Start(start)) = &command.action
+                && parameters.get("fault").is_none()
+                && let Some(fault) = &start.fault
+            {
+                parameters = serde_json::json!({
+                    "fault": report::fault_fields(fault),
+                    "duration_ms": start.duration_ms,
+                    "lease_ms": start.lease_ms,
+                });
+            }
             records.push(audit.store.record_command(&CommandRecord {
                 run: audit.run,
                 step: audit.step,

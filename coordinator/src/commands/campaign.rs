@@ -15,6 +15,7 @@ use troop_coordinator::campaign::probe::Probe;
 use troop_coordinator::campaign::{Campaign, file::Step};
 use troop_coordinator::cli::Output;
 use troop_coordinator::config::AgentEntry;
+use troop_coordinator::picker as planner_pick;
 use troop_coordinator::signer::{Signer, now_unix_ms};
 use troop_coordinator::store::Store;
 use troop_coordinator::table;
@@ -93,39 +94,160 @@ pub fn plan(
     };
     let mut rng = StdRng::seed_from_u64(campaign.seed.unwrap_or(0));
     let runs = schedule.plan(jiff::Timestamp::now(), days, &groups, &last, &mut rng);
+    if let Some(context) = context {
+        warn_ungrouped(context, &campaign, &|text| eprintln!("warning: {text}"));
+    }
+    // Per step, the hosts of each group it selects from (no fleet: nothing known).
+    let candidates: Vec<BTreeMap<String, Vec<String>>> = campaign
+        .steps
+        .iter()
+        .map(|step| context.map(|c| step_groups(c, step)).unwrap_or_default())
+        .collect();
+    let strikes = |run_groups: &[String]| -> Vec<(usize, &Step, Vec<(String, Vec<String>)>)> {
+        campaign
+            .steps
+            .iter()
+            .zip(&candidates)
+            .enumerate()
+            .map(|(index, (step, groups))| {
+                let struck = groups
+                    .iter()
+                    .filter(|(group, _)| run_groups.contains(group))
+                    .map(|(group, hosts)| (group.clone(), hosts.clone()))
+                    .collect();
+                (index + 1, step, struck)
+            })
+            .collect()
+    };
     match output {
         Output::Json => {
             let runs: Vec<_> = runs
                 .iter()
-                .map(|run| json!({ "at": run.at.to_string(), "groups": run.groups }))
+                .map(|run| {
+                    let steps: Vec<_> = strikes(&run.groups)
+                        .into_iter()
+                        .map(|(index, step, groups)| {
+                            json!({
+                                "step": index,
+                                "select": step.select.to_string(),
+                                "group_by": step.group_by,
+                                "pick": pick_text(step.pick),
+                                "fault": fault_json(&step.fault),
+                                "duration_ms": step.duration.as_millis() as u64,
+                                "may_strike": groups.iter().map(|(group, hosts)| json!({
+                                    "group": (!group.is_empty()).then_some(group),
+                                    "hosts": hosts,
+                                })).collect::<Vec<_>>(),
+                            })
+                        })
+                        .collect();
+                    json!({ "at": run.at.to_string(), "groups": run.groups, "steps": steps })
+                })
                 .collect();
             println!("{}", json!({ "campaign": campaign.name, "runs": runs }));
         }
         Output::Table => {
-            let rows: Vec<Vec<String>> = runs
-                .iter()
-                .map(|run| {
-                    let local = run.at.to_zoned(schedule.timezone.clone());
-                    let groups = run
-                        .groups
-                        .iter()
-                        .map(|g| if g.is_empty() { "(all)" } else { g })
-                        .collect::<Vec<_>>();
-                    vec![
-                        local.strftime("%a %Y-%m-%d %H:%M %Z").to_string(),
-                        groups.join(", "),
-                    ]
-                })
-                .collect();
+            let mut rows: Vec<Vec<String>> = Vec::new();
+            for run in &runs {
+                let local = run.at.to_zoned(schedule.timezone.clone());
+                for (index, step, groups) in strikes(&run.groups) {
+                    let targets = if context.is_none() {
+                        "(no fleet config: hosts unknown)".to_string()
+                    } else if groups.is_empty() {
+                        "nothing".to_string()
+                    } else {
+                        groups
+                            .iter()
+                            .map(|(group, hosts)| {
+                                let hosts = hosts.join(" ");
+                                if group.is_empty() {
+                                    format!("{} of [{hosts}]", pick_text(step.pick))
+                                } else {
+                                    format!("{} of {group} [{hosts}]", pick_text(step.pick))
+                                }
+                            })
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    };
+                    let when = if index == 1 {
+                        local.strftime("%a %Y-%m-%d %H:%M %Z").to_string()
+                    } else {
+                        String::new()
+                    };
+                    rows.push(vec![
+                        when,
+                        format!("{index}: {}", fault_text(step)),
+                        targets,
+                    ]);
+                }
+            }
             println!(
                 "campaign {:?} over the next {days} day(s): {} run(s)",
                 campaign.name,
                 runs.len()
             );
-            print!("{}", table::render(&["WHEN", "STRIKES"], &rows));
+            print!("{}", table::render(&["WHEN", "STEP", "MAY STRIKE"], &rows));
         }
     }
     Ok(Outcome::Success)
+}
+
+fn pick_text(pick: planner_pick::Pick) -> String {
+    match pick {
+        planner_pick::Pick::All => "all".into(),
+        planner_pick::Pick::Count(n) => format!("{n}"),
+        planner_pick::Pick::Percent(p) => format!("{p}%"),
+    }
+}
+
+fn fault_text(step: &Step) -> String {
+    report::action_text(Some(&start_action(step, 0)))
+}
+
+/// A fault as structured fields, as the campaign file spells them.
+fn fault_json(fault: &pb::start_fault::Fault) -> serde_json::Value {
+    report::fault_fields(fault)
+}
+
+/// The hosts of each group a step selects from (group "" without `group_by`).
+fn step_groups(context: &Context, step: &Step) -> BTreeMap<String, Vec<String>> {
+    let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for agent in context
+        .config
+        .agents
+        .iter()
+        .filter(|a| step.select.matches(&a.labels))
+    {
+        groups
+            .entry(group_of(agent, step))
+            .or_default()
+            .push(agent.id.clone());
+    }
+    groups
+}
+
+/// Says where a step's `group_by` label is missing on hosts it selects: those hosts
+/// would silently form one group of their own.
+fn warn_ungrouped(context: &Context, campaign: &Campaign, say: &dyn Fn(String)) {
+    for (index, step) in campaign.steps.iter().enumerate() {
+        let Some(label) = &step.group_by else {
+            continue;
+        };
+        let missing: Vec<&str> = context
+            .config
+            .agents
+            .iter()
+            .filter(|a| step.select.matches(&a.labels) && !a.labels.contains_key(label))
+            .map(|a| a.id.as_str())
+            .collect();
+        if !missing.is_empty() {
+            say(format!(
+                "step {}: group_by {label:?}, but {} have no {label:?} label; they form one group of their own",
+                index + 1,
+                missing.join(", ")
+            ));
+        }
+    }
 }
 
 /// Every group the campaign's steps select from ("" where a step has no `group_by`).
@@ -154,6 +276,17 @@ fn group_of(agent: &AgentEntry, step: &Step) -> String {
 /// `troop campaign run`: attached, with progress; Ctrl-C aborts and reverts.
 pub async fn run(context: &Context, path: &Path, dry_run: bool) -> anyhow::Result<Outcome> {
     let campaign = Campaign::load(path)?;
+    // Run by hand it runs now, but the operator should know what serve would not do.
+    if let Some(schedule) = &campaign.schedule
+        && !schedule.allows(jiff::Timestamp::now())
+    {
+        eprintln!(
+            "note: now is outside campaign {:?}'s schedule window (or a blackout day); \
+             `troop serve` would not fire it now. Running it as asked.",
+            campaign.name
+        );
+    }
+    warn_ungrouped(context, &campaign, &|text| eprintln!("warning: {text}"));
     let (cancel, cancelled) = watch::channel(None::<String>);
     let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
         .context("cannot listen for Ctrl-C")?;
@@ -401,8 +534,11 @@ pub async fn run_campaign(
                 _ => None,
             };
             if dry_run {
-                for target in &plan.targets {
-                    say(format!("  would fault {target}"));
+                // The picks are the dry run's result: stdout, like `attack --dry-run`.
+                if context.output == Output::Table {
+                    for target in &plan.targets {
+                        println!("step {}: would fault {target}", index + 1);
+                    }
                 }
                 continue;
             }
@@ -414,7 +550,7 @@ pub async fn run_campaign(
                 .collect();
             let action = start_action(step, if step.duration.is_zero() { 0 } else { lease_ms });
             let parameters = json!({
-                "action": report::action_text(Some(&action)),
+                "fault": report::fault_fields(&step.fault),
                 "duration_ms": step.duration.as_millis() as u64,
                 "lease_ms": lease_ms,
             });
@@ -618,7 +754,21 @@ pub fn show(context: &Context, run: i64) -> anyhow::Result<Outcome> {
     let store = Store::open(&context.config.store_url)?;
     let detail = store.run(run)?;
     match context.output {
-        Output::Json => println!("{}", serde_json::to_string(&detail)?),
+        Output::Json => {
+            // Parameters are stored as JSON text: shown as fields, not as a string.
+            let mut value = serde_json::to_value(&detail)?;
+            if let Some(commands) = value["commands"].as_array_mut() {
+                for command in commands {
+                    if let Some(Ok(parsed)) = command["parameters"]
+                        .as_str()
+                        .map(serde_json::from_str::<serde_json::Value>)
+                    {
+                        command["parameters"] = parsed;
+                    }
+                }
+            }
+            println!("{value}");
+        }
         Output::Table => {
             println!(
                 "run {} of campaign {:?}: {} {}",
