@@ -103,7 +103,7 @@ pub fn plan(
         .iter()
         .map(|step| context.map(|c| step_groups(c, step)).unwrap_or_default())
         .collect();
-    let strikes = |run_groups: &[String]| -> Vec<(usize, &Step, Vec<(String, Vec<String>)>)> {
+    let strikes = |run_groups: &[String]| -> Vec<StepStrikes<'_>> {
         campaign
             .steps
             .iter()
@@ -191,6 +191,9 @@ pub fn plan(
     }
     Ok(Outcome::Success)
 }
+
+/// A step of a planned firing (1-based), and the hosts of each group it may strike.
+type StepStrikes<'a> = (usize, &'a Step, Vec<(String, Vec<String>)>);
 
 fn pick_text(pick: planner_pick::Pick) -> String {
     match pick {
