@@ -56,6 +56,7 @@ impl Dialer {
             .map_err(|_| DialError::BadName(agent.id.clone()))?;
         let connector = TlsConnector::from(self.tls.clone());
         let address = agent.address.clone();
+        let agent_id = agent.id.clone();
         // The URI only labels requests; the connector below decides where bytes go.
         let endpoint = Endpoint::from_shared(format!("http://{}", agent.address))
             .map_err(|source| DialError::Connect {
@@ -69,10 +70,14 @@ impl Dialer {
                 let connector = connector.clone();
                 let server_name = server_name.clone();
                 let address = address.clone();
+                let agent_id = agent_id.clone();
                 async move {
                     let tcp = TcpStream::connect(&address).await?;
                     tcp.set_nodelay(true)?;
-                    let tls = connector.connect(server_name, tcp).await?;
+                    let tls = connector
+                        .connect(server_name, tcp)
+                        .await
+                        .map_err(|error| readable_tls_error(error, &agent_id, &address))?;
                     Ok::<_, std::io::Error>(TokioIo::new(tls))
                 }
             }))
@@ -82,5 +87,32 @@ impl Dialer {
                 source,
             })?;
         Ok(AgentClient::new(channel))
+    }
+}
+
+/// rustls names the expected host in Debug form (`DnsName("web-1")`); say it plainly.
+fn readable_tls_error(error: std::io::Error, agent_id: &str, address: &str) -> std::io::Error {
+    use rustls::{CertificateError, Error};
+    let not_for_name = error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<Error>())
+        .is_some_and(|tls| {
+            matches!(
+                tls,
+                Error::InvalidCertificate(
+                    CertificateError::NotValidForName
+                        | CertificateError::NotValidForNameContext { .. }
+                )
+            )
+        });
+    if not_for_name {
+        std::io::Error::new(
+            error.kind(),
+            format!(
+                "the certificate at {address} does not name agent {agent_id}: another host answers there"
+            ),
+        )
+    } else {
+        error
     }
 }

@@ -433,5 +433,9 @@ async fn the_coordinator_refuses_an_agent_whose_certificate_names_another_id() {
         .await
         .expect_err("impostor accepted as web-1");
     let chain = troop_telemetry::error_chain(&error);
-    assert!(chain.contains("certificate"), "{chain}");
+    assert!(
+        chain.contains("does not name agent web-1"),
+        "said plainly: {chain}"
+    );
+    assert!(!chain.contains("DnsName"), "no Debug formatting: {chain}");
 }
