@@ -131,7 +131,11 @@ impl AgentConfig {
         })?;
         Validator {
             path,
-            base: path.parent().unwrap_or(Path::new(".")),
+            // `agent.toml` alone has the parent "": relative paths are then from ".".
+            base: path
+                .parent()
+                .filter(|dir| !dir.as_os_str().is_empty())
+                .unwrap_or(Path::new(".")),
         }
         .validate(raw)
     }

@@ -140,7 +140,11 @@ impl CoordinatorConfig {
             path: path.to_path_buf(),
             message: error.to_string().trim_end().to_string(),
         })?;
-        let base = path.parent().unwrap_or(Path::new("."));
+        // `troop.toml` alone has the parent "": relative paths are then from ".".
+        let base = path
+            .parent()
+            .filter(|dir| !dir.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
         let invalid = |key: String, message: String| ConfigError::Invalid {
             path: path.to_path_buf(),

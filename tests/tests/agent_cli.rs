@@ -176,3 +176,16 @@ fn a_taken_port_and_a_taken_state_dir_both_exit_2_saying_so_once() {
         "{stderr}"
     );
 }
+
+/// `--config agent.toml` from the config's own folder: relative paths are from there.
+#[test]
+fn a_bare_config_file_name_resolves_paths_from_the_current_folder() {
+    let pki = TestPki::new(&["web-1"]);
+    config(&pki, "pki/signing.pub");
+    let output = Command::new(binary("troop-agent"))
+        .args(["validate", "--config", "agent.toml"])
+        .current_dir(pki.dir.path())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+}
