@@ -337,6 +337,12 @@ impl Lab {
     }
 }
 
+/// How full a host's tmpfs is, in percent, read from outside by statvfs.
+pub fn used_percent(lab: &Lab, id: &str) -> f64 {
+    let (used, total) = lab.hosts[id].disk_usage();
+    used as f64 * 100.0 / total as f64
+}
+
 /// Polls `condition` every 20 ms until it holds or `timeout` passes.
 pub fn wait_for(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;

@@ -6,7 +6,7 @@ use std::ffi::OsString;
 use std::time::Duration;
 
 use serde_json::Value;
-use troop_tests::lab::{Lab, wait_for};
+use troop_tests::lab::{Lab, used_percent, wait_for};
 
 const POLICY: &str = "allow = [\"kill\", \"cpu\", \"memory\", \"disk\"]";
 
@@ -25,11 +25,6 @@ fn fleet(scenario: &str) -> Option<Lab> {
         );
     }
     Some(lab)
-}
-
-fn used_percent(lab: &Lab, id: &str) -> f64 {
-    let (used, total) = lab.hosts[id].disk_usage();
-    used as f64 * 100.0 / total as f64
 }
 
 fn write_campaign(lab: &Lab, name: &str, body: &str) -> String {

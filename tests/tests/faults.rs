@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use troop_proto::{pb, sign_command};
-use troop_tests::lab::{Lab, cpu_seconds, resident_bytes, wait_for};
+use troop_tests::lab::{Lab, cpu_seconds, resident_bytes, used_percent, wait_for};
 use troop_tests::{Credentials, command, connect};
 
 const ALL_BUT_STOP: &str = "allow = [\"kill\", \"cpu\", \"memory\", \"disk\"]";
@@ -19,11 +19,6 @@ fn lab_with(id: &str, policy: &str, services: Vec<Vec<OsString>>) -> Option<Lab>
     let mut lab = Lab::new(id)?;
     lab.add_host(id, &[("role", "web")], policy, services);
     Some(lab)
-}
-
-fn used_percent(lab: &Lab, id: &str) -> f64 {
-    let (used, total) = lab.hosts[id].disk_usage();
-    used as f64 * 100.0 / total as f64
 }
 
 #[test]

@@ -7,15 +7,10 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use troop_proto::{pb, sign_command};
-use troop_tests::lab::{Lab, resident_bytes, wait_for};
+use troop_tests::lab::{Lab, resident_bytes, used_percent, wait_for};
 use troop_tests::{Credentials, command, connect};
 
 const WITH_STOP: &str = "allow = [\"kill\", \"cpu\", \"memory\", \"disk\", \"stop-host\"]";
-
-fn used_percent(lab: &Lab, id: &str) -> f64 {
-    let (used, total) = lab.hosts[id].disk_usage();
-    used as f64 * 100.0 / total as f64
-}
 
 fn active_faults(lab: &Lab, id: &str) -> Vec<serde_json::Value> {
     lab.status(id)["active_faults"].as_array().unwrap().clone()

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use troop_tests::lab::{Lab, cpu_seconds, resident_bytes, wait_for};
+use troop_tests::lab::{Lab, cpu_seconds, resident_bytes, used_percent, wait_for};
 
 const ALL_BUT_STOP: &str = "allow = [\"kill\", \"cpu\", \"memory\", \"disk\"]";
 const WITH_STOP: &str = "allow = [\"kill\", \"cpu\", \"memory\", \"disk\", \"stop-host\"]";
@@ -52,11 +52,6 @@ fn sleep_counts(lab: &Lab) -> BTreeMap<String, usize> {
         .iter()
         .map(|(id, host)| (id.clone(), host.host.pids_named("sleep").len()))
         .collect()
-}
-
-fn used_percent(lab: &Lab, id: &str) -> f64 {
-    let (used, total) = lab.hosts[id].disk_usage();
-    used as f64 * 100.0 / total as f64
 }
 
 fn no_active_faults(lab: &Lab, id: &str) -> bool {

@@ -6,12 +6,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use troop_tests::lab::{Lab, wait_for};
-
-fn used_percent(lab: &Lab, id: &str) -> f64 {
-    let (used, total) = lab.hosts[id].disk_usage();
-    used as f64 * 100.0 / total as f64
-}
+use troop_tests::lab::{Lab, used_percent, wait_for};
 
 #[test]
 fn sighup_reloads_the_policy_and_the_fill_still_ends_at_its_deadline() {

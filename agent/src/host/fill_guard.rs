@@ -23,36 +23,21 @@ pub const GUARD_COMMAND: &str = "__guard-fill";
 
 /// Runs the guard and exits, if this process was started as one; returns otherwise.
 pub fn run_guard_if_asked() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) != Some(GUARD_COMMAND) {
+    let Some(args) = super::HelperArgs::of(GUARD_COMMAND) else {
         return;
-    }
-    let value = |name: &str| {
-        args.windows(2)
-            .find(|pair| pair[0] == name)
-            .map(|pair| pair[1].clone())
     };
-    let parsed = (|| {
-        let dir = value("--dir")?;
-        let name = value("--name")?;
-        let inode = value("--inode")?.parse().ok()?;
-        let until = value("--until-unix-ms")?.parse().ok()?;
-        Some((dir, name, inode, until))
+    let outcome = (|| {
+        let dir: String = args.get("--dir")?;
+        let name: String = args.get("--name")?;
+        let inode = args.get("--inode")?;
+        let until = args.get("--until-unix-ms")?;
+        Some(guard(Path::new(&dir), &name, inode, until))
     })();
-    let code = match parsed {
-        Some((dir, name, inode, until)) => match guard(Path::new(&dir), &name, inode, until) {
-            Ok(()) => 0,
-            Err(error) => {
-                eprintln!("{GUARD_COMMAND}: {error}");
-                1
-            }
-        },
-        None => {
-            eprintln!("{GUARD_COMMAND}: needs --dir DIR --name NAME --inode N --until-unix-ms MS");
-            2
-        }
-    };
-    std::process::exit(code);
+    super::exit_helper(
+        GUARD_COMMAND,
+        "--dir DIR --name NAME --inode N --until-unix-ms MS",
+        outcome,
+    )
 }
 
 fn guard(dir: &Path, name: &str, inode: u64, until_unix_ms: i64) -> io::Result<()> {

@@ -20,29 +20,14 @@ const PAGE: usize = 4096;
 /// otherwise. Binaries call this first, before argument parsing, logging or an async
 /// runtime: the holder stays a single thread with nothing but its memory.
 pub fn run_holder_if_asked() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) != Some(HOLD_COMMAND) {
+    let Some(args) = super::HelperArgs::of(HOLD_COMMAND) else {
         return;
-    }
-    let value = |name: &str| {
-        args.windows(2)
-            .find(|pair| pair[0] == name)
-            .and_then(|pair| pair[1].parse::<u64>().ok())
     };
-    let code = match (value("--bytes"), value("--parent")) {
-        (Some(bytes), Some(parent)) => match hold(bytes, parent as i32) {
-            Ok(()) => 0,
-            Err(error) => {
-                eprintln!("{HOLD_COMMAND}: {error}");
-                1
-            }
-        },
-        _ => {
-            eprintln!("{HOLD_COMMAND}: needs --fault ID --bytes N --parent PID");
-            2
-        }
-    };
-    std::process::exit(code);
+    let outcome = args
+        .get::<u64>("--bytes")
+        .zip(args.get::<i32>("--parent"))
+        .map(|(bytes, parent)| hold(bytes, parent));
+    super::exit_helper(HOLD_COMMAND, "--fault ID --bytes N --parent PID", outcome)
 }
 
 /// The holder: dies with the agent, gives up every capability, allocates and touches
