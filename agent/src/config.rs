@@ -18,16 +18,7 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/troop/agent.toml";
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:7443";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/troop-agent";
 
-/// Processes an agent never signals unless its config says otherwise: losing them loses
-/// the operator's way in, or the host's logging.
-pub const DEFAULT_PROTECTED: &[&str] = &[
-    "sshd",
-    "systemd",
-    "systemd-journal",
-    "systemd-logind",
-    "dbus-daemon",
-    "troop-agent",
-];
+pub use crate::policy::DEFAULT_PROTECTED;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

@@ -7,6 +7,7 @@
 //! Start reading at [`Agent::new`] and [`service::AgentService::execute`].
 #![deny(unsafe_code)]
 
+pub mod clock;
 pub mod config;
 pub mod faults;
 pub mod host;
@@ -174,7 +175,7 @@ impl Agent {
     ) -> Result<Self, StartError> {
         let trusted = load_trusted_keys(&config)?;
         let tls = tls::server_config(&config.tls)?;
-        let ledger = Ledger::open(&config.state_dir, service::now_unix_ms())?;
+        let ledger = Ledger::open(&config.state_dir, clock::now_unix_ms())?;
         // The ledger holds the state dir's lock, so no other agent is undoing this too.
         let (journal, left) = Journal::open(&config.state_dir)?;
         let engine = Arc::new(Engine::new(journal));

@@ -9,8 +9,18 @@ use std::time::Duration;
 
 use troop_proto::Refusal;
 
-use crate::config::DEFAULT_PROTECTED;
 use crate::units::format_duration;
+
+/// Processes an agent never signals unless its config says otherwise: losing them loses
+/// the operator's way in, or the host's logging.
+pub const DEFAULT_PROTECTED: &[&str] = &[
+    "sshd",
+    "systemd",
+    "systemd-journal",
+    "systemd-logind",
+    "dbus-daemon",
+    "troop-agent",
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum FaultKind {

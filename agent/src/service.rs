@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use prost::Message;
 use tonic::{Request, Response, Status};
@@ -15,11 +15,7 @@ use crate::faults::runner::Runner;
 use crate::ledger::{self, Admission, Ledger, Outcome};
 use troop_telemetry::error_chain;
 
-pub fn now_unix_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_millis() as i64)
-}
+pub use crate::clock::now_unix_ms;
 
 /// Everything `Execute` and `Status` need; shared by every connection.
 pub struct AgentService {

@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod commands;
+mod outcome;
 mod report;
 
 use std::process::ExitCode;

@@ -9,7 +9,7 @@ use troop_coordinator::dispatch::CallError;
 use troop_coordinator::table;
 use troop_proto::pb;
 
-use crate::commands::Outcome;
+use crate::outcome::Outcome;
 
 pub use troop_coordinator::dispatch::Delivery;
 

@@ -12,9 +12,9 @@ use troop_proto::{Refusal, pb};
 
 use super::engine::{Applied, Effect, Engine};
 use super::journal::{Record, Undo};
+use crate::clock::now_unix_ms;
 use crate::host::power::{self, StopMode};
 use crate::policy::FaultKind;
-use crate::service::now_unix_ms;
 use crate::units::format_duration;
 
 /// Longest delay an agent accepts before it stops the host.

@@ -12,9 +12,9 @@ use super::journal::Undo;
 use super::kill::{self, KillSpec};
 use super::power::{self, StopSpec};
 use super::{cpu, disk, memory};
+use crate::clock::now_unix_ms;
 use crate::host::process::ProcessTable;
 use crate::policy::{FaultKind, Policy};
-use crate::service::now_unix_ms;
 
 pub struct Runner {
     agent_id: String,

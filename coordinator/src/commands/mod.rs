@@ -10,7 +10,6 @@ pub mod pki;
 pub mod serve;
 
 use std::path::Path;
-use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
 use troop_coordinator::cli::{CampaignCommand, FleetCommand, Output};
@@ -20,36 +19,7 @@ use troop_coordinator::dispatch::{CONNECT_TIMEOUT, CallError, Dispatcher};
 use troop_coordinator::selector::Selector;
 use troop_proto::pb;
 
-/// How a command that ran went, for the exit code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// Every target succeeded.
-    Success,
-    /// Some target failed, was refused or could not be reached.
-    Partial,
-}
-
-impl Outcome {
-    pub fn from_all_ok(all_ok: bool) -> Self {
-        if all_ok {
-            Outcome::Success
-        } else {
-            Outcome::Partial
-        }
-    }
-
-    /// Success only if both are.
-    pub fn and(self, other: Outcome) -> Outcome {
-        Outcome::from_all_ok(self == Outcome::Success && other == Outcome::Success)
-    }
-
-    pub fn exit_code(self) -> ExitCode {
-        match self {
-            Outcome::Success => ExitCode::SUCCESS,
-            Outcome::Partial => ExitCode::from(1),
-        }
-    }
-}
+pub use crate::outcome::Outcome;
 
 /// What the fleet commands share: the config, a way to reach agents, the output format.
 #[derive(Clone)]
