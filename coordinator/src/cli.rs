@@ -45,6 +45,9 @@ pub enum Command {
     /// Campaigns: validate, plan, run, and their history.
     #[command(subcommand)]
     Campaign(CampaignCommand),
+    /// Check troop.toml and what it points at.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// The Chaos Monkey: fire every campaign in the campaigns directory on its schedule.
     Serve,
     /// Run a local fleet, attack it and report, with nothing to set up.
@@ -58,6 +61,14 @@ pub enum Command {
     /// Internal: a stand-in service process for `troop demo` to attack.
     #[command(name = "__demo-service", hide = true)]
     InternalDemoService { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Check a troop.toml (FILE, else --config, $TROOP_CONFIG, ./troop.toml,
+    /// /etc/troop/troop.toml) and everything it points at: the signing key, the TLS
+    /// certificate, key and CA, the store and the campaigns. Changes nothing.
+    Validate { file: Option<PathBuf> },
 }
 
 #[derive(Debug, Subcommand)]

@@ -41,6 +41,9 @@ async fn run() -> ExitCode {
     };
     let result = match cli.command {
         Command::Pki(command) => commands::pki::run(command, cli.output),
+        Command::Config(troop_coordinator::cli::ConfigCommand::Validate { file }) => {
+            commands::config::validate(file.as_deref().or(cli.config.as_deref()), cli.output)
+        }
         Command::InternalAgent { config } => commands::demo::run_agent(&config).await,
         Command::InternalDemoService { name } => commands::demo::run_service(&name),
         Command::Demo(args) => commands::demo::run(args, cli.output).await,

@@ -207,3 +207,42 @@ fn a_dry_run_shows_its_seed_and_any_shortfall_so_it_can_be_repeated() {
     );
     assert_eq!(short["commands"].as_array().unwrap().len(), 2);
 }
+
+#[test]
+fn config_validate_checks_troop_toml_and_what_it_points_at() {
+    let dir = dry_fleet("signing.key");
+    let output = troop_in(dir.path(), &["config", "validate"]);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("valid. 2 agent(s)"),
+        "{output:?}"
+    );
+    // The public key where the signing key belongs is named.
+    let wrong = dry_fleet("signing.pub");
+    let output = troop_in(wrong.path(), &["config", "validate", "troop.toml"]);
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("signing.key"),
+        "{output:?}"
+    );
+    // A campaign in the campaigns folder with a problem: at its line.
+    std::fs::create_dir(dir.path().join("campaigns")).unwrap();
+    std::fs::write(
+        dir.path().join("campaigns/bad.toml"),
+        "name = \"bad\"\ncolour = 1\n",
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(dir.path().join("troop.toml")).unwrap();
+    std::fs::write(
+        dir.path().join("troop.toml"),
+        format!("campaigns = \"campaigns\"\n{text}"),
+    )
+    .unwrap();
+    let output = troop_in(dir.path(), &["config", "validate"]);
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("bad.toml:2:1") && stderr.contains("colour"),
+        "{stderr}"
+    );
+}

@@ -3,6 +3,7 @@
 pub mod attack;
 pub mod audit;
 pub mod campaign;
+pub mod config;
 pub mod demo;
 pub mod fleet;
 pub mod lease;
