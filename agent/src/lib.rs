@@ -263,7 +263,7 @@ impl Reloader {
         self.service.reload(
             service::Settings {
                 labels: config.labels.clone(),
-                trusted,
+                trusted: Arc::new(trusted),
                 max_clock_skew: config.max_clock_skew,
             },
             config.policy.clone(),

@@ -31,7 +31,7 @@ pub struct AgentService {
 /// faults.
 pub struct Settings {
     pub labels: BTreeMap<String, String>,
-    pub trusted: TrustedKeys,
+    pub trusted: Arc<TrustedKeys>,
     pub max_clock_skew: Duration,
 }
 
@@ -51,7 +51,7 @@ impl AgentService {
             id,
             settings: RwLock::new(Settings {
                 labels,
-                trusted,
+                trusted: Arc::new(trusted),
                 max_clock_skew,
             }),
             ledger,
@@ -67,7 +67,8 @@ impl AgentService {
         self.runner.set_policy(policy);
     }
 
-    fn trust_and_skew(&self) -> (TrustedKeys, Duration) {
+    /// Read once per command; a reload swaps what later commands see.
+    fn trust_and_skew(&self) -> (Arc<TrustedKeys>, Duration) {
         let settings = self.settings.read().unwrap_or_else(|e| e.into_inner());
         (settings.trusted.clone(), settings.max_clock_skew)
     }

@@ -19,7 +19,7 @@ use crate::policy::{FaultKind, Policy};
 pub struct Runner {
     agent_id: String,
     /// Read once per command: a reload changes what later commands get.
-    policy: RwLock<Policy>,
+    policy: RwLock<Arc<Policy>>,
     pub(crate) engine: Arc<Engine>,
     processes: Arc<dyn ProcessTable>,
     /// The binary that answers `__hold-memory` (this agent's own, normally).
@@ -51,7 +51,7 @@ impl Runner {
     ) -> Self {
         Self {
             agent_id,
-            policy: RwLock::new(policy),
+            policy: RwLock::new(Arc::new(policy)),
             engine,
             processes,
             helper_exe,
@@ -61,10 +61,10 @@ impl Runner {
     }
 
     pub fn set_policy(&self, policy: Policy) {
-        *self.policy.write().unwrap_or_else(|e| e.into_inner()) = policy;
+        *self.policy.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(policy);
     }
 
-    fn policy(&self) -> Policy {
+    fn policy(&self) -> Arc<Policy> {
         self.policy
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -216,7 +216,7 @@ impl Runner {
 
     fn kill(
         &self,
-        policy: Policy,
+        policy: Arc<Policy>,
         id: &str,
         spec: KillSpec,
         duration: Duration,
@@ -267,7 +267,7 @@ impl Runner {
                         spec.clone(),
                         interval,
                         processes.clone(),
-                        policy.clone(),
+                        Policy::clone(&policy),
                         count,
                     ))
                 })?;
