@@ -292,26 +292,19 @@ mod tests {
     }
 
     fn kill_nginx() -> pb::SignedCommand {
-        let now = now_unix_ms();
-        let command = pb::Command {
-            command_id: "c-1".into(),
-            agent_id: "web-1".into(),
-            issued_at_unix_ms: now,
-            expires_at_unix_ms: now + 60_000,
-            action: Some(pb::command::Action::Start(pb::StartFault {
-                lease_ms: 0,
-                duration_ms: 0,
-                fault: Some(pb::start_fault::Fault::Kill(pb::Kill {
-                    target: Some(pb::ProcessMatch {
-                        by: Some(pb::process_match::By::Name("nginx".into())),
-                    }),
-                    signal: 15,
-                    all_matches: true,
-                    repeat_every_ms: 0,
-                })),
+        let kill = pb::command::Action::Start(pb::StartFault {
+            lease_ms: 0,
+            duration_ms: 0,
+            fault: Some(pb::start_fault::Fault::Kill(pb::Kill {
+                target: Some(pb::ProcessMatch {
+                    by: Some(pb::process_match::By::Name("nginx".into())),
+                }),
+                signal: 15,
+                all_matches: true,
+                repeat_every_ms: 0,
             })),
-        };
-        sign_command(&command, &key())
+        });
+        signed("c-1", 60_000, kill)
     }
 
     #[test]

@@ -4,12 +4,7 @@
 use std::process::Command;
 
 fn troop(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_troop"))
-        .args(args)
-        .env_remove("TROOP_CONFIG")
-        .current_dir(std::env::temp_dir())
-        .output()
-        .unwrap()
+    troop_in(&std::env::temp_dir(), args)
 }
 
 #[test]

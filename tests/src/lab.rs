@@ -41,6 +41,19 @@ impl LabHost {
             .map(|p| p.pid)
     }
 
+    /// The host's pid 1 as this machine sees it, after checking that its PID namespace
+    /// is not the test's own: only then may anything on the host call reboot(2).
+    pub fn checked_init(&self) -> i32 {
+        let init = self.host.init_pid().expect("host is running");
+        let theirs = std::fs::read_link(format!("/proc/{init}/ns/pid")).unwrap();
+        let ours = std::fs::read_link("/proc/self/ns/pid").unwrap();
+        assert_ne!(
+            theirs, ours,
+            "refusing to stop a host in the test's own PID namespace"
+        );
+        init
+    }
+
     /// statvfs of the host's tmpfs, read from outside: (used bytes, total bytes).
     pub fn disk_usage(&self) -> (u64, u64) {
         let path = self.host.path_inside(&self.disk).expect("host is running");

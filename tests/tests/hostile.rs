@@ -16,19 +16,6 @@ fn active_faults(lab: &Lab, id: &str) -> Vec<serde_json::Value> {
     lab.status(id)["active_faults"].as_array().unwrap().clone()
 }
 
-/// The host's pid 1 as this machine sees it, after checking that its PID namespace is
-/// not the test's own (only then may anything there call reboot(2)).
-fn checked_init(lab: &Lab, id: &str) -> i32 {
-    let init = lab.hosts[id].host.init_pid().unwrap();
-    let theirs = std::fs::read_link(format!("/proc/{init}/ns/pid")).unwrap();
-    let ours = std::fs::read_link("/proc/self/ns/pid").unwrap();
-    assert_ne!(
-        theirs, ours,
-        "refusing to stop a host in the test's own PID namespace"
-    );
-    init
-}
-
 fn is_running(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| !stat.contains(") Z"))
 }
@@ -71,7 +58,7 @@ fn a_stop_host_in_its_delay_is_cancelled_by_halt_sigterm_and_a_restart() {
         return;
     };
     lab.add_host("db-1", &[("role", "db")], WITH_STOP, vec![]);
-    let init = checked_init(&lab, "db-1");
+    let init = lab.hosts["db-1"].checked_init();
 
     // Halt in the delay.
     let id = stop_host_in(&lab, "3s");
