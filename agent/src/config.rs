@@ -2,17 +2,17 @@
 //! in which bad states cannot exist. Every error names the file and the key.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rustls_pki_types::DnsName;
-use serde::Deserialize;
 use troop_proto::freshness::{DEFAULT_CLOCK_SKEW, MAX_VALIDITY};
 
+use troop_common::agent_file::{AgentFile, PolicyFile};
+use troop_common::names::{validate_agent_id, validate_label};
+
 use crate::policy::{FaultKind, Policy};
-use crate::units::{parse_duration, parse_percent};
+use troop_common::units::{parse_duration, parse_percent};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/troop/agent.toml";
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:7443";
@@ -36,48 +36,6 @@ pub enum ConfigError {
         key: String,
         message: String,
     },
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawConfig {
-    id: Option<String>,
-    listen: Option<String>,
-    #[serde(default)]
-    labels: BTreeMap<String, String>,
-    state_dir: Option<PathBuf>,
-    coordinator: Option<String>,
-    tls: RawTls,
-    trust: RawTrust,
-    #[serde(default)]
-    policy: RawPolicy,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTls {
-    cert: PathBuf,
-    key: PathBuf,
-    ca: PathBuf,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTrust {
-    coordinator_keys: Vec<PathBuf>,
-    max_clock_skew: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawPolicy {
-    allow: Option<Vec<String>>,
-    max_duration: Option<String>,
-    protected_processes: Option<Vec<String>>,
-    #[serde(default)]
-    disk_paths: Vec<PathBuf>,
-    max_disk_fill_percent: Option<toml::Value>,
-    max_memory_percent: Option<toml::Value>,
 }
 
 /// Paths of the agent's TLS identity: its server certificate, key and the fleet CA.
@@ -116,7 +74,7 @@ impl AgentConfig {
 
     /// Validates config text; `path` names it in errors and anchors relative paths.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|error| ConfigError::Parse {
+        let raw: AgentFile = toml::from_str(text).map_err(|error| ConfigError::Parse {
             path: path.to_path_buf(),
             message: error.to_string().trim_end().to_string(),
         })?;
@@ -154,7 +112,7 @@ impl Validator<'_> {
         }
     }
 
-    fn validate(&self, raw: RawConfig) -> Result<AgentConfig, ConfigError> {
+    fn validate(&self, raw: AgentFile) -> Result<AgentConfig, ConfigError> {
         let id = match raw.id {
             Some(id) => id,
             None => nix::unistd::gethostname()
@@ -221,7 +179,7 @@ impl Validator<'_> {
         })
     }
 
-    fn validate_policy(&self, raw: RawPolicy) -> Result<Policy, ConfigError> {
+    fn validate_policy(&self, raw: PolicyFile) -> Result<Policy, ConfigError> {
         let mut policy = Policy::default();
         if let Some(allow) = raw.allow {
             policy.allow.clear();
@@ -271,79 +229,6 @@ impl Validator<'_> {
         };
         parse_percent(&text).map_err(|error| self.invalid(key, error.to_string()))
     }
-}
-
-/// Agent ids double as the DNS name in the agent's certificate, so they follow DNS rules.
-pub fn validate_agent_id(id: &str) -> Result<(), String> {
-    check_dns_name(id, false).map_err(|reason| {
-        format!("{id:?} {reason}; an agent id is the DNS name its certificate must carry")
-    })
-}
-
-/// Validates a DNS name by the rules webpki applies, with a reason for each failure.
-pub fn check_dns_name(name: &str, allow_wildcard: bool) -> Result<(), String> {
-    if name.is_empty() || name.len() > 253 {
-        return Err(format!(
-            "must be 1 to 253 characters long, not {}",
-            name.len()
-        ));
-    }
-    if name.parse::<IpAddr>().is_ok() {
-        return Err("looks like an IP address, not a DNS name".into());
-    }
-    for (i, label) in name.split('.').enumerate() {
-        if allow_wildcard && i == 0 && label == "*" {
-            continue;
-        }
-        if label.is_empty() {
-            return Err("has an empty label (leading, trailing or doubled '.')".into());
-        }
-        if label.len() > 63 {
-            return Err(format!("label {label:?} is longer than 63 characters"));
-        }
-        if let Some(c) = label
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || *c == '-'))
-        {
-            return Err(format!(
-                "contains {c:?}; only letters, digits, '-' and '.' are allowed"
-            ));
-        }
-        if label.starts_with('-') || label.ends_with('-') {
-            return Err(format!("label {label:?} starts or ends with '-'"));
-        }
-    }
-    // webpki also rejects names whose last label is numeric; catch whatever else it would.
-    let plain = name
-        .strip_prefix("*.")
-        .filter(|_| allow_wildcard)
-        .unwrap_or(name);
-    if DnsName::try_from(plain).is_err() {
-        return Err("is not a DNS name TLS libraries accept (is the last label numeric?)".into());
-    }
-    Ok(())
-}
-
-pub fn validate_label(key: &str, value: &str) -> Result<(), String> {
-    let ok = |text: &str, allow_empty: bool| {
-        (allow_empty || !text.is_empty())
-            && text.len() <= 63
-            && text
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-    };
-    let name = key.rsplit_once('/').map_or(key, |(_, name)| name);
-    if !ok(name, false) {
-        return Err(format!(
-            "label key {key:?} must be 1 to 63 of [A-Za-z0-9-_.]"
-        ));
-    }
-    if !ok(value, true) {
-        return Err(format!(
-            "label {key:?} has value {value:?}; values are at most 63 of [A-Za-z0-9-_.]"
-        ));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -7,18 +7,15 @@
 //! Start reading at [`Agent::new`] and [`service::AgentService::execute`].
 #![deny(unsafe_code)]
 
-pub mod clock;
 pub mod config;
 pub mod faults;
 pub mod host;
 pub mod inventory;
 pub mod ledger;
-pub mod notify;
 pub mod policy;
 pub mod service;
 pub mod signals;
 pub mod tls;
-pub mod units;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -61,7 +58,7 @@ pub enum StartError {
         source: std::io::Error,
     },
     #[error("TLS identity")]
-    Tls(#[from] tls::TlsError),
+    Tls(#[from] troop_common::tls::TlsError),
     #[error("state")]
     Ledger(#[from] ledger::LedgerError),
     #[error("state")]
@@ -175,7 +172,7 @@ impl Agent {
     ) -> Result<Self, StartError> {
         let trusted = load_trusted_keys(&config)?;
         let tls = tls::server_config(&config.tls)?;
-        let ledger = Ledger::open(&config.state_dir, clock::now_unix_ms())?;
+        let ledger = Ledger::open(&config.state_dir, troop_common::clock::now_unix_ms())?;
         // The ledger holds the state dir's lock, so no other agent is undoing this too.
         let (journal, left) = Journal::open(&config.state_dir)?;
         let engine = Arc::new(Engine::new(journal));

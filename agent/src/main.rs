@@ -117,7 +117,7 @@ async fn run(
     config_path: PathBuf,
 ) -> Result<(), String> {
     // Everything is loaded and the port is ours: systemd may count us as started.
-    if let Err(error) = troop_agent::notify::ready() {
+    if let Err(error) = troop_common::notify::ready() {
         tracing::warn!(%error, "cannot notify systemd of readiness");
     }
     let reloader = agent.reloader();

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use troop_proto::Refusal;
 
-use crate::units::format_duration;
+use troop_common::units::format_duration;
 
 /// Processes an agent never signals unless its config says otherwise: losing them loses
 /// the operator's way in, or the host's logging.

@@ -15,7 +15,8 @@ use crate::faults::runner::Runner;
 use crate::ledger::{self, Admission, Ledger, Outcome};
 use troop_telemetry::error_chain;
 
-pub use crate::clock::now_unix_ms;
+use troop_common::clock::now_unix_ms;
+use troop_common::names::is_valid_command_id;
 
 /// Everything `Execute` and `Status` need; shared by every connection.
 pub struct AgentService {
@@ -180,16 +181,6 @@ impl AgentService {
             last_stop: self.last_stop.clone(),
         }
     }
-}
-
-/// `[A-Za-z0-9._-]{1,128}`: a command's id names its fault and its fill file.
-pub fn is_valid_command_id(id: &str) -> bool {
-    (1..=128).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-        && id != "."
-        && id != ".."
 }
 
 /// Aborts, halts and lease renewals: they can only end what runs, or keep it within the

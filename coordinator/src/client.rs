@@ -11,12 +11,11 @@ use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tonic::transport::{Channel, Endpoint};
-use troop_agent::tls::{load_certs, load_key, provider, root_store};
 use troop_proto::pb::agent_client::AgentClient;
 
 use crate::config::{AgentEntry, ClientTls};
 
-pub use troop_agent::tls::TlsError;
+pub use troop_common::tls::TlsError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DialError {
@@ -39,22 +38,37 @@ pub struct Dialer {
 
 impl Dialer {
     pub fn new(paths: &ClientTls, connect_timeout: Duration) -> Result<Self, TlsError> {
-        let mut config = ClientConfig::builder_with_provider(provider())
-            .with_protocol_versions(&[&rustls::version::TLS13])?
-            .with_root_certificates(root_store(&paths.ca)?)
-            .with_client_auth_cert(load_certs(&paths.cert)?, load_key(&paths.key)?)?;
-        config.alpn_protocols = vec![b"h2".to_vec()];
-        Ok(Self {
+        let config = troop_common::tls::client_config(&paths.cert, &paths.key, &paths.ca)?;
+        Ok(Self::with_config(config, connect_timeout))
+    }
+
+    /// A dialer with a TLS client config made elsewhere (tests present wrong identities).
+    pub fn with_config(config: ClientConfig, connect_timeout: Duration) -> Self {
+        Self {
             tls: Arc::new(config),
             connect_timeout,
-        })
+        }
     }
 
     /// Connects now (not lazily), so an unreachable agent shows up as such.
     pub async fn dial(&self, agent: &AgentEntry) -> Result<AgentClient<Channel>, DialError> {
-        let server_name = ServerName::try_from(agent.id.clone())
-            .map_err(|_| DialError::BadName(agent.id.clone()))?;
+        self.dial_at(&agent.address, &agent.id).await
+    }
+
+    /// Connects to `address`, where the certificate must name `agent_id`.
+    pub async fn dial_at(
+        &self,
+        address: &str,
+        agent_id: &str,
+    ) -> Result<AgentClient<Channel>, DialError> {
+        let server_name = ServerName::try_from(agent_id.to_string())
+            .map_err(|_| DialError::BadName(agent_id.to_string()))?;
         let connector = TlsConnector::from(self.tls.clone());
+        let agent = AgentEntry {
+            id: agent_id.to_string(),
+            address: address.to_string(),
+            labels: Default::default(),
+        };
         let address = agent.address.clone();
         let agent_id = agent.id.clone();
         // The URI only labels requests; the connector below decides where bytes go.

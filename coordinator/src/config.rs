@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
-use troop_agent::config::{validate_agent_id, validate_label};
+use serde::{Deserialize, Serialize};
+use troop_common::names::{validate_agent_id, validate_label};
 
 pub const CONFIG_ENV: &str = "TROOP_CONFIG";
 pub const LOCAL_CONFIG: &str = "troop.toml";
@@ -33,53 +33,55 @@ pub enum ConfigError {
     },
 }
 
-#[derive(Debug, Deserialize)]
+/// `troop.toml` as written: what [`CoordinatorConfig::parse`] reads, and what the lab
+/// writes (serialised, so its files have exactly this shape).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-struct RawConfig {
-    signing: RawSigning,
-    tls: RawTls,
+pub struct ConfigFile {
+    pub campaigns: Option<PathBuf>,
+    pub signing: SigningFile,
+    pub tls: TlsFile,
     #[serde(default)]
-    store: Option<RawStore>,
+    pub store: Option<StoreFile>,
     #[serde(default)]
-    agents: Vec<RawAgent>,
+    pub agents: Vec<AgentFile>,
     #[serde(default)]
-    serve: Option<RawServe>,
-    campaigns: Option<PathBuf>,
+    pub serve: Option<ServeFile>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-struct RawSigning {
-    key: PathBuf,
+pub struct SigningFile {
+    pub key: PathBuf,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-struct RawTls {
-    cert: PathBuf,
-    key: PathBuf,
-    ca: PathBuf,
+pub struct TlsFile {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-struct RawStore {
-    url: String,
+pub struct StoreFile {
+    pub url: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-struct RawServe {
-    listen: String,
+pub struct ServeFile {
+    pub listen: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-struct RawAgent {
-    id: String,
-    address: String,
+pub struct AgentFile {
+    pub id: String,
+    pub address: String,
     #[serde(default)]
-    labels: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
 }
 
 /// One agent of the static fleet.
@@ -136,7 +138,7 @@ impl CoordinatorConfig {
 
     /// Relative paths inside are taken relative to the config file's folder.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|error| ConfigError::Parse {
+        let raw: ConfigFile = toml::from_str(text).map_err(|error| ConfigError::Parse {
             path: path.to_path_buf(),
             message: error.to_string().trim_end().to_string(),
         })?;

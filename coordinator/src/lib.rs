@@ -5,7 +5,6 @@
 //! - [`signer`]: commands built and Ed25519-signed.
 //! - [`client`] and [`dispatch`]: mutual-TLS channels to agents, many at once.
 //! - [`pki`]: the fleet CA, certificates and the signing key.
-//! - [`local_fleet`]: hosts made of PID namespaces on this machine, for the demo and tests.
 //! - [`campaign`]: campaign files, schedules, the guardrail planner and probes.
 //! - [`store`]: the audit store (SQLite): every run, step, command and probe result.
 //!
@@ -13,14 +12,13 @@
 #![forbid(unsafe_code)]
 
 pub mod campaign;
-pub mod cli;
 pub mod client;
 pub mod config;
 pub mod dispatch;
-pub mod local_fleet;
 pub mod picker;
 pub mod pki;
 pub mod selector;
+pub mod signal;
 pub mod signer;
 pub mod store;
 pub mod table;

@@ -26,7 +26,7 @@ use rustls::RootCertStore;
 use rustls::client::danger::ServerCertVerifier;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
-use troop_agent::config::check_dns_name;
+use troop_common::names::check_dns_name;
 
 /// File name of the fleet CA certificate.
 pub const CA_CERT: &str = "ca.pem";
@@ -60,7 +60,7 @@ const CERT_MODE: u32 = 0o644;
 pub enum PkiError {
     /// A private key file others than its owner may read.
     #[error(transparent)]
-    KeyMode(#[from] troop_agent::tls::ExposedKey),
+    KeyMode(#[from] troop_common::tls::ExposedKey),
     /// A file the PKI would write is already there.
     #[error("{} already exists; refusing to overwrite it", path.display())]
     Exists {
@@ -296,7 +296,7 @@ pub fn issue_agent_for(
 
 /// Loads an Ed25519 private key from a PKCS#8 PEM file.
 pub fn load_signing_key(path: &Path) -> Result<SigningKey, PkiError> {
-    troop_agent::tls::check_key_mode(path)?;
+    troop_common::tls::check_key_mode(path)?;
     let pem = read_to_string(path)?;
     SigningKey::from_pkcs8_pem(&pem).map_err(|source| PkiError::SigningKey {
         path: path.to_owned(),
@@ -551,7 +551,8 @@ fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ed25519_dalek::{Signer, Verifier};
+    use ed25519_dalek::pkcs8::DecodePublicKey;
+    use ed25519_dalek::{Signer, Verifier, VerifyingKey};
     use rustls::client::WebPkiServerVerifier;
     use rustls::server::WebPkiClientVerifier;
     use std::os::unix::fs::PermissionsExt;
@@ -936,7 +937,8 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         init(tmp.path()).unwrap();
         let signing = load_signing_key(&tmp.path().join(SIGNING_KEY)).unwrap();
-        let verifying = troop_agent::load_public_key(&tmp.path().join(SIGNING_PUB)).unwrap();
+        let pem = fs::read_to_string(tmp.path().join(SIGNING_PUB)).unwrap();
+        let verifying = VerifyingKey::from_public_key_pem(&pem).unwrap();
         assert_eq!(signing.verifying_key(), verifying);
         let msg = b"experiment: kill -9 web-1";
         let sig = signing.sign(msg);
@@ -972,12 +974,8 @@ mod tests {
         let body = pem.lines().nth(1).unwrap();
         assert!(!shown.contains(body), "key material leaked: {shown}");
 
-        let err = troop_agent::load_public_key(&tmp.path().join(SIGNING_KEY)).unwrap_err();
-        assert!(
-            matches!(err, troop_agent::StartError::Key { .. }),
-            "{err:?}"
-        );
-        assert!(err.to_string().contains("signing.key"));
-        assert!(std::error::Error::source(&err).is_some());
+        // The private key is no public key (the agent reads signing.pub this way).
+        let private = fs::read_to_string(tmp.path().join(SIGNING_KEY)).unwrap();
+        assert!(VerifyingKey::from_public_key_pem(&private).is_err());
     }
 }

@@ -59,7 +59,7 @@ struct AgentProcess {
 impl AgentProcess {
     async fn start(state_dir: &std::path::Path) -> Self {
         let pki = TestPki::new(&["web-1"]);
-        let port = troop_coordinator::local_fleet::free_port().unwrap();
+        let port = troop_lab::host::free_port().unwrap();
         let config = pki.dir.path().join("agent.toml");
         std::fs::write(
             &config,

@@ -4,8 +4,6 @@
 #![forbid(unsafe_code)]
 
 pub mod fuzz;
-pub mod lab;
-pub mod net;
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -13,53 +11,39 @@ use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ed25519_dalek::SigningKey;
-use hyper_util::rt::TokioIo;
 use rustls::ClientConfig;
-use rustls_pki_types::ServerName;
-use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tokio_rustls::TlsConnector;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use troop_agent::Agent;
 use troop_agent::config::AgentConfig;
-use troop_agent::tls::{load_certs, load_key, provider, root_store};
-use troop_coordinator::pki;
+use troop_common::tls::{load_certs, load_key, provider, root_store};
+use troop_coordinator::client::{DialError, Dialer};
+use troop_coordinator::dispatch::CONNECT_TIMEOUT;
 use troop_proto::freshness::DEFAULT_VALIDITY;
 use troop_proto::pb;
 use troop_proto::pb::agent_client::AgentClient;
 
-/// A fleet PKI in a temporary directory, with certificates for the named agents.
-pub struct TestPki {
-    pub dir: tempfile::TempDir,
+pub use troop_lab::Pki as TestPki;
+pub use troop_lab::{lab, net};
+
+/// Agent configs for in-process agents of a [`TestPki`].
+pub trait AgentConfigs {
+    /// A minimal agent config for `id` on a free loopback port, trusting this PKI's
+    /// signing key; `policy` holds `[policy]` lines.
+    fn agent_config(&self, id: &str, policy: &str) -> AgentConfig;
 }
 
-impl TestPki {
-    pub fn new(agents: &[&str]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        pki::init(&dir.path().join("pki")).unwrap();
-        for agent in agents {
-            pki::issue_agent(&dir.path().join("pki"), agent, &["127.0.0.1".into()]).unwrap();
-        }
-        Self { dir }
-    }
-
-    pub fn path(&self, file: &str) -> PathBuf {
-        self.dir.path().join("pki").join(file)
-    }
-
-    pub fn signing_key(&self) -> SigningKey {
-        pki::load_signing_key(&self.path("signing.key")).unwrap()
-    }
-
-    /// A minimal agent config for `id`, trusting this PKI's signing key.
-    pub fn agent_config(&self, id: &str, extra: &str) -> AgentConfig {
-        let text = format!(
-            "id = \"{id}\"\nlisten = \"127.0.0.1:0\"\nstate_dir = \"state-{id}\"\n\
-             [tls]\ncert = \"pki/{id}.pem\"\nkey = \"pki/{id}.key\"\nca = \"pki/ca.pem\"\n\
-             [trust]\ncoordinator_keys = [\"pki/signing.pub\"]\n{extra}"
+impl AgentConfigs for TestPki {
+    fn agent_config(&self, id: &str, policy: &str) -> AgentConfig {
+        let mut file = troop_lab::files::agent_file(
+            id,
+            "127.0.0.1:0",
+            &Default::default(),
+            troop_lab::files::policy(policy),
         );
+        file.state_dir = Some(format!("state-{id}").into());
+        let text = toml::to_string(&file).unwrap();
         AgentConfig::parse(&text, &self.dir.path().join(format!("{id}.toml"))).unwrap()
     }
 }
@@ -134,12 +118,13 @@ pub enum Credentials<'a> {
     Tls12Only(&'a TestPki),
 }
 
-/// Opens a gRPC channel to `address` over TLS, expecting the server to be `server_name`.
+/// Opens a gRPC channel to `address` over TLS with `credentials`, expecting the server
+/// to be `server_name`: the coordinator's own dialer with the identity swapped.
 pub async fn connect(
     address: std::net::SocketAddr,
     server_name: &str,
     credentials: Credentials<'_>,
-) -> Result<AgentClient<Channel>, tonic::transport::Error> {
+) -> Result<AgentClient<Channel>, DialError> {
     let builder = |ca: &TestPki, version: &'static rustls::SupportedProtocolVersion| {
         ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[version])
@@ -171,21 +156,9 @@ pub async fn connect(
         None => builder.with_no_client_auth(),
     };
     config.alpn_protocols = vec![b"h2".to_vec()];
-    let connector = TlsConnector::from(Arc::new(config));
-    let name = ServerName::try_from(server_name.to_string()).unwrap();
-    let channel = Endpoint::from_shared(format!("http://{address}"))
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_| {
-            let connector = connector.clone();
-            let name = name.clone();
-            async move {
-                let tcp = TcpStream::connect(address).await?;
-                tcp.set_nodelay(true)?;
-                Ok::<_, std::io::Error>(TokioIo::new(connector.connect(name, tcp).await?))
-            }
-        }))
-        .await?;
-    Ok(AgentClient::new(channel))
+    Dialer::with_config(config, CONNECT_TIMEOUT)
+        .dial_at(&address.to_string(), server_name)
+        .await
 }
 
 pub fn now_ms() -> i64 {

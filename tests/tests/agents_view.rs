@@ -1,6 +1,7 @@
 //! `troop agents` tells the truth about each agent: labels in troop.toml that differ from
 //! what the agent reports are flagged, not shown silently as the configured ones.
 
+use troop_coordinator::config::ConfigFile;
 use troop_tests::lab::Lab;
 
 #[test]
@@ -16,12 +17,11 @@ fn labels_that_drift_from_what_the_agent_reports_are_flagged() {
     );
     assert_eq!(lab.status("web-1")["label_drift"], serde_json::json!([]));
     let config = lab.dir().join("troop.toml");
-    let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(
-        &config,
-        text.replace("zone = \"a\"", "zone = \"b\", tier = \"1\""),
-    )
-    .unwrap();
+    let mut file: ConfigFile = toml::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    let labels = &mut file.agents[0].labels;
+    labels.insert("zone".into(), "b".into());
+    labels.insert("tier".into(), "1".into());
+    troop_lab::files::write(&config, &file).unwrap();
     let status = lab.status("web-1");
     assert_eq!(
         status["label_drift"],

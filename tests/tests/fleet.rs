@@ -8,7 +8,8 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use troop_coordinator::local_fleet::{LocalHost, free_port};
+use troop_lab::files;
+use troop_lab::host::{LocalHost, free_port};
 use troop_tests::binary;
 
 const HOSTS: [&str; 3] = ["web-1", "web-2", "web-3"];
@@ -40,8 +41,8 @@ struct Fleet {
 impl Fleet {
     /// The fleet, or `None` (with the reason printed) where this machine cannot make
     /// PID namespaces; as root that is a failure, not a skip.
-    fn start(extra_agents: &str) -> Option<Self> {
-        if let Err(reason) = troop_coordinator::local_fleet::can_make_hosts() {
+    fn start(extra_agents: &[(&'static str, &str)]) -> Option<Self> {
+        if let Err(reason) = troop_lab::host::can_make_hosts() {
             assert!(
                 !nix::unistd::geteuid().is_root(),
                 "as root, hosts must work: {reason}"
@@ -52,7 +53,7 @@ impl Fleet {
         Some(Self::start_hosts(extra_agents))
     }
 
-    fn start_hosts(extra_agents: &str) -> Self {
+    fn start_hosts(extra_agents: &[(&'static str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         assert!(
@@ -60,9 +61,8 @@ impl Fleet {
                 .status
                 .success()
         );
-        let mut troop_toml = String::from(
-            "[signing]\nkey = \"pki/signing.key\"\n[tls]\ncert = \"pki/coordinator.pem\"\nkey = \"pki/coordinator.key\"\nca = \"pki/ca.pem\"\n",
-        );
+        let web = files::labels(&[("role", "web")]);
+        let mut agents: Vec<(&str, String)> = Vec::new();
         let mut hosts = Vec::new();
         for id in HOSTS {
             let issued = troop(
@@ -79,20 +79,11 @@ impl Fleet {
                 ],
             );
             assert!(issued.status.success(), "{issued:?}");
-            let port = free_port().unwrap();
+            let address = format!("127.0.0.1:{}", free_port().unwrap());
             let config = root.join(format!("{id}.toml"));
-            std::fs::write(
-                &config,
-                format!(
-                    "id = \"{id}\"\nlisten = \"127.0.0.1:{port}\"\nstate_dir = \"state/{id}\"\nlabels = {{ role = \"web\" }}\n\
-                     [tls]\ncert = \"pki/{id}.pem\"\nkey = \"pki/{id}.key\"\nca = \"pki/ca.pem\"\n\
-                     [trust]\ncoordinator_keys = [\"pki/signing.pub\"]\n"
-                ),
-            )
-            .unwrap();
-            troop_toml.push_str(&format!(
-                "[[agents]]\nid = \"{id}\"\naddress = \"127.0.0.1:{port}\"\nlabels = {{ role = \"web\" }}\n"
-            ));
+            let agent = files::agent_file(id, &address, &web, Default::default());
+            files::write(&config, &agent).unwrap();
+            agents.push((id, address));
             let agent: Vec<OsString> = vec![
                 binary("troop-agent").into(),
                 "--config".into(),
@@ -112,8 +103,15 @@ impl Fleet {
             );
             hosts.push(host);
         }
-        troop_toml.push_str(extra_agents);
-        std::fs::write(root.join("troop.toml"), troop_toml).unwrap();
+        agents.extend(
+            extra_agents
+                .iter()
+                .map(|(id, address)| (*id, address.to_string())),
+        );
+        let fleet = agents
+            .iter()
+            .map(|(id, address)| (*id, address.as_str(), &web));
+        files::write(&root.join("troop.toml"), &files::coordinator_file(fleet)).unwrap();
         let fleet = Self { dir, hosts };
         fleet.wait_until_reachable();
         fleet
@@ -152,7 +150,7 @@ impl Fleet {
 
 #[test]
 fn attack_kill_picks_one_host_at_random_and_kills_only_there() {
-    let Some(fleet) = Fleet::start("") else {
+    let Some(fleet) = Fleet::start(&[]) else {
         return;
     };
     let args = [
@@ -198,9 +196,7 @@ fn attack_kill_picks_one_host_at_random_and_kills_only_there() {
 
 #[test]
 fn one_unreachable_agent_is_reported_without_failing_the_others() {
-    let unreachable =
-        "[[agents]]\nid = \"web-9\"\naddress = \"127.0.0.1:1\"\nlabels = { role = \"web\" }\n";
-    let Some(fleet) = Fleet::start(unreachable) else {
+    let Some(fleet) = Fleet::start(&[("web-9", "127.0.0.1:1")]) else {
         return;
     };
     let output = fleet.troop(&[
@@ -242,7 +238,7 @@ fn one_unreachable_agent_is_reported_without_failing_the_others() {
 
 #[test]
 fn halt_and_status_answer_from_every_agent() {
-    let Some(fleet) = Fleet::start("") else {
+    let Some(fleet) = Fleet::start(&[]) else {
         return;
     };
     let halt = fleet.troop(&["halt", "--output", "json"]);

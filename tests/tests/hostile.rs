@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use troop_proto::{pb, sign_command};
+use troop_tests::AgentConfigs;
 use troop_tests::lab::{Lab, resident_bytes, used_percent, wait_for};
 use troop_tests::{Credentials, command, connect};
 

@@ -8,6 +8,7 @@ use prost::Message;
 use tonic::Code;
 use troop_proto::envelope::{SIGNING_DOMAIN, key_id, sign_payload};
 use troop_proto::{pb, sign_command};
+use troop_tests::AgentConfigs;
 use troop_tests::*;
 
 struct Lab {
@@ -308,7 +309,7 @@ async fn reused_id_with_another_payload() {
 #[tokio::test]
 async fn policy_refuses_a_fault_kind_it_does_not_allow() {
     let pki = TestPki::new(&[AGENT]);
-    let agent = RunningAgent::start(pki.agent_config(AGENT, "[policy]\nallow = [\"cpu\"]\n")).await;
+    let agent = RunningAgent::start(pki.agent_config(AGENT, "allow = [\"cpu\"]")).await;
     let mut client = connect(agent.address, AGENT, Credentials::Coordinator(&pki))
         .await
         .unwrap();

@@ -10,7 +10,7 @@ use super::engine::{Applied, Effect};
 use crate::host::disk::{FillDir, Usage};
 use crate::host::fill_guard::Guard;
 use crate::policy::Policy;
-use crate::units::format_size;
+use troop_common::units::format_size;
 
 /// A validated, planned fill: the directory is held open, so the fill lands where it was
 /// planned whatever happens to the path meanwhile.

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use troop_proto::{Refusal, pb};
 
 use super::journal::{Journal, Record, Undo};
-use crate::clock::now_unix_ms;
 use crate::policy::FaultKind;
+use troop_common::clock::now_unix_ms;
 
 /// How soon a failed revert is tried again.
 pub const REVERT_RETRY: Duration = Duration::from_secs(2);

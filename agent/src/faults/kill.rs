@@ -16,7 +16,7 @@ use troop_proto::{Refusal, pb};
 use super::engine::{Applied, Effect};
 use crate::host::process::{ProcessInfo, ProcessTable, SignalError};
 use crate::policy::Policy;
-use crate::units::format_duration;
+use troop_common::units::format_duration;
 
 /// Killing more often than this is a fork bomb's job, not ours.
 const MIN_REPEAT: Duration = Duration::from_millis(100);

@@ -9,7 +9,7 @@ use troop_proto::{Refusal, pb};
 use super::engine::{Applied, Effect};
 use crate::host::memory::Holder;
 use crate::policy::Policy;
-use crate::units::format_size;
+use troop_common::units::format_size;
 
 /// Touching pages runs at a few GiB a second; allow for slow hosts.
 const READY_TIMEOUT: Duration = Duration::from_secs(120);

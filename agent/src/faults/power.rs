@@ -12,10 +12,10 @@ use troop_proto::{Refusal, pb};
 
 use super::engine::{Applied, Effect, Engine};
 use super::journal::{Record, Undo};
-use crate::clock::now_unix_ms;
 use crate::host::power::{self, StopMode};
 use crate::policy::FaultKind;
-use crate::units::format_duration;
+use troop_common::clock::now_unix_ms;
+use troop_common::units::format_duration;
 
 /// Longest delay an agent accepts before it stops the host.
 pub const MAX_DELAY: Duration = Duration::from_secs(600);

@@ -12,9 +12,9 @@ use super::journal::Undo;
 use super::kill::{self, KillSpec};
 use super::power::{self, StopSpec};
 use super::{cpu, disk, memory};
-use crate::clock::now_unix_ms;
 use crate::host::process::ProcessTable;
 use crate::policy::{FaultKind, Policy};
+use troop_common::clock::now_unix_ms;
 
 pub struct Runner {
     agent_id: String,
@@ -287,7 +287,7 @@ fn lease(lease_ms: u64) -> Result<Option<Duration>, Refusal> {
         0 => Ok(None),
         ms if ms < 1000 => Err(Refusal::InvalidArgument(format!(
             "lease {} is under the minimum of 1s",
-            crate::units::format_duration(Duration::from_millis(ms))
+            troop_common::units::format_duration(Duration::from_millis(ms))
         ))),
         ms => Ok(Some(Duration::from_millis(ms))),
     }

@@ -7,43 +7,9 @@ use std::path::{Path, PathBuf};
 
 use nix::fcntl::{FallocateFlags, OFlag, fallocate, open, openat};
 use nix::sys::stat::Mode;
-use nix::sys::statvfs::{Statvfs, fstatvfs, statvfs};
+use nix::sys::statvfs::fstatvfs;
 use nix::unistd::{UnlinkatFlags, unlinkat};
-
-/// A filesystem's size and use, as `df` shows them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Usage {
-    pub total: u64,
-    pub used: u64,
-    /// What an unprivileged writer may still use.
-    pub available: u64,
-}
-
-impl Usage {
-    pub fn used_percent(&self) -> f64 {
-        if self.total == 0 {
-            return 0.0;
-        }
-        self.used as f64 * 100.0 / self.total as f64
-    }
-}
-
-pub fn usage(path: &Path) -> io::Result<Usage> {
-    Ok(Usage::from(statvfs(path).map_err(io::Error::from)?))
-}
-
-impl From<Statvfs> for Usage {
-    fn from(stat: Statvfs) -> Self {
-        let block = stat.fragment_size();
-        let total = stat.blocks() * block;
-        let free = stat.blocks_free() * block;
-        Usage {
-            total,
-            used: total.saturating_sub(free),
-            available: stat.blocks_available() * block,
-        }
-    }
-}
+pub use troop_common::observe::{Usage, usage};
 
 /// A directory opened once without following links: fills are measured, created and
 /// removed through this handle, so no symlink or rename race can move a fill elsewhere.

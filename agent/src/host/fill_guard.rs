@@ -58,7 +58,7 @@ fn guard(dir: &Path, name: &str, inode: u64, until_unix_ms: i64) -> io::Result<(
         if let Some(info) = signals.read_signal()? {
             break format!("on signal {}", info.ssi_signo);
         }
-        let left = until_unix_ms - crate::clock::now_unix_ms();
+        let left = until_unix_ms - troop_common::clock::now_unix_ms();
         if left <= 0 {
             break "at its deadline".to_string();
         }

@@ -5,27 +5,12 @@
 //! pidfd names one process for good, so a pid reused in between is never signalled.
 
 use std::collections::HashMap;
-use std::fs;
 use std::io;
-use std::path::PathBuf;
 use std::sync::Mutex;
 
-/// What the agent knows about one process when matching it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProcessInfo {
-    pub pid: i32,
-    pub ppid: i32,
-    /// The kernel's name for it (`comm`, at most 15 bytes).
-    pub name: String,
-    pub exe: Option<PathBuf>,
-    pub cmdline: Vec<String>,
-    pub uid: u32,
-    /// Clock ticks after boot; with the pid, the process's identity.
-    pub start_time: u64,
-    pub kernel_thread: bool,
-    /// Exited but not yet reaped: signalling it would do nothing.
-    pub zombie: bool,
-}
+pub use troop_common::observe::{
+    ProcessInfo, cpu_seconds, list_processes, read_process, resident_bytes,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SignalError {
@@ -39,34 +24,6 @@ pub enum SignalError {
         #[source]
         source: io::Error,
     },
-}
-
-/// CPU time (user + system) a process has used, from `/proc/PID/stat`; `None` if gone.
-pub fn cpu_seconds(pid: i32) -> Option<f64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let fields: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split(' ').collect();
-    // Fields 14 and 15 of proc(5); fields[0] is field 3.
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok()??;
-    Some(ticks as f64 / hz as f64)
-}
-
-/// Resident memory of a process (`VmRSS`), `None` if it is gone.
-pub fn resident_bytes(pid: u32) -> Option<u64> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kib: u64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()?;
-    Some(kib * 1024)
-}
-
-/// Reads one process, `None` if it is gone.
-pub fn read_process(pid: i32) -> Option<ProcessInfo> {
-    LinuxProcessTable::read(pid)
 }
 
 /// The processes of the host the agent runs on.
@@ -87,56 +44,9 @@ pub trait ProcessTable: Send + Sync {
 #[derive(Debug, Default)]
 pub struct LinuxProcessTable;
 
-/// `PF_KTHREAD` in the flags field of `/proc/PID/stat`.
-const PF_KTHREAD: u64 = 0x0020_0000;
-
-impl LinuxProcessTable {
-    fn read(pid: i32) -> Option<ProcessInfo> {
-        let dir = PathBuf::from(format!("/proc/{pid}"));
-        let stat = parse_stat(&fs::read_to_string(dir.join("stat")).ok()?)?;
-        let status = fs::read_to_string(dir.join("status")).ok()?;
-        let uid = status
-            .lines()
-            .find_map(|line| line.strip_prefix("Uid:"))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|uid| uid.parse().ok())?;
-        let cmdline = fs::read(dir.join("cmdline"))
-            .unwrap_or_default()
-            .split(|&byte| byte == 0)
-            .filter(|arg| !arg.is_empty())
-            .map(|arg| String::from_utf8_lossy(arg).into_owned())
-            .collect();
-        let exe = fs::read_link(dir.join("exe")).ok().map(|path| {
-            let text = path.to_string_lossy();
-            PathBuf::from(text.strip_suffix(" (deleted)").unwrap_or(&text))
-        });
-        Some(ProcessInfo {
-            pid,
-            ppid: stat.ppid,
-            name: stat.name,
-            exe,
-            cmdline,
-            uid,
-            start_time: stat.start_time,
-            kernel_thread: stat.flags & PF_KTHREAD != 0,
-            zombie: stat.state == 'Z',
-        })
-    }
-}
-
 impl ProcessTable for LinuxProcessTable {
     fn list(&self) -> io::Result<Vec<ProcessInfo>> {
-        let mut processes = Vec::new();
-        for entry in fs::read_dir("/proc")? {
-            let Some(pid) = entry?.file_name().to_str().and_then(|n| n.parse().ok()) else {
-                continue;
-            };
-            // A process may exit while we read it; it is simply not listed.
-            if let Some(info) = Self::read(pid) {
-                processes.push(info);
-            }
-        }
-        Ok(processes)
+        list_processes()
     }
 
     fn signal(
@@ -152,7 +62,7 @@ impl ProcessTable for LinuxProcessTable {
         })?;
         // The pidfd now pins one process; make sure it is the one that was matched, as it
         // is now.
-        let now = Self::read(pid).ok_or(SignalError::Gone { pid })?;
+        let now = read_process(pid).ok_or(SignalError::Gone { pid })?;
         if now.start_time != process.start_time {
             return Err(SignalError::Gone { pid });
         }
@@ -164,31 +74,6 @@ impl ProcessTable for LinuxProcessTable {
             _ => SignalError::Failed { pid, source },
         })
     }
-}
-
-struct Stat {
-    name: String,
-    state: char,
-    ppid: i32,
-    flags: u64,
-    start_time: u64,
-}
-
-/// Parses `/proc/PID/stat`. The name sits in parentheses and may itself hold spaces or
-/// parentheses, so fields are counted from the last `)`.
-fn parse_stat(text: &str) -> Option<Stat> {
-    let open = text.find('(')?;
-    let close = text.rfind(')')?;
-    let name = text.get(open + 1..close)?.to_string();
-    let fields: Vec<&str> = text.get(close + 2..)?.split_whitespace().collect();
-    // fields[0] is field 3 (state) of proc(5).
-    Some(Stat {
-        name,
-        state: fields.first()?.chars().next()?,
-        ppid: fields.get(1)?.parse().ok()?,
-        flags: fields.get(6)?.parse().ok()?,
-        start_time: fields.get(19)?.parse().ok()?,
-    })
 }
 
 #[allow(unsafe_code)]
@@ -309,19 +194,6 @@ mod tests {
     use std::process::Command;
 
     #[test]
-    fn stat_names_with_spaces_and_parentheses_parse() {
-        let mut text = String::from("42 (a) b)) S 7 42 42 0 -1 4194560");
-        for field in 10..=22 {
-            text.push_str(&format!(" {field}"));
-        }
-        let stat = parse_stat(&text).unwrap();
-        assert_eq!(stat.name, "a) b)");
-        assert_eq!(stat.ppid, 7);
-        assert_eq!(stat.flags, 4194560);
-        assert_eq!(stat.start_time, 22);
-    }
-
-    #[test]
     fn lists_this_process_and_signals_its_own_child() {
         let table = LinuxProcessTable;
         let me = std::process::id() as i32;
@@ -332,13 +204,13 @@ mod tests {
         let mut child = Command::new("sleep").arg("30").spawn().unwrap();
         let pid = child.id() as i32;
         // Until the child has called exec it still shows the test's own cmdline.
-        let mut info = LinuxProcessTable::read(pid).unwrap();
+        let mut info = read_process(pid).unwrap();
         for _ in 0..200 {
             if info.cmdline.first().map(String::as_str) == Some("sleep") {
                 break;
             }
             std::thread::sleep(std::time::Duration::from_millis(10));
-            info = LinuxProcessTable::read(pid).unwrap();
+            info = read_process(pid).unwrap();
         }
         assert_eq!(info.ppid, me);
         assert_eq!(info.cmdline, ["sleep", "30"]);
@@ -352,14 +224,14 @@ mod tests {
     fn a_stale_identity_is_never_signalled() {
         let table = LinuxProcessTable;
         let mut child = Command::new("sleep").arg("30").spawn().unwrap();
-        let mut info = LinuxProcessTable::read(child.id() as i32).unwrap();
+        let mut info = read_process(child.id() as i32).unwrap();
         info.start_time += 1; // as if the pid now belonged to a newer process
         assert!(matches!(
             table.signal(&info, libc::SIGKILL, &|_| true),
             Err(SignalError::Gone { .. })
         ));
         assert!(child.try_wait().unwrap().is_none(), "child must still run");
-        let info = LinuxProcessTable::read(child.id() as i32).unwrap();
+        let info = read_process(child.id() as i32).unwrap();
         assert!(matches!(
             table.signal(&info, libc::SIGKILL, &|now| now.name != "sleep"),
             Err(SignalError::Changed { .. })

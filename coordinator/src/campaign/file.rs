@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
-use troop_agent::units::{parse_duration, parse_percent, parse_size};
+use troop_common::units::{parse_duration, parse_percent, parse_size};
 use troop_proto::pb;
 
 use super::planner::Pick;
@@ -877,7 +877,7 @@ fn check_kill(
         return None;
     };
     let signal = match &f.signal {
-        Some(signal) => match crate::cli::parse_signal(signal.get_ref()) {
+        Some(signal) => match crate::signal::parse_signal(signal.get_ref()) {
             Ok(signal) => signal,
             Err(error) => {
                 p.at(signal.span(), error);

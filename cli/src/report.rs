@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
+use crate::cli::Output;
 use serde_json::{Value, json};
-use troop_agent::units::{format_duration, format_size};
-use troop_coordinator::cli::Output;
+use troop_common::units::{format_duration, format_size};
 use troop_coordinator::dispatch::CallError;
 use troop_coordinator::table;
 use troop_proto::pb;

@@ -1,18 +1,17 @@
 //! `troop`: parse args, set up telemetry, run one command, exit with its code.
 #![forbid(unsafe_code)]
 
+mod cli;
 mod commands;
 mod outcome;
 mod report;
 
 use std::process::ExitCode;
 
+use crate::cli::{Cli, Command};
 use clap::Parser;
-use troop_coordinator::cli::{Cli, Command};
 
 fn main() -> ExitCode {
-    // A helper of a demo agent (memory holder, fill guard): nothing else may run in it.
-    troop_agent::host::run_helper_if_asked();
     match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime.block_on(run()),
         Err(error) => {
@@ -41,10 +40,9 @@ async fn run() -> ExitCode {
     };
     let result = match cli.command {
         Command::Pki(command) => commands::pki::run(command, cli.output),
-        Command::Config(troop_coordinator::cli::ConfigCommand::Validate { file }) => {
+        Command::Config(crate::cli::ConfigCommand::Validate { file }) => {
             commands::config::validate(file.as_deref().or(cli.config.as_deref()), cli.output)
         }
-        Command::InternalAgent { config } => commands::demo::run_agent(&config).await,
         Command::InternalDemoService { name } => commands::demo::run_service(&name),
         Command::Demo(args) => commands::demo::run(args, cli.output).await,
         Command::Campaign(command) => {

@@ -12,8 +12,8 @@ pub mod serve;
 
 use std::path::Path;
 
+use crate::cli::{CampaignCommand, FleetCommand, Output};
 use anyhow::{Context as _, bail};
-use troop_coordinator::cli::{CampaignCommand, FleetCommand, Output};
 use troop_coordinator::client::Dialer;
 use troop_coordinator::config::{AgentEntry, CoordinatorConfig};
 use troop_coordinator::dispatch::{CONNECT_TIMEOUT, CallError, Dispatcher};

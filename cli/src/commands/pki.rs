@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use troop_coordinator::cli::{Output, PkiCommand};
+use crate::cli::{Output, PkiCommand};
 use troop_coordinator::pki;
 
 use super::Outcome;

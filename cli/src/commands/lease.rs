@@ -5,8 +5,8 @@
 use std::io::Write as _;
 use std::time::Duration;
 
+use crate::cli::Output;
 use anyhow::Context as _;
-use troop_coordinator::cli::Output;
 use troop_coordinator::config::AgentEntry;
 use troop_coordinator::dispatch::CallError;
 use troop_coordinator::signer::{Signer, now_unix_ms};

@@ -128,7 +128,7 @@ pub async fn run(context: Context) -> anyhow::Result<Outcome> {
         .with_context(|| format!("cannot listen on {listen}"))?;
     tracing::info!(%listen, "serving /healthz");
     tokio::spawn(health(listener));
-    if let Err(error) = troop_agent::notify::ready() {
+    if let Err(error) = troop_common::notify::ready() {
         tracing::warn!(%error, "cannot notify systemd of readiness");
     }
     let dir = campaigns_dir(&context);

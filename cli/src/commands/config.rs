@@ -3,9 +3,9 @@
 
 use std::path::Path;
 
+use crate::cli::Output;
 use anyhow::{Context as _, bail};
 use troop_coordinator::campaign::Campaign;
-use troop_coordinator::cli::Output;
 use troop_coordinator::client::Dialer;
 use troop_coordinator::config::CoordinatorConfig;
 use troop_coordinator::dispatch::CONNECT_TIMEOUT;

@@ -35,7 +35,7 @@ fn pki_refuses_to_overwrite() {
 
 #[test]
 fn the_demo_attacks_a_local_fleet_and_reports_what_it_measured() {
-    if let Err(reason) = troop_coordinator::local_fleet::can_make_hosts() {
+    if let Err(reason) = troop_lab::host::can_make_hosts() {
         assert!(
             !nix::unistd::geteuid().is_root() && std::env::var_os("TROOP_LAB_REQUIRED").is_none(),
             "the demo must run here: {reason}"
@@ -84,7 +84,7 @@ fn the_demo_attacks_a_local_fleet_and_reports_what_it_measured() {
     );
     // Nothing left behind: no demo process survives the demo.
     let leftover = Command::new("pgrep")
-        .args(["-f", "__demo-service|__agent"])
+        .args(["-f", "__demo-service|troop-demo-"])
         .output()
         .unwrap();
     assert!(

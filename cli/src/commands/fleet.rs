@@ -1,8 +1,8 @@
 //! `troop agents`, `troop status` and `troop halt`: the fleet as it is, and stopping all.
 
+use crate::cli::Output;
 use serde_json::{Value, json};
-use troop_agent::units::format_size;
-use troop_coordinator::cli::Output;
+use troop_common::units::format_size;
 use troop_coordinator::config::AgentEntry;
 use troop_coordinator::dispatch::CallError;
 use troop_coordinator::selector::Selector;

@@ -3,7 +3,7 @@
 use anyhow::Context as _;
 use std::time::Duration;
 
-use troop_coordinator::cli::{AttackCommand, KillArgs, MemoryAmount, Output, StopMode, Targeting};
+use crate::cli::{AttackCommand, KillArgs, MemoryAmount, Output, StopMode, Targeting};
 use troop_coordinator::config::AgentEntry;
 use troop_coordinator::picker::{Pick, pick, rng_from_seed};
 use troop_coordinator::signer::{Signer, new_command};

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use troop_agent::host::process::{LinuxProcessTable, ProcessInfo, ProcessTable, read_process};
+use troop_common::observe::{ProcessInfo, list_processes, read_process};
 
 /// What a host runs.
 #[derive(Debug)]
@@ -144,8 +144,7 @@ impl LocalHost {
     /// The namespace's pid 1 as this machine sees it, once it exists.
     pub fn init_pid(&self) -> Option<i32> {
         let parent = self.unshare.id() as i32;
-        LinuxProcessTable
-            .list()
+        list_processes()
             .ok()?
             .into_iter()
             .find(|process| process.ppid == parent)
@@ -157,7 +156,7 @@ impl LocalHost {
         let Some(init) = self.init_pid() else {
             return Vec::new();
         };
-        let all = LinuxProcessTable.list().unwrap_or_default();
+        let all = list_processes().unwrap_or_default();
         let mut members = vec![init];
         let mut found = Vec::new();
         while let Some(parent) = members.pop() {

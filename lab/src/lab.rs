@@ -1,6 +1,9 @@
 //! A small lab of hosts on this machine: each a PID and mount namespace with its own
 //! /proc, a size-capped tmpfs for disk faults, a real `troop-agent` process, and services
 //! to attack; driven with the real `troop` CLI. Everything ends when the lab is dropped.
+//!
+//! Hosts are added one by one ([`Lab::add_host`]); after each, `troop.toml` lists the
+//! whole fleet. Configs are typed values of the agent's and coordinator's own file shapes.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -9,10 +12,11 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use troop_coordinator::local_fleet::{HostSpec, LocalHost, can_make_hosts, free_port};
 
+use crate::files;
+use crate::host::{HostSpec, LocalHost, can_make_hosts, free_port};
 use crate::net::LabNet;
-use crate::{TestPki, binary};
+use crate::pki::Pki;
 
 /// Size of each host's tmpfs.
 pub const DISK_BYTES: u64 = 64 << 20;
@@ -25,7 +29,7 @@ pub struct LabHost {
     pub disk: PathBuf,
     index: usize,
     netns: Option<String>,
-    labels: String,
+    labels: BTreeMap<String, String>,
     config: PathBuf,
     services: Vec<Vec<OsString>>,
 }
@@ -57,7 +61,7 @@ impl LabHost {
     /// statvfs of the host's tmpfs, read from outside: (used bytes, total bytes).
     pub fn disk_usage(&self) -> (u64, u64) {
         let path = self.host.path_inside(&self.disk).expect("host is running");
-        let usage = troop_agent::host::disk::usage(&path).expect("statvfs");
+        let usage = troop_common::observe::usage(&path).expect("statvfs");
         (usage.used, usage.total)
     }
 }
@@ -76,14 +80,69 @@ pub fn skip(scenario: &str, reason: &str) {
     eprintln!("SKIPPED {scenario}: {reason}");
 }
 
+/// Where the lab finds the two binaries it runs.
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    pub troop: PathBuf,
+    pub agent: PathBuf,
+}
+
+impl Binaries {
+    /// The workspace's own build, seen from a test or benchmark binary
+    /// (`target/PROFILE/deps/NAME` → `target/PROFILE/`).
+    pub fn built() -> Self {
+        let exe = std::env::current_exe().expect("current exe");
+        let dir = exe.parent().and_then(Path::parent).expect("target dir");
+        let found = |name: &str| {
+            let path = dir.join(name);
+            assert!(
+                path.exists(),
+                "{} is not built; run the tests with `cargo test --workspace`",
+                path.display()
+            );
+            path
+        };
+        Self {
+            troop: found("troop"),
+            agent: found("troop-agent"),
+        }
+    }
+}
+
 /// The hosts, then the network, then the files: fields drop in this order.
 pub struct Lab {
     pub hosts: BTreeMap<String, LabHost>,
     pub net: Option<LabNet>,
-    pub pki: TestPki,
+    pub pki: Pki,
+    pub binaries: Binaries,
 }
 
 impl Lab {
+    /// A lab on loopback (`networked: false`) or on a lab bridge with a network namespace
+    /// per host (root only). Says why where this machine cannot make hosts.
+    pub fn start(binaries: Binaries, networked: bool) -> Result<Self, String> {
+        let dir = tempfile::tempdir().map_err(|error| format!("temporary directory: {error}"))?;
+        Self::start_in(dir, binaries, networked)
+    }
+
+    /// As [`Lab::start`], in `dir` (removed with the lab).
+    pub fn start_in(
+        dir: tempfile::TempDir,
+        binaries: Binaries,
+        networked: bool,
+    ) -> Result<Self, String> {
+        can_make_hosts()?;
+        if networked && !nix::unistd::geteuid().is_root() {
+            return Err("network namespaces need root".into());
+        }
+        Ok(Self {
+            hosts: BTreeMap::new(),
+            net: networked.then(LabNet::create),
+            pki: Pki::new_in(dir, &[]),
+            binaries,
+        })
+    }
+
     /// A lab: as root every host gets its own network namespace on a lab bridge; without
     /// root, hosts share loopback (in user namespaces, where the kernel allows them).
     /// `None` (the reason printed) where no hosts can be made at all.
@@ -96,12 +155,8 @@ impl Lab {
             skip(scenario, &reason);
             return None;
         }
-        let net = nix::unistd::geteuid().is_root().then(LabNet::create);
-        Some(Self {
-            hosts: BTreeMap::new(),
-            net,
-            pki: TestPki::new(&[]),
-        })
+        let networked = nix::unistd::geteuid().is_root();
+        Some(Self::start(Binaries::built(), networked).expect("lab"))
     }
 
     /// A lab whose hosts have their own network (partitions need it), or `None` with the
@@ -120,7 +175,7 @@ impl Lab {
     }
 
     /// Adds a host running `troop-agent` with `labels` and `policy` (TOML lines of
-    /// `[policy]`), running `services`.
+    /// `[policy]`), running `services`, and waits until the coordinator reaches it.
     pub fn add_host(
         &mut self,
         id: &str,
@@ -128,39 +183,41 @@ impl Lab {
         policy: &str,
         services: Vec<Vec<OsString>>,
     ) {
-        troop_coordinator::pki::issue_agent(&self.dir().join("pki"), id, &[]).unwrap();
+        self.start_host(id, labels, policy, services);
+        self.wait_reachable(id);
+    }
+
+    /// Adds a host as [`Lab::add_host`] does, without waiting for its agent to answer.
+    pub fn start_host(
+        &mut self,
+        id: &str,
+        labels: &[(&str, &str)],
+        policy: &str,
+        services: Vec<Vec<OsString>>,
+    ) {
         let index = self.hosts.len();
         let (netns, ip, port) = match &mut self.net {
             Some(net) => {
                 let (ns, ip) = net.add_host(index);
                 (Some(ns), ip, 7443)
             }
-            None => (None, "127.0.0.1".to_string(), free_port().unwrap()),
+            None => (
+                None,
+                "127.0.0.1".to_string(),
+                free_port().expect("free port"),
+            ),
         };
+        self.pki.issue_agent(id, &[]);
         let address = format!("{ip}:{port}");
-        let labels = format!(
-            "{{ {} }}",
-            labels
-                .iter()
-                .map(|(k, v)| format!("{k} = \"{v}\""))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
+        let labels = files::labels(labels);
         // The same path on every host, as a fleet would have it; each host mounts its own
         // tmpfs there in its own mount namespace.
         let disk = self.dir().join("disk");
+        let mut policy = files::policy(policy);
+        policy.disk_paths.push(disk.clone());
         let config = self.dir().join(format!("{id}.toml"));
-        std::fs::write(
-            &config,
-            format!(
-                "id = \"{id}\"\nlisten = \"{address}\"\nstate_dir = \"state/{id}\"\nlabels = {labels}\n\
-                 [tls]\ncert = \"pki/{id}.pem\"\nkey = \"pki/{id}.key\"\nca = \"pki/ca.pem\"\n\
-                 [trust]\ncoordinator_keys = [\"pki/signing.pub\"]\n\
-                 [policy]\ndisk_paths = [\"{}\"]\n{policy}\n",
-                disk.display()
-            ),
-        )
-        .unwrap();
+        files::write(&config, &files::agent_file(id, &address, &labels, policy))
+            .expect("write agent config");
         let host = self.launch(id, &config, &disk, &services, netns.as_deref());
         self.hosts.insert(
             id.to_string(),
@@ -176,7 +233,6 @@ impl Lab {
             },
         );
         self.write_coordinator_config();
-        self.wait_reachable(id);
     }
 
     fn launch(
@@ -188,7 +244,7 @@ impl Lab {
         netns: Option<&str>,
     ) -> LocalHost {
         let agent: Vec<OsString> = vec![
-            binary("troop-agent").into(),
+            self.binaries.agent.clone().into(),
             "--config".into(),
             config.into(),
         ];
@@ -239,7 +295,7 @@ impl Lab {
     pub fn restart_agent(&self, id: &str) -> std::process::Child {
         let host = &self.hosts[id];
         let argv: Vec<OsString> = vec![
-            binary("troop-agent").into(),
+            self.binaries.agent.clone().into(),
             "--config".into(),
             host.config.clone().into(),
         ];
@@ -276,21 +332,20 @@ impl Lab {
     }
 
     fn write_coordinator_config(&self) {
-        let mut text = String::from(
-            "[signing]\nkey = \"pki/signing.key\"\n[tls]\ncert = \"pki/coordinator.pem\"\nkey = \"pki/coordinator.key\"\nca = \"pki/ca.pem\"\n",
-        );
-        for (id, host) in &self.hosts {
-            text.push_str(&format!(
-                "[[agents]]\nid = \"{id}\"\naddress = \"{}\"\nlabels = {}\n",
-                host.address, host.labels
-            ));
-        }
-        std::fs::write(self.dir().join("troop.toml"), text).unwrap();
+        let agents = self
+            .hosts
+            .iter()
+            .map(|(id, host)| (id.as_str(), host.address.as_str(), &host.labels));
+        files::write(
+            &self.dir().join("troop.toml"),
+            &files::coordinator_file(agents),
+        )
+        .expect("write troop.toml");
     }
 
     /// The `troop` CLI as the coordinator runs it: inside the lab's network.
     pub fn troop_command(&self) -> Command {
-        let troop = binary("troop");
+        let troop = self.binaries.troop.clone();
         let mut command = match &self.net {
             Some(net) => net.command(&troop),
             None => Command::new(troop),
@@ -372,10 +427,10 @@ pub fn wait_for(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool 
 
 /// CPU time (user + system) of a process, from /proc/PID/stat.
 pub fn cpu_seconds(pid: i32) -> f64 {
-    troop_agent::host::process::cpu_seconds(pid).expect("process is running")
+    troop_common::observe::cpu_seconds(pid).expect("process is running")
 }
 
 /// Resident memory of a process, from /proc/PID/status.
 pub fn resident_bytes(pid: i32) -> Option<u64> {
-    troop_agent::host::process::resident_bytes(pid as u32)
+    troop_common::observe::resident_bytes(pid as u32)
 }

@@ -6,7 +6,8 @@ use std::time::Duration;
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use troop_telemetry::LogFormat;
 
-use crate::selector::Selector;
+use troop_coordinator::selector::Selector;
+use troop_coordinator::signal::parse_signal;
 
 /// troop: chaos engineering for fleets across clouds and bare metal.
 ///
@@ -52,12 +53,6 @@ pub enum Command {
     Serve,
     /// Run a local fleet, attack it and report, with nothing to set up.
     Demo(DemoArgs),
-    /// Internal: run an agent from this binary (used by `troop demo`).
-    #[command(name = "__agent", hide = true)]
-    InternalAgent {
-        #[arg(long)]
-        config: PathBuf,
-    },
     /// Internal: a stand-in service process for `troop demo` to attack.
     #[command(name = "__demo-service", hide = true)]
     InternalDemoService { name: String },
@@ -313,15 +308,15 @@ pub struct DemoArgs {
 }
 
 fn parse_percent(text: &str) -> Result<u8, String> {
-    troop_agent::units::parse_percent(text).map_err(|error| error.to_string())
+    troop_common::units::parse_percent(text).map_err(|error| error.to_string())
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
-    troop_agent::units::parse_duration(text).map_err(|error| error.to_string())
+    troop_common::units::parse_duration(text).map_err(|error| error.to_string())
 }
 
 fn parse_size(text: &str) -> Result<u64, String> {
-    troop_agent::units::parse_size(text).map_err(|error| error.to_string())
+    troop_common::units::parse_size(text).map_err(|error| error.to_string())
 }
 
 fn parse_memory_amount(text: &str) -> Result<MemoryAmount, String> {
@@ -340,27 +335,6 @@ fn parse_exe(text: &str) -> Result<String, String> {
     }
 }
 
-/// `KILL`, `SIGKILL`, `kill` or `9`; 1 to 64. (Signal 0 would only probe; on the wire it
-/// means "the default, KILL", so it is refused here.)
-pub fn parse_signal(text: &str) -> Result<i32, String> {
-    if let Ok(number) = text.parse::<i32>() {
-        return if (1..=64).contains(&number) {
-            Ok(number)
-        } else {
-            Err(format!("signal {number} is not 1 to 64"))
-        };
-    }
-    let upper = text.to_ascii_uppercase();
-    let name = if upper.starts_with("SIG") {
-        upper
-    } else {
-        format!("SIG{upper}")
-    };
-    name.parse::<nix::sys::signal::Signal>()
-        .map(|signal| signal as i32)
-        .map_err(|_| format!("unknown signal {text:?}; use a name like TERM or KILL, or a number"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -369,16 +343,6 @@ mod tests {
     #[test]
     fn cli_is_well_formed() {
         Cli::command().debug_assert();
-    }
-
-    #[test]
-    fn signals_by_name_or_number() {
-        assert_eq!(parse_signal("KILL"), Ok(9));
-        assert_eq!(parse_signal("sigterm"), Ok(15));
-        assert_eq!(parse_signal("10"), Ok(10));
-        assert!(parse_signal("NUKE").is_err());
-        assert!(parse_signal("0").is_err());
-        assert!(parse_signal("65").is_err());
     }
 
     #[test]

@@ -14,24 +14,21 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::cli::{DemoArgs, Output};
 use anyhow::{Context as _, bail};
 use rand::Rng;
 use serde_json::{Value, json};
-use troop_agent::Agent;
-use troop_agent::config::AgentConfig;
+use troop_common::observe;
 use troop_coordinator::campaign::Campaign;
-use troop_coordinator::cli::{DemoArgs, Output};
-use troop_coordinator::local_fleet::{HostSpec, LocalHost, free_port};
 use troop_coordinator::signer::Signer;
-use troop_coordinator::{pki, table};
+use troop_coordinator::table;
+use troop_lab::{Binaries, Lab};
 use troop_proto::pb;
 
 use super::{Context, Outcome, attack};
 use crate::report::{self, Delivery};
 
 const REPLICAS: usize = 3;
-/// Each host's tmpfs, for the disk fault.
-const DISK_BYTES: u64 = 64 << 20;
 
 struct DemoHost {
     id: &'static str,
@@ -68,19 +65,6 @@ const FLEET: &[DemoHost] = &[
     },
 ];
 
-/// Runs an agent inside a demo host.
-pub async fn run_agent(config: &Path) -> anyhow::Result<Outcome> {
-    let agent = Agent::new(AgentConfig::load(config)?)?;
-    let address = agent.config().listen;
-    let listener = tokio::net::TcpListener::bind(address)
-        .await
-        .with_context(|| format!("listen on {address}"))?;
-    agent
-        .serve(listener, troop_agent::signals::until_stopped(|| {}))
-        .await?;
-    Ok(Outcome::Success)
-}
-
 /// A stand-in service: named as asked (what `ps` and the kill fault see), then idle.
 pub fn run_service(name: &str) -> anyhow::Result<Outcome> {
     let name = std::ffi::CString::new(name)?;
@@ -95,7 +79,6 @@ pub async fn run(args: DemoArgs, output: Output) -> anyhow::Result<Outcome> {
     let seed = args
         .seed
         .unwrap_or_else(|| rand::rng().random_range(0..10_000));
-    let workdir = tempfile::Builder::new().prefix("troop-demo-").tempdir()?;
     let say = |text: String| {
         if output == Output::Table {
             println!("{text}");
@@ -105,20 +88,19 @@ pub async fn run(args: DemoArgs, output: Output) -> anyhow::Result<Outcome> {
         "troop demo: {} hosts on this machine, each a PID and mount namespace with its own agent.\n",
         FLEET.len()
     ));
-    let disk = workdir.path().join("disk");
-    let (hosts, troop_toml) = build_fleet(workdir.path(), &disk)?;
-    let hosts = Arc::new(hosts);
-    let context = Context::load(Some(&troop_toml), output)?;
-    wait_until_reachable(&context, &hosts).await?;
+    let lab = Arc::new(build_fleet()?);
+    // Every host mounts its tmpfs at the same path, as a fleet would.
+    let disk = lab.hosts[FLEET[0].id].disk.clone();
+    let context = Context::load(Some(&lab.dir().join("troop.toml")), output)?;
+    wait_until_reachable(&context).await?;
     let health = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let health_url = format!("http://{}/health", health.local_addr()?);
-    let health_task = tokio::spawn(serve_health(health, hosts.clone()));
+    let health_task = tokio::spawn(serve_health(health, lab.clone()));
 
     // 1. The fleet.
     let fleet_rows: Vec<Vec<String>> = FLEET
         .iter()
-        .zip(hosts.iter())
-        .map(|(spec, host)| {
+        .map(|spec| {
             vec![
                 spec.id.to_string(),
                 context
@@ -128,7 +110,11 @@ pub async fn run(args: DemoArgs, output: Output) -> anyhow::Result<Outcome> {
                     .find(|a| a.id == spec.id)
                     .map_or_else(String::new, |a| a.address.clone()),
                 labels_text(spec.labels),
-                format!("{} x {}", host.pids_named(spec.service).len(), spec.service),
+                format!(
+                    "{} x {}",
+                    lab.hosts[spec.id].host.pids_named(spec.service).len(),
+                    spec.service
+                ),
             ]
         })
         .collect();
@@ -139,15 +125,15 @@ pub async fn run(args: DemoArgs, output: Output) -> anyhow::Result<Outcome> {
     ));
 
     // 2. The campaign, while a probe watches the service and a sampler measures each host.
-    let campaign_file = workdir.path().join("demo.toml");
+    let campaign_file = lab.dir().join("demo.toml");
     std::fs::write(&campaign_file, campaign_text(seed, &health_url, &disk))?;
     let campaign = Campaign::load(&campaign_file)?;
     say(format!(
         "2. Campaign {:?} (seed {seed}): kill a replica, burn CPU, fill a disk; probe {health_url}",
         campaign.name
     ));
-    let before = replica_counts(&hosts);
-    let sampler = Sampler::start(hosts.clone(), disk.clone());
+    let before = replica_counts(&lab);
+    let sampler = Sampler::start(lab.clone(), disk.clone());
     let (_cancel, cancelled) = tokio::sync::watch::channel(None::<String>);
     let quiet = Context {
         output: Output::Json,
@@ -170,7 +156,7 @@ pub async fn run(args: DemoArgs, output: Output) -> anyhow::Result<Outcome> {
     ));
 
     // 3. What happened, measured from outside each host.
-    let after = replica_counts(&hosts);
+    let after = replica_counts(&lab);
     let probes_failed = detail.probes.iter().filter(|p| !p.ok).count();
     let effect_rows: Vec<Vec<String>> = FLEET
         .iter()
@@ -194,7 +180,7 @@ pub async fn run(args: DemoArgs, output: Output) -> anyhow::Result<Outcome> {
     ));
 
     // 4. Everything reverted: no active fault anywhere, every disk empty, CPUs idle.
-    let reverted = everything_reverted(&context, &hosts, &disk).await;
+    let reverted = everything_reverted(&context, &lab, &disk).await;
     say(format!(
         "4. Reverted: {}",
         if reverted.is_empty() {
@@ -291,7 +277,7 @@ pub async fn run(args: DemoArgs, output: Output) -> anyhow::Result<Outcome> {
             })
         );
     }
-    drop(hosts);
+    drop(lab);
     Ok(Outcome::from_all_ok(ok))
 }
 
@@ -339,22 +325,21 @@ duration = "3s"
 }
 
 /// `GET /health`: 200 while every web host runs a replica, 503 otherwise.
-async fn serve_health(listener: tokio::net::TcpListener, hosts: Arc<Vec<LocalHost>>) {
+async fn serve_health(listener: tokio::net::TcpListener, lab: Arc<Lab>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     loop {
         let Ok((mut stream, _)) = listener.accept().await else {
             continue;
         };
-        let hosts = hosts.clone();
+        let lab = lab.clone();
         tokio::spawn(async move {
             let mut request = [0u8; 512];
             let _ = stream.read(&mut request).await;
             let up = tokio::task::spawn_blocking(move || {
                 FLEET
                     .iter()
-                    .zip(hosts.iter())
-                    .filter(|(spec, _)| spec.service == "demo-web")
-                    .all(|(_, host)| !host.pids_named("demo-web").is_empty())
+                    .filter(|spec| spec.service == "demo-web")
+                    .all(|spec| !lab.hosts[spec.id].host.pids_named("demo-web").is_empty())
             })
             .await
             .unwrap_or(false);
@@ -388,22 +373,17 @@ struct Sampler {
 }
 
 impl Sampler {
-    fn start(hosts: Arc<Vec<LocalHost>>, disk: PathBuf) -> Self {
+    fn start(lab: Arc<Lab>, disk: PathBuf) -> Self {
         use std::sync::atomic::Ordering;
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
-            let mut peaks = vec![Peak::default(); hosts.len()];
-            let agent_of = |host: &LocalHost| {
-                host.processes()
-                    .into_iter()
-                    .find(|p| p.cmdline.iter().any(|a| a == "__agent"))
-                    .map(|p| p.pid)
-            };
-            let mut last: Vec<Option<(Instant, f64)>> = vec![None; hosts.len()];
+            let mut peaks = vec![Peak::default(); FLEET.len()];
+            let mut last: Vec<Option<(Instant, f64)>> = vec![None; FLEET.len()];
             while !flag.load(Ordering::Relaxed) {
-                for (index, host) in hosts.iter().enumerate() {
-                    if let Some(pid) = agent_of(host) {
+                for (index, spec) in FLEET.iter().enumerate() {
+                    let host = &lab.hosts[spec.id];
+                    if let Some(pid) = host.agent_pid() {
                         let cpu = cpu_seconds(pid);
                         if let Some((at, before)) = last[index] {
                             let rate = (cpu - before) / at.elapsed().as_secs_f64() * 100.0;
@@ -411,8 +391,8 @@ impl Sampler {
                         }
                         last[index] = Some((Instant::now(), cpu));
                     }
-                    if let Some(path) = host.path_inside(&disk)
-                        && let Ok(usage) = troop_agent::host::disk::usage(&path)
+                    if let Some(path) = host.host.path_inside(&disk)
+                        && let Ok(usage) = observe::usage(&path)
                     {
                         peaks[index].disk_percent =
                             peaks[index].disk_percent.max(usage.used_percent());
@@ -432,11 +412,11 @@ impl Sampler {
 }
 
 fn cpu_seconds(pid: i32) -> f64 {
-    troop_agent::host::process::cpu_seconds(pid).unwrap_or(0.0)
+    observe::cpu_seconds(pid).unwrap_or(0.0)
 }
 
 /// What is not back to normal, if anything: active faults, a disk not empty.
-async fn everything_reverted(context: &Context, hosts: &[LocalHost], disk: &Path) -> Vec<String> {
+async fn everything_reverted(context: &Context, lab: &Lab, disk: &Path) -> Vec<String> {
     let mut left = Vec::new();
     for (agent, result) in context.statuses(&context.config.agents).await {
         match result {
@@ -449,9 +429,9 @@ async fn everything_reverted(context: &Context, hosts: &[LocalHost], disk: &Path
             Err(error) => left.push(format!("{}: {error}", agent.id)),
         }
     }
-    for (spec, host) in FLEET.iter().zip(hosts) {
-        if let Some(path) = host.path_inside(disk)
-            && let Ok(usage) = troop_agent::host::disk::usage(&path)
+    for spec in FLEET {
+        if let Some(path) = lab.hosts[spec.id].host.path_inside(disk)
+            && let Ok(usage) = observe::usage(&path)
             && usage.used_percent() > 1.0
         {
             left.push(format!(
@@ -500,83 +480,62 @@ fn deliveries_table(deliveries: &[Delivery]) -> String {
     table::render(&["AGENT", "OUTCOME", "DETAIL"], &rows)
 }
 
-/// Makes the PKI, configs and hosts; returns the hosts (in FLEET order) and troop.toml.
-fn build_fleet(dir: &Path, disk: &Path) -> anyhow::Result<(Vec<LocalHost>, PathBuf)> {
-    let pki_dir = dir.join("pki");
-    pki::init(&pki_dir)?;
+/// The real `troop-agent`: next to this binary (a build, the packages), else on PATH.
+fn agent_binary() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe().context("cannot find the troop binary")?;
-    let mut hosts = Vec::new();
-    let mut coordinator = String::from(
-        "[signing]\nkey = \"pki/signing.key\"\n[tls]\ncert = \"pki/coordinator.pem\"\nkey = \"pki/coordinator.key\"\nca = \"pki/ca.pem\"\n",
-    );
-    for spec in FLEET {
-        pki::issue_agent(&pki_dir, spec.id, &["127.0.0.1".to_string()])?;
-        let port = free_port()?;
-        let labels: Vec<String> = spec
-            .labels
-            .iter()
-            .map(|(k, v)| format!("{k} = \"{v}\""))
-            .collect();
-        let agent_toml = dir.join(format!("{}.toml", spec.id));
-        std::fs::write(
-            &agent_toml,
+    let beside = exe.with_file_name("troop-agent");
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+        .map(|dir| dir.join("troop-agent"));
+    std::iter::once(beside)
+        .chain(on_path)
+        .find(|path| path.is_file())
+        .with_context(|| {
             format!(
-                "id = \"{id}\"\nlisten = \"127.0.0.1:{port}\"\nstate_dir = \"state/{id}\"\nlabels = {{ {labels} }}\n\
-                 [tls]\ncert = \"pki/{id}.pem\"\nkey = \"pki/{id}.key\"\nca = \"pki/ca.pem\"\n\
-                 [trust]\ncoordinator_keys = [\"pki/signing.pub\"]\n[policy]\ndisk_paths = [\"{disk}\"]\n{policy}",
-                disk = disk.display(),
-                id = spec.id,
-                labels = labels.join(", "),
-                policy = spec.policy,
-            ),
-        )?;
-        coordinator.push_str(&format!(
-            "[[agents]]\nid = \"{}\"\naddress = \"127.0.0.1:{port}\"\nlabels = {{ {} }}\n",
-            spec.id,
-            labels.join(", ")
-        ));
-        let agent: Vec<OsString> = vec![
-            exe.clone().into(),
-            "__agent".into(),
-            "--config".into(),
-            agent_toml.into(),
-        ];
+                "troop demo runs the real troop-agent on every host and finds none next to {} or on PATH: build both binaries (`cargo build --release`) or install the troop-agent package",
+                exe.display()
+            )
+        })
+}
+
+/// Makes the PKI, configs and hosts, each host running the real `troop-agent`.
+fn build_fleet() -> anyhow::Result<Lab> {
+    let binaries = Binaries {
+        troop: std::env::current_exe().context("cannot find the troop binary")?,
+        agent: agent_binary()?,
+    };
+    let dir = tempfile::Builder::new().prefix("troop-demo-").tempdir()?;
+    let mut lab = Lab::start_in(dir, binaries, false).map_err(|reason| {
+        anyhow::anyhow!("cannot make demo hosts here: {reason} (needs root or unprivileged user namespaces, and util-linux's unshare)")
+    })?;
+    for spec in FLEET {
         let replicas = if spec.service == "demo-web" {
             REPLICAS
         } else {
             1
         };
         let service: Vec<OsString> = vec![
-            exe.clone().into(),
+            lab.binaries.troop.clone().into(),
             "__demo-service".into(),
             spec.service.into(),
         ];
-        let log = dir.join(format!("{}.log", spec.id));
-        let host = LocalHost::start_spec(&HostSpec {
-            name: spec.id,
-            agent: &agent,
-            services: &vec![service; replicas],
-            tmpfs: Some((disk.to_path_buf(), DISK_BYTES)),
-            netns: None,
-            log: &log,
-        })
-        .context("cannot make a PID namespace for a demo host (needs root or unprivileged user namespaces, and util-linux's unshare)")?;
-        if !host.wait_for(spec.service, replicas, Duration::from_secs(10)) {
+        lab.start_host(spec.id, spec.labels, spec.policy, vec![service; replicas]);
+        if !lab.hosts[spec.id]
+            .host
+            .wait_for(spec.service, replicas, Duration::from_secs(10))
+        {
             bail!(
                 "demo host {} did not start its services; its log: {}",
                 spec.id,
-                std::fs::read_to_string(dir.join(format!("{}.log", spec.id))).unwrap_or_default()
+                lab.log(spec.id)
             );
         }
-        hosts.push(host);
     }
-    coordinator.push_str("[store]\nurl = \"sqlite://troop.db\"\n");
-    let troop_toml = dir.join("troop.toml");
-    std::fs::write(&troop_toml, coordinator)?;
-    Ok((hosts, troop_toml))
+    Ok(lab)
 }
 
-async fn wait_until_reachable(context: &Context, hosts: &[LocalHost]) -> anyhow::Result<()> {
+async fn wait_until_reachable(context: &Context) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let results = context.statuses(&context.config.agents).await;
@@ -590,17 +549,20 @@ async fn wait_until_reachable(context: &Context, hosts: &[LocalHost]) -> anyhow:
             return Ok(());
         }
         if Instant::now() > deadline {
-            let names: Vec<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
-            bail!("demo agents {names:?} not reachable: {}", down.join("; "));
+            bail!("demo agents not reachable: {}", down.join("; "));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
-fn replica_counts(hosts: &[LocalHost]) -> BTreeMap<&'static str, usize> {
+fn replica_counts(lab: &Lab) -> BTreeMap<&'static str, usize> {
     FLEET
         .iter()
-        .zip(hosts)
-        .map(|(spec, host)| (spec.id, host.pids_named(spec.service).len()))
+        .map(|spec| {
+            (
+                spec.id,
+                lab.hosts[spec.id].host.pids_named(spec.service).len(),
+            )
+        })
         .collect()
 }

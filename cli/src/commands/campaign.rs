@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::cli::Output;
 use anyhow::{Context as _, bail};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -13,7 +14,6 @@ use tokio::sync::watch;
 use troop_coordinator::campaign::planner::{self, Host, RunLedger};
 use troop_coordinator::campaign::probe::Probe;
 use troop_coordinator::campaign::{Campaign, file::Step};
-use troop_coordinator::cli::Output;
 use troop_coordinator::config::AgentEntry;
 use troop_coordinator::picker as planner_pick;
 use troop_coordinator::signer::{Signer, now_unix_ms};

@@ -1,0 +1,177 @@
+//! What a host shows from outside: its processes (from /proc) and how full a
+//! filesystem is (statvfs). The agent matches and measures with these; the lab and the
+//! demo use them to check a fault's effect without asking the agent.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use nix::sys::statvfs::{Statvfs, statvfs};
+
+/// One process as /proc shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessInfo {
+    pub pid: i32,
+    pub ppid: i32,
+    /// The kernel's name for it (`comm`, at most 15 bytes).
+    pub name: String,
+    pub exe: Option<PathBuf>,
+    pub cmdline: Vec<String>,
+    pub uid: u32,
+    /// Clock ticks after boot; with the pid, the process's identity.
+    pub start_time: u64,
+    pub kernel_thread: bool,
+    /// Exited but not yet reaped: signalling it would do nothing.
+    pub zombie: bool,
+}
+
+/// CPU time (user + system) a process has used, from `/proc/PID/stat`; `None` if gone.
+pub fn cpu_seconds(pid: i32) -> Option<f64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split(' ').collect();
+    // Fields 14 and 15 of proc(5); fields[0] is field 3.
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok()??;
+    Some(ticks as f64 / hz as f64)
+}
+
+/// Resident memory of a process (`VmRSS`), `None` if it is gone.
+pub fn resident_bytes(pid: u32) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+/// `PF_KTHREAD` in the flags field of `/proc/PID/stat`.
+const PF_KTHREAD: u64 = 0x0020_0000;
+
+/// Reads one process, `None` if it is gone.
+pub fn read_process(pid: i32) -> Option<ProcessInfo> {
+    let dir = PathBuf::from(format!("/proc/{pid}"));
+    let stat = parse_stat(&fs::read_to_string(dir.join("stat")).ok()?)?;
+    let status = fs::read_to_string(dir.join("status")).ok()?;
+    let uid = status
+        .lines()
+        .find_map(|line| line.strip_prefix("Uid:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|uid| uid.parse().ok())?;
+    let cmdline = fs::read(dir.join("cmdline"))
+        .unwrap_or_default()
+        .split(|&byte| byte == 0)
+        .filter(|arg| !arg.is_empty())
+        .map(|arg| String::from_utf8_lossy(arg).into_owned())
+        .collect();
+    let exe = fs::read_link(dir.join("exe")).ok().map(|path| {
+        let text = path.to_string_lossy();
+        PathBuf::from(text.strip_suffix(" (deleted)").unwrap_or(&text))
+    });
+    Some(ProcessInfo {
+        pid,
+        ppid: stat.ppid,
+        name: stat.name,
+        exe,
+        cmdline,
+        uid,
+        start_time: stat.start_time,
+        kernel_thread: stat.flags & PF_KTHREAD != 0,
+        zombie: stat.state == 'Z',
+    })
+}
+
+/// Every process of this PID namespace; one that exits while it is read is not listed.
+pub fn list_processes() -> io::Result<Vec<ProcessInfo>> {
+    let mut processes = Vec::new();
+    for entry in fs::read_dir("/proc")? {
+        let Some(pid) = entry?.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        if let Some(info) = read_process(pid) {
+            processes.push(info);
+        }
+    }
+    Ok(processes)
+}
+
+struct Stat {
+    name: String,
+    state: char,
+    ppid: i32,
+    flags: u64,
+    start_time: u64,
+}
+
+/// Parses `/proc/PID/stat`. The name sits in parentheses and may itself hold spaces or
+/// parentheses, so fields are counted from the last `)`.
+fn parse_stat(text: &str) -> Option<Stat> {
+    let open = text.find('(')?;
+    let close = text.rfind(')')?;
+    let name = text.get(open + 1..close)?.to_string();
+    let fields: Vec<&str> = text.get(close + 2..)?.split_whitespace().collect();
+    // fields[0] is field 3 (state) of proc(5).
+    Some(Stat {
+        name,
+        state: fields.first()?.chars().next()?,
+        ppid: fields.get(1)?.parse().ok()?,
+        flags: fields.get(6)?.parse().ok()?,
+        start_time: fields.get(19)?.parse().ok()?,
+    })
+}
+
+/// A filesystem's size and use, as `df` shows them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    pub total: u64,
+    pub used: u64,
+    /// What an unprivileged writer may still use.
+    pub available: u64,
+}
+
+impl Usage {
+    pub fn used_percent(&self) -> f64 {
+        if self.total == 0 {
+            return 0.0;
+        }
+        self.used as f64 * 100.0 / self.total as f64
+    }
+}
+
+pub fn usage(path: &Path) -> io::Result<Usage> {
+    Ok(Usage::from(statvfs(path).map_err(io::Error::from)?))
+}
+
+impl From<Statvfs> for Usage {
+    fn from(stat: Statvfs) -> Self {
+        let block = stat.fragment_size();
+        let total = stat.blocks() * block;
+        let free = stat.blocks_free() * block;
+        Usage {
+            total,
+            used: total.saturating_sub(free),
+            available: stat.blocks_available() * block,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_names_with_spaces_and_parentheses_parse() {
+        let mut text = String::from("42 (a) b)) S 7 42 42 0 -1 4194560");
+        for field in 10..=22 {
+            text.push_str(&format!(" {field}"));
+        }
+        let stat = parse_stat(&text).unwrap();
+        assert_eq!(stat.name, "a) b)");
+        assert_eq!(stat.ppid, 7);
+        assert_eq!(stat.flags, 4194560);
+        assert_eq!(stat.start_time, 22);
+    }
+}
