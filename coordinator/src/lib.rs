@@ -1,20 +1,27 @@
-//! troop-coordinator: the fleet side of troop, and the `troop` CLI.
+//! troop-coordinator: the fleet side of troop, as a library. The `troop` binary (crate
+//! `troop`, `cli/`) parses arguments, calls this and prints; it holds no loop of its own.
 //!
 //! - [`config`]: `troop.toml` and the static fleet.
+//! - [`fleet`]: the one interface to the fleet (config and dispatcher) that runs,
+//!   attacks, halts and status go through.
 //! - [`selector`] and [`picker`]: which agents a command goes to.
 //! - [`signer`]: commands built and Ed25519-signed.
 //! - [`client`] and [`dispatch`]: mutual-TLS channels to agents, many at once.
 //! - [`pki`]: the fleet CA, certificates and the signing key.
-//! - [`campaign`]: campaign files, schedules, the guardrail planner and probes.
+//! - [`campaign`]: campaign files, schedules, the guardrail planner, probes, the runner
+//!   and the scheduler.
+//! - [`audit`]: every command recorded before it is sent, its outcome after.
+//! - [`describe`]: actions, faults and outcomes in words.
 //! - [`store`]: the audit store (SQLite): every run, step, command and probe result.
-//!
-//! The binary (`src/main.rs`, `src/commands/`) turns these into the CLI.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod campaign;
 pub mod client;
 pub mod config;
+pub mod describe;
 pub mod dispatch;
+pub mod fleet;
 pub mod picker;
 pub mod pki;
 pub mod selector;

@@ -11,9 +11,9 @@ use troop_coordinator::table;
 use troop_proto::freshness::DEFAULT_VALIDITY;
 use troop_proto::pb;
 
-use super::audit::{AdhocRun, Audit, send_recorded};
 use super::{Context, Outcome, lease};
 use crate::report::{self, Delivery};
+use troop_coordinator::audit::{AdhocRun, Audit, send_recorded};
 use troop_coordinator::store::StoreError;
 
 pub async fn run(context: &Context, command: AttackCommand) -> anyhow::Result<Outcome> {
@@ -79,7 +79,7 @@ pub async fn run(context: &Context, command: AttackCommand) -> anyhow::Result<Ou
         regex::Regex::new(pattern).with_context(|| format!("--pattern {pattern:?}"))?;
     }
     // Loaded for the dry run too, so it fails exactly where the real run would.
-    let signer = load_signer(context)?;
+    let signer = context.fleet.signer()?;
     let (targets, picked) = pick_targets(context, targeting)?;
     let action = pb::command::Action::Start(pb::StartFault {
         duration_ms: duration.map_or(0, millis),
@@ -91,7 +91,8 @@ pub async fn run(context: &Context, command: AttackCommand) -> anyhow::Result<Ou
     }
     // Like a campaign's: an attack that cannot be recorded is not sent.
     let what = format!("attack {}", command.kind());
-    let run = AdhocRun::begin(context, &what, picked.seed).context("audit store; nothing sent")?;
+    let run =
+        AdhocRun::begin(&context.fleet, &what, picked.seed).context("audit store; nothing sent")?;
     let deliveries = send_signed(context, &signer, Some(run.audit()), &targets, action)
         .await
         .context("audit store; nothing sent")?;
@@ -138,7 +139,7 @@ pub fn pick_targets(
     context: &Context,
     targeting: &Targeting,
 ) -> anyhow::Result<(Vec<AgentEntry>, report::Picked)> {
-    let selected = context.select(&targeting.selector)?;
+    let selected = context.fleet.select(&targeting.selector)?;
     let how = match (targeting.count, targeting.percent) {
         (Some(0), _) => anyhow::bail!("--count must be at least 1"),
         (Some(count), _) => Pick::Count(count),
@@ -156,11 +157,6 @@ pub fn pick_targets(
     Ok((targets, picked))
 }
 
-pub fn load_signer(context: &Context) -> anyhow::Result<Signer> {
-    Signer::load(&context.config.signing_key)
-        .with_context(|| format!("config {}: [signing] key", context.config.path.display()))
-}
-
 /// Signs `action` once per target with the configured key and sends them all, recorded
 /// as the ad-hoc run `what` where the store can be opened (a halt goes out regardless).
 pub async fn send(
@@ -169,8 +165,8 @@ pub async fn send(
     targets: &[AgentEntry],
     action: pb::command::Action,
 ) -> anyhow::Result<Vec<Delivery>> {
-    let signer = load_signer(context)?;
-    let run = AdhocRun::begin(context, what, 0)
+    let signer = context.fleet.signer()?;
+    let run = AdhocRun::begin(&context.fleet, what, 0)
         .inspect_err(|error| eprintln!("warning: audit store: {error}; sending anyway"))
         .ok();
     let audit = run.as_ref().map(AdhocRun::audit);
@@ -201,7 +197,7 @@ pub async fn send_signed(
         .iter()
         .map(|agent| (agent.clone(), action.clone()))
         .collect();
-    send_recorded(context, signer, audit, work, &serde_json::json!({})).await
+    send_recorded(&context.fleet, signer, audit, work, &serde_json::json!({})).await
 }
 
 fn dry_run(

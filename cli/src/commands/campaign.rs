@@ -1,43 +1,28 @@
 //! `troop campaign`: validate, plan, run (attached, with guardrails and probes), history
-//! and show. The run loop is also what `troop serve` fires on a schedule.
+//! and show. The run itself is the library's `campaign::runner`; this prints its events.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::cli::Output;
 use anyhow::{Context as _, bail};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use serde_json::json;
 use tokio::sync::watch;
-use troop_coordinator::campaign::planner::{self, Host, RunLedger};
-use troop_coordinator::campaign::probe::Probe;
+use troop_coordinator::campaign::runner::{
+    Progress, RunEvent, RunReport, Silent, group_of, run_campaign, start_action,
+};
+use troop_coordinator::campaign::scheduler::groups_of;
 use troop_coordinator::campaign::{Campaign, file::Step};
-use troop_coordinator::config::AgentEntry;
 use troop_coordinator::picker as planner_pick;
-use troop_coordinator::signer::{Signer, now_unix_ms};
 use troop_coordinator::store::Store;
 use troop_coordinator::table;
 use troop_proto::pb;
 
-use super::audit::{Audit, send_recorded};
 use super::{Context, Outcome};
+use crate::cli::Output;
 use crate::report;
-
-/// Why a run stops early; `None` while it may go on.
-type StopReason = Option<String>;
-
-/// How a run ended, for the summary and the exit code.
-pub struct RunReport {
-    pub run_id: Option<i64>,
-    pub status: &'static str,
-    pub reason: String,
-    pub sent: usize,
-    pub applied: usize,
-    pub not_applied: usize,
-    pub reverted_early: usize,
-}
 
 pub fn validate(path: &Path, output: Output) -> anyhow::Result<Outcome> {
     let campaign = Campaign::load(path)?;
@@ -77,10 +62,12 @@ pub fn plan(
         );
     };
     let groups: Vec<String> = match context {
-        Some(context) => groups_of(context, &campaign).into_iter().collect(),
+        Some(context) => groups_of(&context.fleet.config.agents, &campaign)
+            .into_iter()
+            .collect(),
         None => vec![String::new()],
     };
-    let last = match context.and_then(|c| Store::open(&c.config.store_url).ok()) {
+    let last = match context.and_then(|c| Store::open(&c.fleet.config.store_url).ok()) {
         Some(store) => store
             .last_strikes(&campaign.name)?
             .into_iter()
@@ -216,6 +203,7 @@ fn fault_json(fault: &pb::start_fault::Fault) -> serde_json::Value {
 fn step_groups(context: &Context, step: &Step) -> BTreeMap<String, Vec<String>> {
     let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for agent in context
+        .fleet
         .config
         .agents
         .iter()
@@ -237,6 +225,7 @@ fn warn_ungrouped(context: &Context, campaign: &Campaign, say: &dyn Fn(String)) 
             continue;
         };
         let missing: Vec<&str> = context
+            .fleet
             .config
             .agents
             .iter()
@@ -251,29 +240,6 @@ fn warn_ungrouped(context: &Context, campaign: &Campaign, say: &dyn Fn(String)) 
             ));
         }
     }
-}
-
-/// Every group the campaign's steps select from ("" where a step has no `group_by`).
-pub fn groups_of(context: &Context, campaign: &Campaign) -> BTreeSet<String> {
-    let mut groups = BTreeSet::new();
-    for step in &campaign.steps {
-        for agent in context
-            .config
-            .agents
-            .iter()
-            .filter(|a| step.select.matches(&a.labels))
-        {
-            groups.insert(group_of(agent, step));
-        }
-    }
-    groups
-}
-
-fn group_of(agent: &AgentEntry, step: &Step) -> String {
-    step.group_by
-        .as_ref()
-        .and_then(|label| agent.labels.get(label).cloned())
-        .unwrap_or_default()
 }
 
 /// `troop campaign run`: attached, with progress; Ctrl-C aborts and reverts.
@@ -298,11 +264,83 @@ pub async fn run(context: &Context, path: &Path, dry_run: bool) -> anyhow::Resul
             let _ = cancel.send(Some("interrupted (Ctrl-C)".into()));
         }
     });
-    let report = run_campaign(context, &campaign, dry_run, None, cancelled).await?;
+    let report = run_campaign(
+        &context.fleet,
+        &campaign,
+        dry_run,
+        None,
+        cancelled,
+        progress(context.output),
+    )
+    .await?;
     summary(context.output, &campaign, &report);
     Ok(Outcome::from_all_ok(
         report.status == "completed" && report.not_applied == 0,
     ))
+}
+
+/// A run's events as the CLI shows them: progress on stderr, a dry run's picks on stdout
+/// (like `attack --dry-run`); nothing with `--output json`, which prints the summary.
+pub fn progress(output: Output) -> Arc<dyn Progress> {
+    match output {
+        Output::Table => Arc::new(Printed),
+        Output::Json => Arc::new(Silent),
+    }
+}
+
+struct Printed;
+
+impl Progress for Printed {
+    fn event(&self, event: RunEvent) {
+        match event {
+            RunEvent::Started {
+                campaign,
+                run,
+                seed,
+            } => eprintln!(
+                "campaign {campaign:?}: run {} (seed {seed})",
+                run.map_or("dry".to_string(), |r| r.to_string())
+            ),
+            RunEvent::Step {
+                index,
+                action,
+                targets,
+                held_back,
+            } => eprintln!(
+                "step {}: {action} on {targets} host(s){}",
+                index + 1,
+                if held_back == 0 {
+                    String::new()
+                } else {
+                    format!(", {held_back} held back by guardrails")
+                }
+            ),
+            RunEvent::WouldFault { index, target } => {
+                println!("step {}: would fault {target}", index + 1)
+            }
+            RunEvent::Applied { agent, summary } => eprintln!("  {agent}: {summary}"),
+            RunEvent::NotApplied {
+                agent,
+                outcome,
+                error,
+            } => eprintln!("  {agent}: {outcome}: {error}"),
+            RunEvent::ProbeFailed {
+                probe,
+                detail,
+                failed,
+                of,
+            } => eprintln!("  probe {probe}: {detail} ({failed}/{of})"),
+            RunEvent::Aborting { reason, faults } => {
+                eprintln!("aborting: {reason}; reverting {faults} fault(s)")
+            }
+            RunEvent::AbortNotApplied { agent, error } => {
+                eprintln!("  {agent}: abort not applied ({error}); its lease ends it")
+            }
+            RunEvent::AbortsNotSent { error } => {
+                eprintln!("  audit store: {error}; aborts not sent, the leases end the faults")
+            }
+        }
+    }
 }
 
 fn summary(output: Output, campaign: &Campaign, report: &RunReport) {
@@ -335,391 +373,8 @@ fn summary(output: Output, campaign: &Campaign, report: &RunReport) {
     }
 }
 
-struct Fleet {
-    agents: Vec<AgentEntry>,
-    /// Reachable and holding no fault.
-    healthy: BTreeSet<String>,
-}
-
-async fn survey(context: &Context) -> Fleet {
-    let results = context.statuses(&context.config.agents).await;
-    let healthy = results
-        .iter()
-        .filter(|(_, result)| result.as_ref().is_ok_and(|s| s.active_faults.is_empty()))
-        .map(|(agent, _)| agent.id.clone())
-        .collect();
-    Fleet {
-        agents: context.config.agents.clone(),
-        healthy,
-    }
-}
-
-/// Runs every probe once; the first failure, if any.
-async fn steady_state(probes: &[Probe]) -> Result<(), String> {
-    for probe in probes {
-        if let Err(error) = probe.check.run(probe.timeout).await {
-            return Err(format!(
-                "probe {} fails before any fault: {error}",
-                probe.name
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// Watches the probes while faults are active; sends a stop reason once one has failed
-/// `failures` times in a row. Each result goes to the store.
-fn watch_probes(
-    probes: Vec<Probe>,
-    store: Option<Arc<Store>>,
-    run: Option<i64>,
-    stop: watch::Sender<StopReason>,
-    output: Output,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut tasks = tokio::task::JoinSet::new();
-        for probe in probes {
-            let (store, stop) = (store.clone(), stop.clone());
-            tasks.spawn(async move {
-                let mut failed = 0;
-                let mut every = tokio::time::interval(probe.every);
-                loop {
-                    every.tick().await;
-                    let result = probe.check.run(probe.timeout).await;
-                    let (ok, detail) = match &result {
-                        Ok(detail) => (true, detail.clone()),
-                        Err(error) => (false, error.clone()),
-                    };
-                    if let (Some(store), Some(run)) = (&store, run) {
-                        let _ = store.record_probe(run, &probe.name, ok, &detail, now_unix_ms());
-                    }
-                    failed = if ok { 0 } else { failed + 1 };
-                    if !ok && output == Output::Table {
-                        eprintln!(
-                            "  probe {}: {detail} ({failed}/{})",
-                            probe.name, probe.failures
-                        );
-                    }
-                    if failed >= probe.failures {
-                        let _ = stop.send(Some(format!(
-                            "probe {} failed {failed} time(s): {detail}",
-                            probe.name
-                        )));
-                        return;
-                    }
-                }
-            });
-        }
-        while tasks.join_next().await.is_some() {}
-    })
-}
-
-/// One run of a campaign. `strike_groups` (from the scheduler) limits which groups may
-/// be hit; `cancel` stops it from outside (Ctrl-C, SIGTERM of `serve`).
-pub async fn run_campaign(
-    context: &Context,
-    campaign: &Campaign,
-    dry_run: bool,
-    strike_groups: Option<&BTreeSet<String>>,
-    mut cancel: watch::Receiver<StopReason>,
-) -> anyhow::Result<RunReport> {
-    let say = |text: String| {
-        if context.output == Output::Table {
-            eprintln!("{text}");
-        }
-    };
-    let mut report = RunReport {
-        run_id: None,
-        status: "completed",
-        reason: String::new(),
-        sent: 0,
-        applied: 0,
-        not_applied: 0,
-        reverted_early: 0,
-    };
-    let signer = Signer::load(&context.config.signing_key)
-        .with_context(|| format!("config {}: [signing] key", context.config.path.display()))?;
-    // A dry run touches nothing, the store included.
-    let store = if dry_run {
-        None
-    } else {
-        Some(Arc::new(
-            Store::open(&context.config.store_url).context("audit store")?,
-        ))
-    };
-    let seed = campaign.seed.unwrap_or_else(rand::random);
-    let run = match &store {
-        Some(store) => Some(store.begin_run(
-            &campaign.name,
-            &campaign.sha256,
-            seed,
-            dry_run,
-            now_unix_ms(),
-        )?),
-        None => None,
-    };
-    report.run_id = run;
-    say(format!(
-        "campaign {:?}: run {} (seed {seed})",
-        campaign.name,
-        run.map_or("dry".to_string(), |r| r.to_string())
-    ));
-    // No chaos on a service that is already sick; the refusal is part of the record.
-    if let Err(reason) = steady_state(&campaign.probes).await {
-        report.status = "refused";
-        report.reason = reason;
-        if let (Some(store), Some(run)) = (&store, run) {
-            store.finish_run(run, report.status, &report.reason, now_unix_ms())?;
-        }
-        return Ok(report);
-    }
-    let (stop, mut stopped) = watch::channel(None::<String>);
-    let probes = watch_probes(
-        campaign.probes.clone(),
-        store.clone(),
-        run,
-        stop.clone(),
-        context.output,
-    );
-    let mut rng = StdRng::seed_from_u64(seed);
-    let mut ledger = RunLedger::default();
-    let fleet = survey(context).await;
-    let lease_ms = campaign.guardrails.lease.as_millis() as u64;
-
-    let outcome: Result<(), String> = async {
-        for (index, step) in campaign.steps.iter().enumerate() {
-            if let Some(reason) = stopped.borrow().clone().or_else(|| cancel.borrow().clone()) {
-                return Err(reason);
-            }
-            let hosts: Vec<Host> = fleet
-                .agents
-                .iter()
-                .filter(|agent| step.select.matches(&agent.labels))
-                .filter(|agent| {
-                    strike_groups.is_none_or(|groups| groups.contains(&group_of(agent, step)))
-                })
-                .map(|agent| Host {
-                    id: agent.id.clone(),
-                    group: group_of(agent, step),
-                    healthy: fleet.healthy.contains(&agent.id),
-                    under_fault: ledger.active_hosts().contains(&agent.id),
-                })
-                .collect();
-            let plan = planner::plan_step(
-                &hosts,
-                step.pick,
-                guardrails(campaign),
-                ledger.active_count(),
-                &mut rng,
-            );
-            say(format!(
-                "step {}: {} on {} host(s){}",
-                index + 1,
-                report::action_text(Some(&start_action(step, 0))),
-                plan.targets.len(),
-                if plan.skipped.is_empty() {
-                    String::new()
-                } else {
-                    format!(", {} held back by guardrails", plan.skipped.len())
-                }
-            ));
-            let step_id = match (&store, run) {
-                (Some(store), Some(run)) => Some(
-                    store
-                        .record_step(
-                            run,
-                            index as u32,
-                            &report::action_text(Some(&start_action(step, lease_ms))),
-                            now_unix_ms(),
-                        )
-                        .map_err(|e| format!("audit store: {e}; nothing sent"))?,
-                ),
-                _ => None,
-            };
-            if dry_run {
-                // The picks are the dry run's result: stdout, like `attack --dry-run`.
-                if context.output == Output::Table {
-                    for target in &plan.targets {
-                        println!("step {}: would fault {target}", index + 1);
-                    }
-                }
-                continue;
-            }
-            let targets: Vec<AgentEntry> = fleet
-                .agents
-                .iter()
-                .filter(|a| plan.targets.contains(&a.id))
-                .cloned()
-                .collect();
-            let action = start_action(step, if step.duration.is_zero() { 0 } else { lease_ms });
-            let parameters = json!({
-                "fault": report::fault_fields(&step.fault),
-                "duration_ms": step.duration.as_millis() as u64,
-                "lease_ms": lease_ms,
-            });
-            let work = targets.into_iter().map(|agent| (agent, action.clone())).collect();
-            let audit = store.as_deref().zip(run).map(|(store, run)| Audit { store, run, step: step_id });
-            let deliveries = send_recorded(context, &signer, audit, work, &parameters)
-                .await
-                .map_err(|e| format!("audit store: {e}; nothing sent"))?;
-            report.sent += deliveries.len();
-            // A single kill is over at once, but its host counts as under fault for the
-            // step's duration (or one lease): the service it hit may still be down.
-            let kill_hold_ms =
-                step.duration.max(campaign.guardrails.lease).as_millis() as i64;
-            for delivery in &deliveries {
-                let word = report::outcome_word(&delivery.result);
-                let agent = &delivery.agent;
-                match &delivery.result {
-                    Ok(receipt) => {
-                        report.applied += 1;
-                        if receipt.fault_id.is_empty() {
-                            ledger.struck(agent.id.clone(), now_unix_ms() + kill_hold_ms);
-                        } else {
-                            ledger.applied(
-                                receipt.fault_id.clone(),
-                                agent.id.clone(),
-                                receipt.ends_at_unix_ms,
-                            );
-                        }
-                        say(format!("  {}: {}", agent.id, receipt.summary));
-                    }
-                    Err(error) => {
-                        report.not_applied += 1;
-                        say(format!("  {}: {word}: {error}", agent.id));
-                    }
-                }
-            }
-            let threshold = f64::from(campaign.guardrails.error_threshold_percent);
-            if report.sent > 0 && report.not_applied as f64 * 100.0 / report.sent as f64 > threshold
-            {
-                return Err(format!(
-                    "{} of {} command(s) not applied, past the error threshold of {threshold}%",
-                    report.not_applied, report.sent
-                ));
-            }
-        }
-        // Hold until every fault has ended by itself, renewing leases, watching probes.
-        let mut renew = tokio::time::interval(campaign.guardrails.lease / 3);
-        loop {
-            ledger.expire(now_unix_ms());
-            if ledger.faults().is_empty() {
-                return Ok(());
-            }
-            let audit = store.as_deref().zip(run).map(|(store, run)| Audit { store, run, step: None });
-            tokio::select! {
-                _ = renew.tick() => renew_leases(context, &signer, audit, &fleet, &ledger, lease_ms).await,
-                _ = stopped.changed() => {}
-                _ = cancel.changed() => {}
-            }
-            if let Some(reason) = stopped.borrow().clone().or_else(|| cancel.borrow().clone()) {
-                return Err(reason);
-            }
-        }
-    }
-    .await;
-
-    probes.abort();
-    if let Err(reason) = outcome {
-        let to_revert = ledger.take_all();
-        report.reverted_early = to_revert.len();
-        report.status = "aborted";
-        report.reason = reason;
-        say(format!(
-            "aborting: {}; reverting {} fault(s)",
-            report.reason,
-            to_revert.len()
-        ));
-        let work = to_revert
-            .into_iter()
-            .filter_map(|(fault_id, host)| {
-                let agent = fleet.agents.iter().find(|a| a.id == host)?.clone();
-                Some((
-                    agent,
-                    pb::command::Action::Abort(pb::AbortFault { fault_id }),
-                ))
-            })
-            .collect();
-        let audit = store.as_deref().zip(run).map(|(store, run)| Audit {
-            store,
-            run,
-            step: None,
-        });
-        let deliveries = send_recorded(context, &signer, audit, work, &json!({}))
-            .await
-            .unwrap_or_else(|error| {
-                say(format!(
-                    "  audit store: {error}; aborts not sent, the leases end the faults"
-                ));
-                Vec::new()
-            });
-        for delivery in deliveries {
-            if let Err(error) = &delivery.result {
-                // A failed abort still ends within the lease, which is no longer renewed.
-                say(format!(
-                    "  {}: abort not applied ({error}); its lease ends it",
-                    delivery.agent.id
-                ));
-            }
-        }
-    }
-    if let (Some(store), Some(run)) = (&store, run) {
-        store.finish_run(run, report.status, &report.reason, now_unix_ms())?;
-    }
-    let _ = stop;
-    Ok(report)
-}
-
-fn guardrails(campaign: &Campaign) -> planner::Guardrails {
-    planner::Guardrails {
-        max_concurrent: campaign.guardrails.max_concurrent,
-        min_healthy_percent: campaign.guardrails.min_healthy_percent,
-    }
-}
-
-fn start_action(step: &Step, lease_ms: u64) -> pb::command::Action {
-    pb::command::Action::Start(pb::StartFault {
-        duration_ms: step.duration.as_millis() as u64,
-        lease_ms,
-        fault: Some(step.fault.clone()),
-    })
-}
-
-async fn renew_leases(
-    context: &Context,
-    signer: &Signer,
-    audit: Option<Audit<'_>>,
-    fleet: &Fleet,
-    ledger: &RunLedger,
-    lease_ms: u64,
-) {
-    let work = ledger
-        .to_renew(now_unix_ms(), lease_ms as i64)
-        .into_iter()
-        .filter_map(|(fault_id, host)| {
-            let agent = fleet.agents.iter().find(|a| a.id == host)?.clone();
-            Some((
-                agent,
-                pb::command::Action::Renew(pb::RenewLease { fault_id, lease_ms }),
-            ))
-        })
-        .collect();
-    // Unrecorded renewals are not sent; the agents then end the faults within the lease.
-    if let Err(error) = send_recorded(
-        context,
-        signer,
-        audit,
-        work,
-        &json!({ "lease_ms": lease_ms }),
-    )
-    .await
-    {
-        tracing::error!(%error, "audit store: lease renewals not sent");
-    }
-}
-
 pub fn history(context: &Context) -> anyhow::Result<Outcome> {
-    let store = Store::open(&context.config.store_url)?;
+    let store = Store::open(&context.fleet.config.store_url)?;
     let runs = store.runs(50)?;
     match context.output {
         Output::Json => println!("{}", json!({ "runs": runs })),
@@ -754,7 +409,7 @@ pub fn history(context: &Context) -> anyhow::Result<Outcome> {
 }
 
 pub fn show(context: &Context, run: i64) -> anyhow::Result<Outcome> {
-    let store = Store::open(&context.config.store_url)?;
+    let store = Store::open(&context.fleet.config.store_url)?;
     let detail = store.run(run)?;
     match context.output {
         Output::Json => {

@@ -20,6 +20,7 @@ use rand::Rng;
 use serde_json::{Value, json};
 use troop_common::observe;
 use troop_coordinator::campaign::Campaign;
+use troop_coordinator::campaign::runner::{Silent, run_campaign};
 use troop_coordinator::signer::Signer;
 use troop_coordinator::table;
 use troop_lab::{Binaries, Lab};
@@ -104,6 +105,7 @@ pub async fn run(args: DemoArgs, output: Output) -> anyhow::Result<Outcome> {
             vec![
                 spec.id.to_string(),
                 context
+                    .fleet
                     .config
                     .agents
                     .iter()
@@ -135,13 +137,17 @@ pub async fn run(args: DemoArgs, output: Output) -> anyhow::Result<Outcome> {
     let before = replica_counts(&lab);
     let sampler = Sampler::start(lab.clone(), disk.clone());
     let (_cancel, cancelled) = tokio::sync::watch::channel(None::<String>);
-    let quiet = Context {
-        output: Output::Json,
-        ..context.clone()
-    };
-    let report = super::campaign::run_campaign(&quiet, &campaign, false, None, cancelled).await?;
+    let report = run_campaign(
+        &context.fleet,
+        &campaign,
+        false,
+        None,
+        cancelled,
+        Arc::new(Silent),
+    )
+    .await?;
     let peaks = sampler.stop();
-    let store = troop_coordinator::store::Store::open(&context.config.store_url)?;
+    let store = troop_coordinator::store::Store::open(&context.fleet.config.store_url)?;
     let detail = store.run(report.run_id.unwrap_or_default())?;
     // The faults each step started; lease renewals are in the store too.
     let command_rows: Vec<Vec<String>> = detail
@@ -191,7 +197,7 @@ pub async fn run(args: DemoArgs, output: Output) -> anyhow::Result<Outcome> {
     ));
 
     // 5. What agents refuse: a fault their policy forbids, and a forged signature.
-    let db = context.select(&"role=db".parse()?)?;
+    let db = context.fleet.select(&"role=db".parse()?)?;
     let stop_host = pb::command::Action::Start(pb::StartFault {
         duration_ms: 0,
         lease_ms: 0,
@@ -201,7 +207,7 @@ pub async fn run(args: DemoArgs, output: Output) -> anyhow::Result<Outcome> {
         })),
     });
     let mut refusals = attack::send(&context, "attack stop-host", &db, stop_host).await?;
-    let web = context.select(&"role=web".parse()?)?;
+    let web = context.fleet.select(&"role=web".parse()?)?;
     let forger = Signer::from_key(ed25519_dalek::SigningKey::from_bytes(&rand::rng().random()));
     let abort_all = pb::command::Action::AbortAll(pb::AbortAll {});
     refusals.extend(attack::send_signed(&context, &forger, None, &web[..1], abort_all).await?);
@@ -235,7 +241,6 @@ pub async fn run(args: DemoArgs, output: Output) -> anyhow::Result<Outcome> {
         && reverted.is_empty()
         && refusals_ok;
     health_task.abort();
-    drop(quiet);
     let summary = format!(
         "{} campaign {}: {applied} fault(s) applied ({killed} replica killed, CPU burned: {}, disk filled: {}), probe saw the service up in {} of {} checks, everything reverted: {}, {} command(s) refused. Took {:.1}s; fleet removed.",
         if ok { "PASS:" } else { "FAIL:" },
@@ -418,7 +423,7 @@ fn cpu_seconds(pid: i32) -> f64 {
 /// What is not back to normal, if anything: active faults, a disk not empty.
 async fn everything_reverted(context: &Context, lab: &Lab, disk: &Path) -> Vec<String> {
     let mut left = Vec::new();
-    for (agent, result) in context.statuses(&context.config.agents).await {
+    for (agent, result) in context.fleet.statuses(&context.fleet.config.agents).await {
         match result {
             Ok(status) if status.active_faults.is_empty() => {}
             Ok(status) => left.push(format!(
@@ -538,7 +543,7 @@ fn build_fleet() -> anyhow::Result<Lab> {
 async fn wait_until_reachable(context: &Context) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let results = context.statuses(&context.config.agents).await;
+        let results = context.fleet.statuses(&context.fleet.config.agents).await;
         let down: Vec<String> = results
             .iter()
             .filter_map(|(agent, result)| {

@@ -16,7 +16,10 @@ async fn statuses(
     context: &Context,
     selector: &Selector,
 ) -> anyhow::Result<Vec<(AgentEntry, Result<pb::AgentStatus, CallError>)>> {
-    Ok(context.statuses(&context.select(selector)?).await)
+    Ok(context
+        .fleet
+        .statuses(&context.fleet.select(selector)?)
+        .await)
 }
 
 fn labels_text(agent: &AgentEntry) -> String {
@@ -213,7 +216,7 @@ pub async fn status(context: &Context, selector: &Selector) -> anyhow::Result<Ou
 }
 
 pub async fn halt(context: &Context, selector: &Selector) -> anyhow::Result<Outcome> {
-    let targets = context.select(selector)?;
+    let targets = context.fleet.select(selector)?;
     let deliveries = attack::send(
         context,
         "halt",

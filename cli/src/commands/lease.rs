@@ -12,10 +12,10 @@ use troop_coordinator::dispatch::CallError;
 use troop_coordinator::signer::{Signer, now_unix_ms};
 use troop_proto::pb;
 
-use super::audit::{Audit, send_recorded};
 use super::{Context, Outcome};
 use crate::report::Delivery;
 use serde_json::json;
+use troop_coordinator::audit::{Audit, send_recorded};
 
 struct Held {
     agent: AgentEntry,
@@ -71,11 +71,11 @@ pub async fn hold(
                     })
                     .collect();
                 // Aborts go out even when they cannot be recorded.
-                let aborted = match send_recorded(context, signer, Some(audit), work.clone(), &json!({})).await {
+                let aborted = match send_recorded(&context.fleet, signer, Some(audit), work.clone(), &json!({})).await {
                     Ok(aborted) => aborted,
                     Err(error) => {
                         progress(format!("audit store: {error}; aborting unrecorded"));
-                        send_recorded(context, signer, None, work, &json!({})).await?
+                        send_recorded(&context.fleet, signer, None, work, &json!({})).await?
                     }
                 };
                 for delivery in &aborted {
@@ -108,7 +108,7 @@ pub async fn hold(
                     })
                     .collect();
                 // An unrecorded renewal is not sent: the agents then end the faults.
-                let renewed = send_recorded(context, signer, Some(audit), work, &json!({ "lease_ms": lease_ms }))
+                let renewed = send_recorded(&context.fleet, signer, Some(audit), work, &json!({ "lease_ms": lease_ms }))
                     .await
                     .unwrap_or_else(|error| {
                         progress(format!("audit store: {error}; renewals not sent"));

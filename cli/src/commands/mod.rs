@@ -1,7 +1,6 @@
 //! The CLI's commands. Each returns an [`Outcome`] (exit 0 or 1) or an error (exit 2).
 
 pub mod attack;
-pub mod audit;
 pub mod campaign;
 pub mod config;
 pub mod demo;
@@ -13,69 +12,23 @@ pub mod serve;
 use std::path::Path;
 
 use crate::cli::{CampaignCommand, FleetCommand, Output};
-use anyhow::{Context as _, bail};
-use troop_coordinator::client::Dialer;
-use troop_coordinator::config::{AgentEntry, CoordinatorConfig};
-use troop_coordinator::dispatch::{CONNECT_TIMEOUT, CallError, Dispatcher};
-use troop_coordinator::selector::Selector;
-use troop_proto::pb;
+use troop_coordinator::fleet::Fleet;
 
 pub use crate::outcome::Outcome;
 
-/// What the fleet commands share: the config, a way to reach agents, the output format.
+/// What the fleet commands share: the fleet (config and dispatcher), the output format.
 #[derive(Clone)]
 pub struct Context {
-    pub config: CoordinatorConfig,
-    pub dispatcher: Dispatcher,
+    pub fleet: Fleet,
     pub output: Output,
 }
 
 impl Context {
     pub fn load(explicit: Option<&Path>, output: Output) -> anyhow::Result<Self> {
-        let path = CoordinatorConfig::locate(explicit)?;
-        let config = CoordinatorConfig::load(&path)?;
-        let dialer = Dialer::new(&config.tls, CONNECT_TIMEOUT)
-            .with_context(|| format!("config {}: [tls]", path.display()))?;
         Ok(Self {
-            config,
-            dispatcher: Dispatcher::new(dialer),
+            fleet: Fleet::load(explicit)?,
             output,
         })
-    }
-
-    /// Asks every one of `agents` for its status, concurrently.
-    pub async fn statuses(
-        &self,
-        agents: &[AgentEntry],
-    ) -> Vec<(AgentEntry, Result<pb::AgentStatus, CallError>)> {
-        let work = agents.iter().map(|agent| (agent.clone(), ())).collect();
-        self.dispatcher
-            .each(work, |mut client, ()| async move {
-                client.status(pb::StatusRequest {}).await
-            })
-            .await
-    }
-
-    /// The agents a selector matches, sorted by id so that seeded picks repeat.
-    pub fn select(&self, selector: &Selector) -> anyhow::Result<Vec<AgentEntry>> {
-        let mut agents: Vec<AgentEntry> = self
-            .config
-            .agents
-            .iter()
-            .filter(|agent| selector.matches(&agent.labels))
-            .cloned()
-            .collect();
-        if agents.is_empty() {
-            if self.config.agents.is_empty() {
-                bail!(
-                    "config {} lists no agents ([[agents]] id, address, labels)",
-                    self.config.path.display()
-                );
-            }
-            bail!("no agent matches selector {:?}", selector.to_string());
-        }
-        agents.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok(agents)
     }
 }
 

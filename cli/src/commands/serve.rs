@@ -4,8 +4,7 @@
 //! strikes twice, reloads on SIGHUP, reverts what its run started and exits on SIGTERM,
 //! and answers `GET /healthz`.
 
-use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use rand::SeedableRng;
@@ -13,55 +12,13 @@ use rand::rngs::StdRng;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
-use troop_coordinator::campaign::Campaign;
-use troop_coordinator::signer::now_unix_ms;
+use troop_coordinator::campaign::runner::{Progress, RunEvent, run_campaign};
+use troop_coordinator::campaign::scheduler;
 use troop_coordinator::store::Store;
 
-use super::{Context, Outcome, campaign};
+use super::{Context, Outcome};
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:7080";
-
-fn campaigns_dir(context: &Context) -> PathBuf {
-    context.config.campaigns.clone().unwrap_or_else(|| {
-        context
-            .config
-            .path
-            .parent()
-            .unwrap_or(Path::new("."))
-            .join("campaigns")
-    })
-}
-
-/// Every valid scheduled campaign in `dir`; invalid files are logged and left out.
-fn load_campaigns(dir: &Path) -> Vec<Campaign> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        tracing::warn!(dir = %dir.display(), "no campaigns directory");
-        return Vec::new();
-    };
-    let mut paths: Vec<PathBuf> = entries
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-        .collect();
-    paths.sort();
-    paths
-        .into_iter()
-        .filter_map(|path| match Campaign::load(&path) {
-            Ok(campaign) if campaign.schedule.is_some() => {
-                tracing::info!(campaign = %campaign.name, file = %path.display(), steps = campaign.steps.len(), "loaded a scheduled campaign");
-                Some(campaign)
-            }
-            Ok(campaign) => {
-                tracing::info!(campaign = %campaign.name, "no [schedule]; not fired by serve");
-                None
-            }
-            Err(error) => {
-                tracing::error!(%error, "skipping an invalid campaign");
-                None
-            }
-        })
-        .collect()
-}
 
 async fn health(listener: tokio::net::TcpListener) {
     loop {
@@ -82,43 +39,11 @@ async fn health(listener: tokio::net::TcpListener) {
     }
 }
 
-/// When `campaign` fires next: after its last run (so a restart never strikes twice), and
-/// at once if that moment has passed while nothing was running.
-fn next_due(campaign: &Campaign, store: &Store, rng: &mut StdRng) -> Option<jiff::Timestamp> {
-    let schedule = campaign.schedule.as_ref()?;
-    let now = jiff::Timestamp::now();
-    let last = store
-        .last_run(&campaign.name)
-        .ok()
-        .flatten()
-        .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok());
-    match last {
-        None => schedule.next_run(now, rng),
-        Some(last) => {
-            let next = schedule.next_run(last, rng)?;
-            if next >= now {
-                Some(next)
-            } else if schedule.allows(now) {
-                Some(now)
-            } else {
-                schedule.next_run(now, rng)
-            }
-        }
-    }
-}
-
 pub async fn run(context: Context) -> anyhow::Result<Outcome> {
-    let store = Store::open(&context.config.store_url).context("audit store")?;
-    for stale in store.unfinished_runs()? {
-        // Its faults carried leases nobody renewed: the agents have reverted them.
-        store.finish_run(
-            stale.id,
-            "failed",
-            "the coordinator stopped during the run; leases ended its faults",
-            now_unix_ms(),
-        )?;
-    }
+    let store = Store::open(&context.fleet.config.store_url).context("audit store")?;
+    scheduler::close_stale_runs(&store)?;
     let listen = context
+        .fleet
         .config
         .serve_listen
         .clone()
@@ -131,8 +56,8 @@ pub async fn run(context: Context) -> anyhow::Result<Outcome> {
     if let Err(error) = troop_common::notify::ready() {
         tracing::warn!(%error, "cannot notify systemd of readiness");
     }
-    let dir = campaigns_dir(&context);
-    let mut campaigns = load_campaigns(&dir);
+    let dir = scheduler::campaigns_dir(&context.fleet.config);
+    let mut campaigns = scheduler::load_campaigns(&dir);
     tracing::info!(count = campaigns.len(), dir = %dir.display(), "campaigns loaded");
     let (cancel, cancelled) = watch::channel(None::<String>);
     let mut terminate = signal(SignalKind::terminate())?;
@@ -142,7 +67,7 @@ pub async fn run(context: Context) -> anyhow::Result<Outcome> {
         let firings: Vec<(jiff::Timestamp, usize)> = campaigns
             .iter()
             .enumerate()
-            .filter_map(|(index, c)| next_due(c, &store, &mut rng).map(|at| (at, index)))
+            .filter_map(|(index, c)| scheduler::next_due(c, &store, &mut rng).map(|at| (at, index)))
             .collect();
         for (at, index) in &firings {
             tracing::info!(campaign = %campaigns[*index].name, %at, "fires next");
@@ -157,7 +82,7 @@ pub async fn run(context: Context) -> anyhow::Result<Outcome> {
                 return Ok(Outcome::Success);
             }
             _ = hangup.recv() => {
-                campaigns = load_campaigns(&dir);
+                campaigns = scheduler::load_campaigns(&dir);
                 tracing::info!(count = campaigns.len(), "SIGHUP: campaigns reloaded");
                 continue;
             }
@@ -165,34 +90,27 @@ pub async fn run(context: Context) -> anyhow::Result<Outcome> {
         }
         let Some((_, index)) = due else { continue };
         let campaign = campaigns[index].clone();
-        let schedule = campaign
-            .schedule
-            .clone()
-            .expect("only scheduled campaigns are loaded");
-        let now = jiff::Timestamp::now();
-        let last_strikes = store.last_strikes(&campaign.name)?;
-        let groups: BTreeSet<String> = campaign::groups_of(&context, &campaign)
-            .into_iter()
-            .filter(|group| {
-                let last = last_strikes
-                    .get(group)
-                    .and_then(|ms| jiff::Timestamp::from_millisecond(*ms).ok());
-                schedule.strikes_group(last, now, &mut rng)
-            })
-            .collect();
-        // Recorded before the run: a restart mid-run must not fire it again at once.
-        store.set_last_run(&campaign.name, now.as_millisecond())?;
+        let groups = scheduler::fire(
+            &campaign,
+            &context.fleet.config.agents,
+            &store,
+            jiff::Timestamp::now(),
+            &mut rng,
+        )?;
         if groups.is_empty() {
             tracing::info!(campaign = %campaign.name, "no group drew a strike this run");
             continue;
         }
-        for group in &groups {
-            store.set_last_strike(&campaign.name, group, now.as_millisecond())?;
-        }
         let groups_text = groups.iter().cloned().collect::<Vec<_>>().join(", ");
         tracing::info!(campaign = %campaign.name, groups = %groups_text, "firing");
-        let run =
-            campaign::run_campaign(&context, &campaign, false, Some(&groups), cancelled.clone());
+        let run = run_campaign(
+            &context.fleet,
+            &campaign,
+            false,
+            Some(&groups),
+            cancelled.clone(),
+            Arc::new(Logged),
+        );
         tokio::pin!(run);
         let report = tokio::select! {
             report = &mut run => report,
@@ -212,6 +130,22 @@ pub async fn run(context: Context) -> anyhow::Result<Outcome> {
             Err(error) => {
                 tracing::error!(campaign = %campaign.name, error = %format!("{error:#}"), "run failed")
             }
+        }
+    }
+}
+
+/// A scheduled run's events, as log lines.
+struct Logged;
+
+impl Progress for Logged {
+    fn event(&self, event: RunEvent) {
+        match event {
+            RunEvent::NotApplied { .. }
+            | RunEvent::ProbeFailed { .. }
+            | RunEvent::Aborting { .. }
+            | RunEvent::AbortNotApplied { .. }
+            | RunEvent::AbortsNotSent { .. } => tracing::warn!(?event, "run"),
+            _ => tracing::info!(?event, "run"),
         }
     }
 }

@@ -5,12 +5,14 @@
 //!   blackouts, per-group mean and minimum time between strikes): pure functions.
 //! - [`planner`]: which hosts a step may fault right now, inside the guardrails; pure.
 //! - [`probe`]: steady-state checks that stop a campaign when the service breaks.
-//!
-//! The runner that drives them against a fleet is the CLI's `campaign run` and `serve`.
+//! - [`runner`]: one run against a fleet: steps, leases, probes, aborts, the audit trail.
+//! - [`scheduler`]: which scheduled campaign fires next, and which groups it strikes.
 
 pub mod file;
 pub mod planner;
 pub mod probe;
+pub mod runner;
 pub mod schedule;
+pub mod scheduler;
 
 pub use file::{Campaign, CampaignError};

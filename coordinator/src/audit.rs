@@ -1,18 +1,18 @@
-//! The audit trail of every command the CLI sends: campaign runs, and ad-hoc attacks,
+//! The audit trail of every command the coordinator sends: campaign runs, and ad-hoc attacks,
 //! their lease renewals and aborts, and halts, each an entry in `troop campaign history`.
 //! A command is recorded before it is sent (none is sent that cannot be recorded, except
 //! a halt), signed as it leaves, and its outcome recorded when it answers.
 
 use serde_json::Value;
-use troop_coordinator::config::AgentEntry;
-use troop_coordinator::dispatch::{CallError, Delivery, code_name};
-use troop_coordinator::signer::{Signer, new_command, now_unix_ms};
-use troop_coordinator::store::{CommandRecord, Store, StoreError};
 use troop_proto::freshness::DEFAULT_VALIDITY;
 use troop_proto::pb;
 
-use super::Context;
-use crate::report;
+use crate::config::AgentEntry;
+use crate::describe;
+use crate::dispatch::{CallError, Delivery, code_name};
+use crate::fleet::Fleet;
+use crate::signer::{Signer, new_command, now_unix_ms};
+use crate::store::{CommandRecord, Store, StoreError};
 
 /// Where a run's commands are recorded.
 #[derive(Clone, Copy)]
@@ -30,8 +30,8 @@ pub struct AdhocRun {
 
 impl AdhocRun {
     /// Opens the store and records the run's start, under the local user's name.
-    pub fn begin(context: &Context, what: &str, seed: u64) -> Result<Self, StoreError> {
-        let store = Store::open(&context.config.store_url)?;
+    pub fn begin(fleet: &Fleet, what: &str, seed: u64) -> Result<Self, StoreError> {
+        let store = Store::open(&fleet.config.store_url)?;
         let run = store.begin_adhoc(what, seed, &operator(), now_unix_ms())?;
         Ok(Self { store, run })
     }
@@ -75,7 +75,7 @@ fn operator() -> String {
 /// Records every command before it is sent (if one cannot be recorded, none is sent),
 /// signs each as it leaves, and records what each got.
 pub async fn send_recorded(
-    context: &Context,
+    fleet: &Fleet,
     signer: &Signer,
     audit: Option<Audit<'_>>,
     work: Vec<(AgentEntry, pb::command::Action)>,
@@ -85,7 +85,7 @@ pub async fn send_recorded(
         .into_iter()
         .map(|(agent, action)| {
             let command = new_command(&agent.id, action, DEFAULT_VALIDITY);
-            tracing::info!(agent = %agent.id, command_id = %command.command_id, action = %report::action_text(command.action.as_ref()), "sending command");
+            tracing::info!(agent = %agent.id, command_id = %command.command_id, action = %describe::action_text(command.action.as_ref()), "sending command");
             (agent, command)
         })
         .collect();
@@ -99,7 +99,7 @@ pub async fn send_recorded(
                 && let Some(fault) = &start.fault
             {
                 parameters = serde_json::json!({
-                    "fault": report::fault_fields(fault),
+                    "fault": describe::fault_fields(fault),
                     "duration_ms": start.duration_ms,
                     "lease_ms": start.lease_ms,
                 });
@@ -109,7 +109,7 @@ pub async fn send_recorded(
                 step: audit.step,
                 target: agent.id.clone(),
                 command_id: command.command_id.clone(),
-                fault_kind: report::action_text(command.action.as_ref()),
+                fault_kind: describe::action_text(command.action.as_ref()),
                 parameters: parameters.to_string(),
                 signature_sha256: String::new(),
                 key_id: signer.key_id(),
@@ -117,7 +117,7 @@ pub async fn send_recorded(
             })?);
         }
     }
-    let deliveries = context.dispatcher.sign_and_send(signer, commands).await;
+    let deliveries = fleet.dispatcher.sign_and_send(signer, commands).await;
     for delivery in &deliveries {
         let (agent, command_id) = (&delivery.agent.id, &delivery.command_id);
         match &delivery.result {
@@ -136,7 +136,7 @@ pub async fn send_recorded(
                 }
                 Err(error) => (None, error.to_string()),
             };
-            let word = report::outcome_word(&delivery.result);
+            let word = describe::outcome_word(&delivery.result);
             if let Err(error) = audit.store.finish_command(
                 id,
                 word,

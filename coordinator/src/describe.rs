@@ -1,0 +1,167 @@
+//! Commands and their results in words: one line per action for people and the audit
+//! trail, a fault as fields for scripts, and the outcome word every report uses.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use troop_common::units::{format_duration, format_size};
+use troop_proto::pb;
+
+use crate::dispatch::CallError;
+
+/// `applied`, `refused`, `unreachable`, `unknown` (timed out: it may have run) or `failed`.
+pub fn outcome_word(result: &Result<pb::Receipt, CallError>) -> &'static str {
+    match result {
+        Ok(_) => "applied",
+        Err(error) if error.is_refusal() => "refused",
+        Err(CallError::Unreachable(_)) => "unreachable",
+        Err(CallError::TimedOut(_)) => "unknown",
+        Err(_) => "failed",
+    }
+}
+
+/// One line describing an action, e.g. `kill name "nginx" with signal 9 (one match)`.
+pub fn action_text(action: Option<&pb::command::Action>) -> String {
+    use pb::command::Action;
+    match action {
+        None => "nothing".into(),
+        Some(Action::AbortAll(_)) => "abort every active fault".into(),
+        Some(Action::Abort(abort)) => format!("abort fault {}", abort.fault_id),
+        Some(Action::Renew(renew)) => {
+            format!(
+                "renew the lease of {} for {} ms",
+                renew.fault_id, renew.lease_ms
+            )
+        }
+        Some(Action::Start(start)) => {
+            let mut text = fault_text(start.fault.as_ref());
+            if start.duration_ms > 0 {
+                text.push_str(&format!(
+                    " for {}",
+                    format_duration(Duration::from_millis(start.duration_ms))
+                ));
+            }
+            if start.lease_ms > 0 {
+                text.push_str(&format!(
+                    " (lease {})",
+                    format_duration(Duration::from_millis(start.lease_ms))
+                ));
+            }
+            text
+        }
+    }
+}
+
+/// A fault as fields named like the campaign file's keys (`kind`, `name`, `load`, ...),
+/// for scripts: `campaign plan` and `campaign show --output json`.
+pub fn fault_fields(fault: &pb::start_fault::Fault) -> Value {
+    use pb::process_match::By;
+    use pb::start_fault::Fault;
+    match fault {
+        Fault::Kill(kill) => {
+            let mut value = json!({
+                "kind": "kill",
+                "signal": kill.signal,
+                "all_matches": kill.all_matches,
+            });
+            match kill.target.as_ref().and_then(|t| t.by.as_ref()) {
+                Some(By::Name(name)) => value["name"] = json!(name),
+                Some(By::Exe(exe)) => value["exe"] = json!(exe),
+                Some(By::CmdlinePattern(pattern)) => value["pattern"] = json!(pattern),
+                Some(By::Pid(pid)) => value["pid"] = json!(pid),
+                Some(By::User(user)) => value["user"] = json!(user),
+                None => {}
+            }
+            if kill.repeat_every_ms > 0 {
+                value["repeat_ms"] = json!(kill.repeat_every_ms);
+            }
+            value
+        }
+        Fault::Cpu(cpu) => json!({ "kind": "cpu", "load": cpu.load_percent, "cores": cpu.cores }),
+        Fault::Memory(memory) => match memory.amount {
+            Some(pb::memory::Amount::Bytes(bytes)) => {
+                json!({ "kind": "memory", "size_bytes": bytes })
+            }
+            Some(pb::memory::Amount::Percent(percent)) => {
+                json!({ "kind": "memory", "percent": percent })
+            }
+            None => json!({ "kind": "memory" }),
+        },
+        Fault::Disk(disk) => match disk.amount {
+            Some(pb::disk::Amount::Bytes(bytes)) => {
+                json!({ "kind": "disk", "path": disk.path, "size_bytes": bytes })
+            }
+            Some(pb::disk::Amount::FillPercent(fill)) => {
+                json!({ "kind": "disk", "path": disk.path, "fill": fill })
+            }
+            None => json!({ "kind": "disk", "path": disk.path }),
+        },
+        Fault::StopHost(stop) => json!({
+            "kind": "stop-host",
+            "mode": pb::stop_host::Mode::try_from(stop.mode)
+                .map_or("?", |mode| mode.as_str_name())
+                .trim_start_matches("MODE_")
+                .to_ascii_lowercase(),
+            "delay_ms": stop.delay_ms,
+        }),
+    }
+}
+
+fn fault_text(fault: Option<&pb::start_fault::Fault>) -> String {
+    use pb::process_match::By;
+    use pb::start_fault::Fault;
+    match fault {
+        None => "no fault".into(),
+        Some(Fault::Kill(kill)) => {
+            let target = match kill.target.as_ref().and_then(|t| t.by.as_ref()) {
+                Some(By::Name(name)) => format!("name {name:?}"),
+                Some(By::Exe(exe)) => format!("exe {exe:?}"),
+                Some(By::CmdlinePattern(pattern)) => format!("pattern {pattern:?}"),
+                Some(By::Pid(pid)) => format!("pid {pid}"),
+                Some(By::User(user)) => format!("user {user:?}"),
+                None => "no target".into(),
+            };
+            let how = if kill.all_matches {
+                "every match"
+            } else {
+                "one match at random"
+            };
+            let repeat = match kill.repeat_every_ms {
+                0 => String::new(),
+                ms => format!(
+                    ", again every {}",
+                    format_duration(Duration::from_millis(ms))
+                ),
+            };
+            format!("kill {target} with signal {} ({how}{repeat})", kill.signal)
+        }
+        Some(Fault::Cpu(cpu)) => match cpu.cores {
+            0 => format!("cpu {}% on every core", cpu.load_percent),
+            n => format!("cpu {}% on {n} core(s)", cpu.load_percent),
+        },
+        Some(Fault::Memory(memory)) => match memory.amount {
+            Some(pb::memory::Amount::Bytes(bytes)) => format!("memory {}", format_size(bytes)),
+            Some(pb::memory::Amount::Percent(percent)) => format!("memory {percent}% of the host"),
+            None => "memory (no amount)".into(),
+        },
+        Some(Fault::Disk(disk)) => match disk.amount {
+            Some(pb::disk::Amount::Bytes(bytes)) => {
+                format!("disk: add {} in {}", format_size(bytes), disk.path)
+            }
+            Some(pb::disk::Amount::FillPercent(percent)) => {
+                format!("disk: fill {} to {percent}%", disk.path)
+            }
+            None => format!("disk {} (no amount)", disk.path),
+        },
+        Some(Fault::StopHost(stop)) => {
+            let mode = pb::stop_host::Mode::try_from(stop.mode)
+                .map_or("?", |mode| mode.as_str_name())
+                .trim_start_matches("MODE_")
+                .to_ascii_lowercase();
+            format!(
+                "stop-host: {mode} after {}",
+                format_duration(Duration::from_millis(stop.delay_ms))
+            )
+        }
+    }
+}
