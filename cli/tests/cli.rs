@@ -3,6 +3,8 @@
 
 use std::process::Command;
 
+use troop_lab::files;
+
 fn troop(args: &[&str]) -> std::process::Output {
     troop_in(&std::env::temp_dir(), args)
 }
@@ -103,16 +105,13 @@ fn dry_fleet(signing_key: &str) -> tempfile::TempDir {
             .status
             .success()
     );
-    std::fs::write(
-        dir.path().join("troop.toml"),
-        format!(
-            "[signing]\nkey = \"pki/{signing_key}\"\n[tls]\ncert = \"pki/coordinator.pem\"\n\
-             key = \"pki/coordinator.key\"\nca = \"pki/ca.pem\"\n\
-             [[agents]]\nid = \"web-1\"\naddress = \"192.0.2.1:7443\"\nlabels = {{ role = \"web\" }}\n\
-             [[agents]]\nid = \"web-2\"\naddress = \"192.0.2.2:7443\"\nlabels = {{ role = \"web\" }}\n"
-        ),
-    )
-    .unwrap();
+    let web = files::labels(&[("role", "web")]);
+    let mut fleet = files::coordinator_file([
+        ("web-1", "192.0.2.1:7443", &web),
+        ("web-2", "192.0.2.2:7443", &web),
+    ]);
+    fleet.signing.key = format!("pki/{signing_key}").into();
+    files::write(&dir.path().join("troop.toml"), &fleet).unwrap();
     dir
 }
 

@@ -4,6 +4,10 @@
 //! Every unit must be written out: a bare `30` could mean seconds or
 //! minutes, and guessing wrong in a chaos tool means a fault that lasts 60
 //! times longer than intended.
+//!
+//! Hand-written on purpose: humantime accepts units the contract does not list (weeks,
+//! months, years) and bytesize reads units case-insensitively (`1gb`); the contract
+//! refuses both.
 
 use std::time::Duration;
 

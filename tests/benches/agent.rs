@@ -61,16 +61,14 @@ impl AgentProcess {
         let pki = TestPki::new(&["web-1"]);
         let port = troop_lab::host::free_port().unwrap();
         let config = pki.dir.path().join("agent.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "id = \"web-1\"\nlisten = \"127.0.0.1:{port}\"\nstate_dir = \"{}\"\n\
-                 [tls]\ncert = \"pki/web-1.pem\"\nkey = \"pki/web-1.key\"\nca = \"pki/ca.pem\"\n\
-                 [trust]\ncoordinator_keys = [\"pki/signing.pub\"]\n",
-                state_dir.display()
-            ),
-        )
-        .unwrap();
+        let mut file = troop_lab::files::agent_file(
+            "web-1",
+            &format!("127.0.0.1:{port}"),
+            &Default::default(),
+            Default::default(),
+        );
+        file.state_dir = Some(state_dir.to_path_buf());
+        troop_lab::files::write(&config, &file).unwrap();
         let child = std::process::Command::new(binary("troop-agent"))
             .arg("--config")
             .arg(&config)

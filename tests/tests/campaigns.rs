@@ -271,7 +271,7 @@ fn healthz(lab: &Lab) -> String {
     lab.enter_network();
     let mut stream = std::net::TcpStream::connect("127.0.0.1:7080").unwrap();
     stream
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: troop\r\n\r\n")
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: troop\r\nConnection: close\r\n\r\n")
         .unwrap();
     let mut answer = String::new();
     stream.read_to_string(&mut answer).unwrap();

@@ -298,16 +298,10 @@ async fn halt_gets_through_a_flood_of_half_open_connections() {
     use tokio::io::AsyncWriteExt;
     let pki = troop_tests::TestPki::new(&["web-1"]);
     let agent = troop_tests::RunningAgent::start(pki.agent_config("web-1", "")).await;
-    std::fs::write(
-        pki.dir.path().join("troop.toml"),
-        format!(
-            "[signing]\nkey = \"pki/signing.key\"\n[tls]\ncert = \"pki/coordinator.pem\"\n\
-             key = \"pki/coordinator.key\"\nca = \"pki/ca.pem\"\n\
-             [[agents]]\nid = \"web-1\"\naddress = \"{}\"\n",
-            agent.address
-        ),
-    )
-    .unwrap();
+    let address = agent.address.to_string();
+    let fleet =
+        troop_lab::files::coordinator_file([("web-1", address.as_str(), &Default::default())]);
+    troop_lab::files::write(&pki.dir.path().join("troop.toml"), &fleet).unwrap();
     let halt = || {
         let dir = pki.dir.path().to_path_buf();
         tokio::task::spawn_blocking(move || {

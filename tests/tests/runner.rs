@@ -57,6 +57,11 @@ async fn fleet() -> (TestPki, Vec<RunningAgent>, Fleet) {
 }
 
 fn campaign(duration: &str) -> Campaign {
+    campaign_with(duration, "")
+}
+
+/// The campaign, with `guardrails` lines (probes) added to `[guardrails]`.
+fn campaign_with(duration: &str, guardrails: &str) -> Campaign {
     let text = format!(
         r#"
 name = "burn"
@@ -65,6 +70,7 @@ seed = 3
 [guardrails]
 max_concurrent = 1
 lease = "3s"
+{guardrails}
 
 [[step]]
 select = "role=web"
@@ -189,4 +195,102 @@ async fn a_cancelled_run_aborts_its_fault_at_once() {
             .any(|e| matches!(e, RunEvent::Aborting { faults: 1, .. }))
     );
     assert!(active_faults(&fleet).await.values().all(|n| *n == 0));
+}
+
+/// An HTTPS health endpoint on loopback with a certificate from `pki`'s CA (for
+/// 127.0.0.1): `200 OK` to a request carrying `Authorization: Bearer test`, else 401.
+async fn https_service(pki: &TestPki) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    pki.issue_agent("health", &["127.0.0.1".into()]);
+    let config = rustls::ServerConfig::builder_with_provider(troop_common::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            troop_common::tls::load_certs(&pki.path("health.pem")).unwrap(),
+            troop_common::tls::load_key(&pki.path("health.key")).unwrap(),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut request = [0u8; 2048];
+                let read = tls.read(&mut request).await.unwrap_or(0);
+                let request = String::from_utf8_lossy(&request[..read]).to_ascii_lowercase();
+                let status = if request.contains("\r\nauthorization: bearer test\r\n") {
+                    "200 OK"
+                } else {
+                    "401 Unauthorized"
+                };
+                let response =
+                    format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                let _ = tls.write_all(response.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    format!("https://{address}/health")
+}
+
+fn https_probe(url: &str, ca: &Path) -> String {
+    format!(
+        "[[guardrails.stop_if]]\nname = \"service\"\nhttp = \"{url}\"\nca = \"{}\"\nheaders = {{ Authorization = \"Bearer test\" }}\nevery = \"200ms\"\n",
+        ca.display()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_https_probe_trusts_its_own_ca_and_says_when_the_ca_is_wrong() {
+    let (pki, _agents, fleet) = fleet().await;
+    let url = https_service(&pki).await;
+    let (_cancel, cancelled) = watch::channel(None);
+    let good = campaign_with("1s", &https_probe(&url, &pki.path("ca.pem")));
+    let report = run_campaign(
+        &fleet,
+        &good,
+        false,
+        None,
+        cancelled.clone(),
+        Arc::new(Collected::default()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.status, "completed", "{}", report.reason);
+    let store = Store::open(&fleet.config.store_url).unwrap();
+    let probes = store.run(report.run_id.unwrap()).unwrap().probes;
+    assert!(
+        !probes.is_empty() && probes.iter().all(|p| p.ok),
+        "{probes:?}"
+    );
+
+    // Another fleet's CA: the steady state cannot be shown, so nothing is sent.
+    let other = TestPki::new(&[]);
+    let wrong = campaign_with("1s", &https_probe(&url, &other.path("ca.pem")));
+    let report = run_campaign(
+        &fleet,
+        &wrong,
+        false,
+        None,
+        cancelled,
+        Arc::new(Collected::default()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.status, "refused");
+    assert_eq!(report.sent, 0);
+    assert!(
+        report.reason.contains("not signed by the CA in")
+            && report
+                .reason
+                .contains(&other.path("ca.pem").display().to_string()),
+        "{}",
+        report.reason
+    );
 }

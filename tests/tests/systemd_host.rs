@@ -184,16 +184,19 @@ fn the_deb_on_a_systemd_host_serves_a_kill_and_a_stop() {
     ] {
         std::fs::copy(pki.path(from), etc.join(to)).unwrap();
     }
-    std::fs::write(
-        etc.join("agent.toml"),
-        format!(
-            "id = \"box-1\"\nlisten = \"{address}:7443\"\nlabels = {{ role = \"box\" }}\n\
-             [tls]\ncert = \"box-1.pem\"\nkey = \"box-1.key\"\nca = \"ca.pem\"\n\
-             [trust]\ncoordinator_keys = [\"signing.pub\"]\n\
-             [policy]\nallow = [\"kill\", \"stop-host\"]\n"
-        ),
-    )
-    .unwrap();
+    // The packaged unit's defaults: the state dir is systemd's, paths next to agent.toml.
+    let mut agent = troop_lab::files::agent_file(
+        "box-1",
+        &format!("{address}:7443"),
+        &troop_lab::files::labels(&[("role", "box")]),
+        troop_lab::files::policy("allow = [\"kill\", \"stop-host\"]"),
+    );
+    agent.state_dir = None;
+    agent.tls.cert = "box-1.pem".into();
+    agent.tls.key = "box-1.key".into();
+    agent.tls.ca = "ca.pem".into();
+    agent.trust.coordinator_keys = vec!["signing.pub".into()];
+    troop_lab::files::write(&etc.join("agent.toml"), &agent).unwrap();
     std::fs::write(
         root.join("etc/systemd/system/victim.service"),
         "[Service]\nExecStart=/bin/sleep infinity\n[Install]\nWantedBy=multi-user.target\n",

@@ -331,15 +331,10 @@ duration = "3s"
 
 /// `GET /health`: 200 while every web host runs a replica, 503 otherwise.
 async fn serve_health(listener: tokio::net::TcpListener, lab: Arc<Lab>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
-            continue;
-        };
+    use axum::http::StatusCode;
+    let up = move || {
         let lab = lab.clone();
-        tokio::spawn(async move {
-            let mut request = [0u8; 512];
-            let _ = stream.read(&mut request).await;
+        async move {
             let up = tokio::task::spawn_blocking(move || {
                 FLEET
                     .iter()
@@ -348,19 +343,15 @@ async fn serve_health(listener: tokio::net::TcpListener, lab: Arc<Lab>) {
             })
             .await
             .unwrap_or(false);
-            let status = if up {
-                "200 OK"
+            if up {
+                StatusCode::OK
             } else {
-                "503 Service Unavailable"
-            };
-            let _ = stream
-                .write_all(
-                    format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-                        .as_bytes(),
-                )
-                .await;
-        });
-    }
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+        }
+    };
+    let routes = axum::Router::new().route("/health", axum::routing::get(up));
+    let _ = axum::serve(listener, routes).await;
 }
 
 /// The most each host showed while the campaign ran.

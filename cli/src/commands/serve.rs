@@ -9,7 +9,6 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 use troop_coordinator::campaign::runner::{Progress, RunEvent, run_campaign};
@@ -20,22 +19,11 @@ use super::{Context, Outcome};
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:7080";
 
+/// `GET /healthz`: `ok` while serve runs; anything else 404 (axum's router).
 async fn health(listener: tokio::net::TcpListener) {
-    loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
-            continue;
-        };
-        tokio::spawn(async move {
-            let mut request = [0u8; 1024];
-            let read = stream.read(&mut request).await.unwrap_or(0);
-            let ok = request[..read].starts_with(b"GET /healthz ");
-            let response: &[u8] = if ok {
-                b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n"
-            } else {
-                b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-            };
-            let _ = stream.write_all(response).await;
-        });
+    let routes = axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok\n" }));
+    if let Err(error) = axum::serve(listener, routes).await {
+        tracing::error!(%error, "/healthz stopped");
     }
 }
 

@@ -2,6 +2,7 @@
 //! reported at its line and column. A file that validates is a [`Campaign`] the runner
 //! and the scheduler can trust.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -113,6 +114,8 @@ const PROBE_KEYS: &[&str] = &[
     "tcp",
     "command",
     "expect_status",
+    "ca",
+    "headers",
     "every",
     "failures",
     "timeout",
@@ -176,6 +179,8 @@ struct RawProbe {
     tcp: Option<Spanned<String>>,
     command: Option<Spanned<String>>,
     expect_status: Option<Spanned<i64>>,
+    ca: Option<Spanned<PathBuf>>,
+    headers: Option<Spanned<BTreeMap<String, String>>>,
     every: Option<Spanned<String>>,
     failures: Option<Spanned<i64>>,
     timeout: Option<Spanned<String>>,
@@ -293,7 +298,12 @@ impl Campaign {
                 });
             }
         };
-        let campaign = check(raw, &mut problems, text);
+        // Relative paths in a campaign (a probe's `ca`) are read from its directory.
+        let base = path
+            .parent()
+            .filter(|dir| !dir.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let campaign = check(raw, &mut problems, text, base);
         match campaign {
             Some(campaign) if problems.found.is_empty() => Ok(campaign),
             _ => Err(CampaignError {
@@ -370,7 +380,7 @@ fn unknown_keys(text: &str, p: &mut Problems<'_>) {
     }
 }
 
-fn check(raw: RawCampaign, p: &mut Problems<'_>, text: &str) -> Option<Campaign> {
+fn check(raw: RawCampaign, p: &mut Problems<'_>, text: &str, base: &Path) -> Option<Campaign> {
     let name = raw.name.get_ref().trim().to_string();
     let name_ok = !name.is_empty()
         && name.len() <= 64
@@ -388,7 +398,7 @@ fn check(raw: RawCampaign, p: &mut Problems<'_>, text: &str) -> Option<Campaign>
         .stop_if
         .iter()
         .enumerate()
-        .filter_map(|(index, probe)| check_probe(index, probe, p))
+        .filter_map(|(index, probe)| check_probe(index, probe, base, p))
         .collect();
     if raw.steps.is_empty() {
         p.at(0..0, "a campaign needs at least one [[step]]");
@@ -539,7 +549,13 @@ fn check_guardrails(raw: &RawGuardrails, p: &mut Problems<'_>) -> Guardrails {
     }
 }
 
-fn check_probe(index: usize, raw: &Spanned<RawProbe>, p: &mut Problems<'_>) -> Option<Probe> {
+/// `base`: the campaign file's directory, which a relative `ca` is read from.
+fn check_probe(
+    index: usize,
+    raw: &Spanned<RawProbe>,
+    base: &Path,
+    p: &mut Problems<'_>,
+) -> Option<Probe> {
     let probe = raw.get_ref();
     let checks = [
         probe.http.is_some(),
@@ -557,14 +573,58 @@ fn check_probe(index: usize, raw: &Spanned<RawProbe>, p: &mut Problems<'_>) -> O
         Some(status) => p.ranged(status, "expect_status", 100..=599)? as u16,
         None => 200,
     };
+    if probe.http.is_none() {
+        for (key, span) in [
+            ("ca", probe.ca.as_ref().map(Spanned::span)),
+            ("headers", probe.headers.as_ref().map(Spanned::span)),
+        ] {
+            if let Some(span) = span {
+                p.at(span, format!("{key} is only for http probes"));
+            }
+        }
+    }
     let check = if let Some(url) = &probe.http {
-        if let Err(error) = super::probe::parse_http_url(url.get_ref()) {
-            p.at(url.span(), error);
-            return None;
+        let parsed = match super::probe::check_http_url(url.get_ref()) {
+            Ok(parsed) => parsed,
+            Err(error) => {
+                p.at(url.span(), error);
+                return None;
+            }
+        };
+        let ca = match &probe.ca {
+            Some(ca) if parsed.scheme() != "https" => {
+                p.at(ca.span(), "ca is only for https:// URLs");
+                return None;
+            }
+            Some(ca) => {
+                let path = base.join(ca.get_ref());
+                if let Err(error) = super::probe::trusted_roots(Some(&path)) {
+                    p.at(ca.span(), format!("ca: {error}"));
+                    return None;
+                }
+                Some(path)
+            }
+            None => None,
+        };
+        let mut headers = Vec::new();
+        for (name, value) in probe
+            .headers
+            .as_ref()
+            .map(Spanned::get_ref)
+            .into_iter()
+            .flatten()
+        {
+            if let Err(error) = super::probe::check_header(name, value) {
+                p.at(probe.headers.as_ref()?.span(), error);
+                return None;
+            }
+            headers.push((name.clone(), value.clone()));
         }
         Check::Http {
             url: url.get_ref().clone(),
             expect_status,
+            ca,
+            headers,
         }
     } else if let Some(address) = &probe.tcp {
         if !address.get_ref().contains(':') {
@@ -968,6 +1028,56 @@ duration = "2m"
         assert_eq!(campaign.guardrails.max_concurrent, 2);
         assert_eq!(campaign.probes[0].failures, 3);
         assert!(campaign.schedule.is_some());
+    }
+
+    #[test]
+    fn https_probes_name_their_ca_and_headers_and_misuse_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::pki::init(dir.path()).unwrap();
+        let probe = |lines: &str| {
+            GOOD.replace(
+                "http = \"http://127.0.0.1:8080/health\"\n",
+                &format!("{lines}\n"),
+            )
+        };
+        let file = dir.path().join("c.toml");
+        let good = probe(
+            "http = \"https://svc.internal/health\"\nca = \"ca.pem\"\nheaders = { Authorization = \"Bearer x\" }",
+        );
+        let campaign = Campaign::parse(&good, &file).unwrap();
+        assert_eq!(
+            campaign.probes[0].check,
+            Check::Http {
+                url: "https://svc.internal/health".into(),
+                expect_status: 200,
+                // Relative to the campaign file.
+                ca: Some(dir.path().join("ca.pem")),
+                headers: vec![("Authorization".into(), "Bearer x".into())],
+            }
+        );
+        let refused = |lines: &str, expected: &str| {
+            let error = Campaign::parse(&probe(lines), &file)
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(expected), "{lines}: {error}");
+        };
+        refused(
+            "http = \"http://svc/health\"\nca = \"ca.pem\"",
+            "ca is only for https:// URLs",
+        );
+        refused(
+            "http = \"https://svc/health\"\nca = \"missing.pem\"",
+            "missing.pem",
+        );
+        refused(
+            "http = \"https://svc/health\"\nheaders = { \"Bad Name\" = \"x\" }",
+            "not an HTTP header name",
+        );
+        refused(
+            "tcp = \"svc:80\"\nca = \"ca.pem\"",
+            "ca is only for http probes",
+        );
+        refused("http = \"ftp://svc/\"", "only http:// and https://");
     }
 
     #[test]
