@@ -28,7 +28,7 @@ const COMPACT_AFTER_LINES: usize = 4096;
 /// What a command got the first time.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Outcome {
+pub enum FirstAnswer {
     /// The encoded `Receipt`, hex.
     Receipt(String),
     /// The gRPC status it was answered with.
@@ -45,7 +45,7 @@ struct Line {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     expires_at_unix_ms: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    outcome: Option<Outcome>,
+    outcome: Option<FirstAnswer>,
 }
 
 #[derive(Debug, Clone)]
@@ -53,7 +53,7 @@ struct Entry {
     digest: String,
     until_unix_ms: i64,
     expires_at_unix_ms: i64,
-    outcome: Option<Outcome>,
+    outcome: Option<FirstAnswer>,
 }
 
 impl Entry {
@@ -71,10 +71,10 @@ impl Entry {
 /// What the ledger says about a command about to run.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Admission {
-    /// First time: recorded durably; run it, then call [`Ledger::finish`].
+    /// First time: recorded durably; run it, then call [`ReplayLedger::finish`].
     New,
     /// The exact same command ran before and got this.
-    Replay(Outcome),
+    Replay(FirstAnswer),
     /// The exact same command was admitted but its outcome is not (yet) known.
     Pending,
     /// Another command already used this id.
@@ -92,8 +92,10 @@ pub struct LedgerError {
     source: io::Error,
 }
 
+/// Every command id this agent admitted, kept on disk until it can no longer be fresh:
+/// the reason a command never runs twice, also across a crash.
 #[derive(Debug)]
-pub struct Ledger {
+pub struct ReplayLedger {
     path: PathBuf,
     compact_after_lines: usize,
     inner: Mutex<Inner>,
@@ -116,7 +118,7 @@ pub fn digest(payload: &[u8]) -> String {
     hex::encode(Sha256::digest(payload))
 }
 
-impl Ledger {
+impl ReplayLedger {
     /// Reads the ledger in `state_dir` without changing anything (for `validate`, which
     /// may run beside a live agent). Returns how many commands it remembers.
     pub fn check(state_dir: &Path) -> Result<usize, LedgerError> {
@@ -210,7 +212,12 @@ impl Ledger {
     }
 
     /// Records what an admitted command got, for exact retries.
-    pub fn finish(&self, id: &str, outcome: Outcome, now_unix_ms: i64) -> Result<(), LedgerError> {
+    pub fn finish(
+        &self,
+        id: &str,
+        outcome: FirstAnswer,
+        now_unix_ms: i64,
+    ) -> Result<(), LedgerError> {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let Some(entry) = inner.entries.get_mut(id) else {
             return Ok(());
@@ -420,14 +427,14 @@ mod tests {
 
     const NOW: i64 = 1_000_000;
 
-    fn receipt() -> Outcome {
-        Outcome::Receipt("0a01".into())
+    fn receipt() -> FirstAnswer {
+        FirstAnswer::Receipt("0a01".into())
     }
 
     #[test]
     fn first_use_then_exact_replay_then_conflict() {
         let dir = tempfile::tempdir().unwrap();
-        let ledger = Ledger::open(dir.path(), NOW).unwrap();
+        let ledger = ReplayLedger::open(dir.path(), NOW).unwrap();
         assert_eq!(
             ledger.admit("a", "d1", NOW + 10, NOW + 10, NOW).unwrap(),
             Admission::New
@@ -451,7 +458,7 @@ mod tests {
     fn survives_a_restart_and_forgets_what_expired() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let ledger = Ledger::open(dir.path(), NOW).unwrap();
+            let ledger = ReplayLedger::open(dir.path(), NOW).unwrap();
             ledger
                 .admit("done", "d", NOW + 100, NOW + 100, NOW)
                 .unwrap();
@@ -461,7 +468,7 @@ mod tests {
                 .unwrap();
             ledger.admit("old", "d", NOW + 1, NOW + 1, NOW).unwrap();
         }
-        let ledger = Ledger::open(dir.path(), NOW + 50).unwrap();
+        let ledger = ReplayLedger::open(dir.path(), NOW + 50).unwrap();
         assert_eq!(
             ledger
                 .admit("done", "d", NOW + 100, NOW + 100, NOW + 50)
@@ -488,12 +495,12 @@ mod tests {
     fn a_torn_last_line_keeps_the_admission() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let ledger = Ledger::open(dir.path(), NOW).unwrap();
+            let ledger = ReplayLedger::open(dir.path(), NOW).unwrap();
             ledger.admit("a", "d", NOW + 100, NOW + 100, NOW).unwrap();
         }
         let mut file = open_append(&dir.path().join(FILE_NAME)).unwrap();
         file.write_all(b"{\"id\":\"a\",\"dig").unwrap();
-        let ledger = Ledger::open(dir.path(), NOW).unwrap();
+        let ledger = ReplayLedger::open(dir.path(), NOW).unwrap();
         assert_eq!(
             ledger.admit("a", "d", NOW + 100, NOW + 100, NOW).unwrap(),
             Admission::Pending
@@ -504,7 +511,7 @@ mod tests {
     fn an_id_reused_after_expiry_keeps_its_new_digest_across_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let ledger = Ledger::open(dir.path(), NOW).unwrap();
+            let ledger = ReplayLedger::open(dir.path(), NOW).unwrap();
             ledger.admit("a", "old", NOW + 10, NOW + 10, NOW).unwrap();
             ledger.finish("a", receipt(), NOW).unwrap();
             assert_eq!(
@@ -514,7 +521,7 @@ mod tests {
                 Admission::New
             );
         }
-        let ledger = Ledger::open(dir.path(), NOW + 50).unwrap();
+        let ledger = ReplayLedger::open(dir.path(), NOW + 50).unwrap();
         assert_eq!(
             ledger
                 .admit("a", "new", NOW + 100, NOW + 100, NOW + 50)
@@ -532,12 +539,12 @@ mod tests {
     #[test]
     fn one_state_dir_serves_one_agent_and_check_changes_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let ledger = Ledger::open(dir.path(), NOW).unwrap();
+        let ledger = ReplayLedger::open(dir.path(), NOW).unwrap();
         ledger.admit("a", "d", NOW + 100, NOW + 100, NOW).unwrap();
-        let error = Ledger::open(dir.path(), NOW).unwrap_err();
+        let error = ReplayLedger::open(dir.path(), NOW).unwrap_err();
         assert!(format!("{:?}", error).contains("in use by another running troop-agent"));
         let before = fs::read(dir.path().join(FILE_NAME)).unwrap();
-        assert_eq!(Ledger::check(dir.path()).unwrap(), 1);
+        assert_eq!(ReplayLedger::check(dir.path()).unwrap(), 1);
         assert_eq!(fs::read(dir.path().join(FILE_NAME)).unwrap(), before);
         assert_eq!(
             ledger.admit("b", "d", NOW + 100, NOW + 100, NOW).unwrap(),
@@ -545,7 +552,7 @@ mod tests {
         );
         drop(ledger);
         assert!(
-            Ledger::open(dir.path(), NOW).is_ok(),
+            ReplayLedger::open(dir.path(), NOW).is_ok(),
             "the lock goes with the agent"
         );
     }
@@ -553,7 +560,7 @@ mod tests {
     #[test]
     fn a_failed_write_stops_admissions_until_a_restart() {
         let dir = tempfile::tempdir().unwrap();
-        let ledger = Ledger::open(dir.path(), NOW).unwrap();
+        let ledger = ReplayLedger::open(dir.path(), NOW).unwrap();
         ledger.fail_writes();
         assert!(ledger.admit("a", "d", NOW + 100, NOW + 100, NOW).is_err());
         assert!(
@@ -561,7 +568,7 @@ mod tests {
             "must stay stopped"
         );
         drop(ledger);
-        let ledger = Ledger::open(dir.path(), NOW).unwrap();
+        let ledger = ReplayLedger::open(dir.path(), NOW).unwrap();
         assert_eq!(
             ledger.admit("a", "d", NOW + 100, NOW + 100, NOW).unwrap(),
             Admission::New
@@ -572,19 +579,19 @@ mod tests {
     fn a_forgotten_command_stays_refused_after_the_clock_goes_back() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let ledger = Ledger::open(dir.path(), NOW).unwrap();
+            let ledger = ReplayLedger::open(dir.path(), NOW).unwrap();
             ledger.admit("a", "d", NOW + 10, NOW + 40, NOW).unwrap();
             ledger.finish("a", receipt(), NOW).unwrap();
         }
         // Opened with the clock far ahead: "a" is past its window and forgotten.
-        drop(Ledger::open(dir.path(), NOW + 1_000_000).unwrap());
+        drop(ReplayLedger::open(dir.path(), NOW + 1_000_000).unwrap());
         assert!(
             !fs::read_to_string(dir.path().join(FILE_NAME))
                 .unwrap()
                 .contains("\"a\"")
         );
         // The clock is set back (or the skew raised), so "a" looks fresh again.
-        let ledger = Ledger::open(dir.path(), NOW).unwrap();
+        let ledger = ReplayLedger::open(dir.path(), NOW).unwrap();
         assert_eq!(
             ledger.admit("a", "d", NOW + 10, NOW + 40, NOW).unwrap(),
             Admission::BeyondHorizon
@@ -599,7 +606,7 @@ mod tests {
     #[test]
     fn a_remembered_command_is_a_replay_even_when_its_window_looks_over() {
         let dir = tempfile::tempdir().unwrap();
-        let ledger = Ledger::open(dir.path(), NOW).unwrap();
+        let ledger = ReplayLedger::open(dir.path(), NOW).unwrap();
         ledger.admit("a", "d", NOW + 10, NOW + 40, NOW).unwrap();
         ledger.finish("a", receipt(), NOW).unwrap();
         // A larger skew now makes it fresh at NOW + 100: still the first outcome.
@@ -617,7 +624,7 @@ mod tests {
             Admission::New
         );
         drop(ledger);
-        let ledger = Ledger::open(dir.path(), NOW + 100).unwrap();
+        let ledger = ReplayLedger::open(dir.path(), NOW + 100).unwrap();
         assert_eq!(
             ledger
                 .admit("a", "d", NOW + 10, NOW + 130, NOW + 100)
@@ -635,7 +642,7 @@ mod tests {
     #[test]
     fn compaction_keeps_the_file_small() {
         let dir = tempfile::tempdir().unwrap();
-        let mut ledger = Ledger::open(dir.path(), NOW).unwrap();
+        let mut ledger = ReplayLedger::open(dir.path(), NOW).unwrap();
         ledger.compact_after_lines = 64;
         for i in 0..256 {
             let id = i.to_string();

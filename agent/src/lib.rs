@@ -30,10 +30,10 @@ use troop_proto::pb::agent_server::AgentServer;
 
 use crate::config::AgentConfig;
 use crate::faults::engine::Engine;
-use crate::faults::journal::Journal;
+use crate::faults::journal::FaultJournal;
 use crate::faults::runner::Runner;
 use crate::host::process::{LinuxProcessTable, ProcessTable};
-use crate::ledger::Ledger;
+use crate::ledger::ReplayLedger;
 use crate::service::{AgentService, GrpcAgent};
 
 /// Commands are small; anything larger is refused before it is decoded.
@@ -60,9 +60,9 @@ pub enum StartError {
     #[error("TLS identity")]
     Tls(#[from] troop_common::tls::TlsError),
     #[error("state")]
-    Ledger(#[from] ledger::LedgerError),
+    ReplayLedger(#[from] ledger::LedgerError),
     #[error("state")]
-    Journal(#[from] faults::journal::JournalError),
+    FaultJournal(#[from] faults::journal::JournalError),
     #[error("cannot find this program's own path (for the memory holder)")]
     Helper(#[source] std::io::Error),
     #[error("gRPC server")]
@@ -137,8 +137,8 @@ pub fn validate(config: &AgentConfig) -> Result<Validated, StartError> {
             ));
         }
     }
-    let remembered_commands = Ledger::check(&config.state_dir)?;
-    let journaled_faults = Journal::check(&config.state_dir)?;
+    let remembered_commands = ReplayLedger::check(&config.state_dir)?;
+    let journaled_faults = FaultJournal::check(&config.state_dir)?;
     Ok(Validated {
         trusted_keys: keys.len(),
         remembered_commands,
@@ -172,9 +172,9 @@ impl Agent {
     ) -> Result<Self, StartError> {
         let trusted = load_trusted_keys(&config)?;
         let tls = tls::server_config(&config.tls)?;
-        let ledger = Ledger::open(&config.state_dir, troop_common::clock::now_unix_ms())?;
+        let ledger = ReplayLedger::open(&config.state_dir, troop_common::clock::now_unix_ms())?;
         // The ledger holds the state dir's lock, so no other agent is undoing this too.
-        let (journal, left) = Journal::open(&config.state_dir)?;
+        let (journal, left) = FaultJournal::open(&config.state_dir)?;
         let engine = Arc::new(Engine::new(journal));
         faults::recover(&config.state_dir, &engine, left);
         let service = Arc::new(AgentService::new(

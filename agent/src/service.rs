@@ -12,7 +12,7 @@ use troop_proto::pb::agent_server::Agent;
 use troop_proto::{Refusal, TrustedKeys, freshness, pb};
 
 use crate::faults::runner::Runner;
-use crate::ledger::{self, Admission, Ledger, Outcome};
+use crate::ledger::{self, Admission, FirstAnswer, ReplayLedger};
 use troop_telemetry::error_chain;
 
 use troop_common::clock::now_unix_ms;
@@ -23,7 +23,7 @@ pub struct AgentService {
     pub(crate) id: String,
     /// What SIGHUP reloads from the config file.
     pub(crate) settings: RwLock<Settings>,
-    pub(crate) ledger: Ledger,
+    pub(crate) ledger: ReplayLedger,
     pub(crate) runner: Runner,
     pub(crate) last_stop: Option<pb::HostStop>,
 }
@@ -44,7 +44,7 @@ impl AgentService {
         labels: BTreeMap<String, String>,
         trusted: TrustedKeys,
         max_clock_skew: Duration,
-        ledger: Ledger,
+        ledger: ReplayLedger,
         runner: Runner,
         last_stop: Option<pb::HostStop>,
     ) -> Self {
@@ -144,7 +144,7 @@ impl AgentService {
         let outcome = match &result {
             Ok(receipt) => {
                 tracing::info!(command_id = %id, summary = %receipt.summary, "accepted command");
-                Outcome::Receipt(hex::encode(receipt.encode_to_vec()))
+                FirstAnswer::Receipt(hex::encode(receipt.encode_to_vec()))
             }
             Err(error) => {
                 if error.is_refusal() {
@@ -152,7 +152,7 @@ impl AgentService {
                 } else {
                     tracing::warn!(command_id = %id, %error, "command failed");
                 }
-                Outcome::Status {
+                FirstAnswer::Status {
                     code: error.code() as i32,
                     message: error.to_string(),
                 }
@@ -193,13 +193,13 @@ fn only_ends_faults(command: &pb::Command) -> bool {
     )
 }
 
-fn replayed(outcome: Outcome) -> Result<pb::Receipt, Status> {
+fn replayed(outcome: FirstAnswer) -> Result<pb::Receipt, Status> {
     match outcome {
-        Outcome::Receipt(hex_bytes) => hex::decode(hex_bytes)
+        FirstAnswer::Receipt(hex_bytes) => hex::decode(hex_bytes)
             .ok()
             .and_then(|bytes| pb::Receipt::decode(bytes.as_slice()).ok())
             .ok_or_else(|| Status::internal("stored receipt is unreadable")),
-        Outcome::Status { code, message } => Err(Status::new(code.into(), message)),
+        FirstAnswer::Status { code, message } => Err(Status::new(code.into(), message)),
     }
 }
 
@@ -237,7 +237,7 @@ impl Agent for GrpcAgent {
 mod tests {
     use super::*;
     use crate::faults::engine::Engine;
-    use crate::faults::journal::Journal;
+    use crate::faults::journal::FaultJournal;
     use crate::host::process::{FakeProcessTable, ProcessInfo};
     use crate::policy::Policy;
     use ed25519_dalek::SigningKey;
@@ -259,13 +259,13 @@ mod tests {
 
     fn service(dir: &std::path::Path, policy: Policy) -> (AgentService, Arc<FakeProcessTable>) {
         let table = Arc::new(FakeProcessTable::new(vec![victim()]));
-        let (journal, _) = Journal::open(dir).unwrap();
+        let (journal, _) = FaultJournal::open(dir).unwrap();
         let service = AgentService::new(
             "web-1".into(),
             BTreeMap::new(),
             TrustedKeys::new([key().verifying_key()]),
             freshness::DEFAULT_CLOCK_SKEW,
-            Ledger::open(dir, now_unix_ms()).unwrap(),
+            ReplayLedger::open(dir, now_unix_ms()).unwrap(),
             Runner::new(
                 "web-1".into(),
                 policy,
@@ -469,7 +469,7 @@ mod tests {
             service.execute(&command).unwrap();
             assert_eq!(table.signalled().len(), 1);
         }
-        drop(Ledger::open(dir.path(), now_unix_ms() + 3_600_000).unwrap());
+        drop(ReplayLedger::open(dir.path(), now_unix_ms() + 3_600_000).unwrap());
         let (service, table) = service(dir.path(), Policy::default());
         let status = service.execute(&command).unwrap_err();
         assert_eq!(status.code(), tonic::Code::PermissionDenied);

@@ -11,10 +11,10 @@ use ed25519_dalek::SigningKey;
 use prost::Message;
 use troop_agent::config::AgentConfig;
 use troop_agent::faults::engine::Engine;
-use troop_agent::faults::journal::Journal;
+use troop_agent::faults::journal::FaultJournal;
 use troop_agent::faults::runner::Runner;
 use troop_agent::host::process::FakeProcessTable;
-use troop_agent::ledger::Ledger;
+use troop_agent::ledger::ReplayLedger;
 use troop_agent::policy::{FaultKind, Policy};
 use troop_agent::service::AgentService;
 use troop_common::clock::now_unix_ms;
@@ -48,7 +48,7 @@ struct Harness {
 static HARNESS: LazyLock<Harness> = LazyLock::new(|| {
     let dir = tempfile::tempdir().unwrap();
     let key = SigningKey::from_bytes(&[7; 32]);
-    let (journal, _) = Journal::open(dir.path()).unwrap();
+    let (journal, _) = FaultJournal::open(dir.path()).unwrap();
     let engine = Arc::new(Engine::new(journal));
     engine.supervise();
     let policy = Policy {
@@ -68,7 +68,7 @@ static HARNESS: LazyLock<Harness> = LazyLock::new(|| {
         BTreeMap::new(),
         TrustedKeys::new([key.verifying_key()]),
         Duration::from_secs(30),
-        Ledger::open(dir.path(), now_unix_ms()).unwrap(),
+        ReplayLedger::open(dir.path(), now_unix_ms()).unwrap(),
         runner,
         None,
     );

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use troop_proto::{Refusal, pb};
 
-use super::journal::{Journal, Record, Undo};
+use super::journal::{FaultJournal, Record, Undo};
 use crate::policy::FaultKind;
 use troop_common::clock::now_unix_ms;
 
@@ -97,7 +97,7 @@ pub struct Reverted {
 pub struct Engine {
     state: Mutex<State>,
     wake: Condvar,
-    journal: Journal,
+    journal: FaultJournal,
 }
 
 fn ms(duration: Duration) -> i64 {
@@ -105,7 +105,7 @@ fn ms(duration: Duration) -> i64 {
 }
 
 impl Engine {
-    pub fn new(journal: Journal) -> Self {
+    pub fn new(journal: FaultJournal) -> Self {
         Self {
             state: Mutex::new(State::default()),
             wake: Condvar::new(),
@@ -113,7 +113,7 @@ impl Engine {
         }
     }
 
-    pub fn journal(&self) -> &Journal {
+    pub fn journal(&self) -> &FaultJournal {
         &self.journal
     }
 
@@ -460,7 +460,7 @@ mod tests {
 
     fn engine() -> (Arc<Engine>, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
-        let (journal, _) = Journal::open(dir.path()).unwrap();
+        let (journal, _) = FaultJournal::open(dir.path()).unwrap();
         let engine = Arc::new(Engine::new(journal));
         engine.supervise();
         (engine, dir)
@@ -500,11 +500,11 @@ mod tests {
         let (engine, dir) = engine();
         let reverts = start(&engine, "a", Duration::from_millis(50), None);
         assert_eq!(engine.active().len(), 1);
-        assert_eq!(Journal::check(dir.path()).unwrap(), 1);
+        assert_eq!(FaultJournal::check(dir.path()).unwrap(), 1);
         assert!(wait_until(|| reverts.load(Ordering::SeqCst) == 1));
         assert!(engine.active().is_empty());
         // The entry goes right after the revert returns: waited for, not raced.
-        assert!(wait_until(|| Journal::check(dir.path()).unwrap() == 0));
+        assert!(wait_until(|| FaultJournal::check(dir.path()).unwrap() == 0));
         assert!(engine.abort("a").is_err(), "already reverted");
         assert_eq!(reverts.load(Ordering::SeqCst), 1);
     }
@@ -599,7 +599,7 @@ mod tests {
             "{refused:?}"
         );
         assert_eq!(engine.active().len(), 1);
-        assert_eq!(Journal::check(dir.path()).unwrap(), 1);
+        assert_eq!(FaultJournal::check(dir.path()).unwrap(), 1);
         assert_eq!(engine.abort_all(EndReason::Aborted).ids, ["a"]);
         assert_eq!(first.load(Ordering::SeqCst), 1);
     }
@@ -632,12 +632,12 @@ mod tests {
             .active()
             .first()
             .is_some_and(|fault| fault.effect.contains("revert failed"))));
-        assert_eq!(Journal::check(dir.path()).unwrap(), 1);
+        assert_eq!(FaultJournal::check(dir.path()).unwrap(), 1);
         assert!(engine.renew("a", Duration::from_secs(5)).is_err());
         // An abort tries again at once, fails again, and says so.
         let error = engine.abort("a").unwrap_err();
         assert!(error.to_string().contains("keeps retrying"), "{error}");
-        assert_eq!(Journal::check(dir.path()).unwrap(), 1);
+        assert_eq!(FaultJournal::check(dir.path()).unwrap(), 1);
         // The supervisor's retry succeeds.
         let deadline = Instant::now() + REVERT_RETRY * 3;
         while reverts.load(Ordering::SeqCst) == 0 && Instant::now() < deadline {
@@ -645,7 +645,7 @@ mod tests {
         }
         assert_eq!(reverts.load(Ordering::SeqCst), 1);
         assert!(engine.active().is_empty());
-        assert!(wait_until(|| Journal::check(dir.path()).unwrap() == 0));
+        assert!(wait_until(|| FaultJournal::check(dir.path()).unwrap() == 0));
     }
 
     #[test]
@@ -660,6 +660,6 @@ mod tests {
             &|| Err(Refusal::InvalidArgument("no".into())),
         );
         assert!(result.is_err());
-        assert_eq!(Journal::check(dir.path()).unwrap(), 0);
+        assert_eq!(FaultJournal::check(dir.path()).unwrap(), 0);
     }
 }

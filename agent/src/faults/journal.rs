@@ -48,13 +48,15 @@ pub struct JournalError {
     source: io::Error,
 }
 
+/// The faults applied right now and how to undo each, on disk: what the next start
+/// reverts after a crash.
 #[derive(Debug)]
-pub struct Journal {
+pub struct FaultJournal {
     path: PathBuf,
     records: Mutex<Vec<Record>>,
 }
 
-impl Journal {
+impl FaultJournal {
     /// Opens the journal and hands back what a previous run left in it, to be undone.
     pub fn open(state_dir: &Path) -> Result<(Self, Vec<Record>), JournalError> {
         let path = state_dir.join(FILE_NAME);
@@ -148,22 +150,22 @@ mod tests {
     #[test]
     fn what_is_added_survives_a_restart_until_removed() {
         let dir = tempfile::tempdir().unwrap();
-        let (journal, left) = Journal::open(dir.path()).unwrap();
+        let (journal, left) = FaultJournal::open(dir.path()).unwrap();
         assert!(left.is_empty());
         journal.add(record("a")).unwrap();
         journal.add(record("b")).unwrap();
         journal.remove("a").unwrap();
         journal.remove("a").unwrap();
         drop(journal);
-        let (_, left) = Journal::open(dir.path()).unwrap();
+        let (_, left) = FaultJournal::open(dir.path()).unwrap();
         assert_eq!(left, [record("b")]);
-        assert_eq!(Journal::check(dir.path()).unwrap(), 1);
+        assert_eq!(FaultJournal::check(dir.path()).unwrap(), 1);
     }
 
     #[test]
     fn a_damaged_journal_is_an_error_not_an_empty_one() {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join(FILE_NAME), b"[{").unwrap();
-        assert!(Journal::open(dir.path()).is_err());
+        assert!(FaultJournal::open(dir.path()).is_err());
     }
 }

@@ -131,7 +131,7 @@ fn save_last_stop(state_dir: &Path, stop: &LastStop) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use journal::Journal;
+    use journal::FaultJournal;
 
     #[test]
     fn recovery_removes_a_leftover_fill_and_remembers_a_stop() {
@@ -139,7 +139,7 @@ mod tests {
         let fill = dir.path().join(".troop-fill-x");
         std::fs::write(&fill, b"fill").unwrap();
         {
-            let (journal, _) = Journal::open(dir.path()).unwrap();
+            let (journal, _) = FaultJournal::open(dir.path()).unwrap();
             for (id, undo) in [
                 ("x", Undo::RemoveFile { path: fill.clone() }),
                 (
@@ -160,10 +160,10 @@ mod tests {
                     .unwrap();
             }
         }
-        let (journal, left) = Journal::open(dir.path()).unwrap();
+        let (journal, left) = FaultJournal::open(dir.path()).unwrap();
         recover(dir.path(), &Engine::new(journal), left);
         assert!(!fill.exists());
-        assert_eq!(Journal::check(dir.path()).unwrap(), 0);
+        assert_eq!(FaultJournal::check(dir.path()).unwrap(), 0);
         let stop = load_last_stop(dir.path()).unwrap();
         assert_eq!(
             (

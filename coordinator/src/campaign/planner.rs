@@ -78,7 +78,7 @@ pub struct StepPlan {
 
 /// Per-host decision while planning; `None` in the table means "not wanted".
 #[derive(Debug, Clone)]
-enum Outcome {
+enum Decision {
     Target,
     Held(Skip),
 }
@@ -101,7 +101,7 @@ pub fn plan_step(
     }
 
     let min_healthy = usize::from(guardrails.min_healthy_percent.min(100));
-    let mut outcome: Vec<Option<Outcome>> = vec![None; hosts.len()];
+    let mut outcome: Vec<Option<Decision>> = vec![None; hosts.len()];
     // Per group, the picked hosts that passed the min-healthy cap, in random
     // order, so cutting a prefix later is itself a random choice.
     let mut allowed: Vec<Vec<usize>> = Vec::with_capacity(groups.len());
@@ -121,7 +121,7 @@ pub fn plan_step(
         if shortfall > 0 {
             let (wanted_busy, _) = busy.partial_shuffle(rng, shortfall);
             for &i in wanted_busy.iter() {
-                outcome[i] = Some(Outcome::Held(unavailable(&hosts[i])));
+                outcome[i] = Some(Decision::Held(unavailable(&hosts[i])));
             }
         }
 
@@ -131,7 +131,7 @@ pub fn plan_step(
         let room = healthy.saturating_sub(floor);
         let (ok, held) = chosen.split_at(take.min(room));
         for &i in held {
-            outcome[i] = Some(Outcome::Held(Skip::MinHealthy {
+            outcome[i] = Some(Decision::Held(Skip::MinHealthy {
                 group: name.to_owned(),
                 healthy,
                 size,
@@ -145,18 +145,18 @@ pub fn plan_step(
     for (picked, quota) in allowed.iter().zip(quotas) {
         let (kept, surplus) = picked.split_at(quota);
         for &i in kept {
-            outcome[i] = Some(Outcome::Target);
+            outcome[i] = Some(Decision::Target);
         }
         for &i in surplus {
-            outcome[i] = Some(Outcome::Held(Skip::MaxConcurrent));
+            outcome[i] = Some(Decision::Held(Skip::MaxConcurrent));
         }
     }
 
     let mut plan = StepPlan::default();
     for (host, decided) in hosts.iter().zip(outcome) {
         match decided {
-            Some(Outcome::Target) => plan.targets.push(host.id.clone()),
-            Some(Outcome::Held(why)) => plan.skipped.push((host.id.clone(), why)),
+            Some(Decision::Target) => plan.targets.push(host.id.clone()),
+            Some(Decision::Held(why)) => plan.skipped.push((host.id.clone(), why)),
             None => {}
         }
     }
@@ -217,11 +217,11 @@ struct Applied {
 
 /// Faults a campaign run has applied and not yet seen end, in application order.
 #[derive(Debug, Default, Clone)]
-pub struct RunLedger {
+pub struct RunFaults {
     active: Vec<Applied>,
 }
 
-impl RunLedger {
+impl RunFaults {
     /// Records a fault applied to `host` that ends by itself at `ends_at_ms`.
     pub fn applied(&mut self, fault_id: String, host: String, ends_at_ms: i64) {
         self.active.push(Applied {
@@ -649,7 +649,7 @@ mod tests {
 
     #[test]
     fn a_strike_holds_its_host_but_has_nothing_to_renew_or_revert() {
-        let mut ledger = RunLedger::default();
+        let mut ledger = RunFaults::default();
         ledger.struck("h1".into(), 1_000);
         ledger.applied("f2".into(), "h2".into(), 10_000);
         assert_eq!(
@@ -674,7 +674,7 @@ mod tests {
 
     #[test]
     fn ledger_tracks_expires_and_takes_all() {
-        let mut ledger = RunLedger::default();
+        let mut ledger = RunFaults::default();
         ledger.applied("f1".into(), "h1".into(), 100);
         ledger.applied("f2".into(), "h2".into(), 200);
         ledger.applied("f3".into(), "h3".into(), 300);
@@ -911,7 +911,7 @@ mod tests {
             seed in any::<u64>(),
         ) {
             let mut rng = StdRng::seed_from_u64(seed);
-            let mut ledger = RunLedger::default();
+            let mut ledger = RunFaults::default();
             // Model of what the ledger must hold: fault id -> (host, due).
             let mut model: BTreeMap<String, (String, i64)> = BTreeMap::new();
             let mut now = 0i64;

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use troop_proto::pb;
 
 use crate::audit::{Audit, send_recorded};
-use crate::campaign::planner::{self, Host, RunLedger};
+use crate::campaign::planner::{self, Host, RunFaults};
 use crate::campaign::probe::Probe;
 use crate::campaign::{Campaign, file::Step};
 use crate::config::AgentEntry;
@@ -271,7 +271,7 @@ pub async fn run_campaign(
         progress.clone(),
     );
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut ledger = RunLedger::default();
+    let mut held = RunFaults::default();
     let survey = survey(fleet).await;
     let lease_ms = campaign.guardrails.lease.as_millis() as u64;
 
@@ -291,14 +291,14 @@ pub async fn run_campaign(
                     id: agent.id.clone(),
                     group: group_of(agent, step),
                     healthy: survey.healthy.contains(&agent.id),
-                    under_fault: ledger.active_hosts().contains(&agent.id),
+                    under_fault: held.active_hosts().contains(&agent.id),
                 })
                 .collect();
             let plan = planner::plan_step(
                 &hosts,
                 step.pick,
                 guardrails(campaign),
-                ledger.active_count(),
+                held.active_count(),
                 &mut rng,
             );
             progress.event(RunEvent::Step {
@@ -358,9 +358,9 @@ pub async fn run_campaign(
                     Ok(receipt) => {
                         report.applied += 1;
                         if receipt.fault_id.is_empty() {
-                            ledger.struck(agent.id.clone(), now_unix_ms() + kill_hold_ms);
+                            held.struck(agent.id.clone(), now_unix_ms() + kill_hold_ms);
                         } else {
-                            ledger.applied(
+                            held.applied(
                                 receipt.fault_id.clone(),
                                 agent.id.clone(),
                                 receipt.ends_at_unix_ms,
@@ -393,13 +393,13 @@ pub async fn run_campaign(
         // Hold until every fault has ended by itself, renewing leases, watching probes.
         let mut renew = tokio::time::interval(campaign.guardrails.lease / 3);
         loop {
-            ledger.expire(now_unix_ms());
-            if ledger.faults().is_empty() {
+            held.expire(now_unix_ms());
+            if held.faults().is_empty() {
                 return Ok(());
             }
             let audit = store.as_deref().zip(run).map(|(store, run)| Audit { store, run, step: None });
             tokio::select! {
-                _ = renew.tick() => renew_leases(fleet, &signer, audit, &survey, &ledger, lease_ms).await,
+                _ = renew.tick() => renew_leases(fleet, &signer, audit, &survey, &held, lease_ms).await,
                 _ = stopped.changed() => {}
                 _ = cancel.changed() => {}
             }
@@ -412,7 +412,7 @@ pub async fn run_campaign(
 
     probes.abort();
     if let Err(reason) = outcome {
-        let to_revert = ledger.take_all();
+        let to_revert = held.take_all();
         report.reverted_early = to_revert.len();
         report.status = "aborted";
         report.reason = reason;
@@ -481,10 +481,10 @@ async fn renew_leases(
     signer: &Signer,
     audit: Option<Audit<'_>>,
     survey: &Survey,
-    ledger: &RunLedger,
+    held: &RunFaults,
     lease_ms: u64,
 ) {
-    let work = ledger
+    let work = held
         .to_renew(now_unix_ms(), lease_ms as i64)
         .into_iter()
         .filter_map(|(fault_id, host)| {
