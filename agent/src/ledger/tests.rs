@@ -1,0 +1,233 @@
+
+use super::*;
+
+const NOW: i64 = 1_000_000;
+
+fn receipt() -> FirstAnswer {
+    FirstAnswer::Receipt("0a01".into())
+}
+
+#[test]
+fn first_use_then_exact_replay_then_conflict() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = ReplayLedger::open(dir.path(), NOW).unwrap();
+    assert_eq!(
+        ledger.admit("a", "d1", NOW + 10, NOW + 10, NOW).unwrap(),
+        Admission::New
+    );
+    assert_eq!(
+        ledger.admit("a", "d1", NOW + 10, NOW + 10, NOW).unwrap(),
+        Admission::Pending
+    );
+    ledger.finish("a", receipt(), NOW).unwrap();
+    assert_eq!(
+        ledger.admit("a", "d1", NOW + 10, NOW + 10, NOW).unwrap(),
+        Admission::Replay(receipt())
+    );
+    assert_eq!(
+        ledger.admit("a", "d2", NOW + 10, NOW + 10, NOW).unwrap(),
+        Admission::Conflict
+    );
+}
+
+#[test]
+fn survives_a_restart_and_forgets_what_expired() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let ledger = ReplayLedger::open(dir.path(), NOW).unwrap();
+        ledger
+            .admit("done", "d", NOW + 100, NOW + 100, NOW)
+            .unwrap();
+        ledger.finish("done", receipt(), NOW).unwrap();
+        ledger
+            .admit("crashed", "d", NOW + 100, NOW + 100, NOW)
+            .unwrap();
+        ledger.admit("old", "d", NOW + 1, NOW + 1, NOW).unwrap();
+    }
+    let ledger = ReplayLedger::open(dir.path(), NOW + 50).unwrap();
+    assert_eq!(
+        ledger
+            .admit("done", "d", NOW + 100, NOW + 100, NOW + 50)
+            .unwrap(),
+        Admission::Replay(receipt())
+    );
+    assert_eq!(
+        ledger
+            .admit("crashed", "d", NOW + 100, NOW + 100, NOW + 50)
+            .unwrap(),
+        Admission::Pending
+    );
+    assert_eq!(
+        ledger
+            .admit("old", "d", NOW + 100, NOW + 100, NOW + 50)
+            .unwrap(),
+        Admission::New
+    );
+    let text = fs::read_to_string(dir.path().join(FILE_NAME)).unwrap();
+    assert!(!text.contains("\"old\",\"digest\":\"d\",\"until_unix_ms\":1000001"));
+}
+
+#[test]
+fn a_torn_last_line_keeps_the_admission() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let ledger = ReplayLedger::open(dir.path(), NOW).unwrap();
+        ledger.admit("a", "d", NOW + 100, NOW + 100, NOW).unwrap();
+    }
+    let mut file = open_append(&dir.path().join(FILE_NAME)).unwrap();
+    file.write_all(b"{\"id\":\"a\",\"dig").unwrap();
+    let ledger = ReplayLedger::open(dir.path(), NOW).unwrap();
+    assert_eq!(
+        ledger.admit("a", "d", NOW + 100, NOW + 100, NOW).unwrap(),
+        Admission::Pending
+    );
+}
+
+#[test]
+fn an_id_reused_after_expiry_keeps_its_new_digest_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let ledger = ReplayLedger::open(dir.path(), NOW).unwrap();
+        ledger.admit("a", "old", NOW + 10, NOW + 10, NOW).unwrap();
+        ledger.finish("a", receipt(), NOW).unwrap();
+        assert_eq!(
+            ledger
+                .admit("a", "new", NOW + 100, NOW + 100, NOW + 50)
+                .unwrap(),
+            Admission::New
+        );
+    }
+    let ledger = ReplayLedger::open(dir.path(), NOW + 50).unwrap();
+    assert_eq!(
+        ledger
+            .admit("a", "new", NOW + 100, NOW + 100, NOW + 50)
+            .unwrap(),
+        Admission::Pending
+    );
+    assert_eq!(
+        ledger
+            .admit("a", "old", NOW + 100, NOW + 100, NOW + 50)
+            .unwrap(),
+        Admission::Conflict
+    );
+}
+
+#[test]
+fn one_state_dir_serves_one_agent_and_check_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = ReplayLedger::open(dir.path(), NOW).unwrap();
+    ledger.admit("a", "d", NOW + 100, NOW + 100, NOW).unwrap();
+    let error = ReplayLedger::open(dir.path(), NOW).unwrap_err();
+    assert!(format!("{:?}", error).contains("in use by another running troop-agent"));
+    let before = fs::read(dir.path().join(FILE_NAME)).unwrap();
+    assert_eq!(ReplayLedger::check(dir.path()).unwrap(), 1);
+    assert_eq!(fs::read(dir.path().join(FILE_NAME)).unwrap(), before);
+    assert_eq!(
+        ledger.admit("b", "d", NOW + 100, NOW + 100, NOW).unwrap(),
+        Admission::New
+    );
+    drop(ledger);
+    assert!(
+        ReplayLedger::open(dir.path(), NOW).is_ok(),
+        "the lock goes with the agent"
+    );
+}
+
+#[test]
+fn a_failed_write_stops_admissions_until_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = ReplayLedger::open(dir.path(), NOW).unwrap();
+    ledger.fail_writes();
+    assert!(ledger.admit("a", "d", NOW + 100, NOW + 100, NOW).is_err());
+    assert!(
+        ledger.admit("b", "d", NOW + 100, NOW + 100, NOW).is_err(),
+        "must stay stopped"
+    );
+    drop(ledger);
+    let ledger = ReplayLedger::open(dir.path(), NOW).unwrap();
+    assert_eq!(
+        ledger.admit("a", "d", NOW + 100, NOW + 100, NOW).unwrap(),
+        Admission::New
+    );
+}
+
+#[test]
+fn a_forgotten_command_stays_refused_after_the_clock_goes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let ledger = ReplayLedger::open(dir.path(), NOW).unwrap();
+        ledger.admit("a", "d", NOW + 10, NOW + 40, NOW).unwrap();
+        ledger.finish("a", receipt(), NOW).unwrap();
+    }
+    // Opened with the clock far ahead: "a" is past its window and forgotten.
+    drop(ReplayLedger::open(dir.path(), NOW + 1_000_000).unwrap());
+    assert!(
+        !fs::read_to_string(dir.path().join(FILE_NAME))
+            .unwrap()
+            .contains("\"a\"")
+    );
+    // The clock is set back (or the skew raised), so "a" looks fresh again.
+    let ledger = ReplayLedger::open(dir.path(), NOW).unwrap();
+    assert_eq!(
+        ledger.admit("a", "d", NOW + 10, NOW + 40, NOW).unwrap(),
+        Admission::BeyondHorizon
+    );
+    assert_eq!(
+        ledger.admit("b", "d", NOW + 11, NOW + 41, NOW).unwrap(),
+        Admission::New,
+        "commands expiring after the horizon are admitted"
+    );
+}
+
+#[test]
+fn a_remembered_command_is_a_replay_even_when_its_window_looks_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = ReplayLedger::open(dir.path(), NOW).unwrap();
+    ledger.admit("a", "d", NOW + 10, NOW + 40, NOW).unwrap();
+    ledger.finish("a", receipt(), NOW).unwrap();
+    // A larger skew now makes it fresh at NOW + 100: still the first outcome.
+    assert_eq!(
+        ledger
+            .admit("a", "d", NOW + 10, NOW + 130, NOW + 100)
+            .unwrap(),
+        Admission::Replay(receipt())
+    );
+    // Another command taking over the expired id moves the horizon past the first.
+    assert_eq!(
+        ledger
+            .admit("a", "e", NOW + 200, NOW + 230, NOW + 100)
+            .unwrap(),
+        Admission::New
+    );
+    drop(ledger);
+    let ledger = ReplayLedger::open(dir.path(), NOW + 100).unwrap();
+    assert_eq!(
+        ledger
+            .admit("a", "d", NOW + 10, NOW + 130, NOW + 100)
+            .unwrap(),
+        Admission::Conflict
+    );
+    assert_eq!(
+        ledger
+            .admit("z", "d", NOW + 10, NOW + 130, NOW + 100)
+            .unwrap(),
+        Admission::BeyondHorizon
+    );
+}
+
+#[test]
+fn compaction_keeps_the_file_small() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ledger = ReplayLedger::open(dir.path(), NOW).unwrap();
+    ledger.compact_after_lines = 64;
+    for i in 0..256 {
+        let id = i.to_string();
+        ledger.admit(&id, "d", NOW + i, NOW + i, NOW + i).unwrap();
+        ledger.finish(&id, receipt(), NOW + i).unwrap();
+    }
+    let lines = fs::read_to_string(dir.path().join(FILE_NAME))
+        .unwrap()
+        .lines()
+        .count();
+    assert!(lines <= 64, "{lines} lines");
+}

@@ -1,0 +1,643 @@
+
+use std::sync::Arc;
+
+use super::*;
+
+fn url(path: &Path) -> String {
+    format!("sqlite://{}", path.display())
+}
+
+fn memory() -> Store {
+    Store::open("sqlite://:memory:").unwrap()
+}
+
+fn command(run: i64, step: Option<i64>, n: u32) -> CommandRecord {
+    CommandRecord {
+        run,
+        step,
+        target: format!("agent-{n}"),
+        command_id: format!("cmd-{n}"),
+        fault_kind: "cpu_stress".into(),
+        parameters: format!(r#"{{"cores":{n},"duration_s":30}}"#),
+        signature_sha256: "ab".repeat(32),
+        key_id: "00112233aabbccdd".into(),
+        sent_at_ms: 1_000 + i64::from(n),
+    }
+}
+
+#[test]
+fn an_adhoc_run_records_who_ran_it_and_the_signing_key() {
+    let store = Store::open("sqlite://:memory:").unwrap();
+    let run = store.begin_adhoc("attack kill", 7, "alice", 10).unwrap();
+    let id = store.record_command(&command(run, None, 1)).unwrap();
+    store
+        .finish_command(id, "applied", None, "sent SIGKILL", "ef", 20)
+        .unwrap();
+    store.finish_run(run, "completed", "", 30).unwrap();
+    let summary = store.runs(10).unwrap().remove(0);
+    assert_eq!(
+        (
+            summary.campaign.as_str(),
+            summary.operator.as_str(),
+            summary.seed,
+            summary.applied
+        ),
+        ("attack kill", "alice", 7, 1)
+    );
+    let detail = store.run(run).unwrap();
+    assert_eq!(detail.commands[0].key_id, "00112233aabbccdd");
+    assert_eq!(detail.commands[0].signature_sha256, "ef");
+}
+
+#[test]
+fn open_creates_file_and_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("troop.db");
+    let store = Store::open(&url(&path)).unwrap();
+    assert!(path.is_file());
+    let conn = store.conn();
+    assert_eq!(user_version(&conn).unwrap(), LATEST_VERSION);
+    let mode: String = conn
+        .pragma_query_value(None, "journal_mode", |row| row.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+    let foreign_keys: bool = conn
+        .pragma_query_value(None, "foreign_keys", |row| row.get(0))
+        .unwrap();
+    assert!(foreign_keys);
+    let tables: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+        .unwrap()
+        .query_map([], |row| row.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        tables,
+        [
+            "commands",
+            "last_runs",
+            "last_strikes",
+            "probes",
+            "runs",
+            "steps"
+        ]
+    );
+}
+
+#[test]
+fn relative_path_is_used_as_given() {
+    assert_eq!(
+        parse_url("sqlite://troop.db").unwrap(),
+        Some(PathBuf::from("troop.db"))
+    );
+    assert_eq!(
+        parse_url("sqlite:///var/lib/troop/troop.db").unwrap(),
+        Some(PathBuf::from("/var/lib/troop/troop.db"))
+    );
+    assert_eq!(parse_url("sqlite://:memory:").unwrap(), None);
+}
+
+#[test]
+fn migrations_run_once() {
+    let mut conn = Connection::open_in_memory().unwrap();
+    let path = Path::new(":memory:");
+    assert_eq!(migrate(&mut conn, path).unwrap(), LATEST_VERSION);
+    assert_eq!(migrate(&mut conn, path).unwrap(), 0);
+    assert_eq!(user_version(&conn).unwrap(), LATEST_VERSION);
+}
+
+#[test]
+fn reopen_keeps_data_and_does_not_rerun_migrations() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("troop.db");
+    let run = {
+        let store = Store::open(&url(&path)).unwrap();
+        store.begin_run("nightly", "f00d", 7, false, 100).unwrap()
+    };
+    let store = Store::open(&url(&path)).unwrap();
+    let runs = store.runs(10).unwrap();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].id, run);
+    assert_eq!(runs[0].campaign, "nightly");
+    // Nothing left to apply: the batches are not idempotent, so a rerun would have failed.
+    assert_eq!(migrate(&mut store.conn(), &path).unwrap(), 0);
+}
+
+#[test]
+fn full_run_round_trip() {
+    let store = memory();
+    let run = store.begin_run("nightly", "f00d", 42, true, 100).unwrap();
+    let step0 = store.record_step(run, 0, "stress web", 110).unwrap();
+    let step1 = store.record_step(run, 1, "partition db", 120).unwrap();
+
+    let first = store.record_command(&command(run, Some(step0), 1)).unwrap();
+    let second = store.record_command(&command(run, Some(step1), 2)).unwrap();
+    let loose = store.record_command(&command(run, None, 3)).unwrap();
+    store
+        .finish_command(first, "applied", None, "ok", "", 200)
+        .unwrap();
+    store
+        .finish_command(second, "refused", Some("POLICY"), "denied", "cd", 210)
+        .unwrap();
+    store
+        .record_probe(run, "http-200", true, "200 OK", 300)
+        .unwrap();
+    store
+        .record_probe(run, "latency", false, "p99 900ms", 310)
+        .unwrap();
+    store
+        .finish_run(run, "completed", "all steps done", 400)
+        .unwrap();
+
+    let summary = store.runs(10).unwrap().remove(0);
+    assert_eq!(
+        summary,
+        RunSummary {
+            id: run,
+            campaign: "nightly".into(),
+            status: "completed".into(),
+            reason: "all steps done".into(),
+            dry_run: true,
+            seed: 42,
+            started_at_ms: 100,
+            finished_at_ms: Some(400),
+            operator: String::new(),
+            commands: 3,
+            applied: 1,
+            refused: 1,
+            failed: 0,
+        }
+    );
+
+    let detail = store.run(run).unwrap();
+    assert_eq!(detail.run, summary);
+    assert_eq!(
+        detail.steps,
+        [
+            StepRow {
+                id: step0,
+                run,
+                index: 0,
+                description: "stress web".into(),
+                at_ms: 110
+            },
+            StepRow {
+                id: step1,
+                run,
+                index: 1,
+                description: "partition db".into(),
+                at_ms: 120
+            },
+        ]
+    );
+    let ids: Vec<i64> = detail.commands.iter().map(|c| c.id).collect();
+    assert_eq!(ids, [first, second, loose]);
+    let c = &detail.commands[1];
+    assert_eq!(c.step, Some(step1));
+    assert_eq!(c.target, "agent-2");
+    assert_eq!(c.command_id, "cmd-2");
+    assert_eq!(c.fault_kind, "cpu_stress");
+    assert_eq!(c.parameters, r#"{"cores":2,"duration_s":30}"#);
+    assert_eq!(
+        c.signature_sha256, "cd",
+        "set when the command was signed and sent"
+    );
+    assert_eq!(detail.commands[0].signature_sha256, "ab".repeat(32), "kept");
+    assert_eq!(c.sent_at_ms, 1_002);
+    assert_eq!(c.outcome, "refused");
+    assert_eq!(c.code.as_deref(), Some("POLICY"));
+    assert_eq!(c.message, "denied");
+    assert_eq!(c.answered_at_ms, Some(210));
+    let pending = &detail.commands[2];
+    assert_eq!(
+        (
+            pending.outcome.as_str(),
+            pending.step,
+            pending.answered_at_ms
+        ),
+        ("pending", None, None)
+    );
+    assert_eq!(
+        detail.probes,
+        [
+            ProbeRow {
+                id: detail.probes[0].id,
+                run,
+                probe: "http-200".into(),
+                ok: true,
+                detail: "200 OK".into(),
+                at_ms: 300
+            },
+            ProbeRow {
+                id: detail.probes[1].id,
+                run,
+                probe: "latency".into(),
+                ok: false,
+                detail: "p99 900ms".into(),
+                at_ms: 310
+            },
+        ]
+    );
+}
+
+#[test]
+fn counts_commands_by_outcome() {
+    let store = memory();
+    let run = store.begin_run("c", "f", 1, false, 0).unwrap();
+    let other = store.begin_run("c", "f", 2, false, 1).unwrap();
+    let outcomes = [
+        "applied",
+        "applied",
+        "applied",
+        "refused",
+        "failed",
+        "failed",
+        "unreachable",
+        "unknown",
+    ];
+    for (n, outcome) in (0..).zip(outcomes) {
+        let id = store.record_command(&command(run, None, n)).unwrap();
+        store.finish_command(id, outcome, None, "", "", 5).unwrap();
+    }
+    store.record_command(&command(run, None, 99)).unwrap(); // still pending
+    store.record_command(&command(other, None, 100)).unwrap();
+
+    let runs = store.runs(10).unwrap();
+    assert_eq!(runs.iter().map(|r| r.id).collect::<Vec<_>>(), [other, run]);
+    let r = &runs[1];
+    assert_eq!((r.commands, r.applied, r.refused, r.failed), (9, 3, 1, 2));
+    let o = &runs[0];
+    assert_eq!((o.commands, o.applied, o.refused, o.failed), (1, 0, 0, 0));
+    assert_eq!(store.runs(1).unwrap().len(), 1);
+    assert_eq!(store.runs(1).unwrap()[0].id, other);
+    assert!(store.runs(0).unwrap().is_empty());
+}
+
+#[test]
+fn run_without_commands_has_zero_counts() {
+    let store = memory();
+    let run = store.begin_run("c", "f", 1, false, 0).unwrap();
+    let detail = store.run(run).unwrap();
+    assert_eq!(
+        (
+            detail.run.commands,
+            detail.run.applied,
+            detail.run.finished_at_ms
+        ),
+        (0, 0, None)
+    );
+    assert!(detail.steps.is_empty() && detail.commands.is_empty() && detail.probes.is_empty());
+}
+
+#[test]
+fn seeds_round_trip_exactly() {
+    let store = memory();
+    for seed in [0, 1, i64::MAX as u64, i64::MAX as u64 + 1, u64::MAX] {
+        let run = store.begin_run("c", "f", seed, false, 0).unwrap();
+        assert_eq!(store.run(run).unwrap().run.seed, seed);
+    }
+    let json = serde_json::to_string(&store.runs(1).unwrap()[0]).unwrap();
+    assert!(json.contains(r#""seed":18446744073709551615"#), "{json}");
+}
+
+#[test]
+fn scheduler_state_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("troop.db");
+    {
+        let store = Store::open(&url(&path)).unwrap();
+        store.set_last_strike("nightly", "web", 100).unwrap();
+        store.set_last_strike("nightly", "db", 200).unwrap();
+        store.set_last_strike("nightly", "web", 300).unwrap();
+        store.set_last_strike("weekly", "web", 5).unwrap();
+        store.set_last_run("nightly", 1_000).unwrap();
+        store.set_last_run("nightly", 2_000).unwrap();
+    }
+    let store = Store::open(&url(&path)).unwrap();
+    let strikes = store.last_strikes("nightly").unwrap();
+    assert_eq!(
+        strikes,
+        BTreeMap::from([("db".to_string(), 200), ("web".to_string(), 300)])
+    );
+    assert!(store.last_strikes("never").unwrap().is_empty());
+    assert_eq!(store.last_run("nightly").unwrap(), Some(2_000));
+    assert_eq!(store.last_run("weekly").unwrap(), None);
+}
+
+#[test]
+fn unfinished_runs_are_listed_until_finished() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("troop.db");
+    let (a, b, c) = {
+        let store = Store::open(&url(&path)).unwrap();
+        let a = store.begin_run("a", "f", 1, false, 10).unwrap();
+        let b = store.begin_run("b", "f", 2, false, 20).unwrap();
+        let c = store.begin_run("c", "f", 3, false, 30).unwrap();
+        store.finish_run(b, "completed", "", 25).unwrap();
+        let id = store.record_command(&command(c, None, 1)).unwrap();
+        store
+            .finish_command(id, "applied", None, "", "", 31)
+            .unwrap();
+        (a, b, c)
+        // The "coordinator" dies here with runs a and c still running.
+    };
+    let store = Store::open(&url(&path)).unwrap();
+    let unfinished = store.unfinished_runs().unwrap();
+    assert_eq!(unfinished.iter().map(|r| r.id).collect::<Vec<_>>(), [a, c]);
+    assert!(
+        unfinished
+            .iter()
+            .all(|r| r.status == "running" && r.finished_at_ms.is_none())
+    );
+    assert_eq!(unfinished[1].applied, 1);
+    assert_ne!(b, a);
+
+    store
+        .finish_run(a, "aborted", "coordinator restarted", 99)
+        .unwrap();
+    store
+        .finish_run(c, "aborted", "coordinator restarted", 99)
+        .unwrap();
+    assert!(store.unfinished_runs().unwrap().is_empty());
+    let aborted = store.run(a).unwrap().run;
+    assert_eq!(
+        (aborted.status.as_str(), aborted.reason.as_str()),
+        ("aborted", "coordinator restarted")
+    );
+}
+
+#[test]
+fn postgres_url_is_unsupported() {
+    for url in ["postgres://troop:hunter2@db/troop", "postgresql://db/troop"] {
+        let error = Store::open(url).unwrap_err();
+        assert!(matches!(error, StoreError::Unsupported { .. }), "{error:?}");
+        let message = error.to_string();
+        assert!(message.contains("PostgreSQL is not supported yet; use sqlite://"));
+        assert!(!message.contains("hunter2"), "{message}");
+    }
+}
+
+#[test]
+fn bad_urls_are_rejected() {
+    for url in [
+        "",
+        "sqlite://",
+        "sqlite:troop.db",
+        "troop.db",
+        "mysql://u:pw@x/db",
+    ] {
+        let error = Store::open(url).unwrap_err();
+        assert!(
+            matches!(error, StoreError::BadUrl { .. }),
+            "{url}: {error:?}"
+        );
+        assert!(error.to_string().contains("expected sqlite://PATH"));
+        assert!(!error.to_string().contains(":pw@"));
+    }
+}
+
+#[test]
+fn unopenable_path_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no/such/dir/troop.db");
+    // A path under a file: fails even for root, unlike a read-only directory.
+    for path in [PathBuf::from("/dev/null/x.db"), missing] {
+        let error = Store::open(&url(&path)).unwrap_err();
+        match &error {
+            StoreError::Open { path: named, .. } => assert_eq!(named, &path),
+            other => panic!("expected Open, got {other:?}"),
+        }
+        assert!(error.to_string().contains(&path.display().to_string()));
+    }
+}
+
+#[test]
+fn a_file_that_is_not_a_database_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notes.txt");
+    std::fs::write(
+        &path,
+        "not a database, just some text that is long enough ".repeat(50),
+    )
+    .unwrap();
+    let error = Store::open(&url(&path)).unwrap_err();
+    assert!(matches!(error, StoreError::Open { .. }), "{error:?}");
+}
+
+#[test]
+fn a_newer_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("troop.db");
+    drop(Store::open(&url(&path)).unwrap());
+    Connection::open(&path)
+        .unwrap()
+        .pragma_update(None, "user_version", LATEST_VERSION + 1)
+        .unwrap();
+    let error = Store::open(&url(&path)).unwrap_err();
+    assert!(
+        matches!(error, StoreError::TooNew { found, .. } if found == LATEST_VERSION + 1),
+        "{error:?}"
+    );
+}
+
+#[test]
+fn failed_writes_return_errors() {
+    let store = memory();
+    let run = store.begin_run("c", "f", 1, false, 0).unwrap();
+    let other = store.begin_run("c", "f", 1, false, 0).unwrap();
+    let other_step = store.record_step(other, 0, "x", 0).unwrap();
+
+    assert!(matches!(
+        store.record_step(999, 0, "x", 0),
+        Err(StoreError::NotFound { run: 999 })
+    ));
+    assert!(matches!(
+        store.record_command(&command(999, None, 1)),
+        Err(StoreError::NotFound { run: 999 })
+    ));
+    assert!(matches!(
+        store.record_command(&command(run, Some(other_step), 1)),
+        Err(StoreError::StepNotInRun { .. })
+    ));
+    assert!(matches!(
+        store.record_command(&command(run, Some(12345), 1)),
+        Err(StoreError::StepNotInRun { step: 12345, .. })
+    ));
+    assert!(matches!(
+        store.record_probe(999, "p", true, "", 0),
+        Err(StoreError::NotFound { run: 999 })
+    ));
+    assert!(matches!(
+        store.run(999),
+        Err(StoreError::NotFound { run: 999 })
+    ));
+
+    let id = store.record_command(&command(run, None, 1)).unwrap();
+    assert!(matches!(
+        store.finish_command(id, "pending", None, "", "", 0),
+        Err(StoreError::Invalid {
+            field: "outcome",
+            ..
+        })
+    ));
+    assert!(matches!(
+        store.finish_command(999, "applied", None, "", "", 0),
+        Err(StoreError::CommandNotFound { id: 999 })
+    ));
+    store
+        .finish_command(id, "applied", None, "", "", 0)
+        .unwrap();
+    let again = store
+        .finish_command(id, "failed", None, "", "", 0)
+        .unwrap_err();
+    assert!(matches!(&again, StoreError::CommandFinished { outcome, .. } if outcome == "applied"));
+
+    assert!(matches!(
+        store.finish_run(run, "done", "", 0),
+        Err(StoreError::Invalid {
+            field: "status",
+            ..
+        })
+    ));
+    assert!(matches!(
+        store.finish_run(999, "completed", "", 0),
+        Err(StoreError::NotFound { run: 999 })
+    ));
+    store.finish_run(run, "aborted", "operator", 1).unwrap();
+    assert!(matches!(
+        store.finish_run(run, "completed", "", 2),
+        Err(StoreError::RunFinished { .. })
+    ));
+    // Nothing new may be sent for a finished run, but probes may still be recorded.
+    assert!(matches!(
+        store.record_command(&command(run, None, 2)),
+        Err(StoreError::RunFinished { .. })
+    ));
+    assert!(matches!(
+        store.record_step(run, 9, "late", 3),
+        Err(StoreError::RunFinished { .. })
+    ));
+    store.record_probe(run, "recovered", true, "", 4).unwrap();
+
+    // None of the failures left a row behind.
+    let detail = store.run(run).unwrap();
+    assert_eq!(
+        (
+            detail.steps.len(),
+            detail.commands.len(),
+            detail.probes.len()
+        ),
+        (0, 1, 1)
+    );
+}
+
+#[test]
+fn sqlite_failures_are_errors_with_sqlite_message() {
+    let store = memory();
+    store.conn().execute_batch("DROP TABLE last_runs").unwrap();
+    let error = store.set_last_run("c", 1).unwrap_err();
+    assert!(matches!(error, StoreError::Sql(_)), "{error:?}");
+    assert!(error.to_string().contains("no such table"), "{error}");
+}
+
+#[test]
+fn two_processes_share_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("troop.db");
+    let serve = Store::open(&url(&path)).unwrap();
+    let cli = Store::open(&url(&path)).unwrap();
+    let run = serve.begin_run("nightly", "f", 1, false, 0).unwrap();
+    serve.record_command(&command(run, None, 1)).unwrap();
+    assert_eq!(cli.unfinished_runs().unwrap()[0].commands, 1);
+    // An abort from the CLI stops `serve` from recording, hence sending, anything more.
+    cli.finish_run(run, "aborted", "operator", 5).unwrap();
+    assert!(matches!(
+        serve.record_command(&command(run, None, 2)),
+        Err(StoreError::RunFinished { .. })
+    ));
+}
+
+#[test]
+fn threads_share_one_store() {
+    let store = Arc::new(memory());
+    let run = store.begin_run("c", "f", 1, false, 0).unwrap();
+    let handles: Vec<_> = (0..4)
+        .map(|t| {
+            let store = Arc::clone(&store);
+            std::thread::spawn(move || {
+                for n in 0..25 {
+                    let id = store
+                        .record_command(&command(run, None, t * 100 + n))
+                        .unwrap();
+                    store
+                        .finish_command(id, "applied", None, "", "", 1)
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for handle in handles {
+        handle.join().unwrap();
+    }
+    let summary = store.run(run).unwrap().run;
+    assert_eq!((summary.commands, summary.applied), (100, 100));
+}
+
+#[test]
+fn a_poisoned_lock_does_not_break_the_store() {
+    let store = Arc::new(memory());
+    let clone = Arc::clone(&store);
+    let result = std::thread::spawn(move || {
+        let _guard = clone.conn();
+        panic!("boom");
+    })
+    .join();
+    assert!(result.is_err());
+    store.begin_run("c", "f", 1, false, 0).unwrap();
+}
+
+#[test]
+fn detail_serializes_to_json() {
+    let store = memory();
+    let run = store.begin_run("c", "f", 1, false, 0).unwrap();
+    let mut not_json = command(run, None, 3);
+    not_json.parameters = "CpuStress { cores: 3 }".into(); // recorded all the same
+    store.record_command(&not_json).unwrap();
+    let json = serde_json::to_value(store.run(run).unwrap()).unwrap();
+    assert_eq!(json["commands"][0]["parameters"], "CpuStress { cores: 3 }");
+    assert_eq!(json["commands"][0]["outcome"], "pending");
+    assert_eq!(json["run"]["status"], "running");
+}
+
+#[test]
+fn types_cross_threads_and_fit_anyhow() {
+    fn send_sync_static<T: Send + Sync + 'static>() {}
+    send_sync_static::<Store>();
+    send_sync_static::<StoreError>();
+}
+
+#[test]
+fn redact_hides_credentials_only() {
+    assert_eq!(
+        redact("postgres://u:pw@db:5432/x"),
+        "postgres://***@db:5432/x"
+    );
+    assert_eq!(redact("postgres://db/x@y"), "postgres://db/x@y");
+    assert_eq!(redact("sqlite://troop.db"), "sqlite://troop.db");
+}
+
+#[test]
+fn many_processes_opening_a_new_file_at_once_all_succeed() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("race.db").display());
+    let openers: Vec<_> = (0..8)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || Store::open(&url).map(|_| ()))
+        })
+        .collect();
+    for opener in openers {
+        opener.join().unwrap().unwrap();
+    }
+}
