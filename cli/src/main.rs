@@ -48,15 +48,17 @@ async fn run() -> ExitCode {
         Command::Campaign(command) => {
             commands::run_campaign_command(cli.config.as_deref(), cli.output, command).await
         }
-        Command::Serve => match commands::Context::load(cli.config.as_deref(), cli.output) {
+        Command::Serve => match commands::context::Context::load(cli.config.as_deref(), cli.output)
+        {
             Ok(context) => commands::serve::run(context).await,
             Err(error) => Err(error),
         },
-        Command::Fleet(command) => match commands::Context::load(cli.config.as_deref(), cli.output)
-        {
-            Ok(context) => commands::run(context, command).await,
-            Err(error) => Err(error),
-        },
+        Command::Fleet(command) => {
+            match commands::context::Context::load(cli.config.as_deref(), cli.output) {
+                Ok(context) => commands::run(context, command).await,
+                Err(error) => Err(error),
+            }
+        }
     };
     match result {
         Ok(outcome) => outcome.exit_code(),

@@ -1,4 +1,3 @@
-
 use super::*;
 
 const NOW: i64 = 1_000_000;

@@ -1,4 +1,3 @@
-
 use super::*;
 use crate::faults::engine::Engine;
 use crate::faults::journal::FaultJournal;

@@ -11,7 +11,9 @@ use troop_coordinator::table;
 use troop_proto::freshness::DEFAULT_VALIDITY;
 use troop_proto::pb;
 
-use super::{Context, Outcome, lease};
+use super::context::Context;
+use super::lease;
+use crate::outcome::Outcome;
 use crate::report::{self, Delivery};
 use troop_coordinator::audit::{AdhocRun, Audit, send_recorded};
 use troop_coordinator::store::StoreError;

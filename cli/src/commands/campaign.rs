@@ -20,8 +20,9 @@ use troop_coordinator::store::Store;
 use troop_coordinator::table;
 use troop_proto::pb;
 
-use super::{Context, Outcome};
+use super::context::Context;
 use crate::cli::Output;
+use crate::outcome::Outcome;
 use crate::report;
 
 pub fn validate(path: &Path, output: Output) -> anyhow::Result<Outcome> {

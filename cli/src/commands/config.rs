@@ -11,7 +11,7 @@ use troop_coordinator::config::CoordinatorConfig;
 use troop_coordinator::dispatch::CONNECT_TIMEOUT;
 use troop_coordinator::signer::Signer;
 
-use super::Outcome;
+use crate::outcome::Outcome;
 
 pub fn validate(explicit: Option<&Path>, output: Output) -> anyhow::Result<Outcome> {
     let path = CoordinatorConfig::locate(explicit)?;

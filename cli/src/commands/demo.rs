@@ -26,7 +26,9 @@ use troop_coordinator::table;
 use troop_lab::{Binaries, Lab};
 use troop_proto::pb;
 
-use super::{Context, Outcome, attack};
+use super::attack;
+use super::context::Context;
+use crate::outcome::Outcome;
 use crate::report::{self, Delivery};
 
 const REPLICAS: usize = 3;

@@ -9,7 +9,9 @@ use troop_coordinator::selector::Selector;
 use troop_coordinator::table;
 use troop_proto::pb;
 
-use super::{Context, Outcome, attack};
+use super::attack;
+use super::context::Context;
+use crate::outcome::Outcome;
 use crate::report;
 
 async fn statuses(

@@ -12,7 +12,8 @@ use troop_coordinator::dispatch::CallError;
 use troop_coordinator::signer::{Signer, now_unix_ms};
 use troop_proto::pb;
 
-use super::{Context, Outcome};
+use super::context::Context;
+use crate::outcome::Outcome;
 use crate::report::Delivery;
 use serde_json::json;
 use troop_coordinator::audit::{Audit, send_recorded};

@@ -3,6 +3,7 @@
 pub mod attack;
 pub mod campaign;
 pub mod config;
+pub mod context;
 pub mod demo;
 pub mod fleet;
 pub mod lease;
@@ -12,25 +13,8 @@ pub mod serve;
 use std::path::Path;
 
 use crate::cli::{CampaignCommand, FleetCommand, Output};
-use troop_coordinator::fleet::Fleet;
-
-pub use crate::outcome::Outcome;
-
-/// What the fleet commands share: the fleet (config and dispatcher), the output format.
-#[derive(Clone)]
-pub struct Context {
-    pub fleet: Fleet,
-    pub output: Output,
-}
-
-impl Context {
-    pub fn load(explicit: Option<&Path>, output: Output) -> anyhow::Result<Self> {
-        Ok(Self {
-            fleet: Fleet::load(explicit)?,
-            output,
-        })
-    }
-}
+use crate::outcome::Outcome;
+use context::Context;
 
 pub async fn run(context: Context, command: FleetCommand) -> anyhow::Result<Outcome> {
     match command {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use crate::cli::{Output, PkiCommand};
 use troop_coordinator::pki;
 
-use super::Outcome;
+use crate::outcome::Outcome;
 
 pub fn run(command: PkiCommand, output: Output) -> anyhow::Result<Outcome> {
     let written: Vec<PathBuf> = match &command {

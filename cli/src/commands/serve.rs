@@ -15,7 +15,8 @@ use troop_coordinator::campaign::runner::{Progress, RunEvent, run_campaign};
 use troop_coordinator::campaign::scheduler;
 use troop_coordinator::store::Store;
 
-use super::{Context, Outcome};
+use super::context::Context;
+use crate::outcome::Outcome;
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:7080";
 

@@ -1,4 +1,3 @@
-
 use super::*;
 
 const SEC: Duration = Duration::from_secs(1);

@@ -1,4 +1,3 @@
-
 use super::*;
 
 fn hosts(n: usize) -> Vec<String> {

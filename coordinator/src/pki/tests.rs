@@ -1,4 +1,3 @@
-
 use super::*;
 use ed25519_dalek::pkcs8::DecodePublicKey;
 use ed25519_dalek::{Signer, Verifier, VerifyingKey};

@@ -1,4 +1,3 @@
-
 use super::*;
 use pb::disk::Amount;
 

@@ -1,4 +1,3 @@
-
 use super::*;
 use crate::host::process::FakeProcessTable;
 use rand::SeedableRng;

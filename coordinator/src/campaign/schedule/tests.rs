@@ -1,4 +1,3 @@
-
 use super::*;
 use jiff::civil::{date, time};
 use proptest::prelude::*;

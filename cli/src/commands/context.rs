@@ -1,0 +1,23 @@
+//! What the fleet commands share.
+
+use std::path::Path;
+
+use troop_coordinator::fleet::Fleet;
+
+use crate::cli::Output;
+
+/// What the fleet commands share: the fleet (config and dispatcher), the output format.
+#[derive(Clone)]
+pub struct Context {
+    pub fleet: Fleet,
+    pub output: Output,
+}
+
+impl Context {
+    pub fn load(explicit: Option<&Path>, output: Output) -> anyhow::Result<Self> {
+        Ok(Self {
+            fleet: Fleet::load(explicit)?,
+            output,
+        })
+    }
+}
