@@ -1,4 +1,5 @@
 use super::*;
+use crate::campaign::probe::Check;
 
 const GOOD: &str = r#"name = "monkey-web"
 seed = 42
