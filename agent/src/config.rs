@@ -9,7 +9,7 @@ use std::time::Duration;
 use troop_proto::freshness::{DEFAULT_CLOCK_SKEW, MAX_VALIDITY};
 
 use troop_common::agent_file::{AgentFile, PolicyFile};
-use troop_common::names::{validate_agent_id, validate_label};
+use troop_common::names::{serve_address, validate_agent_id, validate_label};
 
 use crate::policy::{FaultKind, Policy};
 use troop_common::units::{parse_duration, parse_percent};
@@ -52,10 +52,12 @@ pub struct AgentConfig {
     /// The file it was read from (named in problems found later, as by `validate`).
     pub path: PathBuf,
     pub id: String,
-    pub listen: SocketAddr,
+    /// Where direct calls are taken; `None` when the agent only dials out.
+    pub listen: Option<SocketAddr>,
     pub labels: BTreeMap<String, String>,
     pub state_dir: PathBuf,
-    pub coordinator: Option<String>,
+    /// `host:port` of each `troop serve` to keep a stream to, tried in turn.
+    pub coordinators: Vec<String>,
     pub tls: TlsPaths,
     pub coordinator_keys: Vec<PathBuf>,
     pub max_clock_skew: Duration,
@@ -121,20 +123,32 @@ impl Validator<'_> {
                 .into_owned(),
         };
         validate_agent_id(&id).map_err(|message| self.invalid("id", message))?;
-        let listen_text = raw.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
-        let listen = listen_text.parse().map_err(|_| {
-            self.invalid(
-                "listen",
-                format!("{listen_text:?} is not an address:port such as 0.0.0.0:7443"),
-            )
-        })?;
+        let coordinators = match &raw.coordinator {
+            None => Vec::new(),
+            Some(urls) if urls.urls().is_empty() => {
+                return Err(self.invalid("coordinator", "names no URL"));
+            }
+            Some(urls) => urls
+                .urls()
+                .iter()
+                .map(|url| serve_address(url).map_err(|m| self.invalid("coordinator", m)))
+                .collect::<Result<_, _>>()?,
+        };
+        // An agent that dials out listens only when told to; one that does not, always.
+        let listen = match (&raw.listen, coordinators.is_empty()) {
+            (None, false) => None,
+            (listen, _) => {
+                let text = listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+                Some(text.parse().map_err(|_| {
+                    self.invalid(
+                        "listen",
+                        format!("{text:?} is not an address:port such as 0.0.0.0:7443"),
+                    )
+                })?)
+            }
+        };
         for (key, value) in &raw.labels {
             validate_label(key, value).map_err(|message| self.invalid("labels", message))?;
-        }
-        if let Some(url) = &raw.coordinator
-            && !(url.starts_with("https://"))
-        {
-            return Err(self.invalid("coordinator", format!("{url:?} must be an https:// URL")));
         }
         if raw.trust.coordinator_keys.is_empty() {
             return Err(self.invalid(
@@ -162,7 +176,7 @@ impl Validator<'_> {
                 raw.state_dir
                     .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
             ),
-            coordinator: raw.coordinator,
+            coordinators,
             tls: TlsPaths {
                 cert: self.resolve(raw.tls.cert),
                 key: self.resolve(raw.tls.key),
@@ -252,7 +266,8 @@ coordinator_keys = ["signing.pub"]
     #[test]
     fn minimal_config_gets_safe_defaults() {
         let config = parse(MINIMAL).unwrap();
-        assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(config.listen.unwrap().to_string(), DEFAULT_LISTEN);
+        assert!(config.coordinators.is_empty());
         assert_eq!(config.tls.cert, Path::new("/etc/troop/web-1.pem"));
         assert_eq!(
             config.coordinator_keys,
@@ -313,5 +328,34 @@ coordinator_keys = ["signing.pub"]
         assert!(config.policy.protected_processes.contains("postgres"));
         assert!(config.policy.protected_processes.contains("sshd"));
         assert_eq!(config.policy.max_disk_fill_percent, 90);
+    }
+
+    #[test]
+    fn an_agent_that_dials_out_listens_only_when_told() {
+        let config = parse(&format!(
+            "coordinator = \"https://coord.example.net\"\n{MINIMAL}"
+        ))
+        .unwrap();
+        assert_eq!(config.coordinators, ["coord.example.net:7444"]);
+        assert_eq!(config.listen, None);
+        let both = parse(&format!(
+            "coordinator = [\"https://a:9000/\", \"https://[fd00::1]\"]\nlisten = \"0.0.0.0:7443\"\n{MINIMAL}"
+        ))
+        .unwrap();
+        assert_eq!(both.coordinators, ["a:9000", "[fd00::1]:7444"]);
+        assert!(both.listen.is_some());
+        for bad in [
+            "\"http://a:7444\"",
+            "\"https://a:7444/path\"",
+            "\"https://a:0\"",
+            "\"https://a:port\"",
+            "[]",
+        ] {
+            let error = parse(&format!("coordinator = {bad}\n{MINIMAL}")).unwrap_err();
+            assert!(
+                error.to_string().contains("`coordinator`"),
+                "{bad}: {error}"
+            );
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! troop-agent: the daemon on every host.
 //!
-//! It listens for gRPC over mutual TLS ([`tls`]), verifies each signed command and checks
+//! It listens for gRPC over mutual TLS ([`tls`]) and/or keeps a stream to `troop serve`
+//! ([`link`]), verifies each signed command and checks
 //! binding, freshness and replay ([`service`], [`ledger`]), applies local [`policy`], and
 //! carries out faults ([`faults`]) through narrow host traits ([`host`]).
 //!
@@ -12,6 +13,7 @@ pub mod faults;
 pub mod host;
 pub mod inventory;
 pub mod ledger;
+pub mod link;
 pub mod policy;
 pub mod service;
 pub mod signals;
@@ -91,6 +93,8 @@ pub fn load_public_key(path: &std::path::Path) -> Result<VerifyingKey, StartErro
 pub struct Agent {
     config: AgentConfig,
     tls: Arc<rustls::ServerConfig>,
+    /// The client side of the agent's identity, for its streams to `troop serve`.
+    link_tls: Option<Arc<rustls::ClientConfig>>,
     service: Arc<AgentService>,
     engine: Arc<Engine>,
 }
@@ -172,6 +176,16 @@ impl Agent {
     ) -> Result<Self, StartError> {
         let trusted = load_trusted_keys(&config)?;
         let tls = tls::server_config(&config.tls)?;
+        let link_tls = if config.coordinators.is_empty() {
+            None
+        } else {
+            let paths = &config.tls;
+            Some(Arc::new(troop_common::tls::client_config(
+                &paths.cert,
+                &paths.key,
+                &paths.ca,
+            )?))
+        };
         let ledger = ReplayLedger::open(&config.state_dir, troop_common::clock::now_unix_ms())?;
         // The ledger holds the state dir's lock, so no other agent is undoing this too.
         let (journal, left) = FaultJournal::open(&config.state_dir)?;
@@ -195,6 +209,7 @@ impl Agent {
         Ok(Self {
             config,
             tls,
+            link_tls,
             service,
             engine,
         })
@@ -204,34 +219,60 @@ impl Agent {
         &self.config
     }
 
-    /// Serves on `listener` until `shutdown` resolves.
+    /// Serves direct calls on `listener` (if any) and keeps the streams to the configured
+    /// coordinators, until `shutdown` resolves.
     pub async fn serve(
         self,
-        listener: TcpListener,
+        listener: Option<TcpListener>,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), StartError> {
         let address = listener
-            .local_addr()
-            .map_or_else(|_| "?".to_string(), |a| a.to_string());
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .map_or_else(|| "-".to_string(), |a| a.to_string());
         tracing::info!(
             agent_id = %self.config.id,
-            %address,
+            listen = %address,
+            coordinators = %self.config.coordinators.join(", "),
             trusted_keys = self.config.coordinator_keys.len(),
             allow = %self.config.policy.allowed_names(),
-            "agent listening"
+            "agent started"
         );
         let deadlines = self.engine.supervise();
-        let grpc = AgentServer::new(GrpcAgent(self.service))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        let served = tonic::transport::Server::builder()
-            .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
-            .http2_max_pending_accept_reset_streams(Some(32))
-            .http2_max_header_list_size(16 * 1024)
-            .timeout(REQUEST_TIMEOUT)
-            .add_service(grpc)
-            .serve_with_incoming_shutdown(tls::incoming(listener, self.tls), shutdown)
-            .await;
+        let (stop_links, links_stopped) = tokio::sync::watch::channel(false);
+        let link = self.link_tls.map(|tls| {
+            tokio::spawn(
+                link::Link {
+                    service: self.service.clone(),
+                    coordinators: self.config.coordinators.clone(),
+                    tls,
+                }
+                .run(links_stopped),
+            )
+        });
+        let served = match listener {
+            Some(listener) => {
+                let grpc = AgentServer::new(GrpcAgent(self.service))
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES);
+                tonic::transport::Server::builder()
+                    .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+                    .http2_max_pending_accept_reset_streams(Some(32))
+                    .http2_max_header_list_size(16 * 1024)
+                    .timeout(REQUEST_TIMEOUT)
+                    .add_service(grpc)
+                    .serve_with_incoming_shutdown(tls::incoming(listener, self.tls), shutdown)
+                    .await
+            }
+            None => {
+                shutdown.await;
+                Ok(())
+            }
+        };
+        let _ = stop_links.send(true);
+        if let Some(link) = link {
+            let _ = link.await;
+        }
         // Whatever ended the server, nothing it started may outlive it.
         let engine = self.engine;
         tokio::task::spawn_blocking(move || engine.shutdown())
@@ -271,7 +312,7 @@ impl Reloader {
             ("listen", running.listen != config.listen),
             ("state_dir", running.state_dir != config.state_dir),
             ("tls", running.tls != config.tls),
-            ("coordinator", running.coordinator != config.coordinator),
+            ("coordinator", running.coordinators != config.coordinators),
         ]
         .into_iter()
         .filter_map(|(key, changed)| changed.then_some(key))

@@ -54,10 +54,10 @@ async fn agent_main() -> ExitCode {
         return match troop_agent::validate(&config) {
             Ok(found) => {
                 println!(
-                    "{}: valid. agent {:?} on {}, {} trusted coordinator key(s), {} command(s) remembered, {} fault(s) to undo at start, allows {}",
+                    "{}: valid. agent {:?} {}, {} trusted coordinator key(s), {} command(s) remembered, {} fault(s) to undo at start, allows {}",
                     args.config.display(),
                     config.id,
-                    config.listen,
+                    reached_by(&config),
                     found.trusted_keys,
                     found.remembered_commands,
                     found.journaled_faults,
@@ -94,13 +94,15 @@ async fn agent_main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let address = agent.config().listen;
-    let listener = match tokio::net::TcpListener::bind(address).await {
-        Ok(listener) => listener,
-        Err(error) => {
-            tracing::error!(%address, %error, "cannot start: cannot listen");
-            return ExitCode::from(2);
-        }
+    let listener = match agent.config().listen {
+        None => None,
+        Some(address) => match tokio::net::TcpListener::bind(address).await {
+            Ok(listener) => Some(listener),
+            Err(error) => {
+                tracing::error!(%address, %error, "cannot start: cannot listen");
+                return ExitCode::from(2);
+            }
+        },
     };
     match run(agent, listener, args.config).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -113,7 +115,7 @@ async fn agent_main() -> ExitCode {
 
 async fn run(
     agent: Agent,
-    listener: tokio::net::TcpListener,
+    listener: Option<tokio::net::TcpListener>,
     config_path: PathBuf,
 ) -> Result<(), String> {
     // Everything is loaded and the port is ours: systemd may count us as started.
@@ -135,4 +137,16 @@ async fn run(
         .serve(listener, troop_agent::signals::until_stopped(reload))
         .await
         .map_err(|error| error_chain(&error))
+}
+
+/// How the agent is reached, as `validate` says it.
+fn reached_by(config: &AgentConfig) -> String {
+    let mut ways = Vec::new();
+    if let Some(listen) = config.listen {
+        ways.push(format!("listening on {listen}"));
+    }
+    if !config.coordinators.is_empty() {
+        ways.push(format!("dialling {}", config.coordinators.join(" or ")));
+    }
+    ways.join(" and ")
 }

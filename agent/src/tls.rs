@@ -1,34 +1,19 @@
 //! Mutual TLS for the agent's listener: TLS 1.3 only, a client certificate chained to the
-//! fleet CA required, handshakes bounded in time and number, per peer and in total.
+//! fleet CA and naming the coordinator required (never another agent's or an operator's),
+//! handshakes bounded by [`troop_common::listener`].
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
-use std::time::Duration;
+use std::sync::Arc;
 
 use rustls::ServerConfig;
 use rustls::server::WebPkiClientVerifier;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot};
-use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
+use tokio::net::TcpListener;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::server::Connected;
 
+use troop_common::identity::{COORDINATOR_NAME, names};
+use troop_common::listener::{self, TlsConnection};
 use troop_common::tls::{TlsError, load_certs, load_key, provider, root_store};
 
 use crate::config::TlsPaths;
-
-/// A slow or silent client gets this long to finish its handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Handshakes in flight at once, from everyone and from one address. Past either, the
-/// oldest pending handshake is closed to make room: a flood of idle connections cycles
-/// itself out, and a fresh connection (a coordinator's halt) always gets its turn.
-const MAX_HANDSHAKES: usize = 128;
-const MAX_HANDSHAKES_PER_PEER: usize = 16;
 
 /// The agent's server config: its own certificate, clients must present one from the CA.
 pub fn server_config(paths: &TlsPaths) -> Result<Arc<ServerConfig>, TlsError> {
@@ -82,200 +67,22 @@ pub fn check_identity(paths: &TlsPaths, id: &str) -> Result<(), String> {
     }
 }
 
-/// Who is on the other end of an accepted connection.
-#[derive(Debug, Clone)]
-pub struct PeerInfo {
-    pub remote: Option<SocketAddr>,
-}
-
-/// An established, authenticated connection, as tonic wants it.
-#[derive(Debug)]
-pub struct TlsConnection(TlsStream<TcpStream>);
-
-impl Connected for TlsConnection {
-    type ConnectInfo = PeerInfo;
-
-    fn connect_info(&self) -> PeerInfo {
-        PeerInfo {
-            remote: self.0.get_ref().0.peer_addr().ok(),
-        }
-    }
-}
-
-impl AsyncRead for TlsConnection {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for TlsConnection {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
-    }
-}
-
-/// Handshakes in flight; dropping an entry's sender closes that connection.
-#[derive(Default)]
-struct Pending {
-    next: u64,
-    by_age: BTreeMap<u64, (IpAddr, oneshot::Sender<()>)>,
-    by_peer: HashMap<IpAddr, VecDeque<u64>>,
-}
-
-impl Pending {
-    /// Makes room for a handshake from `peer` (closing the oldest where a cap is hit)
-    /// and registers it; the receiver resolves when it is closed to make room.
-    fn admit(&mut self, peer: IpAddr) -> (u64, oneshot::Receiver<()>) {
-        let from_peer = self.by_peer.get(&peer).map_or(0, VecDeque::len);
-        if from_peer >= MAX_HANDSHAKES_PER_PEER
-            && let Some(oldest) = self.by_peer.get(&peer).and_then(|ids| ids.front().copied())
-        {
-            self.remove(oldest, peer);
-        }
-        if self.by_age.len() >= MAX_HANDSHAKES
-            && let Some((&oldest, &(owner, _))) = self.by_age.first_key_value()
-        {
-            self.remove(oldest, owner);
-        }
-        let id = self.next;
-        self.next += 1;
-        let (close, closed) = oneshot::channel();
-        self.by_age.insert(id, (peer, close));
-        self.by_peer.entry(peer).or_default().push_back(id);
-        (id, closed)
-    }
-
-    fn remove(&mut self, id: u64, peer: IpAddr) {
-        self.by_age.remove(&id);
-        if let Some(ids) = self.by_peer.get_mut(&peer) {
-            ids.retain(|other| *other != id);
-            if ids.is_empty() {
-                self.by_peer.remove(&peer);
-            }
-        }
-    }
-}
-
-/// Accepts TCP connections and completes TLS handshakes concurrently, yielding only the
-/// connections whose client proved a fleet certificate. Failed handshakes (plaintext, no
-/// certificate, another CA, too slow, or closed to make room) are logged and dropped.
-/// Accepting never waits on handshakes, so an unauthenticated peer can hold at most
-/// [`MAX_HANDSHAKES_PER_PEER`] connections for at most [`HANDSHAKE_TIMEOUT`].
+/// The agent's connections: only the coordinator's certificate may command it directly.
 pub fn incoming(
-    listener: TcpListener,
+    tcp: TcpListener,
     config: Arc<ServerConfig>,
 ) -> ReceiverStream<std::io::Result<TlsConnection>> {
-    let (sender, receiver) = mpsc::channel(MAX_HANDSHAKES);
-    let acceptor = TlsAcceptor::from(config);
-    let pending = Arc::new(Mutex::new(Pending::default()));
-    tokio::spawn(async move {
-        loop {
-            let accepted = tokio::select! {
-                accepted = listener.accept() => accepted,
-                // The server is gone: stop accepting, and let the socket close.
-                () = sender.closed() => return,
-            };
-            let (tcp, remote) = match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let _ = tcp.set_nodelay(true);
-            let peer = remote.ip();
-            let (id, closed) = pending
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .admit(peer);
-            let acceptor = acceptor.clone();
-            let sender = sender.clone();
-            let pending = pending.clone();
-            tokio::spawn(async move {
-                let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
-                let outcome = tokio::select! {
-                    outcome = handshake => Some(outcome),
-                    _ = closed => None,
-                };
-                pending
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(id, peer);
-                match outcome {
-                    Some(Ok(Ok(stream))) => {
-                        let _ = sender.send(Ok(TlsConnection(stream))).await;
-                    }
-                    Some(Ok(Err(error))) => {
-                        tracing::warn!(%remote, %error, "refused connection: TLS handshake failed")
-                    }
-                    Some(Err(_)) => {
-                        tracing::warn!(%remote, "refused connection: TLS handshake timed out")
-                    }
-                    None => tracing::warn!(
-                        %remote,
-                        "closed a pending TLS handshake to make room for newer connections"
-                    ),
-                }
-            });
-        }
-    });
-    ReceiverStream::new(receiver)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_oldest_pending_handshake_of_a_peer_makes_room_first() {
-        let mut pending = Pending::default();
-        let flooder: IpAddr = "10.0.0.9".parse().unwrap();
-        let mut closed = Vec::new();
-        for _ in 0..MAX_HANDSHAKES_PER_PEER + 3 {
-            closed.push(pending.admit(flooder).1);
-        }
-        let gone = closed
-            .iter_mut()
-            .map(|receiver| receiver.try_recv())
-            .filter(|result| *result == Err(oneshot::error::TryRecvError::Closed))
-            .count();
-        assert_eq!(gone, 3);
-        assert_eq!(pending.by_peer[&flooder].len(), MAX_HANDSHAKES_PER_PEER);
-    }
-
-    #[test]
-    fn past_the_total_the_oldest_of_anyone_makes_room() {
-        let mut pending = Pending::default();
-        let mut first = None;
-        for i in 0..MAX_HANDSHAKES {
-            let peer = IpAddr::from([10, 1, (i / 256) as u8, (i % 256) as u8]);
-            let (_, closed) = pending.admit(peer);
-            first.get_or_insert(closed);
-        }
-        let coordinator: IpAddr = "10.9.9.9".parse().unwrap();
-        pending.admit(coordinator);
-        assert_eq!(pending.by_age.len(), MAX_HANDSHAKES);
-        assert!(pending.by_peer.contains_key(&coordinator));
-        assert_eq!(
-            first.unwrap().try_recv(),
-            Err(oneshot::error::TryRecvError::Closed)
-        );
-    }
+    listener::incoming(
+        tcp,
+        config,
+        Arc::new(|leaf| {
+            if names(leaf, COORDINATOR_NAME) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "the client certificate does not name {COORDINATOR_NAME}: agents take direct calls from the coordinator only"
+                ))
+            }
+        }),
+    )
 }

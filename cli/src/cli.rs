@@ -104,7 +104,7 @@ pub enum CampaignCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum PkiCommand {
-    /// Create a fleet CA, the coordinator's client certificate and its signing key in DIR.
+    /// Create a fleet CA, the coordinator's certificate and its signing key in DIR.
     Init {
         /// Where to write ca.pem, ca.key, coordinator.pem/.key, signing.key, signing.pub
         /// (created 0700 if missing; existing files are never overwritten).
@@ -122,6 +122,19 @@ pub enum PkiCommand {
         /// Further host names or IP addresses for the certificate.
         #[arg(long = "san")]
         sans: Vec<String>,
+        /// How long the certificate is valid, in days (at most 825).
+        #[arg(long, default_value_t = 825)]
+        days: u64,
+    },
+    /// Issue an operator's client certificate (NAME.pem, NAME.key) for the operator API of
+    /// `troop serve`; serve's `[[operators]]` gives NAME its role.
+    IssueOperator {
+        /// The directory `troop pki init` wrote.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The operator's name, as `[[operators]] name` and the audit trail give it.
+        #[arg(long)]
+        name: String,
         /// How long the certificate is valid, in days (at most 825).
         #[arg(long, default_value_t = 825)]
         days: u64,

@@ -54,7 +54,7 @@ async fn run() -> ExitCode {
             Err(error) => Err(error),
         },
         Command::Fleet(command) => {
-            match commands::context::Context::load(cli.config.as_deref(), cli.output) {
+            match commands::context::Context::connect(cli.config.as_deref(), cli.output).await {
                 Ok(context) => commands::run(context, command).await,
                 Err(error) => Err(error),
             }
@@ -64,7 +64,12 @@ async fn run() -> ExitCode {
         Ok(outcome) => outcome.exit_code(),
         Err(error) => {
             eprintln!("troop: {error:#}");
-            ExitCode::from(2)
+            // troop serve's verdict on the call, like an agent's refusal: exit 1.
+            if error.is::<troop_coordinator::remote::Refused>() {
+                ExitCode::from(1)
+            } else {
+                ExitCode::from(2)
+            }
         }
     }
 }

@@ -110,7 +110,7 @@ fn dry_fleet(signing_key: &str) -> tempfile::TempDir {
         ("web-1", "192.0.2.1:7443", &web),
         ("web-2", "192.0.2.2:7443", &web),
     ]);
-    fleet.signing.key = format!("pki/{signing_key}").into();
+    fleet.signing.as_mut().unwrap().key = format!("pki/{signing_key}").into();
     files::write(&dir.path().join("troop.toml"), &fleet).unwrap();
     dir
 }

@@ -15,11 +15,28 @@ pub struct AgentFile {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
     pub state_dir: Option<PathBuf>,
-    pub coordinator: Option<String>,
+    /// `troop serve` to dial out to: one URL, or several tried in turn.
+    pub coordinator: Option<Coordinators>,
     pub tls: AgentTlsFile,
     pub trust: TrustFile,
     #[serde(default)]
     pub policy: PolicyFile,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum Coordinators {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Coordinators {
+    pub fn urls(&self) -> &[String] {
+        match self {
+            Coordinators::One(url) => std::slice::from_ref(url),
+            Coordinators::Many(urls) => urls,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]

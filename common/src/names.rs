@@ -87,3 +87,31 @@ pub fn is_valid_command_id(id: &str) -> bool {
         && id != "."
         && id != ".."
 }
+
+/// The port `troop serve` takes agents and operators on unless a URL says otherwise.
+pub const DEFAULT_SERVE_PORT: u16 = 7444;
+
+/// `https://host[:port][/]` as the `host:port` to dial.
+pub fn serve_address(url: &str) -> Result<String, String> {
+    let rest = url
+        .strip_prefix("https://")
+        .ok_or_else(|| format!("{url:?} must be an https:// URL"))?;
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    if authority.is_empty() || authority.contains(['/', '?', '#', '@']) {
+        return Err(format!(
+            "{url:?} must be https://HOST or https://HOST:PORT, nothing after"
+        ));
+    }
+    // The colons of a bracketed IPv6 address are not a port.
+    let port = match authority.rsplit_once(':') {
+        Some((host, port)) if !host.starts_with('[') || host.ends_with(']') => Some((host, port)),
+        _ => None,
+    };
+    match port {
+        None => Ok(format!("{authority}:{DEFAULT_SERVE_PORT}")),
+        Some((host, port)) => match port.parse::<u16>() {
+            Ok(port) if port > 0 && !host.is_empty() => Ok(authority.to_string()),
+            _ => Err(format!("{url:?}: {port:?} is not a port")),
+        },
+    }
+}

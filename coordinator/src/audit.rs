@@ -3,6 +3,8 @@
 //! A command is recorded before it is sent (none is sent that cannot be recorded, except
 //! a halt), signed as it leaves, and its outcome recorded when it answers.
 
+use std::sync::Arc;
+
 use serde_json::Value;
 use troop_proto::freshness::DEFAULT_VALIDITY;
 use troop_proto::pb;
@@ -24,15 +26,25 @@ pub struct Audit<'a> {
 
 /// An ad-hoc run (`troop attack`, `troop halt`) in the store.
 pub struct AdhocRun {
-    store: Store,
+    store: Arc<Store>,
     run: i64,
 }
 
 impl AdhocRun {
     /// Opens the store and records the run's start, under the local user's name.
     pub fn begin(fleet: &Fleet, what: &str, seed: u64) -> Result<Self, StoreError> {
-        let store = Store::open(&fleet.config.store_url)?;
-        let run = store.begin_adhoc(what, seed, &operator(), now_unix_ms())?;
+        let store = Arc::new(Store::open(&fleet.config.store_url)?);
+        Self::begin_in(store, what, seed, &operator())
+    }
+
+    /// Records the run's start in `store` under `operator` (serve's operator API).
+    pub fn begin_in(
+        store: Arc<Store>,
+        what: &str,
+        seed: u64,
+        operator: &str,
+    ) -> Result<Self, StoreError> {
+        let run = store.begin_adhoc(what, seed, operator, now_unix_ms())?;
         Ok(Self { store, run })
     }
 

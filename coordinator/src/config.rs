@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use troop_common::names::{validate_agent_id, validate_label};
+use troop_common::names::{check_dns_name, serve_address, validate_agent_id, validate_label};
 
 pub const CONFIG_ENV: &str = "TROOP_CONFIG";
 pub const LOCAL_CONFIG: &str = "troop.toml";
@@ -39,14 +39,35 @@ pub enum ConfigError {
 #[serde(deny_unknown_fields)]
 pub struct ConfigFile {
     pub campaigns: Option<PathBuf>,
-    pub signing: SigningFile,
-    pub tls: TlsFile,
+    /// Required unless `[coordinator]` sends everything through `troop serve`.
+    pub signing: Option<SigningFile>,
+    pub tls: Option<TlsFile>,
     #[serde(default)]
     pub store: Option<StoreFile>,
     #[serde(default)]
     pub agents: Vec<AgentFile>,
     #[serde(default)]
     pub serve: Option<ServeFile>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub operators: Vec<OperatorFile>,
+    /// An operator's machine: every command goes through this `troop serve`.
+    pub coordinator: Option<RemoteFile>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OperatorFile {
+    pub name: String,
+    pub role: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteFile {
+    pub url: String,
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -72,7 +93,10 @@ pub struct StoreFile {
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServeFile {
-    pub listen: String,
+    /// Agents' streams and the operator API (mutual TLS).
+    pub listen: Option<String>,
+    /// Plain HTTP: `GET /healthz`.
+    pub health_listen: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -101,15 +125,65 @@ pub struct ClientTls {
     pub ca: PathBuf,
 }
 
+/// What an operator may do through the operator API; each role may do what the ones
+/// before it may.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Read: agents, status, history.
+    Viewer,
+    /// Act: attacks, campaign runs, halt.
+    Operator,
+    /// PKI and tokens.
+    Admin,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperatorEntry {
+    pub name: String,
+    pub role: Role,
+}
+
+/// Where `troop serve` listens.
+#[derive(Debug, Clone)]
+pub struct ServeSettings {
+    pub listen: std::net::SocketAddr,
+    pub health_listen: std::net::SocketAddr,
+}
+
+pub const DEFAULT_SERVE_LISTEN: &str = "0.0.0.0:7444";
+pub const DEFAULT_HEALTH_LISTEN: &str = "127.0.0.1:7080";
+
+/// The `troop serve` an operator's CLI goes through, and the operator's identity.
+#[derive(Debug, Clone)]
+pub struct RemoteCoordinator {
+    /// `host:port` to dial.
+    pub address: String,
+    pub tls: ClientTls,
+}
+
 #[derive(Debug, Clone)]
 pub struct CoordinatorConfig {
     pub path: PathBuf,
-    pub signing_key: PathBuf,
-    pub tls: ClientTls,
+    /// Absent only on an operator's machine (`[coordinator]`).
+    pub signing_key: Option<PathBuf>,
+    pub tls: Option<ClientTls>,
     pub store_url: String,
-    pub serve_listen: Option<String>,
+    pub serve: ServeSettings,
     pub campaigns: Option<PathBuf>,
     pub agents: Vec<AgentEntry>,
+    pub operators: Vec<OperatorEntry>,
+    pub remote: Option<RemoteCoordinator>,
 }
 
 impl CoordinatorConfig {
@@ -194,30 +268,100 @@ impl CoordinatorConfig {
                 format!("{store_url:?} must start with sqlite:// or postgres://"),
             ));
         }
-        if let Some(serve) = &raw.serve
-            && serve.listen.parse::<std::net::SocketAddr>().is_err()
-        {
-            return Err(invalid(
-                "serve.listen".into(),
-                format!(
-                    "{:?} is not an address:port such as 0.0.0.0:7080",
-                    serve.listen
-                ),
-            ));
+        let serve = raw.serve.unwrap_or_default();
+        let address = |key: &str, text: Option<String>, default: &str| {
+            let text = text.unwrap_or_else(|| default.to_string());
+            text.parse::<std::net::SocketAddr>().map_err(|_| {
+                invalid(
+                    key.to_string(),
+                    format!("{text:?} is not an address:port such as {default}"),
+                )
+            })
+        };
+        let serve = ServeSettings {
+            listen: address("serve.listen", serve.listen, DEFAULT_SERVE_LISTEN)?,
+            health_listen: address(
+                "serve.health_listen",
+                serve.health_listen,
+                DEFAULT_HEALTH_LISTEN,
+            )?,
+        };
+        let mut operators: Vec<OperatorEntry> = Vec::new();
+        for (index, operator) in raw.operators.into_iter().enumerate() {
+            let key = format!("operators[{index}]");
+            check_dns_name(&operator.name, false).map_err(|m| invalid(format!("{key}.name"), m))?;
+            if operators.iter().any(|known| known.name == operator.name) {
+                return Err(invalid(
+                    format!("{key}.name"),
+                    format!("operator {:?} is listed twice", operator.name),
+                ));
+            }
+            let role = match operator.role.as_str() {
+                "viewer" => Role::Viewer,
+                "operator" => Role::Operator,
+                "admin" => Role::Admin,
+                other => {
+                    return Err(invalid(
+                        format!("{key}.role"),
+                        format!("{other:?} is not viewer, operator or admin"),
+                    ));
+                }
+            };
+            operators.push(OperatorEntry {
+                name: operator.name,
+                role,
+            });
+        }
+        let client_tls = |tls: TlsFile| ClientTls {
+            cert: resolve(tls.cert),
+            key: resolve(tls.key),
+            ca: resolve(tls.ca),
+        };
+        let remote = match raw.coordinator {
+            None => None,
+            Some(remote) => Some(RemoteCoordinator {
+                address: serve_address(&remote.url)
+                    .map_err(|m| invalid("coordinator.url".into(), m))?,
+                tls: ClientTls {
+                    cert: resolve(remote.cert),
+                    key: resolve(remote.key),
+                    ca: resolve(remote.ca),
+                },
+            }),
+        };
+        if remote.is_none() {
+            if raw.signing.is_none() {
+                return Err(invalid(
+                    "signing".into(),
+                    "missing: [signing] key (or a [coordinator] to go through)".into(),
+                ));
+            }
+            if raw.tls.is_none() {
+                return Err(invalid(
+                    "tls".into(),
+                    "missing: [tls] cert, key, ca (or a [coordinator] to go through)".into(),
+                ));
+            }
         }
         Ok(Self {
             path: path.to_path_buf(),
-            signing_key: resolve(raw.signing.key),
-            tls: ClientTls {
-                cert: resolve(raw.tls.cert),
-                key: resolve(raw.tls.key),
-                ca: resolve(raw.tls.ca),
-            },
+            signing_key: raw.signing.map(|signing| resolve(signing.key)),
+            tls: raw.tls.map(client_tls),
             store_url,
-            serve_listen: raw.serve.map(|serve| serve.listen),
+            serve,
             campaigns: raw.campaigns.map(resolve),
             agents,
+            operators,
+            remote,
         })
+    }
+
+    /// The role `[[operators]]` gives `name`, if any.
+    pub fn role_of(&self, name: &str) -> Option<Role> {
+        self.operators
+            .iter()
+            .find(|operator| operator.name == name)
+            .map(|operator| operator.role)
     }
 }
 
@@ -253,7 +397,10 @@ ca = "pki/ca.pem"
             "[[agents]]\nid = \"web-1\"\naddress = \"10.0.0.1:7443\"\nlabels = { role = \"web\" }\n",
         )
         .unwrap();
-        assert_eq!(config.signing_key, Path::new("/srv/troop/pki/signing.key"));
+        assert_eq!(
+            config.signing_key.as_deref(),
+            Some(Path::new("/srv/troop/pki/signing.key"))
+        );
         assert_eq!(config.agents[0].labels["role"], "web");
         assert_eq!(config.store_url, "sqlite:///srv/troop/troop.db");
     }
@@ -283,11 +430,47 @@ ca = "pki/ca.pem"
                 "agents[0].labels",
             ),
             ("[serve]\nlisten = \"everywhere\"\n", "serve.listen"),
+            ("[serve]\nhealth_listen = \"7080\"\n", "serve.health_listen"),
+            (
+                "[[operators]]\nname = \"alice\"\nrole = \"root\"\n",
+                "operators[0].role",
+            ),
+            (
+                "[[operators]]\nname = \"al ice\"\nrole = \"viewer\"\n",
+                "operators[0].name",
+            ),
         ] {
             let error = parse(extra).unwrap_err().to_string();
             assert!(error.contains(&format!("`{key}`")), "{key}: {error}");
         }
         let unknown = parse("[[agents]]\nid = \"w\"\nadress = \"a:1\"\n").unwrap_err();
         assert!(unknown.to_string().contains("adress"), "{unknown}");
+    }
+
+    #[test]
+    fn an_operator_machine_needs_no_signing_key() {
+        let config = CoordinatorConfig::parse(
+            "[coordinator]\nurl = \"https://coord.example.net\"\nca = \"ca.pem\"\ncert = \"alice.pem\"\nkey = \"alice.key\"\n",
+            Path::new("/home/alice/troop.toml"),
+        )
+        .unwrap();
+        let remote = config.remote.unwrap();
+        assert_eq!(remote.address, "coord.example.net:7444");
+        assert_eq!(remote.tls.cert, Path::new("/home/alice/alice.pem"));
+        assert!(config.signing_key.is_none());
+        let alone = CoordinatorConfig::parse("", Path::new("troop.toml")).unwrap_err();
+        assert!(alone.to_string().contains("`signing`"), "{alone}");
+    }
+
+    #[test]
+    fn operators_have_roles() {
+        let config = parse(
+            "[[operators]]\nname = \"alice\"\nrole = \"operator\"\n[[operators]]\nname = \"bob\"\nrole = \"viewer\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.role_of("alice"), Some(Role::Operator));
+        assert_eq!(config.role_of("bob"), Some(Role::Viewer));
+        assert_eq!(config.role_of("mallory"), None);
+        assert!(Role::Viewer < Role::Operator && Role::Operator < Role::Admin);
     }
 }

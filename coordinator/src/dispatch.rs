@@ -1,17 +1,17 @@
 //! Talking to many agents at once: bounded concurrency, a deadline per agent, and one
-//! unreachable agent reported without failing the others.
+//! unreachable agent reported without failing the others. An agent with a stream open to
+//! this `troop serve` is reached down it; any other is dialled.
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use tonic::transport::Channel;
-use troop_proto::pb::agent_client::AgentClient;
+use troop_proto::serve_pb::{answer, request};
 
 use crate::client::{DialError, Dialer};
 use crate::config::AgentEntry;
+use crate::live::Registry;
 use crate::signer::{Signer, now_unix_ms};
 use sha2::{Digest, Sha256};
 use troop_proto::pb;
@@ -84,12 +84,26 @@ pub fn code_name(code: tonic::Code) -> &'static str {
     }
 }
 
+/// One request to one agent.
+pub enum Call {
+    Execute(pb::SignedCommand),
+    Status,
+}
+
+/// Its answer.
+pub enum Reply {
+    Receipt(pb::Receipt),
+    Status(pb::AgentStatus),
+}
+
 /// How to reach the fleet.
 #[derive(Clone)]
 pub struct Dispatcher {
     pub dialer: Dialer,
     pub concurrency: usize,
     pub agent_timeout: Duration,
+    /// The streams of agents that dialled in (in `troop serve`).
+    pub streams: Option<Arc<Registry>>,
 }
 
 impl Dispatcher {
@@ -98,35 +112,26 @@ impl Dispatcher {
             dialer,
             concurrency: DEFAULT_CONCURRENCY,
             agent_timeout: DEFAULT_AGENT_TIMEOUT,
+            streams: None,
         }
     }
 
-    /// Runs `call` against each `(agent, input)`; results come back in input order.
-    pub async fn each<I, T, F, Fut>(
+    /// Sends each agent the request `make` builds from its input, once the agent is
+    /// reached (dialled, or its stream found), so what it stamps is fresh. Results come
+    /// back in input order.
+    pub async fn each<I>(
         &self,
         work: Vec<(AgentEntry, I)>,
-        call: F,
-    ) -> Vec<(AgentEntry, Result<T, CallError>)>
-    where
-        F: Fn(AgentClient<Channel>, I) -> Fut,
-        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-    {
-        let call = &call;
-        let mut results: Vec<(usize, AgentEntry, Result<T, CallError>)> =
+        make: impl Fn(I) -> Call,
+    ) -> Vec<(AgentEntry, Result<Reply, CallError>)> {
+        let make = &make;
+        let mut results: Vec<(usize, AgentEntry, Result<Reply, CallError>)> =
             futures::stream::iter(work.into_iter().enumerate())
                 .map(|(index, (agent, input))| async move {
-                    let outcome = tokio::time::timeout(self.agent_timeout, async {
-                        let client = self.dialer.dial(&agent).await.map_err(unreachable)?;
-                        call(client, input)
+                    let outcome =
+                        tokio::time::timeout(self.agent_timeout, self.call(&agent, input, make))
                             .await
-                            .map(tonic::Response::into_inner)
-                            .map_err(|status| CallError::Status {
-                                code: status.code(),
-                                message: status.message().to_string(),
-                            })
-                    })
-                    .await
-                    .unwrap_or(Err(CallError::TimedOut(self.agent_timeout)));
+                            .unwrap_or(Err(CallError::TimedOut(self.agent_timeout)));
                     (index, agent, outcome)
                 })
                 .buffer_unordered(self.concurrency.max(1))
@@ -137,6 +142,44 @@ impl Dispatcher {
             .into_iter()
             .map(|(_, agent, outcome)| (agent, outcome))
             .collect()
+    }
+
+    async fn call<I>(
+        &self,
+        agent: &AgentEntry,
+        input: I,
+        make: impl Fn(I) -> Call,
+    ) -> Result<Reply, CallError> {
+        if let Some(link) = self.streams.as_ref().and_then(|live| live.get(&agent.id)) {
+            let call = match make(input) {
+                Call::Execute(signed) => request::Call::Execute(signed),
+                Call::Status => request::Call::Status(pb::StatusRequest {}),
+            };
+            return match link.call(call).await {
+                Ok(answer::Result::Receipt(receipt)) => Ok(Reply::Receipt(receipt)),
+                Ok(answer::Result::Status(status)) => Ok(Reply::Status(status)),
+                Ok(answer::Result::Failure(failure)) => Err(CallError::Status {
+                    code: tonic::Code::from(failure.code),
+                    message: failure.message,
+                }),
+                Err(error) => Err(CallError::Unreachable(error.0)),
+            };
+        }
+        let mut client = self.dialer.dial(agent).await.map_err(unreachable)?;
+        let answered = match make(input) {
+            Call::Execute(signed) => client
+                .execute(signed)
+                .await
+                .map(|r| Reply::Receipt(r.into_inner())),
+            Call::Status => client
+                .status(pb::StatusRequest {})
+                .await
+                .map(|r| Reply::Status(r.into_inner())),
+        };
+        answered.map_err(|status| CallError::Status {
+            code: status.code(),
+            message: status.message().to_string(),
+        })
     }
 }
 
@@ -163,7 +206,7 @@ impl Dispatcher {
         let signatures = Mutex::new(HashMap::new());
         let ids: Vec<String> = work.iter().map(|(_, c)| c.command_id.clone()).collect();
         let results = self
-            .each(work, |mut client, mut command| {
+            .each(work, |mut command: pb::Command| {
                 let validity = command
                     .expires_at_unix_ms
                     .saturating_sub(command.issued_at_unix_ms);
@@ -174,7 +217,7 @@ impl Dispatcher {
                     command.command_id.clone(),
                     hex::encode(Sha256::digest(&signed.signature)),
                 );
-                async move { client.execute(signed).await }
+                Call::Execute(signed)
             })
             .await;
         let mut signatures = signatures.into_inner().unwrap_or_else(|e| e.into_inner());
@@ -185,9 +228,20 @@ impl Dispatcher {
                 signature_sha256: signatures.remove(&command_id).unwrap_or_default(),
                 agent,
                 command_id,
-                result,
+                result: result.and_then(|reply| match reply {
+                    Reply::Receipt(receipt) => Ok(receipt),
+                    Reply::Status(_) => Err(wrong_reply()),
+                }),
             })
             .collect()
+    }
+}
+
+/// An agent that answered a request with the answer to another kind.
+pub fn wrong_reply() -> CallError {
+    CallError::Status {
+        code: tonic::Code::Internal,
+        message: "the agent answered with the wrong kind of reply".into(),
     }
 }
 

@@ -1,16 +1,20 @@
 //! The fleet as the coordinator reaches it: its config (the agents, their labels) and a
-//! dispatcher that sends to many agents at once. The campaign runner, halt, status and
-//! every attack go through this one interface; the stream transport of agents that dial
-//! in (issue 11) slots in behind it.
+//! dispatcher that sends to many agents at once, directly or down the streams of agents
+//! that dialled in to this `troop serve`. The campaign runner, halt, status and every
+//! attack go through this one interface. With `[coordinator]` the fleet is the one that
+//! serve sees, reached through its operator API ([`Remote`]).
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{Context as _, bail};
 use troop_proto::pb;
+use troop_proto::serve_pb::LiveAgent;
 
 use crate::client::Dialer;
 use crate::config::{AgentEntry, CoordinatorConfig};
-use crate::dispatch::{CONNECT_TIMEOUT, CallError, Dispatcher};
+use crate::dispatch::{CONNECT_TIMEOUT, Call, CallError, Dispatcher, Reply, wrong_reply};
+use crate::remote::Remote;
 use crate::selector::Selector;
 use crate::signer::Signer;
 
@@ -18,54 +22,184 @@ use crate::signer::Signer;
 pub struct Fleet {
     pub config: CoordinatorConfig,
     pub dispatcher: Dispatcher,
+    /// With `[coordinator]`: the serve every command goes through, and the agents it
+    /// showed at [`Fleet::refresh`].
+    pub remote: Option<Remote>,
+    reached: BTreeMap<String, LiveAgent>,
+}
+
+/// How an agent is reached, for `troop agents`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reached {
+    /// `stream` (dialled in) or `direct`.
+    pub via: &'static str,
+    pub connected_since_unix_ms: i64,
+    pub last_seen_unix_ms: i64,
 }
 
 impl Fleet {
     /// The fleet of the config at `explicit`, else where [`CoordinatorConfig::locate`]
-    /// finds one.
+    /// finds one. With `[coordinator]`, call [`Fleet::refresh`] before selecting.
     pub fn load(explicit: Option<&Path>) -> anyhow::Result<Self> {
         let path = CoordinatorConfig::locate(explicit)?;
         let config = CoordinatorConfig::load(&path)?;
-        let dialer = Dialer::new(&config.tls, CONNECT_TIMEOUT)
-            .with_context(|| format!("config {}: [tls]", path.display()))?;
+        Self::from_config(config)
+    }
+
+    pub fn from_config(config: CoordinatorConfig) -> anyhow::Result<Self> {
+        let path = &config.path;
+        let (tls, key) = match (&config.tls, &config.remote) {
+            (Some(tls), _) => (tls, "[tls]"),
+            (None, Some(remote)) => (&remote.tls, "[coordinator]"),
+            (None, None) => bail!("config {}: [tls] is missing", path.display()),
+        };
+        let dialer = Dialer::new(tls, CONNECT_TIMEOUT)
+            .with_context(|| format!("config {}: {key}", path.display()))?;
+        let remote = match &config.remote {
+            Some(remote) => {
+                Some(Remote::new(remote).with_context(|| format!("config {}", path.display()))?)
+            }
+            None => None,
+        };
         Ok(Self {
             config,
             dispatcher: Dispatcher::new(dialer),
+            remote,
+            reached: BTreeMap::new(),
         })
     }
 
-    /// The configured signing key.
+    /// With `[coordinator]`: takes serve's live fleet as this fleet's agents.
+    pub async fn refresh(&mut self) -> anyhow::Result<()> {
+        let Some(remote) = &self.remote else {
+            return Ok(());
+        };
+        let live = remote.agents().await?;
+        self.config.agents = live
+            .iter()
+            .map(|agent| AgentEntry {
+                id: agent.agent_id.clone(),
+                address: agent.address.clone(),
+                labels: agent.labels.clone().into_iter().collect(),
+            })
+            .collect();
+        self.reached = live
+            .into_iter()
+            .map(|agent| (agent.agent_id.clone(), agent))
+            .collect();
+        Ok(())
+    }
+
+    /// The configured signing key (none on an operator's machine: serve signs).
     pub fn signer(&self) -> anyhow::Result<Signer> {
-        Signer::load(&self.config.signing_key)
+        let Some(key) = &self.config.signing_key else {
+            bail!(
+                "config {}: no [signing] key here; with [coordinator], troop serve signs",
+                self.config.path.display()
+            );
+        };
+        Signer::load(key)
             .with_context(|| format!("config {}: [signing] key", self.config.path.display()))
     }
 
-    /// Asks every one of `agents` for its status, concurrently.
+    /// Every agent: the static `[[agents]]`, then (in `troop serve`) each agent whose
+    /// stream is open, which is reached down it with the labels it reports.
+    pub fn agents(&self) -> Vec<AgentEntry> {
+        let mut by_id: BTreeMap<String, AgentEntry> = self
+            .config
+            .agents
+            .iter()
+            .map(|agent| (agent.id.clone(), agent.clone()))
+            .collect();
+        if let Some(live) = &self.dispatcher.streams {
+            for link in live.connected() {
+                by_id.insert(link.id.clone(), link.entry());
+            }
+        }
+        by_id.into_values().collect()
+    }
+
+    /// How `id` is reached.
+    pub fn reached(&self, id: &str) -> Reached {
+        if let Some(agent) = self.reached.get(id) {
+            return Reached {
+                via: if agent.via == "stream" {
+                    "stream"
+                } else {
+                    "direct"
+                },
+                connected_since_unix_ms: agent.connected_since_unix_ms,
+                last_seen_unix_ms: agent.last_seen_unix_ms,
+            };
+        }
+        match self
+            .dispatcher
+            .streams
+            .as_ref()
+            .and_then(|live| live.get(id))
+        {
+            Some(link) => Reached {
+                via: "stream",
+                connected_since_unix_ms: link.connected_since_unix_ms,
+                last_seen_unix_ms: link.last_seen_unix_ms(),
+            },
+            None => Reached {
+                via: "direct",
+                ..Reached::default()
+            },
+        }
+    }
+
+    /// Asks every one of `agents` for its status, concurrently (through serve with
+    /// `[coordinator]`; if serve cannot be asked, every agent shows why).
     pub async fn statuses(
         &self,
         agents: &[AgentEntry],
     ) -> Vec<(AgentEntry, Result<pb::AgentStatus, CallError>)> {
+        if let Some(remote) = &self.remote {
+            return match remote.statuses(agents).await {
+                Ok(statuses) => statuses,
+                Err(error) => agents
+                    .iter()
+                    .map(|agent| {
+                        (
+                            agent.clone(),
+                            Err(CallError::Unreachable(format!("{error:#}"))),
+                        )
+                    })
+                    .collect(),
+            };
+        }
         let work = agents.iter().map(|agent| (agent.clone(), ())).collect();
         self.dispatcher
-            .each(work, |mut client, ()| async move {
-                client.status(pb::StatusRequest {}).await
-            })
+            .each(work, |()| Call::Status)
             .await
+            .into_iter()
+            .map(|(agent, result)| {
+                let status = result.and_then(|reply| match reply {
+                    Reply::Status(status) => Ok(status),
+                    Reply::Receipt(_) => Err(wrong_reply()),
+                });
+                (agent, status)
+            })
+            .collect()
     }
 
     /// The agents a selector matches, sorted by id so that seeded picks repeat.
     pub fn select(&self, selector: &Selector) -> anyhow::Result<Vec<AgentEntry>> {
-        let mut agents: Vec<AgentEntry> = self
-            .config
-            .agents
+        let all = self.agents();
+        let mut agents: Vec<AgentEntry> = all
             .iter()
             .filter(|agent| selector.matches(&agent.labels))
             .cloned()
             .collect();
         if agents.is_empty() {
-            if self.config.agents.is_empty() {
+            if all.is_empty() {
+                if let Some(remote) = &self.remote {
+                    bail!("troop serve at {} knows no agents", remote.address);
+                }
                 bail!(
-                    "config {} lists no agents ([[agents]] id, address, labels)",
+                    "config {} lists no agents ([[agents]] id, address, labels) and none is connected",
                     self.config.path.display()
                 );
             }

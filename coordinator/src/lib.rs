@@ -6,7 +6,8 @@
 //!   attacks, halts and status go through.
 //! - [`selector`] and [`picker`]: which agents a command goes to.
 //! - [`signer`]: commands built and Ed25519-signed.
-//! - [`client`] and [`dispatch`]: mutual-TLS channels to agents, many at once.
+//! - [`client`] and [`dispatch`]: mutual-TLS channels to agents, many at once, or
+//!   requests down the streams of agents that dialled in to `troop serve` ([`live`]).
 //! - [`pki`]: the fleet CA, certificates and the signing key.
 //! - [`campaign`]: campaign files, schedules, the guardrail planner, probes, the runner
 //!   and the scheduler.
@@ -22,10 +23,13 @@ pub mod config;
 pub mod describe;
 pub mod dispatch;
 pub mod fleet;
+pub mod live;
 pub mod picker;
 pub mod pki;
+pub mod remote;
 pub mod selector;
 pub mod signal;
 pub mod signer;
 pub mod store;
 pub mod table;
+pub mod wire;

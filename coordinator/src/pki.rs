@@ -45,8 +45,8 @@ pub const COORDINATOR_NAME: &str = "troop-coordinator";
 
 /// Common name of the fleet CA; issued certificates name it as their issuer.
 const CA_COMMON_NAME: &str = "troop fleet CA";
-/// Agent names that would overwrite the PKI's own files.
-const RESERVED_NAMES: [&str; 3] = ["ca", "coordinator", "signing"];
+/// Names that would overwrite the PKI's own files, or stand in for the coordinator.
+const RESERVED_NAMES: [&str; 4] = ["ca", "coordinator", "signing", COORDINATOR_NAME];
 const CA_VALIDITY_DAYS: u64 = 3652;
 /// 825 days is the longest leaf lifetime Apple's TLS stack (and many others) accept.
 pub const LEAF_VALIDITY_DAYS: u64 = 825;
@@ -177,10 +177,15 @@ pub fn init(dir: &Path) -> Result<Vec<PathBuf>, PkiError> {
     let issuer = Issuer::new(ca_params, &ca_key);
 
     let coord_key = generate_key("the coordinator key")?;
+    // Client: it dials agents. Server: `troop serve` presents it to agents that dial in,
+    // which check it names COORDINATOR_NAME whatever address they dialled.
     let coord_params = leaf_params(
         COORDINATOR_NAME,
         &[],
-        vec![ExtendedKeyUsagePurpose::ClientAuth],
+        vec![
+            ExtendedKeyUsagePurpose::ClientAuth,
+            ExtendedKeyUsagePurpose::ServerAuth,
+        ],
     )?;
     let coord_cert = coord_params
         .signed_by(&coord_key, &issuer)
@@ -234,6 +239,33 @@ pub fn issue_agent_for(
     sans: &[String],
     days: u64,
 ) -> Result<Vec<PathBuf>, PkiError> {
+    validate_agent_name(name)?;
+    // Server only: an agent's certificate must not open a session to another agent
+    // (agents accept only client certificates); serve accepts it for an agent's stream.
+    issue_leaf(dir, name, sans, days, Role::Agent)
+}
+
+/// Issues `<name>.pem` and `<name>.key` in `dir`: an operator's client certificate for
+/// the operator API of `troop serve`, which looks `name` up in its `[[operators]]`.
+/// Agents refuse it: they accept only the coordinator's certificate.
+pub fn issue_operator(dir: &Path, name: &str, days: u64) -> Result<Vec<PathBuf>, PkiError> {
+    validate_agent_name(name)?;
+    issue_leaf(dir, name, &[], days, Role::Operator)
+}
+
+#[derive(Clone, Copy)]
+enum Role {
+    Agent,
+    Operator,
+}
+
+fn issue_leaf(
+    dir: &Path,
+    name: &str,
+    sans: &[String],
+    days: u64,
+    role: Role,
+) -> Result<Vec<PathBuf>, PkiError> {
     if !(1..=LEAF_VALIDITY_DAYS).contains(&days) {
         return Err(PkiError::InvalidName {
             name: name.to_owned(),
@@ -242,7 +274,6 @@ pub fn issue_agent_for(
             ),
         });
     }
-    validate_agent_name(name)?;
     let cert_file = format!("{name}.pem");
     let key_file = format!("{name}.key");
     refuse_existing(&dir.join(&cert_file))?;
@@ -268,18 +299,21 @@ pub fn issue_agent_for(
     // rcgen cannot parse ca.pem without x509-parser, so rebuild the issuer from the
     // same parameters `init` used; the verification below catches any mismatch.
     let issuer = Issuer::new(ca_params()?, &ca_key);
-    let key = generate_key("the agent key")?;
-    let mut params = leaf_params(
-        name,
-        sans,
-        // Server only: an agent's certificate must not open a session to another agent.
-        vec![ExtendedKeyUsagePurpose::ServerAuth],
-    )?;
+    let (what, usage) = match role {
+        Role::Agent => ("the agent", ExtendedKeyUsagePurpose::ServerAuth),
+        Role::Operator => ("the operator", ExtendedKeyUsagePurpose::ClientAuth),
+    };
+    let key = generate_key(&format!("{what} key"))?;
+    let mut params = leaf_params(name, sans, vec![usage])?;
     set_validity(&mut params, days);
     let cert = params
         .signed_by(&key, &issuer)
-        .map_err(generate_err("the agent certificate"))?;
-    verify_agent_cert(roots, cert.der(), name).map_err(|source| PkiError::Verify {
+        .map_err(generate_err(&format!("{what} certificate")))?;
+    let verified = match role {
+        Role::Agent => verify_agent_cert(roots, cert.der(), name),
+        Role::Operator => verify_operator_cert(roots, cert.der()),
+    };
+    verified.map_err(|source| PkiError::Verify {
         name: name.to_owned(),
         ca: ca_cert_path,
         source,
@@ -321,7 +355,7 @@ fn validate_agent_name(name: &str) -> Result<(), PkiError> {
     }
     if RESERVED_NAMES.iter().any(|r| r.eq_ignore_ascii_case(name)) {
         return Err(invalid(
-            "reserved: its files would collide with the PKI's own (ca, coordinator, signing)",
+            "reserved: its files would collide with the PKI's own (ca, coordinator, signing), or it is the coordinator's own name",
         ));
     }
     Ok(())
@@ -473,6 +507,19 @@ fn verify_agent_cert(
         .build()
         .map_err(verifier_err)?
         .verify_server_cert(cert, &[], &server_name, &[], now)?;
+    Ok(())
+}
+
+/// Checks the new certificate as `troop serve` will, as a client certificate.
+fn verify_operator_cert(
+    roots: RootCertStore,
+    cert: &CertificateDer<'_>,
+) -> Result<(), rustls::Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+        .build()
+        .map_err(|e| rustls::Error::General(e.to_string()))?
+        .verify_client_cert(cert, &[], UnixTime::now())?;
     Ok(())
 }
 

@@ -91,6 +91,17 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE runs ADD COLUMN operator TEXT NOT NULL DEFAULT '';
     ALTER TABLE commands ADD COLUMN key_id TEXT NOT NULL DEFAULT '';
     ",
+    // 3: who used `troop serve`'s operator API or tried to attach a stream, allowed or not.
+    r"
+    CREATE TABLE access (
+        id      INTEGER PRIMARY KEY,
+        at_ms   INTEGER NOT NULL,
+        caller  TEXT    NOT NULL,
+        call    TEXT    NOT NULL,
+        allowed INTEGER NOT NULL,
+        detail  TEXT    NOT NULL
+    );
+    ",
 ];
 
 /// The schema version this build writes; a file with a higher one came from a newer troop.
@@ -211,6 +222,18 @@ pub enum StoreError {
         /// The values allowed.
         expected: &'static [&'static str],
     },
+}
+
+/// One call to `troop serve` (an operator's, or an agent's stream), allowed or refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AccessRecord {
+    pub at_ms: i64,
+    /// Who called, as their certificate names them (or the peer address).
+    pub caller: String,
+    pub call: String,
+    pub allowed: bool,
+    /// Why it was refused, or what it did.
+    pub detail: String,
 }
 
 /// A command about to be sent to an agent, recorded first with outcome `pending`.
@@ -721,6 +744,39 @@ impl Store {
             "{SUMMARY_SELECT} WHERE r.status = 'running' GROUP BY r.id ORDER BY r.id"
         ))?;
         let rows = statement.query_map([], summary_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Records one call to serve's operator API or stream endpoint.
+    pub fn record_access(&self, access: &AccessRecord) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT INTO access (at_ms, caller, call, allowed, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                access.at_ms,
+                access.caller,
+                access.call,
+                access.allowed,
+                access.detail
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// The latest `limit` access records, newest first.
+    pub fn access_log(&self, limit: usize) -> Result<Vec<AccessRecord>, StoreError> {
+        let conn = self.conn();
+        let mut statement = conn.prepare_cached(
+            "SELECT at_ms, caller, call, allowed, detail FROM access ORDER BY id DESC LIMIT ?1",
+        )?;
+        let rows = statement.query_map(params![limit as i64], |row| {
+            Ok(AccessRecord {
+                at_ms: row.get(0)?,
+                caller: row.get(1)?,
+                call: row.get(2)?,
+                allowed: row.get(3)?,
+                detail: row.get(4)?,
+            })
+        })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use troop_common::agent_file::{AgentFile, AgentTlsFile, PolicyFile, TrustFile};
 use troop_coordinator::config::{
-    AgentFile as FleetAgent, ConfigFile, SigningFile, StoreFile, TlsFile,
+    AgentFile as FleetAgent, ConfigFile, RemoteFile, SigningFile, StoreFile, TlsFile,
 };
 
 /// An agent of this lab's PKI: its certificate `pki/ID.pem`, state in `state/ID`,
@@ -48,14 +48,14 @@ pub fn coordinator_file<'a>(
     agents: impl IntoIterator<Item = (&'a str, &'a str, &'a BTreeMap<String, String>)>,
 ) -> ConfigFile {
     ConfigFile {
-        signing: SigningFile {
+        signing: Some(SigningFile {
             key: "pki/signing.key".into(),
-        },
-        tls: TlsFile {
+        }),
+        tls: Some(TlsFile {
             cert: "pki/coordinator.pem".into(),
             key: "pki/coordinator.key".into(),
             ca: "pki/ca.pem".into(),
-        },
+        }),
         store: Some(StoreFile {
             url: "sqlite://troop.db".into(),
         }),
@@ -67,6 +67,19 @@ pub fn coordinator_file<'a>(
                 labels: labels.clone(),
             })
             .collect(),
+        ..ConfigFile::default()
+    }
+}
+
+/// An operator's CLI config: everything through the `troop serve` at `url`, as `name`.
+pub fn operator_file(name: &str, url: &str) -> ConfigFile {
+    ConfigFile {
+        coordinator: Some(RemoteFile {
+            url: url.to_string(),
+            ca: "pki/ca.pem".into(),
+            cert: format!("pki/{name}.pem").into(),
+            key: format!("pki/{name}.key").into(),
+        }),
         ..ConfigFile::default()
     }
 }

@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use troop_common::agent_file::Coordinators;
+use troop_coordinator::config::OperatorFile;
+
 use crate::files;
 use crate::host::{HostSpec, LocalHost, can_make_hosts, free_port};
 use crate::net::LabNet;
@@ -115,7 +118,14 @@ pub struct Lab {
     pub net: Option<LabNet>,
     pub pki: Pki,
     pub binaries: Binaries,
+    /// Hosts that dial out to `troop serve` and take no inbound connection: not listed
+    /// in `troop.toml`, which is what serve's operators see them through.
+    dial_in: std::collections::BTreeSet<String>,
+    operators: Vec<OperatorFile>,
 }
+
+/// Where the lab's `troop serve` takes agents and operators, in the lab's network.
+pub const SERVE_PORT: u16 = 7444;
 
 impl Lab {
     /// A lab on loopback (`networked: false`) or on a lab bridge with a network namespace
@@ -140,6 +150,8 @@ impl Lab {
             net: networked.then(LabNet::create),
             pki: Pki::new_in(dir, &[]),
             binaries,
+            dial_in: Default::default(),
+            operators: Vec::new(),
         })
     }
 
@@ -195,6 +207,34 @@ impl Lab {
         policy: &str,
         services: Vec<Vec<OsString>>,
     ) {
+        self.start_host_dialling(id, labels, policy, services, None);
+    }
+
+    /// Adds a host behind a firewall that drops every inbound connection (nftables in
+    /// the host's own network namespace; outbound allowed), whose agent dials out to the
+    /// lab's `troop serve` (and still listens, so a direct dial shows the firewall).
+    /// Not listed in `troop.toml`: operators reach it through serve. Needs a networked lab.
+    pub fn start_dial_in_host(
+        &mut self,
+        id: &str,
+        labels: &[(&str, &str)],
+        policy: &str,
+        services: Vec<Vec<OsString>>,
+    ) {
+        assert!(self.net.is_some(), "dial-in hosts need a networked lab");
+        self.dial_in.insert(id.to_string());
+        let serve = format!("https://{}:{SERVE_PORT}", crate::net::GATEWAY);
+        self.start_host_dialling(id, labels, policy, services, Some(&serve));
+    }
+
+    fn start_host_dialling(
+        &mut self,
+        id: &str,
+        labels: &[(&str, &str)],
+        policy: &str,
+        services: Vec<Vec<OsString>>,
+        serve: Option<&str>,
+    ) {
         let index = self.hosts.len();
         let (netns, ip, port) = match &mut self.net {
             Some(net) => {
@@ -216,8 +256,13 @@ impl Lab {
         let mut policy = files::policy(policy);
         policy.disk_paths.push(disk.clone());
         let config = self.dir().join(format!("{id}.toml"));
-        files::write(&config, &files::agent_file(id, &address, &labels, policy))
-            .expect("write agent config");
+        let mut agent = files::agent_file(id, &address, &labels, policy);
+        if let Some(serve) = serve {
+            agent.coordinator = Some(Coordinators::One(serve.to_string()));
+            let ns = netns.as_deref().expect("a networked host");
+            crate::net::drop_inbound(ns);
+        }
+        files::write(&config, &agent).expect("write agent config");
         let host = self.launch(id, &config, &disk, &services, netns.as_deref());
         self.hosts.insert(
             id.to_string(),
@@ -335,12 +380,33 @@ impl Lab {
         let agents = self
             .hosts
             .iter()
+            .filter(|(id, _)| !self.dial_in.contains(*id))
             .map(|(id, host)| (id.as_str(), host.address.as_str(), &host.labels));
+        let mut config = files::coordinator_file(agents);
+        config.operators = self.operators.clone();
+        files::write(&self.dir().join("troop.toml"), &config).expect("write troop.toml");
+    }
+
+    /// Issues an operator certificate for `name`, lists it in serve's `[[operators]]`
+    /// with `role` (unlisted for `None`), and writes `NAME.toml`, a CLI config that goes
+    /// through the lab's serve. Returns that config's path.
+    pub fn add_operator(&mut self, name: &str, role: Option<&str>) -> PathBuf {
+        troop_coordinator::pki::issue_operator(&self.pki.path(""), name, 30)
+            .expect("pki issue-operator");
+        if let Some(role) = role {
+            self.operators.push(OperatorFile {
+                name: name.to_string(),
+                role: role.to_string(),
+            });
+        }
+        self.write_coordinator_config();
+        let path = self.dir().join(format!("{name}.toml"));
         files::write(
-            &self.dir().join("troop.toml"),
-            &files::coordinator_file(agents),
+            &path,
+            &files::operator_file(name, &format!("https://127.0.0.1:{SERVE_PORT}")),
         )
-        .expect("write troop.toml");
+        .expect("write operator config");
+        path
     }
 
     /// The `troop` CLI as the coordinator runs it: inside the lab's network.

@@ -12,6 +12,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 /// Names start with this, then the creating process's pid, so stale ones can be found.
 const PREFIX: &str = "troop-lab-";
 const SUBNET: &str = "10.77.0";
+/// The lab namespace's own address on the bridge: where the coordinator (and `troop
+/// serve`) is, as hosts see it.
+pub const GATEWAY: &str = "10.77.0.1";
 
 static NEXT_LAB: AtomicUsize = AtomicUsize::new(0);
 
@@ -43,6 +46,25 @@ fn sweep_stale() {
             let _ = Command::new("ip").args(["netns", "del", &name]).status();
         }
     }
+}
+
+/// Drops every inbound connection to host namespace `ns` (replies to its own outbound
+/// connections still arrive), as a NAT or a strict firewall would: nftables, in a table of
+/// its own inside that namespace only.
+pub fn drop_inbound(ns: &str) {
+    let rules = "table inet troop_lab_firewall {\n  chain input {\n    type filter hook input priority 0; policy accept;\n    iifname \"eth0\" ct state established,related accept\n    iifname \"eth0\" drop\n  }\n}\n";
+    let mut nft = Command::new("ip")
+        .args(["netns", "exec", ns, "nft", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("run nft (Debian package nftables)");
+    use std::io::Write;
+    nft.stdin
+        .take()
+        .unwrap()
+        .write_all(rules.as_bytes())
+        .unwrap();
+    assert!(nft.wait().unwrap().success(), "nft in {ns} failed");
 }
 
 /// One lab's network.

@@ -14,11 +14,30 @@ pub mod envelope;
 pub mod freshness;
 pub mod refusal;
 
-/// Generated protobuf and gRPC code for `troop.agent.v1`.
+/// Generated protobuf and gRPC code, nested as the packages are (the coordinator's
+/// messages refer to the agent's by package path).
 #[allow(clippy::all, missing_docs)]
-pub mod pb {
-    tonic::include_proto!("troop.agent.v1");
+mod generated {
+    pub mod troop {
+        pub mod agent {
+            pub mod v1 {
+                tonic::include_proto!("troop.agent.v1");
+            }
+        }
+        pub mod coordinator {
+            pub mod v1 {
+                tonic::include_proto!("troop.coordinator.v1");
+            }
+        }
+    }
 }
+
+/// The agent API, `troop.agent.v1` (`proto/troop/agent/v1/agent.proto`, compiled by
+/// protox in `build.rs`, so no protoc is needed).
+pub use generated::troop::agent::v1 as pb;
+/// `troop serve`'s API, `troop.coordinator.v1`: agents' streams and the operator API
+/// (`proto/troop/coordinator/v1/coordinator.proto`).
+pub use generated::troop::coordinator::v1 as serve_pb;
 
 pub use envelope::{SIGNING_DOMAIN, TrustedKeys, key_id, sign_command};
 pub use refusal::Refusal;

@@ -68,7 +68,7 @@ impl RunningAgent {
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(async move {
             agent
-                .serve(listener, async {
+                .serve(Some(listener), async {
                     let _ = stopped.await;
                 })
                 .await

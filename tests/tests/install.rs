@@ -383,7 +383,10 @@ fn install_lays_out_the_coordinator() {
     let config = CoordinatorConfig::parse(&setup.read("etc/troop/troop.toml"), path)
         .unwrap_or_else(|error| panic!("{error}"));
     assert_eq!(config.store_url, "sqlite:///var/lib/troop/troop.db");
-    assert_eq!(config.signing_key, Path::new("/etc/troop/pki/signing.key"));
+    assert_eq!(
+        config.signing_key.as_deref(),
+        Some(Path::new("/etc/troop/pki/signing.key"))
+    );
 }
 
 #[test]
@@ -412,7 +415,7 @@ fn the_skeleton_is_valid_as_shipped() {
     let config = AgentConfig::parse(&text, Path::new("/etc/troop/agent.toml"))
         .unwrap_or_else(|error| panic!("{error}"));
     assert_eq!(config.id, "change-me");
-    assert_eq!(config.listen.to_string(), "0.0.0.0:7443");
+    assert_eq!(config.listen.unwrap().to_string(), "0.0.0.0:7443");
     assert_eq!(config.state_dir, Path::new("/var/lib/troop-agent"));
     assert_eq!(config.tls.cert, Path::new("/etc/troop/change-me.pem"));
     assert_eq!(config.tls.key, Path::new("/etc/troop/change-me.key"));

@@ -80,19 +80,57 @@ pub async fn run(context: &Context, command: AttackCommand) -> anyhow::Result<Ou
     {
         regex::Regex::new(pattern).with_context(|| format!("--pattern {pattern:?}"))?;
     }
-    // Loaded for the dry run too, so it fails exactly where the real run would.
-    let signer = context.fleet.signer()?;
-    let (targets, picked) = pick_targets(context, targeting)?;
     let action = pb::command::Action::Start(pb::StartFault {
         duration_ms: duration.map_or(0, millis),
         lease_ms: lease.map_or(0, millis),
         fault: Some(fault),
     });
+    let what = format!("attack {}", command.kind());
+    if let Some(remote) = &context.fleet.remote {
+        if lease.is_some() {
+            anyhow::bail!(
+                "--lease does not go through troop serve yet; attack with --for, or from the serve host"
+            );
+        }
+        let (targets, picked) = pick_targets(context, targeting)?;
+        if targeting.dry_run {
+            let signer = format!("troop serve at {}", remote.address);
+            return Ok(dry_run(
+                context.output,
+                &targets,
+                &picked,
+                None,
+                &signer,
+                &action,
+            ));
+        }
+        let work = targets
+            .iter()
+            .map(|agent| (agent.clone(), action.clone()))
+            .collect();
+        let deliveries = remote.send(&what, picked.seed, work).await?;
+        return Ok(report::print_attack(
+            context.output,
+            &deliveries,
+            Some(&picked),
+        ));
+    }
+    // Loaded for the dry run too, so it fails exactly where the real run would.
+    let signer = context.fleet.signer()?;
+    let (targets, picked) = pick_targets(context, targeting)?;
     if targeting.dry_run {
-        return Ok(dry_run(context.output, &targets, &picked, &signer, &action));
+        let key_id = signer.key_id();
+        let key = format!("key {key_id}");
+        return Ok(dry_run(
+            context.output,
+            &targets,
+            &picked,
+            Some(&key_id),
+            &key,
+            &action,
+        ));
     }
     // Like a campaign's: an attack that cannot be recorded is not sent.
-    let what = format!("attack {}", command.kind());
     let run =
         AdhocRun::begin(&context.fleet, &what, picked.seed).context("audit store; nothing sent")?;
     let deliveries = send_signed(context, &signer, Some(run.audit()), &targets, action)
@@ -167,6 +205,13 @@ pub async fn send(
     targets: &[AgentEntry],
     action: pb::command::Action,
 ) -> anyhow::Result<Vec<Delivery>> {
+    if let Some(remote) = &context.fleet.remote {
+        let work = targets
+            .iter()
+            .map(|agent| (agent.clone(), action.clone()))
+            .collect();
+        return remote.send(what, 0, work).await;
+    }
     let signer = context.fleet.signer()?;
     let run = AdhocRun::begin(&context.fleet, what, 0)
         .inspect_err(|error| eprintln!("warning: audit store: {error}; sending anyway"))
@@ -206,7 +251,8 @@ fn dry_run(
     output: Output,
     targets: &[AgentEntry],
     picked: &report::Picked,
-    signer: &Signer,
+    key_id: Option<&str>,
+    signed_by: &str,
     action: &pb::command::Action,
 ) -> Outcome {
     let commands: Vec<pb::Command> = targets
@@ -223,15 +269,15 @@ fn dry_run(
                     "commands": commands,
                     "seed": picked.seed,
                     "shortfall": picked.shortfall(),
-                    "key_id": signer.key_id(),
+                    "key_id": key_id,
                 })
             );
         }
         Output::Table => {
             picked.tell();
             println!(
-                "dry run: nothing sent; would sign with key {}. {} target(s):",
-                signer.key_id(),
+                "dry run: nothing sent; would be signed by {}. {} target(s):",
+                signed_by,
                 targets.len()
             );
             let rows: Vec<Vec<String>> = targets

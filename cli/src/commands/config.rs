@@ -17,9 +17,27 @@ pub fn validate(explicit: Option<&Path>, output: Output) -> anyhow::Result<Outco
     let path = CoordinatorConfig::locate(explicit)?;
     let config = CoordinatorConfig::load(&path)?;
     let shown = path.display();
-    let signer = Signer::load(&config.signing_key)
-        .with_context(|| format!("config {shown}: key `signing.key`"))?;
-    Dialer::new(&config.tls, CONNECT_TIMEOUT).with_context(|| format!("config {shown}: [tls]"))?;
+    // Parsing made sure one of the two sets is there.
+    let key_id = match &config.signing_key {
+        Some(key) => Some(
+            Signer::load(key)
+                .with_context(|| format!("config {shown}: key `signing.key`"))?
+                .key_id(),
+        ),
+        None => None,
+    };
+    if let Some(tls) = &config.tls {
+        Dialer::new(tls, CONNECT_TIMEOUT).with_context(|| format!("config {shown}: [tls]"))?;
+    }
+    if let Some(remote) = &config.remote {
+        Dialer::new(&remote.tls, CONNECT_TIMEOUT)
+            .with_context(|| format!("config {shown}: [coordinator]"))?;
+    }
+    let signed_by = match (&key_id, &config.remote) {
+        (Some(key_id), _) => format!("signing key {key_id}"),
+        (None, Some(remote)) => format!("through troop serve at {}", remote.address),
+        (None, None) => unreachable!("parsing requires [signing] or [coordinator]"),
+    };
     if let Some(file) = config.store_url.strip_prefix("sqlite://")
         && file != ":memory:"
     {
@@ -49,15 +67,15 @@ pub fn validate(explicit: Option<&Path>, output: Output) -> anyhow::Result<Outco
                 "valid": true,
                 "config": path,
                 "agents": config.agents.len(),
-                "key_id": signer.key_id(),
+                "key_id": key_id,
+                "coordinator": config.remote.as_ref().map(|remote| remote.address.clone()),
                 "store": config.store_url,
                 "campaigns": campaigns,
             })
         ),
         Output::Table => println!(
-            "{shown}: valid. {} agent(s), signing key {}, store {}, {campaigns} campaign file(s)",
+            "{shown}: valid. {} agent(s), {signed_by}, store {}, {campaigns} campaign file(s)",
             config.agents.len(),
-            signer.key_id(),
             config.store_url
         ),
     }

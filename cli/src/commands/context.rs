@@ -20,4 +20,22 @@ impl Context {
             output,
         })
     }
+
+    /// As [`Context::load`], and with `[coordinator]` the fleet that serve shows now.
+    pub async fn connect(explicit: Option<&Path>, output: Output) -> anyhow::Result<Self> {
+        let mut context = Self::load(explicit, output)?;
+        context.fleet.refresh().await?;
+        Ok(context)
+    }
+
+    /// Refuses what does not go through `troop serve` yet, on an operator's machine.
+    pub fn direct_only(&self, what: &str) -> anyhow::Result<()> {
+        if let Some(remote) = &self.fleet.remote {
+            anyhow::bail!(
+                "{what} does not go through troop serve yet (this config has [coordinator] {}); run it on the serve host",
+                remote.address
+            );
+        }
+        Ok(())
+    }
 }

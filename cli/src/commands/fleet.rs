@@ -50,12 +50,20 @@ fn label_drift(agent: &AgentEntry, status: &pb::AgentStatus) -> Vec<String> {
         .collect()
 }
 
-fn status_json(agent: &AgentEntry, result: &Result<pb::AgentStatus, CallError>) -> Value {
+fn status_json(
+    context: &Context,
+    agent: &AgentEntry,
+    result: &Result<pb::AgentStatus, CallError>,
+) -> Value {
+    let reached = context.fleet.reached(&agent.id);
     let mut value = json!({
         "agent": agent.id,
         "address": agent.address,
         "labels": agent.labels,
         "reachable": result.is_ok(),
+        "via": reached.via,
+        "connected_since_unix_ms": reached.connected_since_unix_ms,
+        "last_seen_unix_ms": reached.last_seen_unix_ms,
     });
     match result {
         Ok(status) => {
@@ -108,15 +116,18 @@ fn fault_json(fault: &pb::ActiveFault) -> Value {
     })
 }
 
-fn print_json(results: &[(AgentEntry, Result<pb::AgentStatus, CallError>)]) {
-    let all: Vec<Value> = results.iter().map(|(a, r)| status_json(a, r)).collect();
+fn print_json(context: &Context, results: &[(AgentEntry, Result<pb::AgentStatus, CallError>)]) {
+    let all: Vec<Value> = results
+        .iter()
+        .map(|(a, r)| status_json(context, a, r))
+        .collect();
     println!("{}", json!({ "agents": all }));
 }
 
 pub async fn agents(context: &Context, selector: &Selector) -> anyhow::Result<Outcome> {
     let results = statuses(context, selector).await?;
     match context.output {
-        Output::Json => print_json(&results),
+        Output::Json => print_json(context, &results),
         Output::Table => {
             let rows: Vec<Vec<String>> = results
                 .iter()
@@ -172,7 +183,7 @@ pub async fn agents(context: &Context, selector: &Selector) -> anyhow::Result<Ou
 pub async fn status(context: &Context, selector: &Selector) -> anyhow::Result<Outcome> {
     let results = statuses(context, selector).await?;
     match context.output {
-        Output::Json => print_json(&results),
+        Output::Json => print_json(context, &results),
         Output::Table => {
             let now = troop_coordinator::signer::now_unix_ms();
             let mut rows = Vec::new();

@@ -38,9 +38,19 @@ pub async fn run_campaign_command(
             campaign::plan(context.as_ref(), &file, days, output)
         }
         CampaignCommand::Run { file, dry_run } => {
-            campaign::run(&Context::load(config, output)?, &file, dry_run).await
+            let context = Context::load(config, output)?;
+            context.direct_only("campaign run")?;
+            campaign::run(&context, &file, dry_run).await
         }
-        CampaignCommand::History => campaign::history(&Context::load(config, output)?),
-        CampaignCommand::Show { run } => campaign::show(&Context::load(config, output)?, run),
+        CampaignCommand::History => {
+            let context = Context::load(config, output)?;
+            context.direct_only("campaign history")?;
+            campaign::history(&context)
+        }
+        CampaignCommand::Show { run } => {
+            let context = Context::load(config, output)?;
+            context.direct_only("campaign show")?;
+            campaign::show(&context, run)
+        }
     }
 }

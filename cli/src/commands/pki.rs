@@ -16,6 +16,7 @@ pub fn run(command: PkiCommand, output: Output) -> anyhow::Result<Outcome> {
             sans,
             days,
         } => pki::issue_agent_for(dir, name, sans, *days)?,
+        PkiCommand::IssueOperator { dir, name, days } => pki::issue_operator(dir, name, *days)?,
     };
     match output {
         Output::Json => println!("{}", serde_json::json!({ "written": written })),

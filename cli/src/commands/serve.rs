@@ -1,8 +1,10 @@
-//! `troop serve`: the Chaos Monkey. Loads every campaign in the campaigns directory, fires
-//! each on its schedule (runs one at a time), remembers the last run and the last strike
-//! per group in the store so a restart neither forgets the `min_time_between` floor nor
-//! strikes twice, reloads on SIGHUP, reverts what its run started and exits on SIGTERM,
-//! and answers `GET /healthz`.
+//! `troop serve`: the fleet's control plane and the Chaos Monkey. Takes agents' streams
+//! and the operator API on `[serve] listen` (mutual TLS), so agents behind NAT join the
+//! fleet with the labels they report and operators act through it. Loads every campaign
+//! in the campaigns directory, fires each on its schedule (runs one at a time), remembers
+//! the last run and the last strike per group in the store so a restart neither forgets
+//! the `min_time_between` floor nor strikes twice, reloads on SIGHUP, reverts what its
+//! run started and exits on SIGTERM, and answers `GET /healthz` on `health_listen`.
 
 use std::sync::Arc;
 
@@ -11,14 +13,17 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
+use troop_common::identity::FleetVerifier;
 use troop_coordinator::campaign::runner::{Progress, RunEvent, run_campaign};
 use troop_coordinator::campaign::scheduler;
+use troop_coordinator::fleet::Fleet;
+use troop_coordinator::live::operators::Operators;
+use troop_coordinator::live::streams::Streams;
+use troop_coordinator::live::{self, Registry};
 use troop_coordinator::store::Store;
 
 use super::context::Context;
 use crate::outcome::Outcome;
-
-const DEFAULT_LISTEN: &str = "127.0.0.1:7080";
 
 /// `GET /healthz`: `ok` while serve runs; anything else 404 (axum's router).
 async fn health(listener: tokio::net::TcpListener) {
@@ -29,22 +34,72 @@ async fn health(listener: tokio::net::TcpListener) {
 }
 
 pub async fn run(context: Context) -> anyhow::Result<Outcome> {
-    let store = Store::open(&context.fleet.config.store_url).context("audit store")?;
+    context.direct_only("troop serve")?;
+    let config = &context.fleet.config;
+    let shown = config.path.display();
+    let store = Arc::new(Store::open(&config.store_url).context("audit store")?);
     scheduler::close_stale_runs(&store)?;
-    let listen = context
-        .fleet
-        .config
-        .serve_listen
-        .clone()
-        .unwrap_or_else(|| DEFAULT_LISTEN.to_string());
-    let listener = tokio::net::TcpListener::bind(&listen)
+    let signer = Arc::new(context.fleet.signer()?);
+    let tls = config
+        .tls
+        .as_ref()
+        .with_context(|| format!("config {shown}: [tls] is missing"))?;
+    let verifier =
+        Arc::new(FleetVerifier::new(&tls.ca).with_context(|| format!("config {shown}: [tls] ca"))?);
+    let server_tls = live::server_config(tls, verifier.clone())
+        .with_context(|| format!("config {shown}: [tls] cert and key"))?;
+    // Agents that dial in join the fleet every run, attack and status reaches.
+    let registry = Arc::new(Registry::default());
+    let mut fleet = context.fleet.clone();
+    fleet.dispatcher.streams = Some(registry.clone());
+
+    let listen = config.serve.listen;
+    let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
-    tracing::info!(%listen, "serving /healthz");
-    tokio::spawn(health(listener));
+        .with_context(|| format!("cannot listen on {listen} ([serve] listen)"))?;
+    let health_listen = config.serve.health_listen;
+    let health_listener = tokio::net::TcpListener::bind(health_listen)
+        .await
+        .with_context(|| format!("cannot listen on {health_listen} ([serve] health_listen)"))?;
+    let (stop_grpc, grpc_stopped) = watch::channel(false);
+    let grpc = tokio::spawn(live::serve(
+        listener,
+        server_tls,
+        Streams {
+            registry,
+            verifier: verifier.clone(),
+            store: store.clone(),
+        },
+        Operators {
+            fleet: fleet.clone(),
+            store: store.clone(),
+            signer,
+            verifier,
+        },
+        async move {
+            let mut stopped = grpc_stopped;
+            let _ = stopped.wait_for(|stop| *stop).await;
+        },
+    ));
+    tracing::info!(%listen, %health_listen, "serving agents' streams and the operator API, and /healthz");
+    tokio::spawn(health(health_listener));
     if let Err(error) = troop_common::notify::ready() {
         tracing::warn!(%error, "cannot notify systemd of readiness");
     }
+    let outcome = schedule(&fleet, &store).await;
+    let _ = stop_grpc.send(true);
+    if let Ok(Err(error)) = grpc.await {
+        tracing::error!(error = %troop_telemetry::error_chain(&error), "gRPC listener failed");
+    }
+    outcome
+}
+
+/// Fires campaigns on their schedules until SIGTERM.
+async fn schedule(fleet: &Fleet, store: &Store) -> anyhow::Result<Outcome> {
+    let context = Context {
+        fleet: fleet.clone(),
+        output: crate::cli::Output::Table,
+    };
     let dir = scheduler::campaigns_dir(&context.fleet.config);
     let mut campaigns = scheduler::load_campaigns(&dir);
     tracing::info!(count = campaigns.len(), dir = %dir.display(), "campaigns loaded");
@@ -56,7 +111,7 @@ pub async fn run(context: Context) -> anyhow::Result<Outcome> {
         let firings: Vec<(jiff::Timestamp, usize)> = campaigns
             .iter()
             .enumerate()
-            .filter_map(|(index, c)| scheduler::next_due(c, &store, &mut rng).map(|at| (at, index)))
+            .filter_map(|(index, c)| scheduler::next_due(c, store, &mut rng).map(|at| (at, index)))
             .collect();
         for (at, index) in &firings {
             tracing::info!(campaign = %campaigns[*index].name, %at, "fires next");
@@ -81,8 +136,8 @@ pub async fn run(context: Context) -> anyhow::Result<Outcome> {
         let campaign = campaigns[index].clone();
         let groups = scheduler::fire(
             &campaign,
-            &context.fleet.config.agents,
-            &store,
+            &context.fleet.agents(),
+            store,
             jiff::Timestamp::now(),
             &mut rng,
         )?;

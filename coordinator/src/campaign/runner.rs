@@ -134,16 +134,14 @@ struct Survey {
 }
 
 async fn survey(fleet: &Fleet) -> Survey {
-    let results = fleet.statuses(&fleet.config.agents).await;
+    let agents = fleet.agents();
+    let results = fleet.statuses(&agents).await;
     let healthy = results
         .iter()
         .filter(|(_, result)| result.as_ref().is_ok_and(|s| s.active_faults.is_empty()))
         .map(|(agent, _)| agent.id.clone())
         .collect();
-    Survey {
-        agents: fleet.config.agents.clone(),
-        healthy,
-    }
+    Survey { agents, healthy }
 }
 
 /// Runs every probe once; the first failure, if any.

@@ -177,9 +177,11 @@ fn chain_verifies_with_rustls() {
     assert_eq!(written, vec![dir.join("web-1.pem"), dir.join("web-1.key")]);
     assert_eq!(mode(&dir.join("web-1.key")), 0o600);
 
-    // The coordinator certificate is a client certificate only.
+    // The coordinator certificate dials agents, and `troop serve` presents it to agents
+    // and operators that dial in: client and server, for its own name only.
     verify_client(dir, COORDINATOR_CERT).unwrap();
-    assert!(verify_server(dir, COORDINATOR_CERT, COORDINATOR_NAME).is_err());
+    verify_server(dir, COORDINATOR_CERT, COORDINATOR_NAME).unwrap();
+    assert!(verify_server(dir, COORDINATOR_CERT, "web-1").is_err());
 
     // The agent certificate serves for its name and SANs, and is no client certificate.
     verify_server(dir, "web-1.pem", "web-1").unwrap();
@@ -425,4 +427,23 @@ fn load_errors_name_the_path_but_not_the_key() {
     // The private key is no public key (the agent reads signing.pub this way).
     let private = fs::read_to_string(tmp.path().join(SIGNING_KEY)).unwrap();
     assert!(VerifyingKey::from_public_key_pem(&private).is_err());
+}
+
+#[test]
+fn an_operator_certificate_is_a_client_certificate_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    init(dir).unwrap();
+    issue_operator(dir, "alice", 30).unwrap();
+    verify_client(dir, "alice.pem").unwrap();
+    assert!(verify_server(dir, "alice.pem", "alice").is_err());
+    assert_eq!(mode(&dir.join("alice.key")), 0o600);
+    // Nobody may be issued the coordinator's own name.
+    for issue in [
+        issue_operator(dir, COORDINATOR_NAME, 30),
+        issue_agent(dir, COORDINATOR_NAME, &[]),
+    ] {
+        let error = issue.unwrap_err().to_string();
+        assert!(error.contains("reserved"), "{error}");
+    }
 }

@@ -74,6 +74,7 @@ fn open_creates_file_and_schema() {
     assert_eq!(
         tables,
         [
+            "access",
             "commands",
             "last_runs",
             "last_strikes",

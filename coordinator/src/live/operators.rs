@@ -1,0 +1,234 @@
+//! The operator API of `troop serve`: operators' client certificates, looked up by name in
+//! `[[operators]]`, each call allowed by role (viewer reads, operator acts) and recorded in
+//! the store's access log, allowed or refused. Commands are recorded, signed when sent
+//! and delivered exactly as the CLI would, under the operator's name.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+use troop_common::identity::{FleetVerifier, Identity};
+use troop_common::listener::PeerInfo;
+use troop_proto::serve_pb::operator_server::Operator;
+use troop_proto::serve_pb::{self, call_failure, delivery};
+
+use super::streams::caller;
+use crate::audit::{AdhocRun, send_recorded};
+use crate::config::{AgentEntry, Role};
+use crate::fleet::Fleet;
+use crate::signer::{Signer, now_unix_ms};
+use crate::store::{AccessRecord, Store};
+use crate::wire;
+
+/// Commands one Send may carry.
+const MAX_COMMANDS: usize = 10_000;
+
+pub struct Operators {
+    pub fleet: Fleet,
+    pub store: Arc<Store>,
+    pub signer: Arc<Signer>,
+    pub verifier: Arc<FleetVerifier>,
+}
+
+impl Operators {
+    /// Who called and whether their role allows `call`; recorded either way.
+    fn authorize<T>(
+        &self,
+        request: &Request<T>,
+        call: &str,
+        needs: Role,
+    ) -> Result<String, Status> {
+        let peer = request.extensions().get::<PeerInfo>();
+        let (who, verdict) = match caller(&self.verifier, peer) {
+            Err(status) => {
+                let address = peer
+                    .and_then(|peer| peer.remote)
+                    .map_or_else(|| "?".to_string(), |a| a.to_string());
+                (address, Err(status))
+            }
+            Ok(identity) => {
+                let who = match &identity {
+                    Identity::Operator(name) => name.clone(),
+                    Identity::Coordinator => "coordinator".to_string(),
+                    agent => agent.to_string(),
+                };
+                let verdict = self.role_allows(&identity, call, needs);
+                (who, verdict)
+            }
+        };
+        self.record(&who, call, verdict.as_ref().err().map(Status::message));
+        verdict.map(|()| who)
+    }
+
+    fn role_allows(&self, identity: &Identity, call: &str, needs: Role) -> Result<(), Status> {
+        let (name, role) = match identity {
+            Identity::Operator(name) => (name.as_str(), self.fleet.config.role_of(name)),
+            // The coordinator's own certificate is serve's own host: every role.
+            Identity::Coordinator => ("coordinator", Some(Role::Admin)),
+            agent @ Identity::Agent(_) => {
+                return Err(Status::permission_denied(format!(
+                    "an {agent} cannot use the operator API"
+                )));
+            }
+        };
+        match role {
+            None => Err(Status::permission_denied(format!(
+                "operator {name:?} is not listed in serve's [[operators]]"
+            ))),
+            Some(role) if role < needs => Err(Status::permission_denied(format!(
+                "{call} needs the {} role; operator {name:?} is a {}",
+                needs.name(),
+                role.name()
+            ))),
+            Some(_) => Ok(()),
+        }
+    }
+
+    fn record(&self, who: &str, call: &str, refused: Option<&str>) {
+        match refused {
+            Some(reason) => {
+                tracing::warn!(caller = %who, %call, %reason, "refused an operator call")
+            }
+            None => tracing::info!(caller = %who, %call, "operator call"),
+        }
+        let access = AccessRecord {
+            at_ms: now_unix_ms(),
+            caller: who.to_string(),
+            call: call.to_string(),
+            allowed: refused.is_none(),
+            detail: refused.unwrap_or_default().to_string(),
+        };
+        if let Err(error) = self.store.record_access(&access) {
+            tracing::error!(%error, "audit store: cannot record an operator call");
+        }
+    }
+
+    fn known(&self, id: &str) -> Option<AgentEntry> {
+        self.fleet.agents().into_iter().find(|agent| agent.id == id)
+    }
+}
+
+fn unknown(id: &str) -> serve_pb::CallFailure {
+    serve_pb::CallFailure {
+        kind: call_failure::Kind::Unreachable as i32,
+        message: format!("serve knows no agent {id:?} (not listed, not connected)"),
+        ..Default::default()
+    }
+}
+
+#[tonic::async_trait]
+impl Operator for Operators {
+    async fn list_agents(
+        &self,
+        request: Request<serve_pb::ListAgentsRequest>,
+    ) -> Result<Response<serve_pb::AgentList>, Status> {
+        self.authorize(&request, "list agents", Role::Viewer)?;
+        let agents = self
+            .fleet
+            .agents()
+            .into_iter()
+            .map(|agent| {
+                let reached = self.fleet.reached(&agent.id);
+                serve_pb::LiveAgent {
+                    reachable: reached.via == "stream",
+                    via: reached.via.to_string(),
+                    connected_since_unix_ms: reached.connected_since_unix_ms,
+                    last_seen_unix_ms: reached.last_seen_unix_ms,
+                    agent_id: agent.id,
+                    labels: agent.labels.into_iter().collect(),
+                    address: agent.address,
+                }
+            })
+            .collect();
+        Ok(Response::new(serve_pb::AgentList { agents }))
+    }
+
+    async fn statuses(
+        &self,
+        request: Request<serve_pb::AgentIds>,
+    ) -> Result<Response<serve_pb::StatusList>, Status> {
+        self.authorize(&request, "status", Role::Viewer)?;
+        let ids = request.into_inner().agent_ids;
+        let (known, unknown_ids): (Vec<_>, Vec<_>) = ids
+            .iter()
+            .map(|id| (id, self.known(id)))
+            .partition(|(_, agent)| agent.is_some());
+        let agents: Vec<AgentEntry> = known.into_iter().filter_map(|(_, agent)| agent).collect();
+        let mut statuses: Vec<serve_pb::StatusReply> = self
+            .fleet
+            .statuses(&agents)
+            .await
+            .iter()
+            .map(|(agent, result)| wire::status_out(agent, result))
+            .collect();
+        statuses.extend(
+            unknown_ids
+                .into_iter()
+                .map(|(id, _)| serve_pb::StatusReply {
+                    agent_id: id.clone(),
+                    result: Some(serve_pb::status_reply::Result::Failure(unknown(id))),
+                }),
+        );
+        Ok(Response::new(serve_pb::StatusList { statuses }))
+    }
+
+    async fn send(
+        &self,
+        request: Request<serve_pb::SendRequest>,
+    ) -> Result<Response<serve_pb::SendReply>, Status> {
+        let operator = self.authorize(&request, "send commands", Role::Operator)?;
+        let send = request.into_inner();
+        if send.commands.len() > MAX_COMMANDS {
+            return Err(Status::invalid_argument(format!(
+                "{} commands in one call; at most {MAX_COMMANDS}",
+                send.commands.len()
+            )));
+        }
+        let what: String = send
+            .what
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(80)
+            .collect();
+        let mut work = Vec::new();
+        let mut slots: Vec<Result<usize, String>> = Vec::new();
+        for command in send.commands {
+            match (self.known(&command.agent_id), command.action) {
+                (Some(agent), Some(action)) => {
+                    slots.push(Ok(work.len()));
+                    work.push((agent, action));
+                }
+                (None, _) => slots.push(Err(command.agent_id)),
+                (Some(_), None) => {
+                    return Err(Status::invalid_argument(format!(
+                        "the command for {} has no action",
+                        command.agent_id
+                    )));
+                }
+            }
+        }
+        let run = AdhocRun::begin_in(self.store.clone(), &what, send.seed, &operator)
+            .map_err(|error| Status::unavailable(format!("audit store: {error}; nothing sent")))?;
+        let deliveries = send_recorded(
+            &self.fleet,
+            &self.signer,
+            Some(run.audit()),
+            work,
+            &serde_json::json!({}),
+        )
+        .await
+        .map_err(|error| Status::unavailable(format!("audit store: {error}; nothing sent")))?;
+        run.finish(&deliveries);
+        let deliveries = slots
+            .into_iter()
+            .map(|slot| match slot {
+                Ok(index) => wire::delivery_out(&deliveries[index]),
+                Err(id) => serve_pb::Delivery {
+                    agent_id: id.clone(),
+                    result: Some(delivery::Result::Failure(unknown(&id))),
+                    ..Default::default()
+                },
+            })
+            .collect();
+        Ok(Response::new(serve_pb::SendReply { deliveries }))
+    }
+}

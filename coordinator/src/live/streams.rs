@@ -1,0 +1,201 @@
+//! The `Coordinator.Attach` service: an agent's stream is accepted only from an agent
+//! certificate that names the id it registers, with a valid id and labels; then its
+//! heartbeats keep it in the [`Registry`] and its answers reach the requests that asked.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use tokio::sync::watch;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use troop_common::identity::{FleetVerifier, Identity};
+use troop_common::listener::PeerInfo;
+use troop_common::names::{validate_agent_id, validate_label};
+use troop_proto::serve_pb::coordinator_server::Coordinator;
+use troop_proto::serve_pb::{self, agent_message, serve_message};
+
+use super::{HEARTBEAT_EVERY, Link, Registration, Registry, SILENT_AFTER};
+use crate::store::{AccessRecord, Store};
+
+/// The agent's `Register` must arrive this soon after the stream opens.
+const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Requests queued for one agent before senders wait.
+const OUTBOX: usize = 256;
+/// Labels one agent may report.
+const MAX_LABELS: usize = 64;
+
+pub struct Streams {
+    pub registry: Arc<Registry>,
+    pub verifier: Arc<FleetVerifier>,
+    /// Every attach, allowed or refused, goes to its access log.
+    pub store: Arc<Store>,
+}
+
+impl Streams {
+    fn record(&self, caller: &str, allowed: bool, detail: String) {
+        let access = AccessRecord {
+            at_ms: crate::signer::now_unix_ms(),
+            caller: caller.to_string(),
+            call: "attach stream".into(),
+            allowed,
+            detail,
+        };
+        if let Err(error) = self.store.record_access(&access) {
+            tracing::error!(%error, "audit store: cannot record an agent stream");
+        }
+    }
+}
+
+/// Who called, from the certificate the connection proved.
+pub fn caller(verifier: &FleetVerifier, peer: Option<&PeerInfo>) -> Result<Identity, Status> {
+    let leaf = peer
+        .and_then(|peer| peer.certificate.as_ref())
+        .ok_or_else(|| Status::unauthenticated("no client certificate"))?;
+    verifier
+        .identify(leaf)
+        .map_err(|reason| Status::unauthenticated(format!("client certificate refused: {reason}")))
+}
+
+/// Checks a registration against the certificate that carries it.
+fn check(identity: &Identity, register: &serve_pb::Register) -> Result<(), Status> {
+    let id = &register.agent_id;
+    validate_agent_id(id)
+        .map_err(|message| Status::invalid_argument(format!("agent id {id:?}: {message}")))?;
+    match identity {
+        Identity::Agent(_) if identity.is_agent(id) => {}
+        Identity::Agent(names) => {
+            return Err(Status::permission_denied(format!(
+                "the certificate names {}, not the agent {id:?} this stream registers",
+                names.join(", ")
+            )));
+        }
+        other => {
+            return Err(Status::permission_denied(format!(
+                "only an agent's certificate may attach a stream, not {other}"
+            )));
+        }
+    }
+    if register.labels.len() > MAX_LABELS {
+        return Err(Status::invalid_argument(format!(
+            "{} labels; at most {MAX_LABELS}",
+            register.labels.len()
+        )));
+    }
+    for (key, value) in &register.labels {
+        validate_label(key, value)
+            .map_err(|message| Status::invalid_argument(format!("label {key:?}: {message}")))?;
+    }
+    Ok(())
+}
+
+type Outgoing = Pin<Box<dyn Stream<Item = Result<serve_pb::ServeMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Coordinator for Streams {
+    type AttachStream = Outgoing;
+
+    async fn attach(
+        &self,
+        request: Request<Streaming<serve_pb::AgentMessage>>,
+    ) -> Result<Response<Outgoing>, Status> {
+        let peer = request.extensions().get::<PeerInfo>().cloned();
+        let address = peer
+            .as_ref()
+            .and_then(|peer| peer.remote)
+            .map_or_else(|| "?".to_string(), |a| a.to_string());
+        let refused = |status: Status| {
+            tracing::warn!(%address, code = ?status.code(), reason = %status.message(), "refused an agent stream");
+            self.record(
+                &address,
+                false,
+                format!(
+                    "{}: {}",
+                    crate::dispatch::code_name(status.code()),
+                    status.message()
+                ),
+            );
+            status
+        };
+        let identity = caller(&self.verifier, peer.as_ref()).map_err(refused)?;
+        let mut inbound = request.into_inner();
+        let register = match tokio::time::timeout(REGISTER_TIMEOUT, inbound.message()).await {
+            Ok(Ok(Some(serve_pb::AgentMessage {
+                body: Some(agent_message::Body::Register(register)),
+            }))) => register,
+            Ok(Err(status)) => return Err(refused(status)),
+            Err(_) => {
+                return Err(refused(Status::deadline_exceeded(
+                    "no Register within 10s of opening the stream",
+                )));
+            }
+            Ok(_) => {
+                return Err(refused(Status::invalid_argument(
+                    "the first message on a stream must be Register",
+                )));
+            }
+        };
+        check(&identity, &register).map_err(refused)?;
+        let (link, outbox, closed) = self.registry.insert(
+            Registration {
+                id: register.agent_id,
+                labels: register.labels.into_iter().collect(),
+                version: register.version,
+                address: address.clone(),
+            },
+            OUTBOX,
+        );
+        tracing::info!(agent = %link.id, %address, version = %link.version, "agent attached");
+        self.record(
+            &link.id,
+            true,
+            format!("from {address}, version {}", link.version),
+        );
+        let registered = serve_pb::ServeMessage {
+            body: Some(serve_message::Body::Registered(serve_pb::Registered {
+                heartbeat_every_ms: HEARTBEAT_EVERY.as_millis() as u64,
+            })),
+        };
+        // The outbox is new and empty: this cannot be full.
+        let _ = link.outbox.try_send(registered);
+        tokio::spawn(read(self.registry.clone(), link, inbound, closed.clone()));
+        let mut closed = closed;
+        let outgoing = ReceiverStream::new(outbox)
+            .map(Ok)
+            .take_until(async move { super::wait_closed(&mut closed).await });
+        Ok(Response::new(Box::pin(outgoing)))
+    }
+}
+
+/// Reads one agent's stream until it ends, goes silent, or is replaced.
+async fn read(
+    registry: Arc<Registry>,
+    link: Arc<Link>,
+    mut inbound: Streaming<serve_pb::AgentMessage>,
+    mut closed: watch::Receiver<bool>,
+) {
+    let mut watchdog = tokio::time::interval(HEARTBEAT_EVERY);
+    let reason = loop {
+        tokio::select! {
+            received = inbound.message() => match received {
+                Ok(Some(serve_pb::AgentMessage { body: Some(body) })) => match body {
+                    agent_message::Body::Heartbeat(_) => link.touch(),
+                    agent_message::Body::Answer(answer) => link.answered(answer),
+                    agent_message::Body::Register(_) => break "registered twice on one stream".to_string(),
+                },
+                Ok(Some(_)) => break "an empty message".to_string(),
+                Ok(None) => break "the agent closed the stream".to_string(),
+                Err(status) => break format!("{}: {}", crate::dispatch::code_name(status.code()), status.message()),
+            },
+            _ = watchdog.tick() => {
+                if !link.is_fresh(crate::signer::now_unix_ms()) {
+                    break format!("no heartbeat for {}s", SILENT_AFTER.as_secs());
+                }
+            }
+            () = super::wait_closed(&mut closed) => break "replaced by a newer stream".to_string(),
+        }
+    };
+    tracing::warn!(agent = %link.id, address = %link.address, %reason, "agent stream ended");
+    registry.remove(&link);
+}

@@ -1,0 +1,163 @@
+//! A CLI with a `[coordinator]` section: every command goes through that `troop serve`'s
+//! operator API, under the operator's client certificate. Serve holds the signing key,
+//! records every call and reaches the agents; this side only picks and reports.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use hyper_util::rt::TokioIo;
+use rustls_pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tonic::transport::{Channel, Endpoint};
+use troop_common::identity::COORDINATOR_NAME;
+use troop_proto::pb;
+use troop_proto::serve_pb::{self, operator_client::OperatorClient};
+
+use crate::config::{AgentEntry, RemoteCoordinator};
+use crate::dispatch::{CONNECT_TIMEOUT, CallError, Delivery, code_name};
+use crate::wire;
+
+/// Larger than a command: a whole fleet's statuses come back in one answer.
+const MAX_REPLY_BYTES: usize = 64 * 1024 * 1024;
+
+/// Serve refused the call (the operator's role, or no role at all).
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: PERMISSION_DENIED: {reason}")]
+pub struct Refused {
+    pub what: String,
+    pub reason: String,
+}
+
+/// The operator API of one `troop serve`.
+#[derive(Clone)]
+pub struct Remote {
+    pub address: String,
+    client: OperatorClient<Channel>,
+}
+
+impl Remote {
+    /// Prepares the channel; it connects on first use.
+    pub fn new(remote: &RemoteCoordinator) -> anyhow::Result<Self> {
+        let tls =
+            troop_common::tls::client_config(&remote.tls.cert, &remote.tls.key, &remote.tls.ca)
+                .context("[coordinator] cert, key, ca")?;
+        let connector = TlsConnector::from(Arc::new(tls));
+        let address = remote.address.clone();
+        let target = address.clone();
+        // The URI only labels requests; the connector decides where bytes go, and serve's
+        // certificate must name the coordinator whatever address was dialled.
+        let channel = Endpoint::from_shared(format!("http://{address}"))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .connect_with_connector_lazy(tower::service_fn(move |_| {
+                let connector = connector.clone();
+                let target = target.clone();
+                async move {
+                    let tcp = TcpStream::connect(&target).await?;
+                    tcp.set_nodelay(true)?;
+                    let name =
+                        ServerName::try_from(COORDINATOR_NAME).map_err(std::io::Error::other)?;
+                    let tls = connector.connect(name, tcp).await?;
+                    Ok::<_, std::io::Error>(TokioIo::new(tls))
+                }
+            }));
+        Ok(Self {
+            address,
+            client: OperatorClient::new(channel).max_decoding_message_size(MAX_REPLY_BYTES),
+        })
+    }
+
+    fn refused(&self, call: &str, status: tonic::Status) -> anyhow::Error {
+        let what = format!("troop serve at {}: {call}", self.address);
+        if status.code() == tonic::Code::PermissionDenied {
+            return Refused {
+                what,
+                reason: status.message().to_string(),
+            }
+            .into();
+        }
+        anyhow::anyhow!("{what}: {}: {}", code_name(status.code()), status.message())
+    }
+
+    /// The live fleet as serve sees it.
+    pub async fn agents(&self) -> anyhow::Result<Vec<serve_pb::LiveAgent>> {
+        let mut client = self.client.clone();
+        let list = client
+            .list_agents(serve_pb::ListAgentsRequest {})
+            .await
+            .map_err(|status| self.refused("list agents", status))?;
+        Ok(list.into_inner().agents)
+    }
+
+    /// Each agent's status, asked by serve now.
+    pub async fn statuses(
+        &self,
+        agents: &[AgentEntry],
+    ) -> anyhow::Result<Vec<(AgentEntry, Result<pb::AgentStatus, CallError>)>> {
+        let mut client = self.client.clone();
+        let ids = agents.iter().map(|agent| agent.id.clone()).collect();
+        let replies = client
+            .statuses(serve_pb::AgentIds { agent_ids: ids })
+            .await
+            .map_err(|status| self.refused("status", status))?
+            .into_inner()
+            .statuses;
+        let mut by_id: BTreeMap<String, serve_pb::StatusReply> = replies
+            .into_iter()
+            .map(|reply| (reply.agent_id.clone(), reply))
+            .collect();
+        Ok(agents
+            .iter()
+            .map(|agent| {
+                let result = by_id.remove(&agent.id).map_or_else(
+                    || Err(CallError::Unreachable("serve gave no answer for it".into())),
+                    wire::status_in,
+                );
+                (agent.clone(), result)
+            })
+            .collect())
+    }
+
+    /// Has serve record, sign and send `action` to each agent, as the run `what`.
+    pub async fn send(
+        &self,
+        what: &str,
+        seed: u64,
+        work: Vec<(AgentEntry, pb::command::Action)>,
+    ) -> anyhow::Result<Vec<Delivery>> {
+        let mut client = self.client.clone();
+        let commands = work
+            .iter()
+            .map(|(agent, action)| pb::Command {
+                agent_id: agent.id.clone(),
+                action: Some(action.clone()),
+                ..Default::default()
+            })
+            .collect();
+        let deliveries = client
+            .send(serve_pb::SendRequest {
+                what: what.to_string(),
+                commands,
+                seed,
+            })
+            .await
+            .map_err(|status| self.refused(what, status))?
+            .into_inner()
+            .deliveries;
+        if deliveries.len() != work.len() {
+            anyhow::bail!(
+                "troop serve at {} answered {} of {} command(s)",
+                self.address,
+                deliveries.len(),
+                work.len()
+            );
+        }
+        Ok(work
+            .into_iter()
+            .zip(deliveries)
+            .map(|((agent, _), delivery)| wire::delivery_in(agent, delivery))
+            .collect())
+    }
+}

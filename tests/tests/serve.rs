@@ -1,0 +1,275 @@
+//! `troop serve` as the fleet's control plane, on the lab: hosts behind a firewall that
+//! drops every inbound connection dial out to serve and are attacked through it by an
+//! operator's CLI that holds no signing key; roles are enforced; an agent registering
+//! under another id than its certificate names is refused; a serve killed with SIGKILL
+//! is rejoined by every agent when it comes back. Effects are read from outside.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Output, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use troop_tests::lab::{Lab, used_percent, wait_for};
+
+const POLICY: &str = "allow = [\"kill\", \"disk\"]";
+
+fn victim() -> Vec<Vec<OsString>> {
+    vec![vec!["sleep".into(), "600".into()]]
+}
+
+/// `troop serve` in the lab's network, its log in `serve.log`.
+fn start_serve(lab: &Lab) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(lab.dir().join("serve.log"))
+        .unwrap();
+    lab.troop_command()
+        .arg("serve")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+fn serve_log(lab: &Lab) -> String {
+    std::fs::read_to_string(lab.dir().join("serve.log")).unwrap_or_default()
+}
+
+fn troop_as(lab: &Lab, config: &Path, args: &[&str]) -> Output {
+    lab.troop_command()
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn agents_as(lab: &Lab, config: &Path) -> Value {
+    let output = troop_as(lab, config, &["agents", "--output", "json"]);
+    serde_json::from_slice(&output.stdout).unwrap_or(Value::Null)
+}
+
+fn entry<'a>(agents: &'a Value, id: &str) -> Option<&'a Value> {
+    agents["agents"]
+        .as_array()?
+        .iter()
+        .find(|a| a["agent"] == id)
+}
+
+/// Waits until serve shows each of `ids` reachable over its stream.
+fn wait_attached(lab: &Lab, operator: &Path, ids: &[&str]) {
+    let attached = wait_for(Duration::from_secs(30), || {
+        let agents = agents_as(lab, operator);
+        ids.iter().all(|id| {
+            entry(&agents, id).is_some_and(|a| a["reachable"] == true && a["via"] == "stream")
+        })
+    });
+    assert!(
+        attached,
+        "{ids:?} not attached: {}\nserve log:\n{}",
+        agents_as(lab, operator),
+        serve_log(lab)
+    );
+}
+
+struct Serve(Child);
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+#[test]
+fn hosts_behind_a_firewall_are_attacked_through_serve() {
+    let Some(mut lab) = Lab::networked("serve: dial-in hosts") else {
+        return;
+    };
+    lab.add_host("direct-1", &[("role", "web")], POLICY, victim());
+    let alice = lab.add_operator("alice", Some("operator"));
+    let bob = lab.add_operator("bob", Some("viewer"));
+    let mallory = lab.add_operator("mallory", None);
+    let mut serve = Serve(start_serve(&lab));
+    lab.start_dial_in_host("nat-1", &[("role", "web"), ("zone", "a")], POLICY, victim());
+    lab.start_dial_in_host("nat-2", &[("role", "db")], POLICY, victim());
+    wait_attached(&lab, &alice, &["nat-1", "nat-2"]);
+
+    // Labels serve was never told, as the agents reported them; the static host beside.
+    let agents = agents_as(&lab, &alice);
+    let nat_1 = entry(&agents, "nat-1").unwrap();
+    assert_eq!(nat_1["labels"]["zone"], "a", "{agents}");
+    assert!(nat_1["connected_since_unix_ms"].as_i64().unwrap() > 0);
+    assert!(nat_1["last_seen_unix_ms"].as_i64().unwrap() > 0);
+    let direct = entry(&agents, "direct-1").unwrap();
+    assert_eq!(
+        (&direct["via"], &direct["reachable"]),
+        (&"direct".into(), &true.into())
+    );
+
+    // A direct dial to a firewalled host fails: the stream is the only way in.
+    let probe = lab.dir().join("direct-to-nat.toml");
+    let no_labels = Default::default();
+    let direct_config = troop_lab::files::coordinator_file([(
+        "nat-1",
+        lab.hosts["nat-1"].address.as_str(),
+        &no_labels,
+    )]);
+    troop_lab::files::write(&probe, &direct_config).unwrap();
+    let direct_try = agents_as(&lab, &probe);
+    assert_eq!(
+        entry(&direct_try, "nat-1").unwrap()["reachable"],
+        false,
+        "{direct_try}"
+    );
+
+    // A viewer may look, not act; an operator serve does not list may do neither.
+    let refused = troop_as(
+        &lab,
+        &bob,
+        &["attack", "kill", "--select", "role=db", "--name", "sleep"],
+    );
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    assert!(
+        text(&refused).contains("needs the operator role"),
+        "{}",
+        text(&refused)
+    );
+    let unknown = troop_as(&lab, &mallory, &["agents"]);
+    assert_ne!(unknown.status.code(), Some(0));
+    assert!(text(&unknown).contains("not listed"), "{}", text(&unknown));
+    assert_eq!(
+        lab.hosts["nat-2"].host.pids_named("sleep").len(),
+        1,
+        "nothing ran"
+    );
+
+    // Kill by label through serve: exactly the web hosts, dial-in and direct alike.
+    let killed = troop_as(
+        &lab,
+        &alice,
+        &[
+            "attack", "kill", "--select", "role=web", "--name", "sleep", "--output", "json",
+        ],
+    );
+    assert_eq!(killed.status.code(), Some(0), "{}", text(&killed));
+    for id in ["nat-1", "direct-1"] {
+        let gone = wait_for(Duration::from_secs(5), || {
+            lab.hosts[id].host.pids_named("sleep").is_empty()
+        });
+        assert!(gone, "{id}'s victim is still running");
+    }
+    assert_eq!(lab.hosts["nat-2"].host.pids_named("sleep").len(), 1);
+
+    // A disk fill through serve is measured by statvfs; a halt through serve reverts it.
+    let disk = lab.hosts["nat-1"].disk.display().to_string();
+    let filled = troop_as(
+        &lab,
+        &alice,
+        &[
+            "attack", "disk", "--select", "zone=a", "--path", &disk, "--fill", "60", "--for", "5m",
+        ],
+    );
+    assert_eq!(filled.status.code(), Some(0), "{}", text(&filled));
+    assert!(used_percent(&lab, "nat-1") > 50.0);
+    let halted = troop_as(&lab, &alice, &["halt", "--select", "zone=a"]);
+    assert_eq!(halted.status.code(), Some(0), "{}", text(&halted));
+    assert!(wait_for(Duration::from_secs(5), || used_percent(
+        &lab, "nat-1"
+    ) < 10.0));
+
+    // Serve's store names the operator of each run and every refused call.
+    let history = troop_as(
+        &lab,
+        &lab.dir().join("troop.toml"),
+        &["campaign", "history", "--output", "json"],
+    );
+    let history: Value = serde_json::from_slice(&history.stdout).unwrap();
+    let operators: Vec<&Value> = history["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| &r["operator"])
+        .collect();
+    assert!(operators.iter().all(|o| *o == "alice"), "{history}");
+
+    // Serve killed outright and started again: every agent dials back in.
+    serve.0.kill().unwrap();
+    serve.0.wait().unwrap();
+    let down = agents_as(&lab, &alice);
+    assert!(
+        down.is_null() || entry(&down, "nat-1").is_none(),
+        "serve is down: {down}"
+    );
+    serve = Serve(start_serve(&lab));
+    wait_attached(&lab, &alice, &["nat-1", "nat-2"]);
+    drop(serve);
+}
+
+#[test]
+fn an_agent_registering_under_another_name_is_refused() {
+    let Some(mut lab) = Lab::networked("serve: impostor agent") else {
+        return;
+    };
+    let alice = lab.add_operator("alice", Some("operator"));
+    let _serve = Serve(start_serve(&lab));
+    lab.start_dial_in_host("nat-1", &[("role", "web")], POLICY, victim());
+    wait_attached(&lab, &alice, &["nat-1"]);
+
+    // On nat-1's host, a second agent that calls itself nat-9 with nat-1's certificate.
+    let config: PathBuf = lab.dir().join("nat-9.toml");
+    let original = std::fs::read_to_string(lab.dir().join("nat-1.toml")).unwrap();
+    let impostor = original
+        .replace("id = \"nat-1\"", "id = \"nat-9\"")
+        .replace("state/nat-1", "state/nat-9")
+        .replace(
+            "listen = \"10.77.0.10:7443\"",
+            "listen = \"10.77.0.10:7449\"",
+        );
+    assert_ne!(impostor, original);
+    std::fs::write(&config, impostor).unwrap();
+    let log = std::fs::File::create(lab.dir().join("nat-9.log")).unwrap();
+    let argv: Vec<OsString> = vec![
+        lab.binaries.agent.clone().into(),
+        "--config".into(),
+        config.into(),
+    ];
+    let mut agent = lab.hosts["nat-1"]
+        .host
+        .command_inside(&argv)
+        .unwrap()
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let refused = wait_for(Duration::from_secs(20), || {
+        std::fs::read_to_string(lab.dir().join("nat-9.log"))
+            .unwrap_or_default()
+            .contains("names nat-1, not the agent \"nat-9\"")
+    });
+    let _ = agent.kill();
+    let _ = agent.wait();
+    let log = std::fs::read_to_string(lab.dir().join("nat-9.log")).unwrap_or_default();
+    assert!(
+        refused,
+        "impostor log:\n{log}\nserve log:\n{}",
+        serve_log(&lab)
+    );
+    let agents = agents_as(&lab, &alice);
+    assert!(entry(&agents, "nat-9").is_none(), "{agents}");
+    assert_eq!(
+        entry(&agents, "nat-1").unwrap()["reachable"],
+        true,
+        "the real one is untouched"
+    );
+}
