@@ -199,3 +199,74 @@ async fn read(
     tracing::warn!(agent = %link.id, address = %link.address, %reason, "agent stream ended");
     registry.remove(&link);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn register(id: &str, labels: &[(&str, &str)]) -> serve_pb::Register {
+        serve_pb::Register {
+            agent_id: id.into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_registration_must_match_its_certificate_and_be_well_formed() {
+        let web_1 = Identity::Agent(vec!["web-1".into(), "web-1.example.net".into()]);
+        check(&web_1, &register("web-1", &[("role", "web")])).unwrap();
+        check(&web_1, &register("WEB-1.example.net", &[])).unwrap();
+        for (identity, register, code, says) in [
+            (
+                &web_1,
+                register("db-1", &[]),
+                tonic::Code::PermissionDenied,
+                "names web-1, web-1.example.net, not the agent \"db-1\"",
+            ),
+            (
+                &Identity::Operator("alice".into()),
+                register("alice", &[]),
+                tonic::Code::PermissionDenied,
+                "only an agent's certificate",
+            ),
+            (
+                &Identity::Coordinator,
+                register("web-1", &[]),
+                tonic::Code::PermissionDenied,
+                "only an agent's certificate",
+            ),
+            (
+                &web_1,
+                register("web 1", &[]),
+                tonic::Code::InvalidArgument,
+                "agent id",
+            ),
+            (
+                &web_1,
+                register("web-1", &[("role", "w b")]),
+                tonic::Code::InvalidArgument,
+                "label \"role\"",
+            ),
+        ] {
+            let status = check(identity, &register).unwrap_err();
+            assert_eq!(status.code(), code, "{}", status.message());
+            assert!(status.message().contains(says), "{}", status.message());
+        }
+        let many: Vec<(String, String)> = (0..=MAX_LABELS)
+            .map(|i| (format!("k{i}"), "v".into()))
+            .collect();
+        let flood = serve_pb::Register {
+            agent_id: "web-1".into(),
+            labels: many.into_iter().collect(),
+            ..Default::default()
+        };
+        assert_eq!(
+            check(&web_1, &flood).unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
+    }
+}
