@@ -185,9 +185,32 @@ impl Fleet {
             .collect()
     }
 
-    /// The agents a selector matches, sorted by id so that seeded picks repeat.
+    /// Every agent a selector matches for showing, including (with `[coordinator]`) those
+    /// whose streams serve lost, which [`Fleet::select`] never picks.
+    pub fn listed(&self, selector: &Selector) -> anyhow::Result<Vec<AgentEntry>> {
+        self.matching(selector, self.agents())
+    }
+
+    /// The agents a selector matches, sorted by id so that seeded picks repeat. An agent
+    /// that dialled in and went silent is not among them.
     pub fn select(&self, selector: &Selector) -> anyhow::Result<Vec<AgentEntry>> {
-        let all = self.agents();
+        let live = self
+            .agents()
+            .into_iter()
+            .filter(|agent| {
+                self.reached
+                    .get(&agent.id)
+                    .is_none_or(|seen| seen.via != "stream" || seen.reachable)
+            })
+            .collect();
+        self.matching(selector, live)
+    }
+
+    fn matching(
+        &self,
+        selector: &Selector,
+        all: Vec<AgentEntry>,
+    ) -> anyhow::Result<Vec<AgentEntry>> {
         let mut agents: Vec<AgentEntry> = all
             .iter()
             .filter(|agent| selector.matches(&agent.labels))

@@ -182,10 +182,20 @@ pub struct Registration {
     pub address: String,
 }
 
-/// The agents connected right now.
+/// An agent whose stream ended: still shown (unreachable, last seen when), never picked.
+#[derive(Debug, Clone)]
+pub struct Departed {
+    pub id: String,
+    pub labels: BTreeMap<String, String>,
+    pub address: String,
+    pub last_seen_unix_ms: i64,
+}
+
+/// The agents connected right now, and those that were since serve started.
 #[derive(Default)]
 pub struct Registry {
     links: Mutex<HashMap<String, Arc<Link>>>,
+    departed: Mutex<BTreeMap<String, Departed>>,
     generations: AtomicU64,
 }
 
@@ -217,6 +227,7 @@ impl Registry {
             next_request: AtomicU64::new(1),
             closed,
         });
+        self.departed_lock().remove(&link.id);
         let replaced = self.lock().insert(link.id.clone(), link.clone());
         if let Some(old) = replaced {
             tracing::warn!(agent = %link.id, old = %old.address, new = %link.address, "a second stream for this agent replaces the first");
@@ -233,9 +244,40 @@ impl Registry {
             .is_some_and(|current| current.generation == link.generation)
         {
             links.remove(&link.id);
+            self.departed_lock().insert(
+                link.id.clone(),
+                Departed {
+                    id: link.id.clone(),
+                    labels: link.labels.clone(),
+                    address: link.address.clone(),
+                    last_seen_unix_ms: link.last_seen_unix_ms(),
+                },
+            );
         }
         drop(links);
         link.close();
+    }
+
+    /// Agents whose streams ended (or went silent) and have not come back, by id.
+    pub fn departed(&self) -> Vec<Departed> {
+        let now = now_unix_ms();
+        let mut gone: BTreeMap<String, Departed> = self.departed_lock().clone();
+        for link in self.lock().values().filter(|link| !link.is_fresh(now)) {
+            gone.insert(
+                link.id.clone(),
+                Departed {
+                    id: link.id.clone(),
+                    labels: link.labels.clone(),
+                    address: link.address.clone(),
+                    last_seen_unix_ms: link.last_seen_unix_ms(),
+                },
+            );
+        }
+        gone.into_values().collect()
+    }
+
+    fn departed_lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Departed>> {
+        self.departed.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The stream of `id`, if it is open and its heartbeats are current.
@@ -311,6 +353,10 @@ mod tests {
         assert_eq!(registry.get("web-1").unwrap().generation, second.generation);
         registry.remove(&second);
         assert!(registry.get("web-1").is_none());
+        let gone = registry.departed();
+        assert_eq!((gone.len(), gone[0].address.as_str()), (1, "b"));
+        registry.insert(registration("web-1", "c"), 4);
+        assert!(registry.departed().is_empty(), "back again");
     }
 
     #[tokio::test]
@@ -348,5 +394,6 @@ mod tests {
         );
         assert!(registry.get("web-1").is_none());
         assert!(registry.connected().is_empty());
+        assert_eq!(registry.departed()[0].id, "web-1");
     }
 }

@@ -204,6 +204,35 @@ fn hosts_behind_a_firewall_are_attacked_through_serve() {
         .collect();
     assert!(operators.iter().all(|o| *o == "alice"), "{history}");
 
+    // A host cut off the network: its heartbeats stop, serve shows it unreachable with
+    // when it was last seen, and no attack picks it; healed, it dials back in.
+    lab.set_connected("nat-2", false);
+    let silent = wait_for(Duration::from_secs(20), || {
+        entry(&agents_as(&lab, &alice), "nat-2").is_some_and(|a| a["reachable"] == false)
+    });
+    assert!(silent, "{}", agents_as(&lab, &alice));
+    let gone = agents_as(&lab, &alice);
+    assert!(
+        entry(&gone, "nat-2").unwrap()["last_seen_unix_ms"]
+            .as_i64()
+            .unwrap()
+            > 0
+    );
+    let unpicked = troop_as(
+        &lab,
+        &alice,
+        &["attack", "kill", "--select", "role=db", "--name", "sleep"],
+    );
+    assert_eq!(unpicked.status.code(), Some(2), "{}", text(&unpicked));
+    assert!(
+        text(&unpicked).contains("no agent matches"),
+        "{}",
+        text(&unpicked)
+    );
+    lab.set_connected("nat-2", true);
+    wait_attached(&lab, &alice, &["nat-2"]);
+    assert_eq!(lab.hosts["nat-2"].host.pids_named("sleep").len(), 1);
+
     // Serve killed outright and started again: every agent dials back in.
     serve.0.kill().unwrap();
     serve.0.wait().unwrap();

@@ -20,7 +20,7 @@ async fn statuses(
 ) -> anyhow::Result<Vec<(AgentEntry, Result<pb::AgentStatus, CallError>)>> {
     Ok(context
         .fleet
-        .statuses(&context.fleet.select(selector)?)
+        .statuses(&context.fleet.listed(selector)?)
         .await)
 }
 

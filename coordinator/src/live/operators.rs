@@ -110,7 +110,9 @@ impl Operators {
 fn unknown(id: &str) -> serve_pb::CallFailure {
     serve_pb::CallFailure {
         kind: call_failure::Kind::Unreachable as i32,
-        message: format!("serve knows no agent {id:?} (not listed, not connected)"),
+        message: format!(
+            "serve has no open stream from agent {id:?} and no [[agents]] entry for it"
+        ),
         ..Default::default()
     }
 }
@@ -122,7 +124,7 @@ impl Operator for Operators {
         request: Request<serve_pb::ListAgentsRequest>,
     ) -> Result<Response<serve_pb::AgentList>, Status> {
         self.authorize(&request, "list agents", Role::Viewer)?;
-        let agents = self
+        let mut agents: Vec<serve_pb::LiveAgent> = self
             .fleet
             .agents()
             .into_iter()
@@ -139,6 +141,25 @@ impl Operator for Operators {
                 }
             })
             .collect();
+        if let Some(live) = &self.fleet.dispatcher.streams {
+            let listed: std::collections::BTreeSet<String> =
+                agents.iter().map(|agent| agent.agent_id.clone()).collect();
+            agents.extend(
+                live.departed()
+                    .into_iter()
+                    .filter(|gone| !listed.contains(&gone.id))
+                    .map(|gone| serve_pb::LiveAgent {
+                        agent_id: gone.id,
+                        labels: gone.labels.into_iter().collect(),
+                        via: "stream".into(),
+                        address: gone.address,
+                        connected_since_unix_ms: 0,
+                        last_seen_unix_ms: gone.last_seen_unix_ms,
+                        reachable: false,
+                    }),
+            );
+            agents.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
+        }
         Ok(Response::new(serve_pb::AgentList { agents }))
     }
 
