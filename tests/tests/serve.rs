@@ -302,3 +302,45 @@ fn an_agent_registering_under_another_name_is_refused() {
         "the real one is untouched"
     );
 }
+
+#[test]
+fn a_scheduled_campaign_strikes_dial_in_and_direct_hosts_alike() {
+    let Some(mut lab) = Lab::networked("serve: campaign over both paths") else {
+        return;
+    };
+    lab.add_host("direct-1", &[("role", "web")], POLICY, victim());
+    let alice = lab.add_operator("alice", Some("viewer"));
+    let campaigns = lab.dir().join("campaigns");
+    std::fs::create_dir(&campaigns).unwrap();
+    let serve = Serve(start_serve(&lab));
+    lab.start_dial_in_host("nat-1", &[("role", "web")], POLICY, victim());
+    wait_attached(&lab, &alice, &["nat-1"]);
+    // Loaded only now (SIGHUP), so the first firing finds the dial-in host connected.
+    std::fs::write(
+        campaigns.join("monkey.toml"),
+        "name = \"monkey\"\n[schedule]\nevery = \"1s\"\nmin_time_between = \"1h\"\n\
+         [guardrails]\nmax_concurrent = 2\nmin_healthy_percent = 0\n\
+         [[step]]\nselect = \"role=web\"\npick = \"all\"\n\
+         fault = { kind = \"kill\", name = \"sleep\" }\n",
+    )
+    .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(serve.0.id() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    for id in ["direct-1", "nat-1"] {
+        let gone = wait_for(Duration::from_secs(20), || {
+            lab.hosts[id].host.pids_named("sleep").is_empty()
+        });
+        assert!(gone, "{id} was not struck\nserve log:\n{}", serve_log(&lab));
+    }
+    let (code, history) = lab.troop_json(&["campaign", "history"]);
+    assert_eq!(code, Some(0), "{history}");
+    let run = &history["runs"][0];
+    assert_eq!(
+        (&run["campaign"], &run["applied"]),
+        (&"monkey".into(), &2.into()),
+        "{history}"
+    );
+}
