@@ -38,8 +38,7 @@ use crate::host::process::{LinuxProcessTable, ProcessTable};
 use crate::ledger::ReplayLedger;
 use crate::service::{AgentService, GrpcAgent};
 
-/// Commands are small; anything larger is refused before it is decoded.
-pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+pub use service::MAX_MESSAGE_BYTES;
 /// HTTP/2 streams one coordinator connection may hold open at once.
 const MAX_CONCURRENT_STREAMS: u32 = 64;
 /// No request may hold the agent longer than this.

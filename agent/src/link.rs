@@ -25,8 +25,7 @@ use troop_proto::pb;
 use troop_proto::serve_pb::coordinator_client::CoordinatorClient;
 use troop_proto::serve_pb::{self, agent_message, answer, request, serve_message};
 
-use crate::MAX_MESSAGE_BYTES;
-use crate::service::AgentService;
+use crate::service::{AgentService, MAX_MESSAGE_BYTES};
 
 /// First wait after a failed dial; doubled per failure up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(500);

@@ -18,6 +18,10 @@ use troop_telemetry::error_chain;
 use troop_common::clock::now_unix_ms;
 use troop_common::names::is_valid_command_id;
 
+/// Commands are small; anything larger is refused before it is decoded (on the listener
+/// and on the stream to `troop serve`).
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
 /// Everything `Execute` and `Status` need; shared by every connection.
 pub struct AgentService {
     pub(crate) id: String,

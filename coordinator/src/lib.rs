@@ -8,6 +8,8 @@
 //! - [`signer`]: commands built and Ed25519-signed.
 //! - [`client`] and [`dispatch`]: mutual-TLS channels to agents, many at once, or
 //!   requests down the streams of agents that dialled in to `troop serve` ([`live`]).
+//! - [`serve`]: `troop serve`'s port: agents' streams and the operator API, by role;
+//!   [`remote`] is that API's client and [`wire`] its messages.
 //! - [`pki`]: the fleet CA, certificates and the signing key.
 //! - [`campaign`]: campaign files, schedules, the guardrail planner, probes, the runner
 //!   and the scheduler.
@@ -28,6 +30,7 @@ pub mod picker;
 pub mod pki;
 pub mod remote;
 pub mod selector;
+pub mod serve;
 pub mod signal;
 pub mod signer;
 pub mod store;

@@ -3,82 +3,23 @@
 //! comes back by request id. An agent whose heartbeats stop is dropped, so it is shown
 //! unreachable and never picked; a second stream for an id replaces the first.
 
-pub mod operators;
 pub mod streams;
 
 use std::collections::{BTreeMap, HashMap};
-use std::future::Future;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
-use troop_common::identity::FleetVerifier;
-use troop_common::tls::{TlsError, load_certs, load_key};
-use troop_proto::serve_pb::coordinator_server::CoordinatorServer;
-use troop_proto::serve_pb::operator_server::OperatorServer;
 use troop_proto::serve_pb::{self, answer, request, serve_message};
 
-use crate::config::{AgentEntry, ClientTls};
+use crate::config::AgentEntry;
 use crate::signer::now_unix_ms;
 
 /// How often agents are asked to send a heartbeat.
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
 /// A stream silent for this long (three heartbeats missed) is dropped.
 pub const SILENT_AFTER: Duration = Duration::from_secs(6);
-
-/// An agent's stream messages are commands and answers: small.
-const MAX_STREAM_MESSAGE: usize = 64 * 1024;
-/// An operator's Send carries one command per target.
-const MAX_OPERATOR_MESSAGE: usize = 4 * 1024 * 1024;
-/// HTTP/2 pings from serve: a peer that answers none within the timeout is gone.
-const KEEPALIVE: Duration = Duration::from_secs(5);
-
-/// Serve's TLS: the coordinator's certificate (agents and operators check it names the
-/// coordinator), and client certificates of the fleet CA for either usage: agents'
-/// streams and operators' calls arrive on one port; [`FleetVerifier::identify`] says
-/// which each caller is.
-pub fn server_config(
-    tls: &ClientTls,
-    verifier: Arc<FleetVerifier>,
-) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let mut config = rustls::ServerConfig::builder_with_provider(troop_common::tls::provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(load_certs(&tls.cert)?, load_key(&tls.key)?)?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(Arc::new(config))
-}
-
-/// Serves agents' streams and the operator API on `listener` until `shutdown`.
-pub async fn serve(
-    listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
-    streams: streams::Streams,
-    operators: operators::Operators,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), tonic::transport::Error> {
-    let incoming = troop_common::listener::incoming(listener, tls, Arc::new(|_| Ok(())));
-    tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(KEEPALIVE))
-        .http2_keepalive_timeout(Some(KEEPALIVE))
-        .max_concurrent_streams(64)
-        .http2_max_pending_accept_reset_streams(Some(32))
-        .http2_max_header_list_size(16 * 1024)
-        .add_service(
-            CoordinatorServer::new(streams)
-                .max_decoding_message_size(MAX_STREAM_MESSAGE)
-                .max_encoding_message_size(MAX_STREAM_MESSAGE),
-        )
-        .add_service(
-            OperatorServer::new(operators)
-                .max_decoding_message_size(MAX_OPERATOR_MESSAGE)
-                .max_encoding_message_size(64 * 1024 * 1024),
-        )
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
-}
 
 /// Why a request over a stream got no answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -164,6 +105,15 @@ impl Link {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn departed(&self) -> Departed {
+        Departed {
+            id: self.id.clone(),
+            labels: self.labels.clone(),
+            address: self.address.clone(),
+            last_seen_unix_ms: self.last_seen_unix_ms(),
+        }
+    }
+
     /// The agent as the dispatcher and selectors see it.
     pub fn entry(&self) -> AgentEntry {
         AgentEntry {
@@ -244,15 +194,8 @@ impl Registry {
             .is_some_and(|current| current.generation == link.generation)
         {
             links.remove(&link.id);
-            self.departed_lock().insert(
-                link.id.clone(),
-                Departed {
-                    id: link.id.clone(),
-                    labels: link.labels.clone(),
-                    address: link.address.clone(),
-                    last_seen_unix_ms: link.last_seen_unix_ms(),
-                },
-            );
+            self.departed_lock()
+                .insert(link.id.clone(), link.departed());
         }
         drop(links);
         link.close();
@@ -263,15 +206,7 @@ impl Registry {
         let now = now_unix_ms();
         let mut gone: BTreeMap<String, Departed> = self.departed_lock().clone();
         for link in self.lock().values().filter(|link| !link.is_fresh(now)) {
-            gone.insert(
-                link.id.clone(),
-                Departed {
-                    id: link.id.clone(),
-                    labels: link.labels.clone(),
-                    address: link.address.clone(),
-                    last_seen_unix_ms: link.last_seen_unix_ms(),
-                },
-            );
+            gone.insert(link.id.clone(), link.departed());
         }
         gone.into_values().collect()
     }

@@ -17,9 +17,9 @@ use troop_common::identity::FleetVerifier;
 use troop_coordinator::campaign::runner::{Progress, RunEvent, run_campaign};
 use troop_coordinator::campaign::scheduler;
 use troop_coordinator::fleet::Fleet;
-use troop_coordinator::live::operators::Operators;
+use troop_coordinator::live::Registry;
 use troop_coordinator::live::streams::Streams;
-use troop_coordinator::live::{self, Registry};
+use troop_coordinator::serve::{self as grpc_serve, operators::Operators};
 use troop_coordinator::store::Store;
 
 use super::context::Context;
@@ -46,7 +46,7 @@ pub async fn run(context: Context) -> anyhow::Result<Outcome> {
         .with_context(|| format!("config {shown}: [tls] is missing"))?;
     let verifier =
         Arc::new(FleetVerifier::new(&tls.ca).with_context(|| format!("config {shown}: [tls] ca"))?);
-    let server_tls = live::server_config(tls, verifier.clone())
+    let server_tls = grpc_serve::server_config(tls, verifier.clone())
         .with_context(|| format!("config {shown}: [tls] cert and key"))?;
     // Agents that dial in join the fleet every run, attack and status reaches.
     let registry = Arc::new(Registry::default());
@@ -62,7 +62,7 @@ pub async fn run(context: Context) -> anyhow::Result<Outcome> {
         .await
         .with_context(|| format!("cannot listen on {health_listen} ([serve] health_listen)"))?;
     let (stop_grpc, grpc_stopped) = watch::channel(false);
-    let grpc = tokio::spawn(live::serve(
+    let grpc = tokio::spawn(grpc_serve::serve(
         listener,
         server_tls,
         Streams {

@@ -112,7 +112,7 @@ impl Coordinator for Streams {
                 false,
                 format!(
                     "{}: {}",
-                    crate::dispatch::code_name(status.code()),
+                    troop_proto::refusal::code_name(status.code()),
                     status.message()
                 ),
             );
@@ -186,7 +186,7 @@ async fn read(
                 },
                 Ok(Some(_)) => break "an empty message".to_string(),
                 Ok(None) => break "the agent closed the stream".to_string(),
-                Err(status) => break format!("{}: {}", crate::dispatch::code_name(status.code()), status.message()),
+                Err(status) => break format!("{}: {}", troop_proto::refusal::code_name(status.code()), status.message()),
             },
             _ = watchdog.tick() => {
                 if !link.is_fresh(crate::signer::now_unix_ms()) {

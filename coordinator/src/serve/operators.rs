@@ -11,10 +11,10 @@ use troop_common::listener::PeerInfo;
 use troop_proto::serve_pb::operator_server::Operator;
 use troop_proto::serve_pb::{self, call_failure, delivery};
 
-use super::streams::caller;
 use crate::audit::{AdhocRun, send_recorded};
 use crate::config::{AgentEntry, Role};
 use crate::fleet::Fleet;
+use crate::live::streams::caller;
 use crate::signer::{Signer, now_unix_ms};
 use crate::store::{AccessRecord, Store};
 use crate::wire;
