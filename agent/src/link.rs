@@ -6,7 +6,7 @@
 //!
 //! Serve's certificate must chain to the fleet CA and name the coordinator, whatever
 //! address was dialled. A lost link is redialled with capped exponential backoff and
-//! full jitter, so a fleet does not stampede a restarted serve.
+//! jitter, so a fleet does not stampede a restarted serve.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -225,7 +225,7 @@ fn failure(status: &tonic::Status) -> answer::Result {
     })
 }
 
-/// The wait before the next dial after `failures` failed ones: full jitter over an
+/// The wait before the next dial after `failures` failed ones: jitter over the upper half of an
 /// exponentially growing, capped window.
 fn backoff(failures: u32, rng: &mut impl Rng) -> Duration {
     let window = MIN_BACKOFF

@@ -202,7 +202,27 @@ fn hosts_behind_a_firewall_are_attacked_through_serve() {
         .iter()
         .map(|r| &r["operator"])
         .collect();
+    assert_eq!(operators.len(), 3, "kill, disk and halt: {history}");
     assert!(operators.iter().all(|o| *o == "alice"), "{history}");
+    let store = troop_coordinator::store::Store::open(&format!(
+        "sqlite://{}",
+        lab.dir().join("troop.db").display()
+    ))
+    .unwrap();
+    let access = store.access_log(1000).unwrap();
+    let refused = |caller: &str, says: &str| {
+        access
+            .iter()
+            .any(|a| a.caller == caller && !a.allowed && a.detail.contains(says))
+    };
+    assert!(refused("bob", "needs the operator role"), "{access:?}");
+    assert!(refused("mallory", "not listed"), "{access:?}");
+    assert!(
+        access
+            .iter()
+            .any(|a| a.caller == "nat-1" && a.call == "attach stream" && a.allowed),
+        "{access:?}"
+    );
 
     // A host cut off the network: its heartbeats stop, serve shows it unreachable with
     // when it was last seen, and no attack picks it; healed, it dials back in.
