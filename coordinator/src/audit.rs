@@ -34,7 +34,7 @@ impl AdhocRun {
     /// Opens the store and records the run's start, under the local user's name.
     pub fn begin(fleet: &Fleet, what: &str, seed: u64) -> Result<Self, StoreError> {
         let store = Arc::new(Store::open(&fleet.config.store_url)?);
-        Self::begin_in(store, what, seed, &operator())
+        Self::begin_in(store, what, seed, &local_operator())
     }
 
     /// Records the run's start in `store` under `operator` (serve's operator API).
@@ -46,6 +46,15 @@ impl AdhocRun {
     ) -> Result<Self, StoreError> {
         let run = store.begin_adhoc(what, seed, operator, now_unix_ms())?;
         Ok(Self { store, run })
+    }
+
+    /// An ad-hoc run already in `store`, to record more of its commands (renewals, aborts).
+    pub fn resume_in(store: Arc<Store>, run: i64) -> Self {
+        Self { store, run }
+    }
+
+    pub fn id(&self) -> i64 {
+        self.run
     }
 
     pub fn audit(&self) -> Audit<'_> {
@@ -77,7 +86,7 @@ impl AdhocRun {
 }
 
 /// Who runs this CLI, as the audit trail names them.
-fn operator() -> String {
+pub fn local_operator() -> String {
     ["SUDO_USER", "USER", "LOGNAME"]
         .iter()
         .find_map(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
@@ -105,16 +114,21 @@ pub async fn send_recorded(
     if let Some(audit) = audit {
         for (agent, command) in &commands {
             let mut parameters = parameters.clone();
-            // A start without described parameters: its fault, as fields.
-            if let Some(pb::command::Action::Start(start)) = &command.action
-                && parameters.get("fault").is_none()
-                && let Some(fault) = &start.fault
-            {
-                parameters = serde_json::json!({
-                    "fault": describe::fault_fields(fault),
-                    "duration_ms": start.duration_ms,
-                    "lease_ms": start.lease_ms,
-                });
+            // A start or renewal without described parameters: what it asks, as fields.
+            match &command.action {
+                Some(pb::command::Action::Start(start)) if parameters.get("fault").is_none() => {
+                    if let Some(fault) = &start.fault {
+                        parameters = serde_json::json!({
+                            "fault": describe::fault_fields(fault),
+                            "duration_ms": start.duration_ms,
+                            "lease_ms": start.lease_ms,
+                        });
+                    }
+                }
+                Some(pb::command::Action::Renew(renew)) if parameters.get("lease_ms").is_none() => {
+                    parameters = serde_json::json!({ "lease_ms": renew.lease_ms });
+                }
+                _ => {}
             }
             records.push(audit.store.record_command(&CommandRecord {
                 run: audit.run,

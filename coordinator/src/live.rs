@@ -201,6 +201,14 @@ impl Registry {
         link.close();
     }
 
+    /// Ends every stream (serve is stopping): each agent dials back in to a serve that runs.
+    pub fn close_all(&self) {
+        let links: Vec<Arc<Link>> = self.lock().values().cloned().collect();
+        for link in links {
+            link.close();
+        }
+    }
+
     /// Agents whose streams ended (or went silent) and have not come back, by id.
     pub fn departed(&self) -> Vec<Departed> {
         let now = now_unix_ms();

@@ -9,15 +9,19 @@ use anyhow::Context as _;
 use hyper_util::rt::TokioIo;
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsConnector;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 use troop_common::identity::COORDINATOR_NAME;
 use troop_proto::pb;
-use troop_proto::serve_pb::{self, operator_client::OperatorClient};
+use troop_proto::serve_pb::{self, operator_client::OperatorClient, run_control, run_update};
 
+use crate::campaign::runner::{Progress, RunReport};
 use crate::config::{AgentEntry, RemoteCoordinator};
 use crate::dispatch::{CONNECT_TIMEOUT, CallError, Delivery, code_name};
-use crate::wire;
+use crate::store::{RunDetail, RunSummary};
+use crate::wire::{self, run};
 
 /// Larger than a command: a whole fleet's statuses come back in one answer.
 const MAX_REPLY_BYTES: usize = 64 * 1024 * 1024;
@@ -120,13 +124,17 @@ impl Remote {
             .collect())
     }
 
-    /// Has serve record, sign and send `action` to each agent, as the run `what`.
+    /// Has serve record, sign and send `action` to each agent, as a new run `what`, or
+    /// as more of this operator's run `run`, which ends unless `keep_open`; returns the
+    /// run and what each agent got.
     pub async fn send(
         &self,
         what: &str,
         seed: u64,
+        run: Option<i64>,
+        keep_open: bool,
         work: Vec<(AgentEntry, pb::command::Action)>,
-    ) -> anyhow::Result<Vec<Delivery>> {
+    ) -> anyhow::Result<(i64, Vec<Delivery>)> {
         let mut client = self.client.clone();
         let commands = work
             .iter()
@@ -136,16 +144,18 @@ impl Remote {
                 ..Default::default()
             })
             .collect();
-        let deliveries = client
+        let reply = client
             .send(serve_pb::SendRequest {
                 what: what.to_string(),
                 commands,
                 seed,
+                run: run.unwrap_or(0),
+                keep_open,
             })
             .await
             .map_err(|status| self.refused(what, status))?
-            .into_inner()
-            .deliveries;
+            .into_inner();
+        let deliveries = reply.deliveries;
         if deliveries.len() != work.len() {
             anyhow::bail!(
                 "troop serve at {} answered {} of {} command(s)",
@@ -154,10 +164,93 @@ impl Remote {
                 work.len()
             );
         }
-        Ok(work
+        let deliveries = work
             .into_iter()
             .zip(deliveries)
             .map(|((agent, _), delivery)| wire::delivery_in(agent, delivery))
-            .collect())
+            .collect();
+        Ok((reply.run, deliveries))
+    }
+
+    /// Runs a campaign in serve, attached: its events go to `progress`; a reason on
+    /// `cancel` stops it there as Ctrl-C stops a local run.
+    pub async fn run_campaign(
+        &self,
+        file_name: &str,
+        campaign_toml: String,
+        dry_run: bool,
+        mut cancel: watch::Receiver<Option<String>>,
+        progress: Arc<dyn Progress>,
+    ) -> anyhow::Result<RunReport> {
+        let mut client = self.client.clone();
+        let (control, controls) = mpsc::channel(4);
+        let start = serve_pb::StartRun {
+            file_name: file_name.to_string(),
+            campaign_toml,
+            dry_run,
+        };
+        control
+            .send(serve_pb::RunControl {
+                body: Some(run_control::Body::Start(start)),
+            })
+            .await?;
+        let mut updates = client
+            .run_campaign(ReceiverStream::new(controls))
+            .await
+            .map_err(|status| self.refused("campaign run", status))?
+            .into_inner();
+        let mut cancel_sent = false;
+        loop {
+            let update = tokio::select! {
+                update = updates.message() => update,
+                Ok(()) = cancel.changed(), if !cancel_sent => {
+                    let reason = cancel.borrow().clone().unwrap_or_default();
+                    let body = Some(run_control::Body::Cancel(serve_pb::CancelRun { reason }));
+                    // If serve is gone already, the run's leases end its faults.
+                    let _ = control.send(serve_pb::RunControl { body }).await;
+                    cancel_sent = true;
+                    continue;
+                }
+            };
+            match update.map_err(|status| self.refused("campaign run", status))? {
+                Some(serve_pb::RunUpdate {
+                    body: Some(run_update::Body::Event(event)),
+                }) => {
+                    if let Some(event) = run::event_in(event) {
+                        progress.event(event);
+                    }
+                }
+                Some(serve_pb::RunUpdate {
+                    body: Some(run_update::Body::Outcome(outcome)),
+                }) => return Ok(run::report_in(outcome)),
+                Some(_) => {}
+                None => anyhow::bail!(
+                    "troop serve at {} ended the run's stream without its outcome; `troop campaign history` shows what it recorded",
+                    self.address
+                ),
+            }
+        }
+    }
+
+    /// The newest `limit` runs in serve's store.
+    pub async fn runs(&self, limit: u32) -> anyhow::Result<Vec<RunSummary>> {
+        let mut client = self.client.clone();
+        let records = client
+            .runs(serve_pb::RunsRequest { limit })
+            .await
+            .map_err(|status| self.refused("campaign history", status))?
+            .into_inner();
+        serde_json::from_str(&records.json).context("serve's run records")
+    }
+
+    /// One run in serve's store.
+    pub async fn run(&self, run: i64) -> anyhow::Result<RunDetail> {
+        let mut client = self.client.clone();
+        let records = client
+            .show_run(serve_pb::RunId { run })
+            .await
+            .map_err(|status| self.refused("campaign show", status))?
+            .into_inner();
+        serde_json::from_str(&records.json).context("serve's run record")
     }
 }

@@ -2,6 +2,7 @@
 //! operator API ([`operators`]), told apart by the certificate each caller proves.
 
 pub mod operators;
+mod runs;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use rusqlite::types::Type;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior, params};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// How long a writer waits for another process (a CLI beside `troop serve`) to release the file.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -260,7 +260,7 @@ pub struct CommandRecord {
 }
 
 /// One run, with counts of its commands by outcome.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunSummary {
     /// The run id.
     pub id: i64,
@@ -292,7 +292,7 @@ pub struct RunSummary {
 }
 
 /// One run with everything recorded for it, each list in the order it was recorded.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunDetail {
     /// The run itself.
     pub run: RunSummary,
@@ -305,7 +305,7 @@ pub struct RunDetail {
 }
 
 /// One recorded campaign step.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StepRow {
     /// The step id.
     pub id: i64,
@@ -320,7 +320,7 @@ pub struct StepRow {
 }
 
 /// One recorded command and, once answered, its outcome.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommandRow {
     /// The command record id.
     pub id: i64,
@@ -353,7 +353,7 @@ pub struct CommandRow {
 }
 
 /// One recorded probe result.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProbeRow {
     /// The probe result id.
     pub id: i64,
@@ -424,7 +424,7 @@ impl Store {
         })
     }
 
-    /// Records the start of a run, with status `running`, and returns its id.
+    /// Records the start of a run by `operator`, with status `running`, and returns its id.
     pub fn begin_run(
         &self,
         campaign: &str,
@@ -432,17 +432,19 @@ impl Store {
         seed: u64,
         dry_run: bool,
         started_at_ms: i64,
+        operator: &str,
     ) -> Result<i64, StoreError> {
         let conn = self.conn();
         conn.execute(
-            "INSERT INTO runs (campaign, file_sha256, seed, dry_run, started_at_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO runs (campaign, file_sha256, seed, dry_run, started_at_ms, operator)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![
                 campaign,
                 file_sha256,
                 seed.to_string(),
                 dry_run,
-                started_at_ms
+                started_at_ms,
+                operator
             ],
         )?;
         Ok(conn.last_insert_rowid())

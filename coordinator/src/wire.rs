@@ -1,6 +1,8 @@
 //! The operator API's messages to and from the dispatcher's own types, for both ends:
 //! `troop serve` answering, and a CLI with `[coordinator]` reading the answers.
 
+pub mod run;
+
 use troop_proto::serve_pb::{self, call_failure::Kind, delivery, status_reply};
 
 use crate::config::AgentEntry;

@@ -109,6 +109,7 @@ async fn a_run_holds_the_guardrail_reports_each_step_and_is_audited() {
         None,
         cancelled,
         collected.clone(),
+        "test",
     )
     .await
     .unwrap();
@@ -177,6 +178,7 @@ async fn a_cancelled_run_aborts_its_fault_at_once() {
         None,
         cancelled,
         collected.clone(),
+        "test",
     )
     .await
     .unwrap();
@@ -259,6 +261,7 @@ async fn an_https_probe_trusts_its_own_ca_and_says_when_the_ca_is_wrong() {
         None,
         cancelled.clone(),
         Arc::new(Collected::default()),
+        "test",
     )
     .await
     .unwrap();
@@ -280,6 +283,7 @@ async fn an_https_probe_trusts_its_own_ca_and_says_when_the_ca_is_wrong() {
         None,
         cancelled,
         Arc::new(Collected::default()),
+        "test",
     )
     .await
     .unwrap();

@@ -174,14 +174,14 @@ fn hosts_behind_a_firewall_are_attacked_through_serve() {
 
     // A disk fill through serve is measured by statvfs; a halt through serve reverts it.
     let disk = lab.hosts["nat-1"].disk.display().to_string();
-    let filled = troop_as(
+    let filling = troop_as(
         &lab,
         &alice,
         &[
             "attack", "disk", "--select", "zone=a", "--path", &disk, "--fill", "60", "--for", "5m",
         ],
     );
-    assert_eq!(filled.status.code(), Some(0), "{}", text(&filled));
+    assert_eq!(filling.status.code(), Some(0), "{}", text(&filling));
     assert!(used_percent(&lab, "nat-1") > 50.0);
     let halted = troop_as(&lab, &alice, &["halt", "--select", "zone=a"]);
     assert_eq!(halted.status.code(), Some(0), "{}", text(&halted));
@@ -355,12 +355,218 @@ fn a_scheduled_campaign_strikes_dial_in_and_direct_hosts_alike() {
         });
         assert!(gone, "{id} was not struck\nserve log:\n{}", serve_log(&lab));
     }
-    let (code, history) = lab.troop_json(&["campaign", "history"]);
-    assert_eq!(code, Some(0), "{history}");
+    // The victims die before the agents' receipts are recorded: wait for those.
+    let recorded = wait_for(Duration::from_secs(10), || {
+        let (_, history) = lab.troop_json(&["campaign", "history"]);
+        let run = &history["runs"][0];
+        run["campaign"] == "monkey" && run["applied"] == 2
+    });
+    assert!(recorded, "{}", lab.troop_json(&["campaign", "history"]).1);
+}
+
+fn signal(child: &Child, signal: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).unwrap();
+}
+
+/// `troop ...` as the operator `config`, in the background, its output in `log`.
+fn spawn_as(lab: &Lab, config: &Path, args: &[&str], log: &str) -> Child {
+    let log = std::fs::File::create(lab.dir().join(log)).unwrap();
+    lab.troop_command()
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+fn read_log(lab: &Lab, log: &str) -> String {
+    std::fs::read_to_string(lab.dir().join(log)).unwrap_or_default()
+}
+
+fn emptied(lab: &Lab, id: &str, within: Duration) -> bool {
+    wait_for(within, || used_percent(lab, id) < 10.0)
+}
+
+fn json_as(lab: &Lab, config: &Path, args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    all.extend(["--output", "json"]);
+    let output = troop_as(lab, config, &all);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[test]
+fn operators_run_campaigns_and_hold_leases_through_serve() {
+    let Some(mut lab) = Lab::networked("serve: campaigns and leases") else {
+        return;
+    };
+    let alice = lab.add_operator("alice", Some("operator"));
+    let bob = lab.add_operator("bob", Some("viewer"));
+    let serve = Serve(start_serve(&lab));
+    lab.start_dial_in_host("nat-1", &[("role", "web")], POLICY, victim());
+    lab.start_dial_in_host("nat-2", &[("role", "web")], POLICY, victim());
+    wait_attached(&lab, &alice, &["nat-1", "nat-2"]);
+    let disk = lab.hosts["nat-1"].disk.display().to_string();
+
+    // A campaign file on the operator's machine, run by serve: the kills happen, the
+    // progress and summary come back, the history in serve names alice.
+    let kill = lab.dir().join("kill-web.toml");
+    std::fs::write(
+        &kill,
+        "name = \"kill-web\"\n[guardrails]\nmax_concurrent = 2\nmin_healthy_percent = 0\n\
+         [[step]]\nselect = \"role=web\"\npick = \"all\"\n\
+         fault = { kind = \"kill\", name = \"sleep\" }\n",
+    )
+    .unwrap();
+    let kill = kill.display().to_string();
+    let dry = troop_as(&lab, &bob, &["campaign", "run", &kill, "--dry-run"]);
+    assert_eq!(dry.status.code(), Some(0), "{}", text(&dry));
+    assert!(text(&dry).contains("would fault nat-1"), "{}", text(&dry));
+    let refused = troop_as(&lab, &bob, &["campaign", "run", &kill]);
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    assert!(text(&refused).contains("needs the operator role"));
+    assert_eq!(lab.hosts["nat-1"].host.pids_named("sleep").len(), 1);
+    let ran = troop_as(&lab, &alice, &["campaign", "run", &kill]);
+    assert_eq!(ran.status.code(), Some(0), "{}", text(&ran));
+    assert!(
+        text(&ran).contains("kill-web\" completed"),
+        "{}",
+        text(&ran)
+    );
+    for id in ["nat-1", "nat-2"] {
+        let gone = wait_for(Duration::from_secs(5), || {
+            lab.hosts[id].host.pids_named("sleep").is_empty()
+        });
+        assert!(gone, "{id}'s victim is still running");
+    }
+    let history = json_as(&lab, &bob, &["campaign", "history"]);
     let run = &history["runs"][0];
     assert_eq!(
-        (&run["campaign"], &run["applied"]),
-        (&"monkey".into(), &2.into()),
+        (&run["campaign"], &run["operator"], &run["applied"]),
+        (&"kill-web".into(), &"alice".into(), &2.into()),
         "{history}"
     );
+    let shown = json_as(&lab, &bob, &["campaign", "show", &run["id"].to_string()]);
+    assert_eq!(shown["commands"].as_array().unwrap().len(), 2, "{shown}");
+    let missing = troop_as(&lab, &bob, &["campaign", "show", "999999"]);
+    assert!(
+        text(&missing).contains("there is no run 999999"),
+        "{}",
+        text(&missing)
+    );
+
+    // A long disk fill, cancelled by the operator's Ctrl-C, and by the operator's CLI
+    // dying: serve reverts it each time and records why.
+    let fill = lab.dir().join("fill.toml");
+    std::fs::write(
+        &fill,
+        format!(
+            "name = \"fill\"\n[guardrails]\nmax_concurrent = 2\nmin_healthy_percent = 0\n\
+             [[step]]\nselect = \"role=web\"\npick = {{ count = 1 }}\n\
+             fault = {{ kind = \"disk\", path = \"{disk}\", fill = 60 }}\nduration = \"5m\"\n"
+        ),
+    )
+    .unwrap();
+    let fill = fill.display().to_string();
+    for (how, says) in [
+        (nix::sys::signal::Signal::SIGINT, "cancelled by alice"),
+        (
+            nix::sys::signal::Signal::SIGKILL,
+            "alice's connection to serve ended",
+        ),
+    ] {
+        let mut cli = spawn_as(&lab, &alice, &["campaign", "run", &fill], "fill.log");
+        assert!(
+            filled_any(&lab),
+            "{}\n{}",
+            read_log(&lab, "fill.log"),
+            serve_log(&lab)
+        );
+        signal(&cli, how);
+        cli.wait().unwrap();
+        for id in ["nat-1", "nat-2"] {
+            assert!(
+                emptied(&lab, id, Duration::from_secs(10)),
+                "{how}: {id} still full\n{}",
+                serve_log(&lab)
+            );
+        }
+        let ended = wait_for(Duration::from_secs(10), || {
+            let history = json_as(&lab, &bob, &["campaign", "history"]);
+            history["runs"][0]["status"] == "aborted"
+                && history["runs"][0]["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains(says))
+        });
+        assert!(
+            ended,
+            "{how}: {}",
+            json_as(&lab, &bob, &["campaign", "history"])
+        );
+    }
+
+    // An attack held with --lease through serve: renewed past its lease, then Ctrl-C
+    // aborts it; renewals and the abort are recorded in the attack's own run.
+    let lease_args = [
+        "attack", "disk", "--select", "role=web", "--count", "1", "--path", &disk, "--fill", "60",
+        "--for", "5m", "--lease", "3s",
+    ];
+    let mut held = spawn_as(&lab, &alice, &lease_args, "lease.log");
+    assert!(filled_any(&lab), "{}", read_log(&lab, "lease.log"));
+    std::thread::sleep(Duration::from_secs(7));
+    assert!(
+        filled_any(&lab),
+        "renewals through serve keep it: {}",
+        read_log(&lab, "lease.log")
+    );
+    signal(&held, nix::sys::signal::Signal::SIGINT);
+    held.wait().unwrap();
+    for id in ["nat-1", "nat-2"] {
+        assert!(
+            emptied(&lab, id, Duration::from_secs(10)),
+            "{id} still full"
+        );
+    }
+    let history = json_as(&lab, &bob, &["campaign", "history"]);
+    let attack = &history["runs"][0];
+    assert_eq!(attack["campaign"], "attack disk", "{history}");
+    assert!(
+        attack["commands"].as_i64().unwrap() >= 3,
+        "start, renewals, abort in one run: {history}"
+    );
+
+    // Held again, and serve killed outright: the lease ends the fault on the agent.
+    let mut held = spawn_as(&lab, &alice, &lease_args, "lease-2.log");
+    assert!(filled_any(&lab), "{}", read_log(&lab, "lease-2.log"));
+    let mut serve = serve;
+    serve.0.kill().unwrap();
+    serve.0.wait().unwrap();
+    for id in ["nat-1", "nat-2"] {
+        assert!(
+            emptied(&lab, id, Duration::from_secs(10)),
+            "{id} still full after its lease"
+        );
+    }
+    let _ = held.kill();
+    let _ = held.wait();
+
+    // Restarted, then stopped with SIGTERM while agents are attached: serve exits.
+    let mut serve = Serve(start_serve(&lab));
+    wait_attached(&lab, &alice, &["nat-1", "nat-2"]);
+    signal(&serve.0, nix::sys::signal::Signal::SIGTERM);
+    let exited = wait_for(Duration::from_secs(15), || {
+        serve.0.try_wait().unwrap().is_some()
+    });
+    assert!(exited, "serve ignores SIGTERM\n{}", serve_log(&lab));
+}
+
+/// Waits until one of the web hosts' disks is filled.
+fn filled_any(lab: &Lab) -> bool {
+    wait_for(Duration::from_secs(15), || {
+        ["nat-1", "nat-2"]
+            .iter()
+            .any(|id| used_percent(lab, id) > 50.0)
+    })
 }

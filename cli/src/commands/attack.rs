@@ -12,7 +12,7 @@ use troop_proto::freshness::DEFAULT_VALIDITY;
 use troop_proto::pb;
 
 use super::context::Context;
-use super::lease;
+use super::lease::{self, Sender};
 use crate::outcome::Outcome;
 use crate::report::{self, Delivery};
 use troop_coordinator::audit::{AdhocRun, Audit, send_recorded};
@@ -87,11 +87,6 @@ pub async fn run(context: &Context, command: AttackCommand) -> anyhow::Result<Ou
     });
     let what = format!("attack {}", command.kind());
     if let Some(remote) = &context.fleet.remote {
-        if lease.is_some() {
-            anyhow::bail!(
-                "--lease does not go through troop serve yet; attack with --for, or from the serve host"
-            );
-        }
         let (targets, picked) = pick_targets(context, targeting)?;
         if targeting.dry_run {
             let signer = format!("troop serve at {}", remote.address);
@@ -108,12 +103,17 @@ pub async fn run(context: &Context, command: AttackCommand) -> anyhow::Result<Ou
             .iter()
             .map(|agent| (agent.clone(), action.clone()))
             .collect();
-        let deliveries = remote.send(&what, picked.seed, work).await?;
-        return Ok(report::print_attack(
-            context.output,
-            &deliveries,
-            Some(&picked),
-        ));
+        let (run, deliveries) = remote
+            .send(&what, picked.seed, None, lease.is_some(), work)
+            .await?;
+        let outcome = report::print_attack(context.output, &deliveries, Some(&picked));
+        return Ok(match lease {
+            Some(lease) => {
+                let sender = Sender::Serve { remote, run };
+                outcome.and(lease::hold(context, sender, &deliveries, lease).await?)
+            }
+            None => outcome,
+        });
     }
     // Loaded for the dry run too, so it fails exactly where the real run would.
     let signer = context.fleet.signer()?;
@@ -139,7 +139,11 @@ pub async fn run(context: &Context, command: AttackCommand) -> anyhow::Result<Ou
     let outcome = report::print_attack(context.output, &deliveries, Some(&picked));
     let outcome = match lease {
         Some(lease) => {
-            outcome.and(lease::hold(context, &signer, run.audit(), &deliveries, lease).await?)
+            let sender = Sender::Signed {
+                signer: &signer,
+                audit: run.audit(),
+            };
+            outcome.and(lease::hold(context, sender, &deliveries, lease).await?)
         }
         None => outcome,
     };
@@ -210,7 +214,7 @@ pub async fn send(
             .iter()
             .map(|agent| (agent.clone(), action.clone()))
             .collect();
-        return remote.send(what, 0, work).await;
+        return Ok(remote.send(what, 0, None, false, work).await?.1);
     }
     let signer = context.fleet.signer()?;
     let run = AdhocRun::begin(&context.fleet, what, 0)

@@ -10,6 +10,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use serde_json::json;
 use tokio::sync::watch;
+use troop_coordinator::audit::local_operator;
 use troop_coordinator::campaign::runner::{
     Progress, RunEvent, RunReport, Silent, group_of, run_campaign, start_action,
 };
@@ -243,7 +244,8 @@ fn warn_ungrouped(context: &Context, campaign: &Campaign, say: &dyn Fn(String)) 
     }
 }
 
-/// `troop campaign run`: attached, with progress; Ctrl-C aborts and reverts.
+/// `troop campaign run`: attached, with progress; Ctrl-C aborts and reverts. With
+/// `[coordinator]` serve runs it (its probes too) and this shows the same progress.
 pub async fn run(context: &Context, path: &Path, dry_run: bool) -> anyhow::Result<Outcome> {
     let campaign = Campaign::load(path)?;
     // Run by hand it runs now, but the operator should know what serve would not do.
@@ -265,15 +267,28 @@ pub async fn run(context: &Context, path: &Path, dry_run: bool) -> anyhow::Resul
             let _ = cancel.send(Some("interrupted (Ctrl-C)".into()));
         }
     });
-    let report = run_campaign(
-        &context.fleet,
-        &campaign,
-        dry_run,
-        None,
-        cancelled,
-        progress(context.output),
-    )
-    .await?;
+    let report = match &context.fleet.remote {
+        Some(remote) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            remote
+                .run_campaign(&name, text, dry_run, cancelled, progress(context.output))
+                .await?
+        }
+        None => {
+            run_campaign(
+                &context.fleet,
+                &campaign,
+                dry_run,
+                None,
+                cancelled,
+                progress(context.output),
+                &local_operator(),
+            )
+            .await?
+        }
+    };
     summary(context.output, &campaign, &report);
     Ok(Outcome::from_all_ok(
         report.status == "completed" && report.not_applied == 0,
@@ -374,9 +389,13 @@ fn summary(output: Output, campaign: &Campaign, report: &RunReport) {
     }
 }
 
-pub fn history(context: &Context) -> anyhow::Result<Outcome> {
-    let store = Store::open(&context.fleet.config.store_url)?;
-    let runs = store.runs(50)?;
+/// The newest runs in the store, or in serve's with `[coordinator]`.
+pub async fn history(context: &Context) -> anyhow::Result<Outcome> {
+    const SHOWN: u32 = 50;
+    let runs = match &context.fleet.remote {
+        Some(remote) => remote.runs(SHOWN).await?,
+        None => Store::open(&context.fleet.config.store_url)?.runs(SHOWN as usize)?,
+    };
     match context.output {
         Output::Json => println!("{}", json!({ "runs": runs })),
         Output::Table => {
@@ -409,9 +428,11 @@ pub fn history(context: &Context) -> anyhow::Result<Outcome> {
     Ok(Outcome::Success)
 }
 
-pub fn show(context: &Context, run: i64) -> anyhow::Result<Outcome> {
-    let store = Store::open(&context.fleet.config.store_url)?;
-    let detail = store.run(run)?;
+pub async fn show(context: &Context, run: i64) -> anyhow::Result<Outcome> {
+    let detail = match &context.fleet.remote {
+        Some(remote) => remote.run(run).await?,
+        None => Store::open(&context.fleet.config.store_url)?.run(run)?,
+    };
     match context.output {
         Output::Json => {
             // Parameters are stored as JSON text: shown as fields, not as a string.

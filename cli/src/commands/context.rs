@@ -27,15 +27,4 @@ impl Context {
         context.fleet.refresh().await?;
         Ok(context)
     }
-
-    /// Refuses what does not go through `troop serve` yet, on an operator's machine.
-    pub fn direct_only(&self, what: &str) -> anyhow::Result<()> {
-        if let Some(remote) = &self.fleet.remote {
-            anyhow::bail!(
-                "{what} does not go through troop serve yet (this config has [coordinator] {}); run it on the serve host",
-                remote.address
-            );
-        }
-        Ok(())
-    }
 }

@@ -19,6 +19,7 @@ use anyhow::{Context as _, bail};
 use rand::Rng;
 use serde_json::{Value, json};
 use troop_common::observe;
+use troop_coordinator::audit::local_operator;
 use troop_coordinator::campaign::Campaign;
 use troop_coordinator::campaign::runner::{Silent, run_campaign};
 use troop_coordinator::signer::Signer;
@@ -146,6 +147,7 @@ pub async fn run(args: DemoArgs, output: Output) -> anyhow::Result<Outcome> {
         None,
         cancelled,
         Arc::new(Silent),
+        &local_operator(),
     )
     .await?;
     let peaks = sampler.stop();

@@ -9,6 +9,7 @@ use crate::cli::Output;
 use anyhow::Context as _;
 use troop_coordinator::config::AgentEntry;
 use troop_coordinator::dispatch::CallError;
+use troop_coordinator::remote::Remote;
 use troop_coordinator::signer::{Signer, now_unix_ms};
 use troop_proto::pb;
 
@@ -24,10 +25,80 @@ struct Held {
     ends_at_unix_ms: i64,
 }
 
+/// Who signs and sends the renewals and aborts, recorded in the attack's own run: this
+/// CLI with its key, or serve (with `[coordinator]`).
+pub enum Sender<'a> {
+    Signed {
+        signer: &'a Signer,
+        audit: Audit<'a>,
+    },
+    Serve {
+        remote: &'a Remote,
+        run: i64,
+    },
+}
+
+type Work = Vec<(AgentEntry, pb::command::Action)>;
+
+impl Sender<'_> {
+    /// A renewal that cannot be recorded is not sent: the agents then end the faults.
+    async fn renew(&self, context: &Context, work: Work) -> anyhow::Result<Vec<Delivery>> {
+        match self {
+            Sender::Signed { signer, audit } => {
+                Ok(send_recorded(&context.fleet, signer, Some(*audit), work, &json!({})).await?)
+            }
+            Sender::Serve { remote, run } => Ok(remote
+                .send("renew leases", 0, Some(*run), true, work)
+                .await?
+                .1),
+        }
+    }
+
+    /// Aborts go out even when they cannot be recorded.
+    async fn abort(
+        &self,
+        context: &Context,
+        work: Work,
+        progress: &dyn Fn(String),
+    ) -> anyhow::Result<Vec<Delivery>> {
+        match self {
+            Sender::Signed { signer, audit } => {
+                let recorded = send_recorded(
+                    &context.fleet,
+                    signer,
+                    Some(*audit),
+                    work.clone(),
+                    &json!({}),
+                )
+                .await;
+                match recorded {
+                    Ok(aborted) => Ok(aborted),
+                    Err(error) => {
+                        progress(format!("audit store: {error}; aborting unrecorded"));
+                        Ok(send_recorded(&context.fleet, signer, None, work, &json!({})).await?)
+                    }
+                }
+            }
+            Sender::Serve { remote, run } => {
+                Ok(remote.send("abort", 0, Some(*run), false, work).await?.1)
+            }
+        }
+    }
+
+    /// Ends serve's run of a hold that ended by itself; a local run ends with the attack.
+    async fn finish(&self) -> anyhow::Result<()> {
+        if let Sender::Serve { remote, run } = self {
+            remote
+                .send("end hold", 0, Some(*run), false, Vec::new())
+                .await?;
+        }
+        Ok(())
+    }
+}
+
 pub async fn hold(
     context: &Context,
-    signer: &Signer,
-    audit: Audit<'_>,
+    sender: Sender<'_>,
     deliveries: &[Delivery],
     lease: Duration,
 ) -> anyhow::Result<Outcome> {
@@ -64,21 +135,14 @@ pub async fn hold(
         tokio::select! {
             _ = interrupt.recv() => {
                 progress("Ctrl-C: aborting".into());
-                let work: Vec<(AgentEntry, pb::command::Action)> = held
+                let work: Work = held
                     .iter()
                     .map(|h| {
                         let abort = pb::AbortFault { fault_id: h.fault_id.clone() };
                         (h.agent.clone(), pb::command::Action::Abort(abort))
                     })
                     .collect();
-                // Aborts go out even when they cannot be recorded.
-                let aborted = match send_recorded(&context.fleet, signer, Some(audit), work.clone(), &json!({})).await {
-                    Ok(aborted) => aborted,
-                    Err(error) => {
-                        progress(format!("audit store: {error}; aborting unrecorded"));
-                        send_recorded(&context.fleet, signer, None, work, &json!({})).await?
-                    }
-                };
+                let aborted = sender.abort(context, work, &progress).await?;
                 for delivery in &aborted {
                     let outcome = match &delivery.result {
                         Ok(receipt) => receipt.summary.clone(),
@@ -108,13 +172,10 @@ pub async fn hold(
                         (h.agent.clone(), pb::command::Action::Renew(renew))
                     })
                     .collect();
-                // An unrecorded renewal is not sent: the agents then end the faults.
-                let renewed = send_recorded(&context.fleet, signer, Some(audit), work, &json!({ "lease_ms": lease_ms }))
-                    .await
-                    .unwrap_or_else(|error| {
-                        progress(format!("audit store: {error}; renewals not sent"));
-                        Vec::new()
-                    });
+                let renewed = sender.renew(context, work).await.unwrap_or_else(|error| {
+                    progress(format!("{error:#}; renewals not sent"));
+                    Vec::new()
+                });
                 let mut line = Vec::new();
                 for delivery in renewed {
                     match &delivery.result {
@@ -133,5 +194,6 @@ pub async fn hold(
         }
     }
     progress("every fault ended".into());
+    sender.finish().await?;
     Ok(Outcome::Success)
 }

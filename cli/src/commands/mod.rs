@@ -38,19 +38,16 @@ pub async fn run_campaign_command(
             campaign::plan(context.as_ref(), &file, days, output)
         }
         CampaignCommand::Run { file, dry_run } => {
-            let context = Context::load(config, output)?;
-            context.direct_only("campaign run")?;
+            let context = Context::connect(config, output).await?;
             campaign::run(&context, &file, dry_run).await
         }
         CampaignCommand::History => {
             let context = Context::load(config, output)?;
-            context.direct_only("campaign history")?;
-            campaign::history(&context)
+            campaign::history(&context).await
         }
         CampaignCommand::Show { run } => {
             let context = Context::load(config, output)?;
-            context.direct_only("campaign show")?;
-            campaign::show(&context, run)
+            campaign::show(&context, run).await
         }
     }
 }

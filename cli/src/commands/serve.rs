@@ -13,6 +13,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
 use troop_common::identity::FleetVerifier;
 use troop_coordinator::campaign::runner::{Progress, RunEvent, run_campaign};
 use troop_coordinator::campaign::scheduler;
@@ -25,6 +26,9 @@ use troop_coordinator::store::Store;
 use super::context::Context;
 use crate::outcome::Outcome;
 
+/// Who the history says started a scheduled run.
+const SCHEDULE_OPERATOR: &str = "troop serve (schedule)";
+
 /// `GET /healthz`: `ok` while serve runs; anything else 404 (axum's router).
 async fn health(listener: tokio::net::TcpListener) {
     let routes = axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok\n" }));
@@ -34,7 +38,13 @@ async fn health(listener: tokio::net::TcpListener) {
 }
 
 pub async fn run(context: Context) -> anyhow::Result<Outcome> {
-    context.direct_only("troop serve")?;
+    if let Some(remote) = &context.fleet.remote {
+        anyhow::bail!(
+            "config {}: [coordinator] {} makes this an operator's config; troop serve runs with [signing] and [tls] instead",
+            context.fleet.config.path.display(),
+            remote.address
+        );
+    }
     let config = &context.fleet.config;
     let shown = config.path.display();
     let store = Arc::new(Store::open(&config.store_url).context("audit store")?);
@@ -62,11 +72,12 @@ pub async fn run(context: Context) -> anyhow::Result<Outcome> {
         .await
         .with_context(|| format!("cannot listen on {health_listen} ([serve] health_listen)"))?;
     let (stop_grpc, grpc_stopped) = watch::channel(false);
+    let operator_runs = TaskTracker::new();
     let grpc = tokio::spawn(grpc_serve::serve(
         listener,
         server_tls,
         Streams {
-            registry,
+            registry: registry.clone(),
             verifier: verifier.clone(),
             store: store.clone(),
         },
@@ -75,6 +86,8 @@ pub async fn run(context: Context) -> anyhow::Result<Outcome> {
             store: store.clone(),
             signer,
             verifier,
+            stopping: grpc_stopped.clone(),
+            runs: operator_runs.clone(),
         },
         async move {
             let mut stopped = grpc_stopped;
@@ -87,7 +100,11 @@ pub async fn run(context: Context) -> anyhow::Result<Outcome> {
         tracing::warn!(%error, "cannot notify systemd of readiness");
     }
     let outcome = schedule(&fleet, &store).await;
+    // Operators' runs are cancelled and revert over the agents' streams, then those end.
     let _ = stop_grpc.send(true);
+    operator_runs.close();
+    operator_runs.wait().await;
+    registry.close_all();
     if let Ok(Err(error)) = grpc.await {
         tracing::error!(error = %troop_telemetry::error_chain(&error), "gRPC listener failed");
     }
@@ -154,6 +171,7 @@ async fn schedule(fleet: &Fleet, store: &Store) -> anyhow::Result<Outcome> {
             Some(&groups),
             cancelled.clone(),
             Arc::new(Logged),
+            SCHEDULE_OPERATOR,
         );
         tokio::pin!(run);
         let report = tokio::select! {
@@ -169,7 +187,7 @@ async fn schedule(fleet: &Fleet, store: &Store) -> anyhow::Result<Outcome> {
         };
         match report {
             Ok(report) => {
-                tracing::info!(campaign = %campaign.name, status = report.status, reason = %report.reason, "run ended")
+                tracing::info!(campaign = %campaign.name, status = %report.status, reason = %report.reason, "run ended")
             }
             Err(error) => {
                 tracing::error!(campaign = %campaign.name, error = %format!("{error:#}"), "run failed")

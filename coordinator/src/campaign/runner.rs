@@ -52,7 +52,7 @@ pub enum RunEvent {
     },
     NotApplied {
         agent: String,
-        outcome: &'static str,
+        outcome: String,
         error: String,
     },
     /// A probe failed `failed` times in a row; at `of` the run stops.
@@ -93,9 +93,10 @@ impl Progress for Silent {
 pub type StopReason = Option<String>;
 
 /// How a run ended, for the summary and the exit code.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunReport {
     pub run_id: Option<i64>,
-    pub status: &'static str,
+    pub status: String,
     pub reason: String,
     pub sent: usize,
     pub applied: usize,
@@ -207,7 +208,8 @@ fn watch_probes(
 }
 
 /// One run of a campaign. `strike_groups` (from the scheduler) limits which groups may
-/// be hit; `cancel` stops it from outside (Ctrl-C, SIGTERM of `serve`).
+/// be hit; `cancel` stops it from outside (Ctrl-C, SIGTERM of `serve`, an operator who
+/// went away); `operator` is who started it, as the history names them.
 pub async fn run_campaign(
     fleet: &Fleet,
     campaign: &Campaign,
@@ -215,10 +217,11 @@ pub async fn run_campaign(
     strike_groups: Option<&BTreeSet<String>>,
     mut cancel: watch::Receiver<StopReason>,
     progress: Arc<dyn Progress>,
+    operator: &str,
 ) -> anyhow::Result<RunReport> {
     let mut report = RunReport {
         run_id: None,
-        status: "completed",
+        status: "completed".into(),
         reason: String::new(),
         sent: 0,
         applied: 0,
@@ -242,6 +245,7 @@ pub async fn run_campaign(
             seed,
             dry_run,
             now_unix_ms(),
+            operator,
         )?),
         None => None,
     };
@@ -253,10 +257,10 @@ pub async fn run_campaign(
     });
     // No chaos on a service that is already sick; the refusal is part of the record.
     if let Err(reason) = steady_state(&campaign.probes).await {
-        report.status = "refused";
+        report.status = "refused".into();
         report.reason = reason;
         if let (Some(store), Some(run)) = (&store, run) {
-            store.finish_run(run, report.status, &report.reason, now_unix_ms())?;
+            store.finish_run(run, &report.status, &report.reason, now_unix_ms())?;
         }
         return Ok(report);
     }
@@ -373,7 +377,7 @@ pub async fn run_campaign(
                         report.not_applied += 1;
                         progress.event(RunEvent::NotApplied {
                             agent: agent.id.clone(),
-                            outcome: word,
+                            outcome: word.to_string(),
                             error: error.to_string(),
                         });
                     }
@@ -412,7 +416,7 @@ pub async fn run_campaign(
     if let Err(reason) = outcome {
         let to_revert = held.take_all();
         report.reverted_early = to_revert.len();
-        report.status = "aborted";
+        report.status = "aborted".into();
         report.reason = reason;
         progress.event(RunEvent::Aborting {
             reason: report.reason.clone(),
@@ -452,7 +456,7 @@ pub async fn run_campaign(
         }
     }
     if let (Some(store), Some(run)) = (&store, run) {
-        store.finish_run(run, report.status, &report.reason, now_unix_ms())?;
+        store.finish_run(run, &report.status, &report.reason, now_unix_ms())?;
     }
     let _ = stop;
     Ok(report)

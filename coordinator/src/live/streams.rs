@@ -193,7 +193,7 @@ async fn read(
                     break format!("no heartbeat for {}s", SILENT_AFTER.as_secs());
                 }
             }
-            () = super::wait_closed(&mut closed) => break "replaced by a newer stream".to_string(),
+            () = super::wait_closed(&mut closed) => break "closed by serve (a newer stream, or serve stopping)".to_string(),
         }
     };
     tracing::warn!(agent = %link.id, address = %link.address, %reason, "agent stream ended");

@@ -5,7 +5,9 @@
 
 use std::sync::Arc;
 
-use tonic::{Request, Response, Status};
+use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
+use tonic::{Request, Response, Status, Streaming};
 use troop_common::identity::{FleetVerifier, Identity};
 use troop_common::listener::PeerInfo;
 use troop_proto::serve_pb::operator_server::Operator;
@@ -16,8 +18,10 @@ use crate::config::{AgentEntry, Role};
 use crate::fleet::Fleet;
 use crate::live::streams::caller;
 use crate::signer::{Signer, now_unix_ms};
-use crate::store::{AccessRecord, Store};
+use crate::store::{AccessRecord, Store, StoreError};
 use crate::wire;
+
+use super::runs;
 
 /// Commands one Send may carry.
 const MAX_COMMANDS: usize = 10_000;
@@ -27,17 +31,20 @@ pub struct Operators {
     pub store: Arc<Store>,
     pub signer: Arc<Signer>,
     pub verifier: Arc<FleetVerifier>,
+    /// Turns true when serve stops: campaigns operators run are then cancelled.
+    pub stopping: watch::Receiver<bool>,
+    /// Those runs, which serve waits for (they revert) before it closes agents' streams.
+    pub runs: TaskTracker,
 }
 
 impl Operators {
     /// Who called and whether their role allows `call`; recorded either way.
-    fn authorize<T>(
+    pub(super) fn authorize(
         &self,
-        request: &Request<T>,
+        peer: Option<&PeerInfo>,
         call: &str,
         needs: Role,
     ) -> Result<String, Status> {
-        let peer = request.extensions().get::<PeerInfo>();
         let (who, verdict) = match caller(&self.verifier, peer) {
             Err(status) => {
                 let address = peer
@@ -102,9 +109,31 @@ impl Operators {
         }
     }
 
+    /// An earlier run of this operator's, to record more of its commands in.
+    fn own_run(&self, run: i64, operator: &str) -> Result<AdhocRun, Status> {
+        let summary = match self.store.run(run) {
+            Ok(detail) => detail.run,
+            Err(StoreError::NotFound { .. }) => {
+                return Err(Status::not_found(format!("there is no run {run}")));
+            }
+            Err(error) => return Err(nothing_sent(error)),
+        };
+        if summary.operator != operator {
+            return Err(Status::permission_denied(format!(
+                "run {run} was begun by {:?}, not by {operator:?}",
+                summary.operator
+            )));
+        }
+        Ok(AdhocRun::resume_in(self.store.clone(), run))
+    }
+
     fn known(&self, id: &str) -> Option<AgentEntry> {
         self.fleet.agents().into_iter().find(|agent| agent.id == id)
     }
+}
+
+fn peer<T>(request: &Request<T>) -> Option<&PeerInfo> {
+    request.extensions().get::<PeerInfo>()
 }
 
 fn unknown(id: &str) -> serve_pb::CallFailure {
@@ -123,7 +152,7 @@ impl Operator for Operators {
         &self,
         request: Request<serve_pb::ListAgentsRequest>,
     ) -> Result<Response<serve_pb::AgentList>, Status> {
-        self.authorize(&request, "list agents", Role::Viewer)?;
+        self.authorize(peer(&request), "list agents", Role::Viewer)?;
         let mut agents: Vec<serve_pb::LiveAgent> = self
             .fleet
             .agents()
@@ -167,7 +196,7 @@ impl Operator for Operators {
         &self,
         request: Request<serve_pb::AgentIds>,
     ) -> Result<Response<serve_pb::StatusList>, Status> {
-        self.authorize(&request, "status", Role::Viewer)?;
+        self.authorize(peer(&request), "status", Role::Viewer)?;
         let ids = request.into_inner().agent_ids;
         let (known, unknown_ids): (Vec<_>, Vec<_>) = ids
             .iter()
@@ -196,7 +225,7 @@ impl Operator for Operators {
         &self,
         request: Request<serve_pb::SendRequest>,
     ) -> Result<Response<serve_pb::SendReply>, Status> {
-        let operator = self.authorize(&request, "send commands", Role::Operator)?;
+        let operator = self.authorize(peer(&request), "send commands", Role::Operator)?;
         let send = request.into_inner();
         if send.commands.len() > MAX_COMMANDS {
             return Err(Status::invalid_argument(format!(
@@ -227,8 +256,11 @@ impl Operator for Operators {
                 }
             }
         }
-        let run = AdhocRun::begin_in(self.store.clone(), &what, send.seed, &operator)
-            .map_err(|error| Status::unavailable(format!("audit store: {error}; nothing sent")))?;
+        let run = match send.run {
+            0 => AdhocRun::begin_in(self.store.clone(), &what, send.seed, &operator)
+                .map_err(nothing_sent)?,
+            run => self.own_run(run, &operator)?,
+        };
         let deliveries = send_recorded(
             &self.fleet,
             &self.signer,
@@ -237,8 +269,10 @@ impl Operator for Operators {
             &serde_json::json!({}),
         )
         .await
-        .map_err(|error| Status::unavailable(format!("audit store: {error}; nothing sent")))?;
-        run.finish(&deliveries);
+        .map_err(nothing_sent)?;
+        if !send.keep_open {
+            run.finish(&deliveries);
+        }
         let deliveries = slots
             .into_iter()
             .map(|slot| match slot {
@@ -250,6 +284,57 @@ impl Operator for Operators {
                 },
             })
             .collect();
-        Ok(Response::new(serve_pb::SendReply { deliveries }))
+        Ok(Response::new(serve_pb::SendReply {
+            deliveries,
+            run: run.id(),
+        }))
     }
+
+    type RunCampaignStream = runs::Updates;
+
+    async fn run_campaign(
+        &self,
+        request: Request<Streaming<serve_pb::RunControl>>,
+    ) -> Result<Response<Self::RunCampaignStream>, Status> {
+        runs::run(self, request).await.map(Response::new)
+    }
+
+    async fn runs(
+        &self,
+        request: Request<serve_pb::RunsRequest>,
+    ) -> Result<Response<serve_pb::RunRecords>, Status> {
+        self.authorize(peer(&request), "campaign history", Role::Viewer)?;
+        let limit = request.into_inner().limit.clamp(1, 1000) as usize;
+        let runs = self.store.runs(limit).map_err(store_failed)?;
+        records(&runs)
+    }
+
+    async fn show_run(
+        &self,
+        request: Request<serve_pb::RunId>,
+    ) -> Result<Response<serve_pb::RunRecords>, Status> {
+        self.authorize(peer(&request), "campaign show", Role::Viewer)?;
+        let run = request.into_inner().run;
+        match self.store.run(run) {
+            Ok(detail) => records(&detail),
+            Err(StoreError::NotFound { .. }) => {
+                Err(Status::not_found(format!("there is no run {run}")))
+            }
+            Err(error) => Err(store_failed(error)),
+        }
+    }
+}
+
+fn nothing_sent(error: StoreError) -> Status {
+    Status::unavailable(format!("audit store: {error}; nothing sent"))
+}
+
+fn store_failed(error: StoreError) -> Status {
+    Status::unavailable(format!("audit store: {error}"))
+}
+
+fn records<T: serde::Serialize>(value: &T) -> Result<Response<serve_pb::RunRecords>, Status> {
+    let json = serde_json::to_string(value)
+        .map_err(|error| Status::internal(format!("cannot encode the records: {error}")))?;
+    Ok(Response::new(serve_pb::RunRecords { json }))
 }

@@ -113,7 +113,9 @@ fn reopen_keeps_data_and_does_not_rerun_migrations() {
     let path = dir.path().join("troop.db");
     let run = {
         let store = Store::open(&url(&path)).unwrap();
-        store.begin_run("nightly", "f00d", 7, false, 100).unwrap()
+        store
+            .begin_run("nightly", "f00d", 7, false, 100, "ops")
+            .unwrap()
     };
     let store = Store::open(&url(&path)).unwrap();
     let runs = store.runs(10).unwrap();
@@ -127,7 +129,9 @@ fn reopen_keeps_data_and_does_not_rerun_migrations() {
 #[test]
 fn full_run_round_trip() {
     let store = memory();
-    let run = store.begin_run("nightly", "f00d", 42, true, 100).unwrap();
+    let run = store
+        .begin_run("nightly", "f00d", 42, true, 100, "ops")
+        .unwrap();
     let step0 = store.record_step(run, 0, "stress web", 110).unwrap();
     let step1 = store.record_step(run, 1, "partition db", 120).unwrap();
 
@@ -162,7 +166,7 @@ fn full_run_round_trip() {
             seed: 42,
             started_at_ms: 100,
             finished_at_ms: Some(400),
-            operator: String::new(),
+            operator: "ops".into(),
             commands: 3,
             applied: 1,
             refused: 1,
@@ -244,8 +248,8 @@ fn full_run_round_trip() {
 #[test]
 fn counts_commands_by_outcome() {
     let store = memory();
-    let run = store.begin_run("c", "f", 1, false, 0).unwrap();
-    let other = store.begin_run("c", "f", 2, false, 1).unwrap();
+    let run = store.begin_run("c", "f", 1, false, 0, "ops").unwrap();
+    let other = store.begin_run("c", "f", 2, false, 1, "ops").unwrap();
     let outcomes = [
         "applied",
         "applied",
@@ -277,7 +281,7 @@ fn counts_commands_by_outcome() {
 #[test]
 fn run_without_commands_has_zero_counts() {
     let store = memory();
-    let run = store.begin_run("c", "f", 1, false, 0).unwrap();
+    let run = store.begin_run("c", "f", 1, false, 0, "ops").unwrap();
     let detail = store.run(run).unwrap();
     assert_eq!(
         (
@@ -294,7 +298,7 @@ fn run_without_commands_has_zero_counts() {
 fn seeds_round_trip_exactly() {
     let store = memory();
     for seed in [0, 1, i64::MAX as u64, i64::MAX as u64 + 1, u64::MAX] {
-        let run = store.begin_run("c", "f", seed, false, 0).unwrap();
+        let run = store.begin_run("c", "f", seed, false, 0, "ops").unwrap();
         assert_eq!(store.run(run).unwrap().run.seed, seed);
     }
     let json = serde_json::to_string(&store.runs(1).unwrap()[0]).unwrap();
@@ -331,9 +335,9 @@ fn unfinished_runs_are_listed_until_finished() {
     let path = dir.path().join("troop.db");
     let (a, b, c) = {
         let store = Store::open(&url(&path)).unwrap();
-        let a = store.begin_run("a", "f", 1, false, 10).unwrap();
-        let b = store.begin_run("b", "f", 2, false, 20).unwrap();
-        let c = store.begin_run("c", "f", 3, false, 30).unwrap();
+        let a = store.begin_run("a", "f", 1, false, 10, "ops").unwrap();
+        let b = store.begin_run("b", "f", 2, false, 20, "ops").unwrap();
+        let c = store.begin_run("c", "f", 3, false, 30, "ops").unwrap();
         store.finish_run(b, "completed", "", 25).unwrap();
         let id = store.record_command(&command(c, None, 1)).unwrap();
         store
@@ -444,8 +448,8 @@ fn a_newer_schema_is_refused() {
 #[test]
 fn failed_writes_return_errors() {
     let store = memory();
-    let run = store.begin_run("c", "f", 1, false, 0).unwrap();
-    let other = store.begin_run("c", "f", 1, false, 0).unwrap();
+    let run = store.begin_run("c", "f", 1, false, 0, "ops").unwrap();
+    let other = store.begin_run("c", "f", 1, false, 0, "ops").unwrap();
     let other_step = store.record_step(other, 0, "x", 0).unwrap();
 
     assert!(matches!(
@@ -547,7 +551,7 @@ fn two_processes_share_the_file() {
     let path = dir.path().join("troop.db");
     let serve = Store::open(&url(&path)).unwrap();
     let cli = Store::open(&url(&path)).unwrap();
-    let run = serve.begin_run("nightly", "f", 1, false, 0).unwrap();
+    let run = serve.begin_run("nightly", "f", 1, false, 0, "ops").unwrap();
     serve.record_command(&command(run, None, 1)).unwrap();
     assert_eq!(cli.unfinished_runs().unwrap()[0].commands, 1);
     // An abort from the CLI stops `serve` from recording, hence sending, anything more.
@@ -561,7 +565,7 @@ fn two_processes_share_the_file() {
 #[test]
 fn threads_share_one_store() {
     let store = Arc::new(memory());
-    let run = store.begin_run("c", "f", 1, false, 0).unwrap();
+    let run = store.begin_run("c", "f", 1, false, 0, "ops").unwrap();
     let handles: Vec<_> = (0..4)
         .map(|t| {
             let store = Arc::clone(&store);
@@ -594,13 +598,13 @@ fn a_poisoned_lock_does_not_break_the_store() {
     })
     .join();
     assert!(result.is_err());
-    store.begin_run("c", "f", 1, false, 0).unwrap();
+    store.begin_run("c", "f", 1, false, 0, "ops").unwrap();
 }
 
 #[test]
 fn detail_serializes_to_json() {
     let store = memory();
-    let run = store.begin_run("c", "f", 1, false, 0).unwrap();
+    let run = store.begin_run("c", "f", 1, false, 0, "ops").unwrap();
     let mut not_json = command(run, None, 3);
     not_json.parameters = "CpuStress { cores: 3 }".into(); // recorded all the same
     store.record_command(&not_json).unwrap();

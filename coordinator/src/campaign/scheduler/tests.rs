@@ -97,7 +97,7 @@ fn after_a_restart_the_next_firing_follows_the_last_run_not_the_start() {
 fn a_run_left_unfinished_by_a_stopped_serve_is_closed_as_failed() {
     let store = Store::open("sqlite://:memory:").unwrap();
     let run = store
-        .begin_run("monkey", "sha", 1, false, now_unix_ms())
+        .begin_run("monkey", "sha", 1, false, now_unix_ms(), "ops")
         .unwrap();
     close_stale_runs(&store).unwrap();
     assert!(store.unfinished_runs().unwrap().is_empty());
