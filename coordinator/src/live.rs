@@ -3,6 +3,7 @@
 //! comes back by request id. An agent whose heartbeats stop is dropped, so it is shown
 //! unreachable and never picked; a second stream for an id replaces the first.
 
+pub mod flood;
 pub mod streams;
 
 use std::collections::{BTreeMap, HashMap};

@@ -80,6 +80,7 @@ pub async fn run(context: Context) -> anyhow::Result<Outcome> {
             registry: registry.clone(),
             verifier: verifier.clone(),
             store: store.clone(),
+            limiter: Default::default(),
         },
         Operators {
             fleet: fleet.clone(),

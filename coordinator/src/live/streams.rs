@@ -4,10 +4,10 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use troop_common::identity::{FleetVerifier, Identity};
@@ -16,6 +16,7 @@ use troop_common::names::{validate_agent_id, validate_label};
 use troop_proto::serve_pb::coordinator_server::Coordinator;
 use troop_proto::serve_pb::{self, agent_message, serve_message};
 
+use super::flood::{Admit, AttachLimiter, BURST, REFILL_EVERY};
 use super::{HEARTBEAT_EVERY, Link, Registration, Registry, SILENT_AFTER};
 use crate::store::{AccessRecord, Store};
 
@@ -31,21 +32,28 @@ pub struct Streams {
     pub verifier: Arc<FleetVerifier>,
     /// Every attach, allowed or refused, goes to its access log.
     pub store: Arc<Store>,
+    pub limiter: AttachLimiter,
 }
 
-impl Streams {
-    fn record(&self, caller: &str, allowed: bool, detail: String) {
-        let access = AccessRecord {
-            at_ms: crate::signer::now_unix_ms(),
-            caller: caller.to_string(),
-            call: "attach stream".into(),
-            allowed,
-            detail,
-        };
-        if let Err(error) = self.store.record_access(&access) {
-            tracing::error!(%error, "audit store: cannot record an agent stream");
-        }
+fn record(store: &Store, caller: &str, allowed: bool, detail: String) {
+    let access = AccessRecord {
+        at_ms: crate::signer::now_unix_ms(),
+        caller: caller.to_string(),
+        call: "attach stream".into(),
+        allowed,
+        detail,
+    };
+    if let Err(error) = store.record_access(&access) {
+        tracing::error!(%error, "audit store: cannot record an agent stream");
     }
+}
+
+fn code_and_message(status: &Status) -> String {
+    format!(
+        "{}: {}",
+        troop_proto::refusal::code_name(status.code()),
+        status.message()
+    )
 }
 
 /// Who called, from the certificate the connection proved.
@@ -105,20 +113,33 @@ impl Coordinator for Streams {
             .as_ref()
             .and_then(|peer| peer.remote)
             .map_or_else(|| "?".to_string(), |a| a.to_string());
-        let refused = |status: Status| {
-            tracing::warn!(%address, code = ?status.code(), reason = %status.message(), "refused an agent stream");
-            self.record(
-                &address,
+        let refused = |who: &str, status: Status| {
+            tracing::warn!(%who, %address, code = ?status.code(), reason = %status.message(), "refused an agent stream");
+            record(
+                &self.store,
+                who,
                 false,
-                format!(
-                    "{}: {}",
-                    troop_proto::refusal::code_name(status.code()),
-                    status.message()
-                ),
+                format!("from {address}: {}", code_and_message(&status)),
             );
             status
         };
-        let identity = caller(&self.verifier, peer.as_ref()).map_err(refused)?;
+        let identity = caller(&self.verifier, peer.as_ref()).map_err(|s| refused(&address, s))?;
+        let who = match &identity {
+            Identity::Agent(names) => names.join(","),
+            other => other.to_string(),
+        };
+        let flood = match self.limiter.admit(&who, Instant::now()) {
+            Admit::Yes { refused } => refused,
+            Admit::No { first } => {
+                let status = Status::resource_exhausted(format!(
+                    "{identity} opened more than {BURST} streams within {}s; refusing until it slows down",
+                    (REFILL_EVERY * BURST).as_secs()
+                ));
+                // One record per flood, not one per attempt.
+                return Err(if first { refused(&who, status) } else { status });
+            }
+        };
+        let refused = |status: Status| refused(&who, status);
         let mut inbound = request.into_inner();
         let register = match tokio::time::timeout(REGISTER_TIMEOUT, inbound.message()).await {
             Ok(Ok(Some(serve_pb::AgentMessage {
@@ -147,10 +168,16 @@ impl Coordinator for Streams {
             OUTBOX,
         );
         tracing::info!(agent = %link.id, %address, version = %link.version, "agent attached");
-        self.record(
+        let after_flood = if flood == 0 {
+            String::new()
+        } else {
+            format!(", after refusing {flood} stream(s) as a flood")
+        };
+        record(
+            &self.store,
             &link.id,
             true,
-            format!("from {address}, version {}", link.version),
+            format!("from {address}, version {}{after_flood}", link.version),
         );
         let registered = serve_pb::ServeMessage {
             body: Some(serve_message::Body::Registered(serve_pb::Registered {
@@ -159,44 +186,83 @@ impl Coordinator for Streams {
         };
         // The outbox is new and empty: this cannot be full.
         let _ = link.outbox.try_send(registered);
-        tokio::spawn(read(self.registry.clone(), link, inbound, closed.clone()));
+        let (ended, ending) = oneshot::channel();
+        tokio::spawn(read(
+            self.registry.clone(),
+            self.store.clone(),
+            link,
+            inbound,
+            closed.clone(),
+            ended,
+        ));
         let mut closed = closed;
+        // The agent's requests, then, if serve ended the stream for a broken message, why.
         let outgoing = ReceiverStream::new(outbox)
             .map(Ok)
-            .take_until(async move { super::wait_closed(&mut closed).await });
+            .take_until(async move { super::wait_closed(&mut closed).await })
+            .chain(futures::stream::once(ending).filter_map(|why| async { why.ok().map(Err) }));
         Ok(Response::new(Box::pin(outgoing)))
     }
 }
 
-/// Reads one agent's stream until it ends, goes silent, or is replaced.
+/// Why a stream ended: a broken message from the agent (told to it, and recorded), or
+/// an ordinary end.
+enum Ended {
+    Broken(Status),
+    Ordinary(String),
+}
+
+/// Reads one agent's stream until it ends, goes silent, is replaced, or breaks the
+/// protocol (garbage, an oversized message, a second Register), which ends only it.
 async fn read(
     registry: Arc<Registry>,
+    store: Arc<Store>,
     link: Arc<Link>,
     mut inbound: Streaming<serve_pb::AgentMessage>,
     mut closed: watch::Receiver<bool>,
+    ended: oneshot::Sender<Status>,
 ) {
     let mut watchdog = tokio::time::interval(HEARTBEAT_EVERY);
-    let reason = loop {
+    let broken = |why: &str| Ended::Broken(Status::invalid_argument(why));
+    let end = loop {
         tokio::select! {
             received = inbound.message() => match received {
                 Ok(Some(serve_pb::AgentMessage { body: Some(body) })) => match body {
                     agent_message::Body::Heartbeat(_) => link.touch(),
                     agent_message::Body::Answer(answer) => link.answered(answer),
-                    agent_message::Body::Register(_) => break "registered twice on one stream".to_string(),
+                    agent_message::Body::Register(_) => break broken("registered twice on one stream"),
                 },
-                Ok(Some(_)) => break "an empty message".to_string(),
-                Ok(None) => break "the agent closed the stream".to_string(),
-                Err(status) => break format!("{}: {}", troop_proto::refusal::code_name(status.code()), status.message()),
+                Ok(Some(_)) => break broken("an empty message"),
+                Ok(None) => break Ended::Ordinary("the agent closed the stream".into()),
+                Err(status) if status.code() == tonic::Code::Cancelled || status.code() == tonic::Code::Unknown => {
+                    break Ended::Ordinary(code_and_message(&status));
+                }
+                Err(status) => break Ended::Broken(status),
             },
             _ = watchdog.tick() => {
                 if !link.is_fresh(crate::signer::now_unix_ms()) {
-                    break format!("no heartbeat for {}s", SILENT_AFTER.as_secs());
+                    break Ended::Ordinary(format!("no heartbeat for {}s", SILENT_AFTER.as_secs()));
                 }
             }
-            () = super::wait_closed(&mut closed) => break "closed by serve (a newer stream, or serve stopping)".to_string(),
+            () = super::wait_closed(&mut closed) => break Ended::Ordinary("closed by serve (a newer stream, or serve stopping)".into()),
         }
     };
-    tracing::warn!(agent = %link.id, address = %link.address, %reason, "agent stream ended");
+    match end {
+        Ended::Ordinary(reason) => {
+            tracing::warn!(agent = %link.id, address = %link.address, %reason, "agent stream ended");
+        }
+        Ended::Broken(status) => {
+            let reason = code_and_message(&status);
+            tracing::warn!(agent = %link.id, address = %link.address, %reason, "ended an agent stream that broke the protocol");
+            record(
+                &store,
+                &link.id,
+                false,
+                format!("stream ended by serve: {reason}"),
+            );
+            let _ = ended.send(status);
+        }
+    }
     registry.remove(&link);
 }
 

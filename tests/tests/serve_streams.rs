@@ -1,0 +1,328 @@
+//! Hostile agent streams against serve's `Attach`, in process on loopback: garbage,
+//! oversized messages, a broken stream after registering, and a registration flood. Each
+//! is refused with a clear code and message and recorded in the access log, and a real
+//! agent attached beside them keeps its one stream and answers throughout.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BufMut};
+use hyper_util::rt::TokioIo;
+use prost::Message;
+use rustls_pki_types::ServerName;
+use tokio::sync::{mpsc, watch};
+use tokio_rustls::TlsConnector;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+use troop_common::identity::{COORDINATOR_NAME, FleetVerifier};
+use troop_coordinator::fleet::Fleet;
+use troop_coordinator::live::Registry;
+use troop_coordinator::live::streams::Streams;
+use troop_coordinator::serve::{self, operators::Operators};
+use troop_coordinator::signer::Signer;
+use troop_coordinator::store::Store;
+use troop_proto::serve_pb;
+use troop_tests::{AgentConfigs, RunningAgent, TestPki};
+
+const ATTACH: &str = "/troop.coordinator.v1.Coordinator/Attach";
+
+/// Sends each item's bytes as one gRPC message, whatever they are; reads raw replies.
+#[derive(Default, Clone)]
+struct Raw;
+
+impl Codec for Raw {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = Raw;
+    type Decoder = Raw;
+    fn encoder(&mut self) -> Raw {
+        Raw
+    }
+    fn decoder(&mut self) -> Raw {
+        Raw
+    }
+}
+
+impl Encoder for Raw {
+    type Item = Vec<u8>;
+    type Error = Status;
+    fn encode(&mut self, item: Vec<u8>, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        buf.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl Decoder for Raw {
+    type Item = Vec<u8>;
+    type Error = Status;
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, Status> {
+        Ok(Some(buf.copy_to_bytes(buf.remaining()).to_vec()))
+    }
+}
+
+struct Serve {
+    address: std::net::SocketAddr,
+    registry: Arc<Registry>,
+    store: Arc<Store>,
+    pki: TestPki,
+    stop: watch::Sender<bool>,
+}
+
+/// `troop serve`'s gRPC side on a loopback port, as `troop serve` assembles it.
+async fn start_serve(agents: &[&str]) -> Serve {
+    let pki = TestPki::new(agents);
+    let config = pki.dir.path().join("troop.toml");
+    troop_lab::files::write(&config, &troop_lab::files::coordinator_file([])).unwrap();
+    let mut fleet = Fleet::load(Some(&config)).unwrap();
+    let registry = Arc::new(Registry::default());
+    fleet.dispatcher.streams = Some(registry.clone());
+    let tls = fleet.config.tls.clone().unwrap();
+    let verifier = Arc::new(FleetVerifier::new(&tls.ca).unwrap());
+    let store = Arc::new(Store::open(&fleet.config.store_url).unwrap());
+    let signer = Arc::new(Signer::load(fleet.config.signing_key.as_ref().unwrap()).unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (stop, stopped) = watch::channel(false);
+    let streams = Streams {
+        registry: registry.clone(),
+        verifier: verifier.clone(),
+        store: store.clone(),
+        limiter: Default::default(),
+    };
+    let operators = Operators {
+        fleet,
+        store: store.clone(),
+        signer,
+        verifier: verifier.clone(),
+        stopping: stopped.clone(),
+        runs: Default::default(),
+    };
+    let server_tls = serve::server_config(&tls, verifier).unwrap();
+    tokio::spawn(serve::serve(
+        listener,
+        server_tls,
+        streams,
+        operators,
+        async move {
+            let mut stopped = stopped;
+            let _ = stopped.wait_for(|stop| *stop).await;
+        },
+    ));
+    Serve {
+        address,
+        registry,
+        store,
+        pki,
+        stop,
+    }
+}
+
+impl Serve {
+    /// A channel to serve under agent `id`'s certificate.
+    fn channel_as(&self, id: &str) -> Channel {
+        let tls = troop_common::tls::client_config(
+            &self.pki.path(&format!("{id}.pem")),
+            &self.pki.path(&format!("{id}.key")),
+            &self.pki.path("ca.pem"),
+        )
+        .unwrap();
+        let connector = TlsConnector::from(Arc::new(tls));
+        let address = self.address;
+        Endpoint::from_shared(format!("http://{address}"))
+            .unwrap()
+            .connect_with_connector_lazy(tower::service_fn(move |_| {
+                let connector = connector.clone();
+                async move {
+                    let tcp = tokio::net::TcpStream::connect(address).await?;
+                    let name = ServerName::try_from(COORDINATOR_NAME).unwrap();
+                    let tls = connector.connect(name, tcp).await?;
+                    Ok::<_, std::io::Error>(TokioIo::new(tls))
+                }
+            }))
+    }
+
+    /// Opens an Attach stream as `id` and sends `first`; returns the sender for more
+    /// messages and serve's answer to the call.
+    async fn attach_as(
+        &self,
+        id: &str,
+        first: Vec<u8>,
+    ) -> (
+        mpsc::Sender<Vec<u8>>,
+        Result<tonic::Streaming<Vec<u8>>, Status>,
+    ) {
+        let mut grpc = tonic::client::Grpc::new(self.channel_as(id));
+        grpc.ready().await.unwrap();
+        let (messages, outgoing) = mpsc::channel(8);
+        messages.send(first).await.unwrap();
+        let answer = grpc
+            .streaming(
+                tonic::Request::new(ReceiverStream::new(outgoing)),
+                ATTACH.parse().unwrap(),
+                Raw,
+            )
+            .await
+            .map(tonic::Response::into_inner);
+        (messages, answer)
+    }
+
+    fn refusals(&self, caller: &str) -> Vec<String> {
+        self.store
+            .access_log(10_000)
+            .unwrap()
+            .into_iter()
+            .filter(|a| a.caller == caller && !a.allowed)
+            .map(|a| a.detail)
+            .collect()
+    }
+}
+
+fn register(id: &str, label_value: &str) -> Vec<u8> {
+    serve_pb::AgentMessage {
+        body: Some(serve_pb::agent_message::Body::Register(
+            serve_pb::Register {
+                agent_id: id.to_string(),
+                labels: [("role".to_string(), label_value.to_string())].into(),
+                version: "hostile".into(),
+                inventory: None,
+            },
+        )),
+    }
+    .encode_to_vec()
+}
+
+async fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    condition()
+}
+
+/// What a stream's first answer was: an error status, or a message.
+fn refused(answer: Result<tonic::Streaming<Vec<u8>>, Status>) -> Status {
+    match answer {
+        Err(status) => status,
+        Ok(_) => panic!("serve accepted the stream"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_streams_are_refused_recorded_and_leave_other_agents_alone() {
+    let _log = troop_telemetry::init("serve-streams-test", troop_telemetry::LogFormat::Plain);
+    let serve = start_serve(&["web-1", "web-2", "web-3"]).await;
+    let mut config = serve.pki.agent_config("web-1", "allow = [\"kill\"]");
+    // Parsed configs hold each coordinator URL as host:port.
+    config.coordinators = vec![serve.address.to_string()];
+    let agent = RunningAgent::start(config).await;
+    assert!(
+        wait_until(Duration::from_secs(20), || serve
+            .registry
+            .get("web-1")
+            .is_some())
+        .await,
+        "the real agent never attached"
+    );
+    let before = serve.registry.get("web-1").unwrap().connected_since_unix_ms;
+
+    // Garbage where Register should be.
+    let (_keep, answer) = serve.attach_as("web-2", vec![0xff; 32]).await;
+    let status = refused(answer);
+    assert_eq!(status.code(), Code::Internal, "{status:?}");
+    assert!(status.message().contains("decode"), "{status:?}");
+
+    // A Register far over the stream's message limit.
+    let (_keep, answer) = serve
+        .attach_as("web-2", register("web-2", &"x".repeat(200 * 1024)))
+        .await;
+    let status = refused(answer);
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    assert!(status.message().contains("too large"), "{status:?}");
+
+    // Registered properly, then garbage: serve ends that stream and says why.
+    let (more, answer) = serve.attach_as("web-2", register("web-2", "web")).await;
+    let mut replies = answer.expect("a valid registration is accepted");
+    let registered = replies.message().await.unwrap().unwrap();
+    assert!(matches!(
+        serve_pb::ServeMessage::decode(registered.as_slice())
+            .unwrap()
+            .body,
+        Some(serve_pb::serve_message::Body::Registered(_))
+    ));
+    more.send(vec![0x0a, 0xff, 0xff, 0xff]).await.unwrap();
+    let ended = replies
+        .message()
+        .await
+        .expect_err("serve ends a stream that sends garbage");
+    assert_eq!(ended.code(), Code::Internal, "{ended:?}");
+    assert!(
+        wait_until(Duration::from_secs(5), || serve
+            .registry
+            .get("web-2")
+            .is_none())
+        .await,
+        "the broken stream is gone"
+    );
+
+    let web_2 = serve.refusals("web-2");
+    assert!(
+        web_2
+            .iter()
+            .any(|d| d.contains("INTERNAL") && d.contains("decode")),
+        "{web_2:?}"
+    );
+    assert!(
+        web_2.iter().any(|d| d.contains("OUT_OF_RANGE")),
+        "{web_2:?}"
+    );
+    assert!(
+        web_2.iter().any(|d| d.starts_with("stream ended by serve")),
+        "{web_2:?}"
+    );
+
+    // A registration flood from one certificate: a burst, then refusals, recorded once.
+    let mut exhausted = 0;
+    for _ in 0..40 {
+        let (_keep, answer) = serve.attach_as("web-3", register("web-3", "web")).await;
+        if let Err(status) = answer {
+            assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+            assert!(status.message().contains("opened more than"), "{status:?}");
+            exhausted += 1;
+        }
+    }
+    assert!(exhausted >= 30, "only {exhausted} of 40 refused");
+    let floods: Vec<String> = serve
+        .refusals("web-3")
+        .into_iter()
+        .filter(|d| d.contains("RESOURCE_EXHAUSTED"))
+        .collect();
+    assert_eq!(floods.len(), 1, "one record per flood: {floods:?}");
+
+    // Through all of it the real agent kept its one stream and still answers.
+    let link = serve.registry.get("web-1").expect("web-1 still attached");
+    assert_eq!(
+        link.connected_since_unix_ms, before,
+        "web-1 was never replaced"
+    );
+    let fleet = {
+        let config = serve.pki.dir.path().join("troop.toml");
+        let mut fleet = Fleet::load(Some(&config)).unwrap();
+        fleet.dispatcher.streams = Some(serve.registry.clone());
+        fleet
+    };
+    let web_1 = fleet
+        .agents()
+        .into_iter()
+        .find(|a| a.id == "web-1")
+        .unwrap();
+    let statuses = fleet.statuses(&[web_1]).await;
+    assert!(statuses[0].1.is_ok(), "{:?}", statuses[0].1);
+
+    agent.stop().await;
+    let _ = serve.stop.send(true);
+}
