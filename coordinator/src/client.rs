@@ -2,7 +2,8 @@
 //! certificate checked against the fleet CA *and* the agent id that was dialled, so a host
 //! holding another agent's certificate cannot stand in for it.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
@@ -28,6 +29,9 @@ pub enum DialError {
         source: tonic::transport::Error,
     },
 }
+
+/// HTTP/2 pings on idle channels, and how long an answer may take.
+const KEEPALIVE: Duration = Duration::from_secs(10);
 
 /// Opens mutual-TLS gRPC channels to agents.
 #[derive(Clone)]
@@ -78,7 +82,11 @@ impl Dialer {
                 source,
             })?
             .connect_timeout(self.connect_timeout)
-            .tcp_nodelay(true);
+            .tcp_nodelay(true)
+            // A kept channel to a host that vanished is noticed, not trusted for hours.
+            .http2_keep_alive_interval(KEEPALIVE)
+            .keep_alive_timeout(KEEPALIVE)
+            .keep_alive_while_idle(true);
         let channel = endpoint
             .connect_with_connector(tower::service_fn(move |_| {
                 let connector = connector.clone();
@@ -101,6 +109,40 @@ impl Dialer {
                 source,
             })?;
         Ok(AgentClient::new(channel))
+    }
+}
+
+/// Channels kept open to static agents between calls (in `troop serve`, which commands
+/// the same hosts all day): no TCP and TLS handshake per command. A channel whose call
+/// failed in transport is dropped, so the next call dials afresh and reports plainly.
+#[derive(Default)]
+pub struct KeptChannels {
+    channels: Mutex<HashMap<(String, String), AgentClient<Channel>>>,
+}
+
+impl KeptChannels {
+    /// The open channel to `agent` at its current address, dialled if there is none.
+    pub async fn client(
+        &self,
+        dialer: &Dialer,
+        agent: &AgentEntry,
+    ) -> Result<AgentClient<Channel>, DialError> {
+        let key = (agent.id.clone(), agent.address.clone());
+        if let Some(client) = self.lock().get(&key) {
+            return Ok(client.clone());
+        }
+        let client = dialer.dial(agent).await?;
+        self.lock().insert(key, client.clone());
+        Ok(client)
+    }
+
+    pub fn forget(&self, agent: &AgentEntry) {
+        self.lock()
+            .remove(&(agent.id.clone(), agent.address.clone()));
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), AgentClient<Channel>>> {
+        self.channels.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use troop_proto::serve_pb::{answer, request};
 
-use crate::client::{DialError, Dialer};
+use crate::client::{DialError, Dialer, KeptChannels};
 use crate::config::AgentEntry;
 use crate::live::Registry;
 use crate::signer::{Signer, now_unix_ms};
@@ -82,6 +82,8 @@ pub struct Dispatcher {
     pub agent_timeout: Duration,
     /// The streams of agents that dialled in (in `troop serve`).
     pub streams: Option<Arc<Registry>>,
+    /// Channels to static agents kept between calls (in `troop serve`); else one per call.
+    pub kept: Option<Arc<KeptChannels>>,
 }
 
 impl Dispatcher {
@@ -91,6 +93,7 @@ impl Dispatcher {
             concurrency: DEFAULT_CONCURRENCY,
             agent_timeout: DEFAULT_AGENT_TIMEOUT,
             streams: None,
+            kept: None,
         }
     }
 
@@ -109,7 +112,13 @@ impl Dispatcher {
                     let outcome =
                         tokio::time::timeout(self.agent_timeout, self.call(&agent, input, make))
                             .await
-                            .unwrap_or(Err(CallError::TimedOut(self.agent_timeout)));
+                            .unwrap_or_else(|_| {
+                                // A kept channel that hangs is not kept.
+                                if let Some(kept) = &self.kept {
+                                    kept.forget(&agent);
+                                }
+                                Err(CallError::TimedOut(self.agent_timeout))
+                            });
                     (index, agent, outcome)
                 })
                 .buffer_unordered(self.concurrency.max(1))
@@ -143,7 +152,11 @@ impl Dispatcher {
                 Err(error) => Err(CallError::Unreachable(error.0)),
             };
         }
-        let mut client = self.dialer.dial(agent).await.map_err(unreachable)?;
+        let mut client = match &self.kept {
+            Some(kept) => kept.client(&self.dialer, agent).await,
+            None => self.dialer.dial(agent).await,
+        }
+        .map_err(unreachable)?;
         let answered = match make(input) {
             Call::Execute(signed) => client
                 .execute(signed)
@@ -154,6 +167,14 @@ impl Dispatcher {
                 .await
                 .map(|r| Reply::Status(r.into_inner())),
         };
+        if let (Some(kept), Err(status)) = (&self.kept, &answered)
+            && matches!(
+                status.code(),
+                tonic::Code::Unavailable | tonic::Code::Unknown
+            )
+        {
+            kept.forget(agent);
+        }
         answered.map_err(|status| CallError::Status {
             code: status.code(),
             message: status.message().to_string(),

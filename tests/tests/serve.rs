@@ -172,6 +172,15 @@ fn hosts_behind_a_firewall_are_attacked_through_serve() {
     }
     assert_eq!(lab.hosts["nat-2"].host.pids_named("sleep").len(), 1);
 
+    // Serve keeps one connection open to the static host, however often it calls.
+    let direct_address = lab.hosts["direct-1"].address.clone();
+    assert_eq!(established_to(&serve.0, &direct_address), 1);
+    for _ in 0..3 {
+        let status = troop_as(&lab, &alice, &["status", "--select", "role=web"]);
+        assert_eq!(status.status.code(), Some(0), "{}", text(&status));
+    }
+    assert_eq!(established_to(&serve.0, &direct_address), 1);
+
     // A disk fill through serve is measured by statvfs; a halt through serve reverts it.
     let disk = lab.hosts["nat-1"].disk.display().to_string();
     let filling = troop_as(
@@ -362,6 +371,28 @@ fn a_scheduled_campaign_strikes_dial_in_and_direct_hosts_alike() {
         run["campaign"] == "monkey" && run["applied"] == 2
     });
     assert!(recorded, "{}", lab.troop_json(&["campaign", "history"]).1);
+}
+
+/// Established TCP connections to `address` (ip:port) in `process`'s network namespace,
+/// from the kernel's table.
+fn established_to(process: &Child, address: &str) -> usize {
+    let (ip, port) = address.rsplit_once(':').unwrap();
+    let ip: std::net::Ipv4Addr = ip.parse().unwrap();
+    // /proc/net/tcp: the address as a little-endian u32 in hex, the port in hex.
+    let wanted = format!(
+        "{:08X}:{:04X}",
+        u32::from_ne_bytes(ip.octets()),
+        port.parse::<u16>().unwrap()
+    );
+    std::fs::read_to_string(format!("/proc/{}/net/tcp", process.id()))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.get(2) == Some(&wanted.as_str()) && fields.get(3) == Some(&"01")
+        })
+        .count()
 }
 
 fn signal(child: &Child, signal: nix::sys::signal::Signal) {

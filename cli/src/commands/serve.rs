@@ -62,6 +62,7 @@ pub async fn run(context: Context) -> anyhow::Result<Outcome> {
     let registry = Arc::new(Registry::default());
     let mut fleet = context.fleet.clone();
     fleet.dispatcher.streams = Some(registry.clone());
+    fleet.dispatcher.kept = Some(Default::default());
 
     let listen = config.serve.listen;
     let listener = tokio::net::TcpListener::bind(listen)
