@@ -139,6 +139,17 @@ pub enum PkiCommand {
         #[arg(long, default_value_t = 825)]
         days: u64,
     },
+    /// Issue a new coordinator.pem/.key for client and server use, when an older
+    /// `troop pki init` made it for client use only (`troop serve` says so); move the
+    /// old pair aside first.
+    IssueCoordinator {
+        /// The directory `troop pki init` wrote.
+        #[arg(long)]
+        dir: PathBuf,
+        /// How long the certificate is valid, in days (at most 825).
+        #[arg(long, default_value_t = 825)]
+        days: u64,
+    },
 }
 
 #[derive(Debug, Args)]

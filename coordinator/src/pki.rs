@@ -253,10 +253,31 @@ pub fn issue_operator(dir: &Path, name: &str, days: u64) -> Result<Vec<PathBuf>,
     issue_leaf(dir, name, &[], days, Role::Operator)
 }
 
+/// Issues a new `coordinator.pem` and `coordinator.key` in `dir` (for client and server
+/// use): for a PKI whose coordinator certificate an older `init` made for client use
+/// only, which `troop serve` cannot present to agents. Move the old pair aside first.
+pub fn issue_coordinator(dir: &Path, days: u64) -> Result<Vec<PathBuf>, PkiError> {
+    issue_leaf(dir, COORDINATOR_NAME, &[], days, Role::Coordinator)
+}
+
+/// Checks that `cert` can serve agents' streams: signed by `ca`, for server use, naming
+/// the coordinator. `troop serve` runs this before it listens.
+pub fn check_serving_cert(ca: &Path, cert: &Path) -> Result<(), PkiError> {
+    let ca_der = read_ca_cert(ca)?;
+    let roots = ca_roots(ca, &ca_der)?;
+    let leaf = read_ca_cert(cert)?;
+    verify_agent_cert(roots, &leaf, COORDINATOR_NAME).map_err(|source| PkiError::Verify {
+        name: COORDINATOR_NAME.to_owned(),
+        ca: ca.to_owned(),
+        source,
+    })
+}
+
 #[derive(Clone, Copy)]
 enum Role {
     Agent,
     Operator,
+    Coordinator,
 }
 
 fn issue_leaf(
@@ -274,8 +295,10 @@ fn issue_leaf(
             ),
         });
     }
-    let cert_file = format!("{name}.pem");
-    let key_file = format!("{name}.key");
+    let (cert_file, key_file) = match role {
+        Role::Coordinator => (COORDINATOR_CERT.to_string(), COORDINATOR_KEY.to_string()),
+        _ => (format!("{name}.pem"), format!("{name}.key")),
+    };
     refuse_existing(&dir.join(&cert_file))?;
     refuse_existing(&dir.join(&key_file))?;
 
@@ -300,11 +323,18 @@ fn issue_leaf(
     // same parameters `init` used; the verification below catches any mismatch.
     let issuer = Issuer::new(ca_params()?, &ca_key);
     let (what, usage) = match role {
-        Role::Agent => ("the agent", ExtendedKeyUsagePurpose::ServerAuth),
-        Role::Operator => ("the operator", ExtendedKeyUsagePurpose::ClientAuth),
+        Role::Agent => ("the agent", vec![ExtendedKeyUsagePurpose::ServerAuth]),
+        Role::Operator => ("the operator", vec![ExtendedKeyUsagePurpose::ClientAuth]),
+        Role::Coordinator => (
+            "the coordinator",
+            vec![
+                ExtendedKeyUsagePurpose::ClientAuth,
+                ExtendedKeyUsagePurpose::ServerAuth,
+            ],
+        ),
     };
     let key = generate_key(&format!("{what} key"))?;
-    let mut params = leaf_params(name, sans, vec![usage])?;
+    let mut params = leaf_params(name, sans, usage)?;
     set_validity(&mut params, days);
     let cert = params
         .signed_by(&key, &issuer)
@@ -312,6 +342,8 @@ fn issue_leaf(
     let verified = match role {
         Role::Agent => verify_agent_cert(roots, cert.der(), name),
         Role::Operator => verify_operator_cert(roots, cert.der()),
+        Role::Coordinator => verify_operator_cert(roots.clone(), cert.der())
+            .and_then(|()| verify_agent_cert(roots, cert.der(), name)),
     };
     verified.map_err(|source| PkiError::Verify {
         name: name.to_owned(),

@@ -17,6 +17,7 @@ pub fn run(command: PkiCommand, output: Output) -> anyhow::Result<Outcome> {
             days,
         } => pki::issue_agent_for(dir, name, sans, *days)?,
         PkiCommand::IssueOperator { dir, name, days } => pki::issue_operator(dir, name, *days)?,
+        PkiCommand::IssueCoordinator { dir, days } => pki::issue_coordinator(dir, *days)?,
     };
     match output {
         Output::Json => println!("{}", serde_json::json!({ "written": written })),

@@ -54,6 +54,13 @@ pub async fn run(context: Context) -> anyhow::Result<Outcome> {
         .tls
         .as_ref()
         .with_context(|| format!("config {shown}: [tls] is missing"))?;
+    troop_coordinator::pki::check_serving_cert(&tls.ca, &tls.cert).with_context(|| {
+        format!(
+            "config {shown}: [tls] cert {} cannot serve agents' streams; if an older `troop pki init` made it, \
+             move it and its key aside and run `troop pki issue-coordinator --dir DIR`",
+            tls.cert.display()
+        )
+    })?;
     let verifier =
         Arc::new(FleetVerifier::new(&tls.ca).with_context(|| format!("config {shown}: [tls] ca"))?);
     let server_tls = grpc_serve::server_config(tls, verifier.clone())

@@ -447,3 +447,26 @@ fn an_operator_certificate_is_a_client_certificate_only() {
         assert!(error.contains("reserved"), "{error}");
     }
 }
+
+#[test]
+fn a_client_only_coordinator_certificate_is_found_and_reissued() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    init(&pki).unwrap();
+    let ca = pki.join(CA_CERT);
+    check_serving_cert(&ca, &pki.join(COORDINATOR_CERT)).unwrap();
+    // A client-only certificate, like the coordinator.pem older releases made.
+    issue_operator(&pki, "old-coordinator", 30).unwrap();
+    let refused = check_serving_cert(&ca, &pki.join("old-coordinator.pem")).unwrap_err();
+    assert!(matches!(refused, PkiError::Verify { .. }), "{refused}");
+
+    assert!(
+        issue_coordinator(&pki, 30).is_err(),
+        "the old pair is never overwritten"
+    );
+    std::fs::rename(pki.join(COORDINATOR_CERT), pki.join("coordinator.pem.old")).unwrap();
+    std::fs::rename(pki.join(COORDINATOR_KEY), pki.join("coordinator.key.old")).unwrap();
+    let written = issue_coordinator(&pki, 30).unwrap();
+    assert_eq!(written.len(), 2);
+    check_serving_cert(&ca, &pki.join(COORDINATOR_CERT)).unwrap();
+}
