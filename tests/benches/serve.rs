@@ -1,0 +1,353 @@
+//! `troop serve` as the fleet's control plane, measured (as root; release binaries):
+//!
+//! 1. Kill on 30 lab hosts, CLI start to every victim gone: 30 dial-in hosts through
+//!    serve (an operator's CLI, no signing key), and 30 static hosts dialled directly by
+//!    the CLI, side by side.
+//! 2. 1,000 real `troop-agent` processes dialled in to one serve on loopback: one signed
+//!    command to all until every receipt is back; serve's resident memory; every agent
+//!    back after serve is killed with SIGKILL and restarted; idle CPU of serve and of an
+//!    agent.
+//!
+//! `cargo build --release --bins && cargo bench -p troop-tests --bench serve`
+//! (`-- kill` or `-- thousand` runs one part).
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use troop_tests::lab::{Lab, wait_for};
+
+const POLICY: &str = "allow = [\"kill\"]";
+const HOSTS: usize = 30;
+const ROUNDS: usize = 15;
+
+fn main() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: the serve benchmarks need root (network namespaces)");
+        return;
+    }
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let wants = |part: &str| only.is_empty() || only.iter().any(|o| o == part);
+    if wants("kill") {
+        kill_on_thirty_hosts();
+    }
+    if wants("thousand") {
+        thousand_agents();
+    }
+}
+
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_serve(lab: &Lab) -> Reaped {
+    Reaped(
+        lab.troop_command()
+            .arg("serve")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+fn ms(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}
+
+fn kill_on_thirty_hosts() {
+    let mut lab = Lab::networked("serve bench: kill").expect("a networked lab");
+    let alice = lab.add_operator("alice", Some("operator"));
+    let direct: Vec<String> = (1..=HOSTS).map(|n| format!("direct-{n}")).collect();
+    let dial_in: Vec<String> = (1..=HOSTS).map(|n| format!("nat-{n}")).collect();
+    for id in &direct {
+        lab.add_host(id, &[("role", "direct")], POLICY, vec![]);
+    }
+    let _serve = start_serve(&lab);
+    for id in &dial_in {
+        lab.start_dial_in_host(id, &[("role", "nat")], POLICY, vec![]);
+    }
+    let attached = wait_for(Duration::from_secs(60), || {
+        let output = lab
+            .troop_command()
+            .arg("--config")
+            .arg(&alice)
+            .args(["agents", "--output", "json"])
+            .output()
+            .unwrap();
+        let agents: Value = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
+        agents["agents"].as_array().is_some_and(|all| {
+            all.iter()
+                .filter(|a| a["via"] == "stream" && a["reachable"] == true)
+                .count()
+                == HOSTS
+        })
+    });
+    assert!(attached, "not every dial-in host attached");
+
+    let config = lab.dir().join("troop.toml");
+    let through_serve = time_kills(&lab, &alice, "role=nat", &dial_in);
+    let direct_times = time_kills(&lab, &config, "role=direct", &direct);
+    println!(
+        "kill on {HOSTS} hosts, CLI start to every victim gone, {ROUNDS} rounds:\n  \
+         through serve (dial-in hosts): median {:.1} ms, min {:.1}, max {:.1}\n  \
+         direct (static hosts):         median {:.1} ms, min {:.1}, max {:.1}",
+        ms(median(through_serve.clone())),
+        ms(*through_serve.iter().min().unwrap()),
+        ms(*through_serve.iter().max().unwrap()),
+        ms(median(direct_times.clone())),
+        ms(*direct_times.iter().min().unwrap()),
+        ms(*direct_times.iter().max().unwrap()),
+    );
+}
+
+/// Each round: a fresh `sleep` victim on every host (a child of this process, through
+/// nsenter), then `troop attack kill` timed from its start until every victim has exited.
+fn time_kills(lab: &Lab, config: &Path, select: &str, hosts: &[String]) -> Vec<Duration> {
+    let argv: Vec<OsString> = vec!["sleep".into(), "600".into()];
+    let mut samples = Vec::new();
+    for _ in 0..ROUNDS {
+        let mut victims: Vec<Reaped> = hosts
+            .iter()
+            .map(|id| {
+                Reaped(
+                    lab.hosts[id]
+                        .host
+                        .command_inside(&argv)
+                        .unwrap()
+                        .spawn()
+                        .unwrap(),
+                )
+            })
+            .collect();
+        assert!(
+            hosts.iter().all(|id| lab.hosts[id]
+                .host
+                .wait_for("sleep", 1, Duration::from_secs(10))),
+            "victims did not start"
+        );
+        let start = Instant::now();
+        let output = lab
+            .troop_command()
+            .arg("--config")
+            .arg(config)
+            .args(["attack", "kill", "--select", select, "--name", "sleep"])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        loop {
+            if victims
+                .iter_mut()
+                .all(|victim| victim.0.try_wait().unwrap().is_some())
+            {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "victims survived"
+            );
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        samples.push(start.elapsed());
+    }
+    samples
+}
+
+const AGENTS: usize = 1000;
+
+fn thousand_agents() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = troop_tests::TestPki::new_in(tempfile::tempdir_in(dir.path()).unwrap(), &[]);
+    let root = pki.dir.path().to_path_buf();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    let health = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let health_address = health.local_addr().unwrap();
+    drop((listener, health));
+    let mut config = troop_lab::files::coordinator_file([]);
+    config.serve = Some(troop_coordinator::config::ServeFile {
+        listen: Some(address.to_string()),
+        health_listen: Some(health_address.to_string()),
+    });
+    config.operators = vec![troop_coordinator::config::OperatorFile {
+        name: "alice".into(),
+        role: "operator".into(),
+    }];
+    troop_lab::files::write(&root.join("troop.toml"), &config).unwrap();
+    troop_coordinator::pki::issue_operator(&pki.path(""), "alice", 30).unwrap();
+    let operator = root.join("alice.toml");
+    troop_lab::files::write(
+        &operator,
+        &troop_lab::files::operator_file("alice", &format!("https://{address}")),
+    )
+    .unwrap();
+
+    let binaries = troop_lab::lab::Binaries::built();
+    let serve_command = || {
+        let mut command = Command::new(&binaries.troop);
+        command
+            .args(["--config"])
+            .arg(root.join("troop.toml"))
+            .arg("serve")
+            .current_dir(&root)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        command
+    };
+    let mut serve = Reaped(serve_command().spawn().unwrap());
+
+    let started = Instant::now();
+    let mut agents: Vec<Reaped> = (0..AGENTS)
+        .map(|n| {
+            let id = format!("a-{n:04}");
+            pki.issue_agent(&id, &[]);
+            let path = agent_config(&root, &id, &address.to_string());
+            Reaped(
+                Command::new(&binaries.agent)
+                    .arg("--config")
+                    .arg(&path)
+                    .current_dir(&root)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap(),
+            )
+        })
+        .collect();
+    let connected = |timeout: Duration| {
+        wait_for(timeout, || {
+            let output = Command::new(&binaries.troop)
+                .arg("--config")
+                .arg(&operator)
+                .args(["agents", "--output", "json"])
+                .current_dir(&root)
+                .output()
+                .unwrap();
+            let agents: Value = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
+            agents["agents"]
+                .as_array()
+                .is_some_and(|all| all.iter().filter(|a| a["reachable"] == true).count() == AGENTS)
+        })
+    };
+    assert!(
+        connected(Duration::from_secs(300)),
+        "not all agents attached"
+    );
+    println!(
+        "{AGENTS} agents started and attached in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    // One command to all until every receipt is back: a kill that matches nothing.
+    let mut samples = Vec::new();
+    for _ in 0..5 {
+        let start = Instant::now();
+        let output = Command::new(&binaries.troop)
+            .arg("--config")
+            .arg(&operator)
+            .args([
+                "attack",
+                "kill",
+                "--name",
+                "no-such-process",
+                "--output",
+                "json",
+            ])
+            .current_dir(&root)
+            .output()
+            .unwrap();
+        let elapsed = start.elapsed();
+        let answer: Value = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
+        let receipts = answer["results"].as_array().map_or(0, |all| {
+            all.iter().filter(|r| r["outcome"] == "applied").count()
+        });
+        assert_eq!(receipts, AGENTS, "{answer}");
+        samples.push(elapsed);
+    }
+    println!(
+        "one command to {AGENTS} agents through serve, CLI start to every receipt back: median {:.0} ms (5 runs, max {:.0} ms)",
+        ms(median(samples.clone())),
+        ms(*samples.iter().max().unwrap())
+    );
+    println!(
+        "serve resident memory with {AGENTS} agents: {:.1} MiB",
+        rss_mib(serve.0.id())
+    );
+    let idle = Duration::from_secs(10);
+    let serve_before = cpu_seconds(serve.0.id());
+    let agent_before = cpu_seconds(agents[0].0.id());
+    std::thread::sleep(idle);
+    println!(
+        "idle CPU over {}s: serve {:.2} % of one core, one agent {:.3} %",
+        idle.as_secs(),
+        (cpu_seconds(serve.0.id()) - serve_before) * 100.0 / idle.as_secs_f64(),
+        (cpu_seconds(agents[0].0.id()) - agent_before) * 100.0 / idle.as_secs_f64(),
+    );
+
+    // Serve killed outright and started again: every agent back.
+    let _ = serve.0.kill();
+    let _ = serve.0.wait();
+    let restarted = Instant::now();
+    serve = Reaped(serve_command().spawn().unwrap());
+    assert!(
+        connected(Duration::from_secs(120)),
+        "not all agents came back"
+    );
+    println!(
+        "after serve SIGKILL and restart: all {AGENTS} reconnected within {:.1} s",
+        restarted.elapsed().as_secs_f64()
+    );
+    drop(serve);
+    agents.clear();
+}
+
+fn agent_config(root: &Path, id: &str, coordinator: &str) -> PathBuf {
+    let mut file = troop_lab::files::agent_file(
+        id,
+        "127.0.0.1:0",
+        &Default::default(),
+        troop_lab::files::policy(POLICY),
+    );
+    file.listen = None;
+    file.coordinator = Some(troop_common::agent_file::Coordinators::One(format!(
+        "https://{coordinator}"
+    )));
+    file.state_dir = Some(root.join(format!("state/{id}")));
+    let path = root.join(format!("{id}.toml"));
+    troop_lab::files::write(&path, &file).unwrap();
+    path
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: f64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    kib / 1024.0
+}
+
+fn cpu_seconds(pid: u32) -> f64 {
+    troop_tests::lab::cpu_seconds(pid as i32)
+}
