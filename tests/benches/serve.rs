@@ -1,3 +1,7 @@
+//! UNFINISHED: part 1 does not run green yet (the first kill through `troop attack` exits
+//! non-zero; not yet diagnosed) and part 2 was never run. No figure in BENCHMARKS.md
+//! comes from here yet; see the issue 11 note.
+//!
 //! `troop serve` as the fleet's control plane, measured (as root; release binaries):
 //!
 //! 1. Kill on 30 lab hosts, CLI start to every victim gone: 30 dial-in hosts through
@@ -135,10 +139,12 @@ fn time_kills(lab: &Lab, config: &Path, select: &str, hosts: &[String]) -> Vec<D
                 )
             })
             .collect();
+        // nsenter forks the victim into the host's PID namespace; let each start.
+        std::thread::sleep(Duration::from_millis(300));
         assert!(
-            hosts.iter().all(|id| lab.hosts[id]
-                .host
-                .wait_for("sleep", 1, Duration::from_secs(10))),
+            victims
+                .iter_mut()
+                .all(|victim| victim.0.try_wait().unwrap().is_none()),
             "victims did not start"
         );
         let start = Instant::now();
