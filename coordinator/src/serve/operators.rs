@@ -18,7 +18,7 @@ use crate::config::{AgentEntry, Role};
 use crate::fleet::Fleet;
 use crate::live::streams::caller;
 use crate::signer::{Signer, now_unix_ms};
-use crate::store::{AccessRecord, Store, StoreError};
+use crate::store::{AccessRecord, RunDetail, Store, StoreError};
 use crate::wire;
 
 use super::runs;
@@ -111,13 +111,7 @@ impl Operators {
 
     /// An earlier run of this operator's, to record more of its commands in.
     fn own_run(&self, run: i64, operator: &str) -> Result<AdhocRun, Status> {
-        let summary = match self.store.run(run) {
-            Ok(detail) => detail.run,
-            Err(StoreError::NotFound { .. }) => {
-                return Err(Status::not_found(format!("there is no run {run}")));
-            }
-            Err(error) => return Err(nothing_sent(error)),
-        };
+        let summary = self.stored_run(run, nothing_sent)?.run;
         if summary.operator != operator {
             return Err(Status::permission_denied(format!(
                 "run {run} was begun by {:?}, not by {operator:?}",
@@ -125,6 +119,14 @@ impl Operators {
             )));
         }
         Ok(AdhocRun::resume_in(self.store.clone(), run))
+    }
+
+    /// Run `run` from the store: NOT_FOUND if there is none, else `failed` says why not.
+    fn stored_run(&self, run: i64, failed: fn(StoreError) -> Status) -> Result<RunDetail, Status> {
+        self.store.run(run).map_err(|error| match error {
+            StoreError::NotFound { .. } => Status::not_found(format!("there is no run {run}")),
+            error => failed(error),
+        })
     }
 
     fn known(&self, id: &str) -> Option<AgentEntry> {
@@ -314,14 +316,7 @@ impl Operator for Operators {
         request: Request<serve_pb::RunId>,
     ) -> Result<Response<serve_pb::RunRecords>, Status> {
         self.authorize(peer(&request), "campaign show", Role::Viewer)?;
-        let run = request.into_inner().run;
-        match self.store.run(run) {
-            Ok(detail) => records(&detail),
-            Err(StoreError::NotFound { .. }) => {
-                Err(Status::not_found(format!("there is no run {run}")))
-            }
-            Err(error) => Err(store_failed(error)),
-        }
+        records(&self.stored_run(request.into_inner().run, store_failed)?)
     }
 }
 
