@@ -172,8 +172,9 @@ fn protection(process: &ProcessInfo, agent: &AgentLineage, policy: &Policy) -> O
             "pid {pid} ({}) is an ancestor of the troop agent",
             process.name
         ))
-    } else if process.kernel_thread || process.ppid == 0 {
-        // Processes with ppid 0 other than init are the kernel's own (kthreadd).
+    } else if process.kernel_thread {
+        // The kernel's own flag, not ppid 0: in a PID namespace a process that entered it
+        // from outside (nsenter, `docker exec`) has ppid 0 too, and is fair game.
         Some(format!("pid {pid} ({}) is a kernel thread", process.name))
     } else {
         policy

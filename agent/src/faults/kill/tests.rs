@@ -30,6 +30,8 @@ fn host() -> Vec<ProcessInfo> {
         process(40, 1, "nginx"),
         process(41, 40, "nginx"),
         process(42, 40, "nginx"),
+        // Entered the host's PID namespace from outside, as `docker exec` does.
+        process(50, 0, "debug-shell"),
         ProcessInfo {
             zombie: true,
             ..process(43, 40, "nginx")
@@ -82,7 +84,15 @@ fn every_way_of_matching() {
     // uid 1000 matches everything here; only the unprotected remain.
     assert_eq!(
         choose(&spec(By::User("1000".into()), true)),
-        Ok(vec![40, 41, 42])
+        Ok(vec![40, 41, 42, 50])
+    );
+}
+
+#[test]
+fn a_process_that_entered_from_outside_is_not_a_kernel_thread() {
+    assert_eq!(
+        choose(&spec(By::Name("debug-shell".into()), true)),
+        Ok(vec![50])
     );
 }
 
