@@ -14,7 +14,7 @@ use crate::describe;
 use crate::dispatch::{CallError, Delivery, code_name};
 use crate::fleet::Fleet;
 use crate::signer::{Signer, new_command, now_unix_ms};
-use crate::store::{CommandRecord, Store, StoreError};
+use crate::store::{CommandOutcome, CommandRecord, Store, StoreError};
 
 /// Where a run's commands are recorded.
 #[derive(Clone, Copy)]
@@ -110,7 +110,7 @@ pub async fn send_recorded(
             (agent, command)
         })
         .collect();
-    let mut records = Vec::new();
+    let mut pending = Vec::new();
     if let Some(audit) = audit {
         for (agent, command) in &commands {
             let mut parameters = parameters.clone();
@@ -130,7 +130,7 @@ pub async fn send_recorded(
                 }
                 _ => {}
             }
-            records.push(audit.store.record_command(&CommandRecord {
+            pending.push(CommandRecord {
                 run: audit.run,
                 step: audit.step,
                 target: agent.id.clone(),
@@ -140,9 +140,14 @@ pub async fn send_recorded(
                 signature_sha256: String::new(),
                 key_id: signer.key_id(),
                 sent_at_ms: now_unix_ms(),
-            })?);
+            });
         }
     }
+    // One transaction for all: a fleet's records cost one sync, not one per host.
+    let records = match audit {
+        Some(audit) => audit.store.record_commands(&pending)?,
+        None => Vec::new(),
+    };
     let deliveries = fleet.dispatcher.sign_and_send(signer, commands).await;
     for delivery in &deliveries {
         let (agent, command_id) = (&delivery.agent.id, &delivery.command_id);
@@ -154,25 +159,33 @@ pub async fn send_recorded(
         }
     }
     if let Some(audit) = audit {
-        for (delivery, id) in deliveries.iter().zip(records) {
-            let (code, message) = match &delivery.result {
-                Ok(receipt) => (None, receipt.summary.clone()),
-                Err(CallError::Status { code, message }) => {
-                    (Some(code_name(*code)), message.clone())
+        let outcomes: Vec<CommandOutcome> = deliveries
+            .iter()
+            .zip(records)
+            .map(|(delivery, id)| {
+                let (code, message) = match &delivery.result {
+                    Ok(receipt) => (None, receipt.summary.clone()),
+                    Err(CallError::Status { code, message }) => {
+                        (Some(code_name(*code).to_string()), message.clone())
+                    }
+                    Err(error) => (None, error.to_string()),
+                };
+                CommandOutcome {
+                    id,
+                    outcome: describe::outcome_word(&delivery.result).to_string(),
+                    code,
+                    message,
+                    signature_sha256: delivery.signature_sha256.clone(),
+                    answered_at_ms: now_unix_ms(),
                 }
-                Err(error) => (None, error.to_string()),
-            };
-            let word = describe::outcome_word(&delivery.result);
-            if let Err(error) = audit.store.finish_command(
-                id,
-                word,
-                code,
-                &message,
-                &delivery.signature_sha256,
-                now_unix_ms(),
-            ) {
-                tracing::warn!(%error, "audit store: cannot record a command's outcome");
-            }
+            })
+            .collect();
+        let errors = match audit.store.finish_commands(&outcomes) {
+            Ok(answers) => answers.into_iter().filter_map(Result::err).collect(),
+            Err(error) => vec![error],
+        };
+        for error in errors {
+            tracing::warn!(%error, "audit store: cannot record a command's outcome");
         }
     }
     Ok(deliveries)

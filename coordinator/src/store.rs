@@ -236,6 +236,22 @@ pub struct AccessRecord {
     pub detail: String,
 }
 
+/// What became of a recorded command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandOutcome {
+    /// The record's id, from `record_command(s)`.
+    pub id: i64,
+    /// One of `applied`, `refused`, `failed`, `unreachable`, `unknown`.
+    pub outcome: String,
+    /// The gRPC code's name, if the agent answered with one.
+    pub code: Option<String>,
+    /// The receipt's summary or the error.
+    pub message: String,
+    /// SHA-256 of the signature it left with; empty keeps what was recorded.
+    pub signature_sha256: String,
+    pub answered_at_ms: i64,
+}
+
 /// A command about to be sent to an agent, recorded first with outcome `pending`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommandRecord {
@@ -494,36 +510,20 @@ impl Store {
 
     /// Records a command as `pending` before it is sent and returns its record id; on error send nothing.
     pub fn record_command(&self, c: &CommandRecord) -> Result<i64, StoreError> {
-        let conn = self.conn();
-        // Conditional like `record_step`: once a run is finished (say, aborted from the CLI),
-        // no further command can be recorded, so the coordinator sends none.
-        let inserted = conn.execute(
-            "INSERT INTO commands (run_id, step_id, target, command_id, fault_kind,
-                                   parameters, signature_sha256, sent_at_ms, key_id)
-             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9
-             WHERE EXISTS (SELECT 1 FROM runs WHERE id = ?1 AND status = 'running')
-               AND (?2 IS NULL OR EXISTS (SELECT 1 FROM steps WHERE id = ?2 AND run_id = ?1))",
-            params![
-                c.run,
-                c.step,
-                c.target,
-                c.command_id,
-                c.fault_kind,
-                c.parameters,
-                c.signature_sha256,
-                c.sent_at_ms,
-                c.key_id
-            ],
-        )?;
-        if inserted == 0 {
-            let run = c.run;
-            // If the run is fine, the step was the problem.
-            let step = c.step.map(|step| StoreError::StepNotInRun { step, run });
-            return Err(not_running(&conn, run)?
-                .or(step)
-                .unwrap_or(StoreError::NotFound { run }));
-        }
-        Ok(conn.last_insert_rowid())
+        Ok(self.record_commands(std::slice::from_ref(c))?[0])
+    }
+
+    /// Records commands as `pending` in one transaction (one sync for a whole fleet's
+    /// commands): every one, or on error none, and then send nothing.
+    pub fn record_commands(&self, commands: &[CommandRecord]) -> Result<Vec<i64>, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let ids = commands
+            .iter()
+            .map(|c| insert_command(&tx, c))
+            .collect::<Result<_, _>>()?;
+        tx.commit()?;
+        Ok(ids)
     }
 
     /// Sets the outcome of a `pending` command, and the hash of the signature it left with
@@ -538,26 +538,33 @@ impl Store {
         signature_sha256: &str,
         answered_at_ms: i64,
     ) -> Result<(), StoreError> {
-        check("outcome", outcome, COMMAND_OUTCOMES)?;
-        let conn = self.conn();
-        let updated = conn.execute(
-            "UPDATE commands SET outcome = ?2, code = ?3, message = ?4, answered_at_ms = ?5,
-                 signature_sha256 = CASE WHEN ?6 = '' THEN signature_sha256 ELSE ?6 END
-             WHERE id = ?1 AND outcome = 'pending'",
-            params![id, outcome, code, message, answered_at_ms, signature_sha256],
-        )?;
-        if updated == 0 {
-            let existing: Option<String> = conn
-                .query_row("SELECT outcome FROM commands WHERE id = ?1", [id], |row| {
-                    row.get(0)
-                })
-                .optional()?;
-            return Err(match existing {
-                None => StoreError::CommandNotFound { id },
-                Some(outcome) => StoreError::CommandFinished { id, outcome },
-            });
-        }
-        Ok(())
+        let outcome = CommandOutcome {
+            id,
+            outcome: outcome.to_string(),
+            code: code.map(str::to_string),
+            message: message.to_string(),
+            signature_sha256: signature_sha256.to_string(),
+            answered_at_ms,
+        };
+        self.finish_commands(&[outcome])?
+            .pop()
+            .expect("one answer per outcome")
+    }
+
+    /// `finish_command` for each, in one transaction: one answer per outcome, or the
+    /// error that kept the transaction from committing (then none was recorded).
+    pub fn finish_commands(
+        &self,
+        outcomes: &[CommandOutcome],
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let answers = outcomes
+            .iter()
+            .map(|outcome| update_outcome(&tx, outcome))
+            .collect();
+        tx.commit()?;
+        Ok(answers)
     }
 
     /// Records a probe result; allowed after the run ends, since a post-abort check is evidence too.
@@ -870,6 +877,69 @@ fn user_version(conn: &Connection) -> rusqlite::Result<u32> {
 
 /// Why a write conditioned on a running run touched nothing: `NotFound`, `RunFinished`, or
 /// `None` when the run is in fact running.
+/// One command's `pending` record, if its run is running (and the step is the run's).
+fn insert_command(conn: &Connection, c: &CommandRecord) -> Result<i64, StoreError> {
+    // Conditional like `record_step`: once a run is finished (say, aborted from the CLI),
+    // no further command can be recorded, so the coordinator sends none.
+    let inserted = conn.execute(
+        "INSERT INTO commands (run_id, step_id, target, command_id, fault_kind,
+                               parameters, signature_sha256, sent_at_ms, key_id)
+         SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9
+         WHERE EXISTS (SELECT 1 FROM runs WHERE id = ?1 AND status = 'running')
+           AND (?2 IS NULL OR EXISTS (SELECT 1 FROM steps WHERE id = ?2 AND run_id = ?1))",
+        params![
+            c.run,
+            c.step,
+            c.target,
+            c.command_id,
+            c.fault_kind,
+            c.parameters,
+            c.signature_sha256,
+            c.sent_at_ms,
+            c.key_id
+        ],
+    )?;
+    if inserted == 0 {
+        let run = c.run;
+        // If the run is fine, the step was the problem.
+        let step = c.step.map(|step| StoreError::StepNotInRun { step, run });
+        return Err(not_running(conn, run)?
+            .or(step)
+            .unwrap_or(StoreError::NotFound { run }));
+    }
+    Ok(conn.last_insert_rowid())
+}
+
+fn update_outcome(conn: &Connection, o: &CommandOutcome) -> Result<(), StoreError> {
+    check("outcome", &o.outcome, COMMAND_OUTCOMES)?;
+    let updated = conn.execute(
+        "UPDATE commands SET outcome = ?2, code = ?3, message = ?4, answered_at_ms = ?5,
+             signature_sha256 = CASE WHEN ?6 = '' THEN signature_sha256 ELSE ?6 END
+         WHERE id = ?1 AND outcome = 'pending'",
+        params![
+            o.id,
+            o.outcome,
+            o.code,
+            o.message,
+            o.answered_at_ms,
+            o.signature_sha256
+        ],
+    )?;
+    if updated == 0 {
+        let id = o.id;
+        let existing: Option<String> = conn
+            .query_row("SELECT outcome FROM commands WHERE id = ?1", [id], |row| {
+                row.get(0)
+            })
+            .optional()?;
+        return Err(match existing {
+            None => StoreError::CommandNotFound { id },
+            Some(outcome) => StoreError::CommandFinished { id, outcome },
+        });
+    }
+    Ok(())
+}
+
 fn not_running(conn: &Connection, run: i64) -> Result<Option<StoreError>, StoreError> {
     let status: Option<String> = conn
         .query_row("SELECT status FROM runs WHERE id = ?1", [run], |row| {

@@ -157,7 +157,8 @@ fn time_kills(lab: &Lab, config: &Path, select: &str, hosts: &[String]) -> Vec<D
             .unwrap();
         assert!(
             output.status.success(),
-            "{}",
+            "{}\n{}",
+            String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)
         );
         loop {

@@ -23,7 +23,9 @@ use troop_coordinator::live::streams::Streams;
 use troop_coordinator::serve::{self, operators::Operators};
 use troop_coordinator::signer::Signer;
 use troop_coordinator::store::Store;
-use troop_proto::serve_pb;
+use troop_proto::serve_pb::operator_client::OperatorClient;
+use troop_proto::serve_pb::run_control;
+use troop_proto::{pb, serve_pb};
 use troop_tests::{AgentConfigs, RunningAgent, TestPki};
 
 const ATTACH: &str = "/troop.coordinator.v1.Coordinator/Attach";
@@ -71,10 +73,19 @@ struct Serve {
 }
 
 /// `troop serve`'s gRPC side on a loopback port, as `troop serve` assembles it.
-async fn start_serve(agents: &[&str]) -> Serve {
+async fn start_serve(agents: &[&str], operators: &[(&str, &str)]) -> Serve {
     let pki = TestPki::new(agents);
     let config = pki.dir.path().join("troop.toml");
-    troop_lab::files::write(&config, &troop_lab::files::coordinator_file([])).unwrap();
+    let mut file = troop_lab::files::coordinator_file([]);
+    for (name, role) in operators {
+        troop_coordinator::pki::issue_operator(&pki.path(""), name, 30).unwrap();
+        file.operators
+            .push(troop_coordinator::config::OperatorFile {
+                name: name.to_string(),
+                role: role.to_string(),
+            });
+    }
+    troop_lab::files::write(&config, &file).unwrap();
     let mut fleet = Fleet::load(Some(&config)).unwrap();
     let registry = Arc::new(Registry::default());
     fleet.dispatcher.streams = Some(registry.clone());
@@ -120,7 +131,7 @@ async fn start_serve(agents: &[&str]) -> Serve {
 }
 
 impl Serve {
-    /// A channel to serve under agent `id`'s certificate.
+    /// A channel to serve under `id`'s certificate (an agent's or an operator's).
     fn channel_as(&self, id: &str) -> Channel {
         let tls = troop_common::tls::client_config(
             &self.pki.path(&format!("{id}.pem")),
@@ -166,6 +177,10 @@ impl Serve {
             .await
             .map(tonic::Response::into_inner);
         (messages, answer)
+    }
+
+    fn operator(&self, name: &str) -> OperatorClient<Channel> {
+        OperatorClient::new(self.channel_as(name))
     }
 
     fn refusals(&self, caller: &str) -> Vec<String> {
@@ -215,7 +230,7 @@ fn refused(answer: Result<tonic::Streaming<Vec<u8>>, Status>) -> Status {
 #[tokio::test(flavor = "multi_thread")]
 async fn hostile_streams_are_refused_recorded_and_leave_other_agents_alone() {
     let _log = troop_telemetry::init("serve-streams-test", troop_telemetry::LogFormat::Plain);
-    let serve = start_serve(&["web-1", "web-2", "web-3"]).await;
+    let serve = start_serve(&["web-1", "web-2", "web-3"], &[]).await;
     let mut config = serve.pki.agent_config("web-1", "allow = [\"kill\"]");
     // Parsed configs hold each coordinator URL as host:port.
     config.coordinators = vec![serve.address.to_string()];
@@ -322,6 +337,179 @@ async fn hostile_streams_are_refused_recorded_and_leave_other_agents_alone() {
         .unwrap();
     let statuses = fleet.statuses(&[web_1]).await;
     assert!(statuses[0].1.is_ok(), "{:?}", statuses[0].1);
+
+    agent.stop().await;
+    let _ = serve.stop.send(true);
+}
+
+/// A kill that matches nothing on `agent`: a real command with no effect.
+fn harmless_kill(agent: &str) -> pb::Command {
+    let kill = pb::Kill {
+        target: Some(pb::ProcessMatch {
+            by: Some(pb::process_match::By::Name("troop-no-such-process".into())),
+        }),
+        ..Default::default()
+    };
+    pb::Command {
+        agent_id: agent.to_string(),
+        action: Some(pb::command::Action::Start(pb::StartFault {
+            fault: Some(pb::start_fault::Fault::Kill(kill)),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+fn send_request(run: i64, keep_open: bool) -> serve_pb::SendRequest {
+    serve_pb::SendRequest {
+        what: "attack kill".into(),
+        commands: vec![harmless_kill("web-1")],
+        seed: 1,
+        run,
+        keep_open,
+    }
+}
+
+/// Opens RunCampaign with `first` as the only control message; returns serve's answer.
+async fn run_campaign_as(
+    serve: &Serve,
+    name: &str,
+    first: serve_pb::RunControl,
+) -> Result<serve_pb::RunUpdate, Status> {
+    let mut client = serve.operator(name);
+    let (control, controls) = mpsc::channel(2);
+    control.send(first).await.unwrap();
+    let mut updates = client
+        .run_campaign(ReceiverStream::new(controls))
+        .await?
+        .into_inner();
+    let first = updates.message().await?;
+    drop(control);
+    Ok(first.expect("an update or an error"))
+}
+
+fn start_run(toml: &str, dry_run: bool) -> serve_pb::RunControl {
+    serve_pb::RunControl {
+        body: Some(run_control::Body::Start(serve_pb::StartRun {
+            file_name: "careless.toml".into(),
+            campaign_toml: toml.into(),
+            dry_run,
+        })),
+    }
+}
+
+/// Validly authenticated operators who ask for what is not theirs: each is refused with a
+/// code and message naming the problem, nothing is sent or recorded as a run, and the
+/// refusal is in the access log.
+#[tokio::test(flavor = "multi_thread")]
+async fn careless_operator_calls_are_refused_and_run_nothing() {
+    let _log = troop_telemetry::init("serve-operators-test", troop_telemetry::LogFormat::Plain);
+    let serve = start_serve(
+        &["web-1"],
+        &[
+            ("alice", "operator"),
+            ("bob", "operator"),
+            ("vera", "viewer"),
+        ],
+    )
+    .await;
+    let mut config = serve.pki.agent_config("web-1", "allow = [\"kill\"]");
+    config.coordinators = vec![serve.address.to_string()];
+    let agent = RunningAgent::start(config).await;
+    assert!(
+        wait_until(Duration::from_secs(20), || serve
+            .registry
+            .get("web-1")
+            .is_some())
+        .await,
+        "the agent never attached"
+    );
+
+    // alice holds a run open, as `attack --lease` does.
+    let reply = serve
+        .operator("alice")
+        .send(send_request(0, true))
+        .await
+        .expect("alice may attack")
+        .into_inner();
+    let run = reply.run;
+    assert!(run > 0, "{reply:?}");
+    assert_eq!(reply.deliveries.len(), 1, "{reply:?}");
+    let commands_in_run = || serve.store.run(run).unwrap().commands.len();
+    let recorded = commands_in_run();
+    let runs_before = serve.store.runs(1000).unwrap().len();
+
+    // bob, also an operator, tries to add to alice's run.
+    let status = serve
+        .operator("bob")
+        .send(send_request(run, true))
+        .await
+        .expect_err("bob may not add to alice's run");
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("begun by \"alice\", not by \"bob\""),
+        "{status:?}"
+    );
+    // ... and into a run that does not exist.
+    let status = serve
+        .operator("bob")
+        .send(send_request(run + 1000, false))
+        .await
+        .expect_err("there is no such run");
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    assert!(status.message().contains("no run"), "{status:?}");
+
+    // vera, a viewer, may not attack, and may not run a campaign for real.
+    let status = serve
+        .operator("vera")
+        .send(send_request(0, false))
+        .await
+        .expect_err("a viewer may not attack");
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("operator role"), "{status:?}");
+    let campaign = "name = \"careless\"\n[[step]]\nselect = \"role=web\"\nfault = { kind = \"kill\", name = \"troop-no-such-process\" }\n";
+    let status = run_campaign_as(&serve, "vera", start_run(campaign, false))
+        .await
+        .expect_err("a viewer may not run a campaign");
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+
+    // A run whose first message is not StartRun.
+    let cancel = serve_pb::RunControl {
+        body: Some(run_control::Body::Cancel(serve_pb::CancelRun {
+            reason: "before anything".into(),
+        })),
+    };
+    let status = run_campaign_as(&serve, "alice", cancel)
+        .await
+        .expect_err("a run starts with StartRun");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("must be StartRun"), "{status:?}");
+
+    // A campaign serve cannot parse: refused before anything runs, naming the problem.
+    let broken = "name = \"careless\"\n[[step]]\nselect = \"role=web\"\npick = { count = 1 }\nfault = { kind = \"teleport\" }\n";
+    let status = run_campaign_as(&serve, "alice", start_run(broken, false))
+        .await
+        .expect_err("an invalid campaign is refused");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("teleport"), "{status:?}");
+
+    // None of it sent or recorded anything.
+    assert_eq!(
+        commands_in_run(),
+        recorded,
+        "nothing was added to alice's run"
+    );
+    assert_eq!(
+        serve.store.runs(1000).unwrap().len(),
+        runs_before,
+        "no run was begun"
+    );
+    let bob = serve.refusals("bob");
+    assert!(bob.iter().any(|d| d.contains("begun by")), "{bob:?}");
+    let vera = serve.refusals("vera");
+    assert_eq!(vera.len(), 2, "{vera:?}");
 
     agent.stop().await;
     let _ = serve.stop.send(true);

@@ -113,10 +113,13 @@ impl Operators {
     fn own_run(&self, run: i64, operator: &str) -> Result<AdhocRun, Status> {
         let summary = self.stored_run(run, nothing_sent)?.run;
         if summary.operator != operator {
-            return Err(Status::permission_denied(format!(
+            let refusal = format!(
                 "run {run} was begun by {:?}, not by {operator:?}",
                 summary.operator
-            )));
+            );
+            // The role allowed the call; what it asked for is refused, and audited too.
+            self.record(operator, &format!("send into run {run}"), Some(&refusal));
+            return Err(Status::permission_denied(refusal));
         }
         Ok(AdhocRun::resume_in(self.store.clone(), run))
     }

@@ -645,3 +645,43 @@ fn many_processes_opening_a_new_file_at_once_all_succeed() {
         opener.join().unwrap().unwrap();
     }
 }
+
+#[test]
+fn a_fleets_commands_are_recorded_all_or_none_and_finished_together() {
+    let store = memory();
+    let run = store.begin_run("c", "f", 1, false, 0, "ops").unwrap();
+    let other = store.begin_run("c", "f", 1, false, 0, "ops").unwrap();
+    let other_step = store.record_step(other, 0, "x", 0).unwrap();
+
+    // One bad record in the batch: none of it is written, so none of it is sent.
+    let batch = [command(run, None, 1), command(run, Some(other_step), 2)];
+    assert!(matches!(
+        store.record_commands(&batch),
+        Err(StoreError::StepNotInRun { .. })
+    ));
+    assert!(store.run(run).unwrap().commands.is_empty());
+
+    let ids = store
+        .record_commands(&[command(run, None, 1), command(run, None, 2)])
+        .unwrap();
+    assert_eq!(ids.len(), 2);
+    let outcome = |id, word: &str| CommandOutcome {
+        id,
+        outcome: word.into(),
+        code: None,
+        message: "sent SIGKILL".into(),
+        signature_sha256: String::new(),
+        answered_at_ms: 20,
+    };
+    let answers = store
+        .finish_commands(&[outcome(ids[0], "applied"), outcome(ids[1], "teleported")])
+        .unwrap();
+    assert!(answers[0].is_ok());
+    assert!(matches!(answers[1], Err(StoreError::Invalid { .. })));
+    let commands = store.run(run).unwrap().commands;
+    assert_eq!(commands[0].outcome, "applied");
+    assert_eq!(
+        commands[1].outcome, "pending",
+        "the bad outcome alone is not set"
+    );
+}
