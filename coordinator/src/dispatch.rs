@@ -17,8 +17,11 @@ use sha2::{Digest, Sha256};
 use troop_proto::pb;
 use troop_telemetry::error_chain;
 
-/// Agents contacted at once.
+/// Agents dialled at once (each a connection, a handshake and a call).
 pub const DEFAULT_CONCURRENCY: usize = 32;
+/// Calls in flight at once in all: a call on an agent's open stream is one message on a
+/// connection that already exists, so far more of those go out together than dials.
+pub const MAX_IN_FLIGHT: usize = 1024;
 /// Connecting (TCP and TLS) to one agent.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connecting plus answering, per agent; longer than an agent's own 10 s request limit,
@@ -78,6 +81,7 @@ pub enum Reply {
 #[derive(Clone)]
 pub struct Dispatcher {
     pub dialer: Dialer,
+    /// Agents dialled at once; calls on open streams are bounded by `MAX_IN_FLIGHT`.
     pub concurrency: usize,
     pub agent_timeout: Duration,
     /// The streams of agents that dialled in (in `troop serve`).
@@ -106,9 +110,20 @@ impl Dispatcher {
         make: impl Fn(I) -> Call,
     ) -> Vec<(AgentEntry, Result<Reply, CallError>)> {
         let make = &make;
+        let dials = &tokio::sync::Semaphore::new(self.concurrency.max(1));
         let mut results: Vec<(usize, AgentEntry, Result<Reply, CallError>)> =
             futures::stream::iter(work.into_iter().enumerate())
                 .map(|(index, (agent, input))| async move {
+                    // Waiting for a turn to dial is not the agent's time to answer.
+                    let streamed = self
+                        .streams
+                        .as_ref()
+                        .is_some_and(|live| live.get(&agent.id).is_some());
+                    let _dialling = if streamed {
+                        None
+                    } else {
+                        Some(dials.acquire().await.expect("never closed"))
+                    };
                     let outcome =
                         tokio::time::timeout(self.agent_timeout, self.call(&agent, input, make))
                             .await
@@ -121,7 +136,7 @@ impl Dispatcher {
                             });
                     (index, agent, outcome)
                 })
-                .buffer_unordered(self.concurrency.max(1))
+                .buffer_unordered(MAX_IN_FLIGHT)
                 .collect()
                 .await;
         results.sort_by_key(|(index, ..)| *index);
