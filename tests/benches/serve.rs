@@ -269,6 +269,9 @@ fn thousand_agents() {
 
     // One command to all until every agent has answered: a kill that matches nothing,
     // which each agent answers itself with NOT_FOUND after looking through its processes.
+    let agent_pids: Vec<u32> = agents.iter().map(|a| only_child(a.0.id())).collect();
+    let agents_cpu = || agent_pids.iter().map(|pid| cpu_seconds(*pid)).sum::<f64>();
+    let (serve_cpu_before, agents_cpu_before) = (cpu_seconds(serve.0.id()), agents_cpu());
     let mut samples = Vec::new();
     for _ in 0..5 {
         let start = Instant::now();
@@ -305,6 +308,11 @@ fn thousand_agents() {
         "one command to {AGENTS} agents through serve, CLI start to every receipt back: median {:.0} ms (5 runs, max {:.0} ms)",
         ms(median(samples.clone())),
         ms(*samples.iter().max().unwrap())
+    );
+    println!(
+        "  CPU per command to all: serve {:.0} ms, the agents together {:.0} ms (idle included)",
+        (cpu_seconds(serve.0.id()) - serve_cpu_before) * 1000.0 / 5.0,
+        (agents_cpu() - agents_cpu_before) * 1000.0 / 5.0,
     );
     println!(
         "serve resident memory with {AGENTS} agents: {:.1} MiB",

@@ -3,6 +3,7 @@
 //! the store's access log, allowed or refused. Commands are recorded, signed when sent
 //! and delivered exactly as the CLI would, under the operator's name.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use tokio::sync::watch;
@@ -132,8 +133,14 @@ impl Operators {
         })
     }
 
-    fn known(&self, id: &str) -> Option<AgentEntry> {
-        self.fleet.agents().into_iter().find(|agent| agent.id == id)
+    /// The fleet by id, built once per call: a lookup per command into a fresh list
+    /// made a 1,000-agent Send quadratic.
+    fn known(&self) -> BTreeMap<String, AgentEntry> {
+        self.fleet
+            .agents()
+            .into_iter()
+            .map(|agent| (agent.id.clone(), agent))
+            .collect()
     }
 }
 
@@ -203,9 +210,10 @@ impl Operator for Operators {
     ) -> Result<Response<serve_pb::StatusList>, Status> {
         self.authorize(peer(&request), "status", Role::Viewer)?;
         let ids = request.into_inner().agent_ids;
+        let fleet = self.known();
         let (known, unknown_ids): (Vec<_>, Vec<_>) = ids
             .iter()
-            .map(|id| (id, self.known(id)))
+            .map(|id| (id, fleet.get(id).cloned()))
             .partition(|(_, agent)| agent.is_some());
         let agents: Vec<AgentEntry> = known.into_iter().filter_map(|(_, agent)| agent).collect();
         let mut statuses: Vec<serve_pb::StatusReply> = self
@@ -246,8 +254,9 @@ impl Operator for Operators {
             .collect();
         let mut work = Vec::new();
         let mut slots: Vec<Result<usize, String>> = Vec::new();
+        let fleet = self.known();
         for command in send.commands {
-            match (self.known(&command.agent_id), command.action) {
+            match (fleet.get(&command.agent_id).cloned(), command.action) {
                 (Some(agent), Some(action)) => {
                     slots.push(Ok(work.len()));
                     work.push((agent, action));
