@@ -11,7 +11,7 @@ use troop_proto::serve_pb::{answer, request};
 
 use crate::client::{DialError, Dialer, KeptChannels};
 use crate::config::AgentEntry;
-use crate::live::Registry;
+use crate::live::{Link, Registry};
 use crate::signer::{Signer, now_unix_ms};
 use sha2::{Digest, Sha256};
 use troop_proto::pb;
@@ -114,26 +114,24 @@ impl Dispatcher {
         let mut results: Vec<(usize, AgentEntry, Result<Reply, CallError>)> =
             futures::stream::iter(work.into_iter().enumerate())
                 .map(|(index, (agent, input))| async move {
+                    let link = self.streams.as_ref().and_then(|live| live.get(&agent.id));
                     // Waiting for a turn to dial is not the agent's time to answer.
-                    let streamed = self
-                        .streams
-                        .as_ref()
-                        .is_some_and(|live| live.get(&agent.id).is_some());
-                    let _dialling = if streamed {
-                        None
-                    } else {
-                        Some(dials.acquire().await.expect("never closed"))
+                    let _dialling = match link {
+                        Some(_) => None,
+                        None => Some(dials.acquire().await.expect("never closed")),
                     };
-                    let outcome =
-                        tokio::time::timeout(self.agent_timeout, self.call(&agent, input, make))
-                            .await
-                            .unwrap_or_else(|_| {
-                                // A kept channel that hangs is not kept.
-                                if let Some(kept) = &self.kept {
-                                    kept.forget(&agent);
-                                }
-                                Err(CallError::TimedOut(self.agent_timeout))
-                            });
+                    let outcome = tokio::time::timeout(
+                        self.agent_timeout,
+                        self.call(&agent, link, input, make),
+                    )
+                    .await
+                    .unwrap_or_else(|_| {
+                        // A kept channel that hangs is not kept.
+                        if let Some(kept) = &self.kept {
+                            kept.forget(&agent);
+                        }
+                        Err(CallError::TimedOut(self.agent_timeout))
+                    });
                     (index, agent, outcome)
                 })
                 .buffer_unordered(MAX_IN_FLIGHT)
@@ -149,10 +147,11 @@ impl Dispatcher {
     async fn call<I>(
         &self,
         agent: &AgentEntry,
+        link: Option<Arc<Link>>,
         input: I,
         make: impl Fn(I) -> Call,
     ) -> Result<Reply, CallError> {
-        if let Some(link) = self.streams.as_ref().and_then(|live| live.get(&agent.id)) {
+        if let Some(link) = link {
             let call = match make(input) {
                 Call::Execute(signed) => request::Call::Execute(signed),
                 Call::Status => request::Call::Status(pb::StatusRequest {}),

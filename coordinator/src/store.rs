@@ -108,7 +108,7 @@ const MIGRATIONS: &[&str] = &[
 #[allow(clippy::cast_possible_truncation)] // A handful of migrations, never 2^32.
 const LATEST_VERSION: u32 = MIGRATIONS.len() as u32;
 
-/// Outcomes `finish_command` accepts; `pending` is only ever set by `record_command`.
+/// Outcomes `finish_commands` accepts; `pending` is only ever set by `record_commands`.
 const COMMAND_OUTCOMES: &[&str] = &["applied", "refused", "failed", "unreachable", "unknown"];
 
 /// Statuses `finish_run` accepts; `running` is only ever set by `begin_run`.
@@ -239,7 +239,7 @@ pub struct AccessRecord {
 /// What became of a recorded command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommandOutcome {
-    /// The record's id, from `record_command(s)`.
+    /// The record's id, from `record_commands`.
     pub id: i64,
     /// One of `applied`, `refused`, `failed`, `unreachable`, `unknown`.
     pub outcome: String,
@@ -249,6 +249,7 @@ pub struct CommandOutcome {
     pub message: String,
     /// SHA-256 of the signature it left with; empty keeps what was recorded.
     pub signature_sha256: String,
+    /// When the answer came (or the call gave up), Unix ms.
     pub answered_at_ms: i64,
 }
 
@@ -508,13 +509,15 @@ impl Store {
         Ok(conn.last_insert_rowid())
     }
 
-    /// Records a command as `pending` before it is sent and returns its record id; on error send nothing.
+    /// `record_commands` for one (the store's tests record one at a time).
+    #[cfg(test)]
     pub fn record_command(&self, c: &CommandRecord) -> Result<i64, StoreError> {
         Ok(self.record_commands(std::slice::from_ref(c))?[0])
     }
 
-    /// Records commands as `pending` in one transaction (one sync for a whole fleet's
-    /// commands): every one, or on error none, and then send nothing.
+    /// Records commands as `pending` before they are sent, in one transaction (one sync
+    /// for a whole fleet's commands), and returns their record ids: every one, or on
+    /// error none, and then send nothing.
     pub fn record_commands(&self, commands: &[CommandRecord]) -> Result<Vec<i64>, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -526,9 +529,8 @@ impl Store {
         Ok(ids)
     }
 
-    /// Sets the outcome of a `pending` command, and the hash of the signature it left with
-    /// (commands are signed as they leave, after their record is written); a command's
-    /// outcome is set once. An empty `signature_sha256` keeps what was recorded.
+    /// `finish_commands` for one (the store's tests finish one at a time).
+    #[cfg(test)]
     pub fn finish_command(
         &self,
         id: i64,
@@ -551,7 +553,9 @@ impl Store {
             .expect("one answer per outcome")
     }
 
-    /// `finish_command` for each, in one transaction: one answer per outcome, or the
+    /// Sets the outcome of each `pending` command, and the hash of the signature it left
+    /// with (commands are signed as they leave, after their record is written); a
+    /// command's outcome is set once. One transaction: one answer per outcome, or the
     /// error that kept the transaction from committing (then none was recorded).
     pub fn finish_commands(
         &self,

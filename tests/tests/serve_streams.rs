@@ -179,6 +179,19 @@ impl Serve {
         (messages, answer)
     }
 
+    /// A real agent `id` (kill allowed) dialled in to this serve, once it is attached.
+    async fn attached_agent(&self, id: &str) -> RunningAgent {
+        let mut config = self.pki.agent_config(id, "allow = [\"kill\"]");
+        // Parsed configs hold each coordinator URL as host:port.
+        config.coordinators = vec![self.address.to_string()];
+        let agent = RunningAgent::start(config).await;
+        assert!(
+            wait_until(Duration::from_secs(20), || self.registry.get(id).is_some()).await,
+            "{id} never attached"
+        );
+        agent
+    }
+
     fn operator(&self, name: &str) -> OperatorClient<Channel> {
         OperatorClient::new(self.channel_as(name))
     }
@@ -231,18 +244,7 @@ fn refused(answer: Result<tonic::Streaming<Vec<u8>>, Status>) -> Status {
 async fn hostile_streams_are_refused_recorded_and_leave_other_agents_alone() {
     let _log = troop_telemetry::init("serve-streams-test", troop_telemetry::LogFormat::Plain);
     let serve = start_serve(&["web-1", "web-2", "web-3"], &[]).await;
-    let mut config = serve.pki.agent_config("web-1", "allow = [\"kill\"]");
-    // Parsed configs hold each coordinator URL as host:port.
-    config.coordinators = vec![serve.address.to_string()];
-    let agent = RunningAgent::start(config).await;
-    assert!(
-        wait_until(Duration::from_secs(20), || serve
-            .registry
-            .get("web-1")
-            .is_some())
-        .await,
-        "the real agent never attached"
-    );
+    let agent = serve.attached_agent("web-1").await;
     let before = serve.registry.get("web-1").unwrap().connected_since_unix_ms;
 
     // Garbage where Register should be.
@@ -413,17 +415,7 @@ async fn careless_operator_calls_are_refused_and_run_nothing() {
         ],
     )
     .await;
-    let mut config = serve.pki.agent_config("web-1", "allow = [\"kill\"]");
-    config.coordinators = vec![serve.address.to_string()];
-    let agent = RunningAgent::start(config).await;
-    assert!(
-        wait_until(Duration::from_secs(20), || serve
-            .registry
-            .get("web-1")
-            .is_some())
-        .await,
-        "the agent never attached"
-    );
+    let agent = serve.attached_agent("web-1").await;
 
     // alice holds a run open, as `attack --lease` does.
     let reply = serve
