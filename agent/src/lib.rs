@@ -12,11 +12,13 @@ pub mod config;
 pub mod faults;
 pub mod host;
 pub mod inventory;
+pub mod latch;
 pub mod ledger;
 pub mod link;
 pub mod policy;
 pub mod service;
 pub mod signals;
+pub mod state_file;
 pub mod tls;
 
 use std::future::Future;

@@ -183,17 +183,18 @@ impl AgentService {
             active_faults: self.runner.engine.active(),
             inventory: Some(crate::inventory::collect()),
             last_stop: self.last_stop.clone(),
+            latch: self.runner.engine.latch().map(|latch| latch.to_pb()),
         }
     }
 }
 
-/// Aborts, halts and lease renewals: they can only end what runs, or keep it within the
-/// bounds it was started with.
+/// Aborts, halts, emergency stops and lease renewals: they can only end what runs, or
+/// keep it within the bounds it was started with.
 fn only_ends_faults(command: &pb::Command) -> bool {
     use pb::command::Action;
     matches!(
         command.action,
-        Some(Action::Abort(_) | Action::AbortAll(_) | Action::Renew(_))
+        Some(Action::Abort(_) | Action::AbortAll(_) | Action::EmergencyStop(_) | Action::Renew(_))
     )
 }
 

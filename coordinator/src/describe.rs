@@ -27,6 +27,16 @@ pub fn action_text(action: Option<&pb::command::Action>) -> String {
         None => "nothing".into(),
         Some(Action::AbortAll(_)) => "abort every active fault".into(),
         Some(Action::Abort(abort)) => format!("abort fault {}", abort.fault_id),
+        Some(Action::EmergencyStop(stop)) => format!(
+            "emergency stop by {}: revert every fault and latch ({})",
+            stop.by, stop.reason
+        ),
+        Some(Action::Resume(resume)) => {
+            format!(
+                "resume by {}: lift the latch ({})",
+                resume.by, resume.reason
+            )
+        }
         Some(Action::Renew(renew)) => {
             format!(
                 "renew the lease of {} for {} ms",

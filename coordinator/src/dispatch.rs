@@ -74,7 +74,7 @@ pub enum Call {
 /// Its answer.
 pub enum Reply {
     Receipt(pb::Receipt),
-    Status(pb::AgentStatus),
+    Status(Box<pb::AgentStatus>),
 }
 
 /// How to reach the fleet.
@@ -158,7 +158,7 @@ impl Dispatcher {
             };
             return match link.call(call).await {
                 Ok(answer::Result::Receipt(receipt)) => Ok(Reply::Receipt(receipt)),
-                Ok(answer::Result::Status(status)) => Ok(Reply::Status(status)),
+                Ok(answer::Result::Status(status)) => Ok(Reply::Status(Box::new(status))),
                 Ok(answer::Result::Failure(failure)) => Err(CallError::Status {
                     code: tonic::Code::from(failure.code),
                     message: failure.message,
@@ -179,7 +179,7 @@ impl Dispatcher {
             Call::Status => client
                 .status(pb::StatusRequest {})
                 .await
-                .map(|r| Reply::Status(r.into_inner())),
+                .map(|r| Reply::Status(Box::new(r.into_inner()))),
         };
         if let (Some(kept), Err(status)) = (&self.kept, &answered)
             && matches!(

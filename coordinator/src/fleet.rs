@@ -177,7 +177,7 @@ impl Fleet {
             .into_iter()
             .map(|(agent, result)| {
                 let status = result.and_then(|reply| match reply {
-                    Reply::Status(status) => Ok(status),
+                    Reply::Status(status) => Ok(*status),
                     Reply::Receipt(_) => Err(wrong_reply()),
                 });
                 (agent, status)

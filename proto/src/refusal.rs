@@ -51,6 +51,11 @@ pub enum Refusal {
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
 
+    // Well formed, but the agent's state forbids it now: FAILED_PRECONDITION.
+    /// An emergency stop latches the agent; the message names who, when and why.
+    #[error("{0}")]
+    Latched(String),
+
     // Accepted, but the fault could not be carried out.
     #[error("{0}")]
     NotFound(String),
@@ -85,6 +90,7 @@ impl Refusal {
             | BeyondReplayHorizon { .. }
             | Policy(_) => Code::PermissionDenied,
             MalformedPayload(_) | InvalidArgument(_) => Code::InvalidArgument,
+            Latched(_) => Code::FailedPrecondition,
             NotFound(_) => Code::NotFound,
             Unimplemented(_) => Code::Unimplemented,
             Unavailable(_) => Code::Unavailable,

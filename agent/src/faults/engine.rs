@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use troop_proto::{Refusal, pb};
 
 use super::journal::{FaultJournal, Record, Undo};
+use crate::latch::{self, Latch};
 use crate::policy::FaultKind;
 use troop_common::clock::now_unix_ms;
 
@@ -61,6 +62,8 @@ struct State {
     /// Ids between their journal entry and their place in `running`.
     starting: BTreeSet<String>,
     stopping: bool,
+    /// Set by an emergency stop: no fault starts while it is.
+    latch: Option<Latch>,
 }
 
 /// Why a fault ended.
@@ -69,6 +72,7 @@ pub enum EndReason {
     Deadline,
     LeaseExpired,
     Aborted,
+    EmergencyStop,
     Shutdown,
     /// Left applied by a previous agent process.
     Recovery,
@@ -80,6 +84,7 @@ impl EndReason {
             EndReason::Deadline => "its duration is over",
             EndReason::LeaseExpired => "its lease was not renewed",
             EndReason::Aborted => "it was aborted",
+            EndReason::EmergencyStop => "an emergency stop reverted it",
             EndReason::Shutdown => "the agent is stopping",
             EndReason::Recovery => "a previous agent process left it applied",
         }
@@ -105,9 +110,18 @@ fn ms(duration: Duration) -> i64 {
 }
 
 impl Engine {
+    /// An engine over `journal`, latched if an emergency stop left its latch in the
+    /// journal's state dir.
     pub fn new(journal: FaultJournal) -> Self {
+        let latch = latch::load(journal.state_dir());
+        if let Some(latch) = &latch {
+            tracing::warn!(by = %latch.by, reason = %latch.reason, "latched by an emergency stop: no fault starts until a resume");
+        }
         Self {
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                latch,
+                ..State::default()
+            }),
             wake: Condvar::new(),
             journal,
         }
@@ -139,6 +153,9 @@ impl Engine {
             if state.stopping {
                 return Err(Refusal::Unavailable("the agent is stopping".into()));
             }
+            if let Some(latch) = &state.latch {
+                return Err(latch.refusal());
+            }
             let in_use = state.running.contains_key(fault_id)
                 || state.starting.contains(fault_id)
                 || self.journal.contains(fault_id);
@@ -153,13 +170,26 @@ impl Engine {
         let mut state = self.lock();
         state.starting.remove(fault_id);
         let (summary, ends_at_unix_ms) = result?;
-        if state.stopping {
+        // A shutdown or an emergency stop that came while this fault was being applied
+        // found it not yet running: it is undone here instead.
+        let ended_meanwhile = if state.stopping {
+            Some((
+                EndReason::Shutdown,
+                Refusal::Unavailable("the agent is stopping".into()),
+            ))
+        } else {
+            state
+                .latch
+                .as_ref()
+                .map(|latch| (EndReason::EmergencyStop, latch.refusal()))
+        };
+        if let Some((reason, refusal)) = ended_meanwhile {
             let running = state.running.remove(fault_id);
             drop(state);
             if let Some(running) = running {
-                self.revert(fault_id.to_string(), running, EndReason::Shutdown);
+                self.revert(fault_id.to_string(), running, reason);
             }
-            return Err(Refusal::Unavailable("the agent is stopping".into()));
+            return Err(refusal);
         }
         drop(state);
         self.wake.notify_all();
@@ -302,6 +332,41 @@ impl Engine {
             }
         }
         reverted
+    }
+
+    pub fn latch(&self) -> Option<Latch> {
+        self.lock().latch.clone()
+    }
+
+    /// Latches, on disk and then here, and reverts every fault. A latch the state dir
+    /// cannot take still holds until this process ends; the error says so.
+    pub fn emergency_stop(&self, latch: Latch) -> (Reverted, Option<std::io::Error>) {
+        let unsaved = latch::save(self.journal.state_dir(), &latch).err();
+        self.lock().latch = Some(latch);
+        (self.abort_all(EndReason::EmergencyStop), unsaved)
+    }
+
+    /// Lifts the latch for a resume issued at `issued_at_unix_ms`, and answers what it
+    /// lifted. A resume issued before the latch was set (delayed, or replayed from
+    /// before the stop) lifts nothing.
+    pub fn resume(&self, issued_at_unix_ms: i64) -> Result<Option<Latch>, Refusal> {
+        let mut state = self.lock();
+        let Some(latch) = &state.latch else {
+            return Ok(None);
+        };
+        if issued_at_unix_ms < latch.at_unix_ms {
+            return Err(Refusal::Latched(format!(
+                "this resume was issued at {}, before the emergency stop at {} it would lift; it lifts nothing",
+                troop_common::clock::utc(issued_at_unix_ms),
+                troop_common::clock::utc(latch.at_unix_ms)
+            )));
+        }
+        latch::clear(self.journal.state_dir()).map_err(|error| {
+            Refusal::Unavailable(format!(
+                "cannot remove the latch file, so the agent stays latched: {error}"
+            ))
+        })?;
+        Ok(state.latch.take())
     }
 
     pub fn renew(&self, fault_id: &str, lease: Duration) -> Result<i64, Refusal> {

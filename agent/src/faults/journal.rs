@@ -75,6 +75,11 @@ impl FaultJournal {
         Ok((journal, left))
     }
 
+    /// The state dir the journal lives in.
+    pub fn state_dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("."))
+    }
+
     /// Reads what the journal holds without changing it (for `validate`).
     pub fn check(state_dir: &Path) -> Result<usize, JournalError> {
         let path = state_dir.join(FILE_NAME);

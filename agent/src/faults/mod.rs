@@ -121,11 +121,7 @@ impl Effect for Leftover {
 }
 
 fn save_last_stop(state_dir: &Path, stop: &LastStop) -> std::io::Result<()> {
-    let path = state_dir.join(LAST_STOP_FILE);
-    let temp = path.with_extension("json.tmp");
-    std::fs::write(&temp, serde_json::to_vec(stop)?)?;
-    std::fs::File::open(&temp)?.sync_all()?;
-    std::fs::rename(temp, path)
+    crate::state_file::write_atomic(&state_dir.join(LAST_STOP_FILE), &serde_json::to_vec(stop)?)
 }
 
 #[cfg(test)]

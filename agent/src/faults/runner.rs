@@ -7,12 +7,13 @@ use std::time::Duration;
 
 use troop_proto::{Refusal, pb};
 
-use super::engine::{Applied, EndReason, Engine};
+use super::engine::{Applied, EndReason, Engine, Reverted};
 use super::journal::Undo;
 use super::kill::{self, KillSpec};
 use super::power::{self, StopSpec};
 use super::{cpu, disk, memory};
 use crate::host::process::ProcessTable;
+use crate::latch::{Latch, MAX_REASON_CHARS, checked_text};
 use crate::policy::{FaultKind, Policy};
 use troop_common::clock::now_unix_ms;
 
@@ -91,23 +92,49 @@ impl Runner {
             }
             Some(Action::AbortAll(_)) => {
                 let reverted = self.engine.abort_all(EndReason::Aborted);
-                if !reverted.failed.is_empty() {
-                    let failed: Vec<String> = reverted
-                        .failed
-                        .iter()
-                        .map(|(id, error)| format!("{id} ({error})"))
-                        .collect();
-                    return Err(Refusal::Internal(format!(
-                        "reverted {} fault(s); could not revert {}; the agent keeps retrying",
-                        reverted.ids.len(),
-                        failed.join(", ")
-                    )));
-                }
+                all_reverted(&reverted, "")?;
                 pb::Receipt {
                     summary: format!("reverted {} fault(s)", reverted.ids.len()),
                     aborted_fault_ids: reverted.ids,
                     ..receipt
                 }
+            }
+            Some(Action::EmergencyStop(stop)) => {
+                let latch = Latch::from_command(command, stop)?;
+                let by = latch.by.clone();
+                let (reverted, unsaved) = self.engine.emergency_stop(latch);
+                let latched = match unsaved {
+                    None => "latched".to_string(),
+                    Some(error) => {
+                        tracing::error!(%error, "cannot write the latch file; latched until this agent process ends");
+                        format!(
+                            "latched until this agent process ends (the latch file could not be written: {error})"
+                        )
+                    }
+                };
+                all_reverted(&reverted, &format!("{latched}; "))?;
+                pb::Receipt {
+                    summary: format!(
+                        "{latched} by an emergency stop by {by}; reverted {} fault(s)",
+                        reverted.ids.len()
+                    ),
+                    aborted_fault_ids: reverted.ids,
+                    ..receipt
+                }
+            }
+            Some(Action::Resume(resume)) => {
+                checked_text("reason", &resume.reason, MAX_REASON_CHARS)?;
+                checked_text("by", &resume.by, 128)?;
+                let summary = match self.engine.resume(command.issued_at_unix_ms)? {
+                    Some(lifted) => format!(
+                        "latch lifted (emergency stop by {} at {}: {})",
+                        lifted.by,
+                        troop_common::clock::utc(lifted.at_unix_ms),
+                        lifted.reason
+                    ),
+                    None => "was not latched".to_string(),
+                };
+                pb::Receipt { summary, ..receipt }
             }
             Some(Action::Renew(renew)) => {
                 let lease = lease(renew.lease_ms)?
@@ -136,6 +163,9 @@ impl Runner {
             .fault
             .as_ref()
             .ok_or_else(|| Refusal::InvalidArgument("start names no fault".into()))?;
+        if let Some(latch) = self.engine.latch() {
+            return Err(latch.refusal());
+        }
         let kind = kind_of(fault);
         let policy = self.policy();
         policy.check_allowed(kind)?;
@@ -280,6 +310,23 @@ impl Runner {
             ..receipt
         })
     }
+}
+
+/// An error naming every fault whose revert failed (each is retried), after `done`.
+fn all_reverted(reverted: &Reverted, done: &str) -> Result<(), Refusal> {
+    if reverted.failed.is_empty() {
+        return Ok(());
+    }
+    let failed: Vec<String> = reverted
+        .failed
+        .iter()
+        .map(|(id, error)| format!("{id} ({error})"))
+        .collect();
+    Err(Refusal::Internal(format!(
+        "{done}reverted {} fault(s); could not revert {}; the agent keeps retrying",
+        reverted.ids.len(),
+        failed.join(", ")
+    )))
 }
 
 fn lease(lease_ms: u64) -> Result<Option<Duration>, Refusal> {

@@ -126,12 +126,20 @@ fn ids_that_are_not_plain_names_are_refused() {
 }
 
 fn signed(id: &str, validity_ms: i64, action: pb::command::Action) -> pb::SignedCommand {
-    let now = now_unix_ms();
+    signed_at(id, now_unix_ms(), validity_ms, action)
+}
+
+fn signed_at(
+    id: &str,
+    issued_at_unix_ms: i64,
+    validity_ms: i64,
+    action: pb::command::Action,
+) -> pb::SignedCommand {
     let command = pb::Command {
         command_id: id.into(),
         agent_id: "web-1".into(),
-        issued_at_unix_ms: now,
-        expires_at_unix_ms: now + validity_ms,
+        issued_at_unix_ms,
+        expires_at_unix_ms: issued_at_unix_ms + validity_ms,
         action: Some(action),
     };
     sign_command(&command, &key())
@@ -239,3 +247,5 @@ fn a_replay_after_the_clock_jumped_ahead_and_back_runs_nothing() {
     assert!(status.message().contains("replay horizon"), "{status:?}");
     assert!(table.signalled().is_empty());
 }
+
+mod latch;
