@@ -7,12 +7,11 @@
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use troop_common::clock::utc;
+use troop_common::latch::{MAX_BY_CHARS, latched_message};
 use troop_proto::{Refusal, pb};
 
 const LATCH_FILE: &str = "latch.json";
-/// Reasons are for people; a page of text is not a reason.
-pub const MAX_REASON_CHARS: usize = 500;
+pub use troop_common::latch::MAX_REASON_CHARS;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Latch {
@@ -27,7 +26,7 @@ impl Latch {
     pub fn from_command(command: &pb::Command, stop: &pb::EmergencyStop) -> Result<Self, Refusal> {
         Ok(Self {
             command_id: command.command_id.clone(),
-            by: checked_text("by", &stop.by, 128)?,
+            by: checked_text("by", &stop.by, MAX_BY_CHARS)?,
             reason: checked_text("reason", &stop.reason, MAX_REASON_CHARS)?,
             at_unix_ms: command.issued_at_unix_ms,
         })
@@ -35,12 +34,11 @@ impl Latch {
 
     /// What every StartFault gets while latched.
     pub fn refusal(&self) -> Refusal {
-        Refusal::Latched(format!(
-            "emergency stop by {} at {} (command {}): {}; no fault starts until `troop resume`",
-            self.by,
-            utc(self.at_unix_ms),
-            self.command_id,
-            self.reason
+        Refusal::Latched(latched_message(
+            &self.by,
+            self.at_unix_ms,
+            &format!("command {}", self.command_id),
+            &self.reason,
         ))
     }
 
@@ -54,23 +52,9 @@ impl Latch {
     }
 }
 
-/// Non-empty, no control characters, at most `max` characters.
+/// `text` checked as a latch's `key` (non-blank, short, printable).
 pub fn checked_text(key: &str, text: &str, max: usize) -> Result<String, Refusal> {
-    let count = text.chars().count();
-    if text.trim().is_empty() {
-        return Err(Refusal::InvalidArgument(format!("{key} must not be empty")));
-    }
-    if count > max {
-        return Err(Refusal::InvalidArgument(format!(
-            "{key} is {count} characters; at most {max}"
-        )));
-    }
-    if text.chars().any(char::is_control) {
-        return Err(Refusal::InvalidArgument(format!(
-            "{key} must not contain control characters"
-        )));
-    }
-    Ok(text.to_string())
+    troop_common::latch::checked_text(key, text, max).map_err(Refusal::InvalidArgument)
 }
 
 fn path(state_dir: &Path) -> PathBuf {
@@ -158,13 +142,5 @@ mod tests {
         );
         assert!(message.contains("checkout is down"), "{message}");
         assert_eq!(latch().refusal().code(), tonic::Code::FailedPrecondition);
-    }
-
-    #[test]
-    fn reasons_are_short_printable_lines() {
-        assert!(checked_text("reason", "  ", 500).is_err());
-        assert!(checked_text("reason", "a\nb", 500).is_err());
-        assert!(checked_text("reason", &"x".repeat(501), 500).is_err());
-        assert_eq!(checked_text("reason", "db down", 500).unwrap(), "db down");
     }
 }

@@ -77,6 +77,19 @@ pub enum FleetCommand {
     Attack(AttackCommand),
     /// Abort every active fault now.
     Halt(SelectArgs),
+    /// Revert every fault on every agent and latch them all: no fault starts, from any
+    /// coordinator or CLI, until `troop resume`. With serve, serve latches too (no
+    /// attack, campaign run or schedule) and latches agents that come back later.
+    EmergencyStop(LatchArgs),
+    /// Lift the emergency stop's latch on serve and every agent.
+    Resume(LatchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LatchArgs {
+    /// Why, for the audit trail and every refusal's message (up to 500 characters).
+    #[arg(long)]
+    pub reason: String,
 }
 
 #[derive(Debug, Subcommand)]

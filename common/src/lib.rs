@@ -1,13 +1,14 @@
 //! troop-common: what the agent and the coordinator both need, and nothing that acts on
 //! a host. Quantities as operators write them ([`units`]), names ([`names`]), TLS
 //! material ([`tls`]), whose a certificate is ([`identity`]), a guarded mutual-TLS
-//! acceptor for gRPC servers ([`listener`]), the wall clock ([`clock`]), systemd readiness ([`notify`]) and
+//! acceptor for gRPC servers ([`listener`]), the wall clock ([`clock`]), the emergency-stop latch's words ([`latch`]), systemd readiness ([`notify`]) and
 //! reading a host from outside ([`observe`]).
 #![forbid(unsafe_code)]
 
 pub mod agent_file;
 pub mod clock;
 pub mod identity;
+pub mod latch;
 pub mod listener;
 pub mod names;
 pub mod notify;

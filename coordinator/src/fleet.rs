@@ -25,6 +25,8 @@ pub struct Fleet {
     /// With `[coordinator]`: the serve every command goes through, and the agents it
     /// showed at [`Fleet::refresh`].
     pub remote: Option<Remote>,
+    /// With `[coordinator]`: serve's own latch, as [`Fleet::refresh`] found it.
+    pub serve_latch: Option<pb::Latch>,
     reached: BTreeMap<String, LiveAgent>,
 }
 
@@ -65,6 +67,7 @@ impl Fleet {
             config,
             dispatcher: Dispatcher::new(dialer),
             remote,
+            serve_latch: None,
             reached: BTreeMap::new(),
         })
     }
@@ -74,7 +77,8 @@ impl Fleet {
         let Some(remote) = &self.remote else {
             return Ok(());
         };
-        let live = remote.agents().await?;
+        let (live, latch) = remote.agents().await?;
+        self.serve_latch = latch;
         self.config.agents = live
             .iter()
             .map(|agent| AgentEntry {

@@ -13,6 +13,7 @@
 //! - [`pki`]: the fleet CA, certificates and the signing key.
 //! - [`campaign`]: campaign files, schedules, the guardrail planner, probes, the runner
 //!   and the scheduler.
+//! - [`latch`]: serve's emergency stop, kept in the store and sent to every agent.
 //! - [`audit`]: every command recorded before it is sent, its outcome after.
 //! - [`describe`]: actions, faults and outcomes in words.
 //! - [`store`]: the audit store (SQLite): every run, step, command and probe result.
@@ -25,6 +26,7 @@ pub mod config;
 pub mod describe;
 pub mod dispatch;
 pub mod fleet;
+pub mod latch;
 pub mod live;
 pub mod picker;
 pub mod pki;

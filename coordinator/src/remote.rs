@@ -85,14 +85,43 @@ impl Remote {
         anyhow::anyhow!("{what}: {}: {}", code_name(status.code()), status.message())
     }
 
-    /// The live fleet as serve sees it.
-    pub async fn agents(&self) -> anyhow::Result<Vec<serve_pb::LiveAgent>> {
+    /// The live fleet as serve sees it, and serve's latch if an emergency stop set it.
+    pub async fn agents(&self) -> anyhow::Result<(Vec<serve_pb::LiveAgent>, Option<pb::Latch>)> {
         let mut client = self.client.clone();
         let list = client
             .list_agents(serve_pb::ListAgentsRequest {})
             .await
-            .map_err(|status| self.refused("list agents", status))?;
-        Ok(list.into_inner().agents)
+            .map_err(|status| self.refused("list agents", status))?
+            .into_inner();
+        Ok((list.agents, list.latch))
+    }
+
+    /// Has serve latch itself and every agent it knows (`stop`), or lift the latch; its
+    /// run, and what each agent answered.
+    pub async fn latch(&self, stop: bool, reason: &str) -> anyhow::Result<(i64, Vec<Delivery>)> {
+        let mut client = self.client.clone();
+        let request = serve_pb::LatchRequest {
+            reason: reason.to_string(),
+        };
+        let (call, reply) = if stop {
+            ("emergency stop", client.emergency_stop(request).await)
+        } else {
+            ("resume", client.resume(request).await)
+        };
+        let reply = reply.map_err(|status| self.refused(call, status))?.into_inner();
+        let deliveries = reply
+            .deliveries
+            .into_iter()
+            .map(|delivery| {
+                let agent = AgentEntry {
+                    id: delivery.agent_id.clone(),
+                    address: String::new(),
+                    labels: BTreeMap::new(),
+                };
+                wire::delivery_in(agent, delivery)
+            })
+            .collect();
+        Ok((reply.run, deliveries))
     }
 
     /// Each agent's status, asked by serve now.

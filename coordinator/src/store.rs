@@ -102,6 +102,17 @@ const MIGRATIONS: &[&str] = &[
         detail  TEXT    NOT NULL
     );
     ",
+    // 4: serve's emergency-stop latch (one row while latched); the stop and the resume
+    // themselves are ad-hoc runs, their commands each agent's acknowledgement.
+    r"
+    CREATE TABLE latch (
+        id       INTEGER PRIMARY KEY CHECK (id = 1),
+        by_name  TEXT    NOT NULL,
+        reason   TEXT    NOT NULL,
+        at_ms    INTEGER NOT NULL,
+        run_id   INTEGER NOT NULL REFERENCES runs (id)
+    );
+    ",
 ];
 
 /// The schema version this build writes; a file with a higher one came from a newer troop.
@@ -234,6 +245,15 @@ pub struct AccessRecord {
     pub allowed: bool,
     /// Why it was refused, or what it did.
     pub detail: String,
+}
+
+/// Serve's emergency-stop latch: who set it, when, why, and the run that sent it out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LatchRecord {
+    pub by: String,
+    pub reason: String,
+    pub at_ms: i64,
+    pub run: i64,
 }
 
 /// What became of a recorded command.
@@ -791,6 +811,41 @@ impl Store {
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Latches serve, replacing an earlier latch.
+    pub fn set_latch(&self, latch: &LatchRecord) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT INTO latch (id, by_name, reason, at_ms, run_id) VALUES (1, ?1, ?2, ?3, ?4)
+             ON CONFLICT (id) DO UPDATE SET by_name = excluded.by_name, reason = excluded.reason,
+                 at_ms = excluded.at_ms, run_id = excluded.run_id",
+            params![latch.by, latch.reason, latch.at_ms, latch.run],
+        )?;
+        Ok(())
+    }
+
+    /// Serve's latch, if set.
+    pub fn latch(&self) -> Result<Option<LatchRecord>, StoreError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT by_name, reason, at_ms, run_id FROM latch WHERE id = 1",
+                [],
+                |row| {
+                    Ok(LatchRecord {
+                        by: row.get(0)?,
+                        reason: row.get(1)?,
+                        at_ms: row.get(2)?,
+                        run: row.get(3)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    /// Lifts serve's latch; answers whether one was set.
+    pub fn clear_latch(&self) -> Result<bool, StoreError> {
+        Ok(self.conn().execute("DELETE FROM latch", [])? > 0)
     }
 
     /// The connection, even if another thread panicked while holding it.

@@ -96,11 +96,16 @@ async fn start_serve(agents: &[&str], operators: &[(&str, &str)]) -> Serve {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let (stop, stopped) = watch::channel(false);
+    let latch = Arc::new(
+        troop_coordinator::latch::FleetLatch::load(store.clone(), fleet.clone(), signer.clone())
+            .unwrap(),
+    );
     let streams = Streams {
         registry: registry.clone(),
         verifier: verifier.clone(),
         store: store.clone(),
         limiter: Default::default(),
+        latch: latch.clone(),
     };
     let operators = Operators {
         fleet,
@@ -109,6 +114,7 @@ async fn start_serve(agents: &[&str], operators: &[(&str, &str)]) -> Serve {
         verifier: verifier.clone(),
         stopping: stopped.clone(),
         runs: Default::default(),
+        latch,
     };
     let server_tls = serve::server_config(&tls, verifier).unwrap();
     tokio::spawn(serve::serve(

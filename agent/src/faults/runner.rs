@@ -124,7 +124,7 @@ impl Runner {
             }
             Some(Action::Resume(resume)) => {
                 checked_text("reason", &resume.reason, MAX_REASON_CHARS)?;
-                checked_text("by", &resume.by, 128)?;
+                checked_text("by", &resume.by, troop_common::latch::MAX_BY_CHARS)?;
                 let summary = match self.engine.resume(command.issued_at_unix_ms)? {
                     Some(lifted) => format!(
                         "latch lifted (emergency stop by {} at {}: {})",

@@ -1,4 +1,5 @@
-//! `troop agents`, `troop status` and `troop halt`: the fleet as it is, and stopping all.
+//! `troop agents`, `troop status`, `troop halt`, `troop emergency-stop` and `troop resume`:
+//! the fleet as it is, and stopping all.
 
 use crate::cli::Output;
 use serde_json::{Value, json};
@@ -91,6 +92,9 @@ fn status_json(
                     .map(fault_json)
                     .collect::<Vec<_>>()
             );
+            if let Some(latch) = &status.latch {
+                value["latch"] = latch_json(latch);
+            }
             if let Some(stop) = &status.last_stop {
                 value["last_stop"] = json!({
                     "command_id": stop.command_id,
@@ -116,12 +120,42 @@ fn fault_json(fault: &pb::ActiveFault) -> Value {
     })
 }
 
+fn latch_json(latch: &pb::Latch) -> Value {
+    json!({
+        "by": latch.by,
+        "reason": latch.reason,
+        "at_unix_ms": latch.at_unix_ms,
+        "command_id": latch.command_id,
+    })
+}
+
+/// A latch in words: who, when, why.
+fn latch_text(latch: &pb::Latch) -> String {
+    format!(
+        "latched by {} at {}: {}",
+        latch.by,
+        troop_common::clock::utc(latch.at_unix_ms),
+        latch.reason
+    )
+}
+
 fn print_json(context: &Context, results: &[(AgentEntry, Result<pb::AgentStatus, CallError>)]) {
     let all: Vec<Value> = results
         .iter()
         .map(|(a, r)| status_json(context, a, r))
         .collect();
-    println!("{}", json!({ "agents": all }));
+    let mut value = json!({ "agents": all });
+    if let Some(latch) = &context.fleet.serve_latch {
+        value["serve_latch"] = latch_json(latch);
+    }
+    println!("{value}");
+}
+
+/// With serve: its own latch, above the table.
+fn tell_serve_latch(context: &Context) {
+    if let Some(latch) = &context.fleet.serve_latch {
+        println!("troop serve is {}", latch_text(latch));
+    }
 }
 
 pub async fn agents(context: &Context, selector: &Selector) -> anyhow::Result<Outcome> {
@@ -156,6 +190,7 @@ pub async fn agents(context: &Context, selector: &Selector) -> anyhow::Result<Ou
                                 inventory.kernel
                             ),
                             status.active_faults.len().to_string(),
+                            status.latch.as_ref().map_or("-".into(), latch_text),
                         ]
                     }
                     Err(error) => vec![
@@ -165,13 +200,23 @@ pub async fn agents(context: &Context, selector: &Selector) -> anyhow::Result<Ou
                         labels_text(agent),
                         error.to_string(),
                         "-".into(),
+                        "?".into(),
                     ],
                 })
                 .collect();
+            tell_serve_latch(context);
             print!(
                 "{}",
                 table::render(
-                    &["AGENT", "ADDRESS", "REACHABLE", "LABELS", "HOST", "FAULTS"],
+                    &[
+                        "AGENT",
+                        "ADDRESS",
+                        "REACHABLE",
+                        "LABELS",
+                        "HOST",
+                        "FAULTS",
+                        "LATCH"
+                    ],
                     &rows
                 )
             );
@@ -188,6 +233,18 @@ pub async fn status(context: &Context, selector: &Selector) -> anyhow::Result<Ou
             let now = troop_coordinator::signer::now_unix_ms();
             let mut rows = Vec::new();
             for (agent, result) in &results {
+                if let Ok(pb::AgentStatus {
+                    latch: Some(latch), ..
+                }) = result
+                {
+                    rows.push(vec![
+                        agent.id.clone(),
+                        "-".into(),
+                        "latched".into(),
+                        String::new(),
+                        latch_text(latch),
+                    ]);
+                }
                 match result {
                     Ok(status) if status.active_faults.is_empty() => {
                         rows.push(vec![
@@ -219,6 +276,7 @@ pub async fn status(context: &Context, selector: &Selector) -> anyhow::Result<Ou
                     ]),
                 }
             }
+            tell_serve_latch(context);
             print!(
                 "{}",
                 table::render(&["AGENT", "FAULT", "KIND", "REMAINING", "EFFECT"], &rows)
@@ -238,4 +296,53 @@ pub async fn halt(context: &Context, selector: &Selector) -> anyhow::Result<Outc
     )
     .await?;
     Ok(report::print_deliveries(context.output, &deliveries))
+}
+
+/// `troop emergency-stop` (`stop`) and `troop resume`: through serve, which latches
+/// itself and its whole fleet, or straight to every agent in the config, signed here.
+pub async fn latch(context: &Context, stop: bool, reason: &str) -> anyhow::Result<Outcome> {
+    let deliveries = match &context.fleet.remote {
+        Some(remote) => remote.latch(stop, reason).await?.1,
+        None => {
+            let reason = troop_common::latch::checked_text(
+                "--reason",
+                reason,
+                troop_common::latch::MAX_REASON_CHARS,
+            )
+            .map_err(anyhow::Error::msg)?;
+            let by = troop_coordinator::audit::local_operator();
+            let (what, action) = if stop {
+                let stop = pb::EmergencyStop { reason, by };
+                ("emergency stop", pb::command::Action::EmergencyStop(stop))
+            } else {
+                ("resume", pb::command::Action::Resume(pb::Resume { reason, by }))
+            };
+            let targets = context.fleet.config.agents.clone();
+            attack::send(context, what, &targets, action).await?
+        }
+    };
+    let outcome = report::print_deliveries(context.output, &deliveries);
+    let missed: Vec<&str> = deliveries
+        .iter()
+        .filter(|delivery| delivery.result.is_err())
+        .map(|delivery| delivery.agent.id.as_str())
+        .collect();
+    if !missed.is_empty() {
+        let missed = missed.join(", ");
+        eprintln!(
+            "{}",
+            match (stop, context.fleet.remote.is_some()) {
+                (true, true) => format!(
+                    "not latched yet: {missed}; troop serve latches each when it attaches or answers again"
+                ),
+                (true, false) => format!(
+                    "not latched: {missed}; run `troop emergency-stop` again when they are back (their faults end at their own deadlines and leases)"
+                ),
+                (false, _) => format!(
+                    "still latched: {missed}; run `troop resume` again when they are back"
+                ),
+            }
+        );
+    }
+    Ok(outcome)
 }

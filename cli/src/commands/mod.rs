@@ -21,6 +21,8 @@ pub async fn run(context: Context, command: FleetCommand) -> anyhow::Result<Outc
         FleetCommand::Agents(args) => fleet::agents(&context, &args.selector).await,
         FleetCommand::Status(args) => fleet::status(&context, &args.selector).await,
         FleetCommand::Halt(args) => fleet::halt(&context, &args.selector).await,
+        FleetCommand::EmergencyStop(args) => fleet::latch(&context, true, &args.reason).await,
+        FleetCommand::Resume(args) => fleet::latch(&context, false, &args.reason).await,
         FleetCommand::Attack(attack) => attack::run(&context, attack).await,
     }
 }

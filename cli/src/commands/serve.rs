@@ -18,6 +18,7 @@ use troop_common::identity::FleetVerifier;
 use troop_coordinator::campaign::runner::{Progress, RunEvent, run_campaign};
 use troop_coordinator::campaign::scheduler;
 use troop_coordinator::fleet::Fleet;
+use troop_coordinator::latch::FleetLatch;
 use troop_coordinator::live::Registry;
 use troop_coordinator::live::streams::Streams;
 use troop_coordinator::serve::{self as grpc_serve, operators::Operators};
@@ -29,9 +30,19 @@ use crate::outcome::Outcome;
 /// Who the history says started a scheduled run.
 const SCHEDULE_OPERATOR: &str = "troop serve (schedule)";
 
-/// `GET /healthz`: `ok` while serve runs; anything else 404 (axum's router).
-async fn health(listener: tokio::net::TcpListener) {
-    let routes = axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok\n" }));
+/// `GET /healthz`: `ok` while serve runs, and the emergency stop while latched;
+/// anything else 404 (axum's router).
+async fn health(listener: tokio::net::TcpListener, latch: Arc<FleetLatch>) {
+    let healthz = move || {
+        let latch = latch.refusal();
+        async move {
+            match latch {
+                None => "ok\n".to_string(),
+                Some(latch) => format!("ok\nlatched: {latch}\n"),
+            }
+        }
+    };
+    let routes = axum::Router::new().route("/healthz", axum::routing::get(healthz));
     if let Err(error) = axum::serve(listener, routes).await {
         tracing::error!(%error, "/healthz stopped");
     }
@@ -79,6 +90,7 @@ pub async fn run(context: Context) -> anyhow::Result<Outcome> {
     let health_listener = tokio::net::TcpListener::bind(health_listen)
         .await
         .with_context(|| format!("cannot listen on {health_listen} ([serve] health_listen)"))?;
+    let latch = Arc::new(FleetLatch::load(store.clone(), fleet.clone(), signer.clone())?);
     let (stop_grpc, grpc_stopped) = watch::channel(false);
     let operator_runs = TaskTracker::new();
     let grpc = tokio::spawn(grpc_serve::serve(
@@ -89,6 +101,7 @@ pub async fn run(context: Context) -> anyhow::Result<Outcome> {
             verifier: verifier.clone(),
             store: store.clone(),
             limiter: Default::default(),
+            latch: latch.clone(),
         },
         Operators {
             fleet: fleet.clone(),
@@ -97,6 +110,7 @@ pub async fn run(context: Context) -> anyhow::Result<Outcome> {
             verifier,
             stopping: grpc_stopped.clone(),
             runs: operator_runs.clone(),
+            latch: latch.clone(),
         },
         async move {
             let mut stopped = grpc_stopped;
@@ -104,11 +118,13 @@ pub async fn run(context: Context) -> anyhow::Result<Outcome> {
         },
     ));
     tracing::info!(%listen, %health_listen, "serving agents' streams and the operator API, and /healthz");
-    tokio::spawn(health(health_listener));
+    tokio::spawn(health(health_listener, latch.clone()));
+    let relatching = tokio::spawn(latch.clone().keep_latching());
     if let Err(error) = troop_common::notify::ready() {
         tracing::warn!(%error, "cannot notify systemd of readiness");
     }
-    let outcome = schedule(&fleet, &store).await;
+    let outcome = schedule(&fleet, &store, &latch).await;
+    relatching.abort();
     // Operators' runs are cancelled and revert over the agents' streams, then those end.
     let _ = stop_grpc.send(true);
     operator_runs.close();
@@ -121,7 +137,7 @@ pub async fn run(context: Context) -> anyhow::Result<Outcome> {
 }
 
 /// Fires campaigns on their schedules until SIGTERM.
-async fn schedule(fleet: &Fleet, store: &Store) -> anyhow::Result<Outcome> {
+async fn schedule(fleet: &Fleet, store: &Store, latch: &FleetLatch) -> anyhow::Result<Outcome> {
     let context = Context {
         fleet: fleet.clone(),
         output: crate::cli::Output::Table,
@@ -129,7 +145,6 @@ async fn schedule(fleet: &Fleet, store: &Store) -> anyhow::Result<Outcome> {
     let dir = scheduler::campaigns_dir(&context.fleet.config);
     let mut campaigns = scheduler::load_campaigns(&dir);
     tracing::info!(count = campaigns.len(), dir = %dir.display(), "campaigns loaded");
-    let (cancel, cancelled) = watch::channel(None::<String>);
     let mut terminate = signal(SignalKind::terminate())?;
     let mut hangup = signal(SignalKind::hangup())?;
     let mut rng = StdRng::from_os_rng();
@@ -160,6 +175,11 @@ async fn schedule(fleet: &Fleet, store: &Store) -> anyhow::Result<Outcome> {
         }
         let Some((_, index)) = due else { continue };
         let campaign = campaigns[index].clone();
+        if let Some(refusal) = latch.refusal() {
+            tracing::warn!(campaign = %campaign.name, %refusal, "not firing");
+            scheduler::refuse_latched(&campaign, store, &refusal, SCHEDULE_OPERATOR)?;
+            continue;
+        }
         let groups = scheduler::fire(
             &campaign,
             &context.fleet.agents(),
@@ -173,18 +193,30 @@ async fn schedule(fleet: &Fleet, store: &Store) -> anyhow::Result<Outcome> {
         }
         let groups_text = groups.iter().cloned().collect::<Vec<_>>().join(", ");
         tracing::info!(campaign = %campaign.name, groups = %groups_text, "firing");
+        // Each run its own: a cancelled run must not cancel the next.
+        let (cancel, cancelled) = watch::channel(None::<String>);
         let run = run_campaign(
             &context.fleet,
             &campaign,
             false,
             Some(&groups),
-            cancelled.clone(),
+            cancelled,
             Arc::new(Logged),
             SCHEDULE_OPERATOR,
         );
         tokio::pin!(run);
+        let mut latched = latch.subscribe();
+        let stopped = async {
+            let _ = latched.wait_for(Option::is_some).await;
+            latch.refusal()
+        };
+        tokio::pin!(stopped);
         let report = tokio::select! {
             report = &mut run => report,
+            Some(refusal) = &mut stopped => {
+                let _ = cancel.send(Some(refusal));
+                run.await
+            }
             _ = terminate.recv() => {
                 let _ = cancel.send(Some("troop serve is stopping (SIGTERM)".into()));
                 let report = run.await;

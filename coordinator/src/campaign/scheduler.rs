@@ -80,6 +80,23 @@ pub fn next_due(campaign: &Campaign, store: &Store, rng: &mut StdRng) -> Option<
     }
 }
 
+/// A firing that came while an emergency stop latches serve: recorded as a refused run
+/// and counted as the campaign's run, so it fires next on its schedule after the
+/// resume rather than at once.
+pub fn refuse_latched(
+    campaign: &Campaign,
+    store: &Store,
+    refusal: &str,
+    operator: &str,
+) -> Result<i64, StoreError> {
+    let now = now_unix_ms();
+    let seed = campaign.seed.unwrap_or_default();
+    let run = store.begin_run(&campaign.name, &campaign.sha256, seed, false, now, operator)?;
+    store.finish_run(run, "refused", refusal, now)?;
+    store.set_last_run(&campaign.name, now)?;
+    Ok(run)
+}
+
 /// Runs a previous serve left unfinished are marked failed: their faults carried leases
 /// nobody renewed, so the agents have reverted them.
 pub fn close_stale_runs(store: &Store) -> Result<(), StoreError> {

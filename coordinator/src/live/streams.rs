@@ -33,6 +33,8 @@ pub struct Streams {
     /// Every attach, allowed or refused, goes to its access log.
     pub store: Arc<Store>,
     pub limiter: AttachLimiter,
+    /// While serve is latched, an agent that attaches is latched first.
+    pub latch: Arc<crate::latch::FleetLatch>,
 }
 
 fn record(store: &Store, caller: &str, allowed: bool, detail: String) {
@@ -186,6 +188,7 @@ impl Coordinator for Streams {
         };
         // The outbox is new and empty: this cannot be full.
         let _ = link.outbox.try_send(registered);
+        self.latch.attached(link.entry());
         let (ended, ending) = oneshot::channel();
         tokio::spawn(read(
             self.registry.clone(),

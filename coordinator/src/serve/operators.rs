@@ -17,6 +17,7 @@ use troop_proto::serve_pb::{self, call_failure, delivery};
 use crate::audit::{AdhocRun, send_recorded};
 use crate::config::{AgentEntry, Role};
 use crate::fleet::Fleet;
+use crate::latch::{FleetLatch, LatchError};
 use crate::live::streams::caller;
 use crate::signer::{Signer, now_unix_ms};
 use crate::store::{AccessRecord, RunDetail, Store, StoreError};
@@ -36,6 +37,8 @@ pub struct Operators {
     pub stopping: watch::Receiver<bool>,
     /// Those runs, which serve waits for (they revert) before it closes agents' streams.
     pub runs: TaskTracker,
+    /// The emergency stop: while set, no attack or campaign run.
+    pub latch: Arc<FleetLatch>,
 }
 
 impl Operators {
@@ -133,6 +136,17 @@ impl Operators {
         })
     }
 
+    /// FAILED_PRECONDITION naming the emergency stop while latched; the refusal audited.
+    pub(super) fn check_latch(&self, operator: &str, call: &str) -> Result<(), Status> {
+        match self.latch.refusal() {
+            None => Ok(()),
+            Some(refusal) => {
+                self.record(operator, call, Some(&refusal));
+                Err(Status::failed_precondition(refusal))
+            }
+        }
+    }
+
     /// The fleet by id, built once per call: a lookup per command into a fresh list
     /// made a 1,000-agent Send quadratic.
     fn known(&self) -> BTreeMap<String, AgentEntry> {
@@ -201,7 +215,10 @@ impl Operator for Operators {
             );
             agents.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
         }
-        Ok(Response::new(serve_pb::AgentList { agents }))
+        Ok(Response::new(serve_pb::AgentList {
+            agents,
+            latch: self.latch.to_pb(),
+        }))
     }
 
     async fn statuses(
@@ -252,6 +269,16 @@ impl Operator for Operators {
             .filter(|c| !c.is_control())
             .take(80)
             .collect();
+        use troop_proto::pb::command::Action;
+        let actions = || send.commands.iter().filter_map(|c| c.action.as_ref());
+        if actions().any(|a| matches!(a, Action::EmergencyStop(_) | Action::Resume(_))) {
+            return Err(Status::invalid_argument(
+                "an emergency stop or a resume goes through the EmergencyStop or Resume call (`troop emergency-stop`, `troop resume`), which latch serve too",
+            ));
+        }
+        if actions().any(|a| matches!(a, Action::Start(_))) {
+            self.check_latch(&operator, &format!("send commands ({what})"))?;
+        }
         let mut work = Vec::new();
         let mut slots: Vec<Result<usize, String>> = Vec::new();
         let fleet = self.known();
@@ -304,6 +331,34 @@ impl Operator for Operators {
         }))
     }
 
+    async fn emergency_stop(
+        &self,
+        request: Request<serve_pb::LatchRequest>,
+    ) -> Result<Response<serve_pb::SendReply>, Status> {
+        let operator = self.authorize(peer(&request), "emergency stop", Role::Operator)?;
+        let reason = request.into_inner().reason;
+        let (run, deliveries) = self
+            .latch
+            .stop(&operator, &reason)
+            .await
+            .map_err(latch_failed)?;
+        Ok(Response::new(latch_reply(run, &deliveries)))
+    }
+
+    async fn resume(
+        &self,
+        request: Request<serve_pb::LatchRequest>,
+    ) -> Result<Response<serve_pb::SendReply>, Status> {
+        let operator = self.authorize(peer(&request), "resume", Role::Operator)?;
+        let reason = request.into_inner().reason;
+        let (run, deliveries) = self
+            .latch
+            .resume(&operator, &reason)
+            .await
+            .map_err(latch_failed)?;
+        Ok(Response::new(latch_reply(run, &deliveries)))
+    }
+
     type RunCampaignStream = runs::Updates;
 
     async fn run_campaign(
@@ -329,6 +384,20 @@ impl Operator for Operators {
     ) -> Result<Response<serve_pb::RunRecords>, Status> {
         self.authorize(peer(&request), "campaign show", Role::Viewer)?;
         records(&self.stored_run(request.into_inner().run, store_failed)?)
+    }
+}
+
+fn latch_reply(run: i64, deliveries: &[crate::dispatch::Delivery]) -> serve_pb::SendReply {
+    serve_pb::SendReply {
+        deliveries: deliveries.iter().map(wire::delivery_out).collect(),
+        run,
+    }
+}
+
+fn latch_failed(error: LatchError) -> Status {
+    match error {
+        LatchError::Invalid(message) => Status::invalid_argument(message),
+        store @ LatchError::Store(_) => Status::unavailable(store.to_string()),
     }
 }
 

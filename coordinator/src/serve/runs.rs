@@ -2,7 +2,8 @@
 //! stream. Serve runs it with its own fleet, signer and store, exactly as the scheduler
 //! runs one, and streams its events back. A Cancel, the stream's end (the CLI's Ctrl-C,
 //! a crash, a lost connection) and serve's own stop all cancel the run, which then
-//! reverts what it started; the run never outlives its operator unattended.
+//! reverts what it started; the run never outlives its operator unattended. An emergency
+//! stop cancels it too, and while latched no run starts.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -57,6 +58,9 @@ pub async fn run(
         ("run a campaign", Role::Operator)
     };
     let operator = operators.authorize(peer.as_ref(), call, needs)?;
+    if !start.dry_run {
+        operators.check_latch(&operator, call)?;
+    }
     // Relative paths in it mean what they mean for serve's own campaigns.
     let name = Path::new(&start.file_name)
         .file_name()
@@ -72,6 +76,7 @@ pub async fn run(
         control,
         updates.clone(),
         operators.stopping.clone(),
+        operators.latch.subscribe(),
         cancel,
         operator.clone(),
     ));
@@ -105,6 +110,7 @@ async fn watch_operator(
     mut control: Streaming<serve_pb::RunControl>,
     updates: Sender,
     mut stopping: watch::Receiver<bool>,
+    mut latch: watch::Receiver<Option<crate::store::LatchRecord>>,
     cancel: watch::Sender<Option<String>>,
     operator: String,
 ) {
@@ -120,6 +126,12 @@ async fn watch_operator(
             },
             () = updates.closed() => break format!("{operator}'s connection to serve ended"),
             _ = stopping.wait_for(|stop| *stop) => break "troop serve is stopping".to_string(),
+            Ok(()) = latch.changed() => {
+                let stopped = latch.borrow_and_update().as_ref().map(crate::latch::refusal);
+                if let Some(stopped) = stopped {
+                    break stopped;
+                }
+            }
         }
     };
     tracing::warn!(%operator, %reason, "cancelling an operator's campaign run");

@@ -685,3 +685,32 @@ fn a_fleets_commands_are_recorded_all_or_none_and_finished_together() {
         "the bad outcome alone is not set"
     );
 }
+
+#[test]
+fn the_latch_survives_a_reopen_until_it_is_cleared() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = url(&dir.path().join("audit.db"));
+    let store = Store::open(&url).unwrap();
+    assert_eq!(store.latch().unwrap(), None);
+    let run = store
+        .begin_adhoc("emergency stop", 0, "alice", 10)
+        .unwrap();
+    let latch = LatchRecord {
+        by: "alice".into(),
+        reason: "checkout is down".into(),
+        at_ms: 11,
+        run,
+    };
+    store.set_latch(&latch).unwrap();
+    let again = LatchRecord {
+        by: "bob".into(),
+        ..latch
+    };
+    store.set_latch(&again).unwrap();
+    drop(store);
+    let store = Store::open(&url).unwrap();
+    assert_eq!(store.latch().unwrap(), Some(again), "the newer latch replaces");
+    assert!(store.clear_latch().unwrap());
+    assert!(!store.clear_latch().unwrap());
+    assert_eq!(store.latch().unwrap(), None);
+}

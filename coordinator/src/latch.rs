@@ -1,0 +1,271 @@
+//! Serve's emergency stop. While latched, serve refuses attacks and campaign runs,
+//! fires no schedule, and every agent it knows is sent an `EmergencyStop`: at the stop,
+//! when a stream attaches, and, for agents the stop did not reach, again every few
+//! seconds. The latch is a row in the store, so a serve restart keeps it. The stop and
+//! the resume are ad-hoc runs whose commands record each agent's acknowledgement.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use troop_common::latch::{MAX_BY_CHARS, MAX_REASON_CHARS, checked_text, latched_message};
+use troop_proto::pb;
+
+use crate::audit::{AdhocRun, send_recorded};
+use crate::config::AgentEntry;
+use crate::dispatch::Delivery;
+use crate::fleet::Fleet;
+use crate::signer::{Signer, now_unix_ms};
+use crate::store::{LatchRecord, Store, StoreError};
+
+/// How often the agents a stop did not reach are tried again.
+pub const RETRY_EVERY: Duration = Duration::from_secs(5);
+
+/// Why a stop or resume did nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum LatchError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("audit store: {0}; nothing sent")]
+    Store(#[from] StoreError),
+}
+
+/// The latch and what serve needs to send it.
+pub struct FleetLatch {
+    store: Arc<Store>,
+    fleet: Fleet,
+    signer: Arc<Signer>,
+    current: watch::Sender<Option<LatchRecord>>,
+    /// Agents a latch has not reached yet.
+    unlatched: Mutex<BTreeSet<String>>,
+    /// One stop, resume or re-latch at a time, so a resume never overtakes a latch.
+    turn: tokio::sync::Mutex<()>,
+}
+
+impl FleetLatch {
+    /// Serve's latch as the store has it. After a restart while latched, every agent
+    /// the config lists may have missed it, so each is sent it again.
+    pub fn load(store: Arc<Store>, fleet: Fleet, signer: Arc<Signer>) -> Result<Self, StoreError> {
+        let current = store.latch()?;
+        let unlatched = match &current {
+            Some(latch) => {
+                tracing::warn!(by = %latch.by, reason = %latch.reason, "latched by an emergency stop: no attack, run or schedule until a resume");
+                fleet.config.agents.iter().map(|a| a.id.clone()).collect()
+            }
+            None => BTreeSet::new(),
+        };
+        Ok(Self {
+            store,
+            fleet,
+            signer,
+            current: watch::Sender::new(current),
+            unlatched: Mutex::new(unlatched),
+            turn: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    pub fn current(&self) -> Option<LatchRecord> {
+        self.current.borrow().clone()
+    }
+
+    /// Sees every change of the latch (campaign runs are cancelled when it is set).
+    pub fn subscribe(&self) -> watch::Receiver<Option<LatchRecord>> {
+        self.current.subscribe()
+    }
+
+    /// What an attack or a run is refused with while latched.
+    pub fn refusal(&self) -> Option<String> {
+        self.current().as_ref().map(refusal)
+    }
+
+    /// The latch as the wire shows it.
+    pub fn to_pb(&self) -> Option<pb::Latch> {
+        self.current().map(|latch| pb::Latch {
+            command_id: String::new(),
+            by: latch.by,
+            reason: latch.reason,
+            at_unix_ms: latch.at_ms,
+        })
+    }
+
+    /// Latches serve (stored first), then sends every agent an `EmergencyStop`. A store
+    /// that cannot record it does not hold the stop back: serve latches in memory and
+    /// sends unrecorded, as a halt does.
+    pub async fn stop(&self, by: &str, reason: &str) -> Result<(i64, Vec<Delivery>), LatchError> {
+        let reason = checked("reason", reason, MAX_REASON_CHARS)?;
+        let by = checked("by", by, MAX_BY_CHARS)?;
+        let _turn = self.turn.lock().await;
+        let run = AdhocRun::begin_in(self.store.clone(), "emergency stop", 0, &by)
+            .inspect_err(|error| tracing::error!(%error, "audit store: cannot record the emergency stop; sending it anyway"))
+            .ok();
+        let latch = LatchRecord {
+            by: by.clone(),
+            reason: reason.clone(),
+            at_ms: now_unix_ms(),
+            run: run.as_ref().map_or(0, AdhocRun::id),
+        };
+        if let Err(error) = self.store.set_latch(&latch) {
+            tracing::error!(%error, "audit store: cannot store the latch; latched until serve stops");
+        }
+        tracing::warn!(%by, %reason, "emergency stop: latched");
+        self.current.send_replace(Some(latch));
+        let agents = self.fleet.agents();
+        let deliveries = self
+            .send(run.as_ref(), agents, stop_action(&by, &reason))
+            .await;
+        self.note_reached(&deliveries, true);
+        Ok((run.as_ref().map_or(0, AdhocRun::id), deliveries))
+    }
+
+    /// Lifts serve's latch (stored first), then sends every agent a `Resume`. An agent
+    /// that misses it stays latched until the next resume: the safe side.
+    pub async fn resume(
+        &self,
+        by: &str,
+        reason: &str,
+    ) -> Result<(i64, Vec<Delivery>), LatchError> {
+        let reason = checked("reason", reason, MAX_REASON_CHARS)?;
+        let by = checked("by", by, MAX_BY_CHARS)?;
+        let _turn = self.turn.lock().await;
+        let run = AdhocRun::begin_in(self.store.clone(), "resume", 0, &by)?;
+        self.store.clear_latch()?;
+        tracing::warn!(%by, %reason, "resume: latch lifted");
+        self.current.send_replace(None);
+        self.unlatched_lock().clear();
+        let action = pb::command::Action::Resume(pb::Resume { reason, by });
+        let deliveries = self.send(Some(&run), self.fleet.agents(), action).await;
+        Ok((run.id(), deliveries))
+    }
+
+    /// A stream attached: if serve is latched, the agent is latched at once.
+    pub fn attached(self: &Arc<Self>, agent: AgentEntry) {
+        if self.current().is_some() {
+            let latch = self.clone();
+            tokio::spawn(async move { latch.relatch(vec![agent], "it attached").await });
+        }
+    }
+
+    /// Until serve stops: while latched, the agents a latch has not reached yet are
+    /// sent it again every [`RETRY_EVERY`].
+    pub async fn keep_latching(self: Arc<Self>) {
+        let mut every = tokio::time::interval(RETRY_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            let unlatched = self.unlatched_lock().clone();
+            if unlatched.is_empty() || self.current().is_none() {
+                continue;
+            }
+            let agents: Vec<AgentEntry> = self
+                .fleet
+                .agents()
+                .into_iter()
+                .filter(|agent| unlatched.contains(&agent.id))
+                .collect();
+            if !agents.is_empty() {
+                self.relatch(agents, "a latch had not reached it").await;
+            }
+        }
+    }
+
+    /// Sends the current latch to `agents`, recorded as a run of its own.
+    async fn relatch(&self, agents: Vec<AgentEntry>, why: &str) {
+        let _turn = self.turn.lock().await;
+        // Read under the turn: a resume that went first has lifted it.
+        let Some(latch) = self.current() else { return };
+        let what = match agents.as_slice() {
+            [one] => format!("emergency stop, again to {} ({why})", one.id),
+            many => format!("emergency stop, again to {} agents ({why})", many.len()),
+        };
+        let run = AdhocRun::begin_in(self.store.clone(), &what, 0, &latch.by)
+            .inspect_err(|error| tracing::error!(%error, "audit store: cannot record a latch sent again; sending it anyway"))
+            .ok();
+        let deliveries = self
+            .send(run.as_ref(), agents, stop_action(&latch.by, &latch.reason))
+            .await;
+        self.note_reached(&deliveries, false);
+    }
+
+    /// Sends `action` to `agents`, recorded in `run` where the store takes it, else
+    /// unrecorded: a latch or a resume must not wait for a disk.
+    async fn send(
+        &self,
+        run: Option<&AdhocRun>,
+        agents: Vec<AgentEntry>,
+        action: pb::command::Action,
+    ) -> Vec<Delivery> {
+        let work: Vec<_> = agents
+            .into_iter()
+            .map(|agent| (agent, action.clone()))
+            .collect();
+        let none = serde_json::json!({});
+        let deliveries = match send_recorded(
+            &self.fleet,
+            &self.signer,
+            run.map(AdhocRun::audit),
+            work.clone(),
+            &none,
+        )
+        .await
+        {
+            Ok(deliveries) => deliveries,
+            Err(error) => {
+                tracing::error!(%error, "audit store: cannot record the commands; sending them anyway");
+                send_recorded(&self.fleet, &self.signer, None, work, &none)
+                    .await
+                    .unwrap_or_default()
+            }
+        };
+        if let Some(run) = run {
+            run.finish(&deliveries);
+        }
+        deliveries
+    }
+
+    /// Remembers which agents acknowledged; `fresh` starts over (a new latch).
+    fn note_reached(&self, deliveries: &[Delivery], fresh: bool) {
+        let mut unlatched = self.unlatched_lock();
+        if fresh {
+            unlatched.clear();
+        }
+        for delivery in deliveries {
+            if delivery.result.is_ok() {
+                unlatched.remove(&delivery.agent.id);
+            } else {
+                tracing::warn!(agent = %delivery.agent.id, "not latched yet; trying again");
+                unlatched.insert(delivery.agent.id.clone());
+            }
+        }
+    }
+
+    /// Agents the latch has not reached yet.
+    pub fn unlatched(&self) -> BTreeSet<String> {
+        self.unlatched_lock().clone()
+    }
+
+    fn unlatched_lock(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
+        self.unlatched.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The refusal's words for `latch`: as the agents say it, naming the run that stopped.
+pub fn refusal(latch: &LatchRecord) -> String {
+    latched_message(
+        &latch.by,
+        latch.at_ms,
+        &format!("serve, run {}", latch.run),
+        &latch.reason,
+    )
+}
+
+fn stop_action(by: &str, reason: &str) -> pb::command::Action {
+    pb::command::Action::EmergencyStop(pb::EmergencyStop {
+        reason: reason.to_string(),
+        by: by.to_string(),
+    })
+}
+
+fn checked(key: &str, text: &str, max: usize) -> Result<String, LatchError> {
+    checked_text(key, text, max).map_err(LatchError::Invalid)
+}
