@@ -14,7 +14,7 @@ use troop_proto::pb;
 
 use crate::audit::{AdhocRun, send_recorded};
 use crate::config::AgentEntry;
-use crate::dispatch::Delivery;
+use crate::dispatch::{CallError, Delivery};
 use crate::fleet::Fleet;
 use crate::signer::{Signer, now_unix_ms};
 use crate::store::{LatchRecord, Store, StoreError};
@@ -111,20 +111,17 @@ impl FleetLatch {
         tracing::warn!(%by, %reason, "emergency stop: latched");
         self.current.send_replace(Some(latch));
         let agents = self.fleet.agents();
-        let deliveries = self
+        let mut deliveries = self
             .send(run.as_ref(), agents, stop_action(&by, &reason))
             .await;
+        deliveries.extend(self.departed());
         self.note_reached(&deliveries, true);
         Ok((run.as_ref().map_or(0, AdhocRun::id), deliveries))
     }
 
     /// Lifts serve's latch (stored first), then sends every agent a `Resume`. An agent
     /// that misses it stays latched until the next resume: the safe side.
-    pub async fn resume(
-        &self,
-        by: &str,
-        reason: &str,
-    ) -> Result<(i64, Vec<Delivery>), LatchError> {
+    pub async fn resume(&self, by: &str, reason: &str) -> Result<(i64, Vec<Delivery>), LatchError> {
         let reason = checked("reason", reason, MAX_REASON_CHARS)?;
         let by = checked("by", by, MAX_BY_CHARS)?;
         let _turn = self.turn.lock().await;
@@ -221,6 +218,30 @@ impl FleetLatch {
             run.finish(&deliveries);
         }
         deliveries
+    }
+
+    /// Agents whose streams ended and have not come back: not latched until they do.
+    fn departed(&self) -> Vec<Delivery> {
+        let Some(live) = &self.fleet.dispatcher.streams else {
+            return Vec::new();
+        };
+        live.departed()
+            .into_iter()
+            .filter(|gone| live.get(&gone.id).is_none())
+            .map(|gone| Delivery {
+                command_id: String::new(),
+                signature_sha256: String::new(),
+                result: Err(CallError::Unreachable(format!(
+                    "its stream ended (last seen {}); latched when it attaches again",
+                    troop_common::clock::utc(gone.last_seen_unix_ms)
+                ))),
+                agent: AgentEntry {
+                    id: gone.id,
+                    address: gone.address,
+                    labels: gone.labels,
+                },
+            })
+            .collect()
     }
 
     /// Remembers which agents acknowledged; `fresh` starts over (a new latch).

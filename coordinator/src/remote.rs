@@ -26,11 +26,13 @@ use crate::wire::{self, run};
 /// Larger than a command: a whole fleet's statuses come back in one answer.
 const MAX_REPLY_BYTES: usize = 64 * 1024 * 1024;
 
-/// Serve refused the call (the operator's role, or no role at all).
+/// Serve refused the call: the operator's role (or no role at all), or an emergency
+/// stop's latch.
 #[derive(Debug, thiserror::Error)]
-#[error("{what}: PERMISSION_DENIED: {reason}")]
+#[error("{what}: {}: {reason}", code_name(*.code))]
 pub struct Refused {
     pub what: String,
+    pub code: tonic::Code,
     pub reason: String,
 }
 
@@ -75,9 +77,13 @@ impl Remote {
 
     fn refused(&self, call: &str, status: tonic::Status) -> anyhow::Error {
         let what = format!("troop serve at {}: {call}", self.address);
-        if status.code() == tonic::Code::PermissionDenied {
+        if matches!(
+            status.code(),
+            tonic::Code::PermissionDenied | tonic::Code::FailedPrecondition
+        ) {
             return Refused {
                 what,
+                code: status.code(),
                 reason: status.message().to_string(),
             }
             .into();
@@ -108,7 +114,9 @@ impl Remote {
         } else {
             ("resume", client.resume(request).await)
         };
-        let reply = reply.map_err(|status| self.refused(call, status))?.into_inner();
+        let reply = reply
+            .map_err(|status| self.refused(call, status))?
+            .into_inner();
         let deliveries = reply
             .deliveries
             .into_iter()

@@ -315,7 +315,10 @@ pub async fn latch(context: &Context, stop: bool, reason: &str) -> anyhow::Resul
                 let stop = pb::EmergencyStop { reason, by };
                 ("emergency stop", pb::command::Action::EmergencyStop(stop))
             } else {
-                ("resume", pb::command::Action::Resume(pb::Resume { reason, by }))
+                (
+                    "resume",
+                    pb::command::Action::Resume(pb::Resume { reason, by }),
+                )
             };
             let targets = context.fleet.config.agents.clone();
             attack::send(context, what, &targets, action).await?
@@ -338,9 +341,8 @@ pub async fn latch(context: &Context, stop: bool, reason: &str) -> anyhow::Resul
                 (true, false) => format!(
                     "not latched: {missed}; run `troop emergency-stop` again when they are back (their faults end at their own deadlines and leases)"
                 ),
-                (false, _) => format!(
-                    "still latched: {missed}; run `troop resume` again when they are back"
-                ),
+                (false, _) =>
+                    format!("still latched: {missed}; run `troop resume` again when they are back"),
             }
         );
     }

@@ -90,7 +90,11 @@ pub async fn run(context: Context) -> anyhow::Result<Outcome> {
     let health_listener = tokio::net::TcpListener::bind(health_listen)
         .await
         .with_context(|| format!("cannot listen on {health_listen} ([serve] health_listen)"))?;
-    let latch = Arc::new(FleetLatch::load(store.clone(), fleet.clone(), signer.clone())?);
+    let latch = Arc::new(FleetLatch::load(
+        store.clone(),
+        fleet.clone(),
+        signer.clone(),
+    )?);
     let (stop_grpc, grpc_stopped) = watch::channel(false);
     let operator_runs = TaskTracker::new();
     let grpc = tokio::spawn(grpc_serve::serve(

@@ -692,9 +692,7 @@ fn the_latch_survives_a_reopen_until_it_is_cleared() {
     let url = url(&dir.path().join("audit.db"));
     let store = Store::open(&url).unwrap();
     assert_eq!(store.latch().unwrap(), None);
-    let run = store
-        .begin_adhoc("emergency stop", 0, "alice", 10)
-        .unwrap();
+    let run = store.begin_adhoc("emergency stop", 0, "alice", 10).unwrap();
     let latch = LatchRecord {
         by: "alice".into(),
         reason: "checkout is down".into(),
@@ -709,7 +707,11 @@ fn the_latch_survives_a_reopen_until_it_is_cleared() {
     store.set_latch(&again).unwrap();
     drop(store);
     let store = Store::open(&url).unwrap();
-    assert_eq!(store.latch().unwrap(), Some(again), "the newer latch replaces");
+    assert_eq!(
+        store.latch().unwrap(),
+        Some(again),
+        "the newer latch replaces"
+    );
     assert!(store.clear_latch().unwrap());
     assert!(!store.clear_latch().unwrap());
     assert_eq!(store.latch().unwrap(), None);
