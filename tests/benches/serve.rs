@@ -8,11 +8,15 @@
 //!    resident memory; every agent back after serve is killed with SIGKILL and restarted;
 //!    idle CPU of serve and of an agent. `SERVE_BENCH_STATE=/dev/shm` puts the agents'
 //!    journals on tmpfs.
+//! 3. Emergency stop on 30 dial-in lab hosts, each running a cpu, a memory and a disk
+//!    fault: `troop emergency-stop` through serve, timed from the CLI's start until the
+//!    last fault is gone as seen from outside (burner threads in /proc, the memory
+//!    holder process, statvfs of the host's tmpfs).
 //!
 //! Results and what they mean: BENCHMARKS.md.
 //!
 //! `cargo build --release --bins && cargo bench -p troop-tests --bench serve`
-//! (`-- kill` or `-- thousand` runs one part).
+//! (`-- kill`, `-- thousand` or `-- stop` runs one part).
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -41,6 +45,9 @@ fn main() {
     }
     if wants("thousand") {
         thousand_agents();
+    }
+    if wants("stop") {
+        emergency_stop_on_thirty_hosts();
     }
 }
 
@@ -176,6 +183,148 @@ fn time_kills(lab: &Lab, config: &Path, select: &str, hosts: &[String]) -> Vec<D
         samples.push(start.elapsed());
     }
     samples
+}
+
+const STOP_ROUNDS: usize = 7;
+
+fn emergency_stop_on_thirty_hosts() {
+    let mut lab = Lab::networked("serve bench: emergency stop").expect("a networked lab");
+    let alice = lab.add_operator("alice", Some("operator"));
+    let hosts: Vec<String> = (1..=HOSTS).map(|n| format!("nat-{n}")).collect();
+    let _serve = start_serve(&lab);
+    let policy = "allow = [\"cpu\", \"memory\", \"disk\"]";
+    for id in &hosts {
+        lab.start_dial_in_host(id, &[("role", "nat")], policy, vec![]);
+    }
+    let troop = |args: &[&str]| {
+        let output = lab
+            .troop_command()
+            .arg("--config")
+            .arg(&alice)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "troop {args:?}: {}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        output
+    };
+    let attached = wait_for(Duration::from_secs(60), || {
+        let output = troop(&["agents", "--output", "json"]);
+        let agents: Value = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
+        agents["agents"]
+            .as_array()
+            .is_some_and(|all| all.iter().filter(|a| a["reachable"] == true).count() == HOSTS)
+    });
+    assert!(attached, "not every dial-in host attached");
+    let disk = lab.hosts[&hosts[0]].disk.display().to_string();
+    let (mut to_reverted, mut to_answered) = (Vec::new(), Vec::new());
+    for _ in 0..STOP_ROUNDS {
+        troop(&[
+            "attack", "cpu", "--select", "role=nat", "--load", "20", "--cores", "1", "--for", "5m",
+        ]);
+        troop(&[
+            "attack", "memory", "--select", "role=nat", "--size", "16MiB", "--for", "5m",
+        ]);
+        troop(&[
+            "attack", "disk", "--select", "role=nat", "--path", &disk, "--fill", "50", "--for",
+            "5m",
+        ]);
+        assert!(
+            hosts.iter().all(|id| all_three_faults(&lab, id)),
+            "not every host shows its three faults"
+        );
+        // Looked up before the clock starts: a scan of /proc per host per poll would
+        // take longer than the stop.
+        let watched: Vec<Watched> = hosts
+            .iter()
+            .map(|id| {
+                let host = &lab.hosts[id];
+                Watched {
+                    agent: host.agent_pid().unwrap(),
+                    holder: memory_holder(&lab, id),
+                    disk: host.host.path_inside(&host.disk).unwrap(),
+                }
+            })
+            .collect();
+        let start = Instant::now();
+        troop(&["emergency-stop", "--reason", "bench"]);
+        to_answered.push(start.elapsed());
+        loop {
+            if watched.iter().all(Watched::clear) {
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(10), "faults survived");
+            std::thread::sleep(Duration::from_micros(500));
+        }
+        to_reverted.push(start.elapsed());
+        troop(&["resume", "--reason", "bench round over"]);
+    }
+    println!(
+        "emergency stop on {HOSTS} hosts (cpu, memory and disk faults on each) through serve, {STOP_ROUNDS} rounds:\n  \
+         CLI start to the last fault gone: median {:.1} ms, min {:.1}, max {:.1}\n  \
+         CLI start to its answer:          median {:.1} ms, min {:.1}, max {:.1}",
+        ms(median(to_reverted.clone())),
+        ms(*to_reverted.iter().min().unwrap()),
+        ms(*to_reverted.iter().max().unwrap()),
+        ms(median(to_answered.clone())),
+        ms(*to_answered.iter().min().unwrap()),
+        ms(*to_answered.iter().max().unwrap()),
+    );
+}
+
+/// The agent's burner threads (`troop-cpu-N`), from /proc/PID/task.
+fn burner_threads(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| {
+            tasks
+                .filter_map(Result::ok)
+                .filter(|task| {
+                    std::fs::read_to_string(task.path().join("comm"))
+                        .is_ok_and(|comm| comm.starts_with("troop-cpu"))
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// The host's memory holder process (the agent's `__hold-memory` helper).
+fn memory_holder(lab: &Lab, id: &str) -> i32 {
+    lab.hosts[id]
+        .host
+        .processes()
+        .iter()
+        .find(|p| p.cmdline.iter().any(|a| a == "__hold-memory"))
+        .map_or(0, |p| p.pid)
+}
+
+fn all_three_faults(lab: &Lab, id: &str) -> bool {
+    let host = &lab.hosts[id];
+    burner_threads(host.agent_pid().unwrap()) > 0
+        && memory_holder(lab, id) != 0
+        && troop_tests::lab::used_percent(lab, id) > 40.0
+}
+
+/// One host's faults as seen from outside, its pids and paths found beforehand.
+struct Watched {
+    agent: i32,
+    holder: i32,
+    /// The host's tmpfs, as this machine reaches it.
+    disk: PathBuf,
+}
+
+impl Watched {
+    /// No fault left: the tmpfs by statvfs, the agent's threads, the holder's resident
+    /// memory (none once it has exited).
+    fn clear(&self) -> bool {
+        let usage = troop_common::observe::usage(&self.disk).unwrap();
+        usage.used * 100 < usage.total
+            && burner_threads(self.agent) == 0
+            && troop_tests::lab::resident_bytes(self.holder).is_none()
+    }
 }
 
 const AGENTS: usize = 1000;
