@@ -105,7 +105,10 @@ async fn start_serve(agents: &[&str], operators: &[(&str, &str)]) -> Serve {
         verifier: verifier.clone(),
         store: store.clone(),
         limiter: Default::default(),
-        latch: latch.clone(),
+        attached: {
+            let latch = latch.clone();
+            Arc::new(move |agent| latch.attached(agent))
+        },
     };
     let operators = Operators {
         fleet,

@@ -105,7 +105,10 @@ pub async fn run(context: Context) -> anyhow::Result<Outcome> {
             verifier: verifier.clone(),
             store: store.clone(),
             limiter: Default::default(),
-            latch: latch.clone(),
+            attached: {
+                let latch = latch.clone();
+                Arc::new(move |agent| latch.attached(agent))
+            },
         },
         Operators {
             fleet: fleet.clone(),

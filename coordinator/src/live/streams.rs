@@ -33,9 +33,12 @@ pub struct Streams {
     /// Every attach, allowed or refused, goes to its access log.
     pub store: Arc<Store>,
     pub limiter: AttachLimiter,
-    /// While serve is latched, an agent that attaches is latched first.
-    pub latch: Arc<crate::latch::FleetLatch>,
+    /// Told of every agent that attaches (serve latches it while an emergency stop holds).
+    pub attached: OnAttach,
 }
+
+/// What [`Streams`] calls with each agent that attaches, once its link is open.
+pub type OnAttach = Arc<dyn Fn(crate::config::AgentEntry) + Send + Sync>;
 
 fn record(store: &Store, caller: &str, allowed: bool, detail: String) {
     let access = AccessRecord {
@@ -188,7 +191,7 @@ impl Coordinator for Streams {
         };
         // The outbox is new and empty: this cannot be full.
         let _ = link.outbox.try_send(registered);
-        self.latch.attached(link.entry());
+        (self.attached)(link.entry());
         let (ended, ending) = oneshot::channel();
         tokio::spawn(read(
             self.registry.clone(),
