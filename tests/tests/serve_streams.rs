@@ -515,3 +515,93 @@ async fn careless_operator_calls_are_refused_and_run_nothing() {
     agent.stop().await;
     let _ = serve.stop.send(true);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn careless_emergency_stops_and_resumes_are_refused() {
+    let serve = start_serve(&["web-1"], &[("alice", "operator"), ("vera", "viewer")]).await;
+    let agent = serve.attached_agent("web-1").await;
+    let latch = |reason: &str| serve_pb::LatchRequest {
+        reason: reason.into(),
+    };
+
+    // A viewer may not stop or resume; a stop needs a reason a person can read.
+    for status in [
+        serve
+            .operator("vera")
+            .emergency_stop(latch("db down"))
+            .await
+            .unwrap_err(),
+        serve
+            .operator("vera")
+            .resume(latch("db back"))
+            .await
+            .unwrap_err(),
+    ] {
+        assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    }
+    for (reason, says) in [("", "must not be empty"), ("a\nb", "control characters")] {
+        let status = serve
+            .operator("alice")
+            .emergency_stop(latch(reason))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains(says), "{status:?}");
+    }
+    // A raw EmergencyStop in a Send would latch agents under any name, and not serve.
+    let mut forged = send_request(0, false);
+    forged.commands[0].action = Some(pb::command::Action::EmergencyStop(pb::EmergencyStop {
+        reason: "db down".into(),
+        by: "someone else".into(),
+    }));
+    let status = serve.operator("alice").send(forged).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert_eq!(serve.store.latch().unwrap(), None, "nothing latched");
+
+    // Latched: a start is refused before anything is recorded or sent; an abort is not.
+    let stop = serve
+        .operator("alice")
+        .emergency_stop(latch("db down"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stop.deliveries.len(), 1, "{stop:?}");
+    assert_eq!(serve.store.latch().unwrap().unwrap().by, "alice");
+    let runs = serve.store.runs(1000).unwrap().len();
+    let status = serve
+        .operator("alice")
+        .send(send_request(0, false))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(
+        status.message().contains("emergency stop by alice"),
+        "{status:?}"
+    );
+    assert_eq!(
+        serve.store.runs(1000).unwrap().len(),
+        runs,
+        "nothing recorded"
+    );
+    let mut halt = send_request(0, false);
+    halt.commands[0].action = Some(pb::command::Action::AbortAll(pb::AbortAll {}));
+    serve
+        .operator("alice")
+        .send(halt)
+        .await
+        .expect("a halt still goes");
+
+    serve
+        .operator("alice")
+        .resume(latch("db back"))
+        .await
+        .unwrap();
+    assert_eq!(serve.store.latch().unwrap(), None);
+    serve
+        .operator("alice")
+        .send(send_request(0, false))
+        .await
+        .expect("after the resume, attacks go again");
+    agent.stop().await;
+    let _ = serve.stop.send(true);
+}
