@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -420,6 +420,40 @@ impl Lab {
         command
     }
 
+    /// Starts `troop serve` in the lab's network, its log (level info) appended to
+    /// `serve.log`; it ends when the guard is dropped.
+    pub fn start_serve(&self) -> Reaped {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir().join("serve.log"))
+            .unwrap();
+        Reaped(
+            self.troop_command()
+                .arg("serve")
+                .env("RUST_LOG", "info")
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        )
+    }
+
+    /// What `troop serve` logged so far, for failure messages.
+    pub fn serve_log(&self) -> String {
+        std::fs::read_to_string(self.dir().join("serve.log")).unwrap_or_default()
+    }
+
+    /// Runs the `troop` CLI with another config (an operator's).
+    pub fn troop_as(&self, config: &Path, args: &[&str]) -> Output {
+        self.troop_command()
+            .arg("--config")
+            .arg(config)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
     /// Starts the `troop` CLI in the background, its output discarded (attached attacks,
     /// `serve`).
     pub fn spawn_troop(&self, args: &[&str]) -> std::process::Child {
@@ -469,6 +503,25 @@ impl Lab {
         });
         assert!(reachable, "{id} not reachable; its log:\n{}", self.log(id));
     }
+}
+
+/// A child process killed and reaped when dropped (serve, a restarted agent).
+pub struct Reaped(pub Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A command's stdout and stderr, for assertions and failure messages.
+pub fn output_text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
 }
 
 /// How full a host's tmpfs is, in percent, read from outside by statvfs.

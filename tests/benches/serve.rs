@@ -20,11 +20,11 @@
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use troop_tests::lab::{Lab, wait_for};
+use troop_tests::lab::{Lab, Reaped, wait_for};
 
 const POLICY: &str = "allow = [\"kill\"]";
 const HOSTS: usize = 30;
@@ -48,15 +48,6 @@ fn main() {
     }
     if wants("stop") {
         emergency_stop_on_thirty_hosts();
-    }
-}
-
-struct Reaped(Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 

@@ -8,11 +8,10 @@
 use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::path::Path;
-use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use troop_tests::lab::{Lab, cpu_seconds, used_percent, wait_for};
+use troop_tests::lab::{Lab, Reaped, cpu_seconds, output_text, used_percent, wait_for};
 
 const POLICY: &str = "allow = [\"kill\", \"cpu\", \"memory\", \"disk\"]";
 const REASON: &str = "checkout is down";
@@ -21,57 +20,10 @@ fn victim() -> Vec<Vec<OsString>> {
     vec![vec!["sleep".into(), "600".into()]]
 }
 
-struct Reaped(Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_serve(lab: &Lab) -> Reaped {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(lab.dir().join("serve.log"))
-        .unwrap();
-    Reaped(
-        lab.troop_command()
-            .arg("serve")
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    )
-}
-
-fn serve_log(lab: &Lab) -> String {
-    std::fs::read_to_string(lab.dir().join("serve.log")).unwrap_or_default()
-}
-
-fn troop_as(lab: &Lab, config: &Path, args: &[&str]) -> Output {
-    lab.troop_command()
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
 fn json_as(lab: &Lab, config: &Path, args: &[&str]) -> Value {
     let mut all = args.to_vec();
     all.extend(["--output", "json"]);
-    serde_json::from_slice(&troop_as(lab, config, &all).stdout).unwrap_or(Value::Null)
+    serde_json::from_slice(&lab.troop_as(config, &all).stdout).unwrap_or(Value::Null)
 }
 
 fn entry(agents: &Value, id: &str) -> Value {
@@ -90,7 +42,7 @@ fn wait_attached(lab: &Lab, operator: &Path, ids: &[&str]) {
     assert!(
         attached,
         "{ids:?} not attached\nserve log:\n{}",
-        serve_log(lab)
+        lab.serve_log()
     );
 }
 
@@ -204,7 +156,7 @@ fn an_emergency_stop_through_serve_latches_the_fleet_until_a_resume() {
     let bob = lab.add_operator("bob", Some("operator"));
     let campaigns = lab.dir().join("campaigns");
     std::fs::create_dir(&campaigns).unwrap();
-    let mut serve = start_serve(&lab);
+    let mut serve = lab.start_serve();
     for id in ["nat-1", "nat-2"] {
         lab.start_dial_in_host(id, &[("role", "web")], POLICY, victim());
     }
@@ -221,17 +173,17 @@ fn an_emergency_stop_through_serve_latches_the_fleet_until_a_resume() {
     });
     assert!(silent);
     let started = Instant::now();
-    let stop = troop_as(&lab, &alice, &["emergency-stop", "--reason", REASON]);
+    let stop = lab.troop_as(&alice, &["emergency-stop", "--reason", REASON]);
     assert_eq!(
         stop.status.code(),
         Some(1),
         "nat-2 missed it: {}",
-        text(&stop)
+        output_text(&stop)
     );
     assert!(
-        text(&stop).contains("not latched yet: nat-2"),
+        output_text(&stop).contains("not latched yet: nat-2"),
         "{}",
-        text(&stop)
+        output_text(&stop)
     );
     let reverted = wait_for(Duration::from_secs(5), || {
         !filled(&lab, "direct-1") && !filled(&lab, "nat-1")
@@ -268,14 +220,17 @@ fn an_emergency_stop_through_serve_latches_the_fleet_until_a_resume() {
 
     // While latched: a second operator through serve, a CLI signing straight to the
     // agent, a campaign run and a scheduled campaign all run nothing.
-    let bobs = troop_as(
-        &lab,
+    let bobs = lab.troop_as(
         &bob,
         &["attack", "kill", "--select", "role=web", "--name", "sleep"],
     );
-    assert_eq!(bobs.status.code(), Some(1), "{}", text(&bobs));
+    assert_eq!(bobs.status.code(), Some(1), "{}", output_text(&bobs));
     for says in ["FAILED_PRECONDITION", "emergency stop by alice", REASON] {
-        assert!(text(&bobs).contains(says), "{says}: {}", text(&bobs));
+        assert!(
+            output_text(&bobs).contains(says),
+            "{says}: {}",
+            output_text(&bobs)
+        );
     }
     let (code, direct) = lab.troop_json(&["attack", "kill", "--select", "", "--name", "sleep"]);
     assert_eq!(code, Some(1), "{direct}");
@@ -296,16 +251,12 @@ fn an_emergency_stop_through_serve_latches_the_fleet_until_a_resume() {
          fault = { kind = \"kill\", name = \"sleep\" }\n",
     )
     .unwrap();
-    let run = troop_as(
-        &lab,
-        &alice,
-        &["campaign", "run", campaign.to_str().unwrap()],
-    );
-    assert_eq!(run.status.code(), Some(1), "{}", text(&run));
+    let run = lab.troop_as(&alice, &["campaign", "run", campaign.to_str().unwrap()]);
+    assert_eq!(run.status.code(), Some(1), "{}", output_text(&run));
     assert!(
-        text(&run).contains("emergency stop by alice"),
+        output_text(&run).contains("emergency stop by alice"),
         "{}",
-        text(&run)
+        output_text(&run)
     );
     std::fs::write(
         campaigns.join("monkey.toml"),
@@ -336,7 +287,7 @@ fn an_emergency_stop_through_serve_latches_the_fleet_until_a_resume() {
                 })
             })
     });
-    assert!(refused_firing, "serve log:\n{}", serve_log(&lab));
+    assert!(refused_firing, "serve log:\n{}", lab.serve_log());
     for id in ["direct-1", "nat-1"] {
         assert_eq!(victims(&lab, id), 1, "{id}");
     }
@@ -351,43 +302,41 @@ fn an_emergency_stop_through_serve_latches_the_fleet_until_a_resume() {
     let latched = wait_for(Duration::from_secs(30), || {
         latched_by(&entry(&json_as(&lab, &alice, &["status"]), "nat-2")) == Some("alice")
     });
-    assert!(latched, "serve log:\n{}", serve_log(&lab));
+    assert!(latched, "serve log:\n{}", lab.serve_log());
     assert!(wait_for(Duration::from_secs(5), || !filled(&lab, "nat-2")));
     assert!(!shows_a_fault(&lab, "nat-2"));
 
     // Serve killed and started again: still latched.
     drop(serve);
-    serve = start_serve(&lab);
+    serve = lab.start_serve();
     wait_attached(&lab, &alice, &["direct-1", "nat-1", "nat-2"]);
-    let again = troop_as(
-        &lab,
+    let again = lab.troop_as(
         &bob,
         &["attack", "kill", "--select", "role=web", "--name", "sleep"],
     );
-    assert_eq!(again.status.code(), Some(1), "{}", text(&again));
+    assert_eq!(again.status.code(), Some(1), "{}", output_text(&again));
     assert!(
-        text(&again).contains("emergency stop by alice"),
+        output_text(&again).contains("emergency stop by alice"),
         "{}",
-        text(&again)
+        output_text(&again)
     );
 
     // Resume: nothing latched anywhere, and the same attack runs.
     std::fs::remove_file(campaigns.join("monkey.toml")).unwrap();
     hangup(&serve);
-    let resume = troop_as(&lab, &alice, &["resume", "--reason", "checkout is back"]);
-    assert_eq!(resume.status.code(), Some(0), "{}", text(&resume));
+    let resume = lab.troop_as(&alice, &["resume", "--reason", "checkout is back"]);
+    assert_eq!(resume.status.code(), Some(0), "{}", output_text(&resume));
     let statuses = json_as(&lab, &alice, &["status"]);
     assert!(statuses["serve_latch"].is_null(), "{statuses}");
     for id in ["direct-1", "nat-1", "nat-2"] {
         assert_eq!(latched_by(&entry(&statuses, id)), None, "{statuses}");
     }
     assert_eq!(healthz(&lab).lines().last(), Some("ok"));
-    let attack = troop_as(
-        &lab,
+    let attack = lab.troop_as(
         &bob,
         &["attack", "kill", "--select", "role=web", "--name", "sleep"],
     );
-    assert_eq!(attack.status.code(), Some(0), "{}", text(&attack));
+    assert_eq!(attack.status.code(), Some(0), "{}", output_text(&attack));
     for id in ["direct-1", "nat-1", "nat-2"] {
         assert!(victims_gone(&lab, id), "{id}");
     }

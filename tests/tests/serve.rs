@@ -6,11 +6,11 @@
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Output, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
 use serde_json::Value;
-use troop_tests::lab::{Lab, used_percent, wait_for};
+use troop_tests::lab::{Lab, output_text, used_percent, wait_for};
 
 const POLICY: &str = "allow = [\"kill\", \"disk\"]";
 
@@ -18,37 +18,8 @@ fn victim() -> Vec<Vec<OsString>> {
     vec![vec!["sleep".into(), "600".into()]]
 }
 
-/// `troop serve` in the lab's network, its log in `serve.log`.
-fn start_serve(lab: &Lab) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(lab.dir().join("serve.log"))
-        .unwrap();
-    lab.troop_command()
-        .arg("serve")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap()
-}
-
-fn serve_log(lab: &Lab) -> String {
-    std::fs::read_to_string(lab.dir().join("serve.log")).unwrap_or_default()
-}
-
-fn troop_as(lab: &Lab, config: &Path, args: &[&str]) -> Output {
-    lab.troop_command()
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .output()
-        .unwrap()
-}
-
 fn agents_as(lab: &Lab, config: &Path) -> Value {
-    let output = troop_as(lab, config, &["agents", "--output", "json"]);
+    let output = lab.troop_as(config, &["agents", "--output", "json"]);
     serde_json::from_slice(&output.stdout).unwrap_or(Value::Null)
 }
 
@@ -71,25 +42,8 @@ fn wait_attached(lab: &Lab, operator: &Path, ids: &[&str]) {
         attached,
         "{ids:?} not attached: {}\nserve log:\n{}",
         agents_as(lab, operator),
-        serve_log(lab)
+        lab.serve_log()
     );
-}
-
-struct Serve(Child);
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
 }
 
 #[test]
@@ -101,7 +55,7 @@ fn hosts_behind_a_firewall_are_attacked_through_serve() {
     let alice = lab.add_operator("alice", Some("operator"));
     let bob = lab.add_operator("bob", Some("viewer"));
     let mallory = lab.add_operator("mallory", None);
-    let mut serve = Serve(start_serve(&lab));
+    let mut serve = lab.start_serve();
     lab.start_dial_in_host("nat-1", &[("role", "web"), ("zone", "a")], POLICY, victim());
     lab.start_dial_in_host("nat-2", &[("role", "db")], POLICY, victim());
     wait_attached(&lab, &alice, &["nat-1", "nat-2"]);
@@ -135,20 +89,23 @@ fn hosts_behind_a_firewall_are_attacked_through_serve() {
     );
 
     // A viewer may look, not act; an operator serve does not list may do neither.
-    let refused = troop_as(
-        &lab,
+    let refused = lab.troop_as(
         &bob,
         &["attack", "kill", "--select", "role=db", "--name", "sleep"],
     );
-    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    assert_eq!(refused.status.code(), Some(1), "{}", output_text(&refused));
     assert!(
-        text(&refused).contains("needs the operator role"),
+        output_text(&refused).contains("needs the operator role"),
         "{}",
-        text(&refused)
+        output_text(&refused)
     );
-    let unknown = troop_as(&lab, &mallory, &["agents"]);
+    let unknown = lab.troop_as(&mallory, &["agents"]);
     assert_ne!(unknown.status.code(), Some(0));
-    assert!(text(&unknown).contains("not listed"), "{}", text(&unknown));
+    assert!(
+        output_text(&unknown).contains("not listed"),
+        "{}",
+        output_text(&unknown)
+    );
     assert_eq!(
         lab.hosts["nat-2"].host.pids_named("sleep").len(),
         1,
@@ -156,14 +113,13 @@ fn hosts_behind_a_firewall_are_attacked_through_serve() {
     );
 
     // Kill by label through serve: exactly the web hosts, dial-in and direct alike.
-    let killed = troop_as(
-        &lab,
+    let killed = lab.troop_as(
         &alice,
         &[
             "attack", "kill", "--select", "role=web", "--name", "sleep", "--output", "json",
         ],
     );
-    assert_eq!(killed.status.code(), Some(0), "{}", text(&killed));
+    assert_eq!(killed.status.code(), Some(0), "{}", output_text(&killed));
     for id in ["nat-1", "direct-1"] {
         let gone = wait_for(Duration::from_secs(5), || {
             lab.hosts[id].host.pids_named("sleep").is_empty()
@@ -176,31 +132,29 @@ fn hosts_behind_a_firewall_are_attacked_through_serve() {
     let direct_address = lab.hosts["direct-1"].address.clone();
     assert_eq!(established_to(&serve.0, &direct_address), 1);
     for _ in 0..3 {
-        let status = troop_as(&lab, &alice, &["status", "--select", "role=web"]);
-        assert_eq!(status.status.code(), Some(0), "{}", text(&status));
+        let status = lab.troop_as(&alice, &["status", "--select", "role=web"]);
+        assert_eq!(status.status.code(), Some(0), "{}", output_text(&status));
     }
     assert_eq!(established_to(&serve.0, &direct_address), 1);
 
     // A disk fill through serve is measured by statvfs; a halt through serve reverts it.
     let disk = lab.hosts["nat-1"].disk.display().to_string();
-    let filling = troop_as(
-        &lab,
+    let filling = lab.troop_as(
         &alice,
         &[
             "attack", "disk", "--select", "zone=a", "--path", &disk, "--fill", "60", "--for", "5m",
         ],
     );
-    assert_eq!(filling.status.code(), Some(0), "{}", text(&filling));
+    assert_eq!(filling.status.code(), Some(0), "{}", output_text(&filling));
     assert!(used_percent(&lab, "nat-1") > 50.0);
-    let halted = troop_as(&lab, &alice, &["halt", "--select", "zone=a"]);
-    assert_eq!(halted.status.code(), Some(0), "{}", text(&halted));
+    let halted = lab.troop_as(&alice, &["halt", "--select", "zone=a"]);
+    assert_eq!(halted.status.code(), Some(0), "{}", output_text(&halted));
     assert!(wait_for(Duration::from_secs(5), || used_percent(
         &lab, "nat-1"
     ) < 10.0));
 
     // Serve's store names the operator of each run and every refused call.
-    let history = troop_as(
-        &lab,
+    let history = lab.troop_as(
         &lab.dir().join("troop.toml"),
         &["campaign", "history", "--output", "json"],
     );
@@ -247,16 +201,20 @@ fn hosts_behind_a_firewall_are_attacked_through_serve() {
             .unwrap()
             > 0
     );
-    let unpicked = troop_as(
-        &lab,
+    let unpicked = lab.troop_as(
         &alice,
         &["attack", "kill", "--select", "role=db", "--name", "sleep"],
     );
-    assert_eq!(unpicked.status.code(), Some(2), "{}", text(&unpicked));
-    assert!(
-        text(&unpicked).contains("no agent matches"),
+    assert_eq!(
+        unpicked.status.code(),
+        Some(2),
         "{}",
-        text(&unpicked)
+        output_text(&unpicked)
+    );
+    assert!(
+        output_text(&unpicked).contains("no agent matches"),
+        "{}",
+        output_text(&unpicked)
     );
     lab.set_connected("nat-2", true);
     wait_attached(&lab, &alice, &["nat-2"]);
@@ -270,7 +228,7 @@ fn hosts_behind_a_firewall_are_attacked_through_serve() {
         down.is_null() || entry(&down, "nat-1").is_none(),
         "serve is down: {down}"
     );
-    serve = Serve(start_serve(&lab));
+    serve = lab.start_serve();
     wait_attached(&lab, &alice, &["nat-1", "nat-2"]);
     drop(serve);
 }
@@ -281,7 +239,7 @@ fn an_agent_registering_under_another_name_is_refused() {
         return;
     };
     let alice = lab.add_operator("alice", Some("operator"));
-    let _serve = Serve(start_serve(&lab));
+    let _serve = lab.start_serve();
     lab.start_dial_in_host("nat-1", &[("role", "web")], POLICY, victim());
     wait_attached(&lab, &alice, &["nat-1"]);
 
@@ -321,7 +279,7 @@ fn an_agent_registering_under_another_name_is_refused() {
     assert!(
         refused,
         "impostor log:\n{log}\nserve log:\n{}",
-        serve_log(&lab)
+        lab.serve_log()
     );
     let agents = agents_as(&lab, &alice);
     assert!(entry(&agents, "nat-9").is_none(), "{agents}");
@@ -341,7 +299,7 @@ fn a_scheduled_campaign_strikes_dial_in_and_direct_hosts_alike() {
     let alice = lab.add_operator("alice", Some("viewer"));
     let campaigns = lab.dir().join("campaigns");
     std::fs::create_dir(&campaigns).unwrap();
-    let serve = Serve(start_serve(&lab));
+    let serve = lab.start_serve();
     lab.start_dial_in_host("nat-1", &[("role", "web")], POLICY, victim());
     wait_attached(&lab, &alice, &["nat-1"]);
     // Loaded only now (SIGHUP), so the first firing finds the dial-in host connected.
@@ -362,7 +320,7 @@ fn a_scheduled_campaign_strikes_dial_in_and_direct_hosts_alike() {
         let gone = wait_for(Duration::from_secs(20), || {
             lab.hosts[id].host.pids_named("sleep").is_empty()
         });
-        assert!(gone, "{id} was not struck\nserve log:\n{}", serve_log(&lab));
+        assert!(gone, "{id} was not struck\nserve log:\n{}", lab.serve_log());
     }
     // The victims die before the agents' receipts are recorded: wait for those.
     let recorded = wait_for(Duration::from_secs(10), || {
@@ -423,8 +381,8 @@ fn emptied(lab: &Lab, id: &str, within: Duration) -> bool {
 fn json_as(lab: &Lab, config: &Path, args: &[&str]) -> Value {
     let mut all = args.to_vec();
     all.extend(["--output", "json"]);
-    let output = troop_as(lab, config, &all);
-    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    let output = lab.troop_as(config, &all);
+    assert_eq!(output.status.code(), Some(0), "{}", output_text(&output));
     serde_json::from_slice(&output.stdout).unwrap()
 }
 
@@ -435,7 +393,7 @@ fn operators_run_campaigns_and_hold_leases_through_serve() {
     };
     let alice = lab.add_operator("alice", Some("operator"));
     let bob = lab.add_operator("bob", Some("viewer"));
-    let serve = Serve(start_serve(&lab));
+    let serve = lab.start_serve();
     lab.start_dial_in_host("nat-1", &[("role", "web")], POLICY, victim());
     lab.start_dial_in_host("nat-2", &[("role", "web")], POLICY, victim());
     wait_attached(&lab, &alice, &["nat-1", "nat-2"]);
@@ -452,19 +410,23 @@ fn operators_run_campaigns_and_hold_leases_through_serve() {
     )
     .unwrap();
     let kill = kill.display().to_string();
-    let dry = troop_as(&lab, &bob, &["campaign", "run", &kill, "--dry-run"]);
-    assert_eq!(dry.status.code(), Some(0), "{}", text(&dry));
-    assert!(text(&dry).contains("would fault nat-1"), "{}", text(&dry));
-    let refused = troop_as(&lab, &bob, &["campaign", "run", &kill]);
-    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
-    assert!(text(&refused).contains("needs the operator role"));
-    assert_eq!(lab.hosts["nat-1"].host.pids_named("sleep").len(), 1);
-    let ran = troop_as(&lab, &alice, &["campaign", "run", &kill]);
-    assert_eq!(ran.status.code(), Some(0), "{}", text(&ran));
+    let dry = lab.troop_as(&bob, &["campaign", "run", &kill, "--dry-run"]);
+    assert_eq!(dry.status.code(), Some(0), "{}", output_text(&dry));
     assert!(
-        text(&ran).contains("kill-web\" completed"),
+        output_text(&dry).contains("would fault nat-1"),
         "{}",
-        text(&ran)
+        output_text(&dry)
+    );
+    let refused = lab.troop_as(&bob, &["campaign", "run", &kill]);
+    assert_eq!(refused.status.code(), Some(1), "{}", output_text(&refused));
+    assert!(output_text(&refused).contains("needs the operator role"));
+    assert_eq!(lab.hosts["nat-1"].host.pids_named("sleep").len(), 1);
+    let ran = lab.troop_as(&alice, &["campaign", "run", &kill]);
+    assert_eq!(ran.status.code(), Some(0), "{}", output_text(&ran));
+    assert!(
+        output_text(&ran).contains("kill-web\" completed"),
+        "{}",
+        output_text(&ran)
     );
     for id in ["nat-1", "nat-2"] {
         let gone = wait_for(Duration::from_secs(5), || {
@@ -481,11 +443,11 @@ fn operators_run_campaigns_and_hold_leases_through_serve() {
     );
     let shown = json_as(&lab, &bob, &["campaign", "show", &run["id"].to_string()]);
     assert_eq!(shown["commands"].as_array().unwrap().len(), 2, "{shown}");
-    let missing = troop_as(&lab, &bob, &["campaign", "show", "999999"]);
+    let missing = lab.troop_as(&bob, &["campaign", "show", "999999"]);
     assert!(
-        text(&missing).contains("there is no run 999999"),
+        output_text(&missing).contains("there is no run 999999"),
         "{}",
-        text(&missing)
+        output_text(&missing)
     );
 
     // A long disk fill, cancelled by the operator's Ctrl-C, and by the operator's CLI
@@ -513,7 +475,7 @@ fn operators_run_campaigns_and_hold_leases_through_serve() {
             filled_any(&lab),
             "{}\n{}",
             read_log(&lab, "fill.log"),
-            serve_log(&lab)
+            lab.serve_log()
         );
         signal(&cli, how);
         cli.wait().unwrap();
@@ -521,7 +483,7 @@ fn operators_run_campaigns_and_hold_leases_through_serve() {
             assert!(
                 emptied(&lab, id, Duration::from_secs(10)),
                 "{how}: {id} still full\n{}",
-                serve_log(&lab)
+                lab.serve_log()
             );
         }
         let ended = wait_for(Duration::from_secs(10), || {
@@ -584,13 +546,13 @@ fn operators_run_campaigns_and_hold_leases_through_serve() {
     let _ = held.wait();
 
     // Restarted, then stopped with SIGTERM while agents are attached: serve exits.
-    let mut serve = Serve(start_serve(&lab));
+    let mut serve = lab.start_serve();
     wait_attached(&lab, &alice, &["nat-1", "nat-2"]);
     signal(&serve.0, nix::sys::signal::Signal::SIGTERM);
     let exited = wait_for(Duration::from_secs(15), || {
         serve.0.try_wait().unwrap().is_some()
     });
-    assert!(exited, "serve ignores SIGTERM\n{}", serve_log(&lab));
+    assert!(exited, "serve ignores SIGTERM\n{}", lab.serve_log());
 }
 
 /// Waits until one of the web hosts' disks is filled.
