@@ -78,6 +78,7 @@ fn open_creates_file_and_schema() {
             "commands",
             "last_runs",
             "last_strikes",
+            "latch",
             "probes",
             "runs",
             "steps"
