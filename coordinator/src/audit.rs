@@ -93,6 +93,33 @@ pub fn local_operator() -> String {
         .unwrap_or_else(|| format!("uid {}", nix::unistd::getuid()))
 }
 
+/// Sends `work`, recorded in `run` where the store takes it, else unrecorded: a halt or
+/// an emergency stop must not wait for a disk. Then records how `run` ended.
+pub async fn send_even_unrecorded(
+    fleet: &Fleet,
+    signer: &Signer,
+    run: Option<&AdhocRun>,
+    work: Vec<(AgentEntry, pb::command::Action)>,
+) -> Vec<Delivery> {
+    let none = serde_json::json!({});
+    let audit = run.map(AdhocRun::audit);
+    let deliveries = match send_recorded(fleet, signer, audit, work.clone(), &none).await {
+        Ok(deliveries) => deliveries,
+        // Recording failed, so nothing was sent.
+        Err(error) => {
+            tracing::warn!(%error, "audit store: cannot record the commands; sending them unrecorded");
+            // Unrecorded, nothing can fail.
+            send_recorded(fleet, signer, None, work, &none)
+                .await
+                .unwrap_or_default()
+        }
+    };
+    if let Some(run) = run {
+        run.finish(&deliveries);
+    }
+    deliveries
+}
+
 /// Records every command before it is sent (if one cannot be recorded, none is sent),
 /// signs each as it leaves, and records what each got.
 pub async fn send_recorded(

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use troop_common::latch::{MAX_BY_CHARS, MAX_REASON_CHARS, checked_text, latched_message};
 use troop_proto::pb;
 
-use crate::audit::{AdhocRun, send_recorded};
+use crate::audit::{AdhocRun, send_even_unrecorded};
 use crate::config::AgentEntry;
 use crate::dispatch::{CallError, Delivery};
 use crate::fleet::Fleet;
@@ -144,7 +144,9 @@ impl FleetLatch {
     }
 
     /// Until serve stops: while latched, the agents a latch has not reached yet are
-    /// sent it again every [`RETRY_EVERY`].
+    /// asked for their Status every [`RETRY_EVERY`], and those that answer are sent it
+    /// again. Asking first keeps a host that stays down out of the audit trail: only a
+    /// latch actually sent is a run.
     pub async fn keep_latching(self: Arc<Self>) {
         let mut every = tokio::time::interval(RETRY_EVERY);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -154,14 +156,21 @@ impl FleetLatch {
             if unlatched.is_empty() || self.current().is_none() {
                 continue;
             }
-            let agents: Vec<AgentEntry> = self
+            let candidates: Vec<AgentEntry> = self
                 .fleet
                 .agents()
                 .into_iter()
                 .filter(|agent| unlatched.contains(&agent.id))
                 .collect();
+            let agents: Vec<AgentEntry> = self
+                .fleet
+                .statuses(&candidates)
+                .await
+                .into_iter()
+                .filter_map(|(agent, status)| status.is_ok().then_some(agent))
+                .collect();
             if !agents.is_empty() {
-                self.relatch(agents, "a latch had not reached it").await;
+                self.relatch(agents, "it answers again").await;
             }
         }
     }
@@ -184,40 +193,18 @@ impl FleetLatch {
         self.note_reached(&deliveries, false);
     }
 
-    /// Sends `action` to `agents`, recorded in `run` where the store takes it, else
-    /// unrecorded: a latch or a resume must not wait for a disk.
+    /// Sends `action` to `agents`, recorded in `run` where the store takes it.
     async fn send(
         &self,
         run: Option<&AdhocRun>,
         agents: Vec<AgentEntry>,
         action: pb::command::Action,
     ) -> Vec<Delivery> {
-        let work: Vec<_> = agents
+        let work = agents
             .into_iter()
             .map(|agent| (agent, action.clone()))
             .collect();
-        let none = serde_json::json!({});
-        let deliveries = match send_recorded(
-            &self.fleet,
-            &self.signer,
-            run.map(AdhocRun::audit),
-            work.clone(),
-            &none,
-        )
-        .await
-        {
-            Ok(deliveries) => deliveries,
-            Err(error) => {
-                tracing::error!(%error, "audit store: cannot record the commands; sending them anyway");
-                send_recorded(&self.fleet, &self.signer, None, work, &none)
-                    .await
-                    .unwrap_or_default()
-            }
-        };
-        if let Some(run) = run {
-            run.finish(&deliveries);
-        }
-        deliveries
+        send_even_unrecorded(&self.fleet, &self.signer, run, work).await
     }
 
     /// Agents whose streams ended and have not come back: not latched until they do.
@@ -258,11 +245,6 @@ impl FleetLatch {
                 unlatched.insert(delivery.agent.id.clone());
             }
         }
-    }
-
-    /// Agents the latch has not reached yet.
-    pub fn unlatched(&self) -> BTreeSet<String> {
-        self.unlatched_lock().clone()
     }
 
     fn unlatched_lock(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {

@@ -249,7 +249,16 @@ impl Remote {
                     continue;
                 }
             };
-            match update.map_err(|status| self.refused("campaign run", status))? {
+            // Once the run has started, an error is its failure, not serve's verdict.
+            let update = update.map_err(|status| {
+                anyhow::anyhow!(
+                    "troop serve at {}: campaign run: {}: {}",
+                    self.address,
+                    code_name(status.code()),
+                    status.message()
+                )
+            })?;
+            match update {
                 Some(serve_pb::RunUpdate {
                     body: Some(run_update::Body::Event(event)),
                 }) => {

@@ -151,7 +151,9 @@ fn an_emergency_stop_through_serve_latches_the_fleet_until_a_resume() {
     let Some(mut lab) = Lab::networked("emergency stop through serve") else {
         return;
     };
-    lab.add_host("direct-1", &[("role", "web")], POLICY, victim());
+    for id in ["direct-1", "direct-2"] {
+        lab.add_host(id, &[("role", "web")], POLICY, victim());
+    }
     let alice = lab.add_operator("alice", Some("operator"));
     let bob = lab.add_operator("bob", Some("operator"));
     let campaigns = lab.dir().join("campaigns");
@@ -160,14 +162,16 @@ fn an_emergency_stop_through_serve_latches_the_fleet_until_a_resume() {
     for id in ["nat-1", "nat-2"] {
         lab.start_dial_in_host(id, &[("role", "web")], POLICY, victim());
     }
-    wait_attached(&lab, &alice, &["direct-1", "nat-1", "nat-2"]);
-    attack_everything(&lab, &alice, "role=web", 3);
-    for id in ["direct-1", "nat-1", "nat-2"] {
+    wait_attached(&lab, &alice, &["direct-1", "direct-2", "nat-1", "nat-2"]);
+    attack_everything(&lab, &alice, "role=web", 4);
+    for id in ["direct-1", "direct-2", "nat-1", "nat-2"] {
         assert!(shows_a_fault(&lab, id) && filled(&lab, id), "{id}");
     }
 
-    // nat-2 is cut off before the stop; its faults run on, out of reach.
+    // nat-2 (dial-in) and direct-2 (dialled by serve) are cut off before the stop; their
+    // faults run on, out of reach.
     lab.set_connected("nat-2", false);
+    lab.set_connected("direct-2", false);
     let silent = wait_for(Duration::from_secs(20), || {
         entry(&json_as(&lab, &alice, &["agents"]), "nat-2")["reachable"] == false
     });
@@ -177,11 +181,11 @@ fn an_emergency_stop_through_serve_latches_the_fleet_until_a_resume() {
     assert_eq!(
         stop.status.code(),
         Some(1),
-        "nat-2 missed it: {}",
+        "direct-2 and nat-2 missed it: {}",
         output_text(&stop)
     );
     assert!(
-        output_text(&stop).contains("not latched yet: nat-2"),
+        output_text(&stop).contains("not latched yet: direct-2, nat-2"),
         "{}",
         output_text(&stop)
     );
@@ -196,10 +200,29 @@ fn an_emergency_stop_through_serve_latches_the_fleet_until_a_resume() {
     for id in ["direct-1", "nat-1"] {
         assert!(!shows_a_fault(&lab, id), "{id} still shows a fault");
     }
-    assert!(
-        filled(&lab, "nat-2"),
-        "out of reach, nat-2 still runs its faults"
-    );
+    for id in ["direct-2", "nat-2"] {
+        assert!(filled(&lab, id), "out of reach, {id} still runs its faults");
+    }
+
+    // direct-2 back: serve, asking the hosts it missed every 5 s, latches it and its
+    // faults end; while it was down, nothing was recorded for it.
+    lab.set_connected("direct-2", true);
+    let latched = wait_for(Duration::from_secs(30), || {
+        latched_by(&entry(&json_as(&lab, &alice, &["status"]), "direct-2")) == Some("alice")
+    });
+    assert!(latched, "serve log:\n{}", lab.serve_log());
+    assert!(wait_for(Duration::from_secs(5), || !filled(
+        &lab, "direct-2"
+    )));
+    assert!(!shows_a_fault(&lab, "direct-2"));
+    let history = json_as(&lab, &alice, &["campaign", "history"]);
+    let again_to_direct_2 = history["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["campaign"] == "emergency stop, again to direct-2 (it answers again)")
+        .count();
+    assert_eq!(again_to_direct_2, 1, "{history}");
     let statuses = json_as(&lab, &alice, &["status"]);
     assert_eq!(
         statuses["serve_latch"]["by"], "alice",
@@ -309,7 +332,7 @@ fn an_emergency_stop_through_serve_latches_the_fleet_until_a_resume() {
     // Serve killed and started again: still latched.
     drop(serve);
     serve = lab.start_serve();
-    wait_attached(&lab, &alice, &["direct-1", "nat-1", "nat-2"]);
+    wait_attached(&lab, &alice, &["direct-1", "direct-2", "nat-1", "nat-2"]);
     let again = lab.troop_as(
         &bob,
         &["attack", "kill", "--select", "role=web", "--name", "sleep"],
@@ -328,7 +351,7 @@ fn an_emergency_stop_through_serve_latches_the_fleet_until_a_resume() {
     assert_eq!(resume.status.code(), Some(0), "{}", output_text(&resume));
     let statuses = json_as(&lab, &alice, &["status"]);
     assert!(statuses["serve_latch"].is_null(), "{statuses}");
-    for id in ["direct-1", "nat-1", "nat-2"] {
+    for id in ["direct-1", "direct-2", "nat-1", "nat-2"] {
         assert_eq!(latched_by(&entry(&statuses, id)), None, "{statuses}");
     }
     assert_eq!(healthz(&lab).lines().last(), Some("ok"));
@@ -337,7 +360,7 @@ fn an_emergency_stop_through_serve_latches_the_fleet_until_a_resume() {
         &["attack", "kill", "--select", "role=web", "--name", "sleep"],
     );
     assert_eq!(attack.status.code(), Some(0), "{}", output_text(&attack));
-    for id in ["direct-1", "nat-1", "nat-2"] {
+    for id in ["direct-1", "direct-2", "nat-1", "nat-2"] {
         assert!(victims_gone(&lab, id), "{id}");
     }
 

@@ -163,6 +163,9 @@ impl Runner {
             .fault
             .as_ref()
             .ok_or_else(|| Refusal::InvalidArgument("start names no fault".into()))?;
+        // Before the policy, so a latched agent says so first; and here because a
+        // one-shot kill never enters the engine, whose own check covers held faults
+        // and a stop that lands while one is being applied.
         if let Some(latch) = self.engine.latch() {
             return Err(latch.refusal());
         }

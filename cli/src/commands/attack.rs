@@ -15,7 +15,7 @@ use super::context::Context;
 use super::lease::{self, Sender};
 use crate::outcome::Outcome;
 use crate::report::{self, Delivery};
-use troop_coordinator::audit::{AdhocRun, Audit, send_recorded};
+use troop_coordinator::audit::{AdhocRun, Audit, send_even_unrecorded, send_recorded};
 use troop_coordinator::store::StoreError;
 
 pub async fn run(context: &Context, command: AttackCommand) -> anyhow::Result<Outcome> {
@@ -209,30 +209,18 @@ pub async fn send(
     targets: &[AgentEntry],
     action: pb::command::Action,
 ) -> anyhow::Result<Vec<Delivery>> {
+    let work = targets
+        .iter()
+        .map(|agent| (agent.clone(), action.clone()))
+        .collect();
     if let Some(remote) = &context.fleet.remote {
-        let work = targets
-            .iter()
-            .map(|agent| (agent.clone(), action.clone()))
-            .collect();
         return Ok(remote.send(what, 0, None, false, work).await?.1);
     }
     let signer = context.fleet.signer()?;
     let run = AdhocRun::begin(&context.fleet, what, 0)
         .inspect_err(|error| eprintln!("warning: audit store: {error}; sending anyway"))
         .ok();
-    let audit = run.as_ref().map(AdhocRun::audit);
-    let deliveries = match send_signed(context, &signer, audit, targets, action.clone()).await {
-        Ok(deliveries) => deliveries,
-        // Recording failed, so nothing was sent: send unrecorded rather than not halt.
-        Err(error) => {
-            eprintln!("warning: audit store: {error}; sending anyway");
-            send_signed(context, &signer, None, targets, action).await?
-        }
-    };
-    if let Some(run) = &run {
-        run.finish(&deliveries);
-    }
-    Ok(deliveries)
+    Ok(send_even_unrecorded(&context.fleet, &signer, run.as_ref(), work).await)
 }
 
 /// Signs `action` once per target with `signer` and sends them all, each recorded first

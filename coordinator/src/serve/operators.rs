@@ -147,6 +147,30 @@ impl Operators {
         }
     }
 
+    /// `EmergencyStop` (`stop`) or `Resume`, under the caller's own name.
+    async fn latch_call(
+        &self,
+        request: Request<serve_pb::LatchRequest>,
+        stop: bool,
+    ) -> Result<Response<serve_pb::SendReply>, Status> {
+        let call = if stop { "emergency stop" } else { "resume" };
+        let operator = self.authorize(peer(&request), call, Role::Operator)?;
+        let reason = request.into_inner().reason;
+        let latched = if stop {
+            self.latch.stop(&operator, &reason).await
+        } else {
+            self.latch.resume(&operator, &reason).await
+        };
+        let (run, deliveries) = latched.map_err(|error| match error {
+            LatchError::Invalid(message) => Status::invalid_argument(message),
+            store @ LatchError::Store(_) => Status::unavailable(store.to_string()),
+        })?;
+        Ok(Response::new(serve_pb::SendReply {
+            deliveries: deliveries.iter().map(wire::delivery_out).collect(),
+            run,
+        }))
+    }
+
     /// The fleet by id, built once per call: a lookup per command into a fresh list
     /// made a 1,000-agent Send quadratic.
     fn known(&self) -> BTreeMap<String, AgentEntry> {
@@ -335,28 +359,14 @@ impl Operator for Operators {
         &self,
         request: Request<serve_pb::LatchRequest>,
     ) -> Result<Response<serve_pb::SendReply>, Status> {
-        let operator = self.authorize(peer(&request), "emergency stop", Role::Operator)?;
-        let reason = request.into_inner().reason;
-        let (run, deliveries) = self
-            .latch
-            .stop(&operator, &reason)
-            .await
-            .map_err(latch_failed)?;
-        Ok(Response::new(latch_reply(run, &deliveries)))
+        self.latch_call(request, true).await
     }
 
     async fn resume(
         &self,
         request: Request<serve_pb::LatchRequest>,
     ) -> Result<Response<serve_pb::SendReply>, Status> {
-        let operator = self.authorize(peer(&request), "resume", Role::Operator)?;
-        let reason = request.into_inner().reason;
-        let (run, deliveries) = self
-            .latch
-            .resume(&operator, &reason)
-            .await
-            .map_err(latch_failed)?;
-        Ok(Response::new(latch_reply(run, &deliveries)))
+        self.latch_call(request, false).await
     }
 
     type RunCampaignStream = runs::Updates;
@@ -384,20 +394,6 @@ impl Operator for Operators {
     ) -> Result<Response<serve_pb::RunRecords>, Status> {
         self.authorize(peer(&request), "campaign show", Role::Viewer)?;
         records(&self.stored_run(request.into_inner().run, store_failed)?)
-    }
-}
-
-fn latch_reply(run: i64, deliveries: &[crate::dispatch::Delivery]) -> serve_pb::SendReply {
-    serve_pb::SendReply {
-        deliveries: deliveries.iter().map(wire::delivery_out).collect(),
-        run,
-    }
-}
-
-fn latch_failed(error: LatchError) -> Status {
-    match error {
-        LatchError::Invalid(message) => Status::invalid_argument(message),
-        store @ LatchError::Store(_) => Status::unavailable(store.to_string()),
     }
 }
 
