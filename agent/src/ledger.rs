@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -48,24 +49,34 @@ struct Line {
     outcome: Option<FirstAnswer>,
 }
 
+/// What admission needs of a command, kept in memory: a few dozen bytes, so a full
+/// validity window of commands costs little. The first answer stays on disk, in the
+/// entry's latest line, and is read back for the rare exact retry.
 #[derive(Debug, Clone)]
 struct Entry {
-    digest: String,
+    digest: Digest16,
     until_unix_ms: i64,
     expires_at_unix_ms: i64,
-    outcome: Option<FirstAnswer>,
+    /// Where the entry's latest line (admission, or outcome once known) is in the file.
+    line: Span,
+    finished: bool,
 }
 
-impl Entry {
-    fn line(&self, id: &str) -> Line {
-        Line {
-            id: id.to_string(),
-            digest: self.digest.clone(),
-            until_unix_ms: self.until_unix_ms,
-            expires_at_unix_ms: Some(self.expires_at_unix_ms),
-            outcome: self.outcome.clone(),
-        }
-    }
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    at: u64,
+    len: u32,
+}
+
+/// The first 16 bytes of a SHA-256 (of an id, or of a payload's digest): a collision
+/// would take 2^64 work even for someone who chooses both.
+type Digest16 = [u8; 16];
+
+fn digest16(bytes: &[u8]) -> Digest16 {
+    let full = Sha256::digest(bytes);
+    let mut short = [0u8; 16];
+    short.copy_from_slice(&full[..16]);
+    short
 }
 
 /// What the ledger says about a command about to run.
@@ -105,7 +116,10 @@ pub struct ReplayLedger {
 #[derive(Debug)]
 struct Inner {
     file: File,
-    entries: HashMap<String, Entry>,
+    /// Where the next line goes (the file's length).
+    end: u64,
+    /// Keyed by the id's digest.
+    entries: HashMap<Digest16, Entry>,
     /// The latest expiry among forgotten commands (persisted before they are dropped).
     horizon_unix_ms: i64,
     lines: usize,
@@ -124,7 +138,7 @@ impl ReplayLedger {
     pub fn check(state_dir: &Path) -> Result<usize, LedgerError> {
         let path = state_dir.join(FILE_NAME);
         read_entries(&path)
-            .map(|entries| entries.len())
+            .map(|(entries, _)| entries.len())
             .map_err(|source| LedgerError { path, source })
     }
 
@@ -138,13 +152,14 @@ impl ReplayLedger {
         };
         fs::create_dir_all(state_dir).map_err(error)?;
         let lock = lock(&state_dir.join(LOCK_NAME)).map_err(error)?;
-        let entries = read_entries(&path).map_err(error)?;
+        let (entries, end) = read_entries(&path).map_err(error)?;
         let horizon_unix_ms = read_horizon(&path).map_err(error)?;
         let ledger = Self {
             path: path.clone(),
             compact_after_lines: COMPACT_AFTER_LINES,
             inner: Mutex::new(Inner {
                 file: open_append(&path).map_err(error)?,
+                end,
                 entries,
                 horizon_unix_ms,
                 lines: 0,
@@ -171,18 +186,24 @@ impl ReplayLedger {
                 "an earlier write failed; restart the agent to recover the ledger",
             )));
         }
-        let known = inner.entries.get(id);
-        if let Some(entry) = known
-            && entry.digest == digest
+        let key = digest16(id.as_bytes());
+        let short = digest16(digest.as_bytes());
+        let known = inner.entries.get(&key).cloned();
+        if let Some(entry) = &known
+            && entry.digest == short
         {
             // Remembered, so answered from memory even if a raised skew or a clock set
             // back made it fresh again.
-            return Ok(entry
-                .outcome
-                .clone()
-                .map_or(Admission::Pending, Admission::Replay));
+            if !entry.finished {
+                return Ok(Admission::Pending);
+            }
+            let line = read_line(&inner.file, entry.line).map_err(|e| self.error(e))?;
+            return Ok(line.outcome.map_or(Admission::Pending, Admission::Replay));
         }
-        if known.is_some_and(|entry| entry.until_unix_ms >= now_unix_ms) {
+        if known
+            .as_ref()
+            .is_some_and(|entry| entry.until_unix_ms >= now_unix_ms)
+        {
             return Ok(Admission::Conflict);
         }
         if expires_at_unix_ms <= inner.horizon_unix_ms {
@@ -195,14 +216,24 @@ impl ReplayLedger {
             write_horizon(&self.path, replaced).map_err(|source| self.error(source))?;
             inner.horizon_unix_ms = replaced;
         }
-        let entry = Entry {
+        let line = Line {
+            id: id.to_string(),
             digest: digest.to_string(),
             until_unix_ms,
-            expires_at_unix_ms,
+            expires_at_unix_ms: Some(expires_at_unix_ms),
             outcome: None,
         };
-        self.append(&mut inner, &entry.line(id), true)?;
-        inner.entries.insert(id.to_string(), entry);
+        let span = self.append(&mut inner, &line, true)?;
+        inner.entries.insert(
+            key,
+            Entry {
+                digest: short,
+                until_unix_ms,
+                expires_at_unix_ms,
+                line: span,
+                finished: false,
+            },
+        );
         Ok(Admission::New)
     }
 
@@ -215,17 +246,28 @@ impl ReplayLedger {
     pub fn finish(
         &self,
         id: &str,
+        digest: &str,
         outcome: FirstAnswer,
         now_unix_ms: i64,
     ) -> Result<(), LedgerError> {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(entry) = inner.entries.get_mut(id) else {
+        let key = digest16(id.as_bytes());
+        let Some(entry) = inner.entries.get(&key).cloned() else {
             return Ok(());
         };
-        entry.outcome = Some(outcome);
-        let line = entry.line(id);
+        let line = Line {
+            id: id.to_string(),
+            digest: digest.to_string(),
+            until_unix_ms: entry.until_unix_ms,
+            expires_at_unix_ms: Some(entry.expires_at_unix_ms),
+            outcome: Some(outcome),
+        };
         // Not synced: losing it in a power cut makes a retry answer "unknown", never rerun.
-        self.append(&mut inner, &line, false)?;
+        let span = self.append(&mut inner, &line, false)?;
+        if let Some(entry) = inner.entries.get_mut(&key) {
+            entry.line = span;
+            entry.finished = true;
+        }
         let live = || {
             inner
                 .entries
@@ -255,7 +297,7 @@ impl ReplayLedger {
         }
     }
 
-    fn append(&self, inner: &mut Inner, line: &Line, sync: bool) -> Result<(), LedgerError> {
+    fn append(&self, inner: &mut Inner, line: &Line, sync: bool) -> Result<Span, LedgerError> {
         if inner.broken {
             return Err(self.error(io::Error::other("an earlier write failed")));
         }
@@ -269,8 +311,13 @@ impl ReplayLedger {
             inner.broken = true;
             return Err(self.error(source));
         }
+        let span = Span {
+            at: inner.end,
+            len: text.len() as u32,
+        };
+        inner.end += text.len() as u64;
         inner.lines += 1;
-        Ok(())
+        Ok(span)
     }
 
     /// Rewrites the file with only the live entries, atomically. If it fails half-way the
@@ -302,22 +349,35 @@ impl ReplayLedger {
             .entries
             .retain(|_, entry| entry.until_unix_ms >= now_unix_ms);
         let temp = path.with_extension("jsonl.tmp");
+        let mut end = 0;
         {
-            let mut file = File::create(&temp)?;
-            for (id, entry) in &inner.entries {
-                serde_json::to_writer(&mut file, &entry.line(id))?;
-                file.write_all(b"\n")?;
+            // Each entry's latest line holds all of it: copied as it is.
+            let mut out = io::BufWriter::new(File::create(&temp)?);
+            let mut text = Vec::new();
+            for entry in inner.entries.values_mut() {
+                text.resize(entry.line.len as usize, 0);
+                inner.file.read_exact_at(&mut text, entry.line.at)?;
+                out.write_all(&text)?;
+                entry.line.at = end;
+                end += text.len() as u64;
             }
-            file.sync_all()?;
+            out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
         }
         fs::rename(&temp, path)?;
         inner.file = open_append(path)?;
+        inner.end = end;
         inner.lines = inner.entries.len();
         if let Some(dir) = path.parent() {
             File::open(dir)?.sync_all()?;
         }
         Ok(())
     }
+}
+
+fn read_line(file: &File, span: Span) -> io::Result<Line> {
+    let mut text = vec![0u8; span.len as usize];
+    file.read_exact_at(&mut text, span.at)?;
+    serde_json::from_slice(&text).map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error))
 }
 
 fn lock(path: &Path) -> io::Result<Flock<File>> {
@@ -379,46 +439,68 @@ fn write_horizon(ledger: &Path, horizon_unix_ms: i64) -> io::Result<()> {
 }
 
 fn open_append(path: &Path) -> io::Result<File> {
-    OpenOptions::new().create(true).append(true).open(path)
+    OpenOptions::new()
+        .create(true)
+        .read(true)
+        .append(true)
+        .open(path)
 }
 
 /// An admission line starts an entry (replacing any earlier one for the id: ids may be
 /// reused once expired); an outcome line completes the entry with its digest. A torn last
 /// line (a crash mid-write of an outcome) is skipped: the admission before it stands.
-fn read_entries(path: &Path) -> io::Result<HashMap<String, Entry>> {
+/// Returns the entries and the file's length.
+fn read_entries(path: &Path) -> io::Result<(HashMap<Digest16, Entry>, u64)> {
     let file = match File::open(path) {
         Ok(file) => file,
-        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(HashMap::new()),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok((HashMap::new(), 0)),
         Err(error) => return Err(error),
     };
     let mut entries = HashMap::new();
-    for line in BufReader::new(file).lines() {
-        let Ok(line) = serde_json::from_str::<Line>(&line?) else {
+    let mut reader = BufReader::new(file);
+    let mut text = Vec::new();
+    let mut at = 0u64;
+    loop {
+        text.clear();
+        let read = reader.read_until(b'\n', &mut text)?;
+        if read == 0 {
+            break;
+        }
+        let span = Span {
+            at,
+            len: read as u32,
+        };
+        at += read as u64;
+        let Ok(line) = serde_json::from_slice::<Line>(&text) else {
             tracing::warn!(path = %path.display(), "skipping an unreadable ledger line");
             continue;
         };
+        let key = digest16(line.id.as_bytes());
+        let short = digest16(line.digest.as_bytes());
         match line.outcome {
             None => {
                 entries.insert(
-                    line.id,
+                    key,
                     Entry {
-                        digest: line.digest,
+                        digest: short,
                         until_unix_ms: line.until_unix_ms,
                         expires_at_unix_ms: line.expires_at_unix_ms.unwrap_or(line.until_unix_ms),
-                        outcome: None,
+                        line: span,
+                        finished: false,
                     },
                 );
             }
-            Some(outcome) => {
-                if let Some(entry) = entries.get_mut(&line.id)
-                    && entry.digest == line.digest
+            Some(_) => {
+                if let Some(entry) = entries.get_mut(&key)
+                    && entry.digest == short
                 {
-                    entry.outcome = Some(outcome);
+                    entry.line = span;
+                    entry.finished = true;
                 }
             }
         }
     }
-    Ok(entries)
+    Ok((entries, at))
 }
 
 #[cfg(test)]

@@ -240,6 +240,7 @@ impl Agent {
             "agent started"
         );
         let deadlines = self.engine.supervise();
+        let housekeeping = tokio::spawn(housekeeping(self.service.clone()));
         let (stop_links, links_stopped) = tokio::sync::watch::channel(false);
         let link = self.link_tls.map(|tls| {
             tokio::spawn(
@@ -271,6 +272,7 @@ impl Agent {
             }
         };
         let _ = stop_links.send(true);
+        housekeeping.abort();
         if let Some(link) = link {
             let _ = link.await;
         }
@@ -283,6 +285,20 @@ impl Agent {
         served?;
         tracing::info!("agent stopped");
         Ok(())
+    }
+}
+
+/// How often the inventory is read again and freed memory given back.
+const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(30);
+
+async fn housekeeping(service: Arc<AgentService>) {
+    let mut tick = tokio::time::interval(HOUSEKEEPING_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await; // the first tick is now: the service read the host at start
+    loop {
+        tick.tick().await;
+        let service = service.clone();
+        let _ = tokio::task::spawn_blocking(move || service.housekeeping()).await;
     }
 }
 

@@ -32,7 +32,14 @@ enum Command {
 fn main() -> ExitCode {
     // A helper the agent started (memory holder, fill guard): nothing else may run in it.
     troop_agent::host::run_helper_if_asked();
-    match tokio::runtime::Runtime::new() {
+    troop_agent::host::allocator::limit_arenas();
+    // Two workers whatever the host's size: the agent's work is small and mostly waits,
+    // and a thread per core would cost memory on every large host of the fleet.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build();
+    match runtime {
         Ok(runtime) => runtime.block_on(agent_main()),
         Err(error) => {
             eprintln!("troop-agent: cannot start the async runtime: {error}");

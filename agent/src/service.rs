@@ -12,6 +12,7 @@ use troop_proto::pb::agent_server::Agent;
 use troop_proto::{Refusal, TrustedKeys, freshness, pb};
 
 use crate::faults::runner::Runner;
+use crate::inventory::Inventory;
 use crate::ledger::{self, Admission, FirstAnswer, ReplayLedger};
 use troop_telemetry::error_chain;
 
@@ -30,6 +31,9 @@ pub struct AgentService {
     pub(crate) ledger: ReplayLedger,
     pub(crate) runner: Runner,
     pub(crate) last_stop: Option<pb::HostStop>,
+    /// Read in the background ([`AgentService::housekeeping`]), so Status never waits on
+    /// the host.
+    inventory: Inventory,
 }
 
 /// The part of the agent's config a reload (SIGHUP) replaces, without touching active
@@ -62,7 +66,16 @@ impl AgentService {
             ledger,
             runner,
             last_stop,
+            inventory: Inventory::new(),
         }
+    }
+
+    /// What the agent does between commands: reads the host's inventory again and gives
+    /// the memory the last commands freed back to the host. Blocks for at most about
+    /// [`crate::inventory::MOUNT_TIMEOUT`].
+    pub fn housekeeping(&self) {
+        self.inventory.refresh();
+        crate::host::allocator::give_back_free_memory();
     }
 
     /// Replaces the reloadable settings and the policy (for new commands; active faults
@@ -162,7 +175,7 @@ impl AgentService {
                 }
             }
         };
-        if let Err(error) = self.ledger.finish(&id, outcome, now_unix_ms()) {
+        if let Err(error) = self.ledger.finish(&id, &digest, outcome, now_unix_ms()) {
             tracing::error!(command_id = %id, error = %error_chain(&error), "cannot record a command's outcome");
         }
         result.map_err(Status::from)
@@ -181,7 +194,7 @@ impl AgentService {
                 .collect(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             active_faults: self.runner.engine.active(),
-            inventory: Some(crate::inventory::collect()),
+            inventory: Some(self.inventory.current()),
             last_stop: self.last_stop.clone(),
             latch: self.runner.engine.latch().map(|latch| latch.to_pb()),
         }

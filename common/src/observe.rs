@@ -55,18 +55,8 @@ const PF_KTHREAD: u64 = 0x0020_0000;
 pub fn read_process(pid: i32) -> Option<ProcessInfo> {
     let dir = PathBuf::from(format!("/proc/{pid}"));
     let stat = parse_stat(&fs::read_to_string(dir.join("stat")).ok()?)?;
-    let status = fs::read_to_string(dir.join("status")).ok()?;
-    let uid = status
-        .lines()
-        .find_map(|line| line.strip_prefix("Uid:"))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|uid| uid.parse().ok())?;
-    let cmdline = fs::read(dir.join("cmdline"))
-        .unwrap_or_default()
-        .split(|&byte| byte == 0)
-        .filter(|arg| !arg.is_empty())
-        .map(|arg| String::from_utf8_lossy(arg).into_owned())
-        .collect();
+    let uid = read_uid(pid)?;
+    let cmdline = read_cmdline(pid).unwrap_or_default();
     let exe = fs::read_link(dir.join("exe")).ok().map(|path| {
         let text = path.to_string_lossy();
         PathBuf::from(text.strip_suffix(" (deleted)").unwrap_or(&text))
@@ -84,18 +74,47 @@ pub fn read_process(pid: i32) -> Option<ProcessInfo> {
     })
 }
 
+/// The real uid of a process, from `/proc/PID/status`; `None` if it is gone.
+pub fn read_uid(pid: i32) -> Option<u32> {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|line| line.strip_prefix("Uid:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|uid| uid.parse().ok())
+}
+
+/// The arguments of a process (empty for a kernel thread); `None` if it is gone.
+pub fn read_cmdline(pid: i32) -> Option<Vec<String>> {
+    Some(
+        fs::read(format!("/proc/{pid}/cmdline"))
+            .ok()?
+            .split(|&byte| byte == 0)
+            .filter(|arg| !arg.is_empty())
+            .map(|arg| String::from_utf8_lossy(arg).into_owned())
+            .collect(),
+    )
+}
+
 /// Every process of this PID namespace; one that exits while it is read is not listed.
 pub fn list_processes() -> io::Result<Vec<ProcessInfo>> {
-    let mut processes = Vec::new();
+    Ok(pids()?.into_iter().filter_map(read_process).collect())
+}
+
+/// The pids of this PID namespace, from the names in `/proc`.
+pub fn pids() -> io::Result<Vec<i32>> {
+    let mut pids = Vec::new();
     for entry in fs::read_dir("/proc")? {
-        let Some(pid) = entry?.file_name().to_str().and_then(|n| n.parse().ok()) else {
-            continue;
-        };
-        if let Some(info) = read_process(pid) {
-            processes.push(info);
+        if let Some(pid) = entry?.file_name().to_str().and_then(|n| n.parse().ok()) {
+            pids.push(pid);
         }
     }
-    Ok(processes)
+    Ok(pids)
+}
+
+/// The parent of a process (one small read), `None` if it is gone.
+pub fn parent_pid(pid: i32) -> Option<i32> {
+    parse_stat(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?).map(|stat| stat.ppid)
 }
 
 struct Stat {

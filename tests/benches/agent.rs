@@ -1,14 +1,20 @@
 //! Benchmarks behind BENCHMARKS.md. Run:
 //!
 //! ```sh
-//! cargo build --release --bins && cargo bench -p troop-tests --bench agent
+//! cargo build --release --bins && cargo bench -p troop-tests --bench agent [-- PART...]
 //! ```
 //!
-//! 1. Signature verification of one signed kill command (what every `Execute` pays first).
-//! 2. `Execute` round trips over mutual TLS on one kept-open connection, with the agent's
-//!    state dir (and so its ledger fsync) on this machine's disk and on tmpfs.
-//! 3. The resident memory of an idle release `troop-agent` process.
+//! Parts (all when none is named):
+//! - `verify`: signature verification of one signed kill command (what every `Execute`
+//!   pays first).
+//! - `execute`: `Execute` round trips over mutual TLS on one kept-open connection, with
+//!   the agent's state dir (and so its ledger fsync) on this machine's disk and on tmpfs.
+//! - `memory`: the resident memory of an idle release `troop-agent`, after start-up and
+//!   after 10,000 commands, next to prometheus-node-exporter's when it is installed.
+//! - `kill`: kills on a host of 2,000 processes (an agent in its own PID namespace, as
+//!   root), and what a repeating kill costs between hits.
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use troop_proto::{TrustedKeys, pb, sign_command};
@@ -58,6 +64,15 @@ struct AgentProcess {
 
 impl AgentProcess {
     async fn start(state_dir: &std::path::Path) -> Self {
+        Self::start_wrapped(state_dir, std::process::Command::new).await
+    }
+
+    /// Starts the agent through `wrap`, which is given the binary and returns the command
+    /// that runs it (the agent's arguments are added after).
+    async fn start_wrapped(
+        state_dir: &std::path::Path,
+        wrap: impl FnOnce(PathBuf) -> std::process::Command,
+    ) -> Self {
         let pki = TestPki::new(&["web-1"]);
         let port = troop_lab::host::free_port().unwrap();
         let config = pki.dir.path().join("agent.toml");
@@ -69,14 +84,14 @@ impl AgentProcess {
         );
         file.state_dir = Some(state_dir.to_path_buf());
         troop_lab::files::write(&config, &file).unwrap();
-        let child = std::process::Command::new(binary("troop-agent"))
+        let child = wrap(binary("troop-agent"))
             .arg("--config")
             .arg(&config)
             .env("RUST_LOG", "error")
             .spawn()
             .unwrap();
         let address = format!("127.0.0.1:{port}").parse().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(30);
         let client = loop {
             if let Ok(client) = connect(address, "web-1", Credentials::Coordinator(&pki)).await {
                 break client;
@@ -137,20 +152,36 @@ async fn bench_execute(label: &str, agent: &mut AgentProcess) {
 
 #[tokio::main]
 async fn main() {
-    bench_verify();
-    let disk = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let mut agent = AgentProcess::start(disk.path()).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let idle_start = agent.rss_mib();
-    bench_execute("state on disk", &mut agent).await;
-    agent.client.status(pb::StatusRequest {}).await.unwrap();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    println!(
-        "idle RSS of release troop-agent: {idle_start:.1} MiB after start-up, {:.1} MiB idle after 4400 commands and a status",
-        agent.rss_mib()
-    );
-    drop(agent);
-    let tmpfs = tempfile::tempdir_in("/dev/shm").unwrap();
-    let mut agent = AgentProcess::start(tmpfs.path()).await;
-    bench_execute("state on tmpfs", &mut agent).await;
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let wants = |part: &str| only.is_empty() || only.iter().any(|o| o == part);
+    if wants("verify") {
+        bench_verify();
+    }
+    if wants("execute") {
+        let disk = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+        let mut agent = AgentProcess::start(disk.path()).await;
+        bench_execute("state on disk", &mut agent).await;
+        drop(agent);
+        let tmpfs = tempfile::tempdir_in("/dev/shm").unwrap();
+        let mut agent = AgentProcess::start(tmpfs.path()).await;
+        bench_execute("state on tmpfs", &mut agent).await;
+    }
+    if wants("memory") {
+        memory::bench().await;
+    }
+    if wants("kill") {
+        if nix::unistd::geteuid().is_root() {
+            kill::bench().await;
+        } else {
+            eprintln!("kill skipped: it needs root (a PID namespace)");
+        }
+    }
 }
+
+#[path = "agent/kill.rs"]
+mod kill;
+#[path = "agent/memory.rs"]
+mod memory;

@@ -3,8 +3,8 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -14,7 +14,7 @@ use regex::{Regex, RegexBuilder};
 use troop_proto::{Refusal, pb};
 
 use super::engine::{Applied, Effect};
-use crate::host::process::{ProcessInfo, ProcessTable, SignalError};
+use crate::host::process::{ProcessInfo, ProcessTable, Sieve, SignalError};
 use crate::policy::Policy;
 use troop_common::units::format_duration;
 
@@ -46,18 +46,23 @@ impl Target {
         }
     }
 
-    fn matches(&self, process: &ProcessInfo) -> bool {
+    fn sieve(&self) -> Sieve<'_> {
         match self {
-            Target::Name(name) => has_name(process, name),
-            Target::Exe(path) => process.exe.as_deref() == Some(path.as_path()),
-            Target::Pattern(regex) => regex.is_match(&process.cmdline.join(" ")),
-            Target::Pid(pid) => process.pid == *pid,
-            Target::User { uid, .. } => process.uid == *uid,
+            Target::Name(name) => Sieve::Name(name),
+            Target::Exe(path) => Sieve::Exe(path),
+            Target::Pattern(regex) => Sieve::Cmdline(regex),
+            Target::Pid(pid) => Sieve::Pid(*pid),
+            Target::User { uid, .. } => Sieve::Uid(*uid),
         }
+    }
+
+    fn matches(&self, process: &ProcessInfo) -> bool {
+        self.sieve().admits(process)
     }
 }
 
-/// The kernel's name (`comm`) is cut at 15 bytes, so the exe's file name counts too.
+/// A protected name covers a process by its kernel name or its exe's file name, whichever
+/// it shows (the kernel's is cut at 15 bytes; a script's exe is its interpreter).
 fn has_name(process: &ProcessInfo, name: &str) -> bool {
     process.name == name
         || process
@@ -193,14 +198,15 @@ pub struct AgentLineage {
 }
 
 impl AgentLineage {
-    pub fn of(pid: i32, processes: &[ProcessInfo]) -> Self {
+    /// Walks up from `pid` with `parent` (a few reads, once per kill).
+    pub fn of(pid: i32, parent: impl Fn(i32) -> Option<i32>) -> Self {
         let mut ancestors = HashSet::new();
         let mut current = pid;
-        while let Some(process) = processes.iter().find(|p| p.pid == current) {
-            if process.ppid <= 0 || !ancestors.insert(process.ppid) {
+        while let Some(ppid) = parent(current) {
+            if ppid <= 0 || !ancestors.insert(ppid) {
                 break;
             }
-            current = process.ppid;
+            current = ppid;
         }
         Self { pid, ancestors }
     }
@@ -250,9 +256,9 @@ pub fn apply(
     rng: &mut impl Rng,
 ) -> Result<Vec<pb::SignalledProcess>, Refusal> {
     let processes = table
-        .list()
+        .find(&spec.target.sieve())
         .map_err(|error| Refusal::Internal(format!("cannot list processes: {error}")))?;
-    let agent = AgentLineage::of(std::process::id() as i32, &processes);
+    let agent = AgentLineage::of(std::process::id() as i32, |pid| table.parent(pid));
     let victims = choose_victims(spec, &processes, &agent, policy, rng)?;
     let mut signalled = Vec::new();
     let mut last_error = None;
@@ -291,21 +297,15 @@ pub fn start_repeating(
     policy: Policy,
     first: usize,
 ) -> Applied {
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(StopSignal::default());
     let kills = Arc::new(AtomicUsize::new(first));
     let thread = {
         let (stop, kills) = (stop.clone(), kills.clone());
         let spec = spec.clone();
         std::thread::spawn(move || {
             let mut rng = rand::rng();
-            loop {
-                let deadline = std::time::Instant::now() + interval;
-                while std::time::Instant::now() < deadline {
-                    if stop.load(Ordering::Relaxed) {
-                        return;
-                    }
-                    std::thread::sleep(Duration::from_millis(10).min(interval));
-                }
+            // Asleep between kills: woken by the interval or by the revert, nothing else.
+            while !stop.wait(interval) {
                 // No match is normal here: the service may not be back yet.
                 if let Ok(signalled) = apply(&spec, table.as_ref(), &policy, &mut rng) {
                     kills.fetch_add(signalled.len(), Ordering::Relaxed);
@@ -328,9 +328,33 @@ pub fn start_repeating(
     }
 }
 
+/// A flag a sleeping thread wakes for at once.
+#[derive(Default)]
+struct StopSignal {
+    stopped: Mutex<bool>,
+    changed: Condvar,
+}
+
+impl StopSignal {
+    fn stop(&self) {
+        *self.stopped.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.changed.notify_all();
+    }
+
+    /// Sleeps `timeout` unless stopped first; whether it was stopped.
+    fn wait(&self, timeout: Duration) -> bool {
+        let stopped = self.stopped.lock().unwrap_or_else(|e| e.into_inner());
+        let (stopped, _) = self
+            .changed
+            .wait_timeout_while(stopped, timeout, |stopped| !*stopped)
+            .unwrap_or_else(|e| e.into_inner());
+        *stopped
+    }
+}
+
 struct RepeatKill {
     what: String,
-    stop: Arc<AtomicBool>,
+    stop: Arc<StopSignal>,
     kills: Arc<AtomicUsize>,
     thread: Option<JoinHandle<()>>,
 }
@@ -345,7 +369,7 @@ impl Effect for RepeatKill {
     }
 
     fn revert(&mut self) -> Result<(), String> {
-        self.stop.store(true, Ordering::Relaxed);
+        self.stop.stop();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }

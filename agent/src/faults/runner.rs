@@ -205,7 +205,7 @@ impl Runner {
             }
             Fault::Memory(request) => {
                 let _one_at_a_time = self.memory_gate.lock().unwrap_or_else(|e| e.into_inner());
-                let total = crate::inventory::collect().memory_total_bytes;
+                let total = crate::inventory::memory_total_bytes();
                 let held_now = self.engine.memory_held();
                 let bytes =
                     memory::bytes_to_hold(request.amount.as_ref(), total, held_now, &policy)?;

@@ -5,12 +5,95 @@
 //! pidfd names one process for good, so a pid reused in between is never signalled.
 
 use std::collections::HashMap;
-use std::io;
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use regex::Regex;
 pub use troop_common::observe::{
-    ProcessInfo, cpu_seconds, list_processes, read_process, resident_bytes,
+    ProcessInfo, cpu_seconds, list_processes, parent_pid, pids, read_cmdline, read_process,
+    read_uid, resident_bytes,
 };
+
+/// The kernel keeps at most this many bytes of a process's name (`comm`).
+const COMM_LEN: usize = 15;
+
+/// What a search tells processes apart by. A scan reads only this one field of every
+/// process (one small read each: on a host with thousands of processes the reads are the
+/// cost); the rest is read for the few that pass.
+#[derive(Debug, Clone, Copy)]
+pub enum Sieve<'a> {
+    Pid(i32),
+    /// The kernel's name; a name longer than the kernel keeps also matches a process whose
+    /// `comm` is its first 15 bytes and whose exe has the whole name.
+    Name(&'a str),
+    Exe(&'a Path),
+    Cmdline(&'a Regex),
+    Uid(u32),
+}
+
+impl Sieve<'_> {
+    /// Whether a fully read process passes.
+    pub fn admits(&self, process: &ProcessInfo) -> bool {
+        match *self {
+            Sieve::Pid(pid) => process.pid == pid,
+            Sieve::Name(name) => {
+                process.name == name
+                    || (is_cut_from(&process.name, name)
+                        && process
+                            .exe
+                            .as_deref()
+                            .and_then(Path::file_name)
+                            .is_some_and(|file| file == name))
+            }
+            Sieve::Exe(path) => process.exe.as_deref() == Some(path),
+            Sieve::Cmdline(regex) => regex.is_match(&process.cmdline.join(" ")),
+            Sieve::Uid(uid) => process.uid == uid,
+        }
+    }
+
+    /// Whether the process may pass, from its one field; `false` if it is gone.
+    fn may_admit(&self, pid: i32) -> bool {
+        let dir = format!("/proc/{pid}");
+        match *self {
+            Sieve::Pid(wanted) => pid == wanted,
+            Sieve::Name(name) => read_small(&format!("{dir}/comm")).is_some_and(|comm| {
+                let comm = comm.strip_suffix(b"\n").unwrap_or(&comm);
+                comm == name.as_bytes() || is_cut_from_bytes(comm, name)
+            }),
+            Sieve::Exe(path) => std::fs::read_link(format!("{dir}/exe"))
+                .is_ok_and(|exe| exe == path || exe == deleted(path)),
+            Sieve::Cmdline(regex) => {
+                read_cmdline(pid).is_some_and(|args| regex.is_match(&args.join(" ")))
+            }
+            Sieve::Uid(uid) => read_uid(pid) == Some(uid),
+        }
+    }
+}
+
+fn is_cut_from(comm: &str, name: &str) -> bool {
+    is_cut_from_bytes(comm.as_bytes(), name)
+}
+
+/// `comm` is what the kernel kept of `name`.
+fn is_cut_from_bytes(comm: &[u8], name: &str) -> bool {
+    comm.len() == COMM_LEN && name.len() > COMM_LEN && name.as_bytes().starts_with(comm)
+}
+
+/// How the kernel shows the exe of a process whose file was deleted after it started.
+fn deleted(path: &Path) -> PathBuf {
+    let mut text = path.as_os_str().to_owned();
+    text.push(" (deleted)");
+    PathBuf::from(text)
+}
+
+/// A short /proc file in one read.
+fn read_small(path: &str) -> Option<Vec<u8>> {
+    let mut buffer = [0u8; 64];
+    let read = File::open(path).ok()?.read(&mut buffer).ok()?;
+    Some(buffer[..read].to_vec())
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SignalError {
@@ -29,6 +112,10 @@ pub enum SignalError {
 /// The processes of the host the agent runs on.
 pub trait ProcessTable: Send + Sync {
     fn list(&self) -> io::Result<Vec<ProcessInfo>>;
+    /// The processes `sieve` admits, read in full.
+    fn find(&self, sieve: &Sieve) -> io::Result<Vec<ProcessInfo>>;
+    /// The parent of `pid`, `None` if it is gone.
+    fn parent(&self, pid: i32) -> Option<i32>;
     /// Sends `signal` to exactly the process `process` describes, never to a reused pid,
     /// and only if `still_eligible` holds for the process as it is at that moment (it may
     /// have exec'd into something protected since it was matched).
@@ -47,6 +134,24 @@ pub struct LinuxProcessTable;
 impl ProcessTable for LinuxProcessTable {
     fn list(&self) -> io::Result<Vec<ProcessInfo>> {
         list_processes()
+    }
+
+    fn find(&self, sieve: &Sieve) -> io::Result<Vec<ProcessInfo>> {
+        // A pid names one process: no scan at all.
+        let pids = match sieve {
+            Sieve::Pid(pid) => vec![*pid],
+            _ => pids()?,
+        };
+        Ok(pids
+            .into_iter()
+            .filter(|&pid| sieve.may_admit(pid))
+            .filter_map(read_process)
+            .filter(|process| sieve.admits(process))
+            .collect())
+    }
+
+    fn parent(&self, pid: i32) -> Option<i32> {
+        parent_pid(pid)
     }
 
     fn signal(
@@ -159,6 +264,17 @@ impl ProcessTable for FakeProcessTable {
         Ok(listed)
     }
 
+    fn find(&self, sieve: &Sieve) -> io::Result<Vec<ProcessInfo>> {
+        let mut listed = self.list()?;
+        listed.retain(|process| sieve.admits(process));
+        Ok(listed)
+    }
+
+    fn parent(&self, pid: i32) -> Option<i32> {
+        let processes = self.processes.lock().unwrap();
+        processes.iter().find(|p| p.pid == pid).map(|p| p.ppid)
+    }
+
     fn signal(
         &self,
         process: &ProcessInfo,
@@ -218,6 +334,43 @@ mod tests {
         let status = child.wait().unwrap();
         use std::os::unix::process::ExitStatusExt;
         assert_eq!(status.signal(), Some(libc::SIGKILL));
+    }
+
+    /// The scan reads one field of every process, then the passers in full: a copy of
+    /// `sleep` under a name longer than the kernel keeps is found by name, exe and pid.
+    #[test]
+    fn find_reads_what_the_sieve_needs() {
+        let dir = tempfile::tempdir().unwrap();
+        let exe = dir.path().join("troop-sleeper-with-a-long-name");
+        std::fs::copy("/bin/sleep", &exe).unwrap();
+        let mut child = Command::new(&exe).arg("30").spawn().unwrap();
+        let pid = child.id() as i32;
+        let table = LinuxProcessTable;
+        let found = |sieve: Sieve| -> Vec<i32> {
+            table.find(&sieve).unwrap().iter().map(|p| p.pid).collect()
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while found(Sieve::Name("troop-sleeper-with-a-long-name")) != [pid] {
+            assert!(std::time::Instant::now() < deadline, "child never exec'd");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(
+            found(Sieve::Name("troop-sleeper-w")),
+            [pid],
+            "the kernel's 15 bytes"
+        );
+        assert_eq!(
+            found(Sieve::Name("troop-sleeper-with-another-name")),
+            [0; 0]
+        );
+        assert_eq!(found(Sieve::Exe(&exe)), [pid]);
+        assert_eq!(found(Sieve::Pid(pid)), [pid]);
+        let pattern = Regex::new("long-name 30$").unwrap();
+        assert_eq!(found(Sieve::Cmdline(&pattern)), [pid]);
+        assert_eq!(table.parent(pid), Some(std::process::id() as i32));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(found(Sieve::Pid(pid)), [0; 0], "a reaped pid is not found");
     }
 
     #[test]

@@ -18,7 +18,7 @@ fn first_use_then_exact_replay_then_conflict() {
         ledger.admit("a", "d1", NOW + 10, NOW + 10, NOW).unwrap(),
         Admission::Pending
     );
-    ledger.finish("a", receipt(), NOW).unwrap();
+    ledger.finish("a", "d1", receipt(), NOW).unwrap();
     assert_eq!(
         ledger.admit("a", "d1", NOW + 10, NOW + 10, NOW).unwrap(),
         Admission::Replay(receipt())
@@ -37,7 +37,7 @@ fn survives_a_restart_and_forgets_what_expired() {
         ledger
             .admit("done", "d", NOW + 100, NOW + 100, NOW)
             .unwrap();
-        ledger.finish("done", receipt(), NOW).unwrap();
+        ledger.finish("done", "d", receipt(), NOW).unwrap();
         ledger
             .admit("crashed", "d", NOW + 100, NOW + 100, NOW)
             .unwrap();
@@ -88,7 +88,7 @@ fn an_id_reused_after_expiry_keeps_its_new_digest_across_a_restart() {
     {
         let ledger = ReplayLedger::open(dir.path(), NOW).unwrap();
         ledger.admit("a", "old", NOW + 10, NOW + 10, NOW).unwrap();
-        ledger.finish("a", receipt(), NOW).unwrap();
+        ledger.finish("a", "old", receipt(), NOW).unwrap();
         assert_eq!(
             ledger
                 .admit("a", "new", NOW + 100, NOW + 100, NOW + 50)
@@ -156,7 +156,7 @@ fn a_forgotten_command_stays_refused_after_the_clock_goes_back() {
     {
         let ledger = ReplayLedger::open(dir.path(), NOW).unwrap();
         ledger.admit("a", "d", NOW + 10, NOW + 40, NOW).unwrap();
-        ledger.finish("a", receipt(), NOW).unwrap();
+        ledger.finish("a", "d", receipt(), NOW).unwrap();
     }
     // Opened with the clock far ahead: "a" is past its window and forgotten.
     drop(ReplayLedger::open(dir.path(), NOW + 1_000_000).unwrap());
@@ -183,7 +183,7 @@ fn a_remembered_command_is_a_replay_even_when_its_window_looks_over() {
     let dir = tempfile::tempdir().unwrap();
     let ledger = ReplayLedger::open(dir.path(), NOW).unwrap();
     ledger.admit("a", "d", NOW + 10, NOW + 40, NOW).unwrap();
-    ledger.finish("a", receipt(), NOW).unwrap();
+    ledger.finish("a", "d", receipt(), NOW).unwrap();
     // A larger skew now makes it fresh at NOW + 100: still the first outcome.
     assert_eq!(
         ledger
@@ -222,11 +222,29 @@ fn compaction_keeps_the_file_small() {
     for i in 0..256 {
         let id = i.to_string();
         ledger.admit(&id, "d", NOW + i, NOW + i, NOW + i).unwrap();
-        ledger.finish(&id, receipt(), NOW + i).unwrap();
+        ledger.finish(&id, "d", receipt(), NOW + i).unwrap();
     }
     let lines = fs::read_to_string(dir.path().join(FILE_NAME))
         .unwrap()
         .lines()
         .count();
     assert!(lines <= 64, "{lines} lines");
+    // The lines compaction copied still answer exact retries, also after a restart.
+    let last = NOW + 255;
+    assert_eq!(
+        ledger.admit("255", "d", last, last, last).unwrap(),
+        Admission::Replay(receipt())
+    );
+    drop(ledger);
+    let ledger = ReplayLedger::open(dir.path(), last).unwrap();
+    assert_eq!(
+        ledger.admit("255", "d", last, last, last).unwrap(),
+        Admission::Replay(receipt())
+    );
+}
+
+/// What a remembered command costs in memory: its slot in the map, nothing on the heap.
+#[test]
+fn an_entry_is_a_few_dozen_bytes() {
+    assert!(std::mem::size_of::<(Digest16, Entry)>() <= 72);
 }

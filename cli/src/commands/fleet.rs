@@ -83,6 +83,7 @@ fn status_json(
                 "disks": inventory.disks.iter().map(|d| json!({
                     "mount_point": d.mount_point, "filesystem": d.filesystem,
                     "total_bytes": d.total_bytes, "available_bytes": d.available_bytes,
+                    "unavailable": (!d.unavailable.is_empty()).then_some(&d.unavailable),
                 })).collect::<Vec<_>>(),
             });
             value["active_faults"] = json!(

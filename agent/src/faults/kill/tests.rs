@@ -51,7 +51,9 @@ fn spec(by: pb::process_match::By, all_matches: bool) -> KillSpec {
 
 fn choose(spec: &KillSpec) -> Result<Vec<i32>, Refusal> {
     let processes = host();
-    let agent = AgentLineage::of(30, &processes);
+    let agent = AgentLineage::of(30, |pid| {
+        processes.iter().find(|p| p.pid == pid).map(|p| p.ppid)
+    });
     let mut rng = StdRng::seed_from_u64(1);
     choose_victims(spec, &processes, &agent, &Policy::default(), &mut rng)
         .map(|victims| victims.iter().map(|v| v.pid).collect())
@@ -188,4 +190,31 @@ fn a_repeating_kill_kills_again_until_reverted() {
     let after = table.signalled().len();
     std::thread::sleep(MIN_REPEAT * 3);
     assert_eq!(table.signalled().len(), after, "kills after revert");
+}
+
+#[test]
+fn a_name_is_the_kernel_name_or_the_whole_of_a_name_the_kernel_cut() {
+    let script = ProcessInfo {
+        exe: Some(PathBuf::from("/usr/bin/bash")),
+        ..process(60, 1, "backup.sh")
+    };
+    // The kernel keeps 15 bytes of "postgres-exporter"; its exe has the whole name.
+    let long = ProcessInfo {
+        exe: Some(PathBuf::from("/opt/bin/postgres-exporter")),
+        ..process(61, 1, "postgres-export")
+    };
+    let impostor = ProcessInfo {
+        exe: Some(PathBuf::from("/usr/bin/postgres-exporter")),
+        ..process(62, 1, "sh")
+    };
+    let name = |name: &str| spec(By::Name(name.into()), true).target;
+    assert!(name("backup.sh").matches(&script));
+    assert!(
+        !name("bash").matches(&script),
+        "as pkill: not the interpreter"
+    );
+    assert!(name("postgres-exporter").matches(&long));
+    assert!(name("postgres-export").matches(&long));
+    assert!(!name("postgres-exporter-2").matches(&long));
+    assert!(!name("postgres-exporter").matches(&impostor));
 }
