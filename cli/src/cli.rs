@@ -237,7 +237,8 @@ pub struct Holding {
 pub struct KillArgs {
     #[command(flatten)]
     pub targeting: Targeting,
-    /// Exact process name.
+    /// Exact process name, as pkill reads it (the kernel's `comm`; a name longer than the
+    /// 15 bytes the kernel keeps matches by the executable's file name).
     #[arg(long)]
     pub name: Option<String>,
     /// Absolute path of the executable.

@@ -101,11 +101,6 @@ impl AgentProcess {
         };
         Self { pki, child, client }
     }
-
-    fn rss_mib(&self) -> f64 {
-        let bytes = troop_tests::lab::resident_bytes(self.child.id() as i32).unwrap();
-        bytes as f64 / (1u64 << 20) as f64
-    }
 }
 
 impl Drop for AgentProcess {
@@ -117,25 +112,29 @@ impl Drop for AgentProcess {
 
 async fn bench_execute(label: &str, agent: &mut AgentProcess) {
     let key = agent.pki.signing_key();
-    for (name, action) in [
-        ("abort-all", pb::command::Action::AbortAll(pb::AbortAll {})),
-        (
-            "kill, no match",
-            kill(
-                pb::process_match::By::Name("no-such-process".into()),
-                9,
-                false,
-            ),
-        ),
+    let abort_all = pb::command::Action::AbortAll(pb::AbortAll {});
+    let no_match = kill(
+        pb::process_match::By::Name("no-such-process".into()),
+        9,
+        false,
+    );
+    for (name, action, forged) in [
+        // Refused at its first check, before the ledger: the round trip's floor.
+        ("bad signature (floor)", abort_all.clone(), true),
+        ("abort-all", abort_all, false),
+        ("kill, no match", no_match, false),
     ] {
         let rounds = 2_000;
         let mut times = Vec::with_capacity(rounds);
         for index in 0..rounds + 200 {
-            let signed = sign_command(&command("web-1", action.clone()), &key);
+            let mut signed = sign_command(&command("web-1", action.clone()), &key);
+            if forged {
+                signed.signature[0] ^= 1;
+            }
             let start = Instant::now();
             let result = agent.client.execute(signed).await;
             let elapsed = start.elapsed();
-            assert!(result.is_ok() || name != "abort-all", "{result:?}");
+            assert_eq!(result.is_err(), forged || name != "abort-all", "{result:?}");
             if index >= 200 {
                 times.push(elapsed);
             }

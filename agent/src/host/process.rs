@@ -40,7 +40,7 @@ impl Sieve<'_> {
             Sieve::Pid(pid) => process.pid == pid,
             Sieve::Name(name) => {
                 process.name == name
-                    || (is_cut_from(&process.name, name)
+                    || (kernel_cut(process.name.as_bytes(), name)
                         && process
                             .exe
                             .as_deref()
@@ -60,7 +60,7 @@ impl Sieve<'_> {
             Sieve::Pid(wanted) => pid == wanted,
             Sieve::Name(name) => read_small(&format!("{dir}/comm")).is_some_and(|comm| {
                 let comm = comm.strip_suffix(b"\n").unwrap_or(&comm);
-                comm == name.as_bytes() || is_cut_from_bytes(comm, name)
+                comm == name.as_bytes() || kernel_cut(comm, name)
             }),
             Sieve::Exe(path) => std::fs::read_link(format!("{dir}/exe"))
                 .is_ok_and(|exe| exe == path || exe == deleted(path)),
@@ -72,12 +72,8 @@ impl Sieve<'_> {
     }
 }
 
-fn is_cut_from(comm: &str, name: &str) -> bool {
-    is_cut_from_bytes(comm.as_bytes(), name)
-}
-
-/// `comm` is what the kernel kept of `name`.
-fn is_cut_from_bytes(comm: &[u8], name: &str) -> bool {
+/// `comm` is what the kernel kept of the longer `name`.
+fn kernel_cut(comm: &[u8], name: &str) -> bool {
     comm.len() == COMM_LEN && name.len() > COMM_LEN && name.as_bytes().starts_with(comm)
 }
 

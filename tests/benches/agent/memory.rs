@@ -1,6 +1,8 @@
 //! Resident memory of an idle release agent after start-up and after 10,000 commands,
 //! next to prometheus-node-exporter (the monitoring agent a host already runs) started
-//! the same way, when it is installed.
+//! the same way, when it is installed. Each figure is VmRSS, with its split into
+//! anonymous memory (the heap, stacks: what the host cannot take back without swap) and
+//! file pages (the binary's own code and data, and shared libraries).
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -22,11 +24,8 @@ pub async fn bench() {
     let mut agent = AgentProcess::start(disk.path()).await;
     let exporter = start_node_exporter();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let agent_idle = agent.rss_mib();
-    let exporter_idle = exporter
-        .as_ref()
-        .and_then(|child| troop_tests::lab::resident_bytes(child.0.id() as i32))
-        .map(mib);
+    let agent_idle = Resident::of(agent.child.id());
+    let exporter_idle = exporter.as_ref().map(|child| Resident::of(child.0.id()));
     let key = agent.pki.signing_key();
     for _ in 0..COMMANDS {
         let signed = sign_command(
@@ -36,18 +35,56 @@ pub async fn bench() {
         agent.client.execute(signed).await.unwrap();
     }
     agent.client.status(pb::StatusRequest {}).await.unwrap();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let agent_busy = agent.rss_mib();
-    println!(
-        "idle RSS of release troop-agent: {agent_idle:.1} MiB after start-up, {agent_busy:.1} MiB idle after {COMMANDS} commands and a status"
-    );
+    // Idle through one round of the agent's housekeeping (every 30 s).
+    tokio::time::sleep(Duration::from_secs(35)).await;
+    let agent_busy = Resident::of(agent.child.id());
+    println!("idle RSS of release troop-agent after start-up: {agent_idle}");
+    println!("idle RSS of release troop-agent after {COMMANDS} commands and a status: {agent_busy}");
     match exporter_idle {
         Some(exporter) => println!(
-            "idle RSS of prometheus-node-exporter: {exporter:.1} MiB; agent/exporter {:.2} after start-up, {:.2} after {COMMANDS} commands",
-            agent_idle / exporter,
-            agent_busy / exporter
+            "idle RSS of prometheus-node-exporter: {exporter}\nagent/exporter VmRSS: {:.2} after start-up, {:.2} after {COMMANDS} commands",
+            agent_idle.total / exporter.total,
+            agent_busy.total / exporter.total
         ),
         None => println!("prometheus-node-exporter is not installed: no side-by-side figure"),
+    }
+}
+
+/// VmRSS and its parts, in MiB.
+#[derive(Debug, Clone, Copy)]
+struct Resident {
+    total: f64,
+    anon: f64,
+    file: f64,
+}
+
+impl Resident {
+    fn of(pid: u32) -> Self {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let field = |name: &str| {
+            let kib: u64 = status
+                .lines()
+                .find_map(|line| line.strip_prefix(name))
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|kib| kib.parse().ok())
+                .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"));
+            mib(kib * 1024)
+        };
+        Self {
+            total: field("VmRSS:"),
+            anon: field("RssAnon:"),
+            file: field("RssFile:"),
+        }
+    }
+}
+
+impl std::fmt::Display for Resident {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:.1} MiB ({:.1} MiB anonymous, {:.1} MiB file pages)",
+            self.total, self.anon, self.file
+        )
     }
 }
 
