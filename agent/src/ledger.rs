@@ -252,7 +252,13 @@ impl ReplayLedger {
     ) -> Result<(), LedgerError> {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let key = digest16(id.as_bytes());
-        let Some(entry) = inner.entries.get(&key).cloned() else {
+        // Only this command's entry: its id may have been reused (once expired) meanwhile.
+        let Some(entry) = inner
+            .entries
+            .get(&key)
+            .filter(|entry| entry.digest == digest16(digest.as_bytes()))
+            .cloned()
+        else {
             return Ok(());
         };
         let line = Line {
@@ -447,8 +453,9 @@ fn open_append(path: &Path) -> io::Result<File> {
 }
 
 /// An admission line starts an entry (replacing any earlier one for the id: ids may be
-/// reused once expired); an outcome line completes the entry with its digest. A torn last
-/// line (a crash mid-write of an outcome) is skipped: the admission before it stands.
+/// reused once expired); an outcome line completes the entry with its digest, or is the
+/// whole entry (compaction writes one line per command). A torn last line (a crash
+/// mid-write of an outcome) is skipped: the admission before it stands.
 /// Returns the entries and the file's length.
 fn read_entries(path: &Path) -> io::Result<(HashMap<Digest16, Entry>, u64)> {
     let file = match File::open(path) {
@@ -490,14 +497,29 @@ fn read_entries(path: &Path) -> io::Result<(HashMap<Digest16, Entry>, u64)> {
                     },
                 );
             }
-            Some(_) => {
-                if let Some(entry) = entries.get_mut(&key)
-                    && entry.digest == short
-                {
+            // The outcome of the admission before it, or a whole command as compaction
+            // writes it; never the outcome of an older use of a reused id.
+            Some(_) => match entries.get_mut(&key) {
+                Some(entry) if entry.digest == short => {
                     entry.line = span;
                     entry.finished = true;
                 }
-            }
+                Some(_) => {}
+                None => {
+                    entries.insert(
+                        key,
+                        Entry {
+                            digest: short,
+                            until_unix_ms: line.until_unix_ms,
+                            expires_at_unix_ms: line
+                                .expires_at_unix_ms
+                                .unwrap_or(line.until_unix_ms),
+                            line: span,
+                            finished: true,
+                        },
+                    );
+                }
+            },
         }
     }
     Ok((entries, at))

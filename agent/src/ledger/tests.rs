@@ -248,3 +248,52 @@ fn compaction_keeps_the_file_small() {
 fn an_entry_is_a_few_dozen_bytes() {
     assert!(std::mem::size_of::<(Digest16, Entry)>() <= 72);
 }
+
+/// Compaction writes a finished command as one line that holds its outcome: the next
+/// start must read that line as the command, or the command could run again.
+#[test]
+fn a_finished_command_outlives_a_compaction_and_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let ledger = ReplayLedger::open(dir.path(), NOW).unwrap();
+        ledger.admit("a", "d", NOW + 100, NOW + 100, NOW).unwrap();
+        ledger.finish("a", "d", receipt(), NOW).unwrap();
+    }
+    for _ in 0..2 {
+        // Each open compacts the file.
+        let ledger = ReplayLedger::open(dir.path(), NOW).unwrap();
+        assert_eq!(
+            ledger.admit("a", "d", NOW + 100, NOW + 100, NOW).unwrap(),
+            Admission::Replay(receipt())
+        );
+    }
+}
+
+/// The outcome of a command whose id was taken over (after it expired) while it ran
+/// belongs to it alone, not to the command that now holds the id.
+#[test]
+fn a_late_outcome_never_completes_the_next_user_of_an_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = ReplayLedger::open(dir.path(), NOW).unwrap();
+    ledger.admit("a", "old", NOW + 10, NOW + 10, NOW).unwrap();
+    ledger
+        .admit("a", "new", NOW + 100, NOW + 100, NOW + 50)
+        .unwrap();
+    ledger.finish("a", "old", receipt(), NOW + 50).unwrap();
+    for _ in 0..2 {
+        assert_eq!(
+            ledger
+                .admit("a", "new", NOW + 100, NOW + 100, NOW + 50)
+                .unwrap(),
+            Admission::Pending
+        );
+    }
+    drop(ledger);
+    let ledger = ReplayLedger::open(dir.path(), NOW + 50).unwrap();
+    assert_eq!(
+        ledger
+            .admit("a", "new", NOW + 100, NOW + 100, NOW + 50)
+            .unwrap(),
+        Admission::Pending
+    );
+}

@@ -39,7 +39,9 @@ pub async fn bench() {
     tokio::time::sleep(Duration::from_secs(35)).await;
     let agent_busy = Resident::of(agent.child.id());
     println!("idle RSS of release troop-agent after start-up: {agent_idle}");
-    println!("idle RSS of release troop-agent after {COMMANDS} commands and a status: {agent_busy}");
+    println!(
+        "idle RSS of release troop-agent after {COMMANDS} commands and a status: {agent_busy}"
+    );
     match exporter_idle {
         Some(exporter) => println!(
             "idle RSS of prometheus-node-exporter: {exporter}\nagent/exporter VmRSS: {:.2} after start-up, {:.2} after {COMMANDS} commands",
