@@ -463,7 +463,7 @@ fn read_entries(path: &Path) -> io::Result<(HashMap<Digest16, Entry>, u64)> {
         Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok((HashMap::new(), 0)),
         Err(error) => return Err(error),
     };
-    let mut entries = HashMap::new();
+    let mut entries: HashMap<Digest16, Entry> = HashMap::new();
     let mut reader = BufReader::new(file);
     let mut text = Vec::new();
     let mut at = 0u64;
@@ -483,43 +483,21 @@ fn read_entries(path: &Path) -> io::Result<(HashMap<Digest16, Entry>, u64)> {
             continue;
         };
         let key = digest16(line.id.as_bytes());
-        let short = digest16(line.digest.as_bytes());
-        match line.outcome {
-            None => {
-                entries.insert(
-                    key,
-                    Entry {
-                        digest: short,
-                        until_unix_ms: line.until_unix_ms,
-                        expires_at_unix_ms: line.expires_at_unix_ms.unwrap_or(line.until_unix_ms),
-                        line: span,
-                        finished: false,
-                    },
-                );
+        let entry = Entry {
+            digest: digest16(line.digest.as_bytes()),
+            until_unix_ms: line.until_unix_ms,
+            expires_at_unix_ms: line.expires_at_unix_ms.unwrap_or(line.until_unix_ms),
+            line: span,
+            finished: line.outcome.is_some(),
+        };
+        match entries.get(&key) {
+            // The outcome of an older use of a reused id: the newer admission stands.
+            Some(known) if entry.finished && known.digest != entry.digest => {}
+            // An admission, the outcome of the admission before it, or a whole command
+            // as compaction writes it.
+            _ => {
+                entries.insert(key, entry);
             }
-            // The outcome of the admission before it, or a whole command as compaction
-            // writes it; never the outcome of an older use of a reused id.
-            Some(_) => match entries.get_mut(&key) {
-                Some(entry) if entry.digest == short => {
-                    entry.line = span;
-                    entry.finished = true;
-                }
-                Some(_) => {}
-                None => {
-                    entries.insert(
-                        key,
-                        Entry {
-                            digest: short,
-                            until_unix_ms: line.until_unix_ms,
-                            expires_at_unix_ms: line
-                                .expires_at_unix_ms
-                                .unwrap_or(line.until_unix_ms),
-                            line: span,
-                            finished: true,
-                        },
-                    );
-                }
-            },
         }
     }
     Ok((entries, at))

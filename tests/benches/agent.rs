@@ -151,11 +151,7 @@ async fn bench_execute(label: &str, agent: &mut AgentProcess) {
 
 #[tokio::main]
 async fn main() {
-    let only: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
-    let wants = |part: &str| only.is_empty() || only.iter().any(|o| o == part);
+    let wants = bench_wants();
     if wants("verify") {
         bench_verify();
     }

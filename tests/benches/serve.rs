@@ -24,6 +24,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use troop_tests::bench_wants;
 use troop_tests::lab::{Lab, Reaped, wait_for};
 
 const POLICY: &str = "allow = [\"kill\"]";
@@ -35,11 +36,7 @@ fn main() {
         eprintln!("skipped: the serve benchmarks need root (network namespaces)");
         return;
     }
-    let only: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
-    let wants = |part: &str| only.is_empty() || only.iter().any(|o| o == part);
+    let wants = bench_wants();
     if wants("kill") {
         kill_on_thirty_hosts();
     }

@@ -161,6 +161,16 @@ pub async fn connect(
         .await
 }
 
+/// For a bench run as `cargo bench ... -- PART...`: whether `part` was asked for (every
+/// part is when none is named).
+pub fn bench_wants() -> impl Fn(&str) -> bool {
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    move |part| only.is_empty() || only.iter().any(|o| o == part)
+}
+
 pub fn now_ms() -> i64 {
     troop_coordinator::signer::now_unix_ms()
 }

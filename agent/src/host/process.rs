@@ -55,14 +55,10 @@ impl Sieve<'_> {
 
     /// Whether the process may pass, from its one field; `false` if it is gone.
     fn may_admit(&self, pid: i32) -> bool {
-        let dir = format!("/proc/{pid}");
         match *self {
             Sieve::Pid(wanted) => pid == wanted,
-            Sieve::Name(name) => read_small(&format!("{dir}/comm")).is_some_and(|comm| {
-                let comm = comm.strip_suffix(b"\n").unwrap_or(&comm);
-                comm == name.as_bytes() || kernel_cut(comm, name)
-            }),
-            Sieve::Exe(path) => std::fs::read_link(format!("{dir}/exe"))
+            Sieve::Name(name) => comm_is(pid, name),
+            Sieve::Exe(path) => std::fs::read_link(format!("/proc/{pid}/exe"))
                 .is_ok_and(|exe| exe == path || exe == deleted(path)),
             Sieve::Cmdline(regex) => {
                 read_cmdline(pid).is_some_and(|args| regex.is_match(&args.join(" ")))
@@ -70,6 +66,20 @@ impl Sieve<'_> {
             Sieve::Uid(uid) => read_uid(pid) == Some(uid),
         }
     }
+}
+
+/// Whether the kernel's name of `pid` is `name`, or what it kept of it: one read into a
+/// buffer on the stack.
+fn comm_is(pid: i32, name: &str) -> bool {
+    let mut buffer = [0u8; 64];
+    let Ok(read) = File::open(format!("/proc/{pid}/comm")).and_then(|mut f| f.read(&mut buffer))
+    else {
+        return false;
+    };
+    let comm = buffer[..read]
+        .strip_suffix(b"\n")
+        .unwrap_or(&buffer[..read]);
+    comm == name.as_bytes() || kernel_cut(comm, name)
 }
 
 /// `comm` is what the kernel kept of the longer `name`.
@@ -82,13 +92,6 @@ fn deleted(path: &Path) -> PathBuf {
     let mut text = path.as_os_str().to_owned();
     text.push(" (deleted)");
     PathBuf::from(text)
-}
-
-/// A short /proc file in one read.
-fn read_small(path: &str) -> Option<Vec<u8>> {
-    let mut buffer = [0u8; 64];
-    let read = File::open(path).ok()?.read(&mut buffer).ok()?;
-    Some(buffer[..read].to_vec())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -363,6 +366,9 @@ mod tests {
         assert_eq!(found(Sieve::Pid(pid)), [pid]);
         let pattern = Regex::new("long-name 30$").unwrap();
         assert_eq!(found(Sieve::Cmdline(&pattern)), [pid]);
+        let uid = nix::unistd::getuid().as_raw();
+        assert!(found(Sieve::Uid(uid)).contains(&pid));
+        assert!(!found(Sieve::Uid(uid + 1)).contains(&pid));
         assert_eq!(table.parent(pid), Some(std::process::id() as i32));
         child.kill().unwrap();
         child.wait().unwrap();
