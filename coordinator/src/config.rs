@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use troop_common::names::{check_dns_name, serve_address, validate_agent_id, validate_label};
@@ -87,7 +88,10 @@ pub struct TlsFile {
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreFile {
-    pub url: String,
+    #[serde(default)]
+    pub url: Option<String>,
+    /// How long probe results and access records are kept (`30d`); command records stay.
+    pub retain: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -97,6 +101,10 @@ pub struct ServeFile {
     pub listen: Option<String>,
     /// Plain HTTP: `GET /healthz`.
     pub health_listen: Option<String>,
+    /// How long the schedule leader's lease lasts unless renewed (`15s`).
+    pub leader_lease: Option<String>,
+    /// This replica's name in the lease and the logs; default `HOSTNAME:PID`.
+    pub replica: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -159,10 +167,19 @@ pub struct OperatorEntry {
 pub struct ServeSettings {
     pub listen: std::net::SocketAddr,
     pub health_listen: std::net::SocketAddr,
+    /// The schedule leader's lease; renewed every third of it.
+    pub leader_lease: Duration,
+    /// This replica's name, if the config gives one.
+    pub replica: Option<String>,
 }
 
 pub const DEFAULT_SERVE_LISTEN: &str = "0.0.0.0:7444";
 pub const DEFAULT_HEALTH_LISTEN: &str = "127.0.0.1:7080";
+/// Long enough to ride out a database failover's pause, short enough that schedules
+/// resume soon after a leader dies.
+pub const DEFAULT_LEADER_LEASE: Duration = Duration::from_secs(15);
+/// Probe results and access records older than this are pruned.
+pub const DEFAULT_RETAIN: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// The `troop serve` an operator's CLI goes through, and the operator's identity.
 #[derive(Debug, Clone)]
@@ -179,6 +196,8 @@ pub struct CoordinatorConfig {
     pub signing_key: Option<PathBuf>,
     pub tls: Option<ClientTls>,
     pub store_url: String,
+    /// How long probe results and access records are kept.
+    pub store_retain: Duration,
     pub serve: ServeSettings,
     pub campaigns: Option<PathBuf>,
     pub agents: Vec<AgentEntry>,
@@ -252,9 +271,27 @@ impl CoordinatorConfig {
                 labels: agent.labels,
             });
         }
-        let store_url = raw
-            .store
-            .map_or_else(|| "sqlite://troop.db".to_string(), |store| store.url);
+        let store = raw.store.unwrap_or_default();
+        let duration = |key: &str, text: Option<String>, default: Duration, least: Duration| {
+            let Some(text) = text else {
+                return Ok(default);
+            };
+            match troop_common::units::parse_duration(&text) {
+                Ok(value) if value >= least => Ok(value),
+                Ok(_) => Err(invalid(
+                    key.to_string(),
+                    format!("{text:?} is shorter than {least:?}"),
+                )),
+                Err(error) => Err(invalid(key.to_string(), error.to_string())),
+            }
+        };
+        let store_retain = duration(
+            "store.retain",
+            store.retain,
+            DEFAULT_RETAIN,
+            Duration::from_secs(3600),
+        )?;
+        let store_url = store.url.unwrap_or_else(|| "sqlite://troop.db".to_string());
         // Like every other path here, a relative database path is next to this file.
         let store_url = match store_url.strip_prefix("sqlite://") {
             Some(db) if db != ":memory:" && !Path::new(db).is_absolute() => {
@@ -262,7 +299,10 @@ impl CoordinatorConfig {
             }
             _ => store_url,
         };
-        if !(store_url.starts_with("sqlite://") || store_url.starts_with("postgres://")) {
+        if !["sqlite://", "postgres://", "postgresql://"]
+            .iter()
+            .any(|scheme| store_url.starts_with(scheme))
+        {
             return Err(invalid(
                 "store.url".into(),
                 format!("{store_url:?} must start with sqlite:// or postgres://"),
@@ -285,6 +325,21 @@ impl CoordinatorConfig {
                 serve.health_listen,
                 DEFAULT_HEALTH_LISTEN,
             )?,
+            leader_lease: duration(
+                "serve.leader_lease",
+                serve.leader_lease,
+                DEFAULT_LEADER_LEASE,
+                Duration::from_secs(1),
+            )?,
+            replica: match serve.replica {
+                Some(name) if name.trim().is_empty() || name.contains(char::is_control) => {
+                    return Err(invalid(
+                        "serve.replica".into(),
+                        format!("{name:?} must be a non-empty name on one line"),
+                    ));
+                }
+                name => name,
+            },
         };
         let mut operators: Vec<OperatorEntry> = Vec::new();
         for (index, operator) in raw.operators.into_iter().enumerate() {
@@ -348,6 +403,7 @@ impl CoordinatorConfig {
             signing_key: raw.signing.map(|signing| resolve(signing.key)),
             tls: raw.tls.map(client_tls),
             store_url,
+            store_retain,
             serve,
             campaigns: raw.campaigns.map(resolve),
             agents,

@@ -1,123 +1,27 @@
 //! The audit store: one record per campaign run, step, command and probe result, plus the
 //! scheduler state (last strike per group, last run per campaign) that must survive a restart
-//! of the long-running coordinator.
+//! of the long-running coordinator, and the lease that says which `troop serve` fires
+//! schedules when several share one database.
 //!
-//! Only SQLite is built (`sqlite://PATH`); `postgres://` URLs are refused with a clear error.
-//! The file is opened in WAL mode with a busy timeout so a CLI and a running `troop serve` can
-//! share it, and the schema is migrated forward on open, tracked with `PRAGMA user_version`.
+//! Two engines behind one interface: SQLite (`sqlite://PATH`, the embedded default) and
+//! PostgreSQL (`postgres://...`, for replicated serves and a database that is backed up).
+//! Every query is written once (`sql`), what the engines say differently is in `dialect`,
+//! and each engine runs a query body in a transaction of its own (`sqlite`, `postgresql`).
+//! The schema is migrated forward on open.
+
+mod dialect;
+mod lease;
+mod postgresql;
+mod sql;
+mod sqlite;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::path::PathBuf;
 
-use rusqlite::types::Type;
-use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
 
-/// How long a writer waits for another process (a CLI beside `troop serve`) to release the file.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Schema batches; entry N takes `user_version` from N to N+1. Append only: a released entry
-/// has already run on someone's file, so editing it would fork the schema.
-const MIGRATIONS: &[&str] = &[
-    // 1: the audit trail and scheduler state.
-    r"
-    CREATE TABLE runs (
-        id             INTEGER PRIMARY KEY,
-        campaign       TEXT    NOT NULL,
-        file_sha256    TEXT    NOT NULL,
-        -- Decimal text: SQLite integers are i64 and a u64 seed must round-trip exactly.
-        seed           TEXT    NOT NULL,
-        dry_run        INTEGER NOT NULL,
-        status         TEXT    NOT NULL DEFAULT 'running',
-        reason         TEXT    NOT NULL DEFAULT '',
-        started_at_ms  INTEGER NOT NULL,
-        finished_at_ms INTEGER
-    );
-    CREATE INDEX runs_by_status ON runs (status);
-
-    CREATE TABLE steps (
-        id          INTEGER PRIMARY KEY,
-        run_id      INTEGER NOT NULL REFERENCES runs (id),
-        step_index  INTEGER NOT NULL,
-        description TEXT    NOT NULL,
-        at_ms       INTEGER NOT NULL
-    );
-    CREATE INDEX steps_by_run ON steps (run_id);
-
-    CREATE TABLE commands (
-        id               INTEGER PRIMARY KEY,
-        run_id           INTEGER NOT NULL REFERENCES runs (id),
-        step_id          INTEGER REFERENCES steps (id),
-        target           TEXT    NOT NULL,
-        command_id       TEXT    NOT NULL,
-        fault_kind       TEXT    NOT NULL,
-        parameters       TEXT    NOT NULL,
-        signature_sha256 TEXT    NOT NULL,
-        sent_at_ms       INTEGER NOT NULL,
-        outcome          TEXT    NOT NULL DEFAULT 'pending',
-        code             TEXT,
-        message          TEXT    NOT NULL DEFAULT '',
-        answered_at_ms   INTEGER
-    );
-    CREATE INDEX commands_by_run ON commands (run_id);
-    CREATE INDEX commands_by_command_id ON commands (command_id);
-
-    CREATE TABLE probes (
-        id     INTEGER PRIMARY KEY,
-        run_id INTEGER NOT NULL REFERENCES runs (id),
-        probe  TEXT    NOT NULL,
-        ok     INTEGER NOT NULL,
-        detail TEXT    NOT NULL,
-        at_ms  INTEGER NOT NULL
-    );
-    CREATE INDEX probes_by_run ON probes (run_id);
-
-    CREATE TABLE last_strikes (
-        campaign   TEXT    NOT NULL,
-        group_name TEXT    NOT NULL,
-        at_ms      INTEGER NOT NULL,
-        PRIMARY KEY (campaign, group_name)
-    ) WITHOUT ROWID;
-
-    CREATE TABLE last_runs (
-        campaign TEXT    PRIMARY KEY,
-        at_ms    INTEGER NOT NULL
-    ) WITHOUT ROWID;
-    ",
-    // 2: ad-hoc attacks and halts are runs too; who ran them, and the key that signed.
-    r"
-    ALTER TABLE runs ADD COLUMN operator TEXT NOT NULL DEFAULT '';
-    ALTER TABLE commands ADD COLUMN key_id TEXT NOT NULL DEFAULT '';
-    ",
-    // 3: who used `troop serve`'s operator API or tried to attach a stream, allowed or not.
-    r"
-    CREATE TABLE access (
-        id      INTEGER PRIMARY KEY,
-        at_ms   INTEGER NOT NULL,
-        caller  TEXT    NOT NULL,
-        call    TEXT    NOT NULL,
-        allowed INTEGER NOT NULL,
-        detail  TEXT    NOT NULL
-    );
-    ",
-    // 4: serve's emergency-stop latch (one row while latched); the stop and the resume
-    // themselves are ad-hoc runs, their commands each agent's acknowledgement.
-    r"
-    CREATE TABLE latch (
-        id       INTEGER PRIMARY KEY CHECK (id = 1),
-        by_name  TEXT    NOT NULL,
-        reason   TEXT    NOT NULL,
-        at_ms    INTEGER NOT NULL,
-        run_id   INTEGER NOT NULL REFERENCES runs (id)
-    );
-    ",
-];
-
-/// The schema version this build writes; a file with a higher one came from a newer troop.
-#[allow(clippy::cast_possible_truncation)] // A handful of migrations, never 2^32.
-const LATEST_VERSION: u32 = MIGRATIONS.len() as u32;
+pub use lease::Lease;
+use sql::{Cells, Tx, Value};
 
 /// Outcomes `finish_commands` accepts; `pending` is only ever set by `record_commands`.
 const COMMAND_OUTCOMES: &[&str] = &["applied", "refused", "failed", "unreachable", "unknown"];
@@ -136,17 +40,29 @@ const SUMMARY_SELECT: &str = "
            r.operator
     FROM runs r LEFT JOIN commands c ON c.run_id = r.id";
 
+/// Whether run `r` may still be written: true for a run of no lease (`leader_epoch` NULL),
+/// and for a leader's run only while the lease it was begun under is current.
+const RUN_FENCE: &str = "
+    (r.leader_epoch IS NULL OR EXISTS (
+        SELECT 1 FROM leader_lease l WHERE l.epoch = r.leader_epoch AND l.expires_at_ms > {now}))";
+
+/// What an engine reported.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
+    #[error(transparent)]
+    Postgres(#[from] postgres::Error),
+}
+
 /// Why a store operation failed; a failed write means nothing was recorded.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The URL names a backend that is planned but not built yet.
-    #[error("store URL {:?}: PostgreSQL is not supported yet; use sqlite://", redact(.url))]
-    Unsupported {
-        /// The URL as given (printed with any password hidden).
-        url: String,
-    },
-    /// The URL is not `sqlite://PATH` or `sqlite://:memory:`.
-    #[error("store URL {:?}: expected sqlite://PATH or sqlite://:memory:", redact(.url))]
+    /// The URL is not `sqlite://PATH`, `sqlite://:memory:` or `postgres://...`.
+    #[error(
+        "store URL {:?}: expected sqlite://PATH, sqlite://:memory: or postgres://USER@HOST/DB",
+        redact(.url)
+    )]
     BadUrl {
         /// The URL as given (printed with any password hidden).
         url: String,
@@ -160,26 +76,34 @@ pub enum StoreError {
         #[source]
         source: rusqlite::Error,
     },
-    /// A schema migration failed; it was rolled back and the file keeps its old version.
-    #[error("store {}: migrating the schema to version {version} failed", .path.display())]
+    /// The PostgreSQL server could not be reached, or refused the connection.
+    #[error("cannot connect to store {url}")]
+    Connect {
+        /// The URL, with any password hidden.
+        url: String,
+        /// What the PostgreSQL client reported.
+        #[source]
+        source: postgres::Error,
+    },
+    /// A schema migration failed; it was rolled back and the database keeps its old version.
+    #[error("store {place}: migrating the schema to version {version} failed")]
     Migrate {
-        /// The file path from the URL.
-        path: PathBuf,
+        /// The file path, or the URL with any password hidden.
+        place: String,
         /// The version that failed to apply.
         version: u32,
-        /// What SQLite reported.
+        /// What the engine reported.
         #[source]
-        source: rusqlite::Error,
+        source: EngineError,
     },
-    /// The file was written by a newer troop; touching it could corrupt its data.
+    /// The database was written by a newer troop; touching it could corrupt its data.
     #[error(
-        "store {}: schema version {found} is newer than this troop supports ({supported}); upgrade troop",
-        .path.display()
+        "store {place}: schema version {found} is newer than this troop supports ({supported}); upgrade troop"
     )]
     TooNew {
-        /// The file path from the URL.
-        path: PathBuf,
-        /// The file's `user_version`.
+        /// The file path, or the URL with any password hidden.
+        place: String,
+        /// The database's schema version.
         found: u32,
         /// The newest version this build knows.
         supported: u32,
@@ -187,6 +111,36 @@ pub enum StoreError {
     /// A query or write failed; shown as SQLite's own message, since callers format it with `{}`.
     #[error(transparent)]
     Sql(#[from] rusqlite::Error),
+    /// A query or write failed on PostgreSQL; shown as the server's own message.
+    #[error(transparent)]
+    Postgres(#[from] postgres::Error),
+    /// A row did not hold what the schema promises (a bug, or a database edited by hand).
+    #[error("the store answered a row whose column {column} is not {expected}")]
+    Decode {
+        /// The column's position in the query.
+        column: usize,
+        /// What it should have held.
+        expected: &'static str,
+    },
+    /// The store's connection thread could not be started.
+    #[error("cannot start the store's connection thread")]
+    Thread {
+        /// What the OS reported.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The store's connection thread is gone (it panicked).
+    #[error("the store's connection thread has stopped")]
+    Closed,
+    /// A write made as leader under a lease that is no longer current: another `troop
+    /// serve` took over (or this one stalled past its lease), so nothing was written.
+    #[error(
+        "not the leader any more: the lease of epoch {epoch} has ended (another troop serve fires schedules now)"
+    )]
+    Deposed {
+        /// The epoch the write was made under.
+        epoch: i64,
+    },
     /// No run has this id.
     #[error("run {run} not found in the store")]
     NotFound {
@@ -408,60 +362,104 @@ pub struct ProbeRow {
 
 /// The audit store; `&self` methods may be called from several threads.
 pub struct Store {
-    /// Where the data lives, for `Debug`.
-    path: PathBuf,
-    /// One connection: SQLite serializes writers anyway, and a mutex keeps it simple.
-    conn: Mutex<Connection>,
+    /// Where the data lives, for `Debug`: the file, or the URL with any password hidden.
+    place: String,
+    engine: Engine,
+}
+
+enum Engine {
+    Sqlite(sqlite::Sqlite),
+    Postgres(postgresql::Postgres),
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
-            .field("path", &self.path)
+            .field("place", &self.place)
             .finish_non_exhaustive()
     }
 }
 
+/// Where a store URL points.
+#[derive(Debug, PartialEq, Eq)]
+enum Location {
+    /// A SQLite file (relative paths as given), or memory for `None`.
+    Sqlite(Option<PathBuf>),
+    /// A PostgreSQL server, by the URL as given.
+    Postgres,
+}
+
 impl Store {
-    /// `sqlite://PATH` (relative paths as given; `sqlite://:memory:` for tests), created on first use, migrated to the latest schema.
+    /// `sqlite://PATH` (relative paths as given; `sqlite://:memory:` for tests), created on
+    /// first use, or `postgres://USER[:PASSWORD]@HOST[:PORT]/DB` (libpq's URL form, also
+    /// `postgresql://`); migrated to the latest schema either way.
     pub fn open(url: &str) -> Result<Self, StoreError> {
-        // A file another process is creating or migrating answers "locked" at once for
-        // some steps (journal mode switch, schema read), whatever the busy timeout: retry.
-        let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
-        loop {
-            match Self::open_once(url) {
-                Err(error) if is_busy(&error) && std::time::Instant::now() < deadline => {
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-                result => return result,
+        let (place, engine) = match parse_url(url)? {
+            Location::Sqlite(path) => {
+                let place = path
+                    .as_deref()
+                    .map_or(":memory:".into(), |path| path.display().to_string());
+                (
+                    place,
+                    Engine::Sqlite(sqlite::Sqlite::open(path.as_deref())?),
+                )
             }
+            Location::Postgres => (
+                redact(url),
+                Engine::Postgres(postgresql::Postgres::open(url)?),
+            ),
+        };
+        Ok(Self { place, engine })
+    }
+
+    /// The SQLite connection, for tests that look beneath the interface.
+    #[cfg(test)]
+    fn conn(&self) -> std::sync::MutexGuard<'_, rusqlite::Connection> {
+        match &self.engine {
+            Engine::Sqlite(sqlite) => sqlite.conn(),
+            Engine::Postgres(_) => panic!("not a SQLite store"),
         }
     }
 
-    fn open_once(url: &str) -> Result<Self, StoreError> {
-        let (path, opened) = match parse_url(url)? {
-            None => (PathBuf::from(":memory:"), Connection::open_in_memory()),
-            Some(path) => {
-                // No URI flag: the path is a file name, never `file:...?mode=...`.
-                let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
-                    | OpenFlags::SQLITE_OPEN_CREATE
-                    | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-                let opened = Connection::open_with_flags(&path, flags);
-                (path, opened)
-            }
-        };
-        let mut conn = match opened.and_then(|conn| configure(&conn).map(|()| conn)) {
-            Ok(conn) => conn,
-            Err(source) => return Err(StoreError::Open { path, source }),
-        };
-        migrate(&mut conn, &path)?;
-        Ok(Self {
-            path,
-            conn: Mutex::new(conn),
-        })
+    fn dialect(&self) -> dialect::Dialect {
+        match self.engine {
+            Engine::Sqlite(_) => dialect::Dialect::Sqlite,
+            Engine::Postgres(_) => dialect::Dialect::Postgres,
+        }
     }
 
-    /// Records the start of a run by `operator`, with status `running`, and returns its id.
+    /// Runs `body` as one write transaction: all of it is recorded, or (on error) none.
+    fn write<T: Send + 'static>(
+        &self,
+        mut body: impl FnMut(&mut dyn Tx) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        match &self.engine {
+            Engine::Sqlite(sqlite) => sqlite.transact(true, &mut body),
+            Engine::Postgres(postgres) => postgres.transact(true, body),
+        }
+    }
+
+    /// Runs `body` as one read transaction: one consistent snapshot, even while another
+    /// process writes.
+    fn read<T: Send + 'static>(
+        &self,
+        mut body: impl FnMut(&mut dyn Tx) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        match &self.engine {
+            Engine::Sqlite(sqlite) => sqlite.transact(false, &mut body),
+            Engine::Postgres(postgres) => postgres.transact(false, body),
+        }
+    }
+
+    /// `RUN_FENCE` with this engine's clock.
+    fn run_fence(&self) -> String {
+        RUN_FENCE.replace("{now}", self.dialect().now_ms())
+    }
+
+    /// Records the start of a run by `operator`, with status `running`, and returns its
+    /// id. A run begun by the leader carries its lease: it can gain steps and commands only
+    /// while that lease is current.
+    #[allow(clippy::too_many_arguments)] // The run's columns, each said once.
     pub fn begin_run(
         &self,
         campaign: &str,
@@ -470,21 +468,35 @@ impl Store {
         dry_run: bool,
         started_at_ms: i64,
         operator: &str,
+        leader: Option<&Lease>,
     ) -> Result<i64, StoreError> {
-        let conn = self.conn();
-        conn.execute(
-            "INSERT INTO runs (campaign, file_sha256, seed, dry_run, started_at_ms, operator)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![
-                campaign,
-                file_sha256,
-                seed.to_string(),
-                dry_run,
-                started_at_ms,
-                operator
-            ],
-        )?;
-        Ok(conn.last_insert_rowid())
+        let (campaign, file_sha256, operator) = (
+            campaign.to_owned(),
+            file_sha256.to_owned(),
+            operator.to_owned(),
+        );
+        let epoch = leader.map(|lease| lease.epoch);
+        let now = self.dialect().now_ms();
+        self.write(move |tx| {
+            if let Some(epoch) = epoch {
+                lease::check_current(tx, now, epoch)?;
+            }
+            tx.query_one(
+                "INSERT INTO runs (campaign, file_sha256, seed, dry_run, started_at_ms, operator,
+                                   leader_epoch)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+                &[
+                    Value::Text(&campaign),
+                    Value::Text(&file_sha256),
+                    Value::Text(&seed.to_string()),
+                    Value::Bool(dry_run),
+                    Value::Int(started_at_ms),
+                    Value::Text(&operator),
+                    Value::OptInt(epoch),
+                ],
+            )?
+            .int(0)
+        })
     }
 
     /// Records the start of an ad-hoc command run (`troop attack`, `troop halt`): `what`
@@ -497,13 +509,7 @@ impl Store {
         operator: &str,
         started_at_ms: i64,
     ) -> Result<i64, StoreError> {
-        let conn = self.conn();
-        conn.execute(
-            "INSERT INTO runs (campaign, file_sha256, seed, dry_run, started_at_ms, operator)
-             VALUES (?1, '', ?2, 0, ?3, ?4)",
-            params![what, seed.to_string(), started_at_ms, operator],
-        )?;
-        Ok(conn.last_insert_rowid())
+        self.begin_run(what, "", seed, false, started_at_ms, operator, None)
     }
 
     /// Records a step of a running run and returns its id.
@@ -514,19 +520,24 @@ impl Store {
         description: &str,
         at_ms: i64,
     ) -> Result<i64, StoreError> {
-        let conn = self.conn();
-        // One conditional statement, so a run aborted by another process cannot gain a step.
-        let inserted = conn.execute(
-            "INSERT INTO steps (run_id, step_index, description, at_ms)
-             SELECT ?1, ?2, ?3, ?4
-             WHERE EXISTS (SELECT 1 FROM runs WHERE id = ?1 AND status = 'running')",
-            params![run, index, description, at_ms],
-        )?;
-        if inserted == 0 {
-            // `NotFound` covers the one way left: the run was created in between.
-            return Err(not_running(&conn, run)?.unwrap_or(StoreError::NotFound { run }));
-        }
-        Ok(conn.last_insert_rowid())
+        let description = description.to_owned();
+        let fence = self.run_fence();
+        self.write(move |tx| {
+            // Checked and written in one transaction, so a run aborted by another process
+            // cannot gain a step.
+            writable_run(tx, &fence, run)?;
+            tx.query_one(
+                "INSERT INTO steps (run_id, step_index, description, at_ms)
+                 VALUES ($1, $2, $3, $4) RETURNING id",
+                &[
+                    Value::Int(run),
+                    Value::Int(index.into()),
+                    Value::Text(&description),
+                    Value::Int(at_ms),
+                ],
+            )?
+            .int(0)
+        })
     }
 
     /// `record_commands` for one (the store's tests record one at a time).
@@ -539,14 +550,14 @@ impl Store {
     /// for a whole fleet's commands), and returns their record ids: every one, or on
     /// error none, and then send nothing.
     pub fn record_commands(&self, commands: &[CommandRecord]) -> Result<Vec<i64>, StoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let ids = commands
-            .iter()
-            .map(|c| insert_command(&tx, c))
-            .collect::<Result<_, _>>()?;
-        tx.commit()?;
-        Ok(ids)
+        let commands = commands.to_vec();
+        let fence = self.run_fence();
+        self.write(move |tx| {
+            commands
+                .iter()
+                .map(|c| insert_command(tx, &fence, c))
+                .collect()
+        })
     }
 
     /// `finish_commands` for one (the store's tests finish one at a time).
@@ -581,14 +592,17 @@ impl Store {
         &self,
         outcomes: &[CommandOutcome],
     ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let answers = outcomes
-            .iter()
-            .map(|outcome| update_outcome(&tx, outcome))
-            .collect();
-        tx.commit()?;
-        Ok(answers)
+        let outcomes = outcomes.to_vec();
+        self.write(move |tx| {
+            outcomes
+                .iter()
+                .map(|outcome| match update_outcome(tx, outcome) {
+                    // An engine error aborts the transaction: none of it is recorded.
+                    Err(error @ (StoreError::Sql(_) | StoreError::Postgres(_))) => Err(error),
+                    answer => Ok(answer),
+                })
+                .collect()
+        })
     }
 
     /// Records a probe result; allowed after the run ends, since a post-abort check is evidence too.
@@ -600,19 +614,25 @@ impl Store {
         detail: &str,
         at_ms: i64,
     ) -> Result<(), StoreError> {
-        let conn = self.conn();
-        let inserted = conn.execute(
-            "INSERT INTO probes (run_id, probe, ok, detail, at_ms)
-             SELECT ?1, ?2, ?3, ?4, ?5 WHERE EXISTS (SELECT 1 FROM runs WHERE id = ?1)",
-            params![run, probe, ok, detail, at_ms],
-        )?;
-        if inserted == 0 {
-            return Err(StoreError::NotFound { run });
-        }
-        Ok(())
+        let (probe, detail) = (probe.to_owned(), detail.to_owned());
+        self.write(move |tx| {
+            run_status(tx, run)?.ok_or(StoreError::NotFound { run })?;
+            tx.execute(
+                "INSERT INTO probes (run_id, probe, ok, detail, at_ms) VALUES ($1, $2, $3, $4, $5)",
+                &[
+                    Value::Int(run),
+                    Value::Text(&probe),
+                    Value::Bool(ok),
+                    Value::Text(&detail),
+                    Value::Int(at_ms),
+                ],
+            )?;
+            Ok(())
+        })
     }
 
-    /// Ends a running run with `completed`, `aborted` or `failed`; a run ends once.
+    /// Ends a running run with `completed`, `aborted`, `failed` or `refused`; a run ends
+    /// once. A deposed leader's run is left for the new leader to close.
     pub fn finish_run(
         &self,
         run: i64,
@@ -621,395 +641,419 @@ impl Store {
         finished_at_ms: i64,
     ) -> Result<(), StoreError> {
         check("status", status, RUN_STATUSES)?;
-        let conn = self.conn();
-        let updated = conn.execute(
-            "UPDATE runs SET status = ?2, reason = ?3, finished_at_ms = ?4
-             WHERE id = ?1 AND status = 'running'",
-            params![run, status, reason, finished_at_ms],
-        )?;
-        if updated == 0 {
-            // `NotFound` covers the one way left: the run was created in between.
-            return Err(not_running(&conn, run)?.unwrap_or(StoreError::NotFound { run }));
-        }
-        Ok(())
+        let (status, reason) = (status.to_owned(), reason.to_owned());
+        let fence = self.run_fence();
+        self.write(move |tx| {
+            writable_run(tx, &fence, run)?;
+            tx.execute(
+                "UPDATE runs SET status = $2, reason = $3, finished_at_ms = $4 WHERE id = $1",
+                &[
+                    Value::Int(run),
+                    Value::Text(&status),
+                    Value::Text(&reason),
+                    Value::Int(finished_at_ms),
+                ],
+            )?;
+            Ok(())
+        })
     }
 
     /// The newest `limit` runs, newest first, with counts of their commands by outcome.
     pub fn runs(&self, limit: usize) -> Result<Vec<RunSummary>, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let conn = self.conn();
-        let mut statement = conn.prepare_cached(&format!(
-            "{SUMMARY_SELECT} GROUP BY r.id ORDER BY r.id DESC LIMIT ?1"
-        ))?;
-        let rows = statement.query_map([limit], summary_from_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.read(move |tx| {
+            tx.query(
+                &format!("{SUMMARY_SELECT} GROUP BY r.id ORDER BY r.id DESC LIMIT $1"),
+                &[Value::Int(limit)],
+            )?
+            .iter()
+            .map(summary_from_row)
+            .collect()
+        })
     }
 
     /// One run with its steps, commands and probe results, each in the order recorded.
     pub fn run(&self, id: i64) -> Result<RunDetail, StoreError> {
-        let mut conn = self.conn();
-        // One read transaction: a consistent snapshot even while another process writes.
-        let tx = conn.transaction()?;
-        let run = tx
-            .query_row(
-                &format!("{SUMMARY_SELECT} WHERE r.id = ?1 GROUP BY r.id"),
-                [id],
-                summary_from_row,
-            )
-            .optional()?
-            .ok_or(StoreError::NotFound { run: id })?;
-        let steps = tx
-            .prepare_cached(
-                "SELECT id, run_id, step_index, description, at_ms FROM steps
-                 WHERE run_id = ?1 ORDER BY id",
-            )?
-            .query_map([id], |row| {
-                Ok(StepRow {
-                    id: row.get(0)?,
-                    run: row.get(1)?,
-                    index: row.get(2)?,
-                    description: row.get(3)?,
-                    at_ms: row.get(4)?,
+        self.read(move |tx| {
+            let run = tx
+                .query_opt(
+                    &format!("{SUMMARY_SELECT} WHERE r.id = $1 GROUP BY r.id"),
+                    &[Value::Int(id)],
+                )?
+                .ok_or(StoreError::NotFound { run: id })?;
+            let run = summary_from_row(&run)?;
+            let steps = tx
+                .query(
+                    "SELECT id, run_id, step_index, description, at_ms FROM steps
+                     WHERE run_id = $1 ORDER BY id",
+                    &[Value::Int(id)],
+                )?
+                .iter()
+                .map(|row| {
+                    Ok(StepRow {
+                        id: row.int(0)?,
+                        run: row.int(1)?,
+                        index: row.small(2)?,
+                        description: row.text(3)?,
+                        at_ms: row.int(4)?,
+                    })
                 })
-            })?
-            .collect::<Result<_, _>>()?;
-        let commands = tx
-            .prepare_cached(
-                "SELECT id, run_id, step_id, target, command_id, fault_kind, parameters,
-                        signature_sha256, sent_at_ms, outcome, code, message, answered_at_ms,
-                        key_id
-                 FROM commands WHERE run_id = ?1 ORDER BY id",
-            )?
-            .query_map([id], |row| {
-                Ok(CommandRow {
-                    id: row.get(0)?,
-                    run: row.get(1)?,
-                    step: row.get(2)?,
-                    target: row.get(3)?,
-                    command_id: row.get(4)?,
-                    fault_kind: row.get(5)?,
-                    parameters: row.get(6)?,
-                    signature_sha256: row.get(7)?,
-                    sent_at_ms: row.get(8)?,
-                    outcome: row.get(9)?,
-                    code: row.get(10)?,
-                    message: row.get(11)?,
-                    answered_at_ms: row.get(12)?,
-                    key_id: row.get(13)?,
+                .collect::<Result<_, StoreError>>()?;
+            let commands = tx
+                .query(
+                    "SELECT id, run_id, step_id, target, command_id, fault_kind, parameters,
+                            signature_sha256, sent_at_ms, outcome, code, message, answered_at_ms,
+                            key_id
+                     FROM commands WHERE run_id = $1 ORDER BY id",
+                    &[Value::Int(id)],
+                )?
+                .iter()
+                .map(|row| {
+                    Ok(CommandRow {
+                        id: row.int(0)?,
+                        run: row.int(1)?,
+                        step: row.opt_int(2)?,
+                        target: row.text(3)?,
+                        command_id: row.text(4)?,
+                        fault_kind: row.text(5)?,
+                        parameters: row.text(6)?,
+                        signature_sha256: row.text(7)?,
+                        sent_at_ms: row.int(8)?,
+                        outcome: row.text(9)?,
+                        code: row.opt_text(10)?,
+                        message: row.text(11)?,
+                        answered_at_ms: row.opt_int(12)?,
+                        key_id: row.text(13)?,
+                    })
                 })
-            })?
-            .collect::<Result<_, _>>()?;
-        let probes = tx
-            .prepare_cached(
-                "SELECT id, run_id, probe, ok, detail, at_ms FROM probes
-                 WHERE run_id = ?1 ORDER BY id",
-            )?
-            .query_map([id], |row| {
-                Ok(ProbeRow {
-                    id: row.get(0)?,
-                    run: row.get(1)?,
-                    probe: row.get(2)?,
-                    ok: row.get(3)?,
-                    detail: row.get(4)?,
-                    at_ms: row.get(5)?,
+                .collect::<Result<_, StoreError>>()?;
+            let probes = tx
+                .query(
+                    "SELECT id, run_id, probe, ok, detail, at_ms FROM probes
+                     WHERE run_id = $1 ORDER BY id",
+                    &[Value::Int(id)],
+                )?
+                .iter()
+                .map(|row| {
+                    Ok(ProbeRow {
+                        id: row.int(0)?,
+                        run: row.int(1)?,
+                        probe: row.text(2)?,
+                        ok: row.flag(3)?,
+                        detail: row.text(4)?,
+                        at_ms: row.int(5)?,
+                    })
                 })
-            })?
-            .collect::<Result<_, _>>()?;
-        tx.commit()?;
-        Ok(RunDetail {
-            run,
-            steps,
-            commands,
-            probes,
+                .collect::<Result<_, StoreError>>()?;
+            Ok(RunDetail {
+                run,
+                steps,
+                commands,
+                probes,
+            })
         })
     }
 
-    /// Remembers when `group` of `campaign` was last struck, replacing any earlier time.
-    pub fn set_last_strike(
+    /// Remembers that `campaign` fired at `at_ms` and struck `groups`, replacing earlier
+    /// times, if `leader` is still the current lease: a deposed leader records no firing,
+    /// hence strikes nothing.
+    pub fn record_firing(
         &self,
+        leader: &Lease,
         campaign: &str,
-        group: &str,
         at_ms: i64,
+        groups: &[String],
     ) -> Result<(), StoreError> {
-        self.conn().execute(
-            "INSERT INTO last_strikes (campaign, group_name, at_ms) VALUES (?1, ?2, ?3)
-             ON CONFLICT (campaign, group_name) DO UPDATE SET at_ms = excluded.at_ms",
-            params![campaign, group, at_ms],
-        )?;
-        Ok(())
+        let (campaign, groups, epoch) = (campaign.to_owned(), groups.to_vec(), leader.epoch);
+        let now = self.dialect().now_ms();
+        self.write(move |tx| {
+            lease::check_current(tx, now, epoch)?;
+            tx.execute(
+                "INSERT INTO last_runs (campaign, at_ms) VALUES ($1, $2)
+                 ON CONFLICT (campaign) DO UPDATE SET at_ms = excluded.at_ms",
+                &[Value::Text(&campaign), Value::Int(at_ms)],
+            )?;
+            for group in &groups {
+                tx.execute(
+                    "INSERT INTO last_strikes (campaign, group_name, at_ms) VALUES ($1, $2, $3)
+                     ON CONFLICT (campaign, group_name) DO UPDATE SET at_ms = excluded.at_ms",
+                    &[
+                        Value::Text(&campaign),
+                        Value::Text(group),
+                        Value::Int(at_ms),
+                    ],
+                )?;
+            }
+            Ok(())
+        })
     }
 
     /// When each group of `campaign` was last struck, by group name.
     pub fn last_strikes(&self, campaign: &str) -> Result<BTreeMap<String, i64>, StoreError> {
-        let conn = self.conn();
-        let mut statement =
-            conn.prepare_cached("SELECT group_name, at_ms FROM last_strikes WHERE campaign = ?1")?;
-        let rows = statement.query_map([campaign], |row| Ok((row.get(0)?, row.get(1)?)))?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
-    /// Remembers when `campaign` last ran, replacing any earlier time.
-    pub fn set_last_run(&self, campaign: &str, at_ms: i64) -> Result<(), StoreError> {
-        self.conn().execute(
-            "INSERT INTO last_runs (campaign, at_ms) VALUES (?1, ?2)
-             ON CONFLICT (campaign) DO UPDATE SET at_ms = excluded.at_ms",
-            params![campaign, at_ms],
-        )?;
-        Ok(())
+        let campaign = campaign.to_owned();
+        self.read(move |tx| {
+            tx.query(
+                "SELECT group_name, at_ms FROM last_strikes WHERE campaign = $1",
+                &[Value::Text(&campaign)],
+            )?
+            .iter()
+            .map(|row| Ok((row.text(0)?, row.int(1)?)))
+            .collect()
+        })
     }
 
     /// When `campaign` last ran, if ever.
     pub fn last_run(&self, campaign: &str) -> Result<Option<i64>, StoreError> {
-        Ok(self
-            .conn()
-            .query_row(
-                "SELECT at_ms FROM last_runs WHERE campaign = ?1",
-                [campaign],
-                |row| row.get(0),
-            )
-            .optional()?)
+        let campaign = campaign.to_owned();
+        self.read(move |tx| {
+            tx.query_opt(
+                "SELECT at_ms FROM last_runs WHERE campaign = $1",
+                &[Value::Text(&campaign)],
+            )?
+            .map(|row| row.int(0))
+            .transpose()
+        })
     }
 
-    /// Runs still marked running (a coordinator died mid-run); the caller decides what to do, then calls `finish_run`.
-    pub fn unfinished_runs(&self) -> Result<Vec<RunSummary>, StoreError> {
-        let conn = self.conn();
-        let mut statement = conn.prepare_cached(&format!(
-            "{SUMMARY_SELECT} WHERE r.status = 'running' GROUP BY r.id ORDER BY r.id"
-        ))?;
-        let rows = statement.query_map([], summary_from_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+    /// Runs still marked running (a coordinator died mid-run) that `leader` may close:
+    /// with a lease, the runs of earlier leases; without, the runs of none.
+    pub fn unfinished_runs(&self, leader: Option<&Lease>) -> Result<Vec<RunSummary>, StoreError> {
+        let epoch = leader.map(|lease| lease.epoch);
+        self.read(move |tx| {
+            let sql = match epoch {
+                Some(_) => format!(
+                    "{SUMMARY_SELECT} WHERE r.status = 'running' AND r.leader_epoch < $1
+                     GROUP BY r.id ORDER BY r.id"
+                ),
+                None => format!(
+                    "{SUMMARY_SELECT} WHERE r.status = 'running' AND r.leader_epoch IS NULL
+                     GROUP BY r.id ORDER BY r.id"
+                ),
+            };
+            let params = epoch.map(Value::Int);
+            tx.query(&sql, params.as_slice())?
+                .iter()
+                .map(summary_from_row)
+                .collect()
+        })
+    }
+
+    /// Closes a run a stopped coordinator left running, whatever lease it was begun under
+    /// (its faults carried leases nobody renewed, so the agents have reverted them).
+    pub fn close_stale_run(&self, run: i64, reason: &str, at_ms: i64) -> Result<(), StoreError> {
+        let reason = reason.to_owned();
+        self.write(move |tx| {
+            tx.execute(
+                "UPDATE runs SET status = 'failed', reason = $2, finished_at_ms = $3
+                 WHERE id = $1 AND status = 'running'",
+                &[Value::Int(run), Value::Text(&reason), Value::Int(at_ms)],
+            )?;
+            Ok(())
+        })
     }
 
     /// Records one call to serve's operator API or stream endpoint.
     pub fn record_access(&self, access: &AccessRecord) -> Result<(), StoreError> {
-        self.conn().execute(
-            "INSERT INTO access (at_ms, caller, call, allowed, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![
-                access.at_ms,
-                access.caller,
-                access.call,
-                access.allowed,
-                access.detail
-            ],
-        )?;
-        Ok(())
+        let access = access.clone();
+        self.write(move |tx| {
+            tx.execute(
+                "INSERT INTO access (at_ms, caller, call, allowed, detail)
+                 VALUES ($1, $2, $3, $4, $5)",
+                &[
+                    Value::Int(access.at_ms),
+                    Value::Text(&access.caller),
+                    Value::Text(&access.call),
+                    Value::Bool(access.allowed),
+                    Value::Text(&access.detail),
+                ],
+            )?;
+            Ok(())
+        })
     }
 
     /// The latest `limit` access records, newest first.
     pub fn access_log(&self, limit: usize) -> Result<Vec<AccessRecord>, StoreError> {
-        let conn = self.conn();
-        let mut statement = conn.prepare_cached(
-            "SELECT at_ms, caller, call, allowed, detail FROM access ORDER BY id DESC LIMIT ?1",
-        )?;
-        let rows = statement.query_map(params![limit as i64], |row| {
-            Ok(AccessRecord {
-                at_ms: row.get(0)?,
-                caller: row.get(1)?,
-                call: row.get(2)?,
-                allowed: row.get(3)?,
-                detail: row.get(4)?,
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(move |tx| {
+            tx.query(
+                "SELECT at_ms, caller, call, allowed, detail FROM access ORDER BY id DESC LIMIT $1",
+                &[Value::Int(limit)],
+            )?
+            .iter()
+            .map(|row| {
+                Ok(AccessRecord {
+                    at_ms: row.int(0)?,
+                    caller: row.text(1)?,
+                    call: row.text(2)?,
+                    allowed: row.flag(3)?,
+                    detail: row.text(4)?,
+                })
             })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+            .collect()
+        })
+    }
+
+    /// Deletes probe results and access records older than `before_ms`; the runs, steps and
+    /// commands (the audit of what was done) are kept. Answers how many rows went.
+    pub fn prune(&self, before_ms: i64) -> Result<u64, StoreError> {
+        self.write(move |tx| {
+            let probes = tx.execute(
+                "DELETE FROM probes WHERE at_ms < $1",
+                &[Value::Int(before_ms)],
+            )?;
+            let access = tx.execute(
+                "DELETE FROM access WHERE at_ms < $1",
+                &[Value::Int(before_ms)],
+            )?;
+            Ok(probes + access)
+        })
     }
 
     /// Latches serve, replacing an earlier latch.
     pub fn set_latch(&self, latch: &LatchRecord) -> Result<(), StoreError> {
-        self.conn().execute(
-            "INSERT INTO latch (id, by_name, reason, at_ms, run_id) VALUES (1, ?1, ?2, ?3, ?4)
-             ON CONFLICT (id) DO UPDATE SET by_name = excluded.by_name, reason = excluded.reason,
-                 at_ms = excluded.at_ms, run_id = excluded.run_id",
-            params![latch.by, latch.reason, latch.at_ms, latch.run],
-        )?;
-        Ok(())
+        let latch = latch.clone();
+        self.write(move |tx| {
+            tx.execute(
+                "INSERT INTO latch (id, by_name, reason, at_ms, run_id) VALUES (1, $1, $2, $3, $4)
+                 ON CONFLICT (id) DO UPDATE SET by_name = excluded.by_name,
+                     reason = excluded.reason, at_ms = excluded.at_ms, run_id = excluded.run_id",
+                &[
+                    Value::Text(&latch.by),
+                    Value::Text(&latch.reason),
+                    Value::Int(latch.at_ms),
+                    Value::Int(latch.run),
+                ],
+            )?;
+            Ok(())
+        })
     }
 
     /// Serve's latch, if set.
     pub fn latch(&self) -> Result<Option<LatchRecord>, StoreError> {
-        Ok(self
-            .conn()
-            .query_row(
+        self.read(|tx| {
+            tx.query_opt(
                 "SELECT by_name, reason, at_ms, run_id FROM latch WHERE id = 1",
-                [],
-                |row| {
-                    Ok(LatchRecord {
-                        by: row.get(0)?,
-                        reason: row.get(1)?,
-                        at_ms: row.get(2)?,
-                        run: row.get(3)?,
-                    })
-                },
-            )
-            .optional()?)
+                &[],
+            )?
+            .map(|row| {
+                Ok(LatchRecord {
+                    by: row.text(0)?,
+                    reason: row.text(1)?,
+                    at_ms: row.int(2)?,
+                    run: row.int(3)?,
+                })
+            })
+            .transpose()
+        })
     }
 
     /// Lifts serve's latch; answers whether one was set.
     pub fn clear_latch(&self) -> Result<bool, StoreError> {
-        Ok(self.conn().execute("DELETE FROM latch", [])? > 0)
-    }
-
-    /// The connection, even if another thread panicked while holding it.
-    fn conn(&self) -> MutexGuard<'_, Connection> {
-        // A panic cannot leave half a write behind: each write is one statement or a
-        // transaction that rolls back when dropped during unwinding.
-        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+        self.write(|tx| Ok(tx.execute("DELETE FROM latch", &[])? > 0))
     }
 }
 
-/// The file path of a `sqlite://` URL, or `None` for `sqlite://:memory:`.
-fn parse_url(url: &str) -> Result<Option<PathBuf>, StoreError> {
+/// Where a store URL points, or why it points nowhere.
+fn parse_url(url: &str) -> Result<Location, StoreError> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        return Err(StoreError::Unsupported { url: url.into() });
+        return Ok(Location::Postgres);
     }
     match url.strip_prefix("sqlite://") {
-        Some(":memory:") => Ok(None),
-        Some(path) if !path.is_empty() => Ok(Some(PathBuf::from(path))),
+        Some(":memory:") => Ok(Location::Sqlite(None)),
+        Some(path) if !path.is_empty() => Ok(Location::Sqlite(Some(PathBuf::from(path)))),
         _ => Err(StoreError::BadUrl { url: url.into() }),
     }
 }
 
-/// Whether an open failed only because another connection held the file for a moment.
-fn is_busy(error: &StoreError) -> bool {
-    let source = match error {
-        StoreError::Open { source, .. } | StoreError::Migrate { source, .. } => source,
-        StoreError::Sql(source) => source,
-        _ => return false,
-    };
-    matches!(
-        source.sqlite_error_code(),
-        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
-    )
+/// The status of run `run`, if it exists.
+fn run_status(tx: &mut dyn Tx, run: i64) -> Result<Option<String>, StoreError> {
+    tx.query_opt("SELECT status FROM runs WHERE id = $1", &[Value::Int(run)])?
+        .map(|row| row.text(0))
+        .transpose()
 }
 
-/// Per-connection settings; none of them persist in the file except the journal mode.
-fn configure(conn: &Connection) -> rusqlite::Result<()> {
-    // First, so that even switching the journal mode waits for a busy writer.
-    conn.busy_timeout(BUSY_TIMEOUT)?;
-    // WAL lets a CLI read while `troop serve` writes. The pragma answers with the mode in
-    // force (`memory` for `:memory:`), which is fine either way.
-    conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get::<_, String>(0))?;
-    conn.pragma_update(None, "foreign_keys", true)?;
-    Ok(())
-}
-
-/// Applies the migrations the file lacks, each in its own transaction; returns how many ran.
-fn migrate(conn: &mut Connection, path: &Path) -> Result<u32, StoreError> {
-    let found = user_version(conn).map_err(|source| StoreError::Open {
-        path: path.into(),
-        source,
-    })?;
-    if found > LATEST_VERSION {
-        return Err(StoreError::TooNew {
-            path: path.into(),
-            found,
-            supported: LATEST_VERSION,
-        });
+/// Passes if run `run` is running and, if a leader began it, that leader's lease is
+/// current; otherwise the error that says which of these failed.
+fn writable_run(tx: &mut dyn Tx, fence: &str, run: i64) -> Result<(), StoreError> {
+    let row = tx.query_opt(
+        &format!("SELECT r.status, r.leader_epoch, {fence} FROM runs r WHERE r.id = $1"),
+        &[Value::Int(run)],
+    )?;
+    let row = row.ok_or(StoreError::NotFound { run })?;
+    let status = row.text(0)?;
+    if status != "running" {
+        return Err(StoreError::RunFinished { run, status });
     }
-    let mut applied = 0;
-    for version in found + 1..=LATEST_VERSION {
-        let apply = |conn: &mut Connection| -> rusqlite::Result<bool> {
-            // Immediate: take the write lock before re-reading the version, so two processes
-            // opening a fresh file together do not both apply the same batch.
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            if user_version(&tx)? >= version {
-                return Ok(false);
-            }
-            tx.execute_batch(MIGRATIONS[version as usize - 1])?;
-            tx.pragma_update(None, "user_version", version)?;
-            tx.commit()?;
-            Ok(true)
-        };
-        let ran = apply(conn).map_err(|source| StoreError::Migrate {
-            path: path.into(),
-            version,
-            source,
-        })?;
-        applied += u32::from(ran);
+    match row.opt_int(1)? {
+        Some(epoch) if !row.flag(2)? => Err(StoreError::Deposed { epoch }),
+        _ => Ok(()),
     }
-    Ok(applied)
 }
 
-/// The schema version stored in the file header.
-fn user_version(conn: &Connection) -> rusqlite::Result<u32> {
-    conn.query_row("PRAGMA user_version", [], |row| row.get(0))
-}
-
-/// Why a write conditioned on a running run touched nothing: `NotFound`, `RunFinished`, or
-/// `None` when the run is in fact running.
-/// One command's `pending` record, if its run is running (and the step is the run's).
-fn insert_command(conn: &Connection, c: &CommandRecord) -> Result<i64, StoreError> {
-    // Conditional like `record_step`: once a run is finished (say, aborted from the CLI),
-    // no further command can be recorded, so the coordinator sends none.
-    let inserted = conn.execute(
+/// One command's `pending` record, if its run is writable (and the step is the run's).
+fn insert_command(tx: &mut dyn Tx, fence: &str, c: &CommandRecord) -> Result<i64, StoreError> {
+    // Like `record_step`: once a run is finished (say, aborted from the CLI), no further
+    // command can be recorded, so the coordinator sends none.
+    writable_run(tx, fence, c.run)?;
+    if let Some(step) = c.step {
+        let of_run = tx.query_opt(
+            "SELECT 1 FROM steps WHERE id = $1 AND run_id = $2",
+            &[Value::Int(step), Value::Int(c.run)],
+        )?;
+        if of_run.is_none() {
+            return Err(StoreError::StepNotInRun { step, run: c.run });
+        }
+    }
+    tx.query_one(
         "INSERT INTO commands (run_id, step_id, target, command_id, fault_kind,
                                parameters, signature_sha256, sent_at_ms, key_id)
-         SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9
-         WHERE EXISTS (SELECT 1 FROM runs WHERE id = ?1 AND status = 'running')
-           AND (?2 IS NULL OR EXISTS (SELECT 1 FROM steps WHERE id = ?2 AND run_id = ?1))",
-        params![
-            c.run,
-            c.step,
-            c.target,
-            c.command_id,
-            c.fault_kind,
-            c.parameters,
-            c.signature_sha256,
-            c.sent_at_ms,
-            c.key_id
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+        &[
+            Value::Int(c.run),
+            Value::OptInt(c.step),
+            Value::Text(&c.target),
+            Value::Text(&c.command_id),
+            Value::Text(&c.fault_kind),
+            Value::Text(&c.parameters),
+            Value::Text(&c.signature_sha256),
+            Value::Int(c.sent_at_ms),
+            Value::Text(&c.key_id),
         ],
-    )?;
-    if inserted == 0 {
-        let run = c.run;
-        // If the run is fine, the step was the problem.
-        let step = c.step.map(|step| StoreError::StepNotInRun { step, run });
-        return Err(not_running(conn, run)?
-            .or(step)
-            .unwrap_or(StoreError::NotFound { run }));
-    }
-    Ok(conn.last_insert_rowid())
+    )?
+    .int(0)
 }
 
-fn update_outcome(conn: &Connection, o: &CommandOutcome) -> Result<(), StoreError> {
+fn update_outcome(tx: &mut dyn Tx, o: &CommandOutcome) -> Result<(), StoreError> {
     check("outcome", &o.outcome, COMMAND_OUTCOMES)?;
-    let updated = conn.execute(
-        "UPDATE commands SET outcome = ?2, code = ?3, message = ?4, answered_at_ms = ?5,
-             signature_sha256 = CASE WHEN ?6 = '' THEN signature_sha256 ELSE ?6 END
-         WHERE id = ?1 AND outcome = 'pending'",
-        params![
-            o.id,
-            o.outcome,
-            o.code,
-            o.message,
-            o.answered_at_ms,
-            o.signature_sha256
+    let id = o.id;
+    let existing = tx
+        .query_opt(
+            "SELECT outcome FROM commands WHERE id = $1",
+            &[Value::Int(id)],
+        )?
+        .map(|row| row.text(0))
+        .transpose()?;
+    match existing {
+        None => return Err(StoreError::CommandNotFound { id }),
+        Some(outcome) if outcome != "pending" => {
+            return Err(StoreError::CommandFinished { id, outcome });
+        }
+        Some(_) => {}
+    }
+    tx.execute(
+        "UPDATE commands SET outcome = $2, code = $3, message = $4, answered_at_ms = $5,
+             signature_sha256 = CASE WHEN $6 = '' THEN signature_sha256 ELSE $6 END
+         WHERE id = $1",
+        &[
+            Value::Int(id),
+            Value::Text(&o.outcome),
+            Value::OptText(o.code.as_deref()),
+            Value::Text(&o.message),
+            Value::Int(o.answered_at_ms),
+            Value::Text(&o.signature_sha256),
         ],
     )?;
-    if updated == 0 {
-        let id = o.id;
-        let existing: Option<String> = conn
-            .query_row("SELECT outcome FROM commands WHERE id = ?1", [id], |row| {
-                row.get(0)
-            })
-            .optional()?;
-        return Err(match existing {
-            None => StoreError::CommandNotFound { id },
-            Some(outcome) => StoreError::CommandFinished { id, outcome },
-        });
-    }
     Ok(())
-}
-
-fn not_running(conn: &Connection, run: i64) -> Result<Option<StoreError>, StoreError> {
-    let status: Option<String> = conn
-        .query_row("SELECT status FROM runs WHERE id = ?1", [run], |row| {
-            row.get(0)
-        })
-        .optional()?;
-    Ok(match status {
-        None => Some(StoreError::NotFound { run }),
-        Some(status) if status != "running" => Some(StoreError::RunFinished { run, status }),
-        Some(_) => None,
-    })
 }
 
 /// Rejects a value outside `allowed`, before it reaches the audit trail.
@@ -1030,25 +1074,25 @@ fn check(
 }
 
 /// Reads a row selected by `SUMMARY_SELECT`.
-fn summary_from_row(row: &Row<'_>) -> rusqlite::Result<RunSummary> {
-    let seed: String = row.get(5)?;
-    let seed = seed.parse().map_err(|error| {
-        rusqlite::Error::FromSqlConversionFailure(5, Type::Text, Box::new(error))
+fn summary_from_row(row: &Cells) -> Result<RunSummary, StoreError> {
+    let seed = row.text(5)?.parse().map_err(|_| StoreError::Decode {
+        column: 5,
+        expected: "a u64 seed",
     })?;
     Ok(RunSummary {
-        id: row.get(0)?,
-        campaign: row.get(1)?,
-        status: row.get(2)?,
-        reason: row.get(3)?,
-        dry_run: row.get(4)?,
+        id: row.int(0)?,
+        campaign: row.text(1)?,
+        status: row.text(2)?,
+        reason: row.text(3)?,
+        dry_run: row.flag(4)?,
         seed,
-        started_at_ms: row.get(6)?,
-        finished_at_ms: row.get(7)?,
-        operator: row.get(12)?,
-        commands: row.get(8)?,
-        applied: row.get(9)?,
-        refused: row.get(10)?,
-        failed: row.get(11)?,
+        started_at_ms: row.int(6)?,
+        finished_at_ms: row.opt_int(7)?,
+        operator: row.text(12)?,
+        commands: row.small(8)?,
+        applied: row.small(9)?,
+        refused: row.small(10)?,
+        failed: row.small(11)?,
     })
 }
 

@@ -57,7 +57,8 @@ pub fn coordinator_file<'a>(
             ca: "pki/ca.pem".into(),
         }),
         store: Some(StoreFile {
-            url: "sqlite://troop.db".into(),
+            url: Some("sqlite://troop.db".into()),
+            ..StoreFile::default()
         }),
         agents: agents
             .into_iter()

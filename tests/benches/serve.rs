@@ -330,6 +330,7 @@ fn thousand_agents() {
     config.serve = Some(troop_coordinator::config::ServeFile {
         listen: Some(address.to_string()),
         health_listen: Some(health_address.to_string()),
+        ..Default::default()
     });
     config.operators = vec![troop_coordinator::config::OperatorFile {
         name: "alice".into(),

@@ -16,13 +16,13 @@ use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 use troop_common::identity::FleetVerifier;
 use troop_coordinator::campaign::runner::{Progress, RunEvent, run_campaign};
-use troop_coordinator::campaign::scheduler;
+use troop_coordinator::campaign::{leader, scheduler};
 use troop_coordinator::fleet::Fleet;
 use troop_coordinator::latch::FleetLatch;
 use troop_coordinator::live::Registry;
 use troop_coordinator::live::streams::Streams;
 use troop_coordinator::serve::{self as grpc_serve, operators::Operators};
-use troop_coordinator::store::Store;
+use troop_coordinator::store::{Lease, Store, StoreError};
 
 use super::context::Context;
 use crate::outcome::Outcome;
@@ -59,7 +59,20 @@ pub async fn run(context: Context) -> anyhow::Result<Outcome> {
     let config = &context.fleet.config;
     let shown = config.path.display();
     let store = Arc::new(Store::open(&config.store_url).context("audit store")?);
-    scheduler::close_stale_runs(&store)?;
+    scheduler::close_stale_runs(&store, None)?;
+    let replica = config
+        .serve
+        .replica
+        .clone()
+        .unwrap_or_else(leader::default_replica_name);
+    let (held, leading) = watch::channel(None);
+    tokio::spawn(leader::keep_claiming(
+        store.clone(),
+        replica.clone(),
+        config.serve.leader_lease,
+        held,
+    ));
+    tokio::spawn(prune(store.clone(), leading.clone(), config.store_retain));
     let signer = Arc::new(context.fleet.signer()?);
     let tls = config
         .tls
@@ -124,13 +137,14 @@ pub async fn run(context: Context) -> anyhow::Result<Outcome> {
             let _ = stopped.wait_for(|stop| *stop).await;
         },
     ));
-    tracing::info!(%listen, %health_listen, "serving agents' streams and the operator API, and /healthz");
+    tracing::info!(%listen, %health_listen, %replica, "serving agents' streams and the operator API, and /healthz");
     tokio::spawn(health(health_listener, latch.clone()));
     let relatching = tokio::spawn(latch.clone().keep_latching());
     if let Err(error) = troop_common::notify::ready() {
         tracing::warn!(%error, "cannot notify systemd of readiness");
     }
-    let outcome = schedule(&fleet, &store, &latch).await;
+    let outcome = schedule(&fleet, &store, &latch, leading.clone()).await;
+    leader::release(&store, &leading);
     relatching.abort();
     // Operators' runs are cancelled and revert over the agents' streams, then those end.
     let _ = stop_grpc.send(true);
@@ -143,8 +157,38 @@ pub async fn run(context: Context) -> anyhow::Result<Outcome> {
     outcome
 }
 
-/// Fires campaigns on their schedules until SIGTERM.
-async fn schedule(fleet: &Fleet, store: &Store, latch: &FleetLatch) -> anyhow::Result<Outcome> {
+/// Prunes probe results and access records older than `retain`, hourly, while this
+/// replica leads (one pruner is enough).
+async fn prune(
+    store: Arc<Store>,
+    leading: watch::Receiver<Option<Lease>>,
+    retain: std::time::Duration,
+) {
+    let mut hourly = tokio::time::interval(std::time::Duration::from_secs(3600));
+    loop {
+        hourly.tick().await;
+        if leading.borrow().is_none() {
+            continue;
+        }
+        let retain_ms = i64::try_from(retain.as_millis()).unwrap_or(i64::MAX);
+        let before = troop_coordinator::signer::now_unix_ms().saturating_sub(retain_ms);
+        let store = store.clone();
+        match tokio::task::spawn_blocking(move || store.prune(before)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(rows)) => tracing::info!(rows, "pruned probe results and access records"),
+            Ok(Err(error)) => tracing::warn!(%error, "cannot prune the store"),
+            Err(error) => tracing::error!(%error, "pruning panicked"),
+        }
+    }
+}
+
+/// Fires campaigns on their schedules until SIGTERM, while this replica holds the lease.
+async fn schedule(
+    fleet: &Fleet,
+    store: &Store,
+    latch: &FleetLatch,
+    mut leading: watch::Receiver<Option<Lease>>,
+) -> anyhow::Result<Outcome> {
     let context = Context {
         fleet: fleet.clone(),
         output: crate::cli::Output::Table,
@@ -156,9 +200,11 @@ async fn schedule(fleet: &Fleet, store: &Store, latch: &FleetLatch) -> anyhow::R
     let mut hangup = signal(SignalKind::hangup())?;
     let mut rng = StdRng::from_os_rng();
     loop {
+        let leads = leading.borrow_and_update().is_some();
         let firings: Vec<(jiff::Timestamp, usize)> = campaigns
             .iter()
             .enumerate()
+            .filter(|_| leads)
             .filter_map(|(index, c)| scheduler::next_due(c, store, &mut rng).map(|at| (at, index)))
             .collect();
         for (at, index) in &firings {
@@ -178,35 +224,53 @@ async fn schedule(fleet: &Fleet, store: &Store, latch: &FleetLatch) -> anyhow::R
                 tracing::info!(count = campaigns.len(), "SIGHUP: campaigns reloaded");
                 continue;
             }
+            // Leadership came or went: work out the next firing again.
+            _ = leading.changed() => continue,
             _ = tokio::time::sleep(wait) => {}
         }
         let Some((_, index)) = due else { continue };
-        let campaign = campaigns[index].clone();
-        if let Some(refusal) = latch.refusal() {
-            tracing::warn!(campaign = %campaign.name, %refusal, "not firing");
-            scheduler::refuse_latched(&campaign, store, &refusal, SCHEDULE_OPERATOR)?;
+        let Some(lease) = leading.borrow().clone() else {
             continue;
-        }
-        let groups = scheduler::fire(
-            &campaign,
-            &context.fleet.agents(),
-            store,
-            jiff::Timestamp::now(),
-            &mut rng,
-        )?;
-        if groups.is_empty() {
+        };
+        let campaign = campaigns[index].clone();
+        let fired = match latch.refusal() {
+            Some(refusal) => {
+                tracing::warn!(campaign = %campaign.name, %refusal, "not firing");
+                scheduler::refuse_latched(&campaign, store, &lease, &refusal, SCHEDULE_OPERATOR)
+                    .map(|_| None)
+            }
+            None => scheduler::fire(
+                &campaign,
+                &context.fleet.agents(),
+                store,
+                &lease,
+                jiff::Timestamp::now(),
+                &mut rng,
+            )
+            .map(Some),
+        };
+        let firing = match fired {
+            Ok(Some(firing)) => firing,
+            Ok(None) => continue,
+            Err(error @ StoreError::Deposed { .. }) => {
+                tracing::warn!(campaign = %campaign.name, %error, "not firing");
+                continue;
+            }
+            Err(error) => return Err(error.into()),
+        };
+        if firing.groups.is_empty() {
             tracing::info!(campaign = %campaign.name, "no group drew a strike this run");
             continue;
         }
-        let groups_text = groups.iter().cloned().collect::<Vec<_>>().join(", ");
-        tracing::info!(campaign = %campaign.name, groups = %groups_text, "firing");
+        let groups_text = firing.groups.iter().cloned().collect::<Vec<_>>().join(", ");
+        tracing::info!(campaign = %campaign.name, groups = %groups_text, epoch = lease.epoch, "firing");
         // Each run its own: a cancelled run must not cancel the next.
         let (cancel, cancelled) = watch::channel(None::<String>);
         let run = run_campaign(
             &context.fleet,
             &campaign,
             false,
-            Some(&groups),
+            Some(&firing),
             cancelled,
             Arc::new(Logged),
             SCHEDULE_OPERATOR,
@@ -218,10 +282,22 @@ async fn schedule(fleet: &Fleet, store: &Store, latch: &FleetLatch) -> anyhow::R
             latch.refusal()
         };
         tokio::pin!(stopped);
+        // The run's records are fenced by its epoch anyway; stopping it says why at once.
+        let mut still_leading = leading.clone();
+        let deposed = async {
+            let _ = still_leading
+                .wait_for(|held| held.as_ref().map(|l| l.epoch) != Some(lease.epoch))
+                .await;
+        };
+        tokio::pin!(deposed);
         let report = tokio::select! {
             report = &mut run => report,
             Some(refusal) = &mut stopped => {
                 let _ = cancel.send(Some(refusal));
+                run.await
+            }
+            () = &mut deposed => {
+                let _ = cancel.send(Some("this troop serve lost the schedule lease".into()));
                 run.await
             }
             _ = terminate.recv() => {

@@ -7,8 +7,10 @@
 //! - [`probe`]: steady-state checks that stop a campaign when the service breaks.
 //! - [`runner`]: one run against a fleet: steps, leases, probes, aborts, the audit trail.
 //! - [`scheduler`]: which scheduled campaign fires next, and which groups it strikes.
+//! - [`leader`]: which of several `troop serve` sharing one store fires the schedules.
 
 pub mod file;
+pub mod leader;
 pub mod planner;
 pub mod probe;
 pub mod runner;

@@ -17,6 +17,7 @@ use troop_proto::pb;
 use crate::audit::{Audit, send_recorded};
 use crate::campaign::planner::{self, Host, RunFaults};
 use crate::campaign::probe::Probe;
+use crate::campaign::scheduler::Firing;
 use crate::campaign::{Campaign, file::Step};
 use crate::config::AgentEntry;
 use crate::describe;
@@ -207,14 +208,14 @@ fn watch_probes(
     })
 }
 
-/// One run of a campaign. `strike_groups` (from the scheduler) limits which groups may
-/// be hit; `cancel` stops it from outside (Ctrl-C, SIGTERM of `serve`, an operator who
+/// One run of a campaign. A scheduler's `firing` limits which groups may be hit, and its
+/// lease fences the run's records (a deposed leader records, so sends, nothing); `cancel` stops it from outside (Ctrl-C, SIGTERM of `serve`, an operator who
 /// went away); `operator` is who started it, as the history names them.
 pub async fn run_campaign(
     fleet: &Fleet,
     campaign: &Campaign,
     dry_run: bool,
-    strike_groups: Option<&BTreeSet<String>>,
+    firing: Option<&Firing>,
     mut cancel: watch::Receiver<StopReason>,
     progress: Arc<dyn Progress>,
     operator: &str,
@@ -246,6 +247,7 @@ pub async fn run_campaign(
             dry_run,
             now_unix_ms(),
             operator,
+            firing.map(|firing| &firing.lease),
         )?),
         None => None,
     };
@@ -287,7 +289,7 @@ pub async fn run_campaign(
                 .iter()
                 .filter(|agent| step.select.matches(&agent.labels))
                 .filter(|agent| {
-                    strike_groups.is_none_or(|groups| groups.contains(&group_of(agent, step)))
+                    firing.is_none_or(|firing| firing.groups.contains(&group_of(agent, step)))
                 })
                 .map(|agent| Host {
                     id: agent.id.clone(),

@@ -11,7 +11,7 @@ use crate::campaign::Campaign;
 use crate::campaign::runner::group_of;
 use crate::config::{AgentEntry, CoordinatorConfig};
 use crate::signer::now_unix_ms;
-use crate::store::{Store, StoreError};
+use crate::store::{Lease, Store, StoreError};
 
 /// `campaigns = DIR` of troop.toml, else `campaigns/` next to it.
 pub fn campaigns_dir(config: &CoordinatorConfig) -> PathBuf {
@@ -86,24 +86,34 @@ pub fn next_due(campaign: &Campaign, store: &Store, rng: &mut StdRng) -> Option<
 pub fn refuse_latched(
     campaign: &Campaign,
     store: &Store,
+    leader: &Lease,
     refusal: &str,
     operator: &str,
 ) -> Result<i64, StoreError> {
     let now = now_unix_ms();
     let seed = campaign.seed.unwrap_or_default();
-    let run = store.begin_run(&campaign.name, &campaign.sha256, seed, false, now, operator)?;
+    let run = store.begin_run(
+        &campaign.name,
+        &campaign.sha256,
+        seed,
+        false,
+        now,
+        operator,
+        Some(leader),
+    )?;
     store.finish_run(run, "refused", refusal, now)?;
-    store.set_last_run(&campaign.name, now)?;
+    store.record_firing(leader, &campaign.name, now, &[])?;
     Ok(run)
 }
 
-/// Runs a previous serve left unfinished are marked failed: their faults carried leases
-/// nobody renewed, so the agents have reverted them.
-pub fn close_stale_runs(store: &Store) -> Result<(), StoreError> {
-    for stale in store.unfinished_runs()? {
-        store.finish_run(
+/// Runs a stopped coordinator left unfinished are marked failed: their faults carried
+/// leases nobody renewed, so the agents have reverted them. With `leader`, the scheduled
+/// runs of earlier leaders (a new leader's first act); without, the runs of no leader (a
+/// serve starting).
+pub fn close_stale_runs(store: &Store, leader: Option<&Lease>) -> Result<(), StoreError> {
+    for stale in store.unfinished_runs(leader)? {
+        store.close_stale_run(
             stale.id,
-            "failed",
             "the coordinator stopped during the run; leases ended its faults",
             now_unix_ms(),
         )?;
@@ -123,18 +133,31 @@ pub fn groups_of(agents: &[AgentEntry], campaign: &Campaign) -> BTreeSet<String>
     groups
 }
 
-/// Fires `campaign` at `now`: draws which groups it strikes and records the run and each
-/// strike in the store first, so a restart mid-run neither fires it again at once nor
-/// forgets the floor. The groups may be none.
+/// A scheduled run about to begin: the groups it may strike, and the lease it fires under.
+#[derive(Debug, Clone)]
+pub struct Firing {
+    pub groups: BTreeSet<String>,
+    pub lease: Lease,
+}
+
+/// Fires `campaign` at `now` as the holder of `lease`: draws which groups it strikes and
+/// records the run and each strike in the store first, so a restart mid-run neither fires
+/// it again at once nor forgets the floor, and a deposed leader fires nothing. The groups
+/// may be none.
 pub fn fire(
     campaign: &Campaign,
     agents: &[AgentEntry],
     store: &Store,
+    lease: &Lease,
     now: jiff::Timestamp,
     rng: &mut StdRng,
-) -> Result<BTreeSet<String>, StoreError> {
+) -> Result<Firing, StoreError> {
+    let firing = |groups| Firing {
+        groups,
+        lease: lease.clone(),
+    };
     let Some(schedule) = &campaign.schedule else {
-        return Ok(BTreeSet::new());
+        return Ok(firing(BTreeSet::new()));
     };
     let last_strikes = store.last_strikes(&campaign.name)?;
     let groups: BTreeSet<String> = groups_of(agents, campaign)
@@ -146,11 +169,9 @@ pub fn fire(
             schedule.strikes_group(last, now, rng)
         })
         .collect();
-    store.set_last_run(&campaign.name, now.as_millisecond())?;
-    for group in &groups {
-        store.set_last_strike(&campaign.name, group, now.as_millisecond())?;
-    }
-    Ok(groups)
+    let struck: Vec<String> = groups.iter().cloned().collect();
+    store.record_firing(lease, &campaign.name, now.as_millisecond(), &struck)?;
+    Ok(firing(groups))
 }
 
 #[cfg(test)]

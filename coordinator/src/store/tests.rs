@@ -2,12 +2,99 @@ use std::sync::Arc;
 
 use super::*;
 
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::Connection;
+use troop_postgres_lab::PostgresServer;
+
+use super::dialect::LATEST_VERSION;
+use super::sqlite::{migrate, user_version};
+
 fn url(path: &Path) -> String {
     format!("sqlite://{}", path.display())
 }
 
 fn memory() -> Store {
     Store::open("sqlite://:memory:").unwrap()
+}
+
+/// An empty database of one engine, which each `open` connects to afresh (as another
+/// process or replica would).
+struct Db {
+    url: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Db {
+    fn sqlite() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        Self {
+            url: url(&dir.path().join("troop.db")),
+            _dir: Some(dir),
+        }
+    }
+
+    /// A new database on the test process's PostgreSQL server; `None` where there is none
+    /// (and `TROOP_LAB_REQUIRED` is unset).
+    fn postgres() -> Option<Self> {
+        let server = PostgresServer::shared()?;
+        Some(Self {
+            url: server.new_database().unwrap(),
+            _dir: None,
+        })
+    }
+
+    fn open(&self) -> Store {
+        Store::open(&self.url).unwrap()
+    }
+}
+
+/// Every test named here runs once on SQLite and once on PostgreSQL.
+macro_rules! on_both_engines {
+    ($($name:ident),* $(,)?) => {
+        mod on_sqlite {
+            $(#[test] fn $name() { super::$name(&super::Db::sqlite()); })*
+        }
+        mod on_postgres {
+            $(#[test] fn $name() {
+                if let Some(db) = super::Db::postgres() {
+                    super::$name(&db);
+                }
+            })*
+        }
+    };
+}
+
+on_both_engines!(
+    an_adhoc_run_records_who_ran_it_and_the_signing_key,
+    full_run_round_trip,
+    counts_commands_by_outcome,
+    run_without_commands_has_zero_counts,
+    seeds_round_trip_exactly,
+    scheduler_state_survives_reopen,
+    unfinished_runs_are_listed_until_finished,
+    failed_writes_return_errors,
+    two_processes_share_the_file,
+    threads_share_one_store,
+    detail_serializes_to_json,
+    a_fleets_commands_are_recorded_all_or_none_and_finished_together,
+    the_latch_survives_a_reopen_until_it_is_cleared,
+    many_openers_of_a_new_database_all_succeed,
+    a_lease_has_one_holder_until_it_runs_out,
+    a_deposed_leader_cannot_fire_or_write_its_runs,
+    a_released_lease_is_taken_at_once,
+    replicas_claiming_together_elect_one_leader,
+    pruning_keeps_the_audit_of_commands,
+    both_engines_have_the_same_tables_and_columns,
+);
+
+/// `holder`'s lease, claimed for a minute.
+fn leader(store: &Store, holder: &str) -> Lease {
+    store
+        .claim_lease(holder, Duration::from_secs(60))
+        .unwrap()
+        .expect("nobody else holds the lease")
 }
 
 fn command(run: i64, step: Option<i64>, n: u32) -> CommandRecord {
@@ -24,9 +111,8 @@ fn command(run: i64, step: Option<i64>, n: u32) -> CommandRecord {
     }
 }
 
-#[test]
-fn an_adhoc_run_records_who_ran_it_and_the_signing_key() {
-    let store = Store::open("sqlite://:memory:").unwrap();
+fn an_adhoc_run_records_who_ran_it_and_the_signing_key(db: &Db) {
+    let store = db.open();
     let run = store.begin_adhoc("attack kill", 7, "alice", 10).unwrap();
     let id = store.record_command(&command(run, None, 1)).unwrap();
     store
@@ -79,6 +165,7 @@ fn open_creates_file_and_schema() {
             "last_runs",
             "last_strikes",
             "latch",
+            "leader_lease",
             "probes",
             "runs",
             "steps"
@@ -90,13 +177,20 @@ fn open_creates_file_and_schema() {
 fn relative_path_is_used_as_given() {
     assert_eq!(
         parse_url("sqlite://troop.db").unwrap(),
-        Some(PathBuf::from("troop.db"))
+        Location::Sqlite(Some(PathBuf::from("troop.db")))
     );
     assert_eq!(
         parse_url("sqlite:///var/lib/troop/troop.db").unwrap(),
-        Some(PathBuf::from("/var/lib/troop/troop.db"))
+        Location::Sqlite(Some(PathBuf::from("/var/lib/troop/troop.db")))
     );
-    assert_eq!(parse_url("sqlite://:memory:").unwrap(), None);
+    assert_eq!(
+        parse_url("sqlite://:memory:").unwrap(),
+        Location::Sqlite(None)
+    );
+    assert_eq!(
+        parse_url("postgresql://db/troop").unwrap(),
+        Location::Postgres
+    );
 }
 
 #[test]
@@ -115,7 +209,7 @@ fn reopen_keeps_data_and_does_not_rerun_migrations() {
     let run = {
         let store = Store::open(&url(&path)).unwrap();
         store
-            .begin_run("nightly", "f00d", 7, false, 100, "ops")
+            .begin_run("nightly", "f00d", 7, false, 100, "ops", None)
             .unwrap()
     };
     let store = Store::open(&url(&path)).unwrap();
@@ -127,11 +221,10 @@ fn reopen_keeps_data_and_does_not_rerun_migrations() {
     assert_eq!(migrate(&mut store.conn(), &path).unwrap(), 0);
 }
 
-#[test]
-fn full_run_round_trip() {
-    let store = memory();
+fn full_run_round_trip(db: &Db) {
+    let store = db.open();
     let run = store
-        .begin_run("nightly", "f00d", 42, true, 100, "ops")
+        .begin_run("nightly", "f00d", 42, true, 100, "ops", None)
         .unwrap();
     let step0 = store.record_step(run, 0, "stress web", 110).unwrap();
     let step1 = store.record_step(run, 1, "partition db", 120).unwrap();
@@ -246,11 +339,10 @@ fn full_run_round_trip() {
     );
 }
 
-#[test]
-fn counts_commands_by_outcome() {
-    let store = memory();
-    let run = store.begin_run("c", "f", 1, false, 0, "ops").unwrap();
-    let other = store.begin_run("c", "f", 2, false, 1, "ops").unwrap();
+fn counts_commands_by_outcome(db: &Db) {
+    let store = db.open();
+    let run = store.begin_run("c", "f", 1, false, 0, "ops", None).unwrap();
+    let other = store.begin_run("c", "f", 2, false, 1, "ops", None).unwrap();
     let outcomes = [
         "applied",
         "applied",
@@ -279,10 +371,9 @@ fn counts_commands_by_outcome() {
     assert!(store.runs(0).unwrap().is_empty());
 }
 
-#[test]
-fn run_without_commands_has_zero_counts() {
-    let store = memory();
-    let run = store.begin_run("c", "f", 1, false, 0, "ops").unwrap();
+fn run_without_commands_has_zero_counts(db: &Db) {
+    let store = db.open();
+    let run = store.begin_run("c", "f", 1, false, 0, "ops", None).unwrap();
     let detail = store.run(run).unwrap();
     assert_eq!(
         (
@@ -295,50 +386,55 @@ fn run_without_commands_has_zero_counts() {
     assert!(detail.steps.is_empty() && detail.commands.is_empty() && detail.probes.is_empty());
 }
 
-#[test]
-fn seeds_round_trip_exactly() {
-    let store = memory();
+fn seeds_round_trip_exactly(db: &Db) {
+    let store = db.open();
     for seed in [0, 1, i64::MAX as u64, i64::MAX as u64 + 1, u64::MAX] {
-        let run = store.begin_run("c", "f", seed, false, 0, "ops").unwrap();
+        let run = store
+            .begin_run("c", "f", seed, false, 0, "ops", None)
+            .unwrap();
         assert_eq!(store.run(run).unwrap().run.seed, seed);
     }
     let json = serde_json::to_string(&store.runs(1).unwrap()[0]).unwrap();
     assert!(json.contains(r#""seed":18446744073709551615"#), "{json}");
 }
 
-#[test]
-fn scheduler_state_survives_reopen() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("troop.db");
+fn scheduler_state_survives_reopen(db: &Db) {
     {
-        let store = Store::open(&url(&path)).unwrap();
-        store.set_last_strike("nightly", "web", 100).unwrap();
-        store.set_last_strike("nightly", "db", 200).unwrap();
-        store.set_last_strike("nightly", "web", 300).unwrap();
-        store.set_last_strike("weekly", "web", 5).unwrap();
-        store.set_last_run("nightly", 1_000).unwrap();
-        store.set_last_run("nightly", 2_000).unwrap();
+        let store = db.open();
+        let lease = leader(&store, "serve-a");
+        let firing = |campaign, at, groups: &[&str]| {
+            let groups: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
+            store.record_firing(&lease, campaign, at, &groups).unwrap();
+        };
+        firing("nightly", 1_000, &["web", "db"]);
+        firing("nightly", 1_500, &["web"]);
+        firing("weekly", 5, &["web"]);
+        firing("nightly", 2_000, &[]);
     }
-    let store = Store::open(&url(&path)).unwrap();
+    let store = db.open();
     let strikes = store.last_strikes("nightly").unwrap();
     assert_eq!(
         strikes,
-        BTreeMap::from([("db".to_string(), 200), ("web".to_string(), 300)])
+        BTreeMap::from([("db".to_string(), 1_000), ("web".to_string(), 1_500)])
     );
     assert!(store.last_strikes("never").unwrap().is_empty());
     assert_eq!(store.last_run("nightly").unwrap(), Some(2_000));
-    assert_eq!(store.last_run("weekly").unwrap(), None);
+    assert_eq!(store.last_run("weekly").unwrap(), Some(5));
+    assert_eq!(store.last_run("never").unwrap(), None);
 }
 
-#[test]
-fn unfinished_runs_are_listed_until_finished() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("troop.db");
+fn unfinished_runs_are_listed_until_finished(db: &Db) {
     let (a, b, c) = {
-        let store = Store::open(&url(&path)).unwrap();
-        let a = store.begin_run("a", "f", 1, false, 10, "ops").unwrap();
-        let b = store.begin_run("b", "f", 2, false, 20, "ops").unwrap();
-        let c = store.begin_run("c", "f", 3, false, 30, "ops").unwrap();
+        let store = db.open();
+        let a = store
+            .begin_run("a", "f", 1, false, 10, "ops", None)
+            .unwrap();
+        let b = store
+            .begin_run("b", "f", 2, false, 20, "ops", None)
+            .unwrap();
+        let c = store
+            .begin_run("c", "f", 3, false, 30, "ops", None)
+            .unwrap();
         store.finish_run(b, "completed", "", 25).unwrap();
         let id = store.record_command(&command(c, None, 1)).unwrap();
         store
@@ -347,8 +443,8 @@ fn unfinished_runs_are_listed_until_finished() {
         (a, b, c)
         // The "coordinator" dies here with runs a and c still running.
     };
-    let store = Store::open(&url(&path)).unwrap();
-    let unfinished = store.unfinished_runs().unwrap();
+    let store = db.open();
+    let unfinished = store.unfinished_runs(None).unwrap();
     assert_eq!(unfinished.iter().map(|r| r.id).collect::<Vec<_>>(), [a, c]);
     assert!(
         unfinished
@@ -364,23 +460,12 @@ fn unfinished_runs_are_listed_until_finished() {
     store
         .finish_run(c, "aborted", "coordinator restarted", 99)
         .unwrap();
-    assert!(store.unfinished_runs().unwrap().is_empty());
+    assert!(store.unfinished_runs(None).unwrap().is_empty());
     let aborted = store.run(a).unwrap().run;
     assert_eq!(
         (aborted.status.as_str(), aborted.reason.as_str()),
         ("aborted", "coordinator restarted")
     );
-}
-
-#[test]
-fn postgres_url_is_unsupported() {
-    for url in ["postgres://troop:hunter2@db/troop", "postgresql://db/troop"] {
-        let error = Store::open(url).unwrap_err();
-        assert!(matches!(error, StoreError::Unsupported { .. }), "{error:?}");
-        let message = error.to_string();
-        assert!(message.contains("PostgreSQL is not supported yet; use sqlite://"));
-        assert!(!message.contains("hunter2"), "{message}");
-    }
 }
 
 #[test]
@@ -446,11 +531,10 @@ fn a_newer_schema_is_refused() {
     );
 }
 
-#[test]
-fn failed_writes_return_errors() {
-    let store = memory();
-    let run = store.begin_run("c", "f", 1, false, 0, "ops").unwrap();
-    let other = store.begin_run("c", "f", 1, false, 0, "ops").unwrap();
+fn failed_writes_return_errors(db: &Db) {
+    let store = db.open();
+    let run = store.begin_run("c", "f", 1, false, 0, "ops", None).unwrap();
+    let other = store.begin_run("c", "f", 1, false, 0, "ops", None).unwrap();
     let other_step = store.record_step(other, 0, "x", 0).unwrap();
 
     assert!(matches!(
@@ -541,20 +625,19 @@ fn failed_writes_return_errors() {
 fn sqlite_failures_are_errors_with_sqlite_message() {
     let store = memory();
     store.conn().execute_batch("DROP TABLE last_runs").unwrap();
-    let error = store.set_last_run("c", 1).unwrap_err();
+    let error = store.last_run("c").unwrap_err();
     assert!(matches!(error, StoreError::Sql(_)), "{error:?}");
     assert!(error.to_string().contains("no such table"), "{error}");
 }
 
-#[test]
-fn two_processes_share_the_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("troop.db");
-    let serve = Store::open(&url(&path)).unwrap();
-    let cli = Store::open(&url(&path)).unwrap();
-    let run = serve.begin_run("nightly", "f", 1, false, 0, "ops").unwrap();
+fn two_processes_share_the_file(db: &Db) {
+    let serve = db.open();
+    let cli = db.open();
+    let run = serve
+        .begin_run("nightly", "f", 1, false, 0, "ops", None)
+        .unwrap();
     serve.record_command(&command(run, None, 1)).unwrap();
-    assert_eq!(cli.unfinished_runs().unwrap()[0].commands, 1);
+    assert_eq!(cli.unfinished_runs(None).unwrap()[0].commands, 1);
     // An abort from the CLI stops `serve` from recording, hence sending, anything more.
     cli.finish_run(run, "aborted", "operator", 5).unwrap();
     assert!(matches!(
@@ -563,10 +646,9 @@ fn two_processes_share_the_file() {
     ));
 }
 
-#[test]
-fn threads_share_one_store() {
-    let store = Arc::new(memory());
-    let run = store.begin_run("c", "f", 1, false, 0, "ops").unwrap();
+fn threads_share_one_store(db: &Db) {
+    let store = Arc::new(db.open());
+    let run = store.begin_run("c", "f", 1, false, 0, "ops", None).unwrap();
     let handles: Vec<_> = (0..4)
         .map(|t| {
             let store = Arc::clone(&store);
@@ -599,13 +681,12 @@ fn a_poisoned_lock_does_not_break_the_store() {
     })
     .join();
     assert!(result.is_err());
-    store.begin_run("c", "f", 1, false, 0, "ops").unwrap();
+    store.begin_run("c", "f", 1, false, 0, "ops", None).unwrap();
 }
 
-#[test]
-fn detail_serializes_to_json() {
-    let store = memory();
-    let run = store.begin_run("c", "f", 1, false, 0, "ops").unwrap();
+fn detail_serializes_to_json(db: &Db) {
+    let store = db.open();
+    let run = store.begin_run("c", "f", 1, false, 0, "ops", None).unwrap();
     let mut not_json = command(run, None, 3);
     not_json.parameters = "CpuStress { cores: 3 }".into(); // recorded all the same
     store.record_command(&not_json).unwrap();
@@ -632,26 +713,26 @@ fn redact_hides_credentials_only() {
     assert_eq!(redact("sqlite://troop.db"), "sqlite://troop.db");
 }
 
-#[test]
-fn many_processes_opening_a_new_file_at_once_all_succeed() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("race.db").display());
+/// Replicas (or a CLI beside serve) opening a database nobody has migrated, all at once.
+fn many_openers_of_a_new_database_all_succeed(db: &Db) {
     let openers: Vec<_> = (0..8)
         .map(|_| {
-            let url = url.clone();
+            let url = db.url.clone();
             std::thread::spawn(move || Store::open(&url).map(|_| ()))
         })
         .collect();
     for opener in openers {
         opener.join().unwrap().unwrap();
     }
+    let store = db.open();
+    store.begin_adhoc("after the race", 1, "ops", 0).unwrap();
+    assert_eq!(store.runs(10).unwrap().len(), 1, "migrated once, usable");
 }
 
-#[test]
-fn a_fleets_commands_are_recorded_all_or_none_and_finished_together() {
-    let store = memory();
-    let run = store.begin_run("c", "f", 1, false, 0, "ops").unwrap();
-    let other = store.begin_run("c", "f", 1, false, 0, "ops").unwrap();
+fn a_fleets_commands_are_recorded_all_or_none_and_finished_together(db: &Db) {
+    let store = db.open();
+    let run = store.begin_run("c", "f", 1, false, 0, "ops", None).unwrap();
+    let other = store.begin_run("c", "f", 1, false, 0, "ops", None).unwrap();
     let other_step = store.record_step(other, 0, "x", 0).unwrap();
 
     // One bad record in the batch: none of it is written, so none of it is sent.
@@ -687,11 +768,8 @@ fn a_fleets_commands_are_recorded_all_or_none_and_finished_together() {
     );
 }
 
-#[test]
-fn the_latch_survives_a_reopen_until_it_is_cleared() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = url(&dir.path().join("audit.db"));
-    let store = Store::open(&url).unwrap();
+fn the_latch_survives_a_reopen_until_it_is_cleared(db: &Db) {
+    let store = db.open();
     assert_eq!(store.latch().unwrap(), None);
     let run = store.begin_adhoc("emergency stop", 0, "alice", 10).unwrap();
     let latch = LatchRecord {
@@ -707,7 +785,7 @@ fn the_latch_survives_a_reopen_until_it_is_cleared() {
     };
     store.set_latch(&again).unwrap();
     drop(store);
-    let store = Store::open(&url).unwrap();
+    let store = db.open();
     assert_eq!(
         store.latch().unwrap(),
         Some(again),
@@ -716,4 +794,222 @@ fn the_latch_survives_a_reopen_until_it_is_cleared() {
     assert!(store.clear_latch().unwrap());
     assert!(!store.clear_latch().unwrap());
     assert_eq!(store.latch().unwrap(), None);
+}
+
+fn a_lease_has_one_holder_until_it_runs_out(db: &Db) {
+    let store = db.open();
+    let short = Duration::from_millis(300);
+    let a = store.claim_lease("serve-a", short).unwrap().unwrap();
+    assert_eq!((a.holder.as_str(), a.epoch), ("serve-a", 1));
+    assert_eq!(
+        store.claim_lease("serve-b", short).unwrap(),
+        None,
+        "a holds it"
+    );
+    let renewed = store.claim_lease("serve-a", short).unwrap().unwrap();
+    assert_eq!(renewed.epoch, 1, "a renewal keeps the epoch");
+    assert!(renewed.expires_at_ms >= a.expires_at_ms);
+    let (seen, now) = store.lease().unwrap();
+    assert_eq!(seen, Some(renewed.clone()));
+    assert!(now < renewed.expires_at_ms, "timed by the database's clock");
+
+    std::thread::sleep(short + Duration::from_millis(100));
+    let b = store.claim_lease("serve-b", short).unwrap().unwrap();
+    assert_eq!(
+        (b.holder.as_str(), b.epoch),
+        ("serve-b", 2),
+        "taken once run out"
+    );
+    std::thread::sleep(short + Duration::from_millis(100));
+    let again = store.claim_lease("serve-b", short).unwrap().unwrap();
+    assert_eq!(
+        again.epoch, 3,
+        "a lapse of the holder's own lease is a new epoch too"
+    );
+}
+
+fn a_deposed_leader_cannot_fire_or_write_its_runs(db: &Db) {
+    let store = db.open();
+    let short = Duration::from_millis(300);
+    let a = store.claim_lease("serve-a", short).unwrap().unwrap();
+    let run = store
+        .begin_run("nightly", "f", 1, false, 10, "schedule", Some(&a))
+        .unwrap();
+    let step = store.record_step(run, 0, "kill web", 11).unwrap();
+    let sent = store.record_command(&command(run, Some(step), 1)).unwrap();
+    let adhoc = store.begin_adhoc("attack kill", 2, "alice", 12).unwrap();
+
+    // serve-a stalls past its lease; serve-b takes over.
+    std::thread::sleep(short + Duration::from_millis(100));
+    let b = store
+        .claim_lease("serve-b", Duration::from_secs(60))
+        .unwrap()
+        .unwrap();
+    assert!(b.epoch > a.epoch);
+
+    let deposed = |result: Result<_, StoreError>| matches!(result, Err(StoreError::Deposed { epoch }) if epoch == a.epoch);
+    let groups = ["web".to_string()];
+    assert!(deposed(store.record_firing(&a, "nightly", 20, &groups)));
+    assert!(deposed(
+        store
+            .begin_run("nightly", "f", 1, false, 20, "schedule", Some(&a))
+            .map(drop)
+    ));
+    assert!(deposed(store.record_step(run, 1, "kill db", 21).map(drop)));
+    assert!(deposed(
+        store.record_command(&command(run, None, 2)).map(drop)
+    ));
+    assert!(deposed(store.finish_run(run, "completed", "", 22)));
+    let message = store
+        .record_firing(&a, "nightly", 20, &groups)
+        .unwrap_err()
+        .to_string();
+    assert!(message.contains("not the leader any more"), "{message}");
+    // Nothing of it was written: no firing, no new step or command, the run still open.
+    assert_eq!(store.last_run("nightly").unwrap(), None);
+    assert!(store.last_strikes("nightly").unwrap().is_empty());
+    let detail = store.run(run).unwrap();
+    assert_eq!((detail.steps.len(), detail.commands.len()), (1, 1));
+    assert_eq!(detail.run.status, "running");
+    // An answer to a command already sent is still evidence, and is kept.
+    store
+        .finish_command(sent, "applied", None, "", "", 23)
+        .unwrap();
+    // The operator's ad-hoc run belongs to no lease and goes on.
+    store.record_command(&command(adhoc, None, 3)).unwrap();
+
+    // The new leader closes what the old one left, and only that.
+    let stale: Vec<i64> = store
+        .unfinished_runs(Some(&b))
+        .unwrap()
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(stale, [run]);
+    store
+        .close_stale_run(run, "the leader changed", 30)
+        .unwrap();
+    assert_eq!(store.run(run).unwrap().run.status, "failed");
+    let unleased: Vec<i64> = store
+        .unfinished_runs(None)
+        .unwrap()
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(unleased, [adhoc]);
+    // The new leader fires.
+    store.record_firing(&b, "nightly", 40, &groups).unwrap();
+    assert_eq!(store.last_run("nightly").unwrap(), Some(40));
+}
+
+fn a_released_lease_is_taken_at_once(db: &Db) {
+    let store = db.open();
+    let a = leader(&store, "serve-a");
+    assert_eq!(
+        store
+            .claim_lease("serve-b", Duration::from_secs(60))
+            .unwrap(),
+        None
+    );
+    store.release_lease(&a).unwrap();
+    let b = leader(&store, "serve-b");
+    assert_eq!(b.epoch, a.epoch + 1);
+    // Releasing an old epoch does not end the new one.
+    store.release_lease(&a).unwrap();
+    assert_eq!(
+        store
+            .claim_lease("serve-a", Duration::from_secs(60))
+            .unwrap(),
+        None
+    );
+}
+
+/// Replicas starting together, each on its own connection, race for a fresh lease.
+fn replicas_claiming_together_elect_one_leader(db: &Db) {
+    for round in 0..3 {
+        let barrier = Arc::new(std::sync::Barrier::new(6));
+        let claims: Vec<_> = (0..6)
+            .map(|n| {
+                let (url, barrier) = (db.url.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    let store = Store::open(&url).unwrap();
+                    barrier.wait();
+                    store
+                        .claim_lease(&format!("serve-{round}-{n}"), Duration::from_millis(200))
+                        .unwrap()
+                })
+            })
+            .collect();
+        let leaders: Vec<Lease> = claims
+            .into_iter()
+            .filter_map(|claim| claim.join().unwrap())
+            .collect();
+        assert_eq!(leaders.len(), 1, "round {round}: {leaders:?}");
+        assert_eq!(leaders[0].epoch, round + 1);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+fn pruning_keeps_the_audit_of_commands(db: &Db) {
+    let store = db.open();
+    let run = store
+        .begin_run("c", "f", 1, false, 100, "ops", None)
+        .unwrap();
+    store.record_command(&command(run, None, 1)).unwrap();
+    store.record_probe(run, "old", true, "", 100).unwrap();
+    store.record_probe(run, "new", true, "", 5_000).unwrap();
+    for at_ms in [100, 5_000] {
+        let access = AccessRecord {
+            at_ms,
+            caller: "agent-1".into(),
+            call: "stream".into(),
+            allowed: true,
+            detail: String::new(),
+        };
+        store.record_access(&access).unwrap();
+    }
+    assert_eq!(store.prune(1_000).unwrap(), 2);
+    let detail = store.run(run).unwrap();
+    let probes: Vec<&str> = detail.probes.iter().map(|p| p.probe.as_str()).collect();
+    assert_eq!(probes, ["new"]);
+    assert_eq!(detail.commands.len(), 1, "commands are kept");
+    let access: Vec<i64> = store
+        .access_log(10)
+        .unwrap()
+        .iter()
+        .map(|a| a.at_ms)
+        .collect();
+    assert_eq!(access, [5_000]);
+    assert_eq!(store.prune(1_000).unwrap(), 0);
+}
+
+/// The tables and columns each engine's migrations make, as (table, column) pairs.
+fn columns(store: &Store) -> Vec<(String, String)> {
+    let sql = match store.dialect() {
+        dialect::Dialect::Sqlite => {
+            "SELECT m.name, p.name FROM sqlite_master m JOIN pragma_table_info(m.name) p
+             WHERE m.type = 'table' ORDER BY m.name, p.name"
+        }
+        dialect::Dialect::Postgres => {
+            "SELECT CAST(table_name AS TEXT), CAST(column_name AS TEXT)
+             FROM information_schema.columns
+             WHERE table_schema = 'public' AND table_name <> 'troop_schema'
+             ORDER BY 1, 2"
+        }
+    };
+    store
+        .read(move |tx| {
+            tx.query(sql, &[])?
+                .iter()
+                .map(|row| Ok((row.text(0)?, row.text(1)?)))
+                .collect()
+        })
+        .unwrap()
+}
+
+fn both_engines_have_the_same_tables_and_columns(db: &Db) {
+    let sqlite = Db::sqlite();
+    let expected = columns(&sqlite.open());
+    assert!(expected.contains(&("leader_lease".into(), "epoch".into())));
+    assert_eq!(columns(&db.open()), expected);
 }

@@ -36,6 +36,7 @@ fn a_firing_strikes_each_group_once_per_floor_and_remembers_it() {
         agent("web-3", "b"),
     ];
     let store = Store::open("sqlite://:memory:").unwrap();
+    let lease = leader(&store);
     let mut rng = StdRng::seed_from_u64(7);
     let now = jiff::Timestamp::from_second(1_800_000_000).unwrap();
     assert_eq!(
@@ -43,8 +44,12 @@ fn a_firing_strikes_each_group_once_per_floor_and_remembers_it() {
         BTreeSet::from(["a".to_string(), "b".to_string()])
     );
 
-    let first = fire(&campaign, &agents, &store, now, &mut rng).unwrap();
-    assert_eq!(first, BTreeSet::from(["a".to_string(), "b".to_string()]));
+    let first = fire(&campaign, &agents, &store, &lease, now, &mut rng).unwrap();
+    assert_eq!(first.lease, lease);
+    assert_eq!(
+        first.groups,
+        BTreeSet::from(["a".to_string(), "b".to_string()])
+    );
     assert_eq!(
         store.last_run("monkey").unwrap(),
         Some(now.as_millisecond())
@@ -54,8 +59,9 @@ fn a_firing_strikes_each_group_once_per_floor_and_remembers_it() {
     // An hour later the campaign runs again, but the one-day floor spares both groups.
     let later = now + jiff::SignedDuration::from_hours(1);
     assert!(
-        fire(&campaign, &agents, &store, later, &mut rng)
+        fire(&campaign, &agents, &store, &lease, later, &mut rng)
             .unwrap()
+            .groups
             .is_empty()
     );
     assert_eq!(
@@ -64,8 +70,9 @@ fn a_firing_strikes_each_group_once_per_floor_and_remembers_it() {
     );
     let day_later = now + jiff::SignedDuration::from_hours(25);
     assert_eq!(
-        fire(&campaign, &agents, &store, day_later, &mut rng)
+        fire(&campaign, &agents, &store, &lease, day_later, &mut rng)
             .unwrap()
+            .groups
             .len(),
         2
     );
@@ -75,9 +82,12 @@ fn a_firing_strikes_each_group_once_per_floor_and_remembers_it() {
 fn after_a_restart_the_next_firing_follows_the_last_run_not_the_start() {
     let campaign = Campaign::parse(MONKEY, Path::new("monkey.toml")).unwrap();
     let store = Store::open("sqlite://:memory:").unwrap();
+    let lease = leader(&store);
     let mut rng = StdRng::seed_from_u64(7);
     let just_now = jiff::Timestamp::now().as_millisecond();
-    store.set_last_run("monkey", just_now).unwrap();
+    store
+        .record_firing(&lease, "monkey", just_now, &[])
+        .unwrap();
     let next = next_due(&campaign, &store, &mut rng).unwrap();
     // Every hour from the last run, not at once.
     assert!(
@@ -87,7 +97,7 @@ fn after_a_restart_the_next_firing_follows_the_last_run_not_the_start() {
 
     // A run missed while serve was down fires at once.
     store
-        .set_last_run("monkey", just_now - 10 * 3_600_000)
+        .record_firing(&lease, "monkey", just_now - 10 * 3_600_000, &[])
         .unwrap();
     let next = next_due(&campaign, &store, &mut rng).unwrap();
     assert!(next <= jiff::Timestamp::now(), "{next}");
@@ -97,9 +107,60 @@ fn after_a_restart_the_next_firing_follows_the_last_run_not_the_start() {
 fn a_run_left_unfinished_by_a_stopped_serve_is_closed_as_failed() {
     let store = Store::open("sqlite://:memory:").unwrap();
     let run = store
-        .begin_run("monkey", "sha", 1, false, now_unix_ms(), "ops")
+        .begin_run("monkey", "sha", 1, false, now_unix_ms(), "ops", None)
         .unwrap();
-    close_stale_runs(&store).unwrap();
-    assert!(store.unfinished_runs().unwrap().is_empty());
+    close_stale_runs(&store, None).unwrap();
+    assert!(store.unfinished_runs(None).unwrap().is_empty());
     assert_eq!(store.run(run).unwrap().run.status, "failed");
+}
+
+#[test]
+fn a_deposed_leader_fires_nothing_and_a_new_one_closes_its_run() {
+    let campaign = Campaign::parse(MONKEY, Path::new("monkey.toml")).unwrap();
+    let agents = [agent("web-1", "a")];
+    let store = Store::open("sqlite://:memory:").unwrap();
+    let old = store
+        .claim_lease("serve-a", std::time::Duration::from_millis(200))
+        .unwrap()
+        .unwrap();
+    let run = store
+        .begin_run(
+            "monkey",
+            "sha",
+            1,
+            false,
+            now_unix_ms(),
+            "schedule",
+            Some(&old),
+        )
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let new = leader(&store);
+    let mut rng = StdRng::seed_from_u64(7);
+    let now = jiff::Timestamp::now();
+    assert!(matches!(
+        fire(&campaign, &agents, &store, &old, now, &mut rng),
+        Err(StoreError::Deposed { .. })
+    ));
+    assert!(matches!(
+        refuse_latched(&campaign, &store, &old, "latched", "schedule"),
+        Err(StoreError::Deposed { .. })
+    ));
+    assert_eq!(store.last_run("monkey").unwrap(), None, "nothing recorded");
+    close_stale_runs(&store, Some(&new)).unwrap();
+    assert_eq!(store.run(run).unwrap().run.status, "failed");
+    assert_eq!(
+        fire(&campaign, &agents, &store, &new, now, &mut rng)
+            .unwrap()
+            .groups
+            .len(),
+        1
+    );
+}
+
+fn leader(store: &Store) -> Lease {
+    store
+        .claim_lease("serve-b", std::time::Duration::from_secs(60))
+        .unwrap()
+        .unwrap()
 }
