@@ -221,10 +221,23 @@ impl Lab {
         policy: &str,
         services: Vec<Vec<OsString>>,
     ) {
+        let serve = format!("https://{}:{SERVE_PORT}", crate::net::GATEWAY);
+        self.start_dial_in_host_to(id, labels, policy, services, &[serve]);
+    }
+
+    /// As [`Lab::start_dial_in_host`], dialling `coordinators` (URLs, tried in turn) instead
+    /// of the lab's one serve: replicas of serve on other ports.
+    pub fn start_dial_in_host_to(
+        &mut self,
+        id: &str,
+        labels: &[(&str, &str)],
+        policy: &str,
+        services: Vec<Vec<OsString>>,
+        coordinators: &[String],
+    ) {
         assert!(self.net.is_some(), "dial-in hosts need a networked lab");
         self.dial_in.insert(id.to_string());
-        let serve = format!("https://{}:{SERVE_PORT}", crate::net::GATEWAY);
-        self.start_host_dialling(id, labels, policy, services, Some(&serve));
+        self.start_host_dialling(id, labels, policy, services, Some(coordinators));
     }
 
     fn start_host_dialling(
@@ -233,7 +246,7 @@ impl Lab {
         labels: &[(&str, &str)],
         policy: &str,
         services: Vec<Vec<OsString>>,
-        serve: Option<&str>,
+        serve: Option<&[String]>,
     ) {
         let index = self.hosts.len();
         let (netns, ip, port) = match &mut self.net {
@@ -258,7 +271,10 @@ impl Lab {
         let config = self.dir().join(format!("{id}.toml"));
         let mut agent = files::agent_file(id, &address, &labels, policy);
         if let Some(serve) = serve {
-            agent.coordinator = Some(Coordinators::One(serve.to_string()));
+            agent.coordinator = Some(match serve {
+                [one] => Coordinators::One(one.clone()),
+                many => Coordinators::Many(many.to_vec()),
+            });
             let ns = netns.as_deref().expect("a networked host");
             crate::net::drop_inbound(ns);
         }
@@ -423,13 +439,21 @@ impl Lab {
     /// Starts `troop serve` in the lab's network, its log (level info) appended to
     /// `serve.log`; it ends when the guard is dropped.
     pub fn start_serve(&self) -> Reaped {
+        self.start_serve_with(&self.dir().join("troop.toml"), "serve.log")
+    }
+
+    /// Starts `troop serve` with `config` (a replica's), its log appended to `log` in the
+    /// lab's directory.
+    pub fn start_serve_with(&self, config: &Path, log: &str) -> Reaped {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.dir().join("serve.log"))
+            .open(self.dir().join(log))
             .unwrap();
         Reaped(
             self.troop_command()
+                .arg("--config")
+                .arg(config)
                 .arg("serve")
                 .env("RUST_LOG", "info")
                 .stdout(Stdio::null())

@@ -138,6 +138,13 @@ impl PostgresServer {
         format!("postgres://troop@127.0.0.1:{}/{database}", self.port)
     }
 
+    /// A URL for `database` through the server's Unix socket: reachable from any network
+    /// namespace of this machine (a lab's `troop serve`), as the loopback port is not.
+    pub fn socket_url(&self, database: &str) -> String {
+        let dir = self.dir.display().to_string().replace('/', "%2F");
+        format!("postgres://troop@{dir}:{}/{database}", self.port)
+    }
+
     /// Creates an empty database with a name no other caller in this process gets, and
     /// answers its URL.
     pub fn new_database(&self) -> Result<String, String> {

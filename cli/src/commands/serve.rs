@@ -6,6 +6,7 @@
 //! the `min_time_between` floor nor strikes twice, reloads on SIGHUP, reverts what its
 //! run started and exits on SIGTERM, and answers `GET /healthz` on `health_listen`.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -199,17 +200,32 @@ async fn schedule(
     let mut terminate = signal(SignalKind::terminate())?;
     let mut hangup = signal(SignalKind::hangup())?;
     let mut rng = StdRng::from_os_rng();
+    // Each campaign's next firing, drawn once and kept until it fires: drawn afresh on
+    // every pass, a campaign that never ran would always be due a period from now, and
+    // another campaign as frequent would always come first.
+    let mut due_at: HashMap<String, jiff::Timestamp> = HashMap::new();
     loop {
         let leads = leading.borrow_and_update().is_some();
+        if !leads {
+            due_at.clear();
+        }
         let firings: Vec<(jiff::Timestamp, usize)> = campaigns
             .iter()
             .enumerate()
             .filter(|_| leads)
-            .filter_map(|(index, c)| scheduler::next_due(c, store, &mut rng).map(|at| (at, index)))
+            .filter_map(|(index, c)| {
+                let at = match due_at.get(&c.name) {
+                    Some(at) => *at,
+                    None => {
+                        let at = scheduler::next_due(c, store, &mut rng)?;
+                        tracing::info!(campaign = %c.name, %at, "fires next");
+                        due_at.insert(c.name.clone(), at);
+                        at
+                    }
+                };
+                Some((at, index))
+            })
             .collect();
-        for (at, index) in &firings {
-            tracing::info!(campaign = %campaigns[*index].name, %at, "fires next");
-        }
         let due = firings.into_iter().min();
         let wait = due.map_or(std::time::Duration::from_secs(3600), |(at, _)| {
             at.duration_since(jiff::Timestamp::now()).unsigned_abs()
@@ -221,6 +237,7 @@ async fn schedule(
             }
             _ = hangup.recv() => {
                 campaigns = scheduler::load_campaigns(&dir);
+                due_at.clear();
                 tracing::info!(count = campaigns.len(), "SIGHUP: campaigns reloaded");
                 continue;
             }
@@ -233,6 +250,7 @@ async fn schedule(
             continue;
         };
         let campaign = campaigns[index].clone();
+        due_at.remove(&campaign.name);
         let fired = match latch.refusal() {
             Some(refusal) => {
                 tracing::warn!(campaign = %campaign.name, %refusal, "not firing");

@@ -57,8 +57,6 @@ impl Postgres {
             client: None,
             statements: HashMap::new(),
         };
-        connection.client()?;
-        migrate(&mut connection)?;
         let (jobs, queue) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("troop-store".into())
@@ -69,7 +67,23 @@ impl Postgres {
                 }
             })
             .map_err(|source| StoreError::Thread { source })?;
-        Ok(Self { jobs })
+        let postgres = Self { jobs };
+        // Connecting too happens on the store's thread, never on the caller's.
+        postgres.run(migrate)?;
+        Ok(postgres)
+    }
+
+    /// Runs `job` on the store's thread and waits for its answer.
+    fn run<T: Send + 'static>(
+        &self,
+        job: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (answer, answered) = mpsc::sync_channel(1);
+        let job: Job = Box::new(move |connection| {
+            let _ = answer.send(job(connection));
+        });
+        self.jobs.send(job).map_err(|_| StoreError::Closed)?;
+        answered.recv().map_err(|_| StoreError::Closed)?
     }
 
     /// Runs `body` in one transaction on the store's thread; see the module comment.
@@ -78,12 +92,7 @@ impl Postgres {
         write: bool,
         mut body: impl FnMut(&mut dyn Tx) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let (answer, answered) = mpsc::sync_channel(1);
-        let job: Job = Box::new(move |connection| {
-            let _ = answer.send(connection.transact(write, &mut body));
-        });
-        self.jobs.send(job).map_err(|_| StoreError::Closed)?;
-        answered.recv().map_err(|_| StoreError::Closed)?
+        self.run(move |connection| connection.transact(write, &mut body))
     }
 }
 

@@ -1013,3 +1013,18 @@ fn both_engines_have_the_same_tables_and_columns(db: &Db) {
     assert!(expected.contains(&("leader_lease".into(), "epoch".into())));
     assert_eq!(columns(&db.open()), expected);
 }
+
+#[test]
+fn a_unix_socket_url_reaches_the_server() {
+    let Some(server) = PostgresServer::shared() else {
+        return;
+    };
+    let tcp = server.new_database().unwrap();
+    let database = tcp.rsplit('/').next().unwrap();
+    let store = Store::open(&server.socket_url(database)).unwrap();
+    let run = store.begin_adhoc("over the socket", 1, "ops", 0).unwrap();
+    assert_eq!(
+        Store::open(&tcp).unwrap().run(run).unwrap().run.campaign,
+        "over the socket"
+    );
+}
