@@ -433,10 +433,10 @@ impl Store {
         &self,
         mut body: impl FnMut(&mut dyn Tx) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        match &self.engine {
+        off_the_runtime(|| match &self.engine {
             Engine::Sqlite(sqlite) => sqlite.transact(true, &mut body),
             Engine::Postgres(postgres) => postgres.transact(true, body),
-        }
+        })
     }
 
     /// Runs `body` as one read transaction: one consistent snapshot, even while another
@@ -445,10 +445,10 @@ impl Store {
         &self,
         mut body: impl FnMut(&mut dyn Tx) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        match &self.engine {
+        off_the_runtime(|| match &self.engine {
             Engine::Sqlite(sqlite) => sqlite.transact(false, &mut body),
             Engine::Postgres(postgres) => postgres.transact(false, body),
-        }
+        })
     }
 
     /// `RUN_FENCE` with this engine's clock.
@@ -950,6 +950,18 @@ impl Store {
     /// Lifts serve's latch; answers whether one was set.
     pub fn clear_latch(&self) -> Result<bool, StoreError> {
         self.write(|tx| Ok(tx.execute("DELETE FROM latch", &[])? > 0))
+    }
+}
+
+/// Runs a store call that blocks (a file sync, a round trip to the database). On a worker
+/// of tokio's multi-threaded runtime (`troop serve`, the CLI), the worker first hands its
+/// other tasks to the rest of the pool, so a slow disk or database never stalls agents'
+/// streams or other calls; elsewhere (a plain thread, a single-threaded test runtime) it
+/// just runs.
+fn off_the_runtime<T>(call: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|handle| handle.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(call),
+        _ => call(),
     }
 }
 

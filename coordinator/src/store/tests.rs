@@ -1028,3 +1028,82 @@ fn a_unix_socket_url_reaches_the_server() {
         "over the socket"
     );
 }
+
+/// Store calls from async code (serve's tasks), on either runtime flavour, on either engine:
+/// the PostgreSQL client never runs inside tokio, so nothing panics.
+#[test]
+fn calls_from_async_code_work_on_both_runtimes() {
+    let mut dbs = vec![Db::sqlite()];
+    dbs.extend(Db::postgres());
+    for db in dbs {
+        let multi = tokio::runtime::Builder::new_multi_thread().build().unwrap();
+        let single = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        for runtime in [multi, single] {
+            runtime.block_on(async {
+                let store = db.open();
+                let run = store.begin_adhoc("from async", 1, "ops", 0).unwrap();
+                store.record_command(&command(run, None, 1)).unwrap();
+                assert_eq!(store.run(run).unwrap().commands.len(), 1);
+            });
+        }
+    }
+}
+
+/// A write that waits (here on another process's lock of the SQLite file) leaves the
+/// runtime's only worker free for the other tasks.
+#[test]
+fn a_waiting_write_leaves_the_runtime_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("troop.db");
+    let store = Arc::new(Store::open(&url(&path)).unwrap());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let held = Duration::from_millis(400);
+    let locker = {
+        let path = path.clone();
+        let (locked, is_locked) = std::sync::mpsc::channel();
+        let locker = std::thread::spawn(move || {
+            let other = Connection::open(&path).unwrap();
+            other.execute_batch("BEGIN IMMEDIATE").unwrap();
+            locked.send(()).unwrap();
+            std::thread::sleep(held);
+            other.execute_batch("COMMIT").unwrap();
+        });
+        is_locked.recv().unwrap();
+        locker
+    };
+    let ticks = runtime.block_on(async {
+        let ticks = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let ticker = {
+            let ticks = ticks.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    ticks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            })
+        };
+        let writer = tokio::spawn({
+            let store = store.clone();
+            async move {
+                store
+                    .begin_adhoc("waits for the lock", 1, "ops", 0)
+                    .unwrap()
+            }
+        });
+        writer.await.unwrap();
+        ticker.abort();
+        ticks.load(std::sync::atomic::Ordering::Relaxed)
+    });
+    locker.join().unwrap();
+    // About 40 ticks while the write waited; none if it had held the only worker.
+    assert!(
+        ticks >= 10,
+        "only {ticks} ticks while a write waited {held:?}"
+    );
+}
