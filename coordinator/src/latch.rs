@@ -1,8 +1,10 @@
 //! Serve's emergency stop. While latched, serve refuses attacks and campaign runs,
 //! fires no schedule, and every agent it knows is sent an `EmergencyStop`: at the stop,
 //! when a stream attaches, and, for agents the stop did not reach, again every few
-//! seconds. The latch is a row in the store, so a serve restart keeps it. The stop and
-//! the resume are ad-hoc runs whose commands record each agent's acknowledgement.
+//! seconds. The latch is a row in the store, so a serve restart keeps it, and replicas of
+//! serve sharing the store follow each other's stops and resumes within a second, each
+//! latching (or resuming) the agents whose streams it holds. The stop and the resume are
+//! ad-hoc runs whose commands record each agent's acknowledgement.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -22,6 +24,9 @@ use crate::store::{LatchRecord, Store, StoreError};
 /// How often the agents a stop did not reach are tried again.
 pub const RETRY_EVERY: Duration = Duration::from_secs(5);
 
+/// How often the latch row is read again, for stops and resumes through other replicas.
+pub const FOLLOW_EVERY: Duration = Duration::from_secs(1);
+
 /// Why a stop or resume did nothing.
 #[derive(Debug, thiserror::Error)]
 pub enum LatchError {
@@ -37,6 +42,9 @@ pub struct FleetLatch {
     fleet: Fleet,
     signer: Arc<Signer>,
     current: watch::Sender<Option<LatchRecord>>,
+    /// The latch row as this serve last saw it in the store. A latch held only in memory
+    /// (the store refused it) is never lifted by the row's absence.
+    stored: Mutex<Option<LatchRecord>>,
     /// Agents a latch has not reached yet.
     unlatched: Mutex<BTreeSet<String>>,
     /// One stop, resume or re-latch at a time, so a resume never overtakes a latch.
@@ -59,7 +67,8 @@ impl FleetLatch {
             store,
             fleet,
             signer,
-            current: watch::Sender::new(current),
+            current: watch::Sender::new(current.clone()),
+            stored: Mutex::new(current),
             unlatched: Mutex::new(unlatched),
             turn: tokio::sync::Mutex::new(()),
         })
@@ -105,8 +114,11 @@ impl FleetLatch {
             at_ms: now_unix_ms(),
             run: run.as_ref().map_or(0, AdhocRun::id),
         };
-        if let Err(error) = self.store.set_latch(&latch) {
-            tracing::error!(%error, "audit store: cannot store the latch; latched until serve stops");
+        match self.store.set_latch(&latch) {
+            Ok(()) => *lock(&self.stored) = Some(latch.clone()),
+            Err(error) => {
+                tracing::error!(%error, "audit store: cannot store the latch; latched until serve stops");
+            }
         }
         tracing::warn!(%by, %reason, "emergency stop: latched");
         self.current.send_replace(Some(latch));
@@ -127,6 +139,7 @@ impl FleetLatch {
         let _turn = self.turn.lock().await;
         let run = AdhocRun::begin_in(self.store.clone(), "resume", 0, &by)?;
         self.store.clear_latch()?;
+        *lock(&self.stored) = None;
         tracing::warn!(%by, %reason, "resume: latch lifted");
         self.current.send_replace(None);
         self.unlatched_lock().clear();
@@ -172,6 +185,66 @@ impl FleetLatch {
             if !agents.is_empty() {
                 self.relatch(agents, "it answers again").await;
             }
+        }
+    }
+
+    /// Until serve stops: follows the latch row, so a stop or a resume through another
+    /// replica of serve sharing the store latches or resumes this one too, and the agents
+    /// attached to it.
+    pub async fn follow_store(self: Arc<Self>) {
+        let mut every = tokio::time::interval(FOLLOW_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            let store = self.store.clone();
+            let in_store = match tokio::task::spawn_blocking(move || store.latch()).await {
+                Ok(Ok(in_store)) => in_store,
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, "audit store: cannot read the latch row");
+                    continue;
+                }
+                Err(_) => continue,
+            };
+            let turn = self.turn.lock().await;
+            if *lock(&self.stored) == in_store {
+                continue;
+            }
+            let seen = std::mem::replace(&mut *lock(&self.stored), in_store.clone());
+            match in_store {
+                Some(latch) => {
+                    tracing::warn!(by = %latch.by, reason = %latch.reason, "emergency stop through another replica: latched");
+                    self.current.send_replace(Some(latch));
+                    drop(turn);
+                    self.relatch(self.fleet.agents(), "latched through another replica")
+                        .await;
+                }
+                // Lifted elsewhere; a latch this serve never saw stored stays.
+                None if seen.is_some() && self.current() == seen => {
+                    tracing::warn!("resume through another replica: latch lifted");
+                    self.current.send_replace(None);
+                    self.unlatched_lock().clear();
+                    drop(turn);
+                    self.resume_followed().await;
+                }
+                None => {}
+            }
+        }
+    }
+
+    /// Sends `Resume` to the agents of this serve after a resume through another replica.
+    async fn resume_followed(&self) {
+        let _turn = self.turn.lock().await;
+        let (by, reason) = (
+            "troop serve".to_string(),
+            "the emergency stop was lifted through another replica".to_string(),
+        );
+        let run = AdhocRun::begin_in(self.store.clone(), "resume (lifted through another replica)", 0, &by)
+            .inspect_err(|error| tracing::error!(%error, "audit store: cannot record the resume; agents stay latched"))
+            .ok();
+        // As `resume`: nothing unrecorded. An agent that misses it stays latched.
+        if let Some(run) = run {
+            let action = pb::command::Action::Resume(pb::Resume { reason, by });
+            self.send(Some(&run), self.fleet.agents(), action).await;
         }
     }
 
@@ -248,8 +321,13 @@ impl FleetLatch {
     }
 
     fn unlatched_lock(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
-        self.unlatched.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.unlatched)
     }
+}
+
+/// A lock that outlives a panic of another holder (the state is a plain value).
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The refusal's words for `latch`: as the agents say it, naming the run that stopped.

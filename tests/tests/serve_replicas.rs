@@ -320,3 +320,131 @@ fn a_killed_or_paused_leader_is_replaced_and_strikes_nothing_twice() {
     drop(serve_a);
     drop(serve_b);
 }
+
+/// The status of `id` through `replica`, as the operator CLI shows it.
+fn status_via(lab: &Lab, replica: &Replica, id: &str) -> Value {
+    let output = lab.troop_as(&replica.viewer, &["status", "--output", "json"]);
+    let statuses: Value = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
+    statuses["agents"]
+        .as_array()
+        .and_then(|all| all.iter().find(|s| s["agent"] == id).cloned())
+        .unwrap_or(Value::Null)
+}
+
+#[test]
+fn an_emergency_stop_through_one_replica_latches_the_agents_of_another() {
+    let Some(mut lab) = Lab::networked("emergency stop across serve replicas") else {
+        return;
+    };
+    let Some(postgres) = PostgresServer::shared() else {
+        return;
+    };
+    let url = postgres.new_database().unwrap();
+    let socket_url = postgres.socket_url(url.rsplit('/').next().unwrap());
+    lab.add_operator("alice", Some("operator"));
+    std::fs::create_dir(lab.dir().join("campaigns")).unwrap();
+    let a = Replica::new(&lab, "serve-a", 7444, &socket_url);
+    let b = Replica::new(&lab, "serve-b", 7445, &socket_url);
+    let _serve_a = a.start(&lab);
+    let _serve_b = b.start(&lab);
+    // The hosts know only serve-b: serve-a has no stream to any of them.
+    for (n, id) in HOSTS.iter().enumerate() {
+        let zone = ["a", "b"][n];
+        lab.start_dial_in_host_to(
+            id,
+            &[("role", "web"), ("zone", zone)],
+            POLICY,
+            vec![],
+            &[b.url()],
+        );
+    }
+    assert!(
+        wait_for(Duration::from_secs(30), || b.holds_every_stream(&lab)),
+        "hosts not attached to serve-b:\n{}",
+        b.log(&lab)
+    );
+    let disk = lab.hosts["web-a"].disk.display().to_string();
+    let fill = lab.troop_as(
+        &b.viewer,
+        &[
+            "attack", "disk", "--select", "role=web", "--path", &disk, "--fill", "30", "--for",
+            "60s",
+        ],
+    );
+    assert_eq!(
+        fill.status.code(),
+        Some(0),
+        "{}",
+        troop_tests::lab::output_text(&fill)
+    );
+    assert!(wait_for(Duration::from_secs(10), || disks_filled(&lab)));
+
+    let stop = lab.troop_as(
+        &a.viewer,
+        &["emergency-stop", "--reason", "checkout is down"],
+    );
+    assert_eq!(
+        stop.status.code(),
+        Some(0),
+        "{}",
+        troop_tests::lab::output_text(&stop)
+    );
+    let started = Instant::now();
+    assert!(
+        wait_for(Duration::from_secs(10), || disks_empty(&lab)),
+        "serve-b did not stop its agents' faults:\n{}",
+        b.log(&lab)
+    );
+    eprintln!(
+        "fills gone {:?} after a stop through the other replica",
+        started.elapsed()
+    );
+    for id in HOSTS {
+        assert_eq!(status_via(&lab, &b, id)["latch"]["by"], "alice", "{id}");
+    }
+    let refused = lab.troop_as(
+        &b.viewer,
+        &[
+            "attack", "disk", "--select", "role=web", "--path", &disk, "--fill", "30", "--for",
+            "60s",
+        ],
+    );
+    assert_eq!(
+        refused.status.code(),
+        Some(1),
+        "serve-b took an attack while latched"
+    );
+    assert!(
+        troop_tests::lab::output_text(&refused).contains("emergency stop by alice"),
+        "{}",
+        troop_tests::lab::output_text(&refused)
+    );
+    assert!(disks_empty(&lab));
+
+    let resume = lab.troop_as(&a.viewer, &["resume", "--reason", "checkout is back"]);
+    assert_eq!(
+        resume.status.code(),
+        Some(0),
+        "{}",
+        troop_tests::lab::output_text(&resume)
+    );
+    let resumed = wait_for(Duration::from_secs(10), || {
+        HOSTS
+            .iter()
+            .all(|id| status_via(&lab, &b, id)["latch"].is_null())
+    });
+    assert!(resumed, "serve-b's agents stayed latched:\n{}", b.log(&lab));
+    let again = lab.troop_as(
+        &b.viewer,
+        &[
+            "attack", "disk", "--select", "role=web", "--path", &disk, "--fill", "30", "--for",
+            "2s",
+        ],
+    );
+    assert_eq!(
+        again.status.code(),
+        Some(0),
+        "{}",
+        troop_tests::lab::output_text(&again)
+    );
+}

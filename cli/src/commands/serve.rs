@@ -141,12 +141,14 @@ pub async fn run(context: Context) -> anyhow::Result<Outcome> {
     tracing::info!(%listen, %health_listen, %replica, "serving agents' streams and the operator API, and /healthz");
     tokio::spawn(health(health_listener, latch.clone()));
     let relatching = tokio::spawn(latch.clone().keep_latching());
+    let following = tokio::spawn(latch.clone().follow_store());
     if let Err(error) = troop_common::notify::ready() {
         tracing::warn!(%error, "cannot notify systemd of readiness");
     }
     let outcome = schedule(&fleet, &store, &latch, leading.clone()).await;
     leader::release(&store, &leading);
     relatching.abort();
+    following.abort();
     // Operators' runs are cancelled and revert over the agents' streams, then those end.
     let _ = stop_grpc.send(true);
     operator_runs.close();

@@ -253,7 +253,11 @@ fn migrate(connection: &mut Connection) -> Result<u32, StoreError> {
     let client = connection.client()?;
     let mut tx = client.transaction()?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
-    tx.batch_execute("CREATE TABLE IF NOT EXISTS troop_schema (version BIGINT NOT NULL)")?;
+    // Quiet: every open after the first would log "already exists, skipping".
+    tx.batch_execute(
+        "SET LOCAL client_min_messages = warning;
+         CREATE TABLE IF NOT EXISTS troop_schema (version BIGINT NOT NULL)",
+    )?;
     let found: i64 = match tx.query_opt("SELECT version FROM troop_schema", &[])? {
         Some(row) => row.get(0),
         None => {
