@@ -65,20 +65,21 @@ impl Dialer {
         address: &str,
         agent_id: &str,
     ) -> Result<AgentClient<Channel>, DialError> {
-        let server_name = ServerName::try_from(agent_id.to_string())
-            .map_err(|_| DialError::BadName(agent_id.to_string()))?;
+        Ok(AgentClient::new(self.channel(address, agent_id).await?))
+    }
+
+    /// A channel to `address`, whose certificate must name `name` (an agent's id, or the
+    /// coordinator's name for another replica of serve).
+    pub async fn channel(&self, address: &str, name: &str) -> Result<Channel, DialError> {
+        let server_name = ServerName::try_from(name.to_string())
+            .map_err(|_| DialError::BadName(name.to_string()))?;
         let connector = TlsConnector::from(self.tls.clone());
-        let agent = AgentEntry {
-            id: agent_id.to_string(),
-            address: address.to_string(),
-            labels: Default::default(),
-        };
-        let address = agent.address.clone();
-        let agent_id = agent.id.clone();
+        let target = address.to_string();
+        let named = name.to_string();
         // The URI only labels requests; the connector below decides where bytes go.
-        let endpoint = Endpoint::from_shared(format!("http://{}", agent.address))
+        let endpoint = Endpoint::from_shared(format!("http://{address}"))
             .map_err(|source| DialError::Connect {
-                address: agent.address.clone(),
+                address: address.to_string(),
                 source,
             })?
             .connect_timeout(self.connect_timeout)
@@ -87,28 +88,27 @@ impl Dialer {
             .http2_keep_alive_interval(KEEPALIVE)
             .keep_alive_timeout(KEEPALIVE)
             .keep_alive_while_idle(true);
-        let channel = endpoint
+        endpoint
             .connect_with_connector(tower::service_fn(move |_| {
                 let connector = connector.clone();
                 let server_name = server_name.clone();
-                let address = address.clone();
-                let agent_id = agent_id.clone();
+                let target = target.clone();
+                let named = named.clone();
                 async move {
-                    let tcp = TcpStream::connect(&address).await?;
+                    let tcp = TcpStream::connect(&target).await?;
                     tcp.set_nodelay(true)?;
                     let tls = connector
                         .connect(server_name, tcp)
                         .await
-                        .map_err(|error| readable_tls_error(error, &agent_id, &address))?;
+                        .map_err(|error| readable_tls_error(error, &named, &target))?;
                     Ok::<_, std::io::Error>(TokioIo::new(tls))
                 }
             }))
             .await
             .map_err(|source| DialError::Connect {
-                address: agent.address.clone(),
+                address: address.to_string(),
                 source,
-            })?;
-        Ok(AgentClient::new(channel))
+            })
     }
 }
 

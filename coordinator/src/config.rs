@@ -105,6 +105,9 @@ pub struct ServeFile {
     pub leader_lease: Option<String>,
     /// This replica's name in the lease and the logs; default `HOSTNAME:PID`.
     pub replica: Option<String>,
+    /// `HOST:PORT` where the other replicas reach this one to relay to its agents;
+    /// default this host's name and the `listen` port.
+    pub advertise: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -171,6 +174,8 @@ pub struct ServeSettings {
     pub leader_lease: Duration,
     /// This replica's name, if the config gives one.
     pub replica: Option<String>,
+    /// Where other replicas reach this one, if the config says.
+    pub advertise: Option<String>,
 }
 
 pub const DEFAULT_SERVE_LISTEN: &str = "0.0.0.0:7444";
@@ -339,6 +344,19 @@ impl CoordinatorConfig {
                     ));
                 }
                 name => name,
+            },
+            advertise: match serve.advertise {
+                Some(address)
+                    if address.rsplit_once(':').is_none_or(|(host, port)| {
+                        host.is_empty() || port.parse::<u16>().is_err()
+                    }) =>
+                {
+                    return Err(invalid(
+                        "serve.advertise".into(),
+                        format!("{address:?} is not HOST:PORT"),
+                    ));
+                }
+                address => address,
             },
         };
         let mut operators: Vec<OperatorEntry> = Vec::new();

@@ -1,6 +1,7 @@
 //! Talking to many agents at once: bounded concurrency, a deadline per agent, and one
 //! unreachable agent reported without failing the others. An agent with a stream open to
-//! this `troop serve` is reached down it; any other is dialled.
+//! this `troop serve` is reached down it, one attached to another replica sharing the
+//! store through that replica; any other is dialled.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -13,6 +14,7 @@ use crate::client::{DialError, Dialer, KeptChannels};
 use crate::config::AgentEntry;
 use crate::live::{Link, Registry};
 use crate::signer::{Signer, now_unix_ms};
+use crate::store::PublishedStream;
 use sha2::{Digest, Sha256};
 use troop_proto::pb;
 use troop_telemetry::error_chain;
@@ -65,6 +67,13 @@ impl std::fmt::Display for CallError {
 
 pub use troop_proto::refusal::code_name;
 
+/// How one agent is reached.
+enum Route {
+    Stream(Arc<Link>),
+    Relay(PublishedStream),
+    Dial,
+}
+
 /// One request to one agent.
 pub enum Call {
     Execute(pb::SignedCommand),
@@ -114,15 +123,15 @@ impl Dispatcher {
         let mut results: Vec<(usize, AgentEntry, Result<Reply, CallError>)> =
             futures::stream::iter(work.into_iter().enumerate())
                 .map(|(index, (agent, input))| async move {
-                    let link = self.streams.as_ref().and_then(|live| live.get(&agent.id));
+                    let route = self.route(&agent.id);
                     // Waiting for a turn to dial is not the agent's time to answer.
-                    let _dialling = match link {
-                        Some(_) => None,
-                        None => Some(dials.acquire().await.expect("never closed")),
+                    let _dialling = match route {
+                        Route::Dial => Some(dials.acquire().await.expect("never closed")),
+                        _ => None,
                     };
                     let outcome = tokio::time::timeout(
                         self.agent_timeout,
-                        self.call(&agent, link, input, make),
+                        self.call(&agent, route, input, make),
                     )
                     .await
                     .unwrap_or_else(|_| {
@@ -144,34 +153,59 @@ impl Dispatcher {
             .collect()
     }
 
+    /// How `id` is reached: its stream here, a stream another replica holds, or a dial.
+    fn route(&self, id: &str) -> Route {
+        let Some(live) = &self.streams else {
+            return Route::Dial;
+        };
+        match live.get(id) {
+            Some(link) => Route::Stream(link),
+            None => live.elsewhere.get(id).map_or(Route::Dial, Route::Relay),
+        }
+    }
+
     async fn call<I>(
         &self,
         agent: &AgentEntry,
-        link: Option<Arc<Link>>,
+        route: Route,
         input: I,
         make: impl Fn(I) -> Call,
     ) -> Result<Reply, CallError> {
-        if let Some(link) = link {
-            let call = match make(input) {
-                Call::Execute(signed) => request::Call::Execute(signed),
-                Call::Status => request::Call::Status(pb::StatusRequest {}),
-            };
-            return match link.call(call).await {
-                Ok(answer::Result::Receipt(receipt)) => Ok(Reply::Receipt(receipt)),
-                Ok(answer::Result::Status(status)) => Ok(Reply::Status(Box::new(status))),
-                Ok(answer::Result::Failure(failure)) => Err(CallError::Status {
-                    code: tonic::Code::from(failure.code),
-                    message: failure.message,
-                }),
-                Err(error) => Err(CallError::Unreachable(error.0)),
-            };
+        let streamed = |input| match make(input) {
+            Call::Execute(signed) => request::Call::Execute(signed),
+            Call::Status => request::Call::Status(pb::StatusRequest {}),
+        };
+        let answered = match route {
+            Route::Stream(link) => link.call(streamed(input)).await,
+            Route::Relay(stream) => {
+                let live = self
+                    .streams
+                    .as_ref()
+                    .expect("a relay route comes from the registry");
+                live.elsewhere
+                    .relay(&self.dialer, &stream, streamed(input))
+                    .await
+            }
+            Route::Dial => return self.dial_and_call(agent, make(input)).await,
+        };
+        match answered {
+            Ok(answer::Result::Receipt(receipt)) => Ok(Reply::Receipt(receipt)),
+            Ok(answer::Result::Status(status)) => Ok(Reply::Status(Box::new(status))),
+            Ok(answer::Result::Failure(failure)) => Err(CallError::Status {
+                code: tonic::Code::from(failure.code),
+                message: failure.message,
+            }),
+            Err(error) => Err(CallError::Unreachable(error.0)),
         }
+    }
+
+    async fn dial_and_call(&self, agent: &AgentEntry, call: Call) -> Result<Reply, CallError> {
         let mut client = match &self.kept {
             Some(kept) => kept.client(&self.dialer, agent).await,
             None => self.dialer.dial(agent).await,
         }
         .map_err(unreachable)?;
-        let answered = match make(input) {
+        let answered = match call {
             Call::Execute(signed) => client
                 .execute(signed)
                 .await

@@ -33,7 +33,7 @@ pub struct Fleet {
 /// How an agent is reached, for `troop agents`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Reached {
-    /// `stream` (dialled in) or `direct`.
+    /// `stream` (dialled in), `relay` (dialled in to another replica) or `direct`.
     pub via: &'static str,
     pub connected_since_unix_ms: i64,
     pub last_seen_unix_ms: i64,
@@ -107,7 +107,8 @@ impl Fleet {
     }
 
     /// Every agent: the static `[[agents]]`, then (in `troop serve`) each agent whose
-    /// stream is open, which is reached down it with the labels it reports.
+    /// stream is open, here or on another replica sharing the store, which is reached
+    /// down it with the labels it reports.
     pub fn agents(&self) -> Vec<AgentEntry> {
         let mut by_id: BTreeMap<String, AgentEntry> = self
             .config
@@ -116,6 +117,18 @@ impl Fleet {
             .map(|agent| (agent.id.clone(), agent.clone()))
             .collect();
         if let Some(live) = &self.dispatcher.streams {
+            // Another replica's before this one's: a stream here is the shorter way.
+            for stream in live.elsewhere.all() {
+                let entry = stream.entry;
+                by_id.insert(
+                    entry.agent.clone(),
+                    AgentEntry {
+                        id: entry.agent,
+                        address: entry.address,
+                        labels: entry.labels,
+                    },
+                );
+            }
             for link in live.connected() {
                 by_id.insert(link.id.clone(), link.entry());
             }
@@ -127,10 +140,10 @@ impl Fleet {
     pub fn reached(&self, id: &str) -> Reached {
         if let Some(agent) = self.reached.get(id) {
             return Reached {
-                via: if agent.via == "stream" {
-                    "stream"
-                } else {
-                    "direct"
+                via: match agent.via.as_str() {
+                    "stream" => "stream",
+                    "relay" => "relay",
+                    _ => "direct",
                 },
                 connected_since_unix_ms: agent.connected_since_unix_ms,
                 last_seen_unix_ms: agent.last_seen_unix_ms,
@@ -147,9 +160,21 @@ impl Fleet {
                 connected_since_unix_ms: link.connected_since_unix_ms,
                 last_seen_unix_ms: link.last_seen_unix_ms(),
             },
-            None => Reached {
-                via: "direct",
-                ..Reached::default()
+            None => match self
+                .dispatcher
+                .streams
+                .as_ref()
+                .and_then(|live| live.elsewhere.get(id))
+            {
+                Some(stream) => Reached {
+                    via: "relay",
+                    connected_since_unix_ms: stream.entry.connected_since_ms,
+                    last_seen_unix_ms: stream.seen_at_ms,
+                },
+                None => Reached {
+                    via: "direct",
+                    ..Reached::default()
+                },
             },
         }
     }
@@ -204,7 +229,7 @@ impl Fleet {
             .filter(|agent| {
                 self.reached
                     .get(&agent.id)
-                    .is_none_or(|seen| seen.via != "stream" || seen.reachable)
+                    .is_none_or(|seen| seen.via == "direct" || seen.reachable)
             })
             .collect();
         self.matching(selector, live)

@@ -4,6 +4,7 @@
 //! unreachable and never picked; a second stream for an id replaces the first.
 
 pub mod flood;
+pub mod peers;
 pub mod streams;
 
 use std::collections::{BTreeMap, HashMap};
@@ -146,6 +147,8 @@ pub struct Departed {
 #[derive(Default)]
 pub struct Registry {
     links: Mutex<HashMap<String, Arc<Link>>>,
+    /// Agents whose streams other replicas of serve hold (with a shared store).
+    pub elsewhere: peers::Elsewhere,
     departed: Mutex<BTreeMap<String, Departed>>,
     generations: AtomicU64,
 }

@@ -18,8 +18,9 @@ use crate::config::ClientTls;
 use crate::live::streams::Streams;
 use operators::Operators;
 
-/// An agent's stream messages are commands and answers: small.
-const MAX_STREAM_MESSAGE: usize = 64 * 1024;
+/// An agent's stream messages (and a relayed request or answer) are commands and
+/// answers: small.
+pub(crate) const MAX_STREAM_MESSAGE: usize = 64 * 1024;
 /// An operator's Send carries one command per target.
 const MAX_OPERATOR_MESSAGE: usize = 4 * 1024 * 1024;
 /// HTTP/2 pings from serve: a peer that answers none within the timeout is gone.

@@ -14,6 +14,7 @@ mod lease;
 mod postgresql;
 mod sql;
 mod sqlite;
+mod streams;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -22,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 pub use lease::Lease;
 use sql::{Cells, Tx, Value};
+pub use streams::{PublishedStream, StreamEntry};
 
 /// Outcomes `finish_commands` accepts; `pending` is only ever set by `record_commands`.
 const COMMAND_OUTCOMES: &[&str] = &["applied", "refused", "failed", "unreachable", "unknown"];

@@ -44,6 +44,7 @@ impl Replica {
             health_listen: Some(format!("127.0.0.1:{}", port + 100)),
             leader_lease: Some(format!("{}s", LEASE.as_secs())),
             replica: Some(name.to_string()),
+            advertise: Some(format!("127.0.0.1:{port}")),
         });
         config.campaigns = Some(lab.dir().join("campaigns"));
         let path = lab.dir().join(format!("{name}.toml"));
@@ -78,12 +79,17 @@ impl Replica {
 
     /// Whether every lab host is attached to this replica by its stream.
     fn holds_every_stream(&self, lab: &Lab) -> bool {
+        self.reaches_every_host(lab, "stream")
+    }
+
+    /// Whether this replica shows every lab host reachable `via` (`stream`, `relay`).
+    fn reaches_every_host(&self, lab: &Lab, via: &str) -> bool {
         let output = lab.troop_as(&self.viewer, &["agents", "--output", "json"]);
         let agents: Value = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
         HOSTS.iter().all(|id| {
             agents["agents"].as_array().is_some_and(|all| {
                 all.iter()
-                    .any(|a| a["agent"] == *id && a["via"] == "stream" && a["reachable"] == true)
+                    .any(|a| a["agent"] == *id && a["via"] == via && a["reachable"] == true)
             })
         })
     }
@@ -446,5 +452,89 @@ fn an_emergency_stop_through_one_replica_latches_the_agents_of_another() {
         Some(0),
         "{}",
         troop_tests::lab::output_text(&again)
+    );
+}
+
+#[test]
+fn the_leader_strikes_agents_attached_to_another_replica() {
+    let Some(mut lab) = Lab::networked("relay between serve replicas") else {
+        return;
+    };
+    let Some(postgres) = PostgresServer::shared() else {
+        return;
+    };
+    let url = postgres.new_database().unwrap();
+    let socket_url = postgres.socket_url(url.rsplit('/').next().unwrap());
+    let store = Store::open(&url).unwrap();
+    lab.add_operator("alice", Some("operator"));
+    std::fs::create_dir(lab.dir().join("campaigns")).unwrap();
+    let a = Replica::new(&lab, "serve-a", 7444, &socket_url);
+    let b = Replica::new(&lab, "serve-b", 7445, &socket_url);
+    let serve_a = a.start(&lab);
+    wait_leader(&store, "serve-a", Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("serve-a never led:\n{}", a.log(&lab)));
+    let serve_b = b.start(&lab);
+    // The hosts know only serve-b; serve-a, the leader, has no stream to any of them.
+    for (n, id) in HOSTS.iter().enumerate() {
+        let zone = ["a", "b"][n];
+        lab.start_dial_in_host_to(
+            id,
+            &[("role", "web"), ("zone", zone)],
+            POLICY,
+            vec![],
+            &[b.url()],
+        );
+    }
+    assert!(
+        wait_for(Duration::from_secs(30), || b.holds_every_stream(&lab)),
+        "hosts not attached to serve-b:\n{}",
+        b.log(&lab)
+    );
+    assert!(
+        wait_for(Duration::from_secs(10), || a
+            .reaches_every_host(&lab, "relay")),
+        "serve-a does not see serve-b's hosts:\n{}",
+        a.log(&lab)
+    );
+    for id in HOSTS {
+        let status = status_via(&lab, &a, id);
+        assert_eq!(status["reachable"], true, "{id} through serve-a: {status}");
+        assert_eq!(status["via"], "relay", "{status}");
+    }
+
+    // The leader's campaign strikes both, through serve-b; the effect read by statvfs.
+    let disk = lab.hosts["web-a"].disk.clone();
+    std::fs::write(
+        lab.dir().join("campaigns/monkey.toml"),
+        campaign("monkey", &disk),
+    )
+    .unwrap();
+    signal(&serve_a, Signal::SIGHUP);
+    signal(&serve_b, Signal::SIGHUP);
+    let run = wait_applied_run(&store, "monkey")
+        .unwrap_or_else(|| panic!("serve-a did not strike:\n{}", a.log(&lab)));
+    assert!(
+        wait_for(Duration::from_secs(10), || disks_filled(&lab)),
+        "no fill seen"
+    );
+    assert_eq!(
+        current_lease(&store).map(|l| l.holder),
+        Some("serve-a".into())
+    );
+    let faults: Vec<_> = run.commands.iter().filter(|c| c.step.is_some()).collect();
+    assert_eq!(faults.len(), 2);
+    assert!(faults.iter().all(|c| c.outcome == "applied"), "{faults:?}");
+
+    // An operator's halt through serve-a reaches them the same way.
+    let halt = lab.troop_as(&a.viewer, &["halt", "--select", "role=web"]);
+    assert_eq!(
+        halt.status.code(),
+        Some(0),
+        "{}",
+        troop_tests::lab::output_text(&halt)
+    );
+    assert!(
+        wait_for(Duration::from_secs(10), || disks_empty(&lab)),
+        "halt through the relay"
     );
 }

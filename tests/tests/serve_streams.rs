@@ -605,3 +605,93 @@ async fn careless_emergency_stops_and_resumes_are_refused() {
     agent.stop().await;
     let _ = serve.stop.send(true);
 }
+
+fn relay_status(agent: &str) -> serve_pb::RelayRequest {
+    serve_pb::RelayRequest {
+        agent_id: agent.to_string(),
+        request: Some(serve_pb::Request {
+            request_id: 0,
+            call: Some(serve_pb::request::Call::Status(pb::StatusRequest {})),
+        }),
+    }
+}
+
+#[tokio::test]
+async fn a_relay_is_taken_only_from_another_serve_and_cannot_change_a_command() {
+    let serve = start_serve(&["web-1"], &[("alice", "operator")]).await;
+    let _agent = serve.attached_agent("web-1").await;
+    let relay = |id: &str| {
+        troop_proto::serve_pb::coordinator_client::CoordinatorClient::new(serve.channel_as(id))
+    };
+
+    // An agent's or an operator's certificate may not relay: roles and the stream's
+    // owner are not to be bypassed.
+    for caller in ["web-1", "alice"] {
+        let refused = relay(caller)
+            .relay(relay_status("web-1"))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            refused.code(),
+            Code::PermissionDenied,
+            "{caller}: {refused:?}"
+        );
+        assert!(
+            refused.message().contains("only another troop serve"),
+            "{refused:?}"
+        );
+    }
+    assert_eq!(serve.refusals("alice").len(), 1, "recorded");
+
+    // Another serve's certificate may, for an agent whose stream is here.
+    let mut peer = relay("coordinator");
+    let answer = peer
+        .relay(relay_status("web-1"))
+        .await
+        .unwrap()
+        .into_inner();
+    match answer.result {
+        Some(serve_pb::answer::Result::Status(status)) => assert_eq!(status.agent_id, "web-1"),
+        other => panic!("expected web-1's status, got {other:?}"),
+    }
+    let elsewhere = peer.relay(relay_status("web-9")).await.unwrap_err();
+    assert_eq!(elsewhere.code(), Code::Unavailable);
+    assert!(
+        elsewhere
+            .message()
+            .contains("\"web-9\" has no stream to this replica"),
+        "{elsewhere:?}"
+    );
+    let empty = serve_pb::RelayRequest {
+        agent_id: "web-1".into(),
+        request: None,
+    };
+    assert_eq!(
+        peer.relay(empty).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+
+    // A command altered on its way (here: signed by nobody) is the agent's to refuse.
+    let forged = serve_pb::RelayRequest {
+        agent_id: "web-1".into(),
+        request: Some(serve_pb::Request {
+            request_id: 0,
+            call: Some(serve_pb::request::Call::Execute(pb::SignedCommand {
+                payload: harmless_kill("web-1").encode_to_vec(),
+                signature: vec![7; 64],
+                key_id: "00".repeat(8),
+            })),
+        }),
+    };
+    match peer.relay(forged).await.unwrap().into_inner().result {
+        Some(serve_pb::answer::Result::Failure(failure)) => {
+            assert_eq!(
+                Code::from(failure.code),
+                Code::Unauthenticated,
+                "{failure:?}"
+            );
+        }
+        other => panic!("a forged command was not refused: {other:?}"),
+    }
+    let _ = serve.stop.send(true);
+}

@@ -97,6 +97,19 @@ pub async fn run(context: Context) -> anyhow::Result<Outcome> {
     fleet.dispatcher.kept = Some(Default::default());
 
     let listen = config.serve.listen;
+    let advertise = config.serve.advertise.clone().unwrap_or_else(|| {
+        let host = nix::unistd::gethostname()
+            .ok()
+            .and_then(|name| name.into_string().ok())
+            .unwrap_or_else(|| "localhost".into());
+        format!("{host}:{}", listen.port())
+    });
+    tokio::spawn(troop_coordinator::live::peers::keep_published(
+        registry.clone(),
+        store.clone(),
+        replica.clone(),
+        advertise.clone(),
+    ));
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen} ([serve] listen)"))?;
@@ -138,7 +151,7 @@ pub async fn run(context: Context) -> anyhow::Result<Outcome> {
             let _ = stopped.wait_for(|stop| *stop).await;
         },
     ));
-    tracing::info!(%listen, %health_listen, %replica, "serving agents' streams and the operator API, and /healthz");
+    tracing::info!(%listen, %health_listen, %replica, %advertise, "serving agents' streams and the operator API, and /healthz");
     tokio::spawn(health(health_listener, latch.clone()));
     let relatching = tokio::spawn(latch.clone().keep_latching());
     let following = tokio::spawn(latch.clone().follow_store());

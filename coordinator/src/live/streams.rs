@@ -41,15 +41,19 @@ pub struct Streams {
 pub type OnAttach = Arc<dyn Fn(crate::config::AgentEntry) + Send + Sync>;
 
 fn record(store: &Store, caller: &str, allowed: bool, detail: String) {
+    record_call(store, caller, "attach stream", allowed, detail);
+}
+
+fn record_call(store: &Store, caller: &str, call: &str, allowed: bool, detail: String) {
     let access = AccessRecord {
         at_ms: crate::signer::now_unix_ms(),
         caller: caller.to_string(),
-        call: "attach stream".into(),
+        call: call.into(),
         allowed,
         detail,
     };
     if let Err(error) = store.record_access(&access) {
-        tracing::error!(%error, "audit store: cannot record an agent stream");
+        tracing::error!(%error, "audit store: cannot record a call to the coordinator service");
     }
 }
 
@@ -108,6 +112,46 @@ type Outgoing = Pin<Box<dyn Stream<Item = Result<serve_pb::ServeMessage, Status>
 #[tonic::async_trait]
 impl Coordinator for Streams {
     type AttachStream = Outgoing;
+
+    async fn relay(
+        &self,
+        request: Request<serve_pb::RelayRequest>,
+    ) -> Result<Response<serve_pb::Answer>, Status> {
+        let peer = request.extensions().get::<PeerInfo>().cloned();
+        let identity = caller(&self.verifier, peer.as_ref())?;
+        let relay = request.into_inner();
+        if !matches!(identity, Identity::Coordinator) {
+            let status = Status::permission_denied(format!(
+                "only another troop serve (the coordinator's certificate) may relay, not {identity}"
+            ));
+            let who = match &identity {
+                Identity::Agent(names) => names.join(", "),
+                Identity::Operator(name) => name.clone(),
+                Identity::Coordinator => troop_common::identity::COORDINATOR_NAME.into(),
+            };
+            record_call(&self.store, &who, "relay", false, code_and_message(&status));
+            tracing::warn!(caller = %who, reason = %status.message(), "refused a relay");
+            return Err(status);
+        }
+        let call = relay
+            .request
+            .and_then(|request| request.call)
+            .ok_or_else(|| Status::invalid_argument("a relay carries one request"))?;
+        let link = self.registry.get(&relay.agent_id).ok_or_else(|| {
+            Status::unavailable(format!(
+                "agent {:?} has no stream to this replica (it moved, or went away)",
+                relay.agent_id
+            ))
+        })?;
+        let result = link
+            .call(call)
+            .await
+            .map_err(|error| Status::unavailable(error.0))?;
+        Ok(Response::new(serve_pb::Answer {
+            request_id: 0,
+            result: Some(result),
+        }))
+    }
 
     async fn attach(
         &self,

@@ -210,7 +210,7 @@ impl Operator for Operators {
             .map(|agent| {
                 let reached = self.fleet.reached(&agent.id);
                 serve_pb::LiveAgent {
-                    reachable: reached.via == "stream",
+                    reachable: reached.via != "direct",
                     via: reached.via.to_string(),
                     connected_since_unix_ms: reached.connected_since_unix_ms,
                     last_seen_unix_ms: reached.last_seen_unix_ms,

@@ -153,6 +153,18 @@ pub(super) const SQLITE: &[&str] = &[
     CREATE INDEX probes_by_time ON probes (at_ms);
     CREATE INDEX access_by_time ON access (at_ms);
     ",
+    // 6: which replica holds each agent's stream, so the others relay through it.
+    r"
+    CREATE TABLE agent_streams (
+        agent              TEXT    PRIMARY KEY,
+        replica            TEXT    NOT NULL,
+        relay              TEXT    NOT NULL,
+        labels             TEXT    NOT NULL,
+        address            TEXT    NOT NULL,
+        connected_since_ms INTEGER NOT NULL,
+        seen_at_ms         INTEGER NOT NULL
+    );
+    ",
 ];
 
 /// PostgreSQL's schema batches, version for version the same tables as `SQLITE`: BIGINT for
@@ -260,6 +272,18 @@ pub(super) const POSTGRES: &[&str] = &[
     ALTER TABLE runs ADD COLUMN leader_epoch BIGINT;
     CREATE INDEX probes_by_time ON probes (at_ms);
     CREATE INDEX access_by_time ON access (at_ms);
+    ",
+    // 6: which replica holds each agent's stream.
+    r"
+    CREATE TABLE agent_streams (
+        agent              TEXT    PRIMARY KEY,
+        replica            TEXT    NOT NULL,
+        relay              TEXT    NOT NULL,
+        labels             TEXT    NOT NULL,
+        address            TEXT    NOT NULL,
+        connected_since_ms BIGINT  NOT NULL,
+        seen_at_ms         BIGINT  NOT NULL
+    );
     ",
 ];
 
