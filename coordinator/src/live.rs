@@ -18,6 +18,10 @@ use troop_proto::serve_pb::{self, answer, request, serve_message};
 use crate::config::AgentEntry;
 use crate::signer::now_unix_ms;
 
+/// An agent's stream messages (and a relayed request or answer) are commands and
+/// answers: small.
+pub const MAX_STREAM_MESSAGE: usize = 64 * 1024;
+
 /// How often agents are asked to send a heartbeat.
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
 /// A stream silent for this long (three heartbeats missed) is dropped.

@@ -15,12 +15,10 @@ use troop_proto::serve_pb::coordinator_server::CoordinatorServer;
 use troop_proto::serve_pb::operator_server::OperatorServer;
 
 use crate::config::ClientTls;
+use crate::live::MAX_STREAM_MESSAGE;
 use crate::live::streams::Streams;
 use operators::Operators;
 
-/// An agent's stream messages (and a relayed request or answer) are commands and
-/// answers: small.
-pub(crate) const MAX_STREAM_MESSAGE: usize = 64 * 1024;
 /// An operator's Send carries one command per target.
 const MAX_OPERATOR_MESSAGE: usize = 4 * 1024 * 1024;
 /// HTTP/2 pings from serve: a peer that answers none within the timeout is gone.

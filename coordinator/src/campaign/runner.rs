@@ -17,13 +17,12 @@ use troop_proto::pb;
 use crate::audit::{Audit, send_recorded};
 use crate::campaign::planner::{self, Host, RunFaults};
 use crate::campaign::probe::Probe;
-use crate::campaign::scheduler::Firing;
 use crate::campaign::{Campaign, file::Step};
 use crate::config::AgentEntry;
 use crate::describe;
 use crate::fleet::Fleet;
 use crate::signer::{Signer, now_unix_ms};
-use crate::store::Store;
+use crate::store::{Lease, Store};
 
 /// What a run reports as it goes, for a person watching (the CLI) or a log (serve).
 #[derive(Debug, Clone, PartialEq)]
@@ -206,6 +205,13 @@ fn watch_probes(
         }
         while tasks.join_next().await.is_some() {}
     })
+}
+
+/// A scheduled run about to begin: the groups it may strike, and the lease it fires under.
+#[derive(Debug, Clone)]
+pub struct Firing {
+    pub groups: BTreeSet<String>,
+    pub lease: Lease,
 }
 
 /// One run of a campaign. A scheduler's `firing` limits which groups may be hit, and its

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use rand::rngs::StdRng;
 
 use crate::campaign::Campaign;
-use crate::campaign::runner::group_of;
+use crate::campaign::runner::{Firing, group_of};
 use crate::config::{AgentEntry, CoordinatorConfig};
 use crate::signer::now_unix_ms;
 use crate::store::{Lease, Store, StoreError};
@@ -131,13 +131,6 @@ pub fn groups_of(agents: &[AgentEntry], campaign: &Campaign) -> BTreeSet<String>
         }
     }
     groups
-}
-
-/// A scheduled run about to begin: the groups it may strike, and the lease it fires under.
-#[derive(Debug, Clone)]
-pub struct Firing {
-    pub groups: BTreeSet<String>,
-    pub lease: Lease,
 }
 
 /// Fires `campaign` at `now` as the holder of `lease`: draws which groups it strikes and

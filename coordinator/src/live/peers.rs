@@ -105,8 +105,8 @@ impl Elsewhere {
             .await
             .map_err(|error| troop_telemetry::error_chain(&error))?;
         let client = CoordinatorClient::new(channel)
-            .max_decoding_message_size(crate::serve::MAX_STREAM_MESSAGE)
-            .max_encoding_message_size(crate::serve::MAX_STREAM_MESSAGE);
+            .max_decoding_message_size(super::MAX_STREAM_MESSAGE)
+            .max_encoding_message_size(super::MAX_STREAM_MESSAGE);
         lock(&self.channels).insert(relay.to_string(), client.clone());
         Ok(client)
     }

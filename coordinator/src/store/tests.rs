@@ -87,6 +87,7 @@ on_both_engines!(
     replicas_claiming_together_elect_one_leader,
     pruning_keeps_the_audit_of_commands,
     both_engines_have_the_same_tables_and_columns,
+    a_replica_sees_the_streams_the_others_hold_while_fresh,
 );
 
 /// `holder`'s lease, claimed for a minute.
@@ -161,6 +162,7 @@ fn open_creates_file_and_schema() {
         tables,
         [
             "access",
+            "agent_streams",
             "commands",
             "last_runs",
             "last_strikes",
@@ -1106,4 +1108,78 @@ fn a_waiting_write_leaves_the_runtime_running() {
         ticks >= 10,
         "only {ticks} ticks while a write waited {held:?}"
     );
+}
+
+fn entry(agent: &str, zone: &str) -> StreamEntry {
+    StreamEntry {
+        agent: agent.into(),
+        labels: BTreeMap::from([("zone".to_string(), zone.to_string())]),
+        address: "10.0.0.1:40000".into(),
+        connected_since_ms: 5,
+    }
+}
+
+fn a_replica_sees_the_streams_the_others_hold_while_fresh(db: &Db) {
+    let store = db.open();
+    store
+        .publish_streams(
+            "serve-a",
+            "a:7444",
+            &[entry("web-1", "a"), entry("web-2", "b")],
+        )
+        .unwrap();
+    store
+        .publish_streams("serve-b", "b:7444", &[entry("web-3", "a")])
+        .unwrap();
+    let fresh = Duration::from_secs(6);
+    let seen_by_b = store.streams_elsewhere("serve-b", fresh).unwrap();
+    let agents: Vec<(&str, &str, &str)> = seen_by_b
+        .iter()
+        .map(|s| (s.entry.agent.as_str(), s.replica.as_str(), s.relay.as_str()))
+        .collect();
+    assert_eq!(
+        agents,
+        [
+            ("web-1", "serve-a", "a:7444"),
+            ("web-2", "serve-a", "a:7444")
+        ]
+    );
+    assert_eq!(
+        seen_by_b[1].entry,
+        entry("web-2", "b"),
+        "labels and all, as published"
+    );
+
+    // web-2 moves to serve-b; serve-a's next publication no longer has it.
+    store
+        .publish_streams(
+            "serve-b",
+            "b:7444",
+            &[entry("web-2", "b"), entry("web-3", "a")],
+        )
+        .unwrap();
+    store
+        .publish_streams("serve-a", "a:7444", &[entry("web-1", "a")])
+        .unwrap();
+    let seen_by_a: Vec<String> = store
+        .streams_elsewhere("serve-a", fresh)
+        .unwrap()
+        .into_iter()
+        .map(|s| s.entry.agent)
+        .collect();
+    assert_eq!(seen_by_a, ["web-2", "web-3"]);
+
+    // A replica that stops publishing (it died) is forgotten once its rows are stale.
+    std::thread::sleep(Duration::from_millis(300));
+    store
+        .publish_streams("serve-b", "b:7444", &[entry("web-3", "a")])
+        .unwrap();
+    let short = Duration::from_millis(200);
+    let seen_by_c: Vec<String> = store
+        .streams_elsewhere("serve-c", short)
+        .unwrap()
+        .into_iter()
+        .map(|s| s.entry.agent)
+        .collect();
+    assert_eq!(seen_by_c, ["web-3"], "serve-a's web-1 is stale");
 }
