@@ -186,7 +186,8 @@ impl Dispatcher {
                     .relay(&self.dialer, &stream, streamed(input))
                     .await
             }
-            Route::Dial => return self.dial_and_call(agent, make(input)).await,
+            // Signed only once dialled: fresh, and never for an agent that cannot be reached.
+            Route::Dial => return self.dial_and_call(agent, input, make).await,
         };
         match answered {
             Ok(answer::Result::Receipt(receipt)) => Ok(Reply::Receipt(receipt)),
@@ -199,13 +200,18 @@ impl Dispatcher {
         }
     }
 
-    async fn dial_and_call(&self, agent: &AgentEntry, call: Call) -> Result<Reply, CallError> {
+    async fn dial_and_call<I>(
+        &self,
+        agent: &AgentEntry,
+        input: I,
+        make: impl Fn(I) -> Call,
+    ) -> Result<Reply, CallError> {
         let mut client = match &self.kept {
             Some(kept) => kept.client(&self.dialer, agent).await,
             None => self.dialer.dial(agent).await,
         }
         .map_err(unreachable)?;
-        let answered = match call {
+        let answered = match make(input) {
             Call::Execute(signed) => client
                 .execute(signed)
                 .await

@@ -11,6 +11,7 @@
 
 mod dialect;
 mod lease;
+mod postgres_tls;
 mod postgresql;
 mod sql;
 mod sqlite;
@@ -86,6 +87,14 @@ pub enum StoreError {
         /// What the PostgreSQL client reported.
         #[source]
         source: postgres::Error,
+    },
+    /// `sslmode=require` was asked for and the TLS settings cannot be used.
+    #[error("store {url}: TLS: {reason}")]
+    Tls {
+        /// The URL, with any password hidden.
+        url: String,
+        /// What is wrong with them.
+        reason: String,
     },
     /// A schema migration failed; it was rolled back and the database keeps its old version.
     #[error("store {place}: migrating the schema to version {version} failed")]

@@ -60,6 +60,16 @@ impl PostgresServer {
 
     /// Makes a cluster and starts a server on it, or says why it cannot.
     pub fn start() -> Result<Self, String> {
+        Self::start_with(None)
+    }
+
+    /// As [`PostgresServer::start`], with TLS on (`ssl = on`) presenting the certificate
+    /// chain and key given as PEM; plain connections are still taken.
+    pub fn start_with_tls(cert_pem: &str, key_pem: &str) -> Result<Self, String> {
+        Self::start_with(Some((cert_pem, key_pem)))
+    }
+
+    fn start_with(tls: Option<(&str, &str)>) -> Result<Self, String> {
         let bin = bin_dir()
             .ok_or("no /usr/lib/postgresql/*/bin/initdb (install Debian's postgresql package)")?;
         let owner = Owner::find()?;
@@ -88,8 +98,28 @@ impl PostgresServer {
                 String::from_utf8_lossy(&initdb.stderr)
             ));
         }
+        if let Some((cert, key)) = tls {
+            use std::os::unix::fs::PermissionsExt;
+            for (name, pem, mode) in [("server.crt", cert, 0o644), ("server.key", key, 0o600)] {
+                let path = dir.join(name);
+                std::fs::write(&path, pem).map_err(|e| format!("{name}: {e}"))?;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+                    .map_err(|e| format!("{name}: {e}"))?;
+                owner.give(&path)?;
+            }
+        }
         let port = free_port()?;
         let mut server = owner.command(&bin.join("postgres"));
+        if tls.is_some() {
+            server.args([
+                "-c",
+                "ssl=on",
+                "-c",
+                "ssl_cert_file=server.crt",
+                "-c",
+                "ssl_key_file=server.key",
+            ]);
+        }
         server.arg("-D").arg(&dir).arg("-k").arg(&dir).args([
             "-p",
             &port.to_string(),

@@ -9,10 +9,12 @@ use std::collections::HashMap;
 use std::sync::mpsc;
 use std::time::Duration;
 
+use postgres::config::SslMode;
 use postgres::types::{ToSql, Type};
 use postgres::{Client, Config, IsolationLevel, NoTls, Statement};
 
 use super::dialect::{Dialect, LATEST_VERSION};
+use super::postgres_tls::Rustls;
 use super::sql::{Cell, Cells, Tx, Value};
 use super::{StoreError, redact};
 
@@ -36,6 +38,8 @@ pub(super) struct Postgres {
 /// statements it has prepared on it.
 pub(super) struct Connection {
     config: Config,
+    /// With `sslmode=require`: how the server's certificate is checked.
+    tls: Option<Rustls>,
     url: String,
     client: Option<Client>,
     statements: HashMap<String, Statement>,
@@ -44,15 +48,32 @@ pub(super) struct Connection {
 impl Postgres {
     /// Connects to `url` and migrates the database before answering.
     pub(super) fn open(url: &str) -> Result<Self, StoreError> {
-        let mut config: Config = url.parse().map_err(|source| StoreError::Connect {
+        let (libpq_url, ca) = tls_options(url);
+        let mut config: Config = libpq_url.parse().map_err(|source| StoreError::Connect {
             url: redact(url),
             source,
         })?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
+        let tls = match config.get_ssl_mode() {
+            SslMode::Require => {
+                Some(
+                    Rustls::new(ca.as_deref()).map_err(|reason| StoreError::Tls {
+                        url: redact(url),
+                        reason,
+                    })?,
+                )
+            }
+            // Plain: a Unix socket, or a private network (see the fleet guide).
+            _ => {
+                config.ssl_mode(SslMode::Disable);
+                None
+            }
+        };
         let mut connection = Connection {
             config,
+            tls,
             url: redact(url),
             client: None,
             statements: HashMap::new(),
@@ -101,13 +122,14 @@ impl Connection {
     fn client(&mut self) -> Result<&mut Client, StoreError> {
         if self.client.as_ref().is_none_or(Client::is_closed) {
             self.statements.clear();
-            let client = self
-                .config
-                .connect(NoTls)
-                .map_err(|source| StoreError::Connect {
-                    url: self.url.clone(),
-                    source,
-                })?;
+            let connected = match &self.tls {
+                Some(tls) => self.config.connect(tls.clone()),
+                None => self.config.connect(NoTls),
+            };
+            let client = connected.map_err(|source| StoreError::Connect {
+                url: self.url.clone(),
+                source,
+            })?;
             self.client = Some(client);
         }
         Ok(self.client.as_mut().expect("connected above"))
@@ -162,6 +184,33 @@ impl Connection {
         tx.commit()?;
         Ok(answer)
     }
+}
+
+/// `url` as rust-postgres reads it, and the CA file of `sslrootcert` if it names one:
+/// libpq's `sslrootcert` is taken out (rust-postgres knows no such option) and its
+/// `verify-ca`/`verify-full` modes read as `require`, which always verifies fully here.
+pub(super) fn tls_options(url: &str) -> (String, Option<std::path::PathBuf>) {
+    let Some((base, query)) = url.split_once('?') else {
+        return (url.to_string(), None);
+    };
+    let mut ca = None;
+    let kept: Vec<String> = query
+        .split('&')
+        .filter_map(|pair| match pair.split_once('=') {
+            Some(("sslrootcert", path)) => {
+                ca = Some(std::path::PathBuf::from(path));
+                None
+            }
+            Some(("sslmode", "verify-ca" | "verify-full")) => Some("sslmode=require".into()),
+            _ => Some(pair.to_string()),
+        })
+        .collect();
+    let url = if kept.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    (url, ca)
 }
 
 /// Whether another transaction's commit made this one fail, so running it again may pass.

@@ -1183,3 +1183,116 @@ fn a_replica_sees_the_streams_the_others_hold_while_fresh(db: &Db) {
         .collect();
     assert_eq!(seen_by_c, ["web-3"], "serve-a's web-1 is stale");
 }
+
+/// A CA and a server certificate for 127.0.0.1 signed by it, as PEM: (ca, cert, key).
+fn server_pki() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, &ca_key);
+    let key = KeyPair::generate().unwrap();
+    let params = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".into()]).unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    (ca.pem(), cert.pem(), key.serialize_pem())
+}
+
+/// Whether the store's connection runs over TLS, as the server sees it.
+fn over_tls(store: &Store) -> bool {
+    store
+        .read(|tx| {
+            tx.query_one(
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+            )?
+            .flag(0)
+        })
+        .unwrap()
+}
+
+#[test]
+fn sslmode_require_verifies_the_servers_certificate() {
+    if PostgresServer::shared().is_none() {
+        return;
+    }
+    let (ca, cert, key) = server_pki();
+    let server = PostgresServer::start_with_tls(&cert, &key).unwrap();
+    let database = server.new_database().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("db-ca.pem");
+    std::fs::write(&ca_file, &ca).unwrap();
+    let other_ca = dir.path().join("other-ca.pem");
+    std::fs::write(&other_ca, server_pki().0).unwrap();
+    let with = |query: &str| format!("{database}?{query}");
+
+    let store = Store::open(&with(&format!(
+        "sslmode=require&sslrootcert={}",
+        ca_file.display()
+    )))
+    .unwrap();
+    assert!(over_tls(&store));
+    store.begin_adhoc("over TLS", 1, "ops", 0).unwrap();
+    let full = Store::open(&with(&format!(
+        "sslmode=verify-full&sslrootcert={}",
+        ca_file.display()
+    )))
+    .unwrap();
+    assert!(over_tls(&full), "verify-full reads as require");
+    assert!(
+        !over_tls(&Store::open(&database).unwrap()),
+        "plain unless asked"
+    );
+
+    // A server whose certificate another CA signed is refused before anything is sent.
+    let impostor = Store::open(&with(&format!(
+        "sslmode=require&sslrootcert={}",
+        other_ca.display()
+    )))
+    .unwrap_err();
+    assert!(
+        matches!(impostor, StoreError::Connect { .. }),
+        "{impostor:?}"
+    );
+    let chain = troop_telemetry::error_chain(&impostor);
+    assert!(chain.contains("certificate"), "{chain}");
+    // A CA file that is not there is named.
+    let missing = dir.path().join("missing.pem");
+    let error = Store::open(&with(&format!(
+        "sslmode=require&sslrootcert={}",
+        missing.display()
+    )))
+    .unwrap_err();
+    assert!(matches!(error, StoreError::Tls { .. }), "{error:?}");
+    assert!(error.to_string().contains("missing.pem"), "{error}");
+    // A server without TLS is refused when TLS is required.
+    let plain = PostgresServer::shared().unwrap().new_database().unwrap();
+    let error = Store::open(&format!(
+        "{plain}?sslmode=require&sslrootcert={}",
+        ca_file.display()
+    ))
+    .unwrap_err();
+    assert!(matches!(error, StoreError::Connect { .. }), "{error:?}");
+}
+
+#[test]
+fn libpq_tls_options_are_read_as_rust_postgres_reads_them() {
+    use super::postgresql::tls_options;
+    assert_eq!(
+        tls_options("postgres://db/x"),
+        ("postgres://db/x".into(), None)
+    );
+    assert_eq!(
+        tls_options(
+            "postgres://db/x?sslmode=verify-full&sslrootcert=/etc/troop/db.pem&application_name=troop"
+        ),
+        (
+            "postgres://db/x?sslmode=require&application_name=troop".into(),
+            Some(PathBuf::from("/etc/troop/db.pem"))
+        )
+    );
+    assert_eq!(
+        tls_options("postgres://db/x?sslrootcert=/ca.pem"),
+        ("postgres://db/x".into(), Some(PathBuf::from("/ca.pem")))
+    );
+}
