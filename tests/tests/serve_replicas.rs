@@ -6,7 +6,7 @@
 //! resumed with SIGCONT finds a successor and writes nothing as leader. Effects are read
 //! from outside: statvfs of the hosts' disks, the database through its own client.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
@@ -128,14 +128,20 @@ fn wait_applied_run(store: &Store, campaign: &str) -> Option<RunDetail> {
     found
 }
 
-fn campaign(name: &str, disk: &Path) -> String {
-    format!(
+/// Writes campaign `name` (a disk fill per zone, fired every second, one strike per zone
+/// an hour) into the campaigns directory and has `serves` reload it.
+fn load_campaign(lab: &Lab, name: &str, serves: &[&Reaped]) {
+    let text = format!(
         "name = \"{name}\"\n[schedule]\nevery = \"1s\"\nmin_time_between = \"1h\"\n\
          [guardrails]\nmax_concurrent = 2\nmin_healthy_percent = 0\nlease = \"4s\"\n\
          [[step]]\nselect = \"role=web\"\ngroup_by = \"zone\"\npick = \"all\"\n\
          fault = {{ kind = \"disk\", path = \"{}\", fill = 30 }}\nduration = \"60s\"\n",
-        disk.display()
-    )
+        lab.hosts["web-a"].disk.display()
+    );
+    std::fs::write(lab.dir().join(format!("campaigns/{name}.toml")), text).unwrap();
+    for serve in serves {
+        signal(serve, Signal::SIGHUP);
+    }
 }
 
 fn signal(serve: &Reaped, signal: Signal) {
@@ -150,50 +156,65 @@ fn disks_empty(lab: &Lab) -> bool {
     HOSTS.iter().all(|id| used_percent(lab, id) < 1.0)
 }
 
-#[test]
-fn a_killed_or_paused_leader_is_replaced_and_strikes_nothing_twice() {
-    let Some(mut lab) = Lab::networked("serve replicas on PostgreSQL") else {
-        return;
-    };
-    let Some(postgres) = PostgresServer::shared() else {
-        return;
-    };
+/// A networked lab with alice (of `role`) and two replicas' configs on one fresh
+/// PostgreSQL database, nothing started; `None` where the lab or PostgreSQL is missing
+/// (and skipping is allowed).
+fn replicas(scenario: &str, role: &str) -> Option<(Lab, Store, Replica, Replica)> {
+    let mut lab = Lab::networked(scenario)?;
+    let postgres = PostgresServer::shared()?;
     let url = postgres.new_database().unwrap();
     let socket_url = postgres.socket_url(url.rsplit('/').next().unwrap());
     let store = Store::open(&url).unwrap();
-    lab.add_operator("alice", Some("viewer"));
+    lab.add_operator("alice", Some(role));
     std::fs::create_dir(lab.dir().join("campaigns")).unwrap();
     let a = Replica::new(&lab, "serve-a", 7444, &socket_url);
     let b = Replica::new(&lab, "serve-b", 7445, &socket_url);
+    Some((lab, store, a, b))
+}
+
+/// Starts the lab's hosts (zones a and b), dialling `coordinators` in turn.
+fn start_hosts(lab: &mut Lab, coordinators: &[String]) {
+    for (id, zone) in HOSTS.iter().zip(["a", "b"]) {
+        lab.start_dial_in_host_to(
+            id,
+            &[("role", "web"), ("zone", zone)],
+            POLICY,
+            vec![],
+            coordinators,
+        );
+    }
+}
+
+/// `troop attack disk` on every host through `replica`, for `duration`.
+fn fill_through(lab: &Lab, replica: &Replica, duration: &str) -> std::process::Output {
+    let disk = lab.hosts["web-a"].disk.display().to_string();
+    lab.troop_as(
+        &replica.viewer,
+        &[
+            "attack", "disk", "--select", "role=web", "--path", &disk, "--fill", "30", "--for",
+            duration,
+        ],
+    )
+}
+
+#[test]
+fn a_killed_or_paused_leader_is_replaced_and_strikes_nothing_twice() {
+    let Some((mut lab, store, a, b)) = replicas("serve replicas on PostgreSQL", "viewer") else {
+        return;
+    };
 
     // serve-a leads; serve-b stands by; the hosts dial serve-a first, serve-b if it fails.
     let serve_a = a.start(&lab);
     let (first, _) = wait_leader(&store, "serve-a", Duration::from_secs(20))
         .unwrap_or_else(|| panic!("serve-a never led:\n{}", a.log(&lab)));
     let serve_b = b.start(&lab);
-    for (n, id) in HOSTS.iter().enumerate() {
-        let zone = ["a", "b"][n];
-        lab.start_dial_in_host_to(
-            id,
-            &[("role", "web"), ("zone", zone)],
-            POLICY,
-            vec![],
-            &[a.url(), b.url()],
-        );
-    }
+    start_hosts(&mut lab, &[a.url(), b.url()]);
     assert!(
         wait_for(Duration::from_secs(30), || a.holds_every_stream(&lab)),
         "hosts not attached to serve-a:\n{}",
         a.log(&lab)
     );
-    let disk = lab.hosts["web-a"].disk.clone();
-    std::fs::write(
-        lab.dir().join("campaigns/monkey.toml"),
-        campaign("monkey", &disk),
-    )
-    .unwrap();
-    signal(&serve_a, Signal::SIGHUP);
-    signal(&serve_b, Signal::SIGHUP);
+    load_campaign(&lab, "monkey", &[&serve_a, &serve_b]);
 
     // The leader's run fills both disks; then it dies mid-run.
     let before = wait_applied_run(&store, "monkey")
@@ -274,12 +295,7 @@ fn a_killed_or_paused_leader_is_replaced_and_strikes_nothing_twice() {
     );
 
     // serve-b leads a second campaign's run, then is paused past its lease.
-    std::fs::write(
-        lab.dir().join("campaigns/second.toml"),
-        campaign("second", &disk),
-    )
-    .unwrap();
-    signal(&serve_b, Signal::SIGHUP);
+    load_campaign(&lab, "second", &[&serve_b]);
     let running = wait_applied_run(&store, "second")
         .unwrap_or_else(|| panic!("serve-b did not strike:\n{}", b.log(&lab)));
     let serve_a = a.start(&lab);
@@ -339,44 +355,21 @@ fn status_via(lab: &Lab, replica: &Replica, id: &str) -> Value {
 
 #[test]
 fn an_emergency_stop_through_one_replica_latches_the_agents_of_another() {
-    let Some(mut lab) = Lab::networked("emergency stop across serve replicas") else {
+    let Some((mut lab, _store, a, b)) =
+        replicas("emergency stop across serve replicas", "operator")
+    else {
         return;
     };
-    let Some(postgres) = PostgresServer::shared() else {
-        return;
-    };
-    let url = postgres.new_database().unwrap();
-    let socket_url = postgres.socket_url(url.rsplit('/').next().unwrap());
-    lab.add_operator("alice", Some("operator"));
-    std::fs::create_dir(lab.dir().join("campaigns")).unwrap();
-    let a = Replica::new(&lab, "serve-a", 7444, &socket_url);
-    let b = Replica::new(&lab, "serve-b", 7445, &socket_url);
     let _serve_a = a.start(&lab);
     let _serve_b = b.start(&lab);
     // The hosts know only serve-b: serve-a has no stream to any of them.
-    for (n, id) in HOSTS.iter().enumerate() {
-        let zone = ["a", "b"][n];
-        lab.start_dial_in_host_to(
-            id,
-            &[("role", "web"), ("zone", zone)],
-            POLICY,
-            vec![],
-            &[b.url()],
-        );
-    }
+    start_hosts(&mut lab, &[b.url()]);
     assert!(
         wait_for(Duration::from_secs(30), || b.holds_every_stream(&lab)),
         "hosts not attached to serve-b:\n{}",
         b.log(&lab)
     );
-    let disk = lab.hosts["web-a"].disk.display().to_string();
-    let fill = lab.troop_as(
-        &b.viewer,
-        &[
-            "attack", "disk", "--select", "role=web", "--path", &disk, "--fill", "30", "--for",
-            "60s",
-        ],
-    );
+    let fill = fill_through(&lab, &b, "60s");
     assert_eq!(
         fill.status.code(),
         Some(0),
@@ -408,13 +401,7 @@ fn an_emergency_stop_through_one_replica_latches_the_agents_of_another() {
     for id in HOSTS {
         assert_eq!(status_via(&lab, &b, id)["latch"]["by"], "alice", "{id}");
     }
-    let refused = lab.troop_as(
-        &b.viewer,
-        &[
-            "attack", "disk", "--select", "role=web", "--path", &disk, "--fill", "30", "--for",
-            "60s",
-        ],
-    );
+    let refused = fill_through(&lab, &b, "60s");
     assert_eq!(
         refused.status.code(),
         Some(1),
@@ -440,13 +427,7 @@ fn an_emergency_stop_through_one_replica_latches_the_agents_of_another() {
             .all(|id| status_via(&lab, &b, id)["latch"].is_null())
     });
     assert!(resumed, "serve-b's agents stayed latched:\n{}", b.log(&lab));
-    let again = lab.troop_as(
-        &b.viewer,
-        &[
-            "attack", "disk", "--select", "role=web", "--path", &disk, "--fill", "30", "--for",
-            "2s",
-        ],
-    );
+    let again = fill_through(&lab, &b, "2s");
     assert_eq!(
         again.status.code(),
         Some(0),
@@ -457,34 +438,15 @@ fn an_emergency_stop_through_one_replica_latches_the_agents_of_another() {
 
 #[test]
 fn the_leader_strikes_agents_attached_to_another_replica() {
-    let Some(mut lab) = Lab::networked("relay between serve replicas") else {
+    let Some((mut lab, store, a, b)) = replicas("relay between serve replicas", "operator") else {
         return;
     };
-    let Some(postgres) = PostgresServer::shared() else {
-        return;
-    };
-    let url = postgres.new_database().unwrap();
-    let socket_url = postgres.socket_url(url.rsplit('/').next().unwrap());
-    let store = Store::open(&url).unwrap();
-    lab.add_operator("alice", Some("operator"));
-    std::fs::create_dir(lab.dir().join("campaigns")).unwrap();
-    let a = Replica::new(&lab, "serve-a", 7444, &socket_url);
-    let b = Replica::new(&lab, "serve-b", 7445, &socket_url);
     let serve_a = a.start(&lab);
     wait_leader(&store, "serve-a", Duration::from_secs(20))
         .unwrap_or_else(|| panic!("serve-a never led:\n{}", a.log(&lab)));
     let serve_b = b.start(&lab);
     // The hosts know only serve-b; serve-a, the leader, has no stream to any of them.
-    for (n, id) in HOSTS.iter().enumerate() {
-        let zone = ["a", "b"][n];
-        lab.start_dial_in_host_to(
-            id,
-            &[("role", "web"), ("zone", zone)],
-            POLICY,
-            vec![],
-            &[b.url()],
-        );
-    }
+    start_hosts(&mut lab, &[b.url()]);
     assert!(
         wait_for(Duration::from_secs(30), || b.holds_every_stream(&lab)),
         "hosts not attached to serve-b:\n{}",
@@ -503,14 +465,7 @@ fn the_leader_strikes_agents_attached_to_another_replica() {
     }
 
     // The leader's campaign strikes both, through serve-b; the effect read by statvfs.
-    let disk = lab.hosts["web-a"].disk.clone();
-    std::fs::write(
-        lab.dir().join("campaigns/monkey.toml"),
-        campaign("monkey", &disk),
-    )
-    .unwrap();
-    signal(&serve_a, Signal::SIGHUP);
-    signal(&serve_b, Signal::SIGHUP);
+    load_campaign(&lab, "monkey", &[&serve_a, &serve_b]);
     let run = wait_applied_run(&store, "monkey")
         .unwrap_or_else(|| panic!("serve-a did not strike:\n{}", a.log(&lab)));
     assert!(
