@@ -43,12 +43,6 @@ const SUMMARY_SELECT: &str = "
            r.operator
     FROM runs r LEFT JOIN commands c ON c.run_id = r.id";
 
-/// Whether run `r` may still be written: true for a run of no lease (`leader_epoch` NULL),
-/// and for a leader's run only while the lease it was begun under is current.
-const RUN_FENCE: &str = "
-    (r.leader_epoch IS NULL OR EXISTS (
-        SELECT 1 FROM leader_lease l WHERE l.epoch = r.leader_epoch AND l.expires_at_ms > {now}))";
-
 /// What an engine reported.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -462,11 +456,6 @@ impl Store {
         })
     }
 
-    /// `RUN_FENCE` with this engine's clock.
-    fn run_fence(&self) -> String {
-        RUN_FENCE.replace("{now}", self.dialect().now_ms())
-    }
-
     /// Records the start of a run by `operator`, with status `running`, and returns its
     /// id. A run begun by the leader carries its lease: it can gain steps and commands only
     /// while that lease is current.
@@ -487,10 +476,10 @@ impl Store {
             operator.to_owned(),
         );
         let epoch = leader.map(|lease| lease.epoch);
-        let now = self.dialect().now_ms();
+        let dialect = self.dialect();
         self.write(move |tx| {
             if let Some(epoch) = epoch {
-                lease::check_current(tx, now, epoch)?;
+                lease::check_current(tx, dialect, epoch)?;
             }
             tx.query_one(
                 "INSERT INTO runs (campaign, file_sha256, seed, dry_run, started_at_ms, operator,
@@ -532,11 +521,11 @@ impl Store {
         at_ms: i64,
     ) -> Result<i64, StoreError> {
         let description = description.to_owned();
-        let fence = self.run_fence();
+        let dialect = self.dialect();
         self.write(move |tx| {
             // Checked and written in one transaction, so a run aborted by another process
             // cannot gain a step.
-            writable_run(tx, &fence, run)?;
+            writable_run(tx, dialect, run)?;
             tx.query_one(
                 "INSERT INTO steps (run_id, step_index, description, at_ms)
                  VALUES ($1, $2, $3, $4) RETURNING id",
@@ -562,11 +551,11 @@ impl Store {
     /// error none, and then send nothing.
     pub fn record_commands(&self, commands: &[CommandRecord]) -> Result<Vec<i64>, StoreError> {
         let commands = commands.to_vec();
-        let fence = self.run_fence();
+        let dialect = self.dialect();
         self.write(move |tx| {
             commands
                 .iter()
-                .map(|c| insert_command(tx, &fence, c))
+                .map(|c| insert_command(tx, dialect, c))
                 .collect()
         })
     }
@@ -653,9 +642,9 @@ impl Store {
     ) -> Result<(), StoreError> {
         check("status", status, RUN_STATUSES)?;
         let (status, reason) = (status.to_owned(), reason.to_owned());
-        let fence = self.run_fence();
+        let dialect = self.dialect();
         self.write(move |tx| {
-            writable_run(tx, &fence, run)?;
+            writable_run(tx, dialect, run)?;
             tx.execute(
                 "UPDATE runs SET status = $2, reason = $3, finished_at_ms = $4 WHERE id = $1",
                 &[
@@ -776,9 +765,9 @@ impl Store {
         groups: &[String],
     ) -> Result<(), StoreError> {
         let (campaign, groups, epoch) = (campaign.to_owned(), groups.to_vec(), leader.epoch);
-        let now = self.dialect().now_ms();
+        let dialect = self.dialect();
         self.write(move |tx| {
-            lease::check_current(tx, now, epoch)?;
+            lease::check_current(tx, dialect, epoch)?;
             tx.execute(
                 "INSERT INTO last_runs (campaign, at_ms) VALUES ($1, $2)
                  ON CONFLICT (campaign) DO UPDATE SET at_ms = excluded.at_ms",
@@ -996,10 +985,11 @@ fn run_status(tx: &mut dyn Tx, run: i64) -> Result<Option<String>, StoreError> {
 }
 
 /// Passes if run `run` is running and, if a leader began it, that leader's lease is
-/// current; otherwise the error that says which of these failed.
-fn writable_run(tx: &mut dyn Tx, fence: &str, run: i64) -> Result<(), StoreError> {
+/// current (and held for the rest of the transaction; see `lease::check_current`);
+/// otherwise the error that says which of these failed.
+fn writable_run(tx: &mut dyn Tx, dialect: dialect::Dialect, run: i64) -> Result<(), StoreError> {
     let row = tx.query_opt(
-        &format!("SELECT r.status, r.leader_epoch, {fence} FROM runs r WHERE r.id = $1"),
+        "SELECT status, leader_epoch FROM runs WHERE id = $1",
         &[Value::Int(run)],
     )?;
     let row = row.ok_or(StoreError::NotFound { run })?;
@@ -1008,16 +998,20 @@ fn writable_run(tx: &mut dyn Tx, fence: &str, run: i64) -> Result<(), StoreError
         return Err(StoreError::RunFinished { run, status });
     }
     match row.opt_int(1)? {
-        Some(epoch) if !row.flag(2)? => Err(StoreError::Deposed { epoch }),
-        _ => Ok(()),
+        Some(epoch) => lease::check_current(tx, dialect, epoch),
+        None => Ok(()),
     }
 }
 
 /// One command's `pending` record, if its run is writable (and the step is the run's).
-fn insert_command(tx: &mut dyn Tx, fence: &str, c: &CommandRecord) -> Result<i64, StoreError> {
+fn insert_command(
+    tx: &mut dyn Tx,
+    dialect: dialect::Dialect,
+    c: &CommandRecord,
+) -> Result<i64, StoreError> {
     // Like `record_step`: once a run is finished (say, aborted from the CLI), no further
     // command can be recorded, so the coordinator sends none.
-    writable_run(tx, fence, c.run)?;
+    writable_run(tx, dialect, c.run)?;
     if let Some(step) = c.step {
         let of_run = tx.query_opt(
             "SELECT 1 FROM steps WHERE id = $1 AND run_id = $2",

@@ -32,6 +32,15 @@ impl Dialect {
         }
     }
 
+    /// What a SELECT appends to hold the rows it read until the transaction ends, against
+    /// writers in other transactions. SQLite's write transactions exclude each other anyway.
+    pub(super) fn share_lock(self) -> &'static str {
+        match self {
+            Self::Sqlite => "",
+            Self::Postgres => " FOR SHARE",
+        }
+    }
+
     /// `sql` with `$N` parameters as this engine reads them (SQLite numbers them `?N`).
     pub(super) fn statement(self, sql: &str) -> Cow<'_, str> {
         match self {

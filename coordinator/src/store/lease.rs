@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use super::dialect::Dialect;
 use super::sql::{Tx, Value};
 use super::{Store, StoreError};
 
@@ -104,12 +105,21 @@ fn read(tx: &mut dyn Tx, now: &str) -> Result<(i64, Option<Lease>), StoreError> 
     Ok((row.int(0)?, lease))
 }
 
-/// Passes if `epoch` is the current lease's; `Deposed` otherwise. `now` is the dialect's
-/// clock expression.
-pub(super) fn check_current(tx: &mut dyn Tx, now: &str, epoch: i64) -> Result<(), StoreError> {
+/// Passes if `epoch` is the current lease's; `Deposed` otherwise. On PostgreSQL the lease
+/// row stays share-locked until the transaction ends, so a successor's claim waits for a
+/// write that passed this check, and the check holds until that write commits (SQLite's
+/// single writer gives the same). A leader that stalls inside such a transaction is cut
+/// off by the server's idle-in-transaction timeout (see `postgresql`).
+pub(super) fn check_current(
+    tx: &mut dyn Tx,
+    dialect: Dialect,
+    epoch: i64,
+) -> Result<(), StoreError> {
     let current = tx.query_opt(
         &format!(
-            "SELECT 1 FROM leader_lease WHERE id = 1 AND epoch = $1 AND expires_at_ms > {now}"
+            "SELECT 1 FROM leader_lease WHERE id = 1 AND epoch = $1 AND expires_at_ms > {}{}",
+            dialect.now_ms(),
+            dialect.share_lock()
         ),
         &[Value::Int(epoch)],
     )?;

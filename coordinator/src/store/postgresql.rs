@@ -21,6 +21,9 @@ use super::{StoreError, redact};
 /// How long a connection attempt may take before the store reports the server unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long the server lets a transaction of this store sit idle before ending it.
+const IDLE_IN_TRANSACTION: Duration = Duration::from_secs(5);
+
 /// Serialization failures in a row before a write gives up (each one means another writer
 /// committed in between, so this only runs out under a storm of conflicting writes).
 const SERIALIZATION_RETRIES: u32 = 50;
@@ -126,10 +129,16 @@ impl Connection {
                 Some(tls) => self.config.connect(tls.clone()),
                 None => self.config.connect(NoTls),
             };
-            let client = connected.map_err(|source| StoreError::Connect {
+            let mut client = connected.map_err(|source| StoreError::Connect {
                 url: self.url.clone(),
                 source,
             })?;
+            // A replica that stalls (paused, swapping) inside a transaction must not hold
+            // the lease row's lock, hence its successor, for longer than this.
+            client.batch_execute(&format!(
+                "SET idle_in_transaction_session_timeout = {}",
+                IDLE_IN_TRANSACTION.as_millis()
+            ))?;
             self.client = Some(client);
         }
         Ok(self.client.as_mut().expect("connected above"))

@@ -88,6 +88,7 @@ on_both_engines!(
     pruning_keeps_the_audit_of_commands,
     both_engines_have_the_same_tables_and_columns,
     a_replica_sees_the_streams_the_others_hold_while_fresh,
+    a_successor_waits_for_a_write_that_passed_the_lease_check,
 );
 
 /// `holder`'s lease, claimed for a minute.
@@ -1295,4 +1296,107 @@ fn libpq_tls_options_are_read_as_rust_postgres_reads_them() {
         tls_options("postgres://db/x?sslrootcert=/ca.pem"),
         ("postgres://db/x".into(), Some(PathBuf::from("/ca.pem")))
     );
+}
+
+/// A leader's write that passed the lease check commits before a successor can take the
+/// lease, however long the leader stalls inside it: it never lands in the successor's term.
+fn a_successor_waits_for_a_write_that_passed_the_lease_check(db: &Db) {
+    let store = db.open();
+    let a = store
+        .claim_lease("serve-a", Duration::from_millis(300))
+        .unwrap()
+        .unwrap();
+    let run = store
+        .begin_run("nightly", "f", 1, false, 0, "schedule", Some(&a))
+        .unwrap();
+    let (checked, passed) = std::sync::mpsc::channel();
+    let stall = Duration::from_millis(800);
+    let leader = db.open();
+    let dialect = leader.dialect();
+    let writer = std::thread::spawn(move || {
+        leader.write(move |tx| {
+            writable_run(tx, dialect, run)?;
+            let _ = checked.send(());
+            std::thread::sleep(stall);
+            tx.execute(
+                "INSERT INTO steps (run_id, step_index, description, at_ms) VALUES ($1, 0, 'late', 0)",
+                &[Value::Int(run)],
+            )
+        })
+    });
+    passed.recv().unwrap();
+    // The lease runs out while the leader stalls; a successor tries to take it.
+    std::thread::sleep(Duration::from_millis(400));
+    let successor = db.open();
+    let started = std::time::Instant::now();
+    let b = successor
+        .claim_lease("serve-b", Duration::from_secs(60))
+        .unwrap()
+        .expect("the lease ran out");
+    let waited = started.elapsed();
+    assert_eq!(
+        writer.join().unwrap().unwrap(),
+        1,
+        "the checked write committed"
+    );
+    assert_eq!(b.epoch, a.epoch + 1);
+    assert!(
+        waited >= Duration::from_millis(200),
+        "the successor took the lease after {waited:?}, while the old leader's write was open"
+    );
+    // From here on the old leader's writes are refused.
+    assert!(matches!(
+        store.record_step(run, 1, "later", 0),
+        Err(StoreError::Deposed { .. })
+    ));
+}
+
+/// A leader that stalls inside a write for good does not hold its successor off for good:
+/// the server ends the idle transaction, and nothing of it is written.
+#[test]
+fn a_leader_stalled_inside_a_write_is_cut_off_by_the_server() {
+    let Some(db) = Db::postgres() else {
+        return;
+    };
+    let store = db.open();
+    let a = store
+        .claim_lease("serve-a", Duration::from_millis(300))
+        .unwrap()
+        .unwrap();
+    let run = store
+        .begin_run("nightly", "f", 1, false, 0, "schedule", Some(&a))
+        .unwrap();
+    let (checked, passed) = std::sync::mpsc::channel();
+    let leader = db.open();
+    let dialect = leader.dialect();
+    let writer = std::thread::spawn(move || {
+        leader.write(move |tx| {
+            writable_run(tx, dialect, run)?;
+            let _ = checked.send(());
+            std::thread::sleep(Duration::from_secs(8));
+            tx.execute(
+                "INSERT INTO steps (run_id, step_index, description, at_ms) VALUES ($1, 0, 'late', 0)",
+                &[Value::Int(run)],
+            )
+        })
+    });
+    passed.recv().unwrap();
+    let started = std::time::Instant::now();
+    std::thread::sleep(Duration::from_millis(400));
+    let b = db
+        .open()
+        .claim_lease("serve-b", Duration::from_secs(60))
+        .unwrap()
+        .expect("the lease ran out");
+    let waited = started.elapsed();
+    assert_eq!(b.epoch, a.epoch + 1);
+    assert!(
+        waited < Duration::from_secs(8),
+        "the successor waited {waited:?}"
+    );
+    assert!(
+        writer.join().unwrap().is_err(),
+        "the stalled write went through"
+    );
+    assert!(store.run(run).unwrap().steps.is_empty());
 }
