@@ -19,6 +19,7 @@ mod streams;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +32,19 @@ const COMMAND_OUTCOMES: &[&str] = &["applied", "refused", "failed", "unreachable
 
 /// Statuses `finish_run` accepts; `running` is only ever set by `begin_run`.
 const RUN_STATUSES: &[&str] = &["completed", "aborted", "failed", "refused"];
+
+/// A replica that has not said it is alive for this long is dead, and the runs it began
+/// are closed by whoever finds them (replicas say so every 2 s; see `live::peers`).
+const REPLICA_SILENT_AFTER: Duration = Duration::from_secs(10);
+
+/// The replica of `troop serve` this process is, once it says (`set_replica`).
+static REPLICA: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Names this process as serve replica `name`: every run begun through a store opened in
+/// it from now on is that replica's, so no other replica closes it while `name` is alive.
+pub fn set_replica(name: &str) {
+    let _ = REPLICA.set(name.to_string());
+}
 
 /// Columns of a [`RunSummary`], in the order `summary_from_row` reads them.
 const SUMMARY_SELECT: &str = "
@@ -370,6 +384,8 @@ pub struct Store {
     /// Where the data lives, for `Debug`: the file, or the URL with any password hidden.
     place: String,
     engine: Engine,
+    /// The serve replica whose runs this store begins ("" outside serve).
+    replica: String,
 }
 
 enum Engine {
@@ -414,7 +430,18 @@ impl Store {
                 Engine::Postgres(postgresql::Postgres::open(url)?),
             ),
         };
-        Ok(Self { place, engine })
+        let replica = REPLICA.get().cloned().unwrap_or_default();
+        Ok(Self {
+            place,
+            engine,
+            replica,
+        })
+    }
+
+    /// This store as serve replica `name`'s (see [`set_replica`]).
+    pub fn with_replica(mut self, name: &str) -> Self {
+        self.replica = name.to_string();
+        self
     }
 
     /// The SQLite connection, for tests that look beneath the interface.
@@ -477,14 +504,15 @@ impl Store {
         );
         let epoch = leader.map(|lease| lease.epoch);
         let dialect = self.dialect();
+        let replica = self.replica.clone();
         self.write(move |tx| {
             if let Some(epoch) = epoch {
                 lease::check_current(tx, dialect, epoch)?;
             }
             tx.query_one(
                 "INSERT INTO runs (campaign, file_sha256, seed, dry_run, started_at_ms, operator,
-                                   leader_epoch)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+                                   leader_epoch, replica)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
                 &[
                     Value::Text(&campaign),
                     Value::Text(&file_sha256),
@@ -493,6 +521,7 @@ impl Store {
                     Value::Int(started_at_ms),
                     Value::Text(&operator),
                     Value::OptInt(epoch),
+                    Value::Text(&replica),
                 ],
             )?
             .int(0)
@@ -815,26 +844,40 @@ impl Store {
         })
     }
 
-    /// Runs still marked running (a coordinator died mid-run) that `leader` may close:
-    /// with a lease, the runs of earlier leases; without, the runs of none.
+    /// Runs still marked running whose coordinator died mid-run. With `leader` (the
+    /// leader, every time it claims): the scheduled runs of earlier leases, and the runs
+    /// of replicas that stopped saying they are alive. Without (a serve starting): also
+    /// the runs of this replica's earlier life and of processes that were no replica (a
+    /// CLI). A run of a live replica is never among them.
     pub fn unfinished_runs(&self, leader: Option<&Lease>) -> Result<Vec<RunSummary>, StoreError> {
         let epoch = leader.map(|lease| lease.epoch);
+        let silent_ms = i64::try_from(REPLICA_SILENT_AFTER.as_millis()).unwrap_or(i64::MAX);
+        let now = self.dialect().now_ms();
+        let me = self.replica.clone();
         self.read(move |tx| {
-            let sql = match epoch {
-                Some(_) => format!(
-                    "{SUMMARY_SELECT} WHERE r.status = 'running' AND r.leader_epoch < $1
-                     GROUP BY r.id ORDER BY r.id"
-                ),
+            let dead = format!(
+                "(r.replica <> '' AND r.replica <> $2 AND NOT EXISTS (
+                     SELECT 1 FROM replicas p
+                     WHERE p.name = r.replica AND p.seen_at_ms > {now} - $1))"
+            );
+            let which = match epoch {
+                Some(_) => format!("r.leader_epoch < $3 OR (r.leader_epoch IS NULL AND {dead})"),
                 None => format!(
-                    "{SUMMARY_SELECT} WHERE r.status = 'running' AND r.leader_epoch IS NULL
-                     GROUP BY r.id ORDER BY r.id"
+                    "r.leader_epoch IS NULL AND (r.replica = '' OR r.replica = $2 OR {dead})"
                 ),
             };
-            let params = epoch.map(Value::Int);
-            tx.query(&sql, params.as_slice())?
-                .iter()
-                .map(summary_from_row)
-                .collect()
+            let mut params = vec![Value::Int(silent_ms), Value::Text(&me)];
+            params.extend(epoch.map(Value::Int));
+            tx.query(
+                &format!(
+                    "{SUMMARY_SELECT} WHERE r.status = 'running' AND ({which})
+                     GROUP BY r.id ORDER BY r.id"
+                ),
+                &params,
+            )?
+            .iter()
+            .map(summary_from_row)
+            .collect()
         })
     }
 

@@ -59,13 +59,14 @@ pub async fn run(context: Context) -> anyhow::Result<Outcome> {
     }
     let config = &context.fleet.config;
     let shown = config.path.display();
-    let store = Arc::new(Store::open(&config.store_url).context("audit store")?);
-    scheduler::close_stale_runs(&store, None)?;
     let replica = config
         .serve
         .replica
         .clone()
         .unwrap_or_else(leader::default_replica_name);
+    troop_coordinator::store::set_replica(&replica);
+    let store = Arc::new(Store::open(&config.store_url).context("audit store")?);
+    scheduler::close_stale_runs(&store, None)?;
     let (held, leading) = watch::channel(None);
     tokio::spawn(leader::keep_claiming(
         store.clone(),

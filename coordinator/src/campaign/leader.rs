@@ -23,8 +23,8 @@ pub fn default_replica_name() -> String {
 
 /// Claims the lease for `replica` until `held` has no receivers left, publishing the lease
 /// this replica holds (`None` while another leads or the store cannot be reached); receivers
-/// are woken when the epoch changes. A new
-/// epoch's first act is to close the runs earlier leaders left running.
+/// are woken when the epoch changes. At each claim the leader closes the runs that earlier
+/// leaders, and replicas that died, left running.
 pub async fn keep_claiming(
     store: Arc<Store>,
     replica: String,
@@ -51,19 +51,21 @@ pub async fn keep_claiming(
             }
         };
         match &lease {
-            Some(lease) if last_epoch != Some(lease.epoch) => {
-                tracing::info!(
-                    replica,
-                    epoch = lease.epoch,
-                    "leading: this replica fires the schedules"
-                );
-                last_epoch = Some(lease.epoch);
+            Some(lease) => {
+                if last_epoch != Some(lease.epoch) {
+                    tracing::info!(
+                        replica,
+                        epoch = lease.epoch,
+                        "leading: this replica fires the schedules"
+                    );
+                    last_epoch = Some(lease.epoch);
+                }
                 let (store, lease) = (store.clone(), lease.clone());
                 let closed =
                     tokio::task::spawn_blocking(move || close_stale_runs(&store, Some(&lease)))
                         .await;
                 if let Ok(Err(error)) = closed {
-                    tracing::warn!(%error, "cannot close the runs an earlier leader left running");
+                    tracing::warn!(%error, "cannot close the runs dead replicas left running");
                 }
             }
             None if last_epoch.is_some() => {

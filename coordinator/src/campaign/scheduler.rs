@@ -107,9 +107,9 @@ pub fn refuse_latched(
 }
 
 /// Runs a stopped coordinator left unfinished are marked failed: their faults carried
-/// leases nobody renewed, so the agents have reverted them. With `leader`, the scheduled
-/// runs of earlier leaders (a new leader's first act); without, the runs of no leader (a
-/// serve starting).
+/// leases nobody renewed, so the agents have reverted them. With `leader` (at each claim),
+/// the scheduled runs of earlier leaders and the runs of dead replicas; without (a serve
+/// starting), also its own earlier runs and a CLI's (see `Store::unfinished_runs`).
 pub fn close_stale_runs(store: &Store, leader: Option<&Lease>) -> Result<(), StoreError> {
     for stale in store.unfinished_runs(leader)? {
         store.close_stale_run(

@@ -162,7 +162,8 @@ pub(super) const SQLITE: &[&str] = &[
     CREATE INDEX probes_by_time ON probes (at_ms);
     CREATE INDEX access_by_time ON access (at_ms);
     ",
-    // 6: which replica holds each agent's stream, so the others relay through it.
+    // 6: which replica holds each agent's stream, so the others relay through it; which
+    // replicas are alive, and which one began each run (its own to close if it died).
     r"
     CREATE TABLE agent_streams (
         agent              TEXT    PRIMARY KEY,
@@ -173,6 +174,11 @@ pub(super) const SQLITE: &[&str] = &[
         connected_since_ms INTEGER NOT NULL,
         seen_at_ms         INTEGER NOT NULL
     );
+    CREATE TABLE replicas (
+        name       TEXT    PRIMARY KEY,
+        seen_at_ms INTEGER NOT NULL
+    );
+    ALTER TABLE runs ADD COLUMN replica TEXT NOT NULL DEFAULT '';
     ",
 ];
 
@@ -282,7 +288,7 @@ pub(super) const POSTGRES: &[&str] = &[
     CREATE INDEX probes_by_time ON probes (at_ms);
     CREATE INDEX access_by_time ON access (at_ms);
     ",
-    // 6: which replica holds each agent's stream.
+    // 6: where agents' streams are, which replicas are alive, who began each run.
     r"
     CREATE TABLE agent_streams (
         agent              TEXT    PRIMARY KEY,
@@ -293,6 +299,11 @@ pub(super) const POSTGRES: &[&str] = &[
         connected_since_ms BIGINT  NOT NULL,
         seen_at_ms         BIGINT  NOT NULL
     );
+    CREATE TABLE replicas (
+        name       TEXT   PRIMARY KEY,
+        seen_at_ms BIGINT NOT NULL
+    );
+    ALTER TABLE runs ADD COLUMN replica TEXT NOT NULL DEFAULT '';
     ",
 ];
 

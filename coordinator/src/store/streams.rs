@@ -31,7 +31,8 @@ pub struct PublishedStream {
 
 impl Store {
     /// Replaces what `replica` (taking relays at `relay`) published with `streams`, seen
-    /// now. An agent another replica had published moves to this one.
+    /// now, and says `replica` is alive. An agent another replica had published moves to
+    /// this one.
     pub fn publish_streams(
         &self,
         replica: &str,
@@ -41,6 +42,13 @@ impl Store {
         let (replica, relay, streams) = (replica.to_owned(), relay.to_owned(), streams.to_vec());
         let now = self.dialect().now_ms();
         self.write(move |tx| {
+            tx.execute(
+                &format!(
+                    "INSERT INTO replicas (name, seen_at_ms) VALUES ($1, {now})
+                     ON CONFLICT (name) DO UPDATE SET seen_at_ms = excluded.seen_at_ms"
+                ),
+                &[Value::Text(&replica)],
+            )?;
             tx.execute(
                 "DELETE FROM agent_streams WHERE replica = $1",
                 &[Value::Text(&replica)],

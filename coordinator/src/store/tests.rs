@@ -89,6 +89,7 @@ on_both_engines!(
     both_engines_have_the_same_tables_and_columns,
     a_replica_sees_the_streams_the_others_hold_while_fresh,
     a_successor_waits_for_a_write_that_passed_the_lease_check,
+    only_the_runs_of_dead_replicas_are_closed,
 );
 
 /// `holder`'s lease, claimed for a minute.
@@ -170,6 +171,7 @@ fn open_creates_file_and_schema() {
             "latch",
             "leader_lease",
             "probes",
+            "replicas",
             "runs",
             "steps"
         ]
@@ -1399,4 +1401,31 @@ fn a_leader_stalled_inside_a_write_is_cut_off_by_the_server() {
         "the stalled write went through"
     );
     assert!(store.run(run).unwrap().steps.is_empty());
+}
+
+/// With several replicas, a replica that starts (or the leader) closes only the runs of
+/// replicas that are dead, never an operator's attack running on a live one.
+fn only_the_runs_of_dead_replicas_are_closed(db: &Db) {
+    let a = db.open().with_replica("serve-a");
+    let b = db.open().with_replica("serve-b");
+    let cli = db.open();
+    let alive = |store: &Store, name: &str| store.publish_streams(name, "x:7444", &[]).unwrap();
+    alive(&a, "serve-a");
+    alive(&b, "serve-b");
+    let on_b = b.begin_adhoc("attack disk", 1, "alice", 0).unwrap();
+    let on_a = a.begin_adhoc("attack kill", 2, "bob", 0).unwrap();
+    let of_cli = cli.begin_adhoc("attack cpu", 3, "carol", 0).unwrap();
+    let ids = |runs: Vec<RunSummary>| -> Vec<i64> { runs.iter().map(|r| r.id).collect() };
+
+    // serve-a (re)starting: its own earlier runs and a CLI's, not live serve-b's.
+    assert_eq!(ids(a.unfinished_runs(None).unwrap()), [on_a, of_cli]);
+    // serve-a leading: nothing, while serve-b is alive.
+    let lease = leader(&a, "serve-a");
+    assert!(a.unfinished_runs(Some(&lease)).unwrap().is_empty());
+
+    // serve-b stops saying it is alive: its run is the leader's to close.
+    let short = Duration::from_millis(1);
+    std::thread::sleep(REPLICA_SILENT_AFTER + short);
+    alive(&a, "serve-a");
+    assert_eq!(ids(a.unfinished_runs(Some(&lease)).unwrap()), [on_b]);
 }
