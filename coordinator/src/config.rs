@@ -466,6 +466,27 @@ ca = "pki/ca.pem"
     }
 
     #[test]
+    fn replica_settings_are_read_with_their_defaults() {
+        let defaults = parse("").unwrap();
+        assert_eq!(defaults.serve.leader_lease, DEFAULT_LEADER_LEASE);
+        assert_eq!(defaults.store_retain, DEFAULT_RETAIN);
+        assert_eq!(
+            (defaults.serve.replica, defaults.serve.advertise),
+            (None, None)
+        );
+        let set = parse(
+            "[store]\nurl = \"postgresql://troop@db/troop\"\nretain = \"7d\"\n\
+             [serve]\nreplica = \"coord-1\"\nleader_lease = \"30s\"\nadvertise = \"coord-1:7444\"\n",
+        )
+        .unwrap();
+        assert_eq!(set.store_url, "postgresql://troop@db/troop");
+        assert_eq!(set.store_retain, Duration::from_secs(7 * 24 * 3600));
+        assert_eq!(set.serve.leader_lease, Duration::from_secs(30));
+        assert_eq!(set.serve.replica.as_deref(), Some("coord-1"));
+        assert_eq!(set.serve.advertise.as_deref(), Some("coord-1:7444"));
+    }
+
+    #[test]
     fn reads_a_static_fleet() {
         let config = parse(
             "[[agents]]\nid = \"web-1\"\naddress = \"10.0.0.1:7443\"\nlabels = { role = \"web\" }\n",
@@ -505,6 +526,14 @@ ca = "pki/ca.pem"
             ),
             ("[serve]\nlisten = \"everywhere\"\n", "serve.listen"),
             ("[serve]\nhealth_listen = \"7080\"\n", "serve.health_listen"),
+            ("[serve]\nleader_lease = \"500ms\"\n", "serve.leader_lease"),
+            ("[serve]\nleader_lease = \"soon\"\n", "serve.leader_lease"),
+            ("[serve]\nreplica = \" \"\n", "serve.replica"),
+            ("[serve]\nreplica = \"a\\nb\"\n", "serve.replica"),
+            ("[serve]\nadvertise = \"coord-1\"\n", "serve.advertise"),
+            ("[serve]\nadvertise = \":7444\"\n", "serve.advertise"),
+            ("[serve]\nadvertise = \"coord-1:http\"\n", "serve.advertise"),
+            ("[store]\nretain = \"5m\"\n", "store.retain"),
             (
                 "[[operators]]\nname = \"alice\"\nrole = \"root\"\n",
                 "operators[0].role",
