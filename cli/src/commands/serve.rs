@@ -98,13 +98,11 @@ pub async fn run(context: Context) -> anyhow::Result<Outcome> {
     fleet.dispatcher.kept = Some(Default::default());
 
     let listen = config.serve.listen;
-    let advertise = config.serve.advertise.clone().unwrap_or_else(|| {
-        let host = nix::unistd::gethostname()
-            .ok()
-            .and_then(|name| name.into_string().ok())
-            .unwrap_or_else(|| "localhost".into());
-        format!("{host}:{}", listen.port())
-    });
+    let advertise = config
+        .serve
+        .advertise
+        .clone()
+        .unwrap_or_else(|| leader::default_advertise(listen.port()));
     tokio::spawn(troop_coordinator::live::peers::keep_published(
         registry.clone(),
         store.clone(),

@@ -14,11 +14,20 @@ use crate::store::{Lease, Store};
 /// This replica's name when the config gives none: the host and the process, so two
 /// replicas on one host (tests, a rolling restart) differ.
 pub fn default_replica_name() -> String {
-    let host = nix::unistd::gethostname()
+    format!("{}:{}", host_name(), std::process::id())
+}
+
+/// Where the other replicas reach this one when the config does not say: this host's
+/// name and the port serve listens on.
+pub fn default_advertise(listen_port: u16) -> String {
+    format!("{}:{listen_port}", host_name())
+}
+
+fn host_name() -> String {
+    nix::unistd::gethostname()
         .ok()
         .and_then(|name| name.into_string().ok())
-        .unwrap_or_else(|| "serve".into());
-    format!("{host}:{}", std::process::id())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 /// Claims the lease for `replica` until `held` has no receivers left, publishing the lease
