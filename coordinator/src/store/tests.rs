@@ -1300,19 +1300,26 @@ fn libpq_tls_options_are_read_as_rust_postgres_reads_them() {
     );
 }
 
-/// A leader's write that passed the lease check commits before a successor can take the
-/// lease, however long the leader stalls inside it: it never lands in the successor's term.
-fn a_successor_waits_for_a_write_that_passed_the_lease_check(db: &Db) {
+/// serve-a's lease and scheduled run, and a write of serve-a's in flight.
+struct StalledWrite {
+    store: Store,
+    lease: Lease,
+    run: i64,
+    writer: std::thread::JoinHandle<Result<u64, StoreError>>,
+}
+
+/// Starts a write of serve-a's that passes the lease check, then stalls for `stall` (its
+/// 300 ms lease runs out meanwhile) before adding a step; answers once the check passed.
+fn stall_inside_a_checked_write(db: &Db, stall: Duration) -> StalledWrite {
     let store = db.open();
-    let a = store
+    let lease = store
         .claim_lease("serve-a", Duration::from_millis(300))
         .unwrap()
         .unwrap();
     let run = store
-        .begin_run("nightly", "f", 1, false, 0, "schedule", Some(&a))
+        .begin_run("nightly", "f", 1, false, 0, "schedule", Some(&lease))
         .unwrap();
     let (checked, passed) = std::sync::mpsc::channel();
-    let stall = Duration::from_millis(800);
     let leader = db.open();
     let dialect = leader.dialect();
     let writer = std::thread::spawn(move || {
@@ -1327,28 +1334,44 @@ fn a_successor_waits_for_a_write_that_passed_the_lease_check(db: &Db) {
         })
     });
     passed.recv().unwrap();
-    // The lease runs out while the leader stalls; a successor tries to take it.
+    StalledWrite {
+        store,
+        lease,
+        run,
+        writer,
+    }
+}
+
+/// serve-b claims the lease once serve-a's has run out; answers it and how long it took.
+fn successor_claims(db: &Db) -> (Lease, Duration) {
     std::thread::sleep(Duration::from_millis(400));
-    let successor = db.open();
     let started = std::time::Instant::now();
-    let b = successor
+    let lease = db
+        .open()
         .claim_lease("serve-b", Duration::from_secs(60))
         .unwrap()
         .expect("the lease ran out");
-    let waited = started.elapsed();
+    (lease, started.elapsed())
+}
+
+/// A leader's write that passed the lease check commits before a successor can take the
+/// lease, however long the leader stalls inside it: it never lands in the successor's term.
+fn a_successor_waits_for_a_write_that_passed_the_lease_check(db: &Db) {
+    let stalled = stall_inside_a_checked_write(db, Duration::from_millis(800));
+    let (b, waited) = successor_claims(db);
     assert_eq!(
-        writer.join().unwrap().unwrap(),
+        stalled.writer.join().unwrap().unwrap(),
         1,
         "the checked write committed"
     );
-    assert_eq!(b.epoch, a.epoch + 1);
+    assert_eq!(b.epoch, stalled.lease.epoch + 1);
     assert!(
         waited >= Duration::from_millis(200),
         "the successor took the lease after {waited:?}, while the old leader's write was open"
     );
     // From here on the old leader's writes are refused.
     assert!(matches!(
-        store.record_step(run, 1, "later", 0),
+        stalled.store.record_step(stalled.run, 1, "later", 0),
         Err(StoreError::Deposed { .. })
     ));
 }
@@ -1360,47 +1383,16 @@ fn a_leader_stalled_inside_a_write_is_cut_off_by_the_server() {
     let Some(db) = Db::postgres() else {
         return;
     };
-    let store = db.open();
-    let a = store
-        .claim_lease("serve-a", Duration::from_millis(300))
-        .unwrap()
-        .unwrap();
-    let run = store
-        .begin_run("nightly", "f", 1, false, 0, "schedule", Some(&a))
-        .unwrap();
-    let (checked, passed) = std::sync::mpsc::channel();
-    let leader = db.open();
-    let dialect = leader.dialect();
-    let writer = std::thread::spawn(move || {
-        leader.write(move |tx| {
-            writable_run(tx, dialect, run)?;
-            let _ = checked.send(());
-            std::thread::sleep(Duration::from_secs(8));
-            tx.execute(
-                "INSERT INTO steps (run_id, step_index, description, at_ms) VALUES ($1, 0, 'late', 0)",
-                &[Value::Int(run)],
-            )
-        })
-    });
-    passed.recv().unwrap();
-    let started = std::time::Instant::now();
-    std::thread::sleep(Duration::from_millis(400));
-    let b = db
-        .open()
-        .claim_lease("serve-b", Duration::from_secs(60))
-        .unwrap()
-        .expect("the lease ran out");
-    let waited = started.elapsed();
-    assert_eq!(b.epoch, a.epoch + 1);
+    let stall = Duration::from_secs(8);
+    let stalled = stall_inside_a_checked_write(&db, stall);
+    let (b, waited) = successor_claims(&db);
+    assert_eq!(b.epoch, stalled.lease.epoch + 1);
+    assert!(waited < stall, "the successor waited {waited:?}");
     assert!(
-        waited < Duration::from_secs(8),
-        "the successor waited {waited:?}"
-    );
-    assert!(
-        writer.join().unwrap().is_err(),
+        stalled.writer.join().unwrap().is_err(),
         "the stalled write went through"
     );
-    assert!(store.run(run).unwrap().steps.is_empty());
+    assert!(stalled.store.run(stalled.run).unwrap().steps.is_empty());
 }
 
 /// With several replicas, a replica that starts (or the leader) closes only the runs of
