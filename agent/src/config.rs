@@ -231,6 +231,22 @@ impl Validator<'_> {
         if let Some(value) = raw.max_memory_percent {
             policy.max_memory_percent = self.percent("policy.max_memory_percent", &value)?;
         }
+        for (index, name) in raw.network_interfaces.iter().enumerate() {
+            crate::faults::network::check_interface(name).map_err(|message| {
+                self.invalid(&format!("policy.network_interfaces[{index}]"), message)
+            })?;
+        }
+        policy.network_interfaces = raw.network_interfaces;
+        if let Some(value) = raw.max_loss_percent {
+            policy.max_loss_percent = self.percent("policy.max_loss_percent", &value)?;
+        }
+        if let Some(text) = raw.max_latency {
+            policy.max_latency = parse_duration(&text)
+                .map_err(|error| self.invalid("policy.max_latency", error.to_string()))?;
+        }
+        if let Some(spare) = raw.network_spare_ssh {
+            policy.network_spare_ssh = spare;
+        }
         Ok(policy)
     }
 

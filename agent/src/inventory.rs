@@ -57,6 +57,7 @@ impl Inventory {
             memory_available_bytes: system.available_memory(),
             disks: self.disks(),
             uptime_seconds: System::uptime(),
+            network: Some(crate::host::net::support::host().summary()),
         };
         *self.latest.lock().unwrap_or_else(|e| e.into_inner()) = inventory;
     }

@@ -35,6 +35,7 @@ use troop_proto::pb::agent_server::AgentServer;
 use crate::config::AgentConfig;
 use crate::faults::engine::Engine;
 use crate::faults::journal::FaultJournal;
+use crate::faults::network::ControlPath;
 use crate::faults::runner::Runner;
 use crate::host::process::{LinuxProcessTable, ProcessTable};
 use crate::ledger::ReplayLedger;
@@ -204,7 +205,14 @@ impl Agent {
                 engine.clone(),
                 processes,
                 helper_exe,
-            ),
+            )
+            .with_control_path(ControlPath {
+                listen_port: config
+                    .listen
+                    .map(|address| address.port())
+                    .filter(|p| *p != 0),
+                coordinators: config.coordinators.clone(),
+            }),
             faults::load_last_stop(&config.state_dir).map(Into::into),
         ));
         Ok(Self {

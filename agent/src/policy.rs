@@ -29,15 +29,19 @@ pub enum FaultKind {
     Memory,
     Disk,
     StopHost,
+    Network,
+    Dns,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 5] = [
+    pub const ALL: [FaultKind; 7] = [
         FaultKind::Kill,
         FaultKind::Cpu,
         FaultKind::Memory,
         FaultKind::Disk,
         FaultKind::StopHost,
+        FaultKind::Network,
+        FaultKind::Dns,
     ];
 
     pub fn name(self) -> &'static str {
@@ -47,6 +51,8 @@ impl FaultKind {
             FaultKind::Memory => "memory",
             FaultKind::Disk => "disk",
             FaultKind::StopHost => "stop-host",
+            FaultKind::Network => "network",
+            FaultKind::Dns => "dns",
         }
     }
 }
@@ -65,7 +71,7 @@ impl FromStr for FaultKind {
             .into_iter()
             .find(|kind| kind.name() == text)
             .ok_or_else(|| {
-                format!("unknown fault kind {text:?}; known: kill, cpu, memory, disk, stop-host")
+                format!("unknown fault kind {text:?}; known: kill, cpu, memory, disk, stop-host, network, dns")
             })
     }
 }
@@ -78,10 +84,18 @@ pub struct Policy {
     pub disk_paths: Vec<PathBuf>,
     pub max_disk_fill_percent: u8,
     pub max_memory_percent: u8,
+    /// Interfaces network faults may touch; none unless listed.
+    pub network_interfaces: Vec<String>,
+    /// Loss of all network faults on one interface together; a blackhole counts as 100.
+    pub max_loss_percent: u8,
+    pub max_latency: Duration,
+    /// Whether SSH (port 22) is spared by every network fault.
+    pub network_spare_ssh: bool,
 }
 
 impl Default for Policy {
-    /// Everything but stop-host, for at most an hour, with the usual lifelines protected.
+    /// Everything but stop-host and the network, for at most an hour, with the usual
+    /// lifelines protected.
     fn default() -> Self {
         Self {
             allow: [
@@ -96,6 +110,10 @@ impl Default for Policy {
             disk_paths: Vec::new(),
             max_disk_fill_percent: 95,
             max_memory_percent: 80,
+            network_interfaces: Vec::new(),
+            max_loss_percent: 100,
+            max_latency: Duration::from_secs(5),
+            network_spare_ssh: true,
         }
     }
 }

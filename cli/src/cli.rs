@@ -205,6 +205,11 @@ pub enum AttackCommand {
     Disk(DiskArgs),
     /// Power off, reboot or halt the host (only where the agent's policy allows it).
     StopHost(StopHostArgs),
+    /// Degrade egress on one interface: latency, loss, rate, blackhole (the agent's own
+    /// control traffic and SSH are spared).
+    Network(NetworkArgs),
+    /// Make the host's name resolution fail (its DNS queries are dropped).
+    Dns(DnsArgs),
 }
 
 impl AttackCommand {
@@ -216,6 +221,8 @@ impl AttackCommand {
             AttackCommand::Memory(_) => "memory",
             AttackCommand::Disk(_) => "disk",
             AttackCommand::StopHost(_) => "stop-host",
+            AttackCommand::Network(_) => "network",
+            AttackCommand::Dns(_) => "dns",
         }
     }
 }
@@ -339,10 +346,66 @@ pub struct StopHostArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(group(ArgGroup::new("effect").required(true).multiple(true)
+    .args(["latency", "loss", "corrupt", "duplicate", "rate", "blackhole"])))]
+pub struct NetworkArgs {
+    #[command(flatten)]
+    pub targeting: Targeting,
+    /// Delay every matched packet this long (`100ms`).
+    #[arg(long, value_parser = parse_duration)]
+    pub latency: Option<Duration>,
+    /// Vary each delay by up to this much either way.
+    #[arg(long, value_parser = parse_duration, requires = "latency")]
+    pub jitter: Option<Duration>,
+    /// Drop this share of matched packets at random (`30%`, `0.5%`).
+    #[arg(long, value_parser = parse_fractional_percent)]
+    pub loss: Option<f64>,
+    /// Corrupt this share of packets (needs the kernel's netem).
+    #[arg(long, value_parser = parse_fractional_percent)]
+    pub corrupt: Option<f64>,
+    /// Duplicate this share of packets (needs the kernel's netem).
+    #[arg(long, value_parser = parse_fractional_percent)]
+    pub duplicate: Option<f64>,
+    /// Drop what passes this rate (`800kbit`, `10mbit`).
+    #[arg(long, value_parser = parse_rate)]
+    pub rate: Option<u64>,
+    /// Drop every matched packet.
+    #[arg(long)]
+    pub blackhole: bool,
+    /// Only traffic to this CIDR, address or host name, each optionally `:PORT` (repeatable).
+    #[arg(long = "to")]
+    pub to: Vec<String>,
+    /// Only traffic to this destination port, TCP and UDP (repeatable).
+    #[arg(long = "port")]
+    pub ports: Vec<u16>,
+    /// The interface (default: the one of the host's default route).
+    #[arg(long)]
+    pub interface: Option<String>,
+    #[command(flatten)]
+    pub holding: Holding,
+}
+
+#[derive(Debug, Args)]
+pub struct DnsArgs {
+    #[command(flatten)]
+    pub targeting: Targeting,
+    #[command(flatten)]
+    pub holding: Holding,
+}
+
+#[derive(Debug, Args)]
 pub struct DemoArgs {
     /// Seed for the demo's random picks.
     #[arg(long)]
     pub seed: Option<u64>,
+}
+
+fn parse_fractional_percent(text: &str) -> Result<f64, String> {
+    troop_common::units::parse_fractional_percent(text).map_err(|error| error.to_string())
+}
+
+fn parse_rate(text: &str) -> Result<u64, String> {
+    troop_common::units::parse_rate(text).map_err(|error| error.to_string())
 }
 
 fn parse_percent(text: &str) -> Result<u8, String> {

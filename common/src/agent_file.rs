@@ -64,4 +64,9 @@ pub struct PolicyFile {
     pub disk_paths: Vec<PathBuf>,
     pub max_disk_fill_percent: Option<toml::Value>,
     pub max_memory_percent: Option<toml::Value>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub network_interfaces: Vec<String>,
+    pub max_loss_percent: Option<toml::Value>,
+    pub max_latency: Option<String>,
+    pub network_spare_ssh: Option<bool>,
 }

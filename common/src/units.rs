@@ -79,6 +79,18 @@ pub enum UnitError {
         /// The text as written.
         input: String,
     },
+    /// The rate is not a number followed by bit, kbit, mbit or gbit.
+    #[error("{input:?}: expected a rate such as 800kbit, 10mbit or 1gbit")]
+    InvalidRate {
+        /// The text as written.
+        input: String,
+    },
+    /// The percentage is not a number over 0 and at most 100 (with an optional `%`).
+    #[error("{input:?}: expected a percentage over 0 and at most 100, such as 30%, or 0.5%")]
+    InvalidFractionalPercent {
+        /// The text as written.
+        input: String,
+    },
     /// The percentage is a whole number outside 1..=100.
     #[error("{input:?}: percentage must be from 1 to 100")]
     PercentOutOfRange {
@@ -258,6 +270,55 @@ pub fn parse_percent(s: &str) -> Result<u8, UnitError> {
     match number.parse::<u8>() {
         Ok(p @ 1..=100) => Ok(p),
         _ => Err(UnitError::PercentOutOfRange { input: s.into() }),
+    }
+}
+
+/// Parses a rate in bits per second as tc writes it: `800kbit`, `10mbit`, `1gbit`, `64bit`
+/// (SI multiples, case-sensitive).
+pub fn parse_rate(s: &str) -> Result<u64, UnitError> {
+    let invalid = || UnitError::InvalidRate { input: s.into() };
+    let trimmed = s.trim();
+    let digits = trimmed.len()
+        - trimmed
+            .trim_start_matches(|c: char| c.is_ascii_digit())
+            .len();
+    let (number, unit) = trimmed.split_at(digits);
+    let multiplier: u64 = match unit.trim_start() {
+        "bit" => 1,
+        "kbit" => 1_000,
+        "mbit" => 1_000_000,
+        "gbit" => 1_000_000_000,
+        _ => return Err(invalid()),
+    };
+    let number: u64 = number.parse().map_err(|_| invalid())?;
+    number
+        .checked_mul(multiplier)
+        .filter(|bits| *bits > 0)
+        .ok_or_else(invalid)
+}
+
+/// Formats bits per second the way [`parse_rate`] reads them: `10mbit`, `1500kbit`.
+pub fn format_rate(bits: u64) -> String {
+    for (multiplier, unit) in [
+        (1_000_000_000, "gbit"),
+        (1_000_000, "mbit"),
+        (1_000, "kbit"),
+    ] {
+        if bits >= multiplier && bits % multiplier == 0 {
+            return format!("{}{unit}", bits / multiplier);
+        }
+    }
+    format!("{bits}bit")
+}
+
+/// Parses a percentage over 0 and at most 100 that may have a fraction: `30`, `30%`, `0.5%`.
+pub fn parse_fractional_percent(s: &str) -> Result<f64, UnitError> {
+    let trimmed = s.trim();
+    let number = trimmed.strip_suffix('%').unwrap_or(trimmed).trim_end();
+    let plain = !number.is_empty() && number.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+    match number.parse::<f64>() {
+        Ok(value) if plain && value > 0.0 && value <= 100.0 => Ok(value),
+        _ => Err(UnitError::InvalidFractionalPercent { input: s.into() }),
     }
 }
 

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use troop_common::units::{format_duration, format_size};
+use troop_common::units::{format_duration, format_rate, format_size};
 use troop_proto::pb;
 
 use crate::dispatch::CallError;
@@ -114,6 +114,66 @@ pub fn fault_fields(fault: &pb::start_fault::Fault) -> Value {
                 .to_ascii_lowercase(),
             "delay_ms": stop.delay_ms,
         }),
+        Fault::Network(network) => {
+            let mut value = json!({ "kind": "network" });
+            let set = |value: &mut Value, key: &str, field: Value, present: bool| {
+                if present {
+                    value[key] = field;
+                }
+            };
+            set(
+                &mut value,
+                "interface",
+                json!(network.interface),
+                !network.interface.is_empty(),
+            );
+            set(&mut value, "to", json!(network.to), !network.to.is_empty());
+            set(
+                &mut value,
+                "port",
+                json!(network.ports),
+                !network.ports.is_empty(),
+            );
+            set(
+                &mut value,
+                "latency_ms",
+                json!(network.latency_ms),
+                network.latency_ms > 0,
+            );
+            set(
+                &mut value,
+                "jitter_ms",
+                json!(network.jitter_ms),
+                network.jitter_ms > 0,
+            );
+            set(
+                &mut value,
+                "loss",
+                json!(network.loss_percent),
+                network.loss_percent > 0.0,
+            );
+            set(
+                &mut value,
+                "corrupt",
+                json!(network.corrupt_percent),
+                network.corrupt_percent > 0.0,
+            );
+            set(
+                &mut value,
+                "duplicate",
+                json!(network.duplicate_percent),
+                network.duplicate_percent > 0.0,
+            );
+            set(
+                &mut value,
+                "rate_bits",
+                json!(network.rate_bits_per_second),
+                network.rate_bits_per_second > 0,
+            );
+            set(&mut value, "blackhole", json!(true), network.blackhole);
+            value
+        }
+        Fault::Dns(_) => json!({ "kind": "dns" }),
     }
 }
 
@@ -173,5 +233,50 @@ fn fault_text(fault: Option<&pb::start_fault::Fault>) -> String {
                 format_duration(Duration::from_millis(stop.delay_ms))
             )
         }
+        Some(Fault::Network(network)) => network_text(network),
+        Some(Fault::Dns(_)) => "dns: the host's name resolution fails".into(),
     }
+}
+
+/// `network: latency +100ms ±10ms, loss 30% on eth0 to 10.0.2.0/24`.
+fn network_text(network: &pb::Network) -> String {
+    let ms = |ms: u64| format_duration(Duration::from_millis(ms));
+    let mut effects = Vec::new();
+    if network.latency_ms > 0 {
+        let mut latency = format!("latency +{}", ms(network.latency_ms));
+        if network.jitter_ms > 0 {
+            latency.push_str(&format!(" ±{}", ms(network.jitter_ms)));
+        }
+        effects.push(latency);
+    }
+    for (name, percent) in [
+        ("loss", network.loss_percent),
+        ("corrupt", network.corrupt_percent),
+        ("duplicate", network.duplicate_percent),
+    ] {
+        if percent > 0.0 {
+            effects.push(format!("{name} {percent}%"));
+        }
+    }
+    if network.rate_bits_per_second > 0 {
+        effects.push(format!(
+            "rate {}",
+            format_rate(network.rate_bits_per_second)
+        ));
+    }
+    if network.blackhole {
+        effects.push("blackhole".into());
+    }
+    let mut text = format!("network: {}", effects.join(", "));
+    if !network.interface.is_empty() {
+        text.push_str(&format!(" on {}", network.interface));
+    }
+    if !network.to.is_empty() {
+        text.push_str(&format!(" to {}", network.to.join(", ")));
+    }
+    if !network.ports.is_empty() {
+        let ports: Vec<String> = network.ports.iter().map(u32::to_string).collect();
+        text.push_str(&format!(" port {}", ports.join(", ")));
+    }
+    text
 }

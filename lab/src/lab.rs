@@ -61,6 +61,13 @@ impl LabHost {
         init
     }
 
+    /// The host's network namespace (`/run/netns/...`), in a networked lab.
+    pub fn network_namespace(&self) -> Option<PathBuf> {
+        self.netns
+            .as_ref()
+            .map(|name| Path::new("/run/netns").join(name))
+    }
+
     /// statvfs of the host's tmpfs, read from outside: (used bytes, total bytes).
     pub fn disk_usage(&self) -> (u64, u64) {
         let path = self.host.path_inside(&self.disk).expect("host is running");
@@ -340,6 +347,13 @@ impl Lab {
     pub fn set_connected(&self, id: &str, connected: bool) {
         let net = self.net.as_ref().expect("partitions need a networked lab");
         net.set_connected(self.hosts[id].index, connected);
+    }
+
+    /// The lab's own network namespace (where the coordinator is), in a networked lab.
+    pub fn network_namespace(&self) -> Option<PathBuf> {
+        self.net
+            .as_ref()
+            .map(|net| Path::new("/run/netns").join(&net.ns))
     }
 
     /// Moves the calling thread into the lab's network, so sockets it opens reach the

@@ -127,6 +127,8 @@ impl LabNet {
             "eth0",
         ]);
         ip(&["-n", &ns, "link", "set", "eth0", "up"]);
+        // As real hosts have: network faults pick their interface from it.
+        ip(&["-n", &ns, "route", "add", "default", "via", GATEWAY]);
         (ns, address)
     }
 

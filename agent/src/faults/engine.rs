@@ -37,6 +37,10 @@ pub trait Effect: Send {
     fn memory_bytes(&self) -> u64 {
         0
     }
+    /// What a network fault puts on its interface, counted against the network caps.
+    fn network_load(&self) -> Option<super::network::NetworkLoad> {
+        None
+    }
 }
 
 /// What a fault started with: its effect and how to undo it after a crash.
@@ -396,6 +400,15 @@ impl Engine {
             .values()
             .map(|running| running.effect.memory_bytes())
             .sum()
+    }
+
+    /// What the network faults held now put on their interfaces.
+    pub fn network_loads(&self) -> Vec<super::network::NetworkLoad> {
+        self.lock()
+            .running
+            .values()
+            .filter_map(|running| running.effect.network_load())
+            .collect()
     }
 
     pub fn active(&self) -> Vec<pb::ActiveFault> {

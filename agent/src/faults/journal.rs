@@ -28,6 +28,8 @@ pub enum Undo {
     PendingStop { mode: String },
     /// The host is being stopped now: nothing to undo, but the agent reports it once back.
     ReportStop { mode: String },
+    /// A network fault's nftables table (`inet TABLE`) and iptables mangle chains.
+    RemoveNetworkRules { table: String, chain: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

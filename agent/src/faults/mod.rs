@@ -9,6 +9,7 @@ pub mod engine;
 pub mod journal;
 pub mod kill;
 pub mod memory;
+pub mod network;
 pub mod power;
 pub mod runner;
 
@@ -84,6 +85,10 @@ fn undo_leftover(state_dir: &Path, record: &Record) -> Result<(), String> {
             tracing::info!(fault_id = %id, path = %path.display(), "removed a fill left by the previous agent process");
         }
         Undo::EndHelper { marker } => crate::host::memory::end_leftover(marker),
+        Undo::RemoveNetworkRules { table, chain } => {
+            network::remove_rules(table, chain)?;
+            tracing::info!(fault_id = %id, %table, %chain, "removed network rules left by the previous agent process");
+        }
         Undo::PendingStop { mode } => {
             tracing::info!(fault_id = %id, %mode, "a stop-host was still waiting out its delay when the previous agent process ended; it is cancelled");
         }

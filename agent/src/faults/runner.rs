@@ -10,6 +10,7 @@ use troop_proto::{Refusal, pb};
 use super::engine::{Applied, EndReason, Engine, Reverted};
 use super::journal::Undo;
 use super::kill::{self, KillSpec};
+use super::network::{self, ControlPath};
 use super::power::{self, StopSpec};
 use super::{cpu, disk, memory};
 use crate::host::process::ProcessTable;
@@ -29,6 +30,10 @@ pub struct Runner {
     /// concurrent faults together stay under the policy's caps.
     memory_gate: Mutex<()>,
     disk_gate: Mutex<()>,
+    /// Network faults likewise, against the loss cap and one latency per interface.
+    network_gate: Mutex<()>,
+    /// What every network fault spares.
+    control: ControlPath,
 }
 
 fn kind_of(fault: &pb::start_fault::Fault) -> FaultKind {
@@ -39,6 +44,8 @@ fn kind_of(fault: &pb::start_fault::Fault) -> FaultKind {
         Fault::Memory(_) => FaultKind::Memory,
         Fault::Disk(_) => FaultKind::Disk,
         Fault::StopHost(_) => FaultKind::StopHost,
+        Fault::Network(_) => FaultKind::Network,
+        Fault::Dns(_) => FaultKind::Dns,
     }
 }
 
@@ -58,7 +65,14 @@ impl Runner {
             helper_exe,
             memory_gate: Mutex::new(()),
             disk_gate: Mutex::new(()),
+            network_gate: Mutex::new(()),
+            control: ControlPath::default(),
         }
+    }
+
+    /// The agent's own control path, spared by every network fault.
+    pub fn with_control_path(self, control: ControlPath) -> Self {
+        Self { control, ..self }
     }
 
     pub fn set_policy(&self, policy: Policy) {
@@ -222,6 +236,21 @@ impl Runner {
                     let until = now_unix_ms().saturating_add(duration.as_millis() as i64);
                     disk::apply(&plan, &self.helper_exe, until)
                 })
+            }
+            Fault::Network(request) => {
+                let _one_at_a_time = self.network_gate.lock().unwrap_or_else(|e| e.into_inner());
+                let support = crate::host::net::support::host();
+                let active = self.engine.network_loads();
+                let plan = network::plan(request, &policy, &self.control, &support, &active)?;
+                let undo = network::undo_for(id);
+                held(undo.clone(), &|| network::apply(&plan, &undo, &support))
+            }
+            Fault::Dns(_) => {
+                let _one_at_a_time = self.network_gate.lock().unwrap_or_else(|e| e.into_inner());
+                let support = crate::host::net::support::host();
+                let plan = network::plan_dns(&policy, &self.control, &support)?;
+                let undo = network::undo_for(id);
+                held(undo.clone(), &|| network::apply(&plan, &undo, &support))
             }
             Fault::StopHost(request) => {
                 let spec = StopSpec::from_pb(request)?;

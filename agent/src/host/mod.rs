@@ -6,6 +6,7 @@ pub mod cpu;
 pub mod disk;
 pub mod fill_guard;
 pub mod memory;
+pub mod net;
 pub mod power;
 pub mod process;
 

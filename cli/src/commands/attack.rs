@@ -72,6 +72,29 @@ pub async fn run(context: &Context, command: AttackCommand) -> anyhow::Result<Ou
             None,
             None,
         ),
+        AttackCommand::Network(args) => (
+            &args.targeting,
+            Fault::Network(pb::Network {
+                interface: args.interface.clone().unwrap_or_default(),
+                to: args.to.clone(),
+                ports: args.ports.iter().map(|port| u32::from(*port)).collect(),
+                latency_ms: args.latency.map_or(0, millis),
+                jitter_ms: args.jitter.map_or(0, millis),
+                loss_percent: args.loss.unwrap_or(0.0),
+                corrupt_percent: args.corrupt.unwrap_or(0.0),
+                duplicate_percent: args.duplicate.unwrap_or(0.0),
+                rate_bits_per_second: args.rate.unwrap_or(0),
+                blackhole: args.blackhole,
+            }),
+            Some(args.holding.duration),
+            args.holding.lease,
+        ),
+        AttackCommand::Dns(args) => (
+            &args.targeting,
+            Fault::Dns(pb::Dns {}),
+            Some(args.holding.duration),
+            args.holding.lease,
+        ),
     };
     if let AttackCommand::Kill(KillArgs {
         pattern: Some(pattern),

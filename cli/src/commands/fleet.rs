@@ -85,6 +85,10 @@ fn status_json(
                     "total_bytes": d.total_bytes, "available_bytes": d.available_bytes,
                     "unavailable": (!d.unavailable.is_empty()).then_some(&d.unavailable),
                 })).collect::<Vec<_>>(),
+                "network": inventory.network.as_ref().map(|network| json!({
+                    "effects": network.effects,
+                    "unavailable": network.unavailable,
+                })),
             });
             value["active_faults"] = json!(
                 status
@@ -107,6 +111,23 @@ fn status_json(
         Err(error) => value["error"] = json!(error.to_string()),
     }
     value
+}
+
+/// `; network: latency, loss, ... (not corrupt, duplicate)`, as the agent reports it.
+fn network_text(network: Option<&pb::NetworkSupport>) -> String {
+    let Some(network) = network else {
+        return String::new();
+    };
+    let missing: Vec<&str> = network
+        .unavailable
+        .iter()
+        .filter_map(|line| line.split(':').next())
+        .collect();
+    let mut text = format!("; network: {}", network.effects.join(", "));
+    if !missing.is_empty() {
+        text.push_str(&format!(" (not {})", missing.join(", ")));
+    }
+    text
 }
 
 fn fault_json(fault: &pb::ActiveFault) -> Value {
@@ -185,10 +206,11 @@ pub async fn agents(context: &Context, selector: &Selector) -> anyhow::Result<Ou
                             "yes".into(),
                             labels,
                             format!(
-                                "{} cpu, {} mem, kernel {}",
+                                "{} cpu, {} mem, kernel {}{}",
                                 inventory.cpus,
                                 format_size(inventory.memory_total_bytes),
-                                inventory.kernel
+                                inventory.kernel,
+                                network_text(inventory.network.as_ref())
                             ),
                             status.active_faults.len().to_string(),
                             status.latch.as_ref().map_or("-".into(), latch_text),

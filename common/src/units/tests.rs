@@ -326,3 +326,30 @@ fn percent_errors() {
         "\"12.5%\": expected a whole percentage from 1 to 100, such as 80 or 80%"
     );
 }
+
+#[test]
+fn rates_are_read_in_bits_and_print_back() {
+    for (text, bits) in [
+        ("64bit", 64),
+        ("800kbit", 800_000),
+        ("10mbit", 10_000_000),
+        ("1gbit", 1_000_000_000),
+    ] {
+        assert_eq!(parse_rate(text), Ok(bits), "{text}");
+        assert_eq!(parse_rate(&format_rate(bits)), Ok(bits));
+    }
+    assert_eq!(format_rate(1_500_000), "1500kbit");
+    for bad in ["", "10", "10Mbit", "10mbps", "0kbit", "1.5mbit", "-1kbit"] {
+        assert!(parse_rate(bad).is_err(), "{bad:?}");
+    }
+}
+
+#[test]
+fn fractional_percentages_are_over_0_and_at_most_100() {
+    assert_eq!(parse_fractional_percent("30"), Ok(30.0));
+    assert_eq!(parse_fractional_percent("0.5%"), Ok(0.5));
+    assert_eq!(parse_fractional_percent("100%"), Ok(100.0));
+    for bad in ["", "0", "0%", "100.1", "-3", "1e2", "NaN", "inf", "3 %%"] {
+        assert!(parse_fractional_percent(bad).is_err(), "{bad:?}");
+    }
+}
