@@ -295,6 +295,24 @@ coordinator_keys = ["signing.pub"]
     }
 
     #[test]
+    fn network_policy_is_off_unless_allowed_and_its_caps_are_read() {
+        let default = parse(MINIMAL).unwrap().policy;
+        assert!(!default.allow.contains(&FaultKind::Network));
+        assert!(default.network_interfaces.is_empty() && default.network_spare_ssh);
+        let text = format!(
+            "{MINIMAL}\n[policy]\nallow = [\"network\", \"dns\"]\nnetwork_interfaces = [\"eth0\"]\nmax_loss_percent = \"20%\"\nmax_latency = \"500ms\"\nnetwork_spare_ssh = false\n"
+        );
+        let policy = parse(&text).unwrap().policy;
+        assert!(
+            policy.allow.contains(&FaultKind::Network) && policy.allow.contains(&FaultKind::Dns)
+        );
+        assert_eq!(policy.network_interfaces, ["eth0"]);
+        assert_eq!(policy.max_loss_percent, 20);
+        assert_eq!(policy.max_latency, Duration::from_millis(500));
+        assert!(!policy.network_spare_ssh);
+    }
+
+    #[test]
     fn unknown_key_is_named_with_the_file() {
         let error = parse(&format!("{MINIMAL}\n[policy]\nalow = [\"kill\"]\n"))
             .unwrap_err()
@@ -318,6 +336,15 @@ coordinator_keys = ["signing.pub"]
                 "policy.max_memory_percent",
             ),
             ("[policy]\ndisk_paths = [\"tmp\"]", "policy.disk_paths[0]"),
+            (
+                "[policy]\nnetwork_interfaces = [\"eth0\", \"a b\"]",
+                "policy.network_interfaces[1]",
+            ),
+            (
+                "[policy]\nmax_loss_percent = 101",
+                "policy.max_loss_percent",
+            ),
+            ("[policy]\nmax_latency = \"100\"", "policy.max_latency"),
         ];
         for (extra, key) in cases {
             let text = if extra.starts_with('[') {

@@ -207,7 +207,7 @@ pub enum AttackCommand {
     StopHost(StopHostArgs),
     /// Degrade egress on one interface: latency, loss, rate, blackhole (the agent's own
     /// control traffic and SSH are spared).
-    Network(NetworkArgs),
+    Network(Box<NetworkArgs>),
     /// Make the host's name resolution fail (its DNS queries are dropped).
     Dns(DnsArgs),
 }

@@ -5,7 +5,7 @@ use std::ops::Range;
 use std::time::Duration;
 
 use toml::Spanned;
-use troop_common::units::{parse_percent, parse_size};
+use troop_common::units::{parse_fractional_percent, parse_percent, parse_rate, parse_size};
 use troop_proto::pb;
 
 use super::raw::{Problems, RawFault};
@@ -34,15 +34,19 @@ pub(super) fn check_fault(
         "memory" => &["size"],
         "disk" => &["path", "fill", "size"],
         "stop-host" => &["mode", "delay"],
+        "network" => &NETWORK_KEYS,
+        "dns" => &[],
         other => {
             p.at(
                 f.kind.span(),
-                format!("unknown fault kind {other:?}; known: kill, cpu, memory, disk, stop-host"),
+                format!(
+                    "unknown fault kind {other:?}; known: kill, cpu, memory, disk, stop-host, network, dns"
+                ),
             );
             return None;
         }
     };
-    let present: [(&str, Option<Range<usize>>); 15] = [
+    let present: [(&str, Option<Range<usize>>); 25] = [
         ("name", f.name.as_ref().map(Spanned::span)),
         ("exe", f.exe.as_ref().map(Spanned::span)),
         ("pattern", f.pattern.as_ref().map(Spanned::span)),
@@ -58,6 +62,16 @@ pub(super) fn check_fault(
         ("fill", f.fill.as_ref().map(Spanned::span)),
         ("mode", f.mode.as_ref().map(Spanned::span)),
         ("delay", f.delay.as_ref().map(Spanned::span)),
+        ("latency", f.latency.as_ref().map(Spanned::span)),
+        ("jitter", f.jitter.as_ref().map(Spanned::span)),
+        ("loss", f.loss.as_ref().map(Spanned::span)),
+        ("corrupt", f.corrupt.as_ref().map(Spanned::span)),
+        ("duplicate", f.duplicate.as_ref().map(Spanned::span)),
+        ("rate", f.rate.as_ref().map(Spanned::span)),
+        ("blackhole", f.blackhole.as_ref().map(Spanned::span)),
+        ("to", f.to.as_ref().map(Spanned::span)),
+        ("port", f.port.as_ref().map(Spanned::span)),
+        ("interface", f.interface.as_ref().map(Spanned::span)),
     ];
     let before = p.found.len();
     for (key, span) in &present {
@@ -148,6 +162,8 @@ pub(super) fn check_fault(
                 amount: Some(amount?),
             }))
         }
+        "network" => check_network(f, raw.span(), p).map(Fault::Network),
+        "dns" => Some(Fault::Dns(pb::Dns {})),
         _ => {
             let mode = match f.mode.as_ref().map(|m| (m, m.get_ref().as_str())) {
                 Some((_, "poweroff")) => pb::stop_host::Mode::Poweroff,
@@ -179,6 +195,100 @@ pub(super) fn check_fault(
         return None;
     }
     fault
+}
+
+const NETWORK_KEYS: [&str; 10] = [
+    "latency",
+    "jitter",
+    "loss",
+    "corrupt",
+    "duplicate",
+    "rate",
+    "blackhole",
+    "to",
+    "port",
+    "interface",
+];
+
+/// A network fault's keys, as `troop attack network` takes them: `latency = "100ms"`,
+/// `loss = "30%"` (or `30`), `rate = "10mbit"`, `to = ["10.0.2.0/24"]`, `port = [5432]`.
+fn check_network(f: &RawFault, span: Range<usize>, p: &mut Problems<'_>) -> Option<pb::Network> {
+    let before = p.found.len();
+    let millis = |value: &Option<Spanned<String>>, key: &str, p: &mut Problems<'_>| {
+        value
+            .as_ref()
+            .and_then(|v| p.duration(v, key))
+            .map_or(0, |d| d.as_millis() as u64)
+    };
+    let latency_ms = millis(&f.latency, "latency", p);
+    let jitter_ms = millis(&f.jitter, "jitter", p);
+    let mut percent = |value: &Option<Spanned<toml::Value>>, key: &str| -> f64 {
+        let Some(value) = value else {
+            return 0.0;
+        };
+        let text = match value.get_ref() {
+            toml::Value::String(text) => text.clone(),
+            other => other.to_string(),
+        };
+        parse_fractional_percent(&text).unwrap_or_else(|error| {
+            p.at(value.span(), format!("{key}: {error}"));
+            0.0
+        })
+    };
+    let loss_percent = percent(&f.loss, "loss");
+    let corrupt_percent = percent(&f.corrupt, "corrupt");
+    let duplicate_percent = percent(&f.duplicate, "duplicate");
+    let rate_bits_per_second = match &f.rate {
+        Some(rate) => parse_rate(rate.get_ref()).unwrap_or_else(|error| {
+            p.at(rate.span(), format!("rate: {error}"));
+            0
+        }),
+        None => 0,
+    };
+    let blackhole = f.blackhole.as_ref().is_some_and(|b| *b.get_ref());
+    let mut ports = Vec::new();
+    for port in f.port.as_ref().map_or(&[][..], |ports| ports.get_ref()) {
+        match u16::try_from(*port) {
+            Ok(port) if port > 0 => ports.push(u32::from(port)),
+            _ => p.at(
+                f.port.as_ref().map_or(span.clone(), Spanned::span),
+                format!("port {port} is not 1 to 65535"),
+            ),
+        }
+    }
+    let effects = latency_ms > 0
+        || loss_percent > 0.0
+        || corrupt_percent > 0.0
+        || duplicate_percent > 0.0
+        || rate_bits_per_second > 0
+        || blackhole;
+    if !effects && p.found.len() == before {
+        p.at(
+            span,
+            "a network fault needs at least one of latency, loss, corrupt, duplicate, rate or blackhole",
+        );
+    }
+    if jitter_ms > 0 && latency_ms == 0 {
+        p.at(
+            f.jitter.as_ref().map_or(0..0, Spanned::span),
+            "jitter needs a latency",
+        );
+    }
+    Some(pb::Network {
+        interface: f
+            .interface
+            .as_ref()
+            .map_or(String::new(), |i| i.get_ref().clone()),
+        to: f.to.as_ref().map_or(Vec::new(), |to| to.get_ref().clone()),
+        ports,
+        latency_ms,
+        jitter_ms,
+        loss_percent,
+        corrupt_percent,
+        duplicate_percent,
+        rate_bits_per_second,
+        blackhole,
+    })
 }
 
 fn check_kill(

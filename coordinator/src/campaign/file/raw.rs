@@ -59,6 +59,16 @@ pub(super) const FAULT_KEYS: &[&str] = &[
     "fill",
     "mode",
     "delay",
+    "latency",
+    "jitter",
+    "loss",
+    "corrupt",
+    "duplicate",
+    "rate",
+    "blackhole",
+    "to",
+    "port",
+    "interface",
 ];
 
 #[derive(Debug, Deserialize)]
@@ -135,6 +145,16 @@ pub(super) struct RawFault {
     pub(super) fill: Option<Spanned<i64>>,
     pub(super) mode: Option<Spanned<String>>,
     pub(super) delay: Option<Spanned<String>>,
+    pub(super) latency: Option<Spanned<String>>,
+    pub(super) jitter: Option<Spanned<String>>,
+    pub(super) loss: Option<Spanned<toml::Value>>,
+    pub(super) corrupt: Option<Spanned<toml::Value>>,
+    pub(super) duplicate: Option<Spanned<toml::Value>>,
+    pub(super) rate: Option<Spanned<String>>,
+    pub(super) blackhole: Option<Spanned<bool>>,
+    pub(super) to: Option<Spanned<Vec<String>>>,
+    pub(super) port: Option<Spanned<Vec<i64>>>,
+    pub(super) interface: Option<Spanned<String>>,
 }
 
 /// Collects problems, turning byte spans into lines and columns.

@@ -230,3 +230,60 @@ fn unknown_keys_kinds_and_impossible_picks_are_errors() {
     let syntax = problems("name = \"x\n");
     assert_eq!(syntax.len(), 1);
 }
+
+#[test]
+fn network_and_dns_steps_take_the_flags_keys() {
+    let text = r#"name = "net"
+[[step]]
+select = "role=db"
+pick = { count = 1 }
+fault = { kind = "network", latency = "100ms", jitter = "10ms", loss = "0.5%", rate = "10mbit", to = ["10.0.2.0/24", "db-1:5432"], port = [5432], interface = "eth0" }
+duration = "1m"
+
+[[step]]
+select = "role=web"
+pick = { count = 1 }
+fault = { kind = "dns" }
+duration = "30s"
+"#;
+    let campaign = Campaign::parse(text, Path::new("c.toml")).unwrap();
+    let pb::start_fault::Fault::Network(network) = &campaign.steps[0].fault else {
+        panic!("not a network fault: {:?}", campaign.steps[0].fault);
+    };
+    assert_eq!((network.latency_ms, network.jitter_ms), (100, 10));
+    assert_eq!(network.loss_percent, 0.5);
+    assert_eq!(network.rate_bits_per_second, 10_000_000);
+    assert_eq!(network.to, ["10.0.2.0/24", "db-1:5432"]);
+    assert_eq!(
+        (network.ports.as_slice(), network.interface.as_str()),
+        (&[5432][..], "eth0")
+    );
+    assert!(matches!(
+        campaign.steps[1].fault,
+        pb::start_fault::Fault::Dns(_)
+    ));
+
+    let bad = r#"name = "net"
+[[step]]
+select = "role=db"
+pick = { count = 1 }
+fault = { kind = "network", loss = "150%", rate = "10Mbps", port = [70000], name = "x" }
+duration = "1m"
+
+[[step]]
+select = "role=db"
+pick = { count = 1 }
+fault = { kind = "network", to = ["10.0.0.0/8"] }
+duration = "1m"
+"#;
+    let found: Vec<String> = problems(bad).into_iter().map(|(_, _, m)| m).collect();
+    for says in [
+        "loss: \"150%\"",
+        "rate: \"10Mbps\"",
+        "port 70000",
+        "name does not apply to a network fault",
+        "needs at least one of latency",
+    ] {
+        assert!(found.iter().any(|m| m.contains(says)), "{says}: {found:?}");
+    }
+}
