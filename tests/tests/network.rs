@@ -9,6 +9,7 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
@@ -60,6 +61,39 @@ fn udp_echo(lab_ns: &Path, port: u16) -> std::sync::Arc<std::sync::atomic::Atomi
         }
     });
     count
+}
+
+/// Every datagram that reaches `port` of the lab namespace, as it arrived.
+fn udp_collector(lab_ns: &Path, port: u16) -> Arc<Mutex<Vec<Vec<u8>>>> {
+    let socket = inside(lab_ns, move || UdpSocket::bind((GATEWAY, port)).unwrap());
+    let arrived = Arc::new(Mutex::new(Vec::new()));
+    let collected = arrived.clone();
+    std::thread::spawn(move || {
+        let mut buffer = [0u8; 512];
+        while let Ok(size) = socket.recv(&mut buffer) {
+            collected.lock().unwrap().push(buffer[..size].to_vec());
+        }
+    });
+    arrived
+}
+
+/// Probe `index`: its number, then 192 bytes derived from it, so any flipped bit shows.
+fn probe(index: u64) -> Vec<u8> {
+    let mut bytes = index.to_be_bytes().to_vec();
+    bytes.extend((0..192u64).map(|i| (index.wrapping_mul(31) ^ i) as u8));
+    bytes
+}
+
+/// Sends `count` probes from `host_ns` to the gateway's `port`, paced.
+fn send_probes(host_ns: &Path, port: u16, count: u64) {
+    inside(host_ns, move || {
+        let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
+        for index in 0..count {
+            let _ = socket.send_to(&probe(index), (GATEWAY, port));
+            std::thread::sleep(Duration::from_micros(100));
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
 }
 
 /// The median of `rounds` one-byte TCP round trips from `host_ns` to the gateway's `port`.
@@ -325,6 +359,65 @@ fn a_blackhole_of_everything_spares_the_coordinator_and_ssh_and_dns_fails_for_on
 }
 
 #[test]
+fn duplication_and_corruption_hit_their_share_of_packets() {
+    let Some((lab, lab_ns, hosts)) = setup(&["web-1"]) else {
+        return;
+    };
+    let host = &hosts[0];
+    let duplicated = udp_collector(&lab_ns, 7400);
+    let corrupted = udp_collector(&lab_ns, 7401);
+    let probes = 4000u64;
+
+    attack(
+        &lab,
+        &[
+            "--duplicate",
+            "20%",
+            "--to",
+            &format!("{GATEWAY}:7400"),
+            "--for",
+            "1m",
+        ],
+    );
+    send_probes(host, 7400, probes);
+    let arrived = duplicated.lock().unwrap().len() as u64;
+    let extra = 100.0 * arrived.saturating_sub(probes) as f64 / probes as f64;
+    eprintln!("duplicate: {arrived} datagrams for {probes} probes: {extra:.1}% extra of 20%");
+    assert!((17.0..=23.0).contains(&extra), "{extra:.1}% duplicated");
+    assert!(effect(&lab, "web-1").contains("packets duplicated"));
+    lab.troop_json(&["halt", "--select", "role=web"]);
+
+    attack(
+        &lab,
+        &[
+            "--corrupt",
+            "10%",
+            "--to",
+            &format!("{GATEWAY}:7401"),
+            "--for",
+            "1m",
+        ],
+    );
+    send_probes(host, 7401, probes);
+    // A corrupted probe either arrives with a flipped bit or is dropped by a checksum.
+    let intact = corrupted
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|bytes| {
+            bytes.len() >= 8 && **bytes == probe(u64::from_be_bytes(bytes[..8].try_into().unwrap()))
+        })
+        .count() as u64;
+    let hit = 100.0 * (probes - intact) as f64 / probes as f64;
+    let shown = effect(&lab, "web-1");
+    eprintln!("corrupt: {intact} of {probes} probes intact: {hit:.1}% corrupted of 10%; {shown}");
+    assert!((8.0..=12.0).contains(&hit), "{hit:.1}% corrupted");
+    assert!(shown.contains("packets corrupted"), "{shown}");
+    lab.troop_json(&["halt", "--select", "role=web"]);
+    assert_eq!(troop_rules(&lab, "web-1"), "");
+}
+
+#[test]
 fn network_faults_past_the_policy_or_the_kernel_are_refused_and_leave_nothing() {
     let Some((lab, _lab_ns, _hosts)) = setup(&["web-1"]) else {
         return;
@@ -341,9 +434,9 @@ fn network_faults_past_the_policy_or_the_kernel_are_refused_and_leave_nothing() 
             "policy.max_latency",
         ),
         (
-            vec!["--corrupt", "1%", "--interface", "eth0"],
-            "UNIMPLEMENTED",
-            "sch_netem",
+            vec!["--latency", "10ms", "--jitter", "20ms"],
+            "INVALID_ARGUMENT",
+            "more than the latency",
         ),
         (
             vec!["--loss", "10%", "--to", "10.0.0.0/40"],
@@ -367,7 +460,26 @@ fn network_faults_past_the_policy_or_the_kernel_are_refused_and_leave_nothing() 
         "{network}"
     );
     assert!(
-        network["unavailable"].to_string().contains("corrupt"),
+        effects.contains("corrupt") && effects.contains("duplicate"),
         "{network}"
     );
+    assert_eq!(network["unavailable"], serde_json::json!([]), "{network}");
+    // A second queue (latency, corruption) on the same interface is refused while the
+    // first holds.
+    attack(&lab, &["--latency", "50ms", "--for", "1m"]);
+    let (exit, report) = lab.troop_json(&[
+        "attack",
+        "network",
+        "--select",
+        "role=web",
+        "--corrupt",
+        "1%",
+        "--for",
+        "1m",
+    ]);
+    assert_eq!(exit, Some(1), "{report}");
+    let message = report["results"][0]["error"].as_str().unwrap_or_default();
+    assert!(message.contains("already active on eth0"), "{message}");
+    lab.troop_json(&["halt", "--select", "role=web"]);
+    assert_eq!(troop_rules(&lab, "web-1"), "");
 }

@@ -2,10 +2,11 @@
 //! interface's egress, and failed DNS, each checked against policy and against the
 //! network faults already active, so that together they stay inside its caps.
 //!
-//! Drops live in an nftables table of the fault's own (`inet troop_<hash>`), latency in
-//! an iptables mangle chain of its own (`troop-<hash>`) feeding the agent's NFQUEUE
-//! delayer. Both are named from the fault id, journaled before they exist, and start with
-//! the spared traffic: the agent's listen port, its coordinator streams and SSH.
+//! Drops live in an nftables table of the fault's own (`inet troop_<hash>`), duplication
+//! in per-family tables of the same name (`ip`, `ip6`), latency and corruption in an
+//! iptables mangle chain of its own (`troop-<hash>`) feeding the agent's NFQUEUE. All are
+//! named from the fault id, journaled before they exist, and start with the spared
+//! traffic: the agent's listen port, its coordinator streams and SSH.
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::time::Duration;
@@ -15,7 +16,7 @@ use troop_proto::{Refusal, pb};
 
 use super::engine::{Applied, Effect};
 use super::journal::Undo;
-use crate::host::net::nfqueue::{Delay, Delayer};
+use crate::host::net::nfqueue::{Delayer, Treatment};
 use crate::host::net::rules::{self, Destination, Drops, Egress, Spared};
 use crate::host::net::{self as netfilter, Family, support::Support};
 use crate::policy::Policy;
@@ -36,9 +37,11 @@ pub struct ControlPath {
 #[derive(Debug, Clone, PartialEq)]
 pub struct NetworkLoad {
     pub interface: String,
-    /// 0 to 1; a blackhole is 1.
+    /// 0 to 1, corruption included (a corrupted packet is dropped where it arrives); a
+    /// blackhole is 1.
     pub loss: f64,
-    pub latency: bool,
+    /// Whether it feeds the interface's packets to an NFQUEUE (latency, corruption).
+    pub queued: bool,
 }
 
 /// A validated network fault, ready to apply.
@@ -46,8 +49,11 @@ pub struct NetworkLoad {
 pub struct NetworkPlan {
     pub spared: Spared,
     pub egress: Egress,
-    pub delay: Option<Delay>,
+    /// Latency and corruption, made by the agent's NFQUEUE.
+    pub queue: Option<Treatment>,
     pub drops: Drops,
+    /// Out of 10,000 matched packets.
+    pub duplicate_per_10000: u32,
     pub load: Option<NetworkLoad>,
     /// What it does, for people: "latency 100ms ±10ms on eth0 to 10.77.0.12/32".
     pub description: String,
@@ -231,7 +237,12 @@ pub fn plan(
             format_duration(policy.max_latency)
         )));
     }
-    let loss_fraction = if request.blackhole { 1.0 } else { loss / 100.0 };
+    let corrupt = request.corrupt_percent / 100.0;
+    let loss_fraction = if request.blackhole {
+        1.0
+    } else {
+        1.0 - (1.0 - loss / 100.0) * (1.0 - corrupt)
+    };
     let on_interface = active.iter().filter(|load| load.interface == interface);
     let kept = on_interface
         .clone()
@@ -239,13 +250,14 @@ pub fn plan(
     let together = (1.0 - kept) * 100.0;
     if loss_fraction > 0.0 && together > f64::from(policy.max_loss_percent) + 1e-9 {
         return Err(Refusal::Policy(format!(
-            "loss on {interface} would be {together:.1}% with the network faults already active there, past this agent's policy.max_loss_percent of {}% (a blackhole counts as 100%)",
+            "loss on {interface} would be {together:.1}% with the network faults already active there, past this agent's policy.max_loss_percent of {}% (corruption counts as loss, a blackhole as 100%)",
             policy.max_loss_percent
         )));
     }
-    if !latency.is_zero() && on_interface.clone().any(|load| load.latency) {
+    let queued = !latency.is_zero() || corrupt > 0.0;
+    if queued && on_interface.clone().any(|load| load.queued) {
         return Err(Refusal::InvalidArgument(format!(
-            "a latency fault is already active on {interface}; one at a time per interface (abort it first)"
+            "a latency or corruption fault is already active on {interface}; one at a time per interface (abort it first)"
         )));
     }
     if request.to.len() > MAX_TARGETS || request.ports.len() > MAX_TARGETS {
@@ -269,7 +281,7 @@ pub fn plan(
         interface: Some(interface.clone()),
         destinations: targets,
     };
-    if !latency.is_zero() {
+    if queued {
         for family in rules::families(&egress) {
             let named = egress.destinations.iter().any(|d| {
                 d.net
@@ -293,22 +305,23 @@ pub fn plan(
         rate_bytes_per_second: request.rate_bits_per_second / 8,
         dns: false,
     };
-    let delay = (!latency.is_zero()).then_some(Delay {
+    let queue = queued.then_some(Treatment {
         delay: latency,
         jitter,
+        corrupt_per_10000: (request.corrupt_percent * 100.0).round() as u32,
     });
-    let description = describe(request, delay, &egress);
     Ok(NetworkPlan {
         spared: spared(control, policy)?,
+        description: describe(request, &egress),
         egress,
-        delay,
+        queue,
         drops,
+        duplicate_per_10000: (request.duplicate_percent * 100.0).round() as u32,
         load: Some(NetworkLoad {
             interface,
             loss: loss_fraction,
-            latency: delay.is_some(),
+            queued,
         }),
-        description,
     })
 }
 
@@ -325,27 +338,35 @@ pub fn plan_dns(
             interface: None,
             destinations: Vec::new(),
         },
-        delay: None,
+        queue: None,
         drops: Drops {
             dns: true,
             ..Drops::default()
         },
+        duplicate_per_10000: 0,
         load: None,
         description: "DNS queries (port 53) dropped".into(),
     })
 }
 
-fn describe(request: &pb::Network, delay: Option<Delay>, egress: &Egress) -> String {
+fn describe(request: &pb::Network, egress: &Egress) -> String {
+    let ms = |ms: u64| format_duration(Duration::from_millis(ms));
     let mut effects = Vec::new();
-    if let Some(delay) = delay {
-        let mut text = format!("latency +{}", format_duration(delay.delay));
-        if !delay.jitter.is_zero() {
-            text.push_str(&format!(" ±{}", format_duration(delay.jitter)));
+    if request.latency_ms > 0 {
+        let mut text = format!("latency +{}", ms(request.latency_ms));
+        if request.jitter_ms > 0 {
+            text.push_str(&format!(" ±{}", ms(request.jitter_ms)));
         }
         effects.push(text);
     }
-    if request.loss_percent > 0.0 {
-        effects.push(format!("loss {}%", request.loss_percent));
+    for (name, percent) in [
+        ("loss", request.loss_percent),
+        ("corrupt", request.corrupt_percent),
+        ("duplicate", request.duplicate_percent),
+    ] {
+        if percent > 0.0 {
+            effects.push(format!("{name} {percent}%"));
+        }
     }
     if request.rate_bits_per_second > 0 {
         effects.push(format!(
@@ -403,8 +424,8 @@ pub fn apply(plan: &NetworkPlan, undo: &Undo, support: &Support) -> Result<Appli
         let _ = effect.revert();
         Refusal::Internal(format!("cannot apply the network fault: {error}"))
     };
-    if let Some(delay) = plan.delay {
-        let delayer = Delayer::start(delay)
+    if let Some(treatment) = plan.queue {
+        let delayer = Delayer::start(treatment)
             .map_err(|error| Refusal::Internal(format!("cannot bind an NFQUEUE: {error}")))?;
         let queue = delayer.queue;
         effect.delayer = Some(delayer);
@@ -422,6 +443,17 @@ pub fn apply(plan: &NetworkPlan, undo: &Undo, support: &Support) -> Result<Appli
         let script = rules::nft_table(table, &plan.spared, &plan.egress, &plan.drops);
         if let Err(error) = netfilter::nft_apply(&script) {
             return Err(failed(&mut effect, error));
+        }
+    }
+    if plan.duplicate_per_10000 > 0 {
+        for family in rules::families(&plan.egress) {
+            let per = plan.duplicate_per_10000;
+            let script = rules::nft_duplicate_table(family, table, &plan.spared, &plan.egress, per);
+            if let Some(script) = script
+                && let Err(error) = netfilter::nft_apply(&script)
+            {
+                return Err(failed(&mut effect, error));
+            }
         }
     }
     let summary = format!(
@@ -465,8 +497,10 @@ pub fn remove_rules(table: &str, chain: &str) -> Result<(), String> {
             errors.push(error);
         }
     }
-    if let Err(error) = netfilter::nft_delete_table(table) {
-        errors.push(error);
+    for family in ["inet", "ip", "ip6"] {
+        if let Err(error) = netfilter::nft_delete_table(family, table) {
+            errors.push(error);
+        }
     }
     if errors.is_empty() {
         Ok(())
@@ -487,16 +521,35 @@ impl Effect for NetworkEffect {
         let mut parts = vec![self.plan.description.clone()];
         if let Some(delayer) = &self.delayer {
             let (packets, mean) = delayer.held.summary();
-            parts.push(format!(
-                "{packets} packets delayed, mean {:.1}ms",
-                mean.as_secs_f64() * 1000.0
-            ));
+            if self.plan.queue.is_some_and(|q| !q.delay.is_zero()) {
+                parts.push(format!(
+                    "{packets} packets delayed, mean {:.1}ms",
+                    mean.as_secs_f64() * 1000.0
+                ));
+            }
+            if self.plan.queue.is_some_and(|q| q.corrupt_per_10000 > 0) {
+                let corrupted = delayer
+                    .held
+                    .corrupted
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                parts.push(format!("{corrupted} of {packets} packets corrupted"));
+            }
         }
         if self.plan.drops.any() {
-            match netfilter::nft_counters(&self.table) {
+            match netfilter::nft_counters("inet", &self.table) {
                 Ok(counters) => parts.push(drop_text(&counters)),
                 Err(error) => parts.push(format!("counters unreadable: {error}")),
             }
+        }
+        if self.plan.duplicate_per_10000 > 0 {
+            let duplicated: u64 = rules::families(&self.plan.egress)
+                .into_iter()
+                .filter_map(|family| netfilter::nft_counters(family.nft(), &self.table).ok())
+                .flatten()
+                .filter(|(comment, _)| comment == rules::DUPLICATE)
+                .map(|(_, packets)| packets)
+                .sum();
+            parts.push(format!("{duplicated} packets duplicated"));
         }
         parts.join("; ")
     }

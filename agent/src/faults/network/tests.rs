@@ -14,7 +14,8 @@ fn support() -> Support {
         nft: true,
         iptables: true,
         ip6tables: true,
-        netem: false,
+        queue: true,
+        dup: true,
     }
 }
 
@@ -66,7 +67,7 @@ fn interfaces_and_caps_come_from_the_policy_and_are_named() {
         blackhole: true,
         ..request()
     };
-    assert!(refusal(&blackhole, &[]).contains("a blackhole counts as 100%"));
+    assert!(refusal(&blackhole, &[]).contains("a blackhole as 100%"));
     let bad_name = pb::Network {
         interface: "eth0; reboot".into(),
         loss_percent: 1.0,
@@ -98,24 +99,39 @@ fn concurrent_faults_on_one_interface_together_stay_under_the_loss_cap() {
 }
 
 #[test]
-fn one_latency_fault_per_interface() {
+fn one_queue_per_interface_and_corruption_counts_as_loss() {
     let delay = pb::Network {
         latency_ms: 100,
         ..request()
     };
     let first = planned(&delay, &[]).unwrap();
-    assert!(refusal(&delay, &[first.load.unwrap()]).contains("already active on eth0"));
+    let corrupt = pb::Network {
+        corrupt_percent: 40.0,
+        ..request()
+    };
+    assert!(refusal(&corrupt, &[first.load.unwrap()]).contains("already active on eth0"));
+    let corrupting = planned(&corrupt, &[]).unwrap();
+    let lossy = pb::Network {
+        loss_percent: 20.0,
+        ..request()
+    };
+    // 1 - 0.6 × 0.8 = 52%, past the cap of 50%.
+    assert!(refusal(&lossy, &[corrupting.load.unwrap()]).contains("would be 52.0%"));
 }
 
 #[test]
 fn what_the_kernel_cannot_do_is_unimplemented_naming_what_is_missing() {
+    let no_queue = Support {
+        queue: false,
+        ..support()
+    };
     let corrupt = pb::Network {
         corrupt_percent: 1.0,
         ..request()
     };
-    let refused = planned(&corrupt, &[]).unwrap_err();
+    let refused = plan(&corrupt, &policy(), &ControlPath::default(), &no_queue, &[]).unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unimplemented);
-    assert!(refused.to_string().contains("sch_netem"), "{refused}");
+    assert!(refused.to_string().contains("nfnetlink_queue"), "{refused}");
     let no_iptables = Support {
         iptables: false,
         ..support()

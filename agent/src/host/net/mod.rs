@@ -52,17 +52,18 @@ pub fn nft_apply(script: &str) -> Result<(), String> {
     run("nft", &["-f", "-"], Some(script)).map(drop)
 }
 
-/// Deletes nft table `inet NAME`; one that is not there is fine.
-pub fn nft_delete_table(name: &str) -> Result<(), String> {
-    match run("nft", &["list", "table", "inet", name], None) {
-        Err(_) => Ok(()),
-        Ok(_) => run("nft", &["delete", "table", "inet", name], None).map(drop),
+/// Deletes nft table `FAMILY NAME`; one that is not there is fine.
+pub fn nft_delete_table(family: &str, name: &str) -> Result<(), String> {
+    match run("nft", &["list", "table", family, name], None) {
+        Err(error) if error.contains("No such file or directory") => Ok(()),
+        Err(error) => Err(error),
+        Ok(_) => run("nft", &["delete", "table", family, name], None).map(drop),
     }
 }
 
-/// Counters of the rules of table `inet NAME` that carry a comment: (comment, packets).
-pub fn nft_counters(name: &str) -> Result<Vec<(String, u64)>, String> {
-    let json = run("nft", &["-j", "list", "table", "inet", name], None)?;
+/// Counters of the rules of table `FAMILY NAME` that carry a comment: (comment, packets).
+pub fn nft_counters(family: &str, name: &str) -> Result<Vec<(String, u64)>, String> {
+    let json = run("nft", &["-j", "list", "table", family, name], None)?;
     let value: serde_json::Value =
         serde_json::from_str(&json).map_err(|error| format!("nft -j: {error}"))?;
     let mut counters = Vec::new();
@@ -95,6 +96,14 @@ impl Family {
         match self {
             Family::V4 => "iptables",
             Family::V6 => "ip6tables",
+        }
+    }
+
+    /// The family's name in nft (`ip`, `ip6`), which is also its address keyword.
+    pub fn nft(self) -> &'static str {
+        match self {
+            Family::V4 => "ip",
+            Family::V6 => "ip6",
         }
     }
 }

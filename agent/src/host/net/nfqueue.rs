@@ -1,8 +1,11 @@
-//! Latency without netem: packets the kernel hands to an NFQUEUE are held there and let
-//! go after the delay. Only each packet's id crosses into the agent (copy mode "meta"),
-//! so holding costs 16 bytes per packet here; the packets themselves wait in the kernel,
-//! bounded by the queue's length. Past that length the kernel lets packets through
-//! undelayed (fail-open) rather than dropping them.
+//! Latency and corruption without netem: packets the kernel hands to an NFQUEUE are held
+//! there and let go after the delay. For a delay only each packet's id crosses into the
+//! agent (copy mode "meta"), so holding costs 16 bytes per packet here; the packets
+//! themselves wait in the kernel, bounded by the queue's length. Past that length the
+//! kernel lets packets through untouched (fail-open) rather than dropping them. To
+//! corrupt, the agent takes whole packets and hands a chosen share back with one bit
+//! flipped past the IP header, as netem's corruption does, so the receiver's checksum
+//! catches it.
 //!
 //! Speaks nfnetlink_queue directly (a page of code) rather than through libnetfilter_queue,
 //! so the agent keeps its one static binary and can poll the socket with a timeout.
@@ -12,7 +15,7 @@
 //! the rule.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashMap};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -38,6 +41,7 @@ const NFQNL_MSG_VERDICT: u16 = 1;
 const NFQNL_MSG_CONFIG: u16 = 2;
 const NFQA_PACKET_HDR: u16 = 1;
 const NFQA_VERDICT_HDR: u16 = 2;
+const NFQA_PAYLOAD: u16 = 10;
 const NFQA_CFG_CMD: u16 = 1;
 const NFQA_CFG_PARAMS: u16 = 2;
 const NFQA_CFG_QUEUE_MAXLEN: u16 = 3;
@@ -45,17 +49,20 @@ const NFQA_CFG_MASK: u16 = 4;
 const NFQA_CFG_FLAGS: u16 = 5;
 const NFQNL_CFG_CMD_BIND: u8 = 1;
 const NFQNL_COPY_META: u8 = 1;
+const NFQNL_COPY_PACKET: u8 = 2;
 const NFQA_CFG_F_FAIL_OPEN: u32 = 1;
 const NF_ACCEPT: u32 = 1;
 const NLMSG_ERROR: u16 = 2;
 const NLM_F_REQUEST: u16 = 1;
 const NLM_F_ACK: u16 = 4;
 
-/// How long each packet is held: `delay`, give or take up to `jitter` (uniform).
+/// What happens to each queued packet: held for `delay`, give or take up to `jitter`
+/// (uniform), and corrupted with a chance of `corrupt_per_10000` in 10,000.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Delay {
+pub struct Treatment {
     pub delay: Duration,
     pub jitter: Duration,
+    pub corrupt_per_10000: u32,
 }
 
 /// What the delayer has done so far, for `Status`.
@@ -64,6 +71,7 @@ pub struct Held {
     pub packets: AtomicU64,
     /// Sum of the time from receipt to release, in microseconds.
     pub held_us: AtomicU64,
+    pub corrupted: AtomicU64,
 }
 
 impl Held {
@@ -90,8 +98,8 @@ pub struct Delayer {
 
 impl Delayer {
     /// Binds the first free troop queue number and starts holding what arrives there.
-    pub fn start(delay: Delay) -> io::Result<Self> {
-        let (socket, queue) = bind_free_queue()?;
+    pub fn start(treatment: Treatment) -> io::Result<Self> {
+        let (socket, queue) = bind_free_queue(treatment.corrupt_per_10000 > 0)?;
         let wake = Arc::new(EventFd::from_flags(
             EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK,
         )?);
@@ -101,7 +109,7 @@ impl Delayer {
             .name(format!("delay-q{queue}"))
             .spawn({
                 let (stop, wake, held) = (stop.clone(), wake.clone(), held.clone());
-                move || hold(socket, queue, delay, &stop, &wake, &held)
+                move || hold(socket, queue, treatment, &stop, &wake, &held)
             })?;
         Ok(Self {
             queue,
@@ -133,11 +141,11 @@ struct Socket {
     buffer: Vec<u8>,
 }
 
-fn bind_free_queue() -> io::Result<(Socket, u16)> {
+fn bind_free_queue(whole_packets: bool) -> io::Result<(Socket, u16)> {
     let mut last = io::Error::other("no queue number tried");
     for queue in QUEUE_NUMBERS {
         let mut socket = Socket::open()?;
-        match socket.bind(queue) {
+        match socket.bind(queue, whole_packets) {
             Ok(()) => return Ok((socket, queue)),
             // Another process (or another delay of ours) has it.
             Err(error) if error.raw_os_error() == Some(libc::EBUSY) => last = error,
@@ -167,17 +175,23 @@ impl Socket {
         let _ = socket::setsockopt(&fd, sockopt::RcvBuf, &(4 << 20));
         Ok(Self {
             fd,
-            buffer: vec![0; 64 << 10],
+            // Room for a whole 64 KiB packet and its headers.
+            buffer: vec![0; 128 << 10],
         })
     }
 
-    fn bind(&mut self, queue: u16) -> io::Result<()> {
+    fn bind(&mut self, queue: u16, whole_packets: bool) -> io::Result<()> {
         let mut bind = Message::new(NFQNL_MSG_CONFIG, NLM_F_REQUEST | NLM_F_ACK, queue);
         bind.attribute(NFQA_CFG_CMD, &[NFQNL_CFG_CMD_BIND, 0, 0, 0]);
         self.request(bind)?;
         let mut config = Message::new(NFQNL_MSG_CONFIG, NLM_F_REQUEST | NLM_F_ACK, queue);
-        let mut params = 0u32.to_be_bytes().to_vec();
-        params.push(NFQNL_COPY_META);
+        let (range, mode) = if whole_packets {
+            (0xffff_u32, NFQNL_COPY_PACKET)
+        } else {
+            (0, NFQNL_COPY_META)
+        };
+        let mut params = range.to_be_bytes().to_vec();
+        params.push(mode);
         config.attribute(NFQA_CFG_PARAMS, &params);
         config.attribute(NFQA_CFG_QUEUE_MAXLEN, &QUEUE_MAX_LEN.to_be_bytes());
         config.attribute(NFQA_CFG_MASK, &NFQA_CFG_F_FAIL_OPEN.to_be_bytes());
@@ -264,29 +278,54 @@ fn messages(mut bytes: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
     })
 }
 
-/// The packet id of a queued-packet message's payload (after its nfgenmsg).
-fn packet_id(payload: &[u8]) -> Option<u32> {
+/// The packet id of a queued-packet message's payload (after its nfgenmsg), and the
+/// packet itself when it was copied.
+fn packet(payload: &[u8]) -> Option<(u32, Option<&[u8]>)> {
     let mut attributes = payload.get(4..)?;
+    let (mut id, mut data) = (None, None);
     while attributes.len() >= 4 {
         let length = u16::from_ne_bytes(attributes[..2].try_into().ok()?) as usize;
         let kind = u16::from_ne_bytes(attributes[2..4].try_into().ok()?) & 0x3fff;
         if length < 4 || length > attributes.len() {
-            return None;
+            break;
         }
-        if kind == NFQA_PACKET_HDR && length >= 8 {
-            return Some(u32::from_be_bytes(attributes[4..8].try_into().ok()?));
+        match kind {
+            NFQA_PACKET_HDR if length >= 8 => {
+                id = Some(u32::from_be_bytes(attributes[4..8].try_into().ok()?));
+            }
+            NFQA_PAYLOAD => data = Some(&attributes[4..length]),
+            _ => {}
         }
         attributes = &attributes[length.next_multiple_of(4).min(attributes.len())..];
     }
-    None
+    id.map(|id| (id, data))
 }
 
-fn verdict(queue: u16, id: u32) -> Message {
+/// Accepts packet `id`, replacing its bytes with `payload` when given.
+fn verdict(queue: u16, id: u32, payload: Option<&[u8]>) -> Message {
     let mut message = Message::new(NFQNL_MSG_VERDICT, NLM_F_REQUEST, queue);
     let mut header = NF_ACCEPT.to_be_bytes().to_vec();
     header.extend_from_slice(&id.to_be_bytes());
     message.attribute(NFQA_VERDICT_HDR, &header);
+    if let Some(payload) = payload {
+        message.attribute(NFQA_PAYLOAD, payload);
+    }
     message
+}
+
+/// Flips one random bit past the IP header (IPv4's own length, IPv6's fixed 40 bytes), so
+/// the transport checksum, not the IP layer, finds it.
+fn corrupt(packet: &mut [u8], rng: &mut impl Rng) {
+    let header = match packet.first().map(|byte| byte >> 4) {
+        Some(4) => usize::from(packet[0] & 0x0f) * 4,
+        Some(6) => 40,
+        _ => 0,
+    };
+    let start = if header < packet.len() { header } else { 0 };
+    if packet.len() > start {
+        let at = rng.random_range(start..packet.len());
+        packet[at] ^= 1 << rng.random_range(0..8);
+    }
 }
 
 /// A packet waiting: when it is due, when it came, its id.
@@ -295,14 +334,19 @@ type Waiting = Reverse<(Instant, Instant, u32)>;
 fn hold(
     mut socket: Socket,
     queue: u16,
-    delay: Delay,
+    treatment: Treatment,
     stop: &AtomicBool,
     wake: &EventFd,
     held: &Held,
 ) {
     let mut waiting: BinaryHeap<Waiting> = BinaryHeap::new();
+    // The new bytes of the corrupted packets among them.
+    let mut corrupted: HashMap<u32, Vec<u8>> = HashMap::new();
     let mut rng = rand::rng();
-    let release = |socket: &Socket, waiting: &mut BinaryHeap<Waiting>, all: bool| {
+    let release = |socket: &Socket,
+                   waiting: &mut BinaryHeap<Waiting>,
+                   corrupted: &mut HashMap<u32, Vec<u8>>,
+                   all: bool| {
         let now = Instant::now();
         let mut batch = Vec::new();
         while let Some(Reverse((due, came, id))) = waiting.peek().copied() {
@@ -310,7 +354,8 @@ fn hold(
                 break;
             }
             waiting.pop();
-            batch.extend_from_slice(&verdict(queue, id).bytes);
+            let payload = corrupted.remove(&id);
+            batch.extend_from_slice(&verdict(queue, id, payload.as_deref()).bytes);
             held.packets.fetch_add(1, Ordering::Relaxed);
             let us = now.duration_since(came).as_micros() as u64;
             held.held_us.fetch_add(us, Ordering::Relaxed);
@@ -352,27 +397,34 @@ fn hold(
                     }
                 };
                 let came = Instant::now();
-                let ids: Vec<u32> = messages(&socket.buffer[..size])
+                let packets = messages(&socket.buffer[..size])
                     .filter(|(kind, _)| *kind == (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_PACKET)
-                    .filter_map(|(_, payload)| packet_id(payload))
-                    .collect();
-                for id in ids {
-                    waiting.push(Reverse((came + hold_for(delay, &mut rng), came, id)));
+                    .filter_map(|(_, payload)| packet(payload));
+                for (id, data) in packets {
+                    if let Some(data) = data
+                        && rng.random_range(0..10_000) < treatment.corrupt_per_10000
+                    {
+                        let mut bytes = data.to_vec();
+                        corrupt(&mut bytes, &mut rng);
+                        corrupted.insert(id, bytes);
+                        held.corrupted.fetch_add(1, Ordering::Relaxed);
+                    }
+                    waiting.push(Reverse((came + hold_for(treatment, &mut rng), came, id)));
                 }
             }
         }
-        release(&socket, &mut waiting, false);
+        release(&socket, &mut waiting, &mut corrupted, false);
     }
-    release(&socket, &mut waiting, true);
+    release(&socket, &mut waiting, &mut corrupted, true);
 }
 
-fn hold_for(delay: Delay, rng: &mut impl Rng) -> Duration {
-    if delay.jitter.is_zero() {
-        return delay.delay;
+fn hold_for(treatment: Treatment, rng: &mut impl Rng) -> Duration {
+    if treatment.jitter.is_zero() {
+        return treatment.delay;
     }
-    let jitter = delay.jitter.as_micros() as i64;
+    let jitter = treatment.jitter.as_micros() as i64;
     let offset = rng.random_range(-jitter..=jitter);
-    let us = (delay.delay.as_micros() as i64 + offset).max(0) as u64;
+    let us = (treatment.delay.as_micros() as i64 + offset).max(0) as u64;
     Duration::from_micros(us)
 }
 
@@ -401,17 +453,39 @@ mod tests {
         let mut message = Message::new(NFQNL_MSG_PACKET, 0, 1);
         message.attribute(7, &[1, 2, 3]);
         message.attribute(NFQA_PACKET_HDR, &[0, 0, 1, 2, 8, 0, 3]);
+        message.attribute(NFQA_PAYLOAD, &[0x45, 1, 2]);
         let (kind, payload) = messages(&message.bytes).next().unwrap();
         assert_eq!(kind, (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_PACKET);
-        assert_eq!(packet_id(payload), Some(0x0102));
-        assert_eq!(packet_id(&payload[..6]), None);
+        assert_eq!(packet(payload), Some((0x0102, Some(&[0x45, 1, 2][..]))));
+        assert_eq!(packet(&payload[..6]), None);
+    }
+
+    #[test]
+    fn corruption_flips_one_bit_past_the_ip_header() {
+        let mut rng = rand::rng();
+        for _ in 0..200 {
+            let original: Vec<u8> = [0x45].into_iter().chain(1..=59).collect();
+            let mut packet = original.clone();
+            corrupt(&mut packet, &mut rng);
+            let flipped: Vec<usize> = (0..packet.len())
+                .filter(|i| packet[*i] != original[*i])
+                .collect();
+            assert_eq!(flipped.len(), 1);
+            assert!(
+                flipped[0] >= 20,
+                "flipped byte {} of the IP header",
+                flipped[0]
+            );
+            assert_eq!((packet[flipped[0]] ^ original[flipped[0]]).count_ones(), 1);
+        }
     }
 
     #[test]
     fn jitter_stays_within_its_bounds() {
-        let delay = Delay {
+        let delay = Treatment {
             delay: Duration::from_millis(100),
             jitter: Duration::from_millis(10),
+            corrupt_per_10000: 0,
         };
         let mut rng = rand::rng();
         for _ in 0..1000 {

@@ -64,6 +64,7 @@ pub const BLACKHOLE: &str = "blackhole";
 pub const LOSS: &str = "loss";
 pub const RATE: &str = "rate";
 pub const DNS: &str = "dns";
+pub const DUPLICATE: &str = "duplicate";
 
 fn nft_match(interface: Option<&str>, destination: &Destination) -> String {
     let mut text = String::new();
@@ -96,12 +97,17 @@ fn nft_match(interface: Option<&str>, destination: &Destination) -> String {
     text
 }
 
-fn nft_spared(spared: &Spared) -> Vec<String> {
+/// The spared traffic's rules; in a table of one family (`only`), that family's only.
+fn nft_spared(spared: &Spared, only: Option<Family>) -> Vec<String> {
     let mut rules = Vec::new();
     for port in &spared.listen_ports {
         rules.push(format!("tcp sport {port} accept"));
     }
-    for coordinator in &spared.coordinators {
+    let wanted = |address: &SocketAddr| match only {
+        Some(family) => address.is_ipv4() == (family == Family::V4),
+        None => true,
+    };
+    for coordinator in spared.coordinators.iter().filter(|c| wanted(c)) {
         let family = if coordinator.is_ipv4() { "ip" } else { "ip6" };
         rules.push(format!(
             "{family} daddr {} tcp dport {} accept",
@@ -118,7 +124,7 @@ fn nft_spared(spared: &Spared) -> Vec<String> {
 
 /// The nft script that creates table `inet NAME` with the fault's drops.
 pub fn nft_table(name: &str, spared: &Spared, egress: &Egress, drops: &Drops) -> String {
-    let mut rules = nft_spared(spared);
+    let mut rules = nft_spared(spared, None);
     if drops.dns {
         rules.push(format!(
             "meta l4proto {{ tcp, udp }} th dport 53 counter drop comment \"{DNS}\""
@@ -145,14 +151,43 @@ pub fn nft_table(name: &str, spared: &Spared, egress: &Egress, drops: &Drops) ->
             ));
         }
     }
+    nft_script("inet", name, rules)
+}
+
+fn nft_script(family: &str, name: &str, rules: Vec<String>) -> String {
     let mut script = format!(
-        "table inet {name} {{\n  chain egress {{\n    type filter hook output priority 0; policy accept;\n"
+        "table {family} {name} {{\n  chain egress {{\n    type filter hook output priority 0; policy accept;\n"
     );
     for rule in rules {
         let _ = writeln!(script, "    {rule}");
     }
     script.push_str("  }\n}\n");
     script
+}
+
+/// The nft script of table `FAMILY NAME` that duplicates `per_10000` of the matched
+/// packets of `family` (nft's `dup` exists per family only, not in `inet` tables): each
+/// copy goes to the packet's own destination, out of the fault's interface.
+pub fn nft_duplicate_table(
+    family: Family,
+    name: &str,
+    spared: &Spared,
+    egress: &Egress,
+    per_10000: u32,
+) -> Option<String> {
+    let interface = egress.interface.as_deref()?;
+    let mut rules = nft_spared(spared, Some(family));
+    let keyword = family.nft();
+    for destination in &egress.destinations {
+        if destination.family().is_some_and(|f| f != family) {
+            continue;
+        }
+        let matched = nft_match(Some(interface), destination);
+        rules.push(format!(
+            "{matched}numgen random mod 10000 < {per_10000} counter dup to {keyword} daddr device \"{interface}\" comment \"{DUPLICATE}\""
+        ));
+    }
+    Some(nft_script(keyword, name, rules))
 }
 
 /// The families a fault's delay chain is needed in: those of its destinations, or both.
@@ -313,6 +348,18 @@ mod tests {
             script.contains("meta l4proto { tcp, udp } th dport 53 counter drop comment \"dns\"")
         );
         assert!(!script.contains("oifname"));
+    }
+
+    #[test]
+    fn duplicates_are_made_per_family_after_the_spared_traffic() {
+        let script = nft_duplicate_table(Family::V4, "t", &spared(), &to_one_port(), 500).unwrap();
+        assert!(script.starts_with("table ip t {"), "{script}");
+        assert!(script.contains("ip daddr 10.77.0.1 tcp dport 7443 accept"));
+        assert!(script.contains(
+            "oifname \"eth0\" ip daddr 10.77.0.12/32 meta l4proto { tcp, udp } th dport 8080 numgen random mod 10000 < 500 counter dup to ip daddr device \"eth0\" comment \"duplicate\""
+        ));
+        let v6 = nft_duplicate_table(Family::V6, "t", &spared(), &to_one_port(), 500).unwrap();
+        assert!(!v6.contains("10.77.0"), "{v6}");
     }
 
     #[test]
