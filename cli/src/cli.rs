@@ -360,10 +360,10 @@ pub struct NetworkArgs {
     /// Drop this share of matched packets at random (`30%`, `0.5%`).
     #[arg(long, value_parser = parse_fractional_percent)]
     pub loss: Option<f64>,
-    /// Corrupt this share of packets (needs the kernel's netem).
+    /// Flip one bit in this share of packets (past the IP header).
     #[arg(long, value_parser = parse_fractional_percent)]
     pub corrupt: Option<f64>,
-    /// Duplicate this share of packets (needs the kernel's netem).
+    /// Send this share of packets twice.
     #[arg(long, value_parser = parse_fractional_percent)]
     pub duplicate: Option<f64>,
     /// Drop what passes this rate (`800kbit`, `10mbit`).

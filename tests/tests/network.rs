@@ -9,6 +9,7 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -49,14 +50,14 @@ fn echo_server(lab_ns: &Path, port: u16) {
 }
 
 /// A UDP server on `port` of the lab namespace that echoes every datagram and counts them.
-fn udp_echo(lab_ns: &Path, port: u16) -> std::sync::Arc<std::sync::atomic::AtomicU64> {
+fn udp_echo(lab_ns: &Path, port: u16) -> Arc<AtomicU64> {
     let socket = inside(lab_ns, move || UdpSocket::bind((GATEWAY, port)).unwrap());
-    let count = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let count = Arc::new(AtomicU64::new(0));
     let counted = count.clone();
     std::thread::spawn(move || {
         let mut buffer = [0u8; 512];
         while let Ok((size, from)) = socket.recv_from(&mut buffer) {
-            counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            counted.fetch_add(1, Ordering::Relaxed);
             let _ = socket.send_to(&buffer[..size], from);
         }
     });
@@ -75,6 +76,50 @@ fn udp_collector(lab_ns: &Path, port: u16) -> Arc<Mutex<Vec<Vec<u8>>>> {
         }
     });
     arrived
+}
+
+/// A TCP server on `port` of the lab namespace that reads and counts what it is sent.
+fn tcp_sink(lab_ns: &Path, port: u16) -> Arc<AtomicU64> {
+    let listener = inside(lab_ns, move || TcpListener::bind((GATEWAY, port)).unwrap());
+    let received = Arc::new(AtomicU64::new(0));
+    let counted = received.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let counted = counted.clone();
+            std::thread::spawn(move || {
+                let mut stream = stream;
+                let mut buffer = vec![0u8; 64 << 10];
+                while let Ok(n @ 1..) = stream.read(&mut buffer) {
+                    counted.fetch_add(n as u64, Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    received
+}
+
+/// Bytes per second that arrive at the sink while one TCP connection from `host_ns`
+/// pushes to the gateway's `port` for `how_long`, after a second to settle.
+fn goodput(host_ns: &Path, port: u16, received: &Arc<AtomicU64>, how_long: Duration) -> f64 {
+    let received = received.clone();
+    inside(host_ns, move || {
+        let address: SocketAddr = format!("{GATEWAY}:{port}").parse().unwrap();
+        let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(5)).unwrap();
+        stream
+            .set_write_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let chunk = vec![7u8; 16 << 10];
+        let push = |until: Duration, stream: &mut TcpStream| {
+            let started = Instant::now();
+            while started.elapsed() < until {
+                let _ = stream.write(&chunk);
+            }
+        };
+        push(Duration::from_secs(1), &mut stream);
+        let (before, started) = (received.load(Ordering::Relaxed), Instant::now());
+        push(how_long, &mut stream);
+        (received.load(Ordering::Relaxed) - before) as f64 / started.elapsed().as_secs_f64()
+    })
 }
 
 /// Probe `index`: its number, then 192 bytes derived from it, so any flipped bit shows.
@@ -150,7 +195,8 @@ fn troop_rules(lab: &Lab, id: &str) -> String {
         String::from_utf8_lossy(&chains.stdout)
     );
     text.lines()
-        .filter(|line| line.contains("troop"))
+        // The lab's own firewall of dial-in hosts is no fault's.
+        .filter(|line| line.contains("troop") && !line.contains("troop_lab"))
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -276,7 +322,7 @@ fn loss_drops_its_share_and_a_blackhole_only_its_destination() {
         }
     });
     std::thread::sleep(Duration::from_millis(300));
-    let arrived = received.load(std::sync::atomic::Ordering::Relaxed);
+    let arrived = received.load(Ordering::Relaxed);
     let lost = 100.0 * (probes - arrived) as f64 / probes as f64;
     eprintln!("loss: {arrived} of {probes} probes arrived: {lost:.1}% lost of 30%");
     assert!((28.0..=32.0).contains(&lost), "{lost:.1}% lost");
@@ -355,6 +401,149 @@ fn a_blackhole_of_everything_spares_the_coordinator_and_ssh_and_dns_fails_for_on
     assert!(effect(&lab, "web-1").contains("packets dropped"));
     lab.troop_json(&["halt", "--select", "name=web-1"]);
     assert!(resolver_answers(&hosts[0]));
+    assert_eq!(troop_rules(&lab, "web-1"), "");
+}
+
+/// `troop agents` through serve, as `operator`: the entry of `id`.
+fn seen_by_serve(lab: &Lab, operator: &Path, id: &str) -> Value {
+    let output = lab.troop_as(operator, &["agents", "--output", "json"]);
+    let agents: Value = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
+    agents["agents"]
+        .as_array()
+        .and_then(|all| all.iter().find(|a| a["agent"] == id))
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+#[test]
+fn a_dial_in_agent_keeps_its_stream_through_a_blackhole_and_sigterm_reverts() {
+    let Some(mut lab) = Lab::networked("network faults: dial-in") else {
+        return;
+    };
+    let alice = lab.add_operator("alice", Some("operator"));
+    let _serve = lab.start_serve();
+    lab.start_dial_in_host("nat-1", &[("role", "web")], POLICY, vec![]);
+    let on_stream = |lab: &Lab| {
+        let entry = seen_by_serve(lab, &alice, "nat-1");
+        entry["reachable"] == true && entry["via"] == "stream"
+    };
+    assert!(
+        wait_for(Duration::from_secs(30), || on_stream(&lab)),
+        "{}",
+        lab.serve_log()
+    );
+    let lab_ns = lab.network_namespace().unwrap();
+    let host = lab.hosts["nat-1"].network_namespace().unwrap();
+    echo_server(&lab_ns, 7500);
+
+    let as_alice = |lab: &Lab, args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--output", "json"]);
+        let output = lab.troop_as(&alice, &all);
+        let report: Value = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{args:?}: {report}
+{}",
+            lab.log("nat-1")
+        );
+    };
+    as_alice(
+        &lab,
+        &[
+            "attack",
+            "network",
+            "--select",
+            "role=web",
+            "--blackhole",
+            "--for",
+            "1m",
+        ],
+    );
+    assert!(!connects(&host, 7500), "everything is blackholed");
+    // Longer than serve takes to call a silent agent unreachable (6 s): the stream and
+    // its heartbeats are spared.
+    std::thread::sleep(Duration::from_secs(8));
+    let entry = seen_by_serve(&lab, &alice, "nat-1");
+    let seen_ago =
+        troop_common::clock::now_unix_ms() - entry["last_seen_unix_ms"].as_i64().unwrap_or(0);
+    assert!(on_stream(&lab) && seen_ago < 4000, "{entry}");
+    as_alice(&lab, &["halt", "--select", "role=web"]);
+    assert!(
+        connects(&host, 7500),
+        "halt through serve did not revert the blackhole"
+    );
+    assert_eq!(troop_rules(&lab, "nat-1"), "");
+
+    // SIGTERM: the agent reverts what it holds before it exits.
+    as_alice(
+        &lab,
+        &[
+            "attack",
+            "network",
+            "--select",
+            "role=web",
+            "--latency",
+            "100ms",
+            "--loss",
+            "5%",
+            "--for",
+            "5m",
+        ],
+    );
+    assert!(troop_rules(&lab, "nat-1").contains("troop"));
+    let agent = lab.hosts["nat-1"].agent_pid().unwrap();
+    kill(Pid::from_raw(agent), Signal::SIGTERM).unwrap();
+    assert!(wait_for(Duration::from_secs(10), || lab.hosts["nat-1"]
+        .agent_pid()
+        .is_none()));
+    assert_eq!(troop_rules(&lab, "nat-1"), "", "{}", lab.log("nat-1"));
+    assert!(median_round_trip(&host, 7500, 5) < Duration::from_millis(20));
+}
+
+#[test]
+fn a_rate_limit_caps_what_a_tcp_connection_gets_through() {
+    let Some((lab, lab_ns, hosts)) = setup(&["web-1"]) else {
+        return;
+    };
+    let host = &hosts[0];
+    let sink = tcp_sink(&lab_ns, 7600);
+    let free = goodput(host, 7600, &sink, Duration::from_secs(1));
+    attack(
+        &lab,
+        &[
+            "--rate",
+            "8mbit",
+            "--to",
+            &format!("{GATEWAY}:7600"),
+            "--for",
+            "1m",
+        ],
+    );
+    let limited = goodput(host, 7600, &sink, Duration::from_secs(3));
+    let shown = effect(&lab, "web-1");
+    eprintln!(
+        "rate: {:.1} Mbit/s free, {:.2} Mbit/s under an 8mbit limit; {shown}",
+        free * 8e-6,
+        limited * 8e-6
+    );
+    // A policer, not a shaper: TCP backs off from its drops, so it gets at most the
+    // rate, and well below what it gets without the limit.
+    assert!(
+        limited * 8.0 < 8e6 * 1.25,
+        "{limited} B/s through an 8mbit limit"
+    );
+    assert!(
+        limited * 8.0 > 8e6 * 0.2,
+        "{limited} B/s: the limit starves the flow"
+    );
+    assert!(
+        free > limited * 5.0,
+        "free {free} B/s, limited {limited} B/s"
+    );
+    assert!(shown.contains("packets dropped"), "{shown}");
+    lab.troop_json(&["halt", "--select", "role=web"]);
     assert_eq!(troop_rules(&lab, "web-1"), "");
 }
 
