@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use troop_common::units::{format_duration, format_rate, format_size};
+use troop_common::units::{format_duration, format_size};
 use troop_proto::pb;
 
 use crate::dispatch::CallError;
@@ -240,34 +240,8 @@ fn fault_text(fault: Option<&pb::start_fault::Fault>) -> String {
 
 /// `network: latency +100ms ±10ms, loss 30% on eth0 to 10.0.2.0/24`.
 fn network_text(network: &pb::Network) -> String {
-    let ms = |ms: u64| format_duration(Duration::from_millis(ms));
-    let mut effects = Vec::new();
-    if network.latency_ms > 0 {
-        let mut latency = format!("latency +{}", ms(network.latency_ms));
-        if network.jitter_ms > 0 {
-            latency.push_str(&format!(" ±{}", ms(network.jitter_ms)));
-        }
-        effects.push(latency);
-    }
-    for (name, percent) in [
-        ("loss", network.loss_percent),
-        ("corrupt", network.corrupt_percent),
-        ("duplicate", network.duplicate_percent),
-    ] {
-        if percent > 0.0 {
-            effects.push(format!("{name} {percent}%"));
-        }
-    }
-    if network.rate_bits_per_second > 0 {
-        effects.push(format!(
-            "rate {}",
-            format_rate(network.rate_bits_per_second)
-        ));
-    }
-    if network.blackhole {
-        effects.push("blackhole".into());
-    }
-    let mut text = format!("network: {}", effects.join(", "));
+    let effects = troop_proto::describe::network_effects(network);
+    let mut text = format!("network: {effects}");
     if !network.interface.is_empty() {
         text.push_str(&format!(" on {}", network.interface));
     }

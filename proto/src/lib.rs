@@ -6,10 +6,12 @@
 //!   over a domain prefix and the exact payload bytes, verified before anything is decoded.
 //! - [`freshness`]: the binding and validity-window checks every agent applies.
 //! - [`refusal`]: one typed reason per way a command can be refused, and its gRPC code.
+//! - [`describe`]: faults in words, the same for agents and coordinators.
 //!
 //! Start reading at [`envelope::TrustedKeys::verify`].
 #![forbid(unsafe_code)]
 
+pub mod describe;
 pub mod envelope;
 pub mod freshness;
 pub mod refusal;

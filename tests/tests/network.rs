@@ -222,6 +222,13 @@ fn setup(hosts: &[&str]) -> Option<(Lab, PathBuf, Vec<PathBuf>)> {
     Some((lab, lab_ns, host_ns))
 }
 
+/// `troop halt` of `select`, and then no rule of troop's left on `id`.
+fn halt(lab: &Lab, select: &str, id: &str) {
+    let (code, report) = lab.troop_json(&["halt", "--select", select]);
+    assert_eq!(code, Some(0), "{report}");
+    assert_eq!(troop_rules(lab, id), "", "{}", lab.log(id));
+}
+
 fn effect(lab: &Lab, id: &str) -> String {
     lab.status(id)["active_faults"][0]["effect"]
         .as_str()
@@ -334,7 +341,7 @@ fn loss_drops_its_share_and_a_blackhole_only_its_destination() {
     );
     // TCP to another port of the same host is not touched.
     assert!(median_round_trip(host, 7201, 5) < Duration::from_millis(20));
-    lab.troop_json(&["halt", "--select", "role=web"]);
+    halt(&lab, "role=web", "web-1");
 
     attack(
         &lab,
@@ -351,9 +358,8 @@ fn loss_drops_its_share_and_a_blackhole_only_its_destination() {
         connects(host, 7202),
         "another destination stopped answering"
     );
-    lab.troop_json(&["halt", "--select", "role=web"]);
+    halt(&lab, "role=web", "web-1");
     assert!(connects(host, 7201), "the blackhole outlived its halt");
-    assert_eq!(troop_rules(&lab, "web-1"), "");
 }
 
 #[test]
@@ -399,9 +405,8 @@ fn a_blackhole_of_everything_spares_the_coordinator_and_ssh_and_dns_fails_for_on
         "DNS stopped for the other host too"
     );
     assert!(effect(&lab, "web-1").contains("packets dropped"));
-    lab.troop_json(&["halt", "--select", "name=web-1"]);
+    halt(&lab, "name=web-1", "web-1");
     assert!(resolver_answers(&hosts[0]));
-    assert_eq!(troop_rules(&lab, "web-1"), "");
 }
 
 /// `troop agents` through serve, as `operator`: the entry of `id`.
@@ -543,8 +548,7 @@ fn a_rate_limit_caps_what_a_tcp_connection_gets_through() {
         "free {free} B/s, limited {limited} B/s"
     );
     assert!(shown.contains("packets dropped"), "{shown}");
-    lab.troop_json(&["halt", "--select", "role=web"]);
-    assert_eq!(troop_rules(&lab, "web-1"), "");
+    halt(&lab, "role=web", "web-1");
 }
 
 #[test]
@@ -574,7 +578,7 @@ fn duplication_and_corruption_hit_their_share_of_packets() {
     eprintln!("duplicate: {arrived} datagrams for {probes} probes: {extra:.1}% extra of 20%");
     assert!((17.0..=23.0).contains(&extra), "{extra:.1}% duplicated");
     assert!(effect(&lab, "web-1").contains("packets duplicated"));
-    lab.troop_json(&["halt", "--select", "role=web"]);
+    halt(&lab, "role=web", "web-1");
 
     attack(
         &lab,
@@ -602,8 +606,7 @@ fn duplication_and_corruption_hit_their_share_of_packets() {
     eprintln!("corrupt: {intact} of {probes} probes intact: {hit:.1}% corrupted of 10%; {shown}");
     assert!((8.0..=12.0).contains(&hit), "{hit:.1}% corrupted");
     assert!(shown.contains("packets corrupted"), "{shown}");
-    lab.troop_json(&["halt", "--select", "role=web"]);
-    assert_eq!(troop_rules(&lab, "web-1"), "");
+    halt(&lab, "role=web", "web-1");
 }
 
 #[test]
@@ -669,6 +672,5 @@ fn network_faults_past_the_policy_or_the_kernel_are_refused_and_leave_nothing() 
     assert_eq!(exit, Some(1), "{report}");
     let message = report["results"][0]["error"].as_str().unwrap_or_default();
     assert!(message.contains("already active on eth0"), "{message}");
-    lab.troop_json(&["halt", "--select", "role=web"]);
-    assert_eq!(troop_rules(&lab, "web-1"), "");
+    halt(&lab, "role=web", "web-1");
 }

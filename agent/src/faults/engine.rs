@@ -38,7 +38,7 @@ pub trait Effect: Send {
         0
     }
     /// What a network fault puts on its interface, counted against the network caps.
-    fn network_load(&self) -> Option<super::network::NetworkLoad> {
+    fn network_load(&self) -> Option<crate::host::net::NetworkLoad> {
         None
     }
 }
@@ -403,7 +403,7 @@ impl Engine {
     }
 
     /// What the network faults held now put on their interfaces.
-    pub fn network_loads(&self) -> Vec<super::network::NetworkLoad> {
+    pub fn network_loads(&self) -> Vec<crate::host::net::NetworkLoad> {
         self.lock()
             .running
             .values()

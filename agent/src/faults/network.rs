@@ -18,7 +18,7 @@ use super::engine::{Applied, Effect};
 use super::journal::Undo;
 use crate::host::net::nfqueue::{Delayer, Treatment};
 use crate::host::net::rules::{self, Destination, Drops, Egress, Spared};
-use crate::host::net::{self as netfilter, Family, support::Support};
+use crate::host::net::{self as netfilter, Family, NetworkLoad, support::Support};
 use crate::policy::Policy;
 use troop_common::units::format_duration;
 
@@ -31,17 +31,6 @@ pub struct ControlPath {
     pub listen_port: Option<u16>,
     /// `host:port` of each coordinator the agent dials.
     pub coordinators: Vec<String>,
-}
-
-/// What an active network fault puts on an interface, for the caps of the next one.
-#[derive(Debug, Clone, PartialEq)]
-pub struct NetworkLoad {
-    pub interface: String,
-    /// 0 to 1, corruption included (a corrupted packet is dropped where it arrives); a
-    /// blackhole is 1.
-    pub loss: f64,
-    /// Whether it feeds the interface's packets to an NFQUEUE (latency, corruption).
-    pub queued: bool,
 }
 
 /// A validated network fault, ready to apply.
@@ -350,34 +339,7 @@ pub fn plan_dns(
 }
 
 fn describe(request: &pb::Network, egress: &Egress) -> String {
-    let ms = |ms: u64| format_duration(Duration::from_millis(ms));
-    let mut effects = Vec::new();
-    if request.latency_ms > 0 {
-        let mut text = format!("latency +{}", ms(request.latency_ms));
-        if request.jitter_ms > 0 {
-            text.push_str(&format!(" ±{}", ms(request.jitter_ms)));
-        }
-        effects.push(text);
-    }
-    for (name, percent) in [
-        ("loss", request.loss_percent),
-        ("corrupt", request.corrupt_percent),
-        ("duplicate", request.duplicate_percent),
-    ] {
-        if percent > 0.0 {
-            effects.push(format!("{name} {percent}%"));
-        }
-    }
-    if request.rate_bits_per_second > 0 {
-        effects.push(format!(
-            "rate {}",
-            troop_common::units::format_rate(request.rate_bits_per_second)
-        ));
-    }
-    if request.blackhole {
-        effects.push("blackhole".into());
-    }
-    let mut text = effects.join(", ");
+    let mut text = troop_proto::describe::network_effects(request);
     if let Some(interface) = &egress.interface {
         text.push_str(&format!(" on {interface}"));
     }

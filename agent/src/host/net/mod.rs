@@ -13,6 +13,17 @@ pub mod support;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
+/// What an active network fault puts on an interface, for the caps of the next one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NetworkLoad {
+    pub interface: String,
+    /// 0 to 1, corruption included (a corrupted packet is dropped where it arrives); a
+    /// blackhole is 1.
+    pub loss: f64,
+    /// Whether it feeds the interface's packets to an NFQUEUE (latency, corruption).
+    pub queued: bool,
+}
+
 /// Runs `program args`, feeding `script` on stdin; the error carries its stderr.
 pub fn run(program: &str, args: &[&str], script: Option<&str>) -> Result<String, String> {
     let mut command = Command::new(program);
