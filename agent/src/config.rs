@@ -54,6 +54,8 @@ pub struct AgentConfig {
     pub id: String,
     /// Where direct calls are taken; `None` when the agent only dials out.
     pub listen: Option<SocketAddr>,
+    /// Where `/metrics` is served, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
     pub labels: BTreeMap<String, String>,
     pub state_dir: PathBuf,
     /// `host:port` of each `troop serve` to keep a stream to, tried in turn.
@@ -147,6 +149,15 @@ impl Validator<'_> {
                 })?)
             }
         };
+        let metrics_listen = match &raw.metrics_listen {
+            None => None,
+            Some(text) => Some(text.parse().map_err(|_| {
+                self.invalid(
+                    "metrics_listen",
+                    format!("{text:?} is not an address:port such as 127.0.0.1:9464"),
+                )
+            })?),
+        };
         for (key, value) in &raw.labels {
             validate_label(key, value).map_err(|message| self.invalid("labels", message))?;
         }
@@ -171,6 +182,7 @@ impl Validator<'_> {
             path: self.path.to_path_buf(),
             id,
             listen,
+            metrics_listen,
             labels: raw.labels,
             state_dir: self.resolve(
                 raw.state_dir
@@ -325,6 +337,7 @@ coordinator_keys = ["signing.pub"]
     fn bad_values_name_their_key() {
         let cases = [
             ("listen = \"nowhere\"", "listen"),
+            ("metrics_listen = \"9464\"", "metrics_listen"),
             ("[policy]\nallow = [\"kill\", \"nuke\"]", "policy.allow[1]"),
             ("[policy]\nmax_duration = \"10\"", "policy.max_duration"),
             (

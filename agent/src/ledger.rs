@@ -309,10 +309,14 @@ impl ReplayLedger {
         }
         let mut text = serde_json::to_string(line).map_err(|e| self.error(e.into()))?;
         text.push('\n');
+        let started = std::time::Instant::now();
         let written = inner
             .file
             .write_all(text.as_bytes())
             .and_then(|()| if sync { inner.file.sync_data() } else { Ok(()) });
+        crate::metrics::get()
+            .ledger_write
+            .observe(started.elapsed().as_secs_f64());
         if let Err(source) = written {
             inner.broken = true;
             return Err(self.error(source));

@@ -15,6 +15,7 @@ pub mod inventory;
 pub mod latch;
 pub mod ledger;
 pub mod link;
+pub mod metrics;
 pub mod policy;
 pub mod service;
 pub mod signals;
@@ -71,6 +72,12 @@ pub enum StartError {
     Helper(#[source] std::io::Error),
     #[error("gRPC server")]
     Serve(#[from] tonic::transport::Error),
+    #[error("cannot listen on {address} (metrics_listen)")]
+    MetricsListen {
+        address: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("config {}: key `{key}`: {message}", path.display())]
     Invalid {
         path: PathBuf,
@@ -247,6 +254,16 @@ impl Agent {
             allow = %self.config.policy.allowed_names(),
             "agent started"
         );
+        let metrics = match self.config.metrics_listen {
+            Some(address) => {
+                let listener = TcpListener::bind(address)
+                    .await
+                    .map_err(|source| StartError::MetricsListen { address, source })?;
+                tracing::info!(%address, "serving /metrics");
+                Some(tokio::spawn(serve_metrics(listener, self.service.clone())))
+            }
+            None => None,
+        };
         let deadlines = self.engine.supervise();
         let housekeeping = tokio::spawn(housekeeping(self.service.clone()));
         let (stop_links, links_stopped) = tokio::sync::watch::channel(false);
@@ -281,6 +298,9 @@ impl Agent {
         };
         let _ = stop_links.send(true);
         housekeeping.abort();
+        if let Some(metrics) = metrics {
+            metrics.abort();
+        }
         if let Some(link) = link {
             let _ = link.await;
         }
@@ -293,6 +313,30 @@ impl Agent {
         served?;
         tracing::info!("agent stopped");
         Ok(())
+    }
+}
+
+/// Answers Prometheus' scrapes of `/metrics`, read off the async threads (the gauges
+/// list processes and read directories).
+async fn serve_metrics(listener: TcpListener, service: Arc<AgentService>) {
+    let scrape = move || {
+        let service = service.clone();
+        async move {
+            let text = tokio::task::spawn_blocking(move || service.metrics_text())
+                .await
+                .unwrap_or_default();
+            (
+                [(
+                    axum::http::header::CONTENT_TYPE,
+                    troop_telemetry::metrics::CONTENT_TYPE,
+                )],
+                text,
+            )
+        }
+    };
+    let routes = axum::Router::new().route("/metrics", axum::routing::get(scrape));
+    if let Err(error) = axum::serve(listener, routes).await {
+        tracing::error!(%error, "/metrics stopped");
     }
 }
 

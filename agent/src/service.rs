@@ -92,15 +92,49 @@ impl AgentService {
     }
 
     /// The whole admission pipeline and the fault, synchronously (it reads /proc and
-    /// syncs the ledger, so callers run it off the async threads).
+    /// syncs the ledger, so callers run it off the async threads); counted in the
+    /// metrics by action, kind, outcome and reason.
     pub fn execute(&self, signed: &pb::SignedCommand) -> Result<pb::Receipt, Status> {
+        let mut seen = Seen::default();
+        let result = self.admit_and_run(signed, &mut seen);
+        let (outcome, reason) = match &result {
+            Ok(_) => ("accepted", String::new()),
+            Err(status) => {
+                let refused = troop_proto::refusal::is_refusal_code(status.code());
+                let reason = seen.reason.map_or_else(
+                    || troop_proto::refusal::code_name(status.code()).to_ascii_lowercase(),
+                    str::to_string,
+                );
+                (if refused { "refused" } else { "failed" }, reason)
+            }
+        };
+        crate::metrics::get()
+            .commands
+            .get_or_create(&crate::metrics::CommandLabels {
+                action: seen.action.to_string(),
+                kind: seen.kind.to_string(),
+                outcome: outcome.to_string(),
+                reason,
+            })
+            .inc();
+        result
+    }
+
+    fn admit_and_run(
+        &self,
+        signed: &pb::SignedCommand,
+        seen: &mut Seen,
+    ) -> Result<pb::Receipt, Status> {
         let (trusted, max_clock_skew) = self.trust_and_skew();
         let command = trusted.verify(signed).inspect_err(|refusal| {
+            seen.reason = Some(refusal.reason());
             tracing::warn!(key_id = %printable(&signed.key_id), reason = %refusal, "refused command");
         })?;
+        (seen.action, seen.kind) = action_and_kind(&command);
         let id = command.command_id.clone();
         let now = now_unix_ms();
         if let Err(refusal) = freshness::check(&command, &self.id, now, max_clock_skew) {
+            seen.reason = Some(refusal.reason());
             tracing::warn!(command_id = %printable(&id), reason = %refusal, "refused command");
             return Err(refusal.into());
         }
@@ -109,6 +143,7 @@ impl AgentService {
             let refusal = Refusal::InvalidArgument(
                 "command_id must be 1 to 128 characters of A-Z, a-z, 0-9, '.', '_' and '-'".into(),
             );
+            seen.reason = Some(refusal.reason());
             tracing::warn!(command_id = %printable(&id), reason = %refusal, "refused command");
             return Err(refusal.into());
         }
@@ -139,6 +174,7 @@ impl AgentService {
             Admission::New => {}
             Admission::BeyondHorizon => {
                 let refusal = Refusal::BeyondReplayHorizon { command_id: id };
+                seen.reason = Some(refusal.reason());
                 tracing::warn!(reason = %refusal, "refused command");
                 return Err(refusal.into());
             }
@@ -153,6 +189,7 @@ impl AgentService {
             }
             Admission::Conflict => {
                 let refusal = Refusal::ReusedCommandId { command_id: id };
+                seen.reason = Some(refusal.reason());
                 tracing::warn!(reason = %refusal, "refused command");
                 return Err(refusal.into());
             }
@@ -164,6 +201,7 @@ impl AgentService {
                 FirstAnswer::Receipt(hex::encode(receipt.encode_to_vec()))
             }
             Err(error) => {
+                seen.reason = Some(error.reason());
                 if error.is_refusal() {
                     tracing::warn!(command_id = %id, reason = %error, "refused command");
                 } else {
@@ -179,6 +217,18 @@ impl AgentService {
             tracing::error!(command_id = %id, error = %error_chain(&error), "cannot record a command's outcome");
         }
         result.map_err(Status::from)
+    }
+
+    /// The metrics as Prometheus scrapes them, with the gauges read now.
+    pub fn metrics_text(&self) -> String {
+        let active: Vec<String> = self
+            .runner
+            .engine
+            .active()
+            .into_iter()
+            .map(|fault| fault.kind)
+            .collect();
+        crate::metrics::get().render(&active, &self.runner.disk_paths())
     }
 
     pub fn status(&self) -> pb::AgentStatus {
@@ -248,6 +298,43 @@ impl Agent for GrpcAgent {
             .await
             .map(Response::new)
             .map_err(|_| Status::internal("status task failed"))
+    }
+}
+
+/// What `execute` learnt of a command on its way, for the metrics.
+struct Seen {
+    action: &'static str,
+    kind: &'static str,
+    reason: Option<&'static str>,
+}
+
+impl Default for Seen {
+    fn default() -> Self {
+        Self {
+            action: "unverified",
+            kind: "",
+            reason: None,
+        }
+    }
+}
+
+/// A verified command's action and, for a start, its fault kind.
+fn action_and_kind(command: &pb::Command) -> (&'static str, &'static str) {
+    use pb::command::Action;
+    match &command.action {
+        None => ("none", ""),
+        Some(Action::Start(start)) => (
+            "start",
+            start
+                .fault
+                .as_ref()
+                .map_or("", |fault| crate::faults::runner::kind_of(fault).name()),
+        ),
+        Some(Action::Abort(_)) => ("abort", ""),
+        Some(Action::AbortAll(_)) => ("abort_all", ""),
+        Some(Action::Renew(_)) => ("renew", ""),
+        Some(Action::EmergencyStop(_)) => ("emergency_stop", ""),
+        Some(Action::Resume(_)) => ("resume", ""),
     }
 }
 

@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 pub struct AgentFile {
     pub id: Option<String>,
     pub listen: Option<String>,
+    /// `address:port` for Prometheus' scrapes of `/metrics` (plain HTTP); none by default.
+    pub metrics_listen: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
     pub state_dir: Option<PathBuf>,

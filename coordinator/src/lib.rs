@@ -28,6 +28,7 @@ pub mod dispatch;
 pub mod fleet;
 pub mod latch;
 pub mod live;
+pub mod metrics;
 pub mod picker;
 pub mod pki;
 pub mod remote;

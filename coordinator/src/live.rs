@@ -253,6 +253,14 @@ impl Registry {
         links
     }
 
+    /// (streams whose heartbeats are current, streams open).
+    pub fn counts(&self) -> (usize, usize) {
+        let now = now_unix_ms();
+        let links = self.lock();
+        let fresh = links.values().filter(|link| link.is_fresh(now)).count();
+        (fresh, links.len())
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Link>>> {
         self.links.lock().unwrap_or_else(|e| e.into_inner())
     }

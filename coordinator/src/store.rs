@@ -670,7 +670,7 @@ impl Store {
         finished_at_ms: i64,
     ) -> Result<(), StoreError> {
         check("status", status, RUN_STATUSES)?;
-        let (status, reason) = (status.to_owned(), reason.to_owned());
+        let (result, reason) = (status.to_owned(), reason.to_owned());
         let dialect = self.dialect();
         self.write(move |tx| {
             writable_run(tx, dialect, run)?;
@@ -678,13 +678,15 @@ impl Store {
                 "UPDATE runs SET status = $2, reason = $3, finished_at_ms = $4 WHERE id = $1",
                 &[
                     Value::Int(run),
-                    Value::Text(&status),
+                    Value::Text(&result),
                     Value::Text(&reason),
                     Value::Int(finished_at_ms),
                 ],
             )?;
             Ok(())
-        })
+        })?;
+        crate::metrics::get().run_finished(status);
+        Ok(())
     }
 
     /// The newest `limit` runs, newest first, with counts of their commands by outcome.

@@ -133,6 +133,8 @@ pub struct Lab {
 
 /// Where the lab's `troop serve` takes agents and operators, in the lab's network.
 pub const SERVE_PORT: u16 = 7444;
+/// Where each networked host's agent serves `/metrics`, on the host's own address.
+pub const METRICS_PORT: u16 = 9464;
 
 impl Lab {
     /// A lab on loopback (`networked: false`) or on a lab bridge with a network namespace
@@ -277,6 +279,10 @@ impl Lab {
         policy.disk_paths.push(disk.clone());
         let config = self.dir().join(format!("{id}.toml"));
         let mut agent = files::agent_file(id, &address, &labels, policy);
+        if netns.is_some() {
+            // Each networked host has its own address, so one port serves them all.
+            agent.metrics_listen = Some(format!("{ip}:{METRICS_PORT}"));
+        }
         if let Some(serve) = serve {
             agent.coordinator = Some(match serve {
                 [one] => Coordinators::One(one.clone()),

@@ -68,6 +68,33 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// A short stable name of the reason, for metrics labels: `bad_signature`, `policy`...
+    pub fn reason(&self) -> &'static str {
+        use Refusal::*;
+        match self {
+            MissingKeyId => "missing_key_id",
+            UnknownKey { .. } => "unknown_key",
+            MalformedSignature { .. } => "malformed_signature",
+            BadSignature { .. } => "bad_signature",
+            WrongAgent { .. } => "wrong_agent",
+            Expired { .. } => "expired",
+            IssuedInFuture { .. } => "issued_in_future",
+            WindowTooLong { .. } => "window_too_long",
+            InvalidWindow { .. } => "invalid_window",
+            ReusedCommandId { .. } => "reused_command_id",
+            FaultIdInUse { .. } => "fault_id_in_use",
+            BeyondReplayHorizon { .. } => "beyond_replay_horizon",
+            Policy(_) => "policy",
+            MalformedPayload(_) => "malformed_payload",
+            InvalidArgument(_) => "invalid_argument",
+            Latched(_) => "latched",
+            NotFound(_) => "not_found",
+            Unimplemented(_) => "unimplemented",
+            Unavailable(_) => "unavailable",
+            Internal(_) => "internal",
+        }
+    }
+
     /// A verdict on the command itself (bad signature, binding, freshness, replay, policy
     /// or parameters), as opposed to a failure to carry out an accepted command.
     pub fn is_refusal(&self) -> bool {

@@ -2,6 +2,8 @@
 //! filtered by `RUST_LOG`, plus OpenTelemetry span export over OTLP/gRPC when
 //! the standard `OTEL_EXPORTER_OTLP_ENDPOINT` (or `..._TRACES_ENDPOINT`) is set.
 
+pub mod metrics;
+
 use std::fmt;
 use std::io::IsTerminal;
 use std::str::FromStr;

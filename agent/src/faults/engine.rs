@@ -76,6 +76,8 @@ pub enum EndReason {
     Deadline,
     LeaseExpired,
     Aborted,
+    /// `AbortAll`: `troop halt`.
+    Halted,
     EmergencyStop,
     Shutdown,
     /// Left applied by a previous agent process.
@@ -83,11 +85,25 @@ pub enum EndReason {
 }
 
 impl EndReason {
+    /// The cause as metrics label it.
+    pub fn label(self) -> &'static str {
+        match self {
+            EndReason::Deadline => "deadline",
+            EndReason::LeaseExpired => "lease",
+            EndReason::Aborted => "abort",
+            EndReason::Halted => "halt",
+            EndReason::EmergencyStop => "emergency_stop",
+            EndReason::Shutdown => "shutdown",
+            EndReason::Recovery => "recovery",
+        }
+    }
+
     fn as_str(self) -> &'static str {
         match self {
             EndReason::Deadline => "its duration is over",
             EndReason::LeaseExpired => "its lease was not renewed",
             EndReason::Aborted => "it was aborted",
+            EndReason::Halted => "it was halted",
             EndReason::EmergencyStop => "an emergency stop reverted it",
             EndReason::Shutdown => "the agent is stopping",
             EndReason::Recovery => "a previous agent process left it applied",
@@ -280,6 +296,12 @@ impl Engine {
         match running.effect.revert() {
             Ok(()) => {
                 tracing::info!(%fault_id, kind = %running.kind, reason = reason.as_str(), "fault reverted");
+                let held = now_unix_ms().saturating_sub(running.started_at_unix_ms);
+                crate::metrics::get().reverted(
+                    running.kind.name(),
+                    reason,
+                    Duration::from_millis(held.max(0) as u64),
+                );
                 self.forget(&fault_id);
                 None
             }

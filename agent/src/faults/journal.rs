@@ -121,6 +121,15 @@ impl FaultJournal {
     }
 
     fn write(&self, records: &[Record]) -> Result<(), JournalError> {
+        let started = std::time::Instant::now();
+        let written = self.write_durably(records);
+        crate::metrics::get()
+            .journal_write
+            .observe(started.elapsed().as_secs_f64());
+        written
+    }
+
+    fn write_durably(&self, records: &[Record]) -> Result<(), JournalError> {
         let error = |source| JournalError {
             path: self.path.clone(),
             source,

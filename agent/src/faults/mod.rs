@@ -54,6 +54,11 @@ pub fn recover(state_dir: &Path, engine: &Engine, left: Vec<Record>) {
         let id = &record.fault_id;
         match undo_leftover(state_dir, &record) {
             Ok(()) => {
+                crate::metrics::get().reverted(
+                    &record.kind,
+                    engine::EndReason::Recovery,
+                    std::time::Duration::ZERO,
+                );
                 if let Err(error) = engine.journal().remove(id) {
                     tracing::error!(fault_id = %id, error = %troop_telemetry::error_chain(&error), "cannot update the fault journal");
                 }

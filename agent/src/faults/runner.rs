@@ -36,7 +36,7 @@ pub struct Runner {
     control: ControlPath,
 }
 
-fn kind_of(fault: &pb::start_fault::Fault) -> FaultKind {
+pub(crate) fn kind_of(fault: &pb::start_fault::Fault) -> FaultKind {
     use pb::start_fault::Fault;
     match fault {
         Fault::Kill(_) => FaultKind::Kill,
@@ -79,6 +79,11 @@ impl Runner {
         *self.policy.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(policy);
     }
 
+    /// The directories disk faults may fill now (the metrics look for leftovers there).
+    pub fn disk_paths(&self) -> Vec<PathBuf> {
+        self.policy().disk_paths.clone()
+    }
+
     fn policy(&self) -> Arc<Policy> {
         self.policy
             .read()
@@ -105,7 +110,7 @@ impl Runner {
                 }
             }
             Some(Action::AbortAll(_)) => {
-                let reverted = self.engine.abort_all(EndReason::Aborted);
+                let reverted = self.engine.abort_all(EndReason::Halted);
                 all_reverted(&reverted, "")?;
                 pb::Receipt {
                     summary: format!("reverted {} fault(s)", reverted.ids.len()),

@@ -205,6 +205,17 @@ impl Drop for Holder {
     }
 }
 
+/// How many memory holders run on this host (of this agent or a crashed one).
+pub fn holders() -> usize {
+    use crate::host::process::{LinuxProcessTable, ProcessTable};
+    LinuxProcessTable.list().map_or(0, |processes| {
+        processes
+            .iter()
+            .filter(|process| process.cmdline.iter().any(|a| a == HOLD_COMMAND))
+            .count()
+    })
+}
+
 /// Ends holders a crashed agent left behind, found by their marker in the command line.
 pub fn end_leftover(marker: &str) {
     use crate::host::process::{LinuxProcessTable, ProcessTable};

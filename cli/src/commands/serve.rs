@@ -4,7 +4,8 @@
 //! in the campaigns directory, fires each on its schedule (runs one at a time), remembers
 //! the last run and the last strike per group in the store so a restart neither forgets
 //! the `min_time_between` floor nor strikes twice, reloads on SIGHUP, reverts what its
-//! run started and exits on SIGTERM, and answers `GET /healthz` on `health_listen`.
+//! run started and exits on SIGTERM, and answers `GET /healthz` and Prometheus' `GET
+//! /metrics` on `health_listen`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -33,7 +34,12 @@ const SCHEDULE_OPERATOR: &str = "troop serve (schedule)";
 
 /// `GET /healthz`: `ok` while serve runs, and the emergency stop while latched;
 /// anything else 404 (axum's router).
-async fn health(listener: tokio::net::TcpListener, latch: Arc<FleetLatch>) {
+/// `/healthz` (and the latch, if any) and Prometheus' `/metrics`.
+async fn health(
+    listener: tokio::net::TcpListener,
+    latch: Arc<FleetLatch>,
+    registry: Arc<Registry>,
+) {
     let healthz = move || {
         let latch = latch.refusal();
         async move {
@@ -43,7 +49,21 @@ async fn health(listener: tokio::net::TcpListener, latch: Arc<FleetLatch>) {
             }
         }
     };
-    let routes = axum::Router::new().route("/healthz", axum::routing::get(healthz));
+    let metrics = move || {
+        let text = troop_coordinator::metrics::get().render(&registry);
+        async move {
+            (
+                [(
+                    axum::http::header::CONTENT_TYPE,
+                    troop_telemetry::metrics::CONTENT_TYPE,
+                )],
+                text,
+            )
+        }
+    };
+    let routes = axum::Router::new()
+        .route("/healthz", axum::routing::get(healthz))
+        .route("/metrics", axum::routing::get(metrics));
     if let Err(error) = axum::serve(listener, routes).await {
         tracing::error!(%error, "/healthz stopped");
     }
@@ -150,8 +170,8 @@ pub async fn run(context: Context) -> anyhow::Result<Outcome> {
             let _ = stopped.wait_for(|stop| *stop).await;
         },
     ));
-    tracing::info!(%listen, %health_listen, %replica, %advertise, "serving agents' streams and the operator API, and /healthz");
-    tokio::spawn(health(health_listener, latch.clone()));
+    tracing::info!(%listen, %health_listen, %replica, %advertise, "serving agents' streams and the operator API, /healthz and /metrics");
+    tokio::spawn(health(health_listener, latch.clone(), registry.clone()));
     let relatching = tokio::spawn(latch.clone().keep_latching());
     let following = tokio::spawn(latch.clone().follow_store());
     if let Err(error) = troop_common::notify::ready() {

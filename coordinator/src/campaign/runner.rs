@@ -186,6 +186,7 @@ fn watch_probes(
                     }
                     failed = if ok { 0 } else { failed + 1 };
                     if !ok {
+                        crate::metrics::get().probe_failed(&probe.name);
                         progress.event(RunEvent::ProbeFailed {
                             probe: probe.name.clone(),
                             detail: detail.clone(),

@@ -164,6 +164,7 @@ pub fn fire(
         .collect();
     let struck: Vec<String> = groups.iter().cloned().collect();
     store.record_firing(lease, &campaign.name, now.as_millisecond(), &struck)?;
+    crate::metrics::get().struck(&campaign.name, &struck);
     Ok(firing(groups))
 }
 

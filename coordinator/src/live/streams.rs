@@ -291,6 +291,7 @@ async fn read(
             },
             _ = watchdog.tick() => {
                 if !link.is_fresh(crate::signer::now_unix_ms()) {
+                    crate::metrics::get().dropped_silent.inc();
                     break Ended::Ordinary(format!("no heartbeat for {}s", SILENT_AFTER.as_secs()));
                 }
             }

@@ -72,6 +72,22 @@ pub fn nft_delete_table(family: &str, name: &str) -> Result<(), String> {
     }
 }
 
+/// The names of troop's nftables tables on this host (`troop_*`, any family).
+pub fn troop_tables() -> Vec<String> {
+    let Ok(listed) = run("nft", &["list", "tables"], None) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = listed
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(2))
+        .filter(|name| name.starts_with("troop_"))
+        .map(str::to_string)
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
 /// Counters of the rules of table `FAMILY NAME` that carry a comment: (comment, packets).
 pub fn nft_counters(family: &str, name: &str) -> Result<Vec<(String, u64)>, String> {
     let json = run("nft", &["-j", "list", "table", family, name], None)?;
