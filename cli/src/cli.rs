@@ -112,7 +112,13 @@ pub enum CampaignCommand {
     /// Past runs, newest first.
     History,
     /// One run: its steps, commands and probe results.
-    Show { run: i64 },
+    Show {
+        run: i64,
+        /// Also draw the run's timeline into this SVG file: a row per host hit, a bar
+        /// per fault coloured by kind, aborts marked, probe results beneath.
+        #[arg(long)]
+        svg: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -38,4 +38,5 @@ pub mod signal;
 pub mod signer;
 pub mod store;
 pub mod table;
+pub mod timeline;
 pub mod wire;

@@ -203,6 +203,35 @@ fn a_probe_going_red_aborts_the_run_and_reverts_every_fault() {
             .any(|p| p["ok"] == false),
         "{detail}"
     );
+
+    // The run's picture: a row per host hit, each fault's bar marked aborted, the probe's
+    // strip beneath, the run's abort drawn.
+    let picture = lab.dir().join("run.svg");
+    let run = report["run"].to_string();
+    let drawn = lab.troop(&["campaign", "show", &run, "--svg", picture.to_str().unwrap()]);
+    assert!(drawn.status.success(), "{drawn:?}");
+    let text = std::fs::read_to_string(&picture).unwrap();
+    let svg = roxmltree::Document::parse(&text).expect("well-formed SVG");
+    assert_eq!(svg.root_element().tag_name().name(), "svg");
+    let count = |class: &str| {
+        svg.descendants()
+            .filter(|node| node.attribute("class") == Some(class))
+            .count()
+    };
+    let counted = [
+        ("host", 4),
+        ("fault", 4),
+        ("abort", 4),
+        ("probe", 1),
+        ("run-abort", 1),
+    ];
+    for (class, expected) in counted {
+        assert_eq!(count(class), expected, "{class} in {text}");
+    }
+    // `TROOP_DOCS_SVG=docs/run-timeline.svg` keeps this picture for the docs.
+    if let Some(keep) = std::env::var_os("TROOP_DOCS_SVG") {
+        std::fs::copy(&picture, keep).unwrap();
+    }
 }
 
 #[test]

@@ -428,11 +428,19 @@ pub async fn history(context: &Context) -> anyhow::Result<Outcome> {
     Ok(Outcome::Success)
 }
 
-pub async fn show(context: &Context, run: i64) -> anyhow::Result<Outcome> {
+pub async fn show(
+    context: &Context,
+    run: i64,
+    svg: Option<&std::path::Path>,
+) -> anyhow::Result<Outcome> {
     let detail = match &context.fleet.remote {
         Some(remote) => remote.run(run).await?,
         None => Store::open(&context.fleet.config.store_url)?.run(run)?,
     };
+    if let Some(path) = svg {
+        std::fs::write(path, troop_coordinator::timeline::svg(&detail))
+            .with_context(|| format!("--svg {}", path.display()))?;
+    }
     match context.output {
         Output::Json => {
             // Parameters are stored as JSON text: shown as fields, not as a string.

@@ -47,9 +47,9 @@ pub async fn run_campaign_command(
             let context = Context::load(config, output)?;
             campaign::history(&context).await
         }
-        CampaignCommand::Show { run } => {
+        CampaignCommand::Show { run, svg } => {
             let context = Context::load(config, output)?;
-            campaign::show(&context, run).await
+            campaign::show(&context, run, svg.as_deref()).await
         }
     }
 }
