@@ -25,6 +25,7 @@ pub mod client;
 pub mod config;
 pub mod describe;
 pub mod dispatch;
+pub mod findings;
 pub mod fleet;
 pub mod latch;
 pub mod live;

@@ -26,6 +26,8 @@ const BAR: f64 = 16.0;
 pub struct Bar {
     pub host: String,
     pub kind: String,
+    /// The fault in words, as recorded (`kill name "postgres" with signal 9 ...`).
+    pub what: String,
     pub start_ms: i64,
     pub end_ms: i64,
     pub aborted: bool,
@@ -105,6 +107,7 @@ pub fn bars(detail: &RunDetail) -> Vec<Bar> {
         bars.push(Bar {
             host: command.target.clone(),
             kind,
+            what: command.fault_kind.clone(),
             start_ms: applied,
             end_ms: end.max(applied),
             aborted: abort.is_some_and(|at| at < planned),

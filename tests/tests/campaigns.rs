@@ -204,6 +204,15 @@ fn a_probe_going_red_aborts_the_run_and_reverts_every_fault() {
         "{detail}"
     );
 
+    // Each fault held while the probe went red: each is named for it.
+    let findings = detail["findings"].as_array().unwrap();
+    assert_eq!(findings.len(), 4, "{detail}");
+    for finding in findings {
+        assert_eq!(finding["broke"]["probe"], "service", "{finding}");
+        let text = finding["text"].as_str().unwrap();
+        assert!(text.ends_with("single point of failure"), "{text}");
+    }
+
     // The run's picture: a row per host hit, each fault's bar marked aborted, the probe's
     // strip beneath, the run's abort drawn.
     let picture = lab.dir().join("run.svg");

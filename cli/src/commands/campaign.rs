@@ -16,8 +16,9 @@ use troop_coordinator::campaign::runner::{
 };
 use troop_coordinator::campaign::scheduler::groups_of;
 use troop_coordinator::campaign::{Campaign, file::Step};
+use troop_coordinator::findings::{self, Finding};
 use troop_coordinator::picker as planner_pick;
-use troop_coordinator::store::Store;
+use troop_coordinator::store::{RunDetail, Store};
 use troop_coordinator::table;
 use troop_proto::pb;
 
@@ -289,7 +290,14 @@ pub async fn run(context: &Context, path: &Path, dry_run: bool) -> anyhow::Resul
             .await?
         }
     };
-    summary(context.output, &campaign, &report);
+    let findings = match report.run_id {
+        Some(run) => run_detail(context, run)
+            .await
+            .map(|detail| findings::findings(&detail))
+            .unwrap_or_default(),
+        None => Vec::new(),
+    };
+    summary(context.output, &campaign, &report, &findings);
     Ok(Outcome::from_all_ok(
         report.status == "completed" && report.not_applied == 0,
     ))
@@ -359,7 +367,15 @@ impl Progress for Printed {
     }
 }
 
-fn summary(output: Output, campaign: &Campaign, report: &RunReport) {
+/// A recorded run, from the store or from serve's with `[coordinator]`.
+async fn run_detail(context: &Context, run: i64) -> anyhow::Result<RunDetail> {
+    Ok(match &context.fleet.remote {
+        Some(remote) => remote.run(run).await?,
+        None => Store::open(&context.fleet.config.store_url)?.run(run)?,
+    })
+}
+
+fn summary(output: Output, campaign: &Campaign, report: &RunReport, findings: &[Finding]) {
     match output {
         Output::Json => println!(
             "{}",
@@ -367,6 +383,7 @@ fn summary(output: Output, campaign: &Campaign, report: &RunReport) {
                 "campaign": campaign.name, "run": report.run_id, "status": report.status,
                 "reason": report.reason, "sent": report.sent, "applied": report.applied,
                 "not_applied": report.not_applied, "reverted_early": report.reverted_early,
+                "findings": findings,
             })
         ),
         Output::Table => println!(
@@ -386,6 +403,11 @@ fn summary(output: Output, campaign: &Campaign, report: &RunReport) {
                 .run_id
                 .map_or_else(String::new, |id| format!("; `troop campaign show {id}`"))
         ),
+    }
+    if output == Output::Table {
+        for finding in findings {
+            println!("  {}", finding.text);
+        }
     }
 }
 
@@ -433,10 +455,8 @@ pub async fn show(
     run: i64,
     svg: Option<&std::path::Path>,
 ) -> anyhow::Result<Outcome> {
-    let detail = match &context.fleet.remote {
-        Some(remote) => remote.run(run).await?,
-        None => Store::open(&context.fleet.config.store_url)?.run(run)?,
-    };
+    let detail = run_detail(context, run).await?;
+    let findings = findings::findings(&detail);
     if let Some(path) = svg {
         std::fs::write(path, troop_coordinator::timeline::svg(&detail))
             .with_context(|| format!("--svg {}", path.display()))?;
@@ -445,6 +465,7 @@ pub async fn show(
         Output::Json => {
             // Parameters are stored as JSON text: shown as fields, not as a string.
             let mut value = serde_json::to_value(&detail)?;
+            value["findings"] = serde_json::to_value(&findings)?;
             if let Some(commands) = value["commands"].as_array_mut() {
                 for command in commands {
                     if let Some(Ok(parsed)) = command["parameters"]
@@ -480,6 +501,9 @@ pub async fn show(
             );
             let failed = detail.probes.iter().filter(|p| !p.ok).count();
             println!("{} probe result(s), {failed} failed", detail.probes.len());
+            for finding in &findings {
+                println!("{}", finding.text);
+            }
         }
     }
     Ok(Outcome::Success)
