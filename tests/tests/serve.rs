@@ -252,7 +252,8 @@ fn an_agent_registering_under_another_name_is_refused() {
         .replace(
             "listen = \"10.77.0.10:7443\"",
             "listen = \"10.77.0.10:7449\"",
-        );
+        )
+        .replace(":9464\"", ":9465\"");
     assert_ne!(impostor, original);
     std::fs::write(&config, impostor).unwrap();
     let log = std::fs::File::create(lab.dir().join("nat-9.log")).unwrap();
