@@ -379,7 +379,10 @@ impl Reloader {
         let pending: Vec<&str> = [
             ("id", running.id != config.id),
             ("listen", running.listen != config.listen),
-            ("metrics_listen", running.metrics_listen != config.metrics_listen),
+            (
+                "metrics_listen",
+                running.metrics_listen != config.metrics_listen,
+            ),
             ("state_dir", running.state_dir != config.state_dir),
             ("tls", running.tls != config.tls),
             ("coordinator", running.coordinators != config.coordinators),
