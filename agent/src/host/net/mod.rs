@@ -1,5 +1,6 @@
 //! The host's packet filter, as network faults use it: nftables tables and iptables
-//! chains that troop owns by name, and the NFQUEUE the agent serves for latency and corruption.
+//! chains that troop owns by name, and the NFQUEUE the agent serves for latency and
+//! corruption.
 //!
 //! troop shells out to `nft`, `iptables` and `ip6tables` rather than speaking netlink for
 //! rules: their scripts are what an operator reads and debugs with (`nft list ruleset`),
