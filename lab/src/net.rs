@@ -48,6 +48,20 @@ fn sweep_stale() {
     }
 }
 
+/// Runs `work` on a thread of its own inside network namespace `netns` (a
+/// `/run/netns/...` path), so the sockets it opens are that namespace's: a test's
+/// servers and probes on a lab host, measured from outside the host's processes.
+pub fn inside<T: Send + 'static>(netns: &Path, work: impl FnOnce() -> T + Send + 'static) -> T {
+    let netns = netns.to_path_buf();
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&netns).expect("open the network namespace");
+        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        work()
+    })
+    .join()
+    .expect("the thread inside the namespace panicked")
+}
+
 /// Drops every inbound connection to host namespace `ns` (replies to its own outbound
 /// connections still arrive), as a NAT or a strict firewall would: nftables, in a table of
 /// its own inside that namespace only.

@@ -17,23 +17,12 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
 use troop_tests::lab::{Lab, wait_for};
+use troop_tests::net::inside;
 
 const POLICY: &str =
     "allow = [\"network\", \"dns\"]\nnetwork_interfaces = [\"eth0\"]\nmax_latency = \"1s\"";
 /// The lab namespace, where the coordinator and this test's servers are.
 const GATEWAY: &str = troop_tests::net::GATEWAY;
-
-/// Runs `work` on a thread inside network namespace `netns`.
-fn inside<T: Send + 'static>(netns: &Path, work: impl FnOnce() -> T + Send + 'static) -> T {
-    let netns = netns.to_path_buf();
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&netns).unwrap();
-        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        work()
-    })
-    .join()
-    .unwrap()
-}
 
 /// A TCP echo server on `port` of the lab namespace, for the whole test.
 fn echo_server(lab_ns: &Path, port: u16) {
