@@ -242,18 +242,16 @@ impl Runner {
                     disk::apply(&plan, &self.helper_exe, until)
                 })
             }
-            Fault::Network(request) => {
+            Fault::Network(_) | Fault::Dns(_) => {
                 let _one_at_a_time = self.network_gate.lock().unwrap_or_else(|e| e.into_inner());
                 let support = crate::host::net::support::host();
-                let active = self.engine.network_loads();
-                let plan = network::plan(request, &policy, &self.control, &support, &active)?;
-                let undo = network::undo_for(id);
-                held(undo.clone(), &|| network::apply(&plan, &undo, &support))
-            }
-            Fault::Dns(_) => {
-                let _one_at_a_time = self.network_gate.lock().unwrap_or_else(|e| e.into_inner());
-                let support = crate::host::net::support::host();
-                let plan = network::plan_dns(&policy, &self.control, &support)?;
+                let plan = match fault {
+                    Fault::Network(request) => {
+                        let active = self.engine.network_loads();
+                        network::plan(request, &policy, &self.control, &support, &active)?
+                    }
+                    _ => network::plan_dns(&policy, &self.control, &support)?,
+                };
                 let undo = network::undo_for(id);
                 held(undo.clone(), &|| network::apply(&plan, &undo, &support))
             }
