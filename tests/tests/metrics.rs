@@ -11,20 +11,9 @@ use std::time::Duration;
 use serde_json::Value;
 use troop_lab::host::free_port;
 use troop_tests::lab::{Lab, METRICS_PORT, Reaped, wait_for};
+use troop_tests::net::inside;
 
 const POLICY: &str = "allow = [\"cpu\", \"disk\"]";
-
-/// Runs `work` on a thread inside network namespace `netns`.
-fn inside<T: Send + 'static>(netns: &Path, work: impl FnOnce() -> T + Send + 'static) -> T {
-    let netns = netns.to_path_buf();
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&netns).unwrap();
-        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        work()
-    })
-    .join()
-    .unwrap()
-}
 
 /// Starts Prometheus in the lab's namespace, scraping serve's `/metrics` and the agents'
 /// every second; answers on `127.0.0.1:port` there.
@@ -155,6 +144,18 @@ fn prometheus_scrapes_serve_and_an_agent_during_an_attack() {
         "attack", "disk", "--select", "role=web", "--path", "/etc", "--size", "1MiB", "--for", "1m",
     ]);
     assert!(!refused.status.success());
+    // A real fill, so the leak detector has a file to find on the host.
+    let disk = lab.hosts["web-1"].disk.display().to_string();
+    let filled = troop(&[
+        "attack", "disk", "--select", "role=web", "--path", &disk, "--size", "1MiB", "--for", "1m",
+    ]);
+    assert!(filled.status.success(), "{filled:?}");
+    wait_series(
+        &lab_ns,
+        port,
+        r#"troop_agent_fault_artifacts_on_host{kind="disk"}"#,
+        |v| v == 1.0,
+    );
 
     wait_series(
         &lab_ns,
@@ -207,7 +208,7 @@ fn prometheus_scrapes_serve_and_an_agent_during_an_attack() {
         r#"troop_agent_fault_held_seconds_count{kind="cpu"}"#,
         |v| v >= 1.0,
     );
-    // Nothing left on the host that the agent does not believe active.
+    // The halt took the fill too: the host shows nothing the agent no longer holds.
     wait_series(
         &lab_ns,
         port,
