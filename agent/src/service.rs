@@ -108,6 +108,19 @@ impl AgentService {
                 (if refused { "refused" } else { "failed" }, reason)
             }
         };
+        seen.span.record("troop.outcome", outcome);
+        match &result {
+            Ok(receipt) if !receipt.fault_id.is_empty() => {
+                seen.span
+                    .record("troop.fault.id", receipt.fault_id.as_str());
+            }
+            Ok(_) => {}
+            Err(status) => {
+                seen.span.record("otel.status_code", "ERROR");
+                seen.span
+                    .record("otel.status_description", status.message());
+            }
+        }
         crate::metrics::get()
             .commands
             .get_or_create(&crate::metrics::CommandLabels {
@@ -131,6 +144,8 @@ impl AgentService {
             tracing::warn!(key_id = %printable(&signed.key_id), reason = %refusal, "refused command");
         })?;
         (seen.action, seen.kind) = action_and_kind(&command);
+        seen.span = command_span(&self.id, &command, seen.action, seen.kind);
+        let _in_span = seen.span.clone().entered();
         let id = command.command_id.clone();
         let now = now_unix_ms();
         if let Err(refusal) = freshness::check(&command, &self.id, now, max_clock_skew) {
@@ -301,11 +316,13 @@ impl Agent for GrpcAgent {
     }
 }
 
-/// What `execute` learnt of a command on its way, for the metrics.
+/// What `execute` learnt of a command on its way, for the metrics and the trace.
 struct Seen {
     action: &'static str,
     kind: &'static str,
     reason: Option<&'static str>,
+    /// The command's span, once its signature holds (junk makes no traces).
+    span: tracing::Span,
 }
 
 impl Default for Seen {
@@ -314,8 +331,45 @@ impl Default for Seen {
             action: "unverified",
             kind: "",
             reason: None,
+            span: tracing::Span::none(),
         }
     }
+}
+
+/// The span of one verified command, a child of the span that sent it (whose context the
+/// signed command carries), named by the fault it starts or ends.
+fn command_span(agent_id: &str, command: &pb::Command, action: &str, kind: &str) -> tracing::Span {
+    use pb::command::Action;
+    // A start's fault id comes with its receipt (a one-off kill has none).
+    let fault_id = match &command.action {
+        Some(Action::Abort(abort)) => abort.fault_id.as_str(),
+        Some(Action::Renew(renew)) => renew.fault_id.as_str(),
+        _ => "",
+    };
+    let span = tracing::info_span!(
+        "execute",
+        otel.name = format!("troop-agent {action}"),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        otel.status_description = tracing::field::Empty,
+        troop.command_id = %printable(&command.command_id),
+        troop.action = action,
+        troop.fault.id = tracing::field::Empty,
+        troop.fault.kind = kind,
+        troop.target = %agent_id,
+        troop.outcome = tracing::field::Empty,
+    );
+    if !fault_id.is_empty() {
+        span.record("troop.fault.id", printable(fault_id).to_string());
+    }
+    if let Some(trace) = &command.trace_context {
+        troop_telemetry::TraceContext {
+            traceparent: trace.traceparent.clone(),
+            tracestate: trace.tracestate.clone(),
+        }
+        .set_as_parent_of(&span);
+    }
+    span
 }
 
 /// A verified command's action and, for a start, its fault kind.

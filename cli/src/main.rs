@@ -9,7 +9,8 @@ mod report;
 use std::process::ExitCode;
 
 use crate::cli::{Cli, Command};
-use clap::Parser;
+use clap::{CommandFactory as _, FromArgMatches as _};
+use tracing::Instrument as _;
 
 fn main() -> ExitCode {
     match tokio::runtime::Runtime::new() {
@@ -22,7 +23,9 @@ fn main() -> ExitCode {
 }
 
 async fn run() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let invoked = subcommands(&matches);
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit());
     // A CLI's stderr is for problems unless RUST_LOG asks for more; `serve` is a service
     // and says what it loaded and does.
     let level = if matches!(cli.command, Command::Serve) {
@@ -30,7 +33,13 @@ async fn run() -> ExitCode {
     } else {
         "warn"
     };
-    let _telemetry = match troop_telemetry::init_with_default_filter("troop", cli.log_format, level)
+    // Serve and the CLI are one binary but two services in a trace.
+    let service = if matches!(cli.command, Command::Serve) {
+        "troop-serve"
+    } else {
+        "troop"
+    };
+    let _telemetry = match troop_telemetry::init_with_default_filter(service, cli.log_format, level)
     {
         Ok(telemetry) => Some(telemetry),
         Err(error) => {
@@ -38,28 +47,41 @@ async fn run() -> ExitCode {
             None
         }
     };
-    let result = match cli.command {
-        Command::Pki(command) => commands::pki::run(command, cli.output),
-        Command::Config(crate::cli::ConfigCommand::Validate { file }) => {
-            commands::config::validate(file.as_deref().or(cli.config.as_deref()), cli.output)
-        }
-        Command::InternalDemoService { name } => commands::demo::run_service(&name),
-        Command::Demo(args) => commands::demo::run(args, cli.output).await,
-        Command::Campaign(command) => {
-            commands::run_campaign_command(cli.config.as_deref(), cli.output, command).await
-        }
-        Command::Serve => match commands::context::Context::load(cli.config.as_deref(), cli.output)
-        {
-            Ok(context) => commands::serve::run(context).await,
-            Err(error) => Err(error),
-        },
-        Command::Fleet(command) => {
-            match commands::context::Context::connect(cli.config.as_deref(), cli.output).await {
-                Ok(context) => commands::run(context, command).await,
-                Err(error) => Err(error),
+    // One span for the whole command, the root of its trace, which serve's and the
+    // agents' spans join. Not for serve: a span that lasts its life would swallow every
+    // trace it takes part in.
+    let span = if matches!(cli.command, Command::Serve) {
+        tracing::Span::none()
+    } else {
+        tracing::info_span!("troop", otel.name = format!("troop {invoked}"))
+    };
+    let result = async move {
+        match cli.command {
+            Command::Pki(command) => commands::pki::run(command, cli.output),
+            Command::Config(crate::cli::ConfigCommand::Validate { file }) => {
+                commands::config::validate(file.as_deref().or(cli.config.as_deref()), cli.output)
+            }
+            Command::InternalDemoService { name } => commands::demo::run_service(&name),
+            Command::Demo(args) => commands::demo::run(args, cli.output).await,
+            Command::Campaign(command) => {
+                commands::run_campaign_command(cli.config.as_deref(), cli.output, command).await
+            }
+            Command::Serve => {
+                match commands::context::Context::load(cli.config.as_deref(), cli.output) {
+                    Ok(context) => commands::serve::run(context).await,
+                    Err(error) => Err(error),
+                }
+            }
+            Command::Fleet(command) => {
+                match commands::context::Context::connect(cli.config.as_deref(), cli.output).await {
+                    Ok(context) => commands::run(context, command).await,
+                    Err(error) => Err(error),
+                }
             }
         }
-    };
+    }
+    .instrument(span)
+    .await;
     match result {
         Ok(outcome) => outcome.exit_code(),
         Err(error) => {
@@ -72,4 +94,15 @@ async fn run() -> ExitCode {
             }
         }
     }
+}
+
+/// The subcommands invoked, as typed: `attack kill`.
+fn subcommands(matches: &clap::ArgMatches) -> String {
+    let mut names = Vec::new();
+    let mut level = matches;
+    while let Some((name, next)) = level.subcommand() {
+        names.push(name);
+        level = next;
+    }
+    names.join(" ")
 }

@@ -40,4 +40,5 @@ pub mod signer;
 pub mod store;
 pub mod table;
 pub mod timeline;
+pub mod trace_metadata;
 pub mod wire;

@@ -21,6 +21,7 @@ use crate::campaign::runner::{Progress, RunReport};
 use crate::config::{AgentEntry, RemoteCoordinator};
 use crate::dispatch::{CONNECT_TIMEOUT, CallError, Delivery, code_name};
 use crate::store::{RunDetail, RunSummary};
+use crate::trace_metadata::traced;
 use crate::wire::{self, run};
 
 /// Larger than a command: a whole fleet's statuses come back in one answer.
@@ -110,9 +111,12 @@ impl Remote {
             reason: reason.to_string(),
         };
         let (call, reply) = if stop {
-            ("emergency stop", client.emergency_stop(request).await)
+            (
+                "emergency stop",
+                client.emergency_stop(traced(request)).await,
+            )
         } else {
-            ("resume", client.resume(request).await)
+            ("resume", client.resume(traced(request)).await)
         };
         let reply = reply
             .map_err(|status| self.refused(call, status))?
@@ -182,13 +186,13 @@ impl Remote {
             })
             .collect();
         let reply = client
-            .send(serve_pb::SendRequest {
+            .send(traced(serve_pb::SendRequest {
                 what: what.to_string(),
                 commands,
                 seed,
                 run: run.unwrap_or(0),
                 keep_open,
-            })
+            }))
             .await
             .map_err(|status| self.refused(what, status))?
             .into_inner();
@@ -232,7 +236,7 @@ impl Remote {
             })
             .await?;
         let mut updates = client
-            .run_campaign(ReceiverStream::new(controls))
+            .run_campaign(traced(ReceiverStream::new(controls)))
             .await
             .map_err(|status| self.refused("campaign run", status))?
             .into_inner();

@@ -39,14 +39,20 @@ pub fn now_unix_ms() -> i64 {
         .map_or(0, |elapsed| elapsed.as_millis() as i64)
 }
 
-/// A new command for one agent, with a fresh id, valid from now for `validity`.
+/// A new command for one agent, with a fresh id, valid from now for `validity`, in the
+/// trace of the current span.
 pub fn new_command(agent_id: &str, action: pb::command::Action, validity: Duration) -> pb::Command {
     let now = now_unix_ms();
+    let trace = troop_telemetry::TraceContext::current();
     pb::Command {
         command_id: uuid::Uuid::new_v4().to_string(),
         agent_id: agent_id.to_string(),
         issued_at_unix_ms: now,
         expires_at_unix_ms: now + validity.as_millis() as i64,
+        trace_context: (!trace.is_empty()).then_some(pb::TraceContext {
+            traceparent: trace.traceparent,
+            tracestate: trace.tracestate,
+        }),
         action: Some(action),
     }
 }

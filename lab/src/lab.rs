@@ -119,6 +119,15 @@ impl Binaries {
     }
 }
 
+/// The environment that has a troop process export its spans to `endpoint` soon after
+/// each ends (the batch processor's default is every 5 s).
+fn otlp_env(endpoint: &str) -> [(&'static str, String); 2] {
+    [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.to_string()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "200".to_string()),
+    ]
+}
+
 /// The hosts, then the network, then the files: fields drop in this order.
 pub struct Lab {
     pub hosts: BTreeMap<String, LabHost>,
@@ -129,6 +138,9 @@ pub struct Lab {
     /// in `troop.toml`, which is what serve's operators see them through.
     dial_in: std::collections::BTreeSet<String>,
     operators: Vec<OperatorFile>,
+    /// Where serve, the CLI and agents started from now on export their spans (OTLP/gRPC
+    /// on this port of the lab's gateway, or of loopback without a lab network).
+    otlp_port: Option<u16>,
 }
 
 /// Where the lab's `troop serve` takes agents and operators, in the lab's network.
@@ -161,6 +173,7 @@ impl Lab {
             binaries,
             dial_in: Default::default(),
             operators: Vec::new(),
+            otlp_port: None,
         })
     }
 
@@ -317,11 +330,23 @@ impl Lab {
         services: &[Vec<OsString>],
         netns: Option<&str>,
     ) -> LocalHost {
-        let agent: Vec<OsString> = vec![
+        let mut agent: Vec<OsString> = Vec::new();
+        if let Some(port) = self.otlp_port {
+            let collector = match &self.net {
+                Some(_) => crate::net::GATEWAY,
+                None => "127.0.0.1",
+            };
+            agent.push("env".into());
+            agent.extend(
+                otlp_env(&format!("http://{collector}:{port}"))
+                    .map(|(key, value)| format!("{key}={value}").into()),
+            );
+        }
+        agent.extend([
             self.binaries.agent.clone().into(),
             "--config".into(),
             config.into(),
-        ];
+        ]);
         let log = self.dir().join(format!("{id}.log"));
         LocalHost::start_spec(&HostSpec {
             name: id,
@@ -445,6 +470,13 @@ impl Lab {
         path
     }
 
+    /// Has serve, the CLI and the agents started from now on export their spans to an
+    /// OTLP/gRPC collector listening on `port` of the lab's network (its gateway address,
+    /// which is loopback inside the lab's namespace).
+    pub fn export_traces_to(&mut self, port: u16) {
+        self.otlp_port = Some(port);
+    }
+
     /// The `troop` CLI as the coordinator runs it: inside the lab's network.
     pub fn troop_command(&self) -> Command {
         let troop = self.binaries.troop.clone();
@@ -453,6 +485,9 @@ impl Lab {
             None => Command::new(troop),
         };
         command.current_dir(self.dir());
+        if let Some(port) = self.otlp_port {
+            command.envs(otlp_env(&format!("http://127.0.0.1:{port}")));
+        }
         command
     }
 

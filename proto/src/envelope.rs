@@ -108,6 +108,7 @@ mod tests {
 
     fn command() -> pb::Command {
         pb::Command {
+            trace_context: None,
             command_id: "c1".into(),
             agent_id: "web-1".into(),
             issued_at_unix_ms: 1,
@@ -152,6 +153,26 @@ mod tests {
             tampered.signature[byte] ^= 0x80;
             assert!(trusted.verify(&tampered).is_err());
         }
+    }
+
+    #[test]
+    fn a_trace_context_grafted_on_after_signing_is_refused() {
+        let trusted = TrustedKeys::new([key(1).verifying_key()]);
+        let signed = sign_command(&command(), &key(1));
+        let mut grafted = command();
+        grafted.trace_context = Some(pb::TraceContext {
+            traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+            tracestate: String::new(),
+        });
+        // The same signature over a payload that now names a trace.
+        let tampered = pb::SignedCommand {
+            payload: grafted.encode_to_vec(),
+            ..signed
+        };
+        assert!(matches!(
+            trusted.verify(&tampered),
+            Err(Refusal::BadSignature { .. })
+        ));
     }
 
     #[test]

@@ -67,6 +67,7 @@ mod tests {
 
     fn command(issued: i64, expires: i64) -> pb::Command {
         pb::Command {
+            trace_context: None,
             command_id: "c".into(),
             agent_id: "a".into(),
             issued_at_unix_ms: issued,

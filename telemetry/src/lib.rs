@@ -3,6 +3,9 @@
 //! the standard `OTEL_EXPORTER_OTLP_ENDPOINT` (or `..._TRACES_ENDPOINT`) is set.
 
 pub mod metrics;
+pub mod trace_context;
+
+pub use trace_context::TraceContext;
 
 use std::fmt;
 use std::io::IsTerminal;
@@ -12,7 +15,6 @@ use std::time::Duration;
 use anyhow::Context as _;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::filter::{EnvFilter, LevelFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt as _;
@@ -23,7 +25,8 @@ use tracing_subscriber::{Layer as _, fmt as tfmt};
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Crates on the OTLP export path; their spans must not reach the OpenTelemetry
-/// layer, or exporting would create spans to export (with `RUST_LOG=debug` or finer).
+/// layer, or exporting would create spans to export. Other spans are exported from
+/// level info up, whatever `RUST_LOG` lets the logs show.
 const EXPORT_STACK: [&str; 6] = ["opentelemetry", "tonic", "h2", "hyper", "tower", "reqwest"];
 
 /// Format of the log lines written to stderr.
@@ -117,8 +120,8 @@ impl Drop for Telemetry {
 /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set (and `OTEL_SDK_DISABLED` is not
 /// `true`), spans are also exported over OTLP/gRPC through a batch processor,
 /// with `service.name` = `service_name` unless `OTEL_SERVICE_NAME` (or
-/// `service.name` in `OTEL_RESOURCE_ATTRIBUTES`) says otherwise; the W3C trace
-/// context propagator is installed globally too.
+/// `service.name` in `OTEL_RESOURCE_ATTRIBUTES`) says otherwise. [`TraceContext`]
+/// carries a span's context to other processes.
 ///
 /// Without OTLP this needs no async runtime. With OTLP it must be called inside
 /// a Tokio runtime (tonic's channel spawns onto it; without one tonic panics),
@@ -153,10 +156,20 @@ fn init_with(
 
     // Colour only for a person at a terminal, and never against NO_COLOR.
     let ansi = std::io::stderr().is_terminal() && env("NO_COLOR").is_none_or(|v| v.is_empty());
-    let plain = (format == LogFormat::Plain)
-        .then(|| tfmt::layer().with_writer(std::io::stderr).with_ansi(ansi));
-    let json =
-        (format == LogFormat::Json).then(|| tfmt::layer().json().with_writer(std::io::stderr));
+    // The log filter is the logs' alone: a CLI that logs only warnings still exports the
+    // spans of what it did.
+    let logs = match format {
+        LogFormat::Plain => tfmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(ansi)
+            .with_filter(filter)
+            .boxed(),
+        LogFormat::Json => tfmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+            .with_filter(filter)
+            .boxed(),
+    };
 
     let provider = if otlp_requested(&env) {
         Some(tracer_provider(service_name, &env)?)
@@ -164,18 +177,16 @@ fn init_with(
         None
     };
     let otel = provider.as_ref().map(|provider| {
-        let export_stack = Targets::new()
-            .with_default(LevelFilter::TRACE)
+        let spans = Targets::new()
+            .with_default(LevelFilter::INFO)
             .with_targets(EXPORT_STACK.map(|t| (t, LevelFilter::OFF)));
         tracing_opentelemetry::layer()
             .with_tracer(provider.tracer(service_name))
-            .with_filter(export_stack)
+            .with_filter(spans)
     });
 
     let installed = tracing_subscriber::registry()
-        .with(filter)
-        .with(plain)
-        .with(json)
+        .with(logs)
         .with(otel)
         .try_init();
     if let Err(err) = installed {
@@ -184,12 +195,6 @@ fn init_with(
             let _ = provider.shutdown_with_timeout(Duration::from_millis(100));
         }
         return Err(anyhow::Error::new(err).context("a global tracing subscriber is already set"));
-    }
-
-    if provider.is_some() {
-        // Lets gRPC code inject/extract `traceparent` via the global propagator.
-        // The tracer provider stays private: the tracing layer is the only user.
-        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     }
     Ok(Telemetry { provider })
 }

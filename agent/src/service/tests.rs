@@ -136,6 +136,7 @@ fn signed_at(
     action: pb::command::Action,
 ) -> pb::SignedCommand {
     let command = pb::Command {
+        trace_context: None,
         command_id: id.into(),
         agent_id: "web-1".into(),
         issued_at_unix_ms,

@@ -23,6 +23,7 @@ use crate::describe;
 use crate::fleet::Fleet;
 use crate::signer::{Signer, now_unix_ms};
 use crate::store::{Lease, Store};
+use tracing::Instrument as _;
 
 /// What a run reports as it goes, for a person watching (the CLI) or a log (serve).
 #[derive(Debug, Clone, PartialEq)]
@@ -354,7 +355,15 @@ pub async fn run_campaign(
             });
             let work = targets.into_iter().map(|agent| (agent, action.clone())).collect();
             let audit = store.as_deref().zip(run).map(|(store, run)| Audit { store, run, step: step_id });
+            let step_span = tracing::info_span!(
+                "campaign step",
+                otel.name = format!("campaign step {}", index + 1),
+                troop.step = index,
+                troop.action = %describe::action_text(Some(&action)),
+                troop.targets = plan.targets.len(),
+            );
             let deliveries = send_recorded(fleet, &signer, audit, work, &parameters)
+                .instrument(step_span)
                 .await
                 .map_err(|e| format!("audit store: {e}; nothing sent"))?;
             report.sent += deliveries.len();
@@ -419,6 +428,13 @@ pub async fn run_campaign(
             }
         }
     }
+    .instrument(tracing::info_span!(
+        "campaign run",
+        otel.name = format!("campaign {}", campaign.name),
+        troop.campaign = %campaign.name,
+        troop.run = run.unwrap_or(0),
+        troop.dry_run = dry_run,
+    ))
     .await;
 
     probes.abort();

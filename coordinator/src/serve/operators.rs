@@ -9,6 +9,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument as _;
 use troop_common::identity::{FleetVerifier, Identity};
 use troop_common::listener::PeerInfo;
 use troop_proto::serve_pb::operator_server::Operator;
@@ -21,6 +22,7 @@ use crate::latch::{FleetLatch, LatchError};
 use crate::live::streams::caller;
 use crate::signer::{Signer, now_unix_ms};
 use crate::store::{AccessRecord, RunDetail, Store, StoreError};
+use crate::trace_metadata::continue_trace;
 use crate::wire;
 
 use super::runs;
@@ -154,12 +156,14 @@ impl Operators {
         stop: bool,
     ) -> Result<Response<serve_pb::SendReply>, Status> {
         let call = if stop { "emergency stop" } else { "resume" };
+        let span = call_span(call, &request);
         let operator = self.authorize(peer(&request), call, Role::Operator)?;
+        span.record("troop.operator", &operator);
         let reason = request.into_inner().reason;
         let latched = if stop {
-            self.latch.stop(&operator, &reason).await
+            self.latch.stop(&operator, &reason).instrument(span).await
         } else {
-            self.latch.resume(&operator, &reason).await
+            self.latch.resume(&operator, &reason).instrument(span).await
         };
         let (run, deliveries) = latched.map_err(|error| match error {
             LatchError::Invalid(message) => Status::invalid_argument(message),
@@ -180,6 +184,18 @@ impl Operators {
             .map(|agent| (agent.id.clone(), agent))
             .collect()
     }
+}
+
+/// The span of one operator call, a child of the caller's span when the call names one.
+pub(super) fn call_span<T>(call: &str, request: &Request<T>) -> tracing::Span {
+    let span = tracing::info_span!(
+        "operator call",
+        otel.name = format!("troop serve {call}"),
+        otel.kind = "server",
+        troop.operator = tracing::field::Empty,
+    );
+    continue_trace(&span, request.metadata());
+    span
 }
 
 fn peer<T>(request: &Request<T>) -> Option<&PeerInfo> {
@@ -279,80 +295,86 @@ impl Operator for Operators {
         &self,
         request: Request<serve_pb::SendRequest>,
     ) -> Result<Response<serve_pb::SendReply>, Status> {
-        let operator = self.authorize(peer(&request), "send commands", Role::Operator)?;
-        let send = request.into_inner();
-        if send.commands.len() > MAX_COMMANDS {
-            return Err(Status::invalid_argument(format!(
-                "{} commands in one call; at most {MAX_COMMANDS}",
-                send.commands.len()
-            )));
-        }
-        let what: String = send
-            .what
-            .chars()
-            .filter(|c| !c.is_control())
-            .take(80)
-            .collect();
-        use troop_proto::pb::command::Action;
-        let actions = || send.commands.iter().filter_map(|c| c.action.as_ref());
-        if actions().any(|a| matches!(a, Action::EmergencyStop(_) | Action::Resume(_))) {
-            return Err(Status::invalid_argument(
-                "an emergency stop or a resume goes through the EmergencyStop or Resume call (`troop emergency-stop`, `troop resume`), which latch serve too",
-            ));
-        }
-        if actions().any(|a| matches!(a, Action::Start(_))) {
-            self.check_latch(&operator, &format!("send commands ({what})"))?;
-        }
-        let mut work = Vec::new();
-        let mut slots: Vec<Result<usize, String>> = Vec::new();
-        let fleet = self.known();
-        for command in send.commands {
-            match (fleet.get(&command.agent_id).cloned(), command.action) {
-                (Some(agent), Some(action)) => {
-                    slots.push(Ok(work.len()));
-                    work.push((agent, action));
-                }
-                (None, _) => slots.push(Err(command.agent_id)),
-                (Some(_), None) => {
-                    return Err(Status::invalid_argument(format!(
-                        "the command for {} has no action",
-                        command.agent_id
-                    )));
+        let span = call_span("send", &request);
+        async move {
+            let operator = self.authorize(peer(&request), "send commands", Role::Operator)?;
+            tracing::Span::current().record("troop.operator", &operator);
+            let send = request.into_inner();
+            if send.commands.len() > MAX_COMMANDS {
+                return Err(Status::invalid_argument(format!(
+                    "{} commands in one call; at most {MAX_COMMANDS}",
+                    send.commands.len()
+                )));
+            }
+            let what: String = send
+                .what
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(80)
+                .collect();
+            use troop_proto::pb::command::Action;
+            let actions = || send.commands.iter().filter_map(|c| c.action.as_ref());
+            if actions().any(|a| matches!(a, Action::EmergencyStop(_) | Action::Resume(_))) {
+                return Err(Status::invalid_argument(
+                    "an emergency stop or a resume goes through the EmergencyStop or Resume call (`troop emergency-stop`, `troop resume`), which latch serve too",
+                ));
+            }
+            if actions().any(|a| matches!(a, Action::Start(_))) {
+                self.check_latch(&operator, &format!("send commands ({what})"))?;
+            }
+            let mut work = Vec::new();
+            let mut slots: Vec<Result<usize, String>> = Vec::new();
+            let fleet = self.known();
+            for command in send.commands {
+                match (fleet.get(&command.agent_id).cloned(), command.action) {
+                    (Some(agent), Some(action)) => {
+                        slots.push(Ok(work.len()));
+                        work.push((agent, action));
+                    }
+                    (None, _) => slots.push(Err(command.agent_id)),
+                    (Some(_), None) => {
+                        return Err(Status::invalid_argument(format!(
+                            "the command for {} has no action",
+                            command.agent_id
+                        )));
+                    }
                 }
             }
+            let run = match send.run {
+                0 => AdhocRun::begin_in(self.store.clone(), &what, send.seed, &operator)
+                    .map_err(nothing_sent)?,
+                run => self.own_run(run, &operator)?,
+            };
+            let deliveries = send_recorded(
+                &self.fleet,
+                &self.signer,
+                Some(run.audit()),
+                work,
+                &serde_json::json!({}),
+            )
+            .await
+            .map_err(nothing_sent)?;
+            if !send.keep_open {
+                run.finish(&deliveries);
+            }
+            let deliveries = slots
+                .into_iter()
+                .map(|slot| match slot {
+                    Ok(index) => wire::delivery_out(&deliveries[index]),
+                    Err(id) => serve_pb::Delivery {
+                        agent_id: id.clone(),
+                        result: Some(delivery::Result::Failure(unknown(&id))),
+                        ..Default::default()
+                    },
+                })
+                .collect();
+            Ok(Response::new(serve_pb::SendReply {
+                deliveries,
+                run: run.id(),
+            }))
         }
-        let run = match send.run {
-            0 => AdhocRun::begin_in(self.store.clone(), &what, send.seed, &operator)
-                .map_err(nothing_sent)?,
-            run => self.own_run(run, &operator)?,
-        };
-        let deliveries = send_recorded(
-            &self.fleet,
-            &self.signer,
-            Some(run.audit()),
-            work,
-            &serde_json::json!({}),
-        )
+        .instrument(span)
         .await
-        .map_err(nothing_sent)?;
-        if !send.keep_open {
-            run.finish(&deliveries);
-        }
-        let deliveries = slots
-            .into_iter()
-            .map(|slot| match slot {
-                Ok(index) => wire::delivery_out(&deliveries[index]),
-                Err(id) => serve_pb::Delivery {
-                    agent_id: id.clone(),
-                    result: Some(delivery::Result::Failure(unknown(&id))),
-                    ..Default::default()
-                },
-            })
-            .collect();
-        Ok(Response::new(serve_pb::SendReply {
-            deliveries,
-            run: run.id(),
-        }))
     }
 
     async fn emergency_stop(

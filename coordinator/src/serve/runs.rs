@@ -11,6 +11,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Request, Status, Streaming};
+use tracing::Instrument as _;
 use troop_proto::serve_pb::{self, run_control, run_update};
 
 use super::operators::Operators;
@@ -40,6 +41,7 @@ pub async fn run(
     operators: &Operators,
     request: Request<Streaming<serve_pb::RunControl>>,
 ) -> Result<Updates, Status> {
+    let span = super::operators::call_span("run a campaign", &request);
     let peer = request.extensions().get().cloned();
     let mut control = request.into_inner();
     let start = match control.message().await? {
@@ -58,6 +60,7 @@ pub async fn run(
         ("run a campaign", Role::Operator)
     };
     let operator = operators.authorize(peer.as_ref(), call, needs)?;
+    span.record("troop.operator", &operator);
     if !start.dry_run {
         operators.check_latch(&operator, call)?;
     }
@@ -81,27 +84,30 @@ pub async fn run(
         operator.clone(),
     ));
     let fleet = operators.fleet.clone();
-    operators.runs.spawn(async move {
-        let progress = Arc::new(Forwarded(updates.clone()));
-        let result = run_campaign(
-            &fleet,
-            &campaign,
-            start.dry_run,
-            None,
-            cancelled,
-            progress,
-            &operator,
-        )
-        .await;
-        watcher.abort();
-        let update = match result {
-            Ok(report) => Ok(serve_pb::RunUpdate {
-                body: Some(run_update::Body::Outcome(outcome_out(&report))),
-            }),
-            Err(error) => Err(Status::failed_precondition(format!("{error:#}"))),
-        };
-        let _ = updates.send(update);
-    });
+    operators.runs.spawn(
+        async move {
+            let progress = Arc::new(Forwarded(updates.clone()));
+            let result = run_campaign(
+                &fleet,
+                &campaign,
+                start.dry_run,
+                None,
+                cancelled,
+                progress,
+                &operator,
+            )
+            .await;
+            watcher.abort();
+            let update = match result {
+                Ok(report) => Ok(serve_pb::RunUpdate {
+                    body: Some(run_update::Body::Outcome(outcome_out(&report))),
+                }),
+                Err(error) => Err(Status::failed_precondition(format!("{error:#}"))),
+            };
+            let _ = updates.send(update);
+        }
+        .instrument(span),
+    );
     Ok(UnboundedReceiverStream::new(received))
 }
 
