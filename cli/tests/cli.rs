@@ -84,6 +84,22 @@ fn the_demo_attacks_a_local_fleet_and_reports_what_it_measured() {
         refusals.iter().all(|r| r["outcome"] == "refused"),
         "{report}"
     );
+    // The replicated web service survived each fault; the one database did not.
+    let survived = report["campaign"]["findings"].as_array().unwrap();
+    assert_eq!(survived.len(), 3, "{report}");
+    assert!(survived.iter().all(|f| f["broke"].is_null()), "{report}");
+    let spof = &report["single_point_of_failure"];
+    assert_eq!(spof["campaign"]["status"], "aborted", "{report}");
+    assert_eq!(spof["found"]["host"], "db-1", "{report}");
+    assert_eq!(spof["found"]["kind"], "kill", "{report}");
+    assert_eq!(spof["found"]["broke"]["probe"], "checkout", "{report}");
+    assert!(
+        spof["found"]["text"]
+            .as_str()
+            .unwrap()
+            .ends_with("single point of failure"),
+        "{report}"
+    );
     // Nothing left behind: no demo process survives the demo.
     let leftover = Command::new("pgrep")
         .args(["-f", "__demo-service|troop-demo-"])

@@ -58,11 +58,11 @@ pub fn findings(detail: &RunDetail) -> Vec<Finding> {
                 });
             let text = match &broke {
                 Some(broke) => format!(
-                    "{} on {} made probe {} fail within {:.1}s ({}): single point of failure",
+                    "{} on {} made probe {} fail within {} ({}): single point of failure",
                     bar.what,
                     bar.host,
                     broke.probe,
-                    broke.after_ms as f64 / 1000.0,
+                    after(broke.after_ms),
                     broke.detail
                 ),
                 None => format!("{} on {}: every probe held, survived", bar.what, bar.host),
@@ -76,6 +76,15 @@ pub fn findings(detail: &RunDetail) -> Vec<Finding> {
             }
         })
         .collect()
+}
+
+/// How soon a probe failed: milliseconds under a second, where tenths would say 0.0.
+fn after(ms: i64) -> String {
+    if ms < 1000 {
+        format!("{ms} ms")
+    } else {
+        format!("{:.1}s", ms as f64 / 1000.0)
+    }
 }
 
 #[cfg(test)]
@@ -149,7 +158,7 @@ mod tests {
         assert_eq!((broke.probe.as_str(), broke.after_ms), ("checkout", 600));
         assert_eq!(
             found[0].text,
-            "kill name \"postgres\" with signal 9 (one match) on db-1 made probe checkout fail within 0.6s (503): single point of failure"
+            "kill name \"postgres\" with signal 9 (one match) on db-1 made probe checkout fail within 600 ms (503): single point of failure"
         );
     }
 

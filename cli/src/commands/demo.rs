@@ -21,7 +21,8 @@ use serde_json::{Value, json};
 use troop_common::observe;
 use troop_coordinator::audit::local_operator;
 use troop_coordinator::campaign::Campaign;
-use troop_coordinator::campaign::runner::{Silent, run_campaign};
+use troop_coordinator::campaign::runner::{RunReport, Silent, run_campaign};
+use troop_coordinator::findings;
 use troop_coordinator::signer::Signer;
 use troop_coordinator::table;
 use troop_lab::{Binaries, Lab};
@@ -65,7 +66,7 @@ const FLEET: &[DemoHost] = &[
         id: "db-1",
         labels: &[("role", "db"), ("cloud", "metal"), ("region", "eu-1")],
         service: "demo-db",
-        policy: "allow = [\"kill\"]\nprotected_processes = [\"demo-db\"]\n",
+        policy: "allow = [\"kill\"]\n",
     },
 ];
 
@@ -139,20 +140,8 @@ pub async fn run(args: DemoArgs, output: Output) -> anyhow::Result<Outcome> {
     ));
     let before = replica_counts(&lab);
     let sampler = Sampler::start(lab.clone(), disk.clone());
-    let (_cancel, cancelled) = tokio::sync::watch::channel(None::<String>);
-    let report = run_campaign(
-        &context.fleet,
-        &campaign,
-        false,
-        None,
-        cancelled,
-        Arc::new(Silent),
-        &local_operator(),
-    )
-    .await?;
+    let (report, detail) = run_recorded(&context, &campaign).await?;
     let peaks = sampler.stop();
-    let store = troop_coordinator::store::Store::open(&context.fleet.config.store_url)?;
-    let detail = store.run(report.run_id.unwrap_or_default())?;
     // The faults each step started; lease renewals are in the store too.
     let command_rows: Vec<Vec<String>> = detail
         .commands
@@ -164,6 +153,11 @@ pub async fn run(args: DemoArgs, output: Output) -> anyhow::Result<Outcome> {
         &["AGENT", "OUTCOME", "DETAIL"],
         &command_rows,
     ));
+    let survived = findings::findings(&detail);
+    for finding in &survived {
+        say(format!("   {}", finding.text));
+    }
+    say(String::new());
 
     // 3. What happened, measured from outside each host.
     let after = replica_counts(&lab);
@@ -200,7 +194,27 @@ pub async fn run(args: DemoArgs, output: Output) -> anyhow::Result<Outcome> {
         }
     ));
 
-    // 5. What agents refuse: a fault their policy forbids, and a forged signature.
+    // 5. The same discipline finds what is not replicated: the checkout needs the one db.
+    let checkout_url = health_url.replace("/health", "/checkout");
+    let spof_file = lab.dir().join("demo-db.toml");
+    std::fs::write(&spof_file, spof_campaign_text(seed, &checkout_url))?;
+    let spof_campaign = Campaign::load(&spof_file)?;
+    say(format!(
+        "5. Campaign {:?}: kill the only demo-db replica; probe {checkout_url}",
+        spof_campaign.name
+    ));
+    let (spof_report, spof_detail) = run_recorded(&context, &spof_campaign).await?;
+    let spof_findings = findings::findings(&spof_detail);
+    say(format!(
+        "   run {}: {}",
+        spof_report.status, spof_report.reason
+    ));
+    for finding in &spof_findings {
+        say(format!("   {}", finding.text));
+    }
+    say(String::new());
+
+    // 6. What agents refuse: a fault their policy forbids, and a forged signature.
     let db = context.fleet.select(&"role=db".parse()?)?;
     let stop_host = pb::command::Action::Start(pb::StartFault {
         duration_ms: 0,
@@ -219,7 +233,7 @@ pub async fn run(args: DemoArgs, output: Output) -> anyhow::Result<Outcome> {
         .iter()
         .all(|d| d.result.as_ref().err().is_some_and(|e| e.is_refusal()));
     say(
-        "5. Refused: stop-host where policy forbids it, and a command signed by an unknown key"
+        "6. Refused: stop-host where policy forbids it, and a command signed by an unknown key"
             .into(),
     );
     say(deliveries_table(&refusals));
@@ -236,7 +250,20 @@ pub async fn run(args: DemoArgs, output: Output) -> anyhow::Result<Outcome> {
         .sum::<usize>();
     let burned = peaks.iter().any(|p| p.cpu_percent >= 25.0);
     let filled = peaks.iter().any(|p| p.disk_percent >= 40.0);
+    let replicated_survived =
+        survived.len() == 3 && survived.iter().all(|finding| finding.broke.is_none());
+    // The finding this demo exists for: killing db-1's only replica broke the checkout.
+    let single_point = spof_findings.iter().find(|finding| {
+        finding.host == "db-1"
+            && finding
+                .broke
+                .as_ref()
+                .is_some_and(|broke| broke.probe == "checkout")
+    });
     let ok = report.status == "completed"
+        && replicated_survived
+        && single_point.is_some()
+        && spof_report.status == "aborted"
         && applied == 3
         && killed == 1
         && burned
@@ -246,7 +273,7 @@ pub async fn run(args: DemoArgs, output: Output) -> anyhow::Result<Outcome> {
         && refusals_ok;
     health_task.abort();
     let summary = format!(
-        "{} campaign {}: {applied} fault(s) applied ({killed} replica killed, CPU burned: {}, disk filled: {}), probe saw the service up in {} of {} checks, everything reverted: {}, {} command(s) refused. Took {:.1}s; fleet removed.",
+        "{} campaign {}: {applied} fault(s) applied ({killed} replica killed, CPU burned: {}, disk filled: {}), probe saw the service up in {} of {} checks, everything reverted: {}; single point of failure: {}; {} command(s) refused. Took {:.1}s; fleet removed.",
         if ok { "PASS:" } else { "FAIL:" },
         report.status,
         if burned { "yes" } else { "NO" },
@@ -254,6 +281,7 @@ pub async fn run(args: DemoArgs, output: Output) -> anyhow::Result<Outcome> {
         detail.probes.len() - probes_failed,
         detail.probes.len(),
         if reverted.is_empty() { "yes" } else { "NO" },
+        single_point.map_or("NONE FOUND", |finding| finding.text.as_str()),
         refusals.iter().filter(|d| d.result.is_err()).count(),
         started.elapsed().as_secs_f32(),
     );
@@ -275,7 +303,11 @@ pub async fn run(args: DemoArgs, output: Output) -> anyhow::Result<Outcome> {
             json!({
                 "seed": seed,
                 "hosts": FLEET.iter().map(|h| h.id).collect::<Vec<_>>(),
-                "campaign": { "status": report.status, "reason": report.reason, "commands": detail.commands },
+                "campaign": { "status": report.status, "reason": report.reason, "commands": detail.commands, "findings": survived },
+                "single_point_of_failure": {
+                    "campaign": { "status": spof_report.status, "reason": spof_report.reason, "findings": spof_findings },
+                    "found": single_point,
+                },
                 "probe": { "checks": detail.probes.len(), "failed": probes_failed },
                 "effects": effects,
                 "reverted": reverted.is_empty(),
@@ -288,6 +320,28 @@ pub async fn run(args: DemoArgs, output: Output) -> anyhow::Result<Outcome> {
     }
     drop(lab);
     Ok(Outcome::from_all_ok(ok))
+}
+
+/// Runs `campaign` on the demo fleet as `troop campaign run` would, and reads back its
+/// record.
+async fn run_recorded(
+    context: &Context,
+    campaign: &Campaign,
+) -> anyhow::Result<(RunReport, troop_coordinator::store::RunDetail)> {
+    let (_cancel, cancelled) = tokio::sync::watch::channel(None::<String>);
+    let report = run_campaign(
+        &context.fleet,
+        campaign,
+        false,
+        None,
+        cancelled,
+        Arc::new(Silent),
+        &local_operator(),
+    )
+    .await?;
+    let store = troop_coordinator::store::Store::open(&context.fleet.config.store_url)?;
+    let detail = store.run(report.run_id.unwrap_or_default())?;
+    Ok((report, detail))
 }
 
 /// The built-in campaign: one replica killed, then CPU and a disk fill held for 3 s,
@@ -333,28 +387,64 @@ duration = "3s"
     )
 }
 
-/// `GET /health`: 200 while every web host runs a replica, 503 otherwise.
+/// The second campaign: kill the database's only replica while a probe on the checkout,
+/// which needs it, watches; the run watches for 3 s after the kill.
+fn spof_campaign_text(seed: u64, checkout_url: &str) -> String {
+    format!(
+        r#"name = "demo-db"
+seed = {seed}
+
+[guardrails]
+max_concurrent = 1
+min_healthy_percent = 0
+lease = "5s"
+
+[[guardrails.stop_if]]
+name = "checkout"
+http = "{checkout_url}"
+every = "200ms"
+failures = 3
+
+[[step]]
+select = "role=db"
+pick = "all"
+fault = {{ kind = "kill", name = "demo-db" }}
+watch = "3s"
+"#
+    )
+}
+
+/// `GET /health`: 200 while every web host runs a replica, 503 otherwise. `GET
+/// /checkout`: 200 while the web service is up and its one database runs too.
 async fn serve_health(listener: tokio::net::TcpListener, lab: Arc<Lab>) {
     use axum::http::StatusCode;
-    let up = move || {
+    let up = |services: &'static [&'static str]| {
         let lab = lab.clone();
-        async move {
-            let up = tokio::task::spawn_blocking(move || {
-                FLEET
-                    .iter()
-                    .filter(|spec| spec.service == "demo-web")
-                    .all(|spec| !lab.hosts[spec.id].host.pids_named("demo-web").is_empty())
-            })
-            .await
-            .unwrap_or(false);
-            if up {
-                StatusCode::OK
-            } else {
-                StatusCode::SERVICE_UNAVAILABLE
+        move || {
+            let lab = lab.clone();
+            async move {
+                let up = tokio::task::spawn_blocking(move || {
+                    FLEET
+                        .iter()
+                        .filter(|spec| services.contains(&spec.service))
+                        .all(|spec| !lab.hosts[spec.id].host.pids_named(spec.service).is_empty())
+                })
+                .await
+                .unwrap_or(false);
+                if up {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
             }
         }
     };
-    let routes = axum::Router::new().route("/health", axum::routing::get(up));
+    let routes = axum::Router::new()
+        .route("/health", axum::routing::get(up(&["demo-web"])))
+        .route(
+            "/checkout",
+            axum::routing::get(up(&["demo-web", "demo-db"])),
+        );
     let _ = axum::serve(listener, routes).await;
 }
 

@@ -57,7 +57,14 @@ pub struct Step {
     pub fault: pb::start_fault::Fault,
     /// How long each fault holds (0 for a single kill).
     pub duration: Duration,
+    /// How long the run watches its probes after this step before it goes on to the next
+    /// one or ends (0: it goes on at once). What a single kill did lasts, and a service
+    /// may fall over only a while later.
+    pub watch: Duration,
 }
+
+/// Longest a step's `watch` may hold a run: longer is a typo, or a run nobody watches.
+const MAX_WATCH: Duration = Duration::from_secs(3600);
 
 /// One problem in a campaign file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -444,6 +451,16 @@ fn check_step(
         None => Some(Duration::ZERO),
     };
     let fault = check_fault(&step.fault, duration.unwrap_or_default(), p);
+    let watch = match &step.watch {
+        Some(watch) => p.duration(watch, "watch").and_then(|duration| {
+            if duration > MAX_WATCH {
+                p.at(watch.span(), "watch: at most 1h".to_string());
+                return None;
+            }
+            Some(duration)
+        }),
+        None => Some(Duration::ZERO),
+    };
     let group_by = step.group_by.as_ref().map(|g| g.get_ref().clone());
     Some(Step {
         select: select?,
@@ -451,6 +468,7 @@ fn check_step(
         pick: pick?,
         fault: fault?,
         duration: duration?,
+        watch: watch?,
     })
 }
 

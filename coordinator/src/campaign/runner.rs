@@ -286,6 +286,15 @@ pub async fn run_campaign(
     let mut held = RunFaults::default();
     let survey = survey(fleet).await;
     let lease_ms = campaign.guardrails.lease.as_millis() as u64;
+    let mut holding = Holding {
+        fleet,
+        signer: &signer,
+        store: store.as_deref(),
+        run,
+        survey: &survey,
+        lease_ms,
+        renew: tokio::time::interval(campaign.guardrails.lease / 3),
+    };
 
     let outcome: Result<(), String> = async {
         for (index, step) in campaign.steps.iter().enumerate() {
@@ -353,8 +362,15 @@ pub async fn run_campaign(
                 "duration_ms": step.duration.as_millis() as u64,
                 "lease_ms": lease_ms,
             });
-            let work = targets.into_iter().map(|agent| (agent, action.clone())).collect();
-            let audit = store.as_deref().zip(run).map(|(store, run)| Audit { store, run, step: step_id });
+            let work = targets
+                .into_iter()
+                .map(|agent| (agent, action.clone()))
+                .collect();
+            let audit = store.as_deref().zip(run).map(|(store, run)| Audit {
+                store,
+                run,
+                step: step_id,
+            });
             let step_span = tracing::info_span!(
                 "campaign step",
                 otel.name = format!("campaign step {}", index + 1),
@@ -369,8 +385,7 @@ pub async fn run_campaign(
             report.sent += deliveries.len();
             // A single kill is over at once, but its host counts as under fault for the
             // step's duration (or one lease): the service it hit may still be down.
-            let kill_hold_ms =
-                step.duration.max(campaign.guardrails.lease).as_millis() as i64;
+            let kill_hold_ms = step.duration.max(campaign.guardrails.lease).as_millis() as i64;
             for delivery in &deliveries {
                 let word = describe::outcome_word(&delivery.result);
                 let agent = &delivery.agent;
@@ -409,24 +424,17 @@ pub async fn run_campaign(
                     report.not_applied, report.sent
                 ));
             }
+            if !step.watch.is_zero() {
+                let until = now_unix_ms() + step.watch.as_millis() as i64;
+                holding
+                    .hold(&mut held, &mut stopped, &mut cancel, Until::Time(until))
+                    .await?;
+            }
         }
         // Hold until every fault has ended by itself, renewing leases, watching probes.
-        let mut renew = tokio::time::interval(campaign.guardrails.lease / 3);
-        loop {
-            held.expire(now_unix_ms());
-            if held.faults().is_empty() {
-                return Ok(());
-            }
-            let audit = store.as_deref().zip(run).map(|(store, run)| Audit { store, run, step: None });
-            tokio::select! {
-                _ = renew.tick() => renew_leases(fleet, &signer, audit, &survey, &held, lease_ms).await,
-                _ = stopped.changed() => {}
-                _ = cancel.changed() => {}
-            }
-            if let Some(reason) = stopped.borrow().clone().or_else(|| cancel.borrow().clone()) {
-                return Err(reason);
-            }
-        }
+        holding
+            .hold(&mut held, &mut stopped, &mut cancel, Until::FaultsEnd)
+            .await
     }
     .instrument(tracing::info_span!(
         "campaign run",
@@ -501,6 +509,67 @@ pub fn start_action(step: &Step, lease_ms: u64) -> pb::command::Action {
         lease_ms,
         fault: Some(step.fault.clone()),
     })
+}
+
+/// What a run needs to hold on between its steps and at its end: leases renewed, probes
+/// (which run on their own) given the time to fail.
+struct Holding<'a> {
+    fleet: &'a Fleet,
+    signer: &'a Signer,
+    store: Option<&'a Store>,
+    run: Option<i64>,
+    survey: &'a Survey,
+    lease_ms: u64,
+    renew: tokio::time::Interval,
+}
+
+/// How long [`Holding::hold`] holds.
+#[derive(Clone, Copy)]
+enum Until {
+    /// Until this time (Unix ms): a step's `watch`.
+    Time(i64),
+    /// Until every fault of the run has ended by itself.
+    FaultsEnd,
+}
+
+impl Holding<'_> {
+    /// Holds, renewing the leases of the run's faults, until `until`; a probe's stop or a
+    /// cancel ends it early with the reason.
+    async fn hold(
+        &mut self,
+        held: &mut RunFaults,
+        stopped: &mut watch::Receiver<StopReason>,
+        cancel: &mut watch::Receiver<StopReason>,
+        until: Until,
+    ) -> Result<(), String> {
+        loop {
+            let now = now_unix_ms();
+            held.expire(now);
+            let (done, wait) = match until {
+                Until::Time(at) => (now >= at, (at - now).max(0) as u64),
+                Until::FaultsEnd => (held.faults().is_empty(), u64::MAX),
+            };
+            if done {
+                return Ok(());
+            }
+            let audit = self.store.zip(self.run).map(|(store, run)| Audit {
+                store,
+                run,
+                step: None,
+            });
+            tokio::select! {
+                _ = self.renew.tick() => {
+                    renew_leases(self.fleet, self.signer, audit, self.survey, held, self.lease_ms).await;
+                }
+                () = tokio::time::sleep(std::time::Duration::from_millis(wait)), if wait != u64::MAX => {}
+                _ = stopped.changed() => {}
+                _ = cancel.changed() => {}
+            }
+            if let Some(reason) = stopped.borrow().clone().or_else(|| cancel.borrow().clone()) {
+                return Err(reason);
+            }
+        }
+    }
 }
 
 async fn renew_leases(

@@ -41,7 +41,7 @@ pub(super) const PROBE_KEYS: &[&str] = &[
     "failures",
     "timeout",
 ];
-pub(super) const STEP_KEYS: &[&str] = &["select", "group_by", "pick", "fault", "duration"];
+pub(super) const STEP_KEYS: &[&str] = &["select", "group_by", "pick", "fault", "duration", "watch"];
 pub(super) const FAULT_KEYS: &[&str] = &[
     "kind",
     "name",
@@ -124,6 +124,7 @@ pub(super) struct RawStep {
     pub(super) pick: Spanned<toml::Value>,
     pub(super) fault: Spanned<RawFault>,
     pub(super) duration: Option<Spanned<String>>,
+    pub(super) watch: Option<Spanned<String>>,
 }
 
 /// Every key any fault kind takes; which ones a kind accepts is checked after parsing.

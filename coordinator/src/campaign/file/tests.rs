@@ -287,3 +287,24 @@ duration = "1m"
         assert!(found.iter().any(|m| m.contains(says)), "{says}: {found:?}");
     }
 }
+
+#[test]
+fn a_step_may_watch_its_probes_for_a_while_up_to_an_hour() {
+    let watched = GOOD.replace(
+        "signal = \"KILL\" }\n",
+        "signal = \"KILL\" }\nwatch = \"30s\"\n",
+    );
+    let campaign = Campaign::parse(&watched, Path::new("c.toml")).unwrap();
+    assert_eq!(campaign.steps[0].watch, Duration::from_secs(30));
+    assert_eq!(campaign.steps[1].watch, Duration::ZERO);
+    let too_long = problems(&GOOD.replace(
+        "signal = \"KILL\" }\n",
+        "signal = \"KILL\" }\nwatch = \"2h\"\n",
+    ));
+    assert_eq!(too_long, vec![(27, 9, "watch: at most 1h".to_string())]);
+    let garbage = problems(&GOOD.replace(
+        "signal = \"KILL\" }\n",
+        "signal = \"KILL\" }\nwatch = \"soon\"\n",
+    ));
+    assert!(garbage[0].2.starts_with("watch: "), "{garbage:?}");
+}
