@@ -215,4 +215,17 @@ fn prometheus_scrapes_serve_and_an_agent_during_an_attack() {
         r#"troop_agent_fault_artifacts_on_host{kind="disk"}"#,
         |v| v == 0.0,
     );
+
+    // A dial-in agent whose link goes dead misses its heartbeats: serve drops its stream
+    // as silent and counts it; when the link is back, the agent is connected again.
+    lab.set_connected("nat-1", false);
+    wait_series(
+        &lab_ns,
+        port,
+        "troop_serve_streams_dropped_silent_total",
+        |v| v >= 1.0,
+    );
+    wait_series(&lab_ns, port, "troop_serve_connected_agents", |v| v == 0.0);
+    lab.set_connected("nat-1", true);
+    wait_series(&lab_ns, port, "troop_serve_connected_agents", |v| v == 1.0);
 }
