@@ -18,7 +18,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::faults::engine::EndReason;
 use crate::policy::FaultKind;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -128,12 +127,12 @@ impl AgentMetrics {
         }
     }
 
-    /// Counts one reverted fault and how long it held.
-    pub fn reverted(&self, kind: &str, cause: EndReason, held: Duration) {
+    /// Counts one reverted fault, why (`EndReason::label`) and how long it held.
+    pub fn reverted(&self, kind: &str, cause: &str, held: Duration) {
         self.reverts
             .get_or_create(&RevertLabels {
                 kind: kind.to_string(),
-                cause: cause.label().to_string(),
+                cause: cause.to_string(),
             })
             .inc();
         self.held

@@ -13,8 +13,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::live;
-
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     /// `completed`, `aborted`, `interrupted`, ...: a run's status as the store keeps it.
@@ -118,9 +116,9 @@ impl ServeMetrics {
         }
     }
 
-    /// The text Prometheus scrapes, with the stream gauges read from `registry` now.
-    pub fn render(&self, registry: &live::Registry) -> String {
-        let (connected, open) = registry.counts();
+    /// The text Prometheus scrapes, with the stream gauges set from the live registry's
+    /// counts now: agents connected, and streams open (connected or gone silent).
+    pub fn render(&self, (connected, open): (usize, usize)) -> String {
         self.connected.set(connected as i64);
         self.silent.set(open.saturating_sub(connected) as i64);
         troop_telemetry::metrics::render(&self.registry)

@@ -17,7 +17,7 @@ use troop_common::identity::COORDINATOR_NAME;
 use troop_proto::pb;
 use troop_proto::serve_pb::{self, operator_client::OperatorClient, run_control, run_update};
 
-use crate::campaign::runner::{Progress, RunReport};
+use crate::campaign::events::{Progress, RunReport};
 use crate::config::{AgentEntry, RemoteCoordinator};
 use crate::dispatch::{CONNECT_TIMEOUT, CallError, Delivery, code_name};
 use crate::store::{RunDetail, RunSummary};

@@ -1,6 +1,7 @@
 //! `troop serve`'s one mutual-TLS port: agents' streams ([`crate::live`]) and the
 //! operator API ([`operators`]), told apart by the certificate each caller proves.
 
+pub mod access;
 pub mod operators;
 mod runs;
 
@@ -17,7 +18,7 @@ use troop_proto::serve_pb::operator_server::OperatorServer;
 use crate::config::ClientTls;
 use crate::live::MAX_STREAM_MESSAGE;
 use crate::live::streams::Streams;
-use operators::Operators;
+use access::Operators;
 
 /// An operator's Send carries one command per target.
 const MAX_OPERATOR_MESSAGE: usize = 4 * 1024 * 1024;

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use troop_coordinator::campaign::Campaign;
-use troop_coordinator::campaign::runner::{Progress, RunEvent, run_campaign};
+use troop_coordinator::campaign::events::{Progress, RunEvent};
+use troop_coordinator::campaign::runner::run_campaign;
 use troop_coordinator::fleet::Fleet;
 use troop_coordinator::store::Store;
 use troop_lab::files;

@@ -20,7 +20,7 @@ use troop_common::identity::{COORDINATOR_NAME, FleetVerifier};
 use troop_coordinator::fleet::Fleet;
 use troop_coordinator::live::Registry;
 use troop_coordinator::live::streams::Streams;
-use troop_coordinator::serve::{self, operators::Operators};
+use troop_coordinator::serve::{self, access::Operators};
 use troop_coordinator::signer::Signer;
 use troop_coordinator::store::Store;
 use troop_proto::serve_pb::operator_client::OperatorClient;

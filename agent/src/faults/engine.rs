@@ -299,7 +299,7 @@ impl Engine {
                 let held = now_unix_ms().saturating_sub(running.started_at_unix_ms);
                 crate::metrics::get().reverted(
                     running.kind.name(),
-                    reason,
+                    reason.label(),
                     Duration::from_millis(held.max(0) as u64),
                 );
                 self.forget(&fault_id);

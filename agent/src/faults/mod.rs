@@ -56,7 +56,7 @@ pub fn recover(state_dir: &Path, engine: &Engine, left: Vec<Record>) {
             Ok(()) => {
                 crate::metrics::get().reverted(
                     &record.kind,
-                    engine::EndReason::Recovery,
+                    engine::EndReason::Recovery.label(),
                     std::time::Duration::ZERO,
                 );
                 if let Err(error) = engine.journal().remove(id) {

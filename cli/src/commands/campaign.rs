@@ -11,9 +11,8 @@ use rand::rngs::StdRng;
 use serde_json::json;
 use tokio::sync::watch;
 use troop_coordinator::audit::local_operator;
-use troop_coordinator::campaign::runner::{
-    Progress, RunEvent, RunReport, Silent, group_of, run_campaign, start_action,
-};
+use troop_coordinator::campaign::events::{Progress, RunEvent, RunReport, Silent};
+use troop_coordinator::campaign::runner::{group_of, run_campaign, start_action};
 use troop_coordinator::campaign::scheduler::groups_of;
 use troop_coordinator::campaign::{Campaign, file::Step};
 use troop_coordinator::findings::{self, Finding};

@@ -17,13 +17,14 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 use troop_common::identity::FleetVerifier;
-use troop_coordinator::campaign::runner::{Progress, RunEvent, run_campaign};
+use troop_coordinator::campaign::events::{Progress, RunEvent};
+use troop_coordinator::campaign::runner::run_campaign;
 use troop_coordinator::campaign::{leader, scheduler};
 use troop_coordinator::fleet::Fleet;
 use troop_coordinator::latch::FleetLatch;
 use troop_coordinator::live::Registry;
 use troop_coordinator::live::streams::Streams;
-use troop_coordinator::serve::{self as grpc_serve, operators::Operators};
+use troop_coordinator::serve::{self as grpc_serve, access::Operators};
 use troop_coordinator::store::{Lease, Store, StoreError};
 
 use super::context::Context;
@@ -50,7 +51,7 @@ async fn health(
         }
     };
     let metrics = move || {
-        let text = troop_coordinator::metrics::get().render(&registry);
+        let text = troop_coordinator::metrics::get().render(registry.counts());
         async move {
             (
                 [(

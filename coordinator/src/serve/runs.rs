@@ -14,9 +14,10 @@ use tonic::{Request, Status, Streaming};
 use tracing::Instrument as _;
 use troop_proto::serve_pb::{self, run_control, run_update};
 
-use super::operators::Operators;
+use super::access::{Operators, call_span};
 use crate::campaign::Campaign;
-use crate::campaign::runner::{Progress, RunEvent, run_campaign};
+use crate::campaign::events::{Progress, RunEvent};
+use crate::campaign::runner::run_campaign;
 use crate::campaign::scheduler::campaigns_dir;
 use crate::config::Role;
 use crate::wire::run::{event_out, outcome_out};
@@ -41,7 +42,7 @@ pub async fn run(
     operators: &Operators,
     request: Request<Streaming<serve_pb::RunControl>>,
 ) -> Result<Updates, Status> {
-    let span = super::operators::call_span("run a campaign", &request);
+    let span = call_span("run a campaign", &request);
     let peer = request.extensions().get().cloned();
     let mut control = request.into_inner();
     let start = match control.message().await? {

@@ -3,7 +3,7 @@
 
 use troop_proto::serve_pb::{self, run_event::Event};
 
-use crate::campaign::runner::{RunEvent, RunReport};
+use crate::campaign::events::{RunEvent, RunReport};
 
 fn count(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
