@@ -158,6 +158,19 @@ pub enum PkiCommand {
         #[arg(long, default_value_t = 825)]
         days: u64,
     },
+    /// Print a token that signs NAME in to the dashboard of `troop serve` (signed with
+    /// DIR/signing.key; serve's `[[operators]]` gives NAME its role).
+    OperatorToken {
+        /// The directory `troop pki init` wrote (its signing.key signs the token).
+        #[arg(long)]
+        dir: PathBuf,
+        /// The operator's name, as `[[operators]] name` gives it.
+        #[arg(long)]
+        name: String,
+        /// How long the token is valid (at most 30d).
+        #[arg(long, default_value = "12h")]
+        ttl: String,
+    },
     /// Issue a new coordinator.pem/.key for client and server use, when an older
     /// `troop pki init` made it for client use only (`troop serve` says so); move the
     /// old pair aside first.

@@ -101,6 +101,9 @@ pub struct ServeFile {
     pub listen: Option<String>,
     /// Plain HTTP: `GET /healthz`.
     pub health_listen: Option<String>,
+    /// The web dashboard at `/ui/`: plain HTTP on a loopback address, else HTTPS with
+    /// `[tls]`'s certificate. Off unless set.
+    pub ui_listen: Option<String>,
     /// How long the schedule leader's lease lasts unless renewed (`15s`).
     pub leader_lease: Option<String>,
     /// This replica's name in the lease and the logs; default `HOSTNAME:PID`.
@@ -170,6 +173,8 @@ pub struct OperatorEntry {
 pub struct ServeSettings {
     pub listen: std::net::SocketAddr,
     pub health_listen: std::net::SocketAddr,
+    /// The dashboard's address, if it is served.
+    pub ui_listen: Option<std::net::SocketAddr>,
     /// The schedule leader's lease; renewed every third of it.
     pub leader_lease: Duration,
     /// This replica's name, if the config gives one.
@@ -330,6 +335,10 @@ impl CoordinatorConfig {
                 serve.health_listen,
                 DEFAULT_HEALTH_LISTEN,
             )?,
+            ui_listen: match serve.ui_listen {
+                Some(text) => Some(address("serve.ui_listen", Some(text), "127.0.0.1:7081")?),
+                None => None,
+            },
             leader_lease: duration(
                 "serve.leader_lease",
                 serve.leader_lease,

@@ -23,6 +23,7 @@ pub mod audit;
 pub mod campaign;
 pub mod client;
 pub mod config;
+pub mod dashboard;
 pub mod describe;
 pub mod dispatch;
 pub mod findings;

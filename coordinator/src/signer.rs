@@ -24,6 +24,11 @@ impl Signer {
         Self { key }
     }
 
+    /// The public half: what agents trust, and what checks the dashboard's tokens.
+    pub fn verifying_key(&self) -> ed25519_dalek::VerifyingKey {
+        self.key.verifying_key()
+    }
+
     pub fn key_id(&self) -> String {
         key_id(&self.key.verifying_key())
     }

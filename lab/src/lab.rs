@@ -141,10 +141,15 @@ pub struct Lab {
     /// Where serve, the CLI and agents started from now on export their spans (OTLP/gRPC
     /// on this port of the lab's gateway, or of loopback without a lab network).
     otlp_port: Option<u16>,
+    /// Whether serve also serves its dashboard, on [`UI_PORT`].
+    dashboard: bool,
 }
 
 /// Where the lab's `troop serve` takes agents and operators, in the lab's network.
 pub const SERVE_PORT: u16 = 7444;
+/// Where the lab's `troop serve` serves its dashboard (plain HTTP on loopback), in the
+/// lab's network, once [`Lab::serve_dashboard`] asked for it.
+pub const UI_PORT: u16 = 7081;
 /// Where each networked host's agent serves `/metrics`, on the host's own address.
 pub const METRICS_PORT: u16 = 9464;
 
@@ -174,6 +179,7 @@ impl Lab {
             dial_in: Default::default(),
             operators: Vec::new(),
             otlp_port: None,
+            dashboard: false,
         })
     }
 
@@ -445,7 +451,32 @@ impl Lab {
             .map(|(id, host)| (id.as_str(), host.address.as_str(), &host.labels));
         let mut config = files::coordinator_file(agents);
         config.operators = self.operators.clone();
+        if self.dashboard {
+            config.serve = Some(troop_coordinator::config::ServeFile {
+                ui_listen: Some(format!("127.0.0.1:{UI_PORT}")),
+                ..Default::default()
+            });
+        }
         files::write(&self.dir().join("troop.toml"), &config).expect("write troop.toml");
+    }
+
+    /// Has the lab's serve (started from now on) serve its dashboard on [`UI_PORT`].
+    pub fn serve_dashboard(&mut self) {
+        self.dashboard = true;
+        self.write_coordinator_config();
+    }
+
+    /// A dashboard sign-in token for `name`, from `troop pki operator-token`.
+    pub fn operator_token(&self, name: &str) -> String {
+        let output = self
+            .troop_command()
+            .args(["pki", "operator-token", "--dir"])
+            .arg(self.pki.path(""))
+            .args(["--name", name, "--ttl", "1h"])
+            .output()
+            .expect("troop pki operator-token");
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8(output.stdout).unwrap().trim().to_string()
     }
 
     /// Issues an operator certificate for `name`, lists it in serve's `[[operators]]`

@@ -1,6 +1,6 @@
 //! `troop pki`: the fleet's CA, certificates and signing key.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::cli::{Output, PkiCommand};
 use troop_coordinator::pki;
@@ -8,6 +8,9 @@ use troop_coordinator::pki;
 use crate::outcome::Outcome;
 
 pub fn run(command: PkiCommand, output: Output) -> anyhow::Result<Outcome> {
+    if let PkiCommand::OperatorToken { dir, name, ttl } = &command {
+        return operator_token(dir, name, ttl, output);
+    }
     let written: Vec<PathBuf> = match &command {
         PkiCommand::Init { dir } => pki::init(dir)?,
         PkiCommand::IssueAgent {
@@ -18,6 +21,7 @@ pub fn run(command: PkiCommand, output: Output) -> anyhow::Result<Outcome> {
         } => pki::issue_agent_for(dir, name, sans, *days)?,
         PkiCommand::IssueOperator { dir, name, days } => pki::issue_operator(dir, name, *days)?,
         PkiCommand::IssueCoordinator { dir, days } => pki::issue_coordinator(dir, *days)?,
+        PkiCommand::OperatorToken { .. } => unreachable!("answered above"),
     };
     match output {
         Output::Json => println!("{}", serde_json::json!({ "written": written })),
@@ -33,6 +37,30 @@ pub fn run(command: PkiCommand, output: Output) -> anyhow::Result<Outcome> {
                 );
             }
         }
+    }
+    Ok(Outcome::Success)
+}
+
+/// Prints a dashboard sign-in token for `name`, valid for `ttl`.
+fn operator_token(dir: &Path, name: &str, ttl: &str, output: Output) -> anyhow::Result<Outcome> {
+    use troop_coordinator::dashboard::token;
+    let ttl = troop_common::units::parse_duration(ttl)
+        .map_err(|error| anyhow::anyhow!("--ttl {ttl:?}: {error}"))?;
+    let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+    if ttl_ms <= 0 || ttl_ms > token::MAX_TTL_MS {
+        anyhow::bail!("--ttl must be more than 0 and at most 30d");
+    }
+    troop_common::names::check_dns_name(name, false)
+        .map_err(|message| anyhow::anyhow!("--name {name:?}: {message}"))?;
+    let key = pki::load_signing_key(&dir.join(pki::SIGNING_KEY))?;
+    let now = troop_coordinator::signer::now_unix_ms();
+    let text = token::issue(&key, name, now, ttl_ms);
+    match output {
+        Output::Json => println!(
+            "{}",
+            serde_json::json!({ "token": text, "name": name, "expires_at_unix_ms": now + ttl_ms })
+        ),
+        Output::Table => println!("{text}"),
     }
     Ok(Outcome::Success)
 }

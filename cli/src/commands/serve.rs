@@ -7,8 +7,8 @@
 //! run started and exits on SIGTERM, and answers `GET /healthz` and Prometheus' `GET
 //! /metrics` on `health_listen`.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
 use rand::SeedableRng;
@@ -20,6 +20,7 @@ use troop_common::identity::FleetVerifier;
 use troop_coordinator::campaign::events::{Progress, RunEvent};
 use troop_coordinator::campaign::runner::run_campaign;
 use troop_coordinator::campaign::{leader, scheduler};
+use troop_coordinator::dashboard;
 use troop_coordinator::fleet::Fleet;
 use troop_coordinator::latch::FleetLatch;
 use troop_coordinator::live::Registry;
@@ -178,7 +179,32 @@ pub async fn run(context: Context) -> anyhow::Result<Outcome> {
     if let Err(error) = troop_common::notify::ready() {
         tracing::warn!(%error, "cannot notify systemd of readiness");
     }
-    let outcome = schedule(&fleet, &store, &latch, leading.clone()).await;
+    let next_firings = Arc::new(Mutex::new(BTreeMap::new()));
+    if let Some(ui_listen) = config.serve.ui_listen {
+        let tls = dashboard::listen::needs_tls(ui_listen)
+            .then(|| dashboard::listen::tls_config(tls))
+            .transpose()
+            .with_context(|| format!("config {shown}: [tls] cert and key, for the dashboard"))?;
+        let listener = tokio::net::TcpListener::bind(ui_listen)
+            .await
+            .with_context(|| format!("cannot listen on {ui_listen} ([serve] ui_listen)"))?;
+        let routes = dashboard::router(Arc::new(dashboard::Dashboard {
+            fleet: fleet.clone(),
+            store: store.clone(),
+            latch: latch.clone(),
+            token_key: context.fleet.signer()?.verifying_key(),
+            https: tls.is_some(),
+            next_firings: next_firings.clone(),
+        }));
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        tracing::info!(url = %format!("{scheme}://{ui_listen}/ui/"), "serving the dashboard");
+        tokio::spawn(async move {
+            if let Err(error) = dashboard::listen::serve(listener, routes, tls).await {
+                tracing::error!(%error, "the dashboard stopped");
+            }
+        });
+    }
+    let outcome = schedule(&fleet, &store, &latch, leading.clone(), &next_firings).await;
     leader::release(&store, &leading);
     relatching.abort();
     following.abort();
@@ -224,6 +250,7 @@ async fn schedule(
     store: &Store,
     latch: &FleetLatch,
     mut leading: watch::Receiver<Option<Lease>>,
+    next_firings: &Mutex<BTreeMap<String, i64>>,
 ) -> anyhow::Result<Outcome> {
     let context = Context {
         fleet: fleet.clone(),
@@ -260,6 +287,11 @@ async fn schedule(
                 };
                 Some((at, index))
             })
+            .collect();
+        // What the dashboard shows as each campaign's next firing.
+        *next_firings.lock().unwrap_or_else(|e| e.into_inner()) = firings
+            .iter()
+            .map(|(at, index)| (campaigns[*index].name.clone(), at.as_millisecond()))
             .collect();
         let due = firings.into_iter().min();
         let wait = due.map_or(std::time::Duration::from_secs(3600), |(at, _)| {

@@ -104,42 +104,7 @@ impl Operator for Operators {
         request: Request<serve_pb::ListAgentsRequest>,
     ) -> Result<Response<serve_pb::AgentList>, Status> {
         self.authorize(peer(&request), "list agents", Role::Viewer)?;
-        let mut agents: Vec<serve_pb::LiveAgent> = self
-            .fleet
-            .agents()
-            .into_iter()
-            .map(|agent| {
-                let reached = self.fleet.reached(&agent.id);
-                serve_pb::LiveAgent {
-                    reachable: reached.via != "direct",
-                    via: reached.via.to_string(),
-                    connected_since_unix_ms: reached.connected_since_unix_ms,
-                    last_seen_unix_ms: reached.last_seen_unix_ms,
-                    agent_id: agent.id,
-                    labels: agent.labels.into_iter().collect(),
-                    address: agent.address,
-                }
-            })
-            .collect();
-        if let Some(live) = &self.fleet.dispatcher.streams {
-            let listed: std::collections::BTreeSet<String> =
-                agents.iter().map(|agent| agent.agent_id.clone()).collect();
-            agents.extend(
-                live.departed()
-                    .into_iter()
-                    .filter(|gone| !listed.contains(&gone.id))
-                    .map(|gone| serve_pb::LiveAgent {
-                        agent_id: gone.id,
-                        labels: gone.labels.into_iter().collect(),
-                        via: "stream".into(),
-                        address: gone.address,
-                        connected_since_unix_ms: 0,
-                        last_seen_unix_ms: gone.last_seen_unix_ms,
-                        reachable: false,
-                    }),
-            );
-            agents.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
-        }
+        let agents = wire::live_agents(&self.fleet);
         Ok(Response::new(serve_pb::AgentList {
             agents,
             latch: self.latch.to_pb(),
