@@ -109,10 +109,47 @@ async fn sign_in(browser: &Client, token: &str) {
         .click()
         .await
         .unwrap();
+    // Signed in once the fleet page is there (the click returns before it is).
+    let signed_in = browser
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Id("fleet"))
+        .await;
+    assert!(signed_in.is_ok(), "sign-in did not reach the fleet page");
 }
 
-async fn text_of(browser: &Client, css: &str) -> String {
+/// The text of every element `css` picks, read by the page in one go.
+async fn texts(browser: &Client, css: &str) -> Vec<String> {
+    let script = "return [...document.querySelectorAll(arguments[0])].map(e => e.textContent);";
+    let found = browser
+        .execute(script, vec![Value::String(css.to_string())])
+        .await
+        .unwrap_or(Value::Null);
+    found
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|text| text.as_str().map(str::to_string))
+        .collect()
+}
+
+/// The text of the element `css` picks on the page as it is now; empty if none.
+async fn text_now(browser: &Client, css: &str) -> String {
     match browser.find(Locator::Css(css)).await {
+        Ok(element) => element.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+/// The text of the element `css` picks, once the page has one (a click's navigation
+/// may still be under way when the click returns); empty if none comes within 10 s.
+async fn text_of(browser: &Client, css: &str) -> String {
+    let found = browser
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css(css))
+        .await;
+    match found {
         Ok(element) => element.text().await.unwrap_or_default(),
         Err(_) => String::new(),
     }
@@ -230,11 +267,8 @@ fn an_operator_watches_an_attack_live_and_stops_the_fleet_from_the_dashboard() {
 
         // The faults page is open before the attack: the rows come in live.
         browser.goto(&format!("{UI}/faults")).await.unwrap();
-        assert!(
-            text_of(&browser, "#faults")
-                .await
-                .contains("No fault is active")
-        );
+        let before = text_of(&browser, "#live-faults").await;
+        assert!(before.contains("No fault is active"), "{before}");
         let attacks = [
             vec![
                 "attack", "cpu", "--select", "role=web", "--load", "30", "--cores", "1", "--for",
@@ -249,25 +283,28 @@ fn an_operator_watches_an_attack_live_and_stops_the_fleet_from_the_dashboard() {
             let attacked = lab.troop_as(&alice, &args);
             assert!(attacked.status.success(), "{}", output_text(&attacked));
         }
+        // Read in one go: the live table is replaced every second.
         let live = until(15, || async {
-            browser
-                .find_all(Locator::Css("tr.fault"))
-                .await
-                .map_or(0, |rows| rows.len())
-                == 4
+            texts(&browser, "tr.fault").await.len() == 4
         })
         .await;
         assert!(
             live,
             "faults never appeared live: {}",
-            text_of(&browser, "#faults").await
+            text_of(&browser, "#live-faults").await
         );
-        let left = text_of(&browser, "tr.fault td.time-left").await;
+        let left = texts(&browser, "tr.fault td.time-left").await;
         assert!(
-            left.starts_with('4') && left.contains('m'),
+            left.iter()
+                .all(|left| left.starts_with('4') && left.contains('m')),
             "time left {left:?}"
         );
-        assert!(text_of(&browser, "#faults").await.contains("50.0%"));
+        let rows = texts(&browser, "tr.fault").await;
+        assert!(
+            rows.iter()
+                .any(|row| row.contains("disk") && row.contains("50.0%")),
+            "what the fills achieve: {rows:?}"
+        );
         screenshot(&browser, "dashboard-faults.png").await;
         for id in ["web-1", "nat-1"] {
             assert!(
@@ -293,6 +330,7 @@ fn an_operator_watches_an_attack_live_and_stops_the_fleet_from_the_dashboard() {
             .unwrap();
         let reached = text_of(&browser, "#reached").await;
         assert!(reached.matches("applied").count() == 2, "{reached}");
+        // The page the stop answered with: it lists who was reached.
         assert!(
             text_of(&browser, "#latch")
                 .await
@@ -325,12 +363,12 @@ fn an_operator_watches_an_attack_live_and_stops_the_fleet_from_the_dashboard() {
         sign_in(&browser, &lab.operator_token("alice")).await;
         browser.goto(&format!("{UI}/faults")).await.unwrap();
         let gone = until(5, || async {
-            text_of(&browser, "#faults")
+            text_now(&browser, "#live-faults")
                 .await
                 .contains("No fault is active")
         })
         .await;
-        assert!(gone, "{}", text_of(&browser, "#faults").await);
+        assert!(gone, "{}", text_of(&browser, "#live-faults").await);
         browser
             .find(Locator::Id("resume-reason"))
             .await
@@ -345,6 +383,8 @@ fn an_operator_watches_an_attack_live_and_stops_the_fleet_from_the_dashboard() {
             .click()
             .await
             .unwrap();
+        let resumed = text_of(&browser, "#reached").await;
+        assert!(resumed.matches("applied").count() == 2, "{resumed}");
         assert!(
             text_of(&browser, "#latch")
                 .await
