@@ -223,7 +223,7 @@ async fn fleet_page(State(d): Shared, headers: HeaderMap) -> Page {
     Ok(pages::fleet(
         &session,
         d.latch.to_pb().as_ref(),
-        &crate::wire::live_agents(&d.fleet),
+        &d.fleet.live_agents(),
         &statuses,
     ))
 }

@@ -137,6 +137,47 @@ impl Fleet {
     }
 
     /// How `id` is reached.
+    /// Every agent serve knows, as `troop agents` lists them: the fleet's (static and
+    /// attached), then those whose streams ended, unreachable; by id.
+    pub fn live_agents(&self) -> Vec<troop_proto::serve_pb::LiveAgent> {
+        let mut agents: Vec<troop_proto::serve_pb::LiveAgent> = self
+            .agents()
+            .into_iter()
+            .map(|agent| {
+                let reached = self.reached(&agent.id);
+                troop_proto::serve_pb::LiveAgent {
+                    reachable: reached.via != "direct",
+                    via: reached.via.to_string(),
+                    connected_since_unix_ms: reached.connected_since_unix_ms,
+                    last_seen_unix_ms: reached.last_seen_unix_ms,
+                    agent_id: agent.id,
+                    labels: agent.labels.into_iter().collect(),
+                    address: agent.address,
+                }
+            })
+            .collect();
+        if let Some(live) = &self.dispatcher.streams {
+            let listed: std::collections::BTreeSet<String> =
+                agents.iter().map(|agent| agent.agent_id.clone()).collect();
+            agents.extend(
+                live.departed()
+                    .into_iter()
+                    .filter(|gone| !listed.contains(&gone.id))
+                    .map(|gone| troop_proto::serve_pb::LiveAgent {
+                        agent_id: gone.id,
+                        labels: gone.labels.into_iter().collect(),
+                        via: "stream".into(),
+                        address: gone.address,
+                        connected_since_unix_ms: 0,
+                        last_seen_unix_ms: gone.last_seen_unix_ms,
+                        reachable: false,
+                    }),
+            );
+            agents.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
+        }
+        agents
+    }
+
     pub fn reached(&self, id: &str) -> Reached {
         if let Some(agent) = self.reached.get(id) {
             return Reached {

@@ -9,47 +9,6 @@ use crate::config::AgentEntry;
 use crate::dispatch::{CallError, Delivery};
 use troop_proto::pb;
 
-/// Every agent serve knows, as `troop agents` lists them: the fleet's (static and
-/// attached), then those whose streams ended, unreachable; by id.
-pub fn live_agents(fleet: &crate::fleet::Fleet) -> Vec<serve_pb::LiveAgent> {
-    let mut agents: Vec<serve_pb::LiveAgent> = fleet
-        .agents()
-        .into_iter()
-        .map(|agent| {
-            let reached = fleet.reached(&agent.id);
-            serve_pb::LiveAgent {
-                reachable: reached.via != "direct",
-                via: reached.via.to_string(),
-                connected_since_unix_ms: reached.connected_since_unix_ms,
-                last_seen_unix_ms: reached.last_seen_unix_ms,
-                agent_id: agent.id,
-                labels: agent.labels.into_iter().collect(),
-                address: agent.address,
-            }
-        })
-        .collect();
-    if let Some(live) = &fleet.dispatcher.streams {
-        let listed: std::collections::BTreeSet<String> =
-            agents.iter().map(|agent| agent.agent_id.clone()).collect();
-        agents.extend(
-            live.departed()
-                .into_iter()
-                .filter(|gone| !listed.contains(&gone.id))
-                .map(|gone| serve_pb::LiveAgent {
-                    agent_id: gone.id,
-                    labels: gone.labels.into_iter().collect(),
-                    via: "stream".into(),
-                    address: gone.address,
-                    connected_since_unix_ms: 0,
-                    last_seen_unix_ms: gone.last_seen_unix_ms,
-                    reachable: false,
-                }),
-        );
-        agents.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
-    }
-    agents
-}
-
 pub fn failure(error: &CallError) -> serve_pb::CallFailure {
     match error {
         CallError::Unreachable(reason) => serve_pb::CallFailure {

@@ -50,13 +50,7 @@ fn layout(
     html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { (title) " · troop" }
-                link rel="stylesheet" href="/ui/style.css";
-                script src="/ui/live.js" defer {}
-            }
+            (head(title, true))
             body {
                 a.skip href="#main" { "Skip to content" }
                 header {
@@ -85,6 +79,19 @@ fn layout(
                     (content)
                 }
             }
+        }
+    }
+}
+
+/// A page's head; `live` pages take the live updates.
+fn head(title: &str, live: bool) -> Markup {
+    html! {
+        head {
+            meta charset="utf-8";
+            meta name="viewport" content="width=device-width, initial-scale=1";
+            title { (title) " · troop" }
+            link rel="stylesheet" href="/ui/style.css";
+            @if live { script src="/ui/live.js" defer {} }
         }
     }
 }
@@ -400,12 +407,7 @@ pub fn signin(error: Option<&str>) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { "Sign in · troop" }
-                link rel="stylesheet" href="/ui/style.css";
-            }
+            (head("Sign in", false))
             body {
                 main #main.signin {
                     h1 { "troop" }

@@ -104,7 +104,7 @@ impl Operator for Operators {
         request: Request<serve_pb::ListAgentsRequest>,
     ) -> Result<Response<serve_pb::AgentList>, Status> {
         self.authorize(peer(&request), "list agents", Role::Viewer)?;
-        let agents = wire::live_agents(&self.fleet);
+        let agents = self.fleet.live_agents();
         Ok(Response::new(serve_pb::AgentList {
             agents,
             latch: self.latch.to_pb(),
