@@ -287,15 +287,20 @@ struct SignIn {
 
 async fn sign_in(State(d): Shared, Form(form): Form<SignIn>) -> Response {
     let now = now_unix_ms();
-    let verdict = token::verify(&form.token, &d.token_key, now)
-        .map_err(|error| error.to_string())
-        .and_then(|token| match d.fleet.config.role_of(&token.name) {
-            Some(_) => Ok(token),
-            None => Err(format!(
-                "operator {:?} is not listed in serve's [[operators]]",
-                token.name
-            )),
-        });
+    // Who tried, when the token says (a valid token of an unlisted operator), for the log.
+    let (caller, verdict) = match token::verify(&form.token, &d.token_key, now) {
+        Err(error) => ("?".to_string(), Err(error.to_string())),
+        Ok(token) => match d.fleet.config.role_of(&token.name) {
+            Some(_) => (token.name.clone(), Ok(token)),
+            None => (
+                token.name.clone(),
+                Err(format!(
+                    "operator {:?} is not listed in serve's [[operators]]",
+                    token.name
+                )),
+            ),
+        },
+    };
     match verdict {
         Ok(token) => {
             d.record(&token.name, "sign in", None);
@@ -312,7 +317,7 @@ async fn sign_in(State(d): Shared, Form(form): Form<SignIn>) -> Response {
             response
         }
         Err(reason) => {
-            d.record("?", "sign in", Some(&reason));
+            d.record(&caller, "sign in", Some(&reason));
             (StatusCode::UNAUTHORIZED, pages::signin(Some(&reason))).into_response()
         }
     }

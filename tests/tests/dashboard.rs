@@ -433,6 +433,14 @@ fn an_operator_watches_an_attack_live_and_stops_the_fleet_from_the_dashboard() {
     assert!(body.contains("needs the operator role"), "{body}");
     let (code, _) = post(&lab_ns, "/ui/stop", "not-a-token", "csrf=x&reason=x");
     assert_eq!(code, 401);
+    // Signing in with garbage says why, and sets no session.
+    let (code, body) = post(&lab_ns, "/ui/signin", "", "token=troop-operator-1.00.00");
+    assert_eq!(code, 401, "{body}");
+    assert!(
+        body.contains("Not signed in: this is not an operator token"),
+        "{body}"
+    );
+    assert!(!body.to_ascii_lowercase().contains("set-cookie"), "{body}");
     let status = status_json(&lab, &alice);
     for agent in agent_entries(&status) {
         assert!(agent["latch"].is_null(), "nothing latched: {status}");
