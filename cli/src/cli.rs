@@ -158,12 +158,13 @@ pub enum PkiCommand {
         #[arg(long, default_value_t = 825)]
         days: u64,
     },
-    /// Print a token that signs NAME in to the dashboard of `troop serve` (signed with
-    /// DIR/signing.key; serve's `[[operators]]` gives NAME its role).
+    /// Print a token that signs NAME in to the dashboard of `troop serve`, signed with
+    /// serve's signing key (troop.toml's `[signing] key`, or DIR/signing.key); serve's
+    /// `[[operators]]` gives NAME its role.
     OperatorToken {
-        /// The directory `troop pki init` wrote (its signing.key signs the token).
+        /// The directory `troop pki init` wrote, if not troop.toml's `[signing] key`.
         #[arg(long)]
-        dir: PathBuf,
+        dir: Option<PathBuf>,
         /// The operator's name, as `[[operators]] name` gives it.
         #[arg(long)]
         name: String,

@@ -466,13 +466,12 @@ impl Lab {
         self.write_coordinator_config();
     }
 
-    /// A dashboard sign-in token for `name`, from `troop pki operator-token`.
+    /// A dashboard sign-in token for `name`, from `troop pki operator-token` on the serve
+    /// host (the key troop.toml names).
     pub fn operator_token(&self, name: &str) -> String {
         let output = self
             .troop_command()
-            .args(["pki", "operator-token", "--dir"])
-            .arg(self.pki.path(""))
-            .args(["--name", name, "--ttl", "1h"])
+            .args(["pki", "operator-token", "--name", name, "--ttl", "1h"])
             .output()
             .expect("troop pki operator-token");
         assert!(output.status.success(), "{output:?}");

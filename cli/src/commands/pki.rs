@@ -7,9 +7,13 @@ use troop_coordinator::pki;
 
 use crate::outcome::Outcome;
 
-pub fn run(command: PkiCommand, output: Output) -> anyhow::Result<Outcome> {
+pub fn run(command: PkiCommand, config: Option<&Path>, output: Output) -> anyhow::Result<Outcome> {
     if let PkiCommand::OperatorToken { dir, name, ttl } = &command {
-        return operator_token(dir, name, ttl, output);
+        let key = match dir {
+            Some(dir) => dir.join(pki::SIGNING_KEY),
+            None => signing_key_of(config)?,
+        };
+        return operator_token(&key, name, ttl, output);
     }
     let written: Vec<PathBuf> = match &command {
         PkiCommand::Init { dir } => pki::init(dir)?,
@@ -41,8 +45,20 @@ pub fn run(command: PkiCommand, output: Output) -> anyhow::Result<Outcome> {
     Ok(Outcome::Success)
 }
 
-/// Prints a dashboard sign-in token for `name`, valid for `ttl`.
-fn operator_token(dir: &Path, name: &str, ttl: &str, output: Output) -> anyhow::Result<Outcome> {
+/// The signing key troop.toml (`config`, else where troop looks for it) names.
+fn signing_key_of(config: Option<&Path>) -> anyhow::Result<PathBuf> {
+    use troop_coordinator::config::CoordinatorConfig;
+    let path = CoordinatorConfig::locate(config)?;
+    CoordinatorConfig::load(&path)?.signing_key.ok_or_else(|| {
+        anyhow::anyhow!(
+            "config {} has no [signing] key: run this on the serve host, or give --dir",
+            path.display()
+        )
+    })
+}
+
+/// Prints a dashboard sign-in token for `name`, valid for `ttl`, signed with `key`.
+fn operator_token(key: &Path, name: &str, ttl: &str, output: Output) -> anyhow::Result<Outcome> {
     use troop_coordinator::dashboard::token;
     let ttl = troop_common::units::parse_duration(ttl)
         .map_err(|error| anyhow::anyhow!("--ttl {ttl:?}: {error}"))?;
@@ -52,7 +68,7 @@ fn operator_token(dir: &Path, name: &str, ttl: &str, output: Output) -> anyhow::
     }
     troop_common::names::check_dns_name(name, false)
         .map_err(|message| anyhow::anyhow!("--name {name:?}: {message}"))?;
-    let key = pki::load_signing_key(&dir.join(pki::SIGNING_KEY))?;
+    let key = pki::load_signing_key(key)?;
     let now = troop_coordinator::signer::now_unix_ms();
     let text = token::issue(&key, name, now, ttl_ms);
     match output {
