@@ -32,8 +32,9 @@ use sha2::{Digest, Sha256};
 use crate::config::Role;
 use crate::fleet::Fleet;
 use crate::latch::{FleetLatch, LatchError};
+use crate::serve::access::record_access;
 use crate::signer::now_unix_ms;
-use crate::store::{AccessRecord, Store};
+use crate::store::Store;
 
 const COOKIE: &str = "troop_session";
 /// How often the live parts of a page are sent again.
@@ -134,20 +135,7 @@ impl Dashboard {
     }
 
     fn record(&self, caller: &str, call: &str, refused: Option<&str>) {
-        match refused {
-            Some(reason) => tracing::warn!(%caller, %call, %reason, "refused a dashboard call"),
-            None => tracing::info!(%caller, %call, "dashboard call"),
-        }
-        let access = AccessRecord {
-            at_ms: now_unix_ms(),
-            caller: caller.to_string(),
-            call: format!("{call} (dashboard)"),
-            allowed: refused.is_none(),
-            detail: refused.unwrap_or_default().to_string(),
-        };
-        if let Err(error) = self.store.record_access(&access) {
-            tracing::error!(%error, "audit store: cannot record a dashboard call");
-        }
+        record_access(&self.store, caller, &format!("{call} (dashboard)"), refused);
     }
 
     /// The session a form's action runs in: signed in, with the operator role, and the
@@ -182,10 +170,6 @@ impl IntoResponse for Refused {
     fn into_response(self) -> Response {
         (self.0, format!("{}\n", self.1)).into_response()
     }
-}
-
-fn refused(status: StatusCode, reason: &str) -> Response {
-    Refused(status, reason.to_string()).into_response()
 }
 
 fn session_cookie(headers: &HeaderMap) -> Option<String> {
@@ -369,25 +353,22 @@ async fn latch_action(d: &Dashboard, headers: &HeaderMap, form: LatchForm, stop:
         Err(refusal) => return refusal.into_response(),
     };
     d.record(&session.name, call, None);
-    let reason: String = form
-        .reason
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(200)
-        .collect();
+    // The latch checks the reason, as it does for the operator API.
     let latched = if stop {
-        d.latch.stop(&session.name, &reason).await
+        d.latch.stop(&session.name, &form.reason).await
     } else {
-        d.latch.resume(&session.name, &reason).await
+        d.latch.resume(&session.name, &form.reason).await
     };
     match latched {
         Ok((run, deliveries)) => {
             pages::latched(&session, d.latch.to_pb().as_ref(), stop, run, &deliveries)
                 .into_response()
         }
-        Err(LatchError::Invalid(message)) => refused(StatusCode::BAD_REQUEST, &message),
+        Err(LatchError::Invalid(message)) => {
+            Refused(StatusCode::BAD_REQUEST, message).into_response()
+        }
         Err(error @ LatchError::Store(_)) => {
-            refused(StatusCode::SERVICE_UNAVAILABLE, &error.to_string())
+            Refused(StatusCode::SERVICE_UNAVAILABLE, error.to_string()).into_response()
         }
     }
 }
@@ -396,7 +377,7 @@ async fn latch_action(d: &Dashboard, headers: &HeaderMap, form: LatchForm, stop:
 /// (the banner), each second.
 async fn events(State(d): Shared, headers: HeaderMap) -> Response {
     if d.session(&headers).is_none() {
-        return refused(StatusCode::UNAUTHORIZED, "sign in first");
+        return Refused(StatusCode::UNAUTHORIZED, "sign in first".into()).into_response();
     }
     Sse::new(live(d))
         .keep_alive(KeepAlive::default())

@@ -211,6 +211,20 @@ fn http(lab_ns: &Path, request: String) -> (u16, String) {
     })
 }
 
+/// The CSRF token the session of `token` gets in its pages' forms.
+fn csrf_of(lab_ns: &Path, token: &str) -> String {
+    let page = http(
+        lab_ns,
+        format!("GET /ui/ HTTP/1.0\r\nHost: 127.0.0.1\r\nCookie: troop_session={token}\r\n\r\n"),
+    )
+    .1;
+    page.split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("the sign-out form carries the session's csrf")
+        .to_string()
+}
+
 fn post(lab_ns: &Path, path: &str, cookie: &str, body: &str) -> (u16, String) {
     http(
         lab_ns,
@@ -417,20 +431,25 @@ fn an_operator_watches_an_attack_live_and_stops_the_fleet_from_the_dashboard() {
     assert_eq!(code, 403, "{body}");
     assert!(body.contains("forged request"), "{body}");
     let vic = lab.operator_token("vic");
-    let page = http(
-        &lab_ns,
-        format!("GET /ui/ HTTP/1.0\r\nHost: 127.0.0.1\r\nCookie: troop_session={vic}\r\n\r\n"),
-    )
-    .1;
-    let csrf = page
-        .split("name=\"csrf\" value=\"")
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .expect("the sign-out form carries the session's csrf")
-        .to_string();
+    let csrf = csrf_of(&lab_ns, &vic);
     let (code, body) = post(&lab_ns, "/ui/stop", &vic, &format!("csrf={csrf}&reason=x"));
     assert_eq!(code, 403, "{body}");
     assert!(body.contains("needs the operator role"), "{body}");
+    // A reason the latch refuses (a control character) is refused here as through the
+    // operator API, not cleaned up.
+    let alice_token = lab.operator_token("alice");
+    let csrf = csrf_of(&lab_ns, &alice_token);
+    let (code, body) = post(
+        &lab_ns,
+        "/ui/stop",
+        &alice_token,
+        &format!("csrf={csrf}&reason=bad%07reason"),
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body.contains("reason must not contain control characters"),
+        "{body}"
+    );
     let (code, _) = post(&lab_ns, "/ui/stop", "not-a-token", "csrf=x&reason=x");
     assert_eq!(code, 401);
     // Signing in with garbage says why, and sets no session.

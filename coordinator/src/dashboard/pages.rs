@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use maud::{DOCTYPE, Markup, PreEscaped, html};
+use troop_common::latch::MAX_REASON_CHARS;
 use troop_proto::pb;
 use troop_proto::serve_pb::LiveAgent;
 
@@ -103,7 +104,7 @@ fn stop_controls(session: &Session, latch: Option<&pb::Latch>) -> Markup {
             form #stop-form method="post" action="/ui/stop" {
                 input type="hidden" name="csrf" value=(session.csrf);
                 label for="stop-reason" { "Reason" }
-                input #stop-reason type="text" name="reason" required maxlength="200"
+                input #stop-reason type="text" name="reason" required maxlength=(MAX_REASON_CHARS)
                     placeholder="why everything must stop";
                 button #emergency-stop.danger type="submit" { "Emergency stop" }
             }
@@ -111,7 +112,7 @@ fn stop_controls(session: &Session, latch: Option<&pb::Latch>) -> Markup {
                 form #resume-form method="post" action="/ui/resume" {
                     input type="hidden" name="csrf" value=(session.csrf);
                     label for="resume-reason" { "Reason" }
-                    input #resume-reason type="text" name="reason" required maxlength="200"
+                    input #resume-reason type="text" name="reason" required maxlength=(MAX_REASON_CHARS)
                         placeholder="why it is safe again";
                     button #resume type="submit" { "Resume" }
                 }

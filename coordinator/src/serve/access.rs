@@ -86,22 +86,7 @@ impl Operators {
     }
 
     pub(super) fn record(&self, who: &str, call: &str, refused: Option<&str>) {
-        match refused {
-            Some(reason) => {
-                tracing::warn!(caller = %who, %call, %reason, "refused an operator call")
-            }
-            None => tracing::info!(caller = %who, %call, "operator call"),
-        }
-        let access = AccessRecord {
-            at_ms: now_unix_ms(),
-            caller: who.to_string(),
-            call: call.to_string(),
-            allowed: refused.is_none(),
-            detail: refused.unwrap_or_default().to_string(),
-        };
-        if let Err(error) = self.store.record_access(&access) {
-            tracing::error!(%error, "audit store: cannot record an operator call");
-        }
+        record_access(&self.store, who, call, refused);
     }
 
     /// FAILED_PRECONDITION naming the emergency stop while latched; the refusal audited.
@@ -113,6 +98,25 @@ impl Operators {
                 Err(Status::failed_precondition(refusal))
             }
         }
+    }
+}
+
+/// Logs a call to serve, operator API or dashboard, and records it in the store's access
+/// log, allowed or refused (`refused` says why).
+pub fn record_access(store: &Store, who: &str, call: &str, refused: Option<&str>) {
+    match refused {
+        Some(reason) => tracing::warn!(caller = %who, %call, %reason, "refused an operator call"),
+        None => tracing::info!(caller = %who, %call, "operator call"),
+    }
+    let access = AccessRecord {
+        at_ms: now_unix_ms(),
+        caller: who.to_string(),
+        call: call.to_string(),
+        allowed: refused.is_none(),
+        detail: refused.unwrap_or_default().to_string(),
+    };
+    if let Err(error) = store.record_access(&access) {
+        tracing::error!(%error, "audit store: cannot record an operator call");
     }
 }
 
