@@ -76,6 +76,7 @@ pub fn incoming(
         tcp,
         config,
         Arc::new(|leaf| {
+            let leaf = leaf.ok_or("no client certificate")?;
             if names(leaf, COORDINATOR_NAME) {
                 Ok(())
             } else {

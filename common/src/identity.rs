@@ -67,6 +67,8 @@ pub fn names(leaf: &CertificateDer<'_>, name: &str) -> bool {
 /// streams (server-auth certificates) and operators' calls (client-auth) on one port.
 #[derive(Debug)]
 pub struct FleetVerifier {
+    /// Whether a client may come without a certificate (to enrol, and nothing else).
+    anonymous: bool,
     anchors: Vec<TrustAnchor<'static>>,
     subjects: Vec<DistinguishedName>,
     provider: Arc<rustls::crypto::CryptoProvider>,
@@ -86,10 +88,18 @@ impl FleetVerifier {
             anchors.push(anchor);
         }
         Ok(Self {
+            anonymous: false,
             anchors,
             subjects,
             provider: provider(),
         })
+    }
+
+    /// Also lets clients without a certificate finish the handshake: serve's enrolment
+    /// takes them, and every other call refuses them ("no client certificate").
+    pub fn allowing_anonymous(mut self) -> Self {
+        self.anonymous = true;
+        self
     }
 
     fn chain_for(
@@ -140,6 +150,10 @@ impl FleetVerifier {
 impl ClientCertVerifier for FleetVerifier {
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
         &self.subjects
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        !self.anonymous
     }
 
     fn verify_client_cert(

@@ -27,15 +27,17 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_HANDSHAKES: usize = 128;
 const MAX_HANDSHAKES_PER_PEER: usize = 16;
 
-/// Decides, after a handshake, whether the peer's proven certificate (the leaf) may talk
-/// to this server at all; the error is logged as the reason.
-pub type Admit = Arc<dyn Fn(&CertificateDer<'_>) -> Result<(), String> + Send + Sync>;
+/// Decides, after a handshake, whether the peer's proven certificate (the leaf; `None`
+/// when the server let it come without one) may talk to this server at all; the error is
+/// logged as the reason.
+pub type Admit = Arc<dyn Fn(Option<&CertificateDer<'_>>) -> Result<(), String> + Send + Sync>;
 
 /// Who is on the other end of an accepted connection.
 #[derive(Debug, Clone)]
 pub struct PeerInfo {
     pub remote: Option<SocketAddr>,
-    /// The leaf certificate the client proved (always present: certificates are required).
+    /// The leaf certificate the client proved; `None` only where the server admits peers
+    /// without one (serve's enrolment).
     pub certificate: Option<CertificateDer<'static>>,
 }
 
@@ -183,15 +185,12 @@ pub fn incoming(
                             .1
                             .peer_certificates()
                             .and_then(|c| c.first());
-                        match leaf.map(|leaf| admit(leaf)) {
-                            Some(Ok(())) => {
+                        match admit(leaf) {
+                            Ok(()) => {
                                 let _ = sender.send(Ok(TlsConnection(stream))).await;
                             }
-                            Some(Err(reason)) => {
+                            Err(reason) => {
                                 tracing::warn!(%remote, %reason, "refused connection")
-                            }
-                            None => {
-                                tracing::warn!(%remote, "refused connection: no client certificate")
                             }
                         }
                     }

@@ -111,6 +111,11 @@ pub struct ServeFile {
     /// `HOST:PORT` where the other replicas reach this one to relay to its agents;
     /// default this host's name and the `listen` port.
     pub advertise: Option<String>,
+    /// The fleet CA's private key: with it, serve enrols agents that bring a join token
+    /// and renews their certificates. The key stays on the serve host.
+    pub ca_key: Option<PathBuf>,
+    /// How long the agent certificates serve issues last (`30d`).
+    pub agent_certificate_lifetime: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -181,7 +186,13 @@ pub struct ServeSettings {
     pub replica: Option<String>,
     /// Where other replicas reach this one, if the config says.
     pub advertise: Option<String>,
+    /// The fleet CA's key, if serve enrols agents.
+    pub ca_key: Option<PathBuf>,
+    pub agent_certificate_lifetime: Duration,
 }
+
+/// Agent certificates serve issues are short-lived and renewed over the stream.
+pub const DEFAULT_AGENT_CERTIFICATE_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
 
 pub const DEFAULT_SERVE_LISTEN: &str = "0.0.0.0:7444";
 pub const DEFAULT_HEALTH_LISTEN: &str = "127.0.0.1:7080";
@@ -367,6 +378,13 @@ impl CoordinatorConfig {
                 }
                 address => address,
             },
+            ca_key: serve.ca_key.map(&resolve),
+            agent_certificate_lifetime: duration(
+                "serve.agent_certificate_lifetime",
+                serve.agent_certificate_lifetime,
+                DEFAULT_AGENT_CERTIFICATE_LIFETIME,
+                crate::pki::MIN_LIFETIME,
+            )?,
         };
         let mut operators: Vec<OperatorEntry> = Vec::new();
         for (index, operator) in raw.operators.into_iter().enumerate() {

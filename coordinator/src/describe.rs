@@ -254,3 +254,10 @@ fn network_text(network: &pb::Network) -> String {
     }
     text
 }
+
+/// A Unix time in milliseconds as people read it: `2026-12-03 21:47:40 UTC`.
+pub fn unix_ms_text(at_ms: i64) -> String {
+    jiff::Timestamp::from_millisecond(at_ms)
+        .map(|at| at.strftime("%Y-%m-%d %H:%M:%S UTC").to_string())
+        .unwrap_or_else(|_| format!("{at_ms} ms after 1970"))
+}

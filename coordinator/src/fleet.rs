@@ -37,6 +37,8 @@ pub struct Reached {
     pub via: &'static str,
     pub connected_since_unix_ms: i64,
     pub last_seen_unix_ms: i64,
+    /// When the certificate of the agent's stream expires; 0 if not known.
+    pub certificate_expires_unix_ms: i64,
 }
 
 impl Fleet {
@@ -150,6 +152,7 @@ impl Fleet {
                     via: reached.via.to_string(),
                     connected_since_unix_ms: reached.connected_since_unix_ms,
                     last_seen_unix_ms: reached.last_seen_unix_ms,
+                    certificate_expires_unix_ms: reached.certificate_expires_unix_ms,
                     agent_id: agent.id,
                     labels: agent.labels.into_iter().collect(),
                     address: agent.address,
@@ -171,6 +174,7 @@ impl Fleet {
                         connected_since_unix_ms: 0,
                         last_seen_unix_ms: gone.last_seen_unix_ms,
                         reachable: false,
+                        certificate_expires_unix_ms: 0,
                     }),
             );
             agents.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
@@ -188,6 +192,7 @@ impl Fleet {
                 },
                 connected_since_unix_ms: agent.connected_since_unix_ms,
                 last_seen_unix_ms: agent.last_seen_unix_ms,
+                certificate_expires_unix_ms: agent.certificate_expires_unix_ms,
             };
         }
         match self
@@ -200,6 +205,10 @@ impl Fleet {
                 via: "stream",
                 connected_since_unix_ms: link.connected_since_unix_ms,
                 last_seen_unix_ms: link.last_seen_unix_ms(),
+                certificate_expires_unix_ms: link
+                    .certificate
+                    .as_ref()
+                    .map_or(0, |cert| cert.not_after_unix_ms),
             },
             None => match self
                 .dispatcher
@@ -211,6 +220,7 @@ impl Fleet {
                     via: "relay",
                     connected_since_unix_ms: stream.entry.connected_since_ms,
                     last_seen_unix_ms: stream.seen_at_ms,
+                    certificate_expires_unix_ms: 0,
                 },
                 None => Reached {
                     via: "direct",

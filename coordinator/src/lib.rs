@@ -26,6 +26,7 @@ pub mod config;
 pub mod dashboard;
 pub mod describe;
 pub mod dispatch;
+pub mod enrolment;
 pub mod findings;
 pub mod fleet;
 pub mod latch;

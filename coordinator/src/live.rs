@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use troop_proto::serve_pb::{self, answer, request, serve_message};
 
 use crate::config::AgentEntry;
+use crate::enrolment::certificate::CertInfo;
 use crate::signer::now_unix_ms;
 
 /// An agent's stream messages (and a relayed request or answer) are commands and
@@ -39,6 +40,8 @@ pub struct Link {
     pub version: String,
     /// Where the stream comes from.
     pub address: String,
+    /// The certificate the stream was opened with.
+    pub certificate: Option<CertInfo>,
     pub connected_since_unix_ms: i64,
     generation: u64,
     last_seen_unix_ms: AtomicI64,
@@ -136,6 +139,7 @@ pub struct Registration {
     pub labels: BTreeMap<String, String>,
     pub version: String,
     pub address: String,
+    pub certificate: Option<CertInfo>,
 }
 
 /// An agent whose stream ended: still shown (unreachable, last seen when), never picked.
@@ -177,6 +181,7 @@ impl Registry {
             labels: registration.labels,
             version: registration.version,
             address: registration.address,
+            certificate: registration.certificate,
             connected_since_unix_ms: now,
             generation: self.generations.fetch_add(1, Ordering::Relaxed),
             last_seen_unix_ms: AtomicI64::new(now),
@@ -207,6 +212,19 @@ impl Registry {
         }
         drop(links);
         link.close();
+    }
+
+    /// Ends the streams `refusal` gives a reason to end; returns each agent and reason.
+    pub fn cut_off(&self, refusal: impl Fn(&Link) -> Option<String>) -> Vec<(String, String)> {
+        let links: Vec<Arc<Link>> = self.lock().values().cloned().collect();
+        let mut cut = Vec::new();
+        for link in links {
+            if let Some(reason) = refusal(&link) {
+                self.remove(&link);
+                cut.push((link.id.clone(), reason));
+            }
+        }
+        cut
     }
 
     /// Ends every stream (serve is stopping): each agent dials back in to a serve that runs.
@@ -281,6 +299,7 @@ mod tests {
             labels: BTreeMap::new(),
             version: "test".into(),
             address: address.into(),
+            certificate: None,
         }
     }
 

@@ -129,6 +129,12 @@ pub enum PkiError {
         /// Which key was being encoded.
         what: &'static str,
     },
+    /// A certificate signing request that cannot be signed.
+    #[error("certificate signing request refused: {reason}")]
+    Csr {
+        /// What is wrong with it.
+        reason: String,
+    },
     /// `ca.key` is not the private key of `ca.pem`.
     #[error("{} does not hold the private key of {}", key.display(), cert.display())]
     CaKeyMismatch {
@@ -302,26 +308,8 @@ fn issue_leaf(
     refuse_existing(&dir.join(&cert_file))?;
     refuse_existing(&dir.join(&key_file))?;
 
-    let ca_cert_path = dir.join(CA_CERT);
-    let ca_key_path = dir.join(CA_KEY);
-    let ca_der = read_ca_cert(&ca_cert_path)?;
-    let ca_key_pem = read_to_string(&ca_key_path)?;
-    let ca_key = KeyPair::from_pem(&ca_key_pem).map_err(|e| PkiError::Malformed {
-        path: ca_key_path.clone(),
-        reason: format!("not a PKCS#8 PEM private key ({e})"),
-    })?;
-    let roots = ca_roots(&ca_cert_path, &ca_der)?;
-    // A mismatched pair would sign certificates nobody can verify; say so plainly.
-    if !spki_matches(&roots, &ca_key) {
-        return Err(PkiError::CaKeyMismatch {
-            cert: ca_cert_path,
-            key: ca_key_path,
-        });
-    }
-
-    // rcgen cannot parse ca.pem without x509-parser, so rebuild the issuer from the
-    // same parameters `init` used; the verification below catches any mismatch.
-    let issuer = Issuer::new(ca_params()?, &ca_key);
+    let ca = FleetCa::load(&dir.join(CA_CERT), &dir.join(CA_KEY))?;
+    let issuer = ca.issuer()?;
     let (what, usage) = match role {
         Role::Agent => ("the agent", vec![ExtendedKeyUsagePurpose::ServerAuth]),
         Role::Operator => ("the operator", vec![ExtendedKeyUsagePurpose::ClientAuth]),
@@ -335,10 +323,11 @@ fn issue_leaf(
     };
     let key = generate_key(&format!("{what} key"))?;
     let mut params = leaf_params(name, sans, usage)?;
-    set_validity(&mut params, days);
+    set_validity(&mut params, Duration::from_secs(days * 86_400));
     let cert = params
         .signed_by(&key, &issuer)
         .map_err(generate_err(&format!("{what} certificate")))?;
+    let roots = ca.roots.clone();
     let verified = match role {
         Role::Agent => verify_agent_cert(roots, cert.der(), name),
         Role::Operator => verify_operator_cert(roots, cert.der()),
@@ -347,7 +336,7 @@ fn issue_leaf(
     };
     verified.map_err(|source| PkiError::Verify {
         name: name.to_owned(),
-        ca: ca_cert_path,
+        ca: ca.cert_path.clone(),
         source,
     })?;
 
@@ -368,6 +357,17 @@ pub fn load_signing_key(path: &Path) -> Result<SigningKey, PkiError> {
         path: path.to_owned(),
         source,
     })
+}
+
+/// Checks that `name` can be the name of an agent certificate serve issues.
+pub fn check_agent_name(name: &str) -> Result<(), PkiError> {
+    validate_agent_name(name)
+}
+
+/// SHA-256 of the certificate in `ca` (PEM), lower-case hex: what an enrolling agent pins.
+pub fn ca_sha256(ca: &Path) -> Result<String, PkiError> {
+    use sha2::{Digest, Sha256};
+    Ok(hex::encode(Sha256::digest(read_ca_cert(ca)?.as_ref())))
 }
 
 /// Checks that `name` can be an agent id, a file stem and a DNS name the
@@ -401,7 +401,7 @@ fn ca_params() -> Result<CertificateParams, PkiError> {
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     params.serial_number = Some(random_serial()?);
-    set_validity(&mut params, CA_VALIDITY_DAYS);
+    set_validity(&mut params, Duration::from_secs(CA_VALIDITY_DAYS * 86_400));
     Ok(params)
 }
 
@@ -421,7 +421,10 @@ fn leaf_params(
     // Lets OpenSSL-based tools pick the right issuer key when building chains.
     params.use_authority_key_identifier_extension = true;
     params.serial_number = Some(random_serial()?);
-    set_validity(&mut params, LEAF_VALIDITY_DAYS);
+    set_validity(
+        &mut params,
+        Duration::from_secs(LEAF_VALIDITY_DAYS * 86_400),
+    );
     Ok(params)
 }
 
@@ -453,24 +456,29 @@ fn parse_san(san: &str) -> Result<SanType, PkiError> {
     dns_san(san)
 }
 
-/// Sets `not_before` slightly in the past and `not_after` `days` later.
-fn set_validity(params: &mut CertificateParams, days: u64) {
+/// Sets `not_before` slightly in the past and `not_after` `lifetime` from now.
+fn set_validity(params: &mut CertificateParams, lifetime: Duration) {
     // Before 1970 the clock is broken anyway; fall back to the epoch rather than fail.
     let since_epoch = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .saturating_sub(CLOCK_SKEW);
-    params.not_before = rcgen::date_time_ymd(1970, 1, 1) + since_epoch;
-    params.not_after = params.not_before + Duration::from_secs(days * 86_400);
+        .unwrap_or_default();
+    let epoch = rcgen::date_time_ymd(1970, 1, 1);
+    params.not_before = epoch + since_epoch.saturating_sub(CLOCK_SKEW);
+    params.not_after = epoch + since_epoch + lifetime;
 }
 
 /// A random positive 128-bit serial, so re-issued certificates never share one.
 fn random_serial() -> Result<SerialNumber, PkiError> {
+    Ok(SerialNumber::from_slice(&random_serial_bytes()?))
+}
+
+/// The DER content of [`random_serial`]: what a parser of the certificate reads back.
+fn random_serial_bytes() -> Result<[u8; 16], PkiError> {
     let mut bytes = [0u8; 16];
     OsRng.try_fill_bytes(&mut bytes).map_err(PkiError::Random)?;
     // Clear the sign bit and keep the top byte non-zero: DER wants a positive, minimal integer.
     bytes[0] = (bytes[0] & 0x7f) | 0x01;
-    Ok(SerialNumber::from_slice(&bytes))
+    Ok(bytes)
 }
 
 fn generate_key(what: &str) -> Result<KeyPair, PkiError> {
@@ -626,6 +634,9 @@ fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) ->
         source,
     }
 }
+
+mod fleet_ca;
+pub use fleet_ca::{FleetCa, Issued, MAX_LIFETIME, MIN_LIFETIME};
 
 #[cfg(test)]
 mod tests;

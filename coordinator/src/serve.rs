@@ -1,5 +1,7 @@
 //! `troop serve`'s one mutual-TLS port: agents' streams ([`crate::live`]) and the
-//! operator API ([`operators`]), told apart by the certificate each caller proves.
+//! operator API ([`operators`]), told apart by the certificate each caller proves; and,
+//! with `[serve] ca_key`, enrolment ([`crate::enrolment`]), the one call a client without
+//! a certificate may make.
 
 pub mod access;
 pub mod operators;
@@ -13,9 +15,11 @@ use tokio::net::TcpListener;
 use troop_common::identity::FleetVerifier;
 use troop_common::tls::{TlsError, load_certs, load_key};
 use troop_proto::serve_pb::coordinator_server::CoordinatorServer;
+use troop_proto::serve_pb::enrolment_server::EnrolmentServer;
 use troop_proto::serve_pb::operator_server::OperatorServer;
 
 use crate::config::ClientTls;
+use crate::enrolment::Enrolment;
 use crate::live::MAX_STREAM_MESSAGE;
 use crate::live::streams::Streams;
 use access::Operators;
@@ -33,19 +37,28 @@ pub fn server_config(
     tls: &ClientTls,
     verifier: Arc<FleetVerifier>,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    // The CA goes with the chain: an enrolling agent has no ca.pem yet and checks the one
+    // it is shown against the fingerprint it was given. Others ignore it.
+    let mut chain = load_certs(&tls.cert)?;
+    for ca in load_certs(&tls.ca)? {
+        if !chain.contains(&ca) {
+            chain.push(ca);
+        }
+    }
     let mut config = rustls::ServerConfig::builder_with_provider(troop_common::tls::provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(load_certs(&tls.cert)?, load_key(&tls.key)?)?;
+        .with_single_cert(chain, load_key(&tls.key)?)?;
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(config))
 }
 
-/// Serves agents' streams and the operator API on `listener` until `shutdown`.
+/// Serves agents' streams, enrolment and the operator API on `listener` until `shutdown`.
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     streams: Streams,
+    enrolment: Enrolment,
     operators: Operators,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
@@ -58,6 +71,11 @@ pub async fn serve(
         .http2_max_header_list_size(16 * 1024)
         .add_service(
             CoordinatorServer::new(streams)
+                .max_decoding_message_size(MAX_STREAM_MESSAGE)
+                .max_encoding_message_size(MAX_STREAM_MESSAGE),
+        )
+        .add_service(
+            EnrolmentServer::new(enrolment)
                 .max_decoding_message_size(MAX_STREAM_MESSAGE)
                 .max_encoding_message_size(MAX_STREAM_MESSAGE),
         )

@@ -10,6 +10,7 @@
 //! The schema is migrated forward on open.
 
 mod dialect;
+mod enrolment;
 mod lease;
 mod postgres_tls;
 mod postgresql;
@@ -23,6 +24,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use enrolment::{JoinToken, Redeemed, Revocation};
 pub use lease::Lease;
 use sql::{Cells, Tx, Value};
 pub use streams::{PublishedStream, StreamEntry};

@@ -21,10 +21,13 @@ use troop_coordinator::campaign::events::{Progress, RunEvent};
 use troop_coordinator::campaign::runner::run_campaign;
 use troop_coordinator::campaign::{leader, scheduler};
 use troop_coordinator::dashboard;
+use troop_coordinator::enrolment::revocations::Revocations;
+use troop_coordinator::enrolment::{Enrolment, signing_key_pem};
 use troop_coordinator::fleet::Fleet;
 use troop_coordinator::latch::FleetLatch;
 use troop_coordinator::live::Registry;
 use troop_coordinator::live::streams::Streams;
+use troop_coordinator::pki::FleetCa;
 use troop_coordinator::serve::{self as grpc_serve, access::Operators};
 use troop_coordinator::store::{Lease, Store, StoreError};
 
@@ -109,8 +112,22 @@ pub async fn run(context: Context) -> anyhow::Result<Outcome> {
             tls.cert.display()
         )
     })?;
+    let fleet_ca = match &config.serve.ca_key {
+        None => None,
+        Some(key) => Some(Arc::new(FleetCa::load(&tls.ca, key).with_context(
+            || format!("config {shown}: [serve] ca_key, with [tls] ca"),
+        )?)),
+    };
     let verifier =
-        Arc::new(FleetVerifier::new(&tls.ca).with_context(|| format!("config {shown}: [tls] ca"))?);
+        FleetVerifier::new(&tls.ca).with_context(|| format!("config {shown}: [tls] ca"))?;
+    let verifier = Arc::new(if fleet_ca.is_some() {
+        verifier.allowing_anonymous()
+    } else {
+        verifier
+    });
+    let revocations = Arc::new(Revocations::default());
+    // Enforced from the first connection on, not from the first refresh.
+    revocations.replace(store.revocations().context("audit store: revocations")?);
     let server_tls = grpc_serve::server_config(tls, verifier.clone())
         .with_context(|| format!("config {shown}: [tls] cert and key"))?;
     // Agents that dial in join the fleet every run, attack and status reaches.
@@ -143,6 +160,17 @@ pub async fn run(context: Context) -> anyhow::Result<Outcome> {
         fleet.clone(),
         signer.clone(),
     )?);
+    tokio::spawn(
+        revocations
+            .clone()
+            .keep_current(store.clone(), registry.clone()),
+    );
+    let enrolment = Enrolment {
+        ca: fleet_ca,
+        store: store.clone(),
+        signing_keys_pem: vec![signing_key_pem(&signer.verifying_key())],
+        lifetime: config.serve.agent_certificate_lifetime,
+    };
     let (stop_grpc, grpc_stopped) = watch::channel(false);
     let operator_runs = TaskTracker::new();
     let grpc = tokio::spawn(grpc_serve::serve(
@@ -151,6 +179,7 @@ pub async fn run(context: Context) -> anyhow::Result<Outcome> {
         Streams {
             registry: registry.clone(),
             verifier: verifier.clone(),
+            revocations: revocations.clone(),
             store: store.clone(),
             limiter: Default::default(),
             attached: {
@@ -158,11 +187,13 @@ pub async fn run(context: Context) -> anyhow::Result<Outcome> {
                 Arc::new(move |agent| latch.attached(agent))
             },
         },
+        enrolment,
         Operators {
             fleet: fleet.clone(),
             store: store.clone(),
             signer,
             verifier,
+            revocations: revocations.clone(),
             stopping: grpc_stopped.clone(),
             runs: operator_runs.clone(),
             latch: latch.clone(),

@@ -437,9 +437,7 @@ fn labels(labels: &std::collections::HashMap<String, String>) -> String {
 }
 
 fn when(at_ms: i64) -> String {
-    jiff::Timestamp::from_millisecond(at_ms)
-        .map(|at| at.strftime("%Y-%m-%d %H:%M:%S UTC").to_string())
-        .unwrap_or_default()
+    crate::describe::unix_ms_text(at_ms)
 }
 
 fn ago(at_ms: i64) -> String {

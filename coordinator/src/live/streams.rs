@@ -18,6 +18,8 @@ use troop_proto::serve_pb::{self, agent_message, serve_message};
 
 use super::flood::{Admit, AttachLimiter, BURST, REFILL_EVERY};
 use super::{HEARTBEAT_EVERY, Link, Registration, Registry, SILENT_AFTER};
+use crate::enrolment::certificate::CertInfo;
+use crate::enrolment::revocations::Revocations;
 use crate::store::{AccessRecord, Store};
 
 /// The agent's `Register` must arrive this soon after the stream opens.
@@ -30,6 +32,7 @@ const MAX_LABELS: usize = 64;
 pub struct Streams {
     pub registry: Arc<Registry>,
     pub verifier: Arc<FleetVerifier>,
+    pub revocations: Arc<Revocations>,
     /// Every attach, allowed or refused, goes to its access log.
     pub store: Arc<Store>,
     pub limiter: AttachLimiter,
@@ -65,14 +68,27 @@ fn code_and_message(status: &Status) -> String {
     )
 }
 
-/// Who called, from the certificate the connection proved.
-pub fn caller(verifier: &FleetVerifier, peer: Option<&PeerInfo>) -> Result<Identity, Status> {
+/// Who called, from the certificate the connection proved, unless it is revoked.
+pub fn caller(
+    verifier: &FleetVerifier,
+    revocations: &Revocations,
+    peer: Option<&PeerInfo>,
+) -> Result<Identity, Status> {
     let leaf = peer
         .and_then(|peer| peer.certificate.as_ref())
         .ok_or_else(|| Status::unauthenticated("no client certificate"))?;
-    verifier
-        .identify(leaf)
-        .map_err(|reason| Status::unauthenticated(format!("client certificate refused: {reason}")))
+    let identity = verifier.identify(leaf).map_err(|reason| {
+        Status::unauthenticated(format!("client certificate refused: {reason}"))
+    })?;
+    let names = match &identity {
+        Identity::Agent(names) => names.clone(),
+        Identity::Operator(name) => vec![name.clone()],
+        Identity::Coordinator => Vec::new(),
+    };
+    match revocations.refusal(&names, CertInfo::read(leaf).as_ref()) {
+        Some(reason) => Err(Status::unauthenticated(reason)),
+        None => Ok(identity),
+    }
 }
 
 /// Checks a registration against the certificate that carries it.
@@ -118,7 +134,7 @@ impl Coordinator for Streams {
         request: Request<serve_pb::RelayRequest>,
     ) -> Result<Response<serve_pb::Answer>, Status> {
         let peer = request.extensions().get::<PeerInfo>().cloned();
-        let identity = caller(&self.verifier, peer.as_ref())?;
+        let identity = caller(&self.verifier, &self.revocations, peer.as_ref())?;
         let relay = request.into_inner();
         if !matches!(identity, Identity::Coordinator) {
             let status = Status::permission_denied(format!(
@@ -172,7 +188,8 @@ impl Coordinator for Streams {
             );
             status
         };
-        let identity = caller(&self.verifier, peer.as_ref()).map_err(|s| refused(&address, s))?;
+        let identity = caller(&self.verifier, &self.revocations, peer.as_ref())
+            .map_err(|s| refused(&address, s))?;
         let who = match &identity {
             Identity::Agent(names) => names.join(","),
             other => other.to_string(),
@@ -213,6 +230,10 @@ impl Coordinator for Streams {
                 labels: register.labels.into_iter().collect(),
                 version: register.version,
                 address: address.clone(),
+                certificate: peer
+                    .as_ref()
+                    .and_then(|peer| peer.certificate.as_ref())
+                    .and_then(|leaf| CertInfo::read(leaf)),
             },
             OUTBOX,
         );

@@ -12,6 +12,7 @@ use troop_common::identity::{FleetVerifier, Identity};
 use troop_common::listener::PeerInfo;
 
 use crate::config::Role;
+use crate::enrolment::revocations::Revocations;
 use crate::fleet::Fleet;
 use crate::latch::FleetLatch;
 use crate::live::streams::caller;
@@ -24,6 +25,7 @@ pub struct Operators {
     pub store: Arc<Store>,
     pub signer: Arc<Signer>,
     pub verifier: Arc<FleetVerifier>,
+    pub revocations: Arc<Revocations>,
     /// Turns true when serve stops: campaigns operators run are then cancelled.
     pub stopping: watch::Receiver<bool>,
     /// Those runs, which serve waits for (they revert) before it closes agents' streams.
@@ -40,7 +42,7 @@ impl Operators {
         call: &str,
         needs: Role,
     ) -> Result<String, Status> {
-        let (who, verdict) = match caller(&self.verifier, peer) {
+        let (who, verdict) = match caller(&self.verifier, &self.revocations, peer) {
             Err(status) => {
                 let address = peer
                     .and_then(|peer| peer.remote)

@@ -12,6 +12,7 @@ use troop_proto::serve_pb::{self, call_failure, delivery};
 
 use crate::audit::{AdhocRun, send_recorded};
 use crate::config::{AgentEntry, Role};
+use crate::enrolment;
 use crate::latch::LatchError;
 use crate::store::{RunDetail, StoreError};
 use crate::wire;
@@ -266,6 +267,53 @@ impl Operator for Operators {
     ) -> Result<Response<serve_pb::RunRecords>, Status> {
         self.authorize(peer(&request), "campaign show", Role::Viewer)?;
         records(&self.stored_run(request.into_inner().run, store_failed)?)
+    }
+
+    async fn create_join_token(
+        &self,
+        request: Request<serve_pb::JoinTokenRequest>,
+    ) -> Result<Response<serve_pb::JoinTokenReply>, Status> {
+        let admin = self.authorize(peer(&request), "join token", Role::Admin)?;
+        let asked = request.into_inner();
+        let ca = self.fleet.config.tls.as_ref().map(|tls| tls.ca.clone());
+        let ca_sha256 = ca
+            .as_deref()
+            .map(crate::pki::ca_sha256)
+            .transpose()
+            .map_err(|e| Status::internal(e.to_string()))?
+            .unwrap_or_default();
+        let store = self.store.clone();
+        let (token, expires_at_unix_ms) = tokio::task::spawn_blocking(move || {
+            enrolment::create_join_token(
+                &store,
+                std::time::Duration::from_millis(asked.ttl_ms),
+                asked.uses,
+                Some(asked.agent_id).filter(|id| !id.is_empty()),
+                asked.labels.into_iter().collect(),
+                &admin,
+            )
+        })
+        .await
+        .map_err(|_| Status::internal("the join token task failed"))??;
+        Ok(Response::new(serve_pb::JoinTokenReply {
+            token,
+            ca_sha256,
+            expires_at_unix_ms,
+        }))
+    }
+
+    async fn revoke(
+        &self,
+        request: Request<serve_pb::RevokeRequest>,
+    ) -> Result<Response<serve_pb::RevokeReply>, Status> {
+        let name = request.get_ref().name.clone();
+        let admin = self.authorize(peer(&request), &format!("revoke {name:?}"), Role::Admin)?;
+        let store = self.store.clone();
+        let revoked_at_unix_ms =
+            tokio::task::spawn_blocking(move || enrolment::revoke(&store, &name, &admin))
+                .await
+                .map_err(|_| Status::internal("the revocation task failed"))??;
+        Ok(Response::new(serve_pb::RevokeReply { revoked_at_unix_ms }))
     }
 }
 

@@ -180,6 +180,31 @@ pub(super) const SQLITE: &[&str] = &[
     );
     ALTER TABLE runs ADD COLUMN replica TEXT NOT NULL DEFAULT '';
     ",
+    // 7: enrolment: join tokens (by their hash only), the agent certificates serve issued,
+    // and revoked names (a certificate for one is refused unless issued after its revocation).
+    r"
+    CREATE TABLE join_tokens (
+        token_sha256  TEXT    PRIMARY KEY,
+        agent_id      TEXT,
+        labels        TEXT    NOT NULL,
+        uses_left     INTEGER NOT NULL,
+        expires_at_ms INTEGER NOT NULL,
+        created_by    TEXT    NOT NULL,
+        created_at_ms INTEGER NOT NULL
+    );
+    CREATE TABLE certificates (
+        serial       TEXT    PRIMARY KEY,
+        name         TEXT    NOT NULL,
+        not_after_ms INTEGER NOT NULL,
+        issued_at_ms INTEGER NOT NULL
+    );
+    CREATE INDEX certificates_by_name ON certificates (name);
+    CREATE TABLE revocations (
+        name          TEXT    PRIMARY KEY,
+        revoked_at_ms INTEGER NOT NULL,
+        revoked_by    TEXT    NOT NULL
+    );
+    ",
 ];
 
 /// PostgreSQL's schema batches, version for version the same tables as `SQLITE`: BIGINT for
@@ -304,6 +329,30 @@ pub(super) const POSTGRES: &[&str] = &[
         seen_at_ms BIGINT NOT NULL
     );
     ALTER TABLE runs ADD COLUMN replica TEXT NOT NULL DEFAULT '';
+    ",
+    // 7: join tokens, issued agent certificates, revoked names.
+    r"
+    CREATE TABLE join_tokens (
+        token_sha256  TEXT    PRIMARY KEY,
+        agent_id      TEXT,
+        labels        TEXT    NOT NULL,
+        uses_left     BIGINT  NOT NULL,
+        expires_at_ms BIGINT  NOT NULL,
+        created_by    TEXT    NOT NULL,
+        created_at_ms BIGINT  NOT NULL
+    );
+    CREATE TABLE certificates (
+        serial       TEXT    PRIMARY KEY,
+        name         TEXT    NOT NULL,
+        not_after_ms BIGINT  NOT NULL,
+        issued_at_ms BIGINT  NOT NULL
+    );
+    CREATE INDEX certificates_by_name ON certificates (name);
+    CREATE TABLE revocations (
+        name          TEXT    PRIMARY KEY,
+        revoked_at_ms BIGINT  NOT NULL,
+        revoked_by    TEXT    NOT NULL
+    );
     ",
 ];
 
