@@ -9,6 +9,7 @@
 #![deny(unsafe_code)]
 
 pub mod config;
+pub mod enrol;
 pub mod faults;
 pub mod host;
 pub mod inventory;

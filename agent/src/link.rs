@@ -158,31 +158,38 @@ impl Link {
 
     /// TCP, then TLS checked against the fleet CA and the coordinator's name.
     async fn connect(&self, address: &str) -> Result<tonic::transport::Channel, String> {
-        let connector = TlsConnector::from(self.tls.clone());
-        let target = address.to_string();
-        // The URI only labels requests; the connector decides where bytes go.
-        Endpoint::from_shared(format!("http://{address}"))
-            .map_err(|error| error.to_string())?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-            .keep_alive_while_idle(true)
-            .tcp_nodelay(true)
-            .connect_with_connector(tower::service_fn(move |_| {
-                let connector = connector.clone();
-                let target = target.clone();
-                async move {
-                    let tcp = TcpStream::connect(&target).await?;
-                    tcp.set_nodelay(true)?;
-                    let name =
-                        ServerName::try_from(COORDINATOR_NAME).map_err(std::io::Error::other)?;
-                    let tls = connector.connect(name, tcp).await?;
-                    Ok::<_, std::io::Error>(TokioIo::new(tls))
-                }
-            }))
-            .await
-            .map_err(|error| troop_telemetry::error_chain(&error))
+        dial(address, self.tls.clone()).await
     }
+}
+
+/// A channel to the serve at `address` whose certificate `tls` accepts as the coordinator.
+pub(crate) async fn dial(
+    address: &str,
+    tls: Arc<ClientConfig>,
+) -> Result<tonic::transport::Channel, String> {
+    let connector = TlsConnector::from(tls);
+    let target = address.to_string();
+    // The URI only labels requests; the connector decides where bytes go.
+    Endpoint::from_shared(format!("http://{address}"))
+        .map_err(|error| error.to_string())?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true)
+        .tcp_nodelay(true)
+        .connect_with_connector(tower::service_fn(move |_| {
+            let connector = connector.clone();
+            let target = target.clone();
+            async move {
+                let tcp = TcpStream::connect(&target).await?;
+                tcp.set_nodelay(true)?;
+                let name = ServerName::try_from(COORDINATOR_NAME).map_err(std::io::Error::other)?;
+                let tls = connector.connect(name, tcp).await?;
+                Ok::<_, std::io::Error>(TokioIo::new(tls))
+            }
+        }))
+        .await
+        .map_err(|error| troop_telemetry::error_chain(&error))
 }
 
 /// Resolves once `shutdown` turns true (or its sender is gone).

@@ -27,6 +27,26 @@ struct Args {
 enum Command {
     /// Check the config and everything it points at (keys, certificates, state dir), then exit.
     Validate,
+    /// Join the fleet with a join token: make this host's key, have serve certify it, and
+    /// write the certificate, ca.pem, the trusted signing keys and the config (at --config;
+    /// the other files next to it). Nothing is written if serve refuses.
+    Enroll {
+        /// `troop serve`'s URL, `https://HOST[:PORT]` (port 7444 by default).
+        #[arg(long)]
+        coordinator: String,
+        /// From `troop pki join-token` (or $TROOP_JOIN_TOKEN, which `ps` does not show).
+        #[arg(long, env = "TROOP_JOIN_TOKEN", hide_env_values = true)]
+        token: String,
+        /// The fleet CA's SHA-256, as `troop pki join-token` prints it.
+        #[arg(long)]
+        ca_sha256: String,
+        /// The agent id to ask for; default the token's, else this host's name.
+        #[arg(long)]
+        id: Option<String>,
+        /// The state dir the written config names (default /var/lib/troop-agent).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -50,6 +70,39 @@ fn main() -> ExitCode {
 
 async fn agent_main() -> ExitCode {
     let args = Args::parse();
+    if let Some(Command::Enroll {
+        coordinator,
+        token,
+        ca_sha256,
+        id,
+        state_dir,
+    }) = &args.command
+    {
+        let request = troop_agent::enrol::Request {
+            coordinator: coordinator.clone(),
+            token: token.clone(),
+            ca_sha256: ca_sha256.clone(),
+            id: id.clone(),
+            config: args.config.clone(),
+            state_dir: state_dir.clone(),
+        };
+        return match troop_agent::enrol::enrol(&request).await {
+            Ok(written) => {
+                for path in &written {
+                    println!("wrote {}", path.display());
+                }
+                println!(
+                    "enrolled: start the agent with --config {}",
+                    args.config.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("troop-agent enroll: {}", error_chain(&error));
+                ExitCode::from(2)
+            }
+        };
+    }
     let config = match AgentConfig::load(&args.config) {
         Ok(config) => config,
         Err(error) => {

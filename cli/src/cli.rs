@@ -172,6 +172,29 @@ pub enum PkiCommand {
         #[arg(long, default_value = "12h")]
         ttl: String,
     },
+    /// Print a join token a new host enrols with (`troop-agent enroll`), and the CA's
+    /// SHA-256 it pins. On the serve host (troop.toml's store), or through serve with the
+    /// admin role (`[coordinator]`). Serve keeps only the token's hash.
+    JoinToken {
+        /// How long the token can be used (at most 30d).
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        /// How many hosts may enrol with it.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+        /// The only agent id it enrols; else the host chooses (`--id`, or its hostname).
+        #[arg(long)]
+        name: Option<String>,
+        /// Labels every host it enrols gets, e.g. `role=web,zone=eu-1`.
+        #[arg(long, default_value = "")]
+        labels: String,
+    },
+    /// Refuse every certificate for an agent or operator NAME issued until now: serve cuts
+    /// off its streams within a second and refuses it until it enrols again.
+    Revoke {
+        /// The agent id or operator name.
+        name: String,
+    },
     /// Issue a new coordinator.pem/.key for client and server use, when an older
     /// `troop pki init` made it for client use only (`troop serve` says so); move the
     /// old pair aside first.

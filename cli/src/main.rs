@@ -57,7 +57,9 @@ async fn run() -> ExitCode {
     };
     let result = async move {
         match cli.command {
-            Command::Pki(command) => commands::pki::run(command, cli.config.as_deref(), cli.output),
+            Command::Pki(command) => {
+                commands::pki::run(command, cli.config.as_deref(), cli.output).await
+            }
             Command::Config(crate::cli::ConfigCommand::Validate { file }) => {
                 commands::config::validate(file.as_deref().or(cli.config.as_deref()), cli.output)
             }

@@ -141,10 +141,14 @@ impl Enrolment {
             )
         })?;
         token::check_shape(&request.token).map_err(Status::unauthenticated)?;
-        if !request.agent_id.is_empty() {
-            validate_agent_id(&request.agent_id).map_err(|m| {
-                Status::invalid_argument(format!("agent id {:?}: {m}", request.agent_id))
-            })?;
+        for (what, id) in [
+            ("agent id", &request.agent_id),
+            ("hostname", &request.hostname),
+        ] {
+            if !id.is_empty() {
+                validate_agent_id(id)
+                    .map_err(|m| Status::invalid_argument(format!("{what} {id:?}: {m}")))?;
+            }
         }
         if request.csr_der.len() > MAX_CSR_BYTES {
             return Err(Status::invalid_argument(format!(

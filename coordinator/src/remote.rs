@@ -136,6 +136,32 @@ impl Remote {
         Ok((reply.run, deliveries))
     }
 
+    /// A join token from serve (admin): the token, the CA's fingerprint, its expiry.
+    pub async fn join_token(
+        &self,
+        request: serve_pb::JoinTokenRequest,
+    ) -> anyhow::Result<serve_pb::JoinTokenReply> {
+        let mut client = self.client.clone();
+        Ok(client
+            .create_join_token(request)
+            .await
+            .map_err(|status| self.refused("join token", status))?
+            .into_inner())
+    }
+
+    /// Revokes `name` in serve (admin); when it took effect.
+    pub async fn revoke(&self, name: &str) -> anyhow::Result<i64> {
+        let mut client = self.client.clone();
+        Ok(client
+            .revoke(serve_pb::RevokeRequest {
+                name: name.to_string(),
+            })
+            .await
+            .map_err(|status| self.refused("revoke", status))?
+            .into_inner()
+            .revoked_at_unix_ms)
+    }
+
     /// Each agent's status, asked by serve now.
     pub async fn statuses(
         &self,

@@ -143,6 +143,8 @@ pub struct Lab {
     otlp_port: Option<u16>,
     /// Whether serve also serves its dashboard, on [`UI_PORT`].
     dashboard: bool,
+    /// Whether serve enrols agents, and the lifetime of the certificates it issues.
+    enrolment: Option<String>,
 }
 
 /// Where the lab's `troop serve` takes agents and operators, in the lab's network.
@@ -180,6 +182,7 @@ impl Lab {
             operators: Vec::new(),
             otlp_port: None,
             dashboard: false,
+            enrolment: None,
         })
     }
 
@@ -365,6 +368,73 @@ impl Lab {
         .unwrap()
     }
 
+    /// Adds a dial-in host (inbound dropped, as [`Lab::start_dial_in_host`]) that has the
+    /// agent binary and nothing else: no key, certificate or config, which
+    /// `troop-agent enroll` is to write to [`Lab::enrolment_dir`]. Its agent is started
+    /// with [`Lab::spawn_agent`]. Needs a networked lab.
+    pub fn start_bare_host(&mut self, id: &str, services: Vec<Vec<OsString>>) {
+        let index = self.hosts.len();
+        let net = self.net.as_mut().expect("bare hosts need a networked lab");
+        let (netns, ip) = net.add_host(index);
+        crate::net::drop_inbound(&netns);
+        self.dial_in.insert(id.to_string());
+        let dir = self.enrolment_dir(id);
+        std::fs::create_dir_all(&dir).expect("enrolment dir");
+        let disk = self.dir().join("disk");
+        let log = self.dir().join(format!("{id}.log"));
+        let idle: Vec<OsString> = vec!["sleep".into(), "infinity".into()];
+        let host = LocalHost::start_spec(&HostSpec {
+            name: id,
+            agent: &idle,
+            services: &services,
+            tmpfs: Some((disk.clone(), DISK_BYTES)),
+            netns: Some(&netns),
+            log: &log,
+        })
+        .unwrap();
+        self.hosts.insert(
+            id.to_string(),
+            LabHost {
+                host,
+                address: format!("{ip}:7443"),
+                disk,
+                index,
+                netns: Some(netns),
+                labels: BTreeMap::new(),
+                config: dir.join("agent.toml"),
+                services,
+            },
+        );
+        self.write_coordinator_config();
+    }
+
+    /// Where a bare host's enrolment writes its config (`agent.toml`) and files.
+    pub fn enrolment_dir(&self, id: &str) -> PathBuf {
+        self.dir().join("enrolled").join(id)
+    }
+
+    /// Starts the host's agent with its config (as [`Lab::restart_agent`], without
+    /// waiting), its log appended to the host's.
+    pub fn spawn_agent(&self, id: &str) -> std::process::Child {
+        let host = &self.hosts[id];
+        let argv: Vec<OsString> = vec![
+            self.binaries.agent.clone().into(),
+            "--config".into(),
+            host.config.clone().into(),
+        ];
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(self.dir().join(format!("{id}.log")))
+            .unwrap();
+        host.host
+            .command_inside(&argv)
+            .expect("host is running")
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    }
+
     /// Powers a stopped host on again: a new PID namespace, the same network, config
     /// and state dir.
     pub fn power_on(&mut self, id: &str) {
@@ -405,24 +475,7 @@ impl Lab {
     /// Starts the host's agent again inside the same host (same tmpfs, config and state
     /// dir), as systemd would after a crash; waits until it answers.
     pub fn restart_agent(&self, id: &str) -> std::process::Child {
-        let host = &self.hosts[id];
-        let argv: Vec<OsString> = vec![
-            self.binaries.agent.clone().into(),
-            "--config".into(),
-            host.config.clone().into(),
-        ];
-        let log = std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(self.dir().join(format!("{id}.log")))
-            .unwrap();
-        let child = host
-            .host
-            .command_inside(&argv)
-            .expect("host is running")
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let child = self.spawn_agent(id);
         self.wait_reachable(id);
         child
     }
@@ -451,13 +504,22 @@ impl Lab {
             .map(|(id, host)| (id.as_str(), host.address.as_str(), &host.labels));
         let mut config = files::coordinator_file(agents);
         config.operators = self.operators.clone();
+        let serve = config.serve.get_or_insert_default();
         if self.dashboard {
-            config.serve = Some(troop_coordinator::config::ServeFile {
-                ui_listen: Some(format!("127.0.0.1:{UI_PORT}")),
-                ..Default::default()
-            });
+            serve.ui_listen = Some(format!("127.0.0.1:{UI_PORT}"));
+        }
+        if let Some(lifetime) = &self.enrolment {
+            serve.ca_key = Some(self.pki.path("ca.key"));
+            serve.agent_certificate_lifetime = Some(lifetime.clone());
         }
         files::write(&self.dir().join("troop.toml"), &config).expect("write troop.toml");
+    }
+
+    /// Has the lab's serve (started from now on) enrol agents with join tokens, issuing
+    /// certificates that last `lifetime` (e.g. `30d`, or `90s` to watch renewals).
+    pub fn serve_enrolment(&mut self, lifetime: &str) {
+        self.enrolment = Some(lifetime.to_string());
+        self.write_coordinator_config();
     }
 
     /// Has the lab's serve (started from now on) serve its dashboard on [`UI_PORT`].

@@ -45,7 +45,7 @@ impl Replica {
             leader_lease: Some(format!("{}s", LEASE.as_secs())),
             replica: Some(name.to_string()),
             advertise: Some(format!("127.0.0.1:{port}")),
-            ui_listen: None,
+            ..ServeFile::default()
         });
         config.campaigns = Some(lab.dir().join("campaigns"));
         let path = lab.dir().join(format!("{name}.toml"));

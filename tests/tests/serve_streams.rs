@@ -17,6 +17,8 @@ use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 use troop_common::identity::{COORDINATOR_NAME, FleetVerifier};
+use troop_coordinator::enrolment::Enrolment;
+use troop_coordinator::enrolment::revocations::Revocations;
 use troop_coordinator::fleet::Fleet;
 use troop_coordinator::live::Registry;
 use troop_coordinator::live::streams::Streams;
@@ -100,9 +102,11 @@ async fn start_serve(agents: &[&str], operators: &[(&str, &str)]) -> Serve {
         troop_coordinator::latch::FleetLatch::load(store.clone(), fleet.clone(), signer.clone())
             .unwrap(),
     );
+    let revocations = Arc::new(Revocations::default());
     let streams = Streams {
         registry: registry.clone(),
         verifier: verifier.clone(),
+        revocations: revocations.clone(),
         store: store.clone(),
         limiter: Default::default(),
         attached: {
@@ -115,6 +119,7 @@ async fn start_serve(agents: &[&str], operators: &[(&str, &str)]) -> Serve {
         store: store.clone(),
         signer,
         verifier: verifier.clone(),
+        revocations,
         stopping: stopped.clone(),
         runs: Default::default(),
         latch,
@@ -124,6 +129,12 @@ async fn start_serve(agents: &[&str], operators: &[(&str, &str)]) -> Serve {
         listener,
         server_tls,
         streams,
+        Enrolment {
+            ca: None,
+            store: store.clone(),
+            signing_keys_pem: Vec::new(),
+            lifetime: Duration::from_secs(3600),
+        },
         operators,
         async move {
             let mut stopped = stopped;

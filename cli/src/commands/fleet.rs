@@ -65,6 +65,8 @@ fn status_json(
         "via": reached.via,
         "connected_since_unix_ms": reached.connected_since_unix_ms,
         "last_seen_unix_ms": reached.last_seen_unix_ms,
+        "certificate_expires_unix_ms":
+            (reached.certificate_expires_unix_ms > 0).then_some(reached.certificate_expires_unix_ms),
     });
     match result {
         Ok(status) => {
@@ -173,6 +175,14 @@ fn print_json(context: &Context, results: &[(AgentEntry, Result<pb::AgentStatus,
     println!("{value}");
 }
 
+/// When the certificate of the agent's stream expires, as serve saw it; `-` if unknown.
+fn certificate_text(context: &Context, agent: &AgentEntry) -> String {
+    match context.fleet.reached(&agent.id).certificate_expires_unix_ms {
+        0 => "-".into(),
+        at => troop_coordinator::describe::unix_ms_text(at),
+    }
+}
+
 /// With serve: its own latch, above the table.
 fn tell_serve_latch(context: &Context) {
     if let Some(latch) = &context.fleet.serve_latch {
@@ -214,6 +224,7 @@ pub async fn agents(context: &Context, selector: &Selector) -> anyhow::Result<Ou
                             ),
                             status.active_faults.len().to_string(),
                             status.latch.as_ref().map_or("-".into(), latch_text),
+                            certificate_text(context, agent),
                         ]
                     }
                     Err(error) => vec![
@@ -224,6 +235,7 @@ pub async fn agents(context: &Context, selector: &Selector) -> anyhow::Result<Ou
                         error.to_string(),
                         "-".into(),
                         "?".into(),
+                        certificate_text(context, agent),
                     ],
                 })
                 .collect();
@@ -238,7 +250,8 @@ pub async fn agents(context: &Context, selector: &Selector) -> anyhow::Result<Ou
                         "LABELS",
                         "HOST",
                         "FAULTS",
-                        "LATCH"
+                        "LATCH",
+                        "CERT EXPIRES"
                     ],
                     &rows
                 )

@@ -7,7 +7,23 @@ use troop_coordinator::pki;
 
 use crate::outcome::Outcome;
 
-pub fn run(command: PkiCommand, config: Option<&Path>, output: Output) -> anyhow::Result<Outcome> {
+mod enrolment;
+
+pub async fn run(
+    command: PkiCommand,
+    config: Option<&Path>,
+    output: Output,
+) -> anyhow::Result<Outcome> {
+    match &command {
+        PkiCommand::JoinToken {
+            ttl,
+            uses,
+            name,
+            labels,
+        } => return enrolment::join_token(config, ttl, *uses, name.clone(), labels, output).await,
+        PkiCommand::Revoke { name } => return enrolment::revoke(config, name, output).await,
+        _ => {}
+    }
     if let PkiCommand::OperatorToken { dir, name, ttl } = &command {
         let key = match dir {
             Some(dir) => dir.join(pki::SIGNING_KEY),
@@ -25,7 +41,9 @@ pub fn run(command: PkiCommand, config: Option<&Path>, output: Output) -> anyhow
         } => pki::issue_agent_for(dir, name, sans, *days)?,
         PkiCommand::IssueOperator { dir, name, days } => pki::issue_operator(dir, name, *days)?,
         PkiCommand::IssueCoordinator { dir, days } => pki::issue_coordinator(dir, *days)?,
-        PkiCommand::OperatorToken { .. } => unreachable!("answered above"),
+        PkiCommand::OperatorToken { .. }
+        | PkiCommand::JoinToken { .. }
+        | PkiCommand::Revoke { .. } => unreachable!("answered above"),
     };
     match output {
         Output::Json => println!("{}", serde_json::json!({ "written": written })),

@@ -84,8 +84,8 @@ impl FleetCa {
     }
 
     /// Signs the public key of `csr_der` into an agent certificate for `name`, valid for
-    /// `lifetime`. The request must be signed by its key and name `name` and nothing
-    /// else; everything in the certificate but the public key is serve's choice.
+    /// `lifetime`. The request must be signed by its key and name `name` or nobody;
+    /// everything in the certificate but the public key is serve's choice.
     pub fn sign_agent_csr(
         &self,
         name: &str,
@@ -135,7 +135,8 @@ impl FleetCa {
     }
 }
 
-/// The request names `name` (common name or DNS name) and no one else.
+/// The request names `name` (common name or DNS name) and no one else, or nobody (the
+/// host did not know the id its token binds).
 fn check_names(request: &CertificateSigningRequestParams, name: &str) -> Result<(), PkiError> {
     let mut named = Vec::new();
     for (_, value) in request.params.distinguished_name.iter() {
@@ -145,11 +146,6 @@ fn check_names(request: &CertificateSigningRequestParams, name: &str) -> Result<
         named.push(match san {
             SanType::DnsName(dns) => dns.as_str().to_string(),
             other => format!("{other:?}"),
-        });
-    }
-    if named.is_empty() {
-        return Err(PkiError::Csr {
-            reason: format!("it names nobody; it must name {name:?}"),
         });
     }
     if let Some(other) = named.iter().find(|n| !n.eq_ignore_ascii_case(name)) {

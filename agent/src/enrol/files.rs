@@ -1,0 +1,125 @@
+//! The files an enrolment writes, all or none: the agent's key (0600) and certificate,
+//! `ca.pem`, one `signing-N.pub` per trusted key, and the config. Nothing that exists is
+//! overwritten; on any failure what was written is removed again.
+
+use std::fs::{self, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::ServerCertVerifier;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+
+pub const CA_FILE: &str = "ca.pem";
+
+pub fn signing_key_file(n: usize) -> String {
+    format!("signing-{n}.pub")
+}
+
+/// What serve sent and the key made here.
+pub struct Enrolled {
+    pub agent_id: String,
+    pub key_pem: String,
+    pub cert_pem: String,
+    pub ca_pem: String,
+    pub signing_keys_pem: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FilesError {
+    #[error("{} already exists; refusing to overwrite it (enrol into a new --config path)", .0.display())]
+    Exists(PathBuf),
+    #[error("cannot write {}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Refuses early if the config is there already (the others are named after the id,
+/// which only serve's answer settles; [`write`] refuses those).
+pub fn refuse_existing(dir: &Path, config: &Path) -> Result<(), FilesError> {
+    for path in [config.to_path_buf(), dir.join(CA_FILE)] {
+        if fs::symlink_metadata(&path).is_ok() {
+            return Err(FilesError::Exists(path));
+        }
+    }
+    Ok(())
+}
+
+/// The certificate chains to `ca` and names the agent, as serve will check it.
+pub fn check_certificate(files: &Enrolled, ca: &CertificateDer<'_>) -> Result<(), String> {
+    let cert = CertificateDer::from_pem_slice(files.cert_pem.as_bytes())
+        .map_err(|e| format!("certificate_pem: {e}"))?;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(ca.clone().into_owned())
+        .map_err(|e| format!("the CA: {e}"))?;
+    let name = ServerName::try_from(files.agent_id.clone())
+        .map_err(|_| format!("{:?} is not a DNS name", files.agent_id))?;
+    WebPkiServerVerifier::builder_with_provider(Arc::new(roots), troop_common::tls::provider())
+        .build()
+        .map_err(|e| e.to_string())?
+        .verify_server_cert(&cert, &[], &name, &[], UnixTime::now())
+        .map_err(|e| format!("its certificate for {:?}: {e}", files.agent_id))?;
+    Ok(())
+}
+
+/// Writes every file into `dir` and the config at `config`; returns their paths.
+pub fn write(
+    dir: &Path,
+    config: &Path,
+    files: &Enrolled,
+    config_text: &str,
+) -> Result<Vec<PathBuf>, FilesError> {
+    let id = &files.agent_id;
+    let mut planned: Vec<(PathBuf, &str, u32)> = vec![
+        (dir.join(format!("{id}.key")), &files.key_pem, 0o600),
+        (dir.join(format!("{id}.pem")), &files.cert_pem, 0o644),
+        (dir.join(CA_FILE), &files.ca_pem, 0o644),
+    ];
+    for (n, key) in files.signing_keys_pem.iter().enumerate() {
+        planned.push((dir.join(signing_key_file(n + 1)), key, 0o644));
+    }
+    // Last: a config on disk means the files it names are there.
+    planned.push((config.to_path_buf(), config_text, 0o640));
+    let mut written = Vec::with_capacity(planned.len());
+    for (path, text, mode) in planned {
+        if let Err(error) = write_new(&path, text.as_bytes(), mode) {
+            for done in written.iter().rev() {
+                let _ = fs::remove_file(done);
+            }
+            return Err(error);
+        }
+        written.push(path);
+    }
+    Ok(written)
+}
+
+fn write_new(path: &Path, contents: &[u8], mode: u32) -> Result<(), FilesError> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(|source| match source.kind() {
+            io::ErrorKind::AlreadyExists => FilesError::Exists(path.to_path_buf()),
+            _ => FilesError::Io {
+                path: path.to_path_buf(),
+                source,
+            },
+        })?;
+    file.write_all(contents)
+        .and_then(|()| file.sync_all())
+        .map_err(|source| {
+            let _ = fs::remove_file(path);
+            FilesError::Io {
+                path: path.to_path_buf(),
+                source,
+            }
+        })
+}

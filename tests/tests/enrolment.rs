@@ -1,0 +1,343 @@
+//! Hosts join the fleet themselves, on the lab: a host with nothing but the agent binary
+//! and a join token enrols through serve's port (its inbound traffic dropped), pins the
+//! CA by its fingerprint, connects and is attacked; the token is spent, an expired token
+//! is refused, a pin of another CA stops the enrolment before the token is sent, a CSR for
+//! another name than the token binds is refused; and `troop pki revoke` cuts the agent
+//! off within a second and keeps it off. Every refusal leaves the host's directory empty.
+
+use std::ffi::OsString;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hyper_util::rt::TokioIo;
+use rustls_pki_types::ServerName;
+use serde_json::Value;
+use tokio_rustls::TlsConnector;
+use tonic::transport::Endpoint;
+use troop_common::identity::COORDINATOR_NAME;
+use troop_proto::serve_pb::{self, enrolment_client::EnrolmentClient};
+use troop_tests::lab::{Lab, output_text, wait_for};
+
+/// A service of its own name: the bare host's placeholder for its agent is a `sleep`.
+fn victim() -> Vec<Vec<OsString>> {
+    vec![vec!["tail".into(), "-f".into(), "/dev/null".into()]]
+}
+
+fn agents_as(lab: &Lab, config: &Path) -> Value {
+    let output = lab.troop_as(config, &["agents", "--output", "json"]);
+    serde_json::from_slice(&output.stdout).unwrap_or(Value::Null)
+}
+
+fn entry(agents: &Value, id: &str) -> Option<Value> {
+    agents["agents"]
+        .as_array()?
+        .iter()
+        .find(|a| a["agent"] == id)
+        .cloned()
+}
+
+fn reachable(lab: &Lab, operator: &Path, id: &str) -> bool {
+    entry(&agents_as(lab, operator), id).is_some_and(|a| a["reachable"] == true)
+}
+
+/// `troop pki join-token ARGS` on the serve host: (token, CA fingerprint).
+fn join_token(lab: &Lab, args: &[&str]) -> (String, String) {
+    let mut all = vec!["pki", "join-token"];
+    all.extend(args);
+    let (code, value) = lab.troop_json(&all);
+    assert_eq!(code, Some(0), "{value}");
+    (
+        value["token"].as_str().unwrap().to_string(),
+        value["ca_sha256"].as_str().unwrap().to_string(),
+    )
+}
+
+/// `troop-agent enroll` run on host `id`, writing its config to `config`.
+fn enroll(lab: &Lab, id: &str, config: &Path, token: &str, pin: &str) -> std::process::Output {
+    let coordinator = format!(
+        "https://{}:{}",
+        troop_lab::net::GATEWAY,
+        troop_lab::lab::SERVE_PORT
+    );
+    let agent = lab.binaries.agent.display().to_string();
+    let config = config.display().to_string();
+    let state = format!("{config}.state");
+    lab.run_inside(
+        id,
+        &[
+            &agent,
+            "--config",
+            &config,
+            "enroll",
+            "--coordinator",
+            &coordinator,
+            "--token",
+            token,
+            "--ca-sha256",
+            pin,
+            "--state-dir",
+            &state,
+        ],
+    )
+}
+
+fn files_in(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|entries| entries.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default()
+}
+
+fn assert_refused(output: &std::process::Output, dir: &Path, says: &str) {
+    let text = output_text(output);
+    assert_eq!(output.status.code(), Some(2), "{text}");
+    assert!(text.contains(says), "expected {says:?} in: {text}");
+    assert!(
+        files_in(dir).is_empty(),
+        "a refused enrolment wrote {:?}",
+        files_in(dir)
+    );
+}
+
+#[test]
+fn a_bare_host_enrols_is_attacked_and_can_be_revoked() {
+    let Some(mut lab) = Lab::networked("enrolment") else {
+        return;
+    };
+    lab.serve_enrolment("30d");
+    let alice = lab.add_operator("alice", Some("operator"));
+    let _serve = lab.start_serve();
+    lab.start_bare_host("fresh-1", victim());
+    let dir = lab.enrolment_dir("fresh-1");
+    let config = dir.join("agent.toml");
+    let (token, pin) = join_token(
+        &lab,
+        &[
+            "--name",
+            "fresh-1",
+            "--labels",
+            "role=web,zone=b",
+            "--ttl",
+            "10m",
+        ],
+    );
+    assert!(token.starts_with("troop-join-1."), "{token}");
+    assert_eq!(
+        pin,
+        troop_coordinator::pki::ca_sha256(&lab.pki.path("ca.pem")).unwrap()
+    );
+    let db = std::fs::read(lab.dir().join("troop.db")).unwrap();
+    let secret = &token["troop-join-1.".len()..];
+    assert!(
+        !db.windows(secret.len()).any(|w| w == secret.as_bytes()),
+        "the store holds the token itself, not only its hash"
+    );
+
+    // Another CA's fingerprint: refused at the handshake, before the token is sent.
+    let impostor_pin = "ab".repeat(32);
+    let refused = enroll(&lab, "fresh-1", &config, &token, &impostor_pin);
+    assert_refused(&refused, &dir, "is not the fleet's");
+    assert!(output_text(&refused).contains("the token was not sent"));
+
+    // The right one: the token's single use is still there.
+    let enrolled = enroll(&lab, "fresh-1", &config, &token, &pin);
+    assert!(enrolled.status.success(), "{}", output_text(&enrolled));
+    let key = std::fs::metadata(dir.join("fresh-1.key")).unwrap();
+    assert_eq!(key.permissions().mode() & 0o777, 0o600);
+    let written = std::fs::read_to_string(&config).unwrap();
+    assert!(written.contains("role = \"web\""), "{written}");
+
+    // Spent: a second host (another directory) cannot use it again.
+    let again_dir = dir.with_file_name("fresh-1-again");
+    std::fs::create_dir_all(&again_dir).unwrap();
+    let again = enroll(&lab, "fresh-1", &again_dir.join("agent.toml"), &token, &pin);
+    assert_refused(&again, &again_dir, "the join token has been used up");
+
+    // Past its ttl.
+    let (short, _) = join_token(&lab, &["--ttl", "1s"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let late = enroll(&lab, "fresh-1", &again_dir.join("agent.toml"), &short, &pin);
+    assert_refused(&late, &again_dir, "the join token expired at");
+
+    // Connected with the labels the token gave, and a certificate that lasts 30 days.
+    let mut agent = lab.spawn_agent("fresh-1");
+    assert!(
+        wait_for(Duration::from_secs(20), || reachable(
+            &lab, &alice, "fresh-1"
+        )),
+        "not attached: {}\n{}\nserve:\n{}",
+        agents_as(&lab, &alice),
+        lab.log("fresh-1"),
+        lab.serve_log()
+    );
+    let shown = entry(&agents_as(&lab, &alice), "fresh-1").unwrap();
+    assert_eq!(
+        (&shown["via"], &shown["labels"]["zone"]),
+        (&"stream".into(), &"b".into())
+    );
+    let expires = shown["certificate_expires_unix_ms"].as_i64().unwrap();
+    let in_30_days = troop_coordinator::signer::now_unix_ms() + 30 * 86_400_000;
+    assert!((expires - in_30_days).abs() < 600_000, "{shown}");
+
+    // Attacked through serve like any host: the process is gone.
+    assert!(
+        lab.hosts["fresh-1"]
+            .host
+            .wait_for("tail", 1, Duration::from_secs(5))
+    );
+    let killed = lab.troop_as(
+        &alice,
+        &["attack", "kill", "--select", "role=web", "--name", "tail"],
+    );
+    assert_eq!(killed.status.code(), Some(0), "{}", output_text(&killed));
+    assert!(wait_for(Duration::from_secs(5), || {
+        lab.hosts["fresh-1"].host.pids_named("tail").is_empty()
+    }));
+
+    // Revoked: cut off within a second, and refused when it dials again.
+    let revoked = lab.troop(&["pki", "revoke", "fresh-1"]);
+    assert!(revoked.status.success(), "{}", output_text(&revoked));
+    let revoked_at = Instant::now();
+    let cut = wait_for(Duration::from_secs(5), || {
+        !reachable(&lab, &alice, "fresh-1")
+    });
+    let took = revoked_at.elapsed();
+    assert!(cut, "still attached after a revocation");
+    eprintln!("revocation cut the stream off after {took:?} (including troop agents calls)");
+    assert!(
+        wait_for(Duration::from_secs(10), || lab
+            .log("fresh-1")
+            .contains("was revoked at")),
+        "the agent was not told why: {}",
+        lab.log("fresh-1")
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(!reachable(&lab, &alice, "fresh-1"), "it reconnected");
+    let store_url = format!("sqlite://{}", lab.dir().join("troop.db").display());
+    let access = troop_coordinator::store::Store::open(&store_url)
+        .unwrap()
+        .access_log(1000)
+        .unwrap();
+    assert!(
+        access
+            .iter()
+            .any(|a| !a.allowed && a.detail.contains("for \"fresh-1\" was revoked")),
+        "no refusal of the revoked agent audited: {access:?}"
+    );
+    let _ = agent.kill();
+    let _ = agent.wait();
+}
+
+/// Calls `Enrolment.Enroll` on the lab's serve directly, as a host without a certificate.
+fn enroll_raw(lab: &Lab, request: serve_pb::EnrollRequest) -> tonic::Status {
+    let netns = lab.network_namespace().expect("networked lab");
+    let ca = lab.pki.path("ca.pem");
+    troop_lab::net::inside(&netns, move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let roots = troop_common::tls::root_store(&ca).unwrap();
+            let mut tls =
+                rustls::ClientConfig::builder_with_provider(troop_common::tls::provider())
+                    .with_protocol_versions(&[&rustls::version::TLS13])
+                    .unwrap()
+                    .with_root_certificates(roots)
+                    .with_no_client_auth();
+            tls.alpn_protocols = vec![b"h2".to_vec()];
+            let connector = TlsConnector::from(Arc::new(tls));
+            let address = format!("127.0.0.1:{}", troop_lab::lab::SERVE_PORT);
+            let channel = Endpoint::from_shared(format!("http://{address}"))
+                .unwrap()
+                .connect_with_connector(tower::service_fn(move |_| {
+                    let (connector, address) = (connector.clone(), address.clone());
+                    async move {
+                        let tcp = tokio::net::TcpStream::connect(&address).await?;
+                        let name = ServerName::try_from(COORDINATOR_NAME).unwrap();
+                        Ok::<_, std::io::Error>(TokioIo::new(connector.connect(name, tcp).await?))
+                    }
+                }))
+                .await
+                .unwrap();
+            EnrolmentClient::new(channel)
+                .enroll(request)
+                .await
+                .expect_err("a hostile enrolment was granted")
+        })
+    })
+}
+
+fn csr_naming(name: &str) -> Vec<u8> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    params.serialize_request(&key).unwrap().der().to_vec()
+}
+
+#[test]
+fn hostile_enrolments_are_refused_and_cost_the_token_nothing() {
+    let Some(mut lab) = Lab::networked("enrolment: hostile requests") else {
+        return;
+    };
+    lab.serve_enrolment("30d");
+    let _serve = lab.start_serve();
+    lab.start_bare_host("fresh-2", Vec::new());
+    let ready = wait_for(Duration::from_secs(20), || {
+        lab.serve_log().contains("serving agents' streams")
+    });
+    assert!(ready, "serve did not start: {}", lab.serve_log());
+    let (token, pin) = join_token(&lab, &["--name", "fresh-2"]);
+    let request = |token: &str, id: &str, csr: Vec<u8>| serve_pb::EnrollRequest {
+        token: token.to_string(),
+        agent_id: id.to_string(),
+        csr_der: csr,
+        hostname: String::new(),
+    };
+    let cases = [
+        (
+            request(&token, "", csr_naming("db-1")),
+            tonic::Code::InvalidArgument,
+            "it names \"db-1\", but this enrolment is for \"fresh-2\"",
+        ),
+        (
+            request(&token, "db-1", csr_naming("db-1")),
+            tonic::Code::PermissionDenied,
+            "the join token is for agent \"fresh-2\", not \"db-1\"",
+        ),
+        (
+            request(&token, "", b"not a request".to_vec()),
+            tonic::Code::InvalidArgument,
+            "not a signed PKCS#10 request",
+        ),
+        (
+            request(
+                "troop-join-1.0000000000000000000000000000000000000000000000000000000000000000",
+                "",
+                csr_naming("fresh-2"),
+            ),
+            tonic::Code::Unauthenticated,
+            "unknown join token",
+        ),
+        (
+            request("hunter2", "", csr_naming("fresh-2")),
+            tonic::Code::Unauthenticated,
+            "not a join token",
+        ),
+    ];
+    for (asked, code, says) in cases {
+        let status = enroll_raw(&lab, asked);
+        assert_eq!(status.code(), code, "{status:?}");
+        assert!(status.message().contains(says), "{status:?}");
+    }
+    // A host without a certificate reaches enrolment and nothing else.
+    // (Attach and the operator API refuse it: "no client certificate", tested in
+    // serve_streams.) The token's one use survived every refusal above:
+    let dir = lab.enrolment_dir("fresh-2");
+    let enrolled = enroll(&lab, "fresh-2", &dir.join("agent.toml"), &token, &pin);
+    assert!(enrolled.status.success(), "{}", output_text(&enrolled));
+}
