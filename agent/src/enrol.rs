@@ -145,7 +145,7 @@ fn config_dir(config: &Path) -> PathBuf {
 }
 
 /// A request for `id`, or naming nobody when the token is to say which id.
-fn csr(id: Option<&str>, key: &KeyPair) -> Result<Vec<u8>, EnrolError> {
+pub(crate) fn csr(id: Option<&str>, key: &KeyPair) -> Result<Vec<u8>, EnrolError> {
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
     if let Some(id) = id {

@@ -12,6 +12,7 @@ pub mod config;
 pub mod enrol;
 pub mod faults;
 pub mod host;
+pub mod identity;
 pub mod inventory;
 pub mod latch;
 pub mod ledger;
@@ -105,6 +106,8 @@ pub struct Agent {
     tls: Arc<rustls::ServerConfig>,
     /// The client side of the agent's identity, for its streams to `troop serve`.
     link_tls: Option<Arc<rustls::ClientConfig>>,
+    /// Its certificate and key, renewed over the stream and reloaded on SIGHUP.
+    identity: Arc<identity::TlsIdentity>,
     service: Arc<AgentService>,
     engine: Arc<Engine>,
 }
@@ -122,7 +125,11 @@ pub struct Validated {
 /// safe to run (as systemd's ExecStartPre, or by hand) beside a live agent.
 pub fn validate(config: &AgentConfig) -> Result<Validated, StartError> {
     let keys = load_trusted_keys(config)?;
-    tls::server_config(&config.tls)?;
+    let identity = Arc::new(identity::TlsIdentity::load(
+        &config.tls.cert,
+        &config.tls.key,
+    )?);
+    tls::server_config(&config.tls, identity)?;
     let invalid = |key, message: String| StartError::Invalid {
         path: config.path.clone(),
         key,
@@ -185,16 +192,15 @@ impl Agent {
         helper_exe: PathBuf,
     ) -> Result<Self, StartError> {
         let trusted = load_trusted_keys(&config)?;
-        let tls = tls::server_config(&config.tls)?;
+        let identity = Arc::new(identity::TlsIdentity::load(
+            &config.tls.cert,
+            &config.tls.key,
+        )?);
+        let tls = tls::server_config(&config.tls, identity.clone())?;
         let link_tls = if config.coordinators.is_empty() {
             None
         } else {
-            let paths = &config.tls;
-            Some(Arc::new(troop_common::tls::client_config(
-                &paths.cert,
-                &paths.key,
-                &paths.ca,
-            )?))
+            Some(tls::client_config(&config.tls, identity.clone())?)
         };
         let ledger = ReplayLedger::open(&config.state_dir, troop_common::clock::now_unix_ms())?;
         // The ledger holds the state dir's lock, so no other agent is undoing this too.
@@ -227,6 +233,7 @@ impl Agent {
             config,
             tls,
             link_tls,
+            identity,
             service,
             engine,
         })
@@ -274,6 +281,8 @@ impl Agent {
                     service: self.service.clone(),
                     coordinators: self.config.coordinators.clone(),
                     tls,
+                    identity: self.identity.clone(),
+                    ca: self.config.tls.ca.clone(),
                 }
                 .run(links_stopped),
             )
@@ -359,15 +368,18 @@ async fn housekeeping(service: Arc<AgentService>) {
 #[derive(Clone)]
 pub struct Reloader {
     service: Arc<AgentService>,
+    identity: Arc<identity::TlsIdentity>,
     running: Arc<AgentConfig>,
 }
 
 impl Reloader {
-    /// Loads every key `config` names, then swaps them in with its policy; active
-    /// faults are untouched. Says which changes wait for a restart.
+    /// Loads every key `config` names and the agent's certificate and key files again,
+    /// then swaps them in with its policy; active faults and open connections are
+    /// untouched. Says which changes wait for a restart.
     pub fn reload(&self, config: &AgentConfig) -> Result<(), StartError> {
         let trusted = load_trusted_keys(config)?;
         let keys = trusted.len();
+        let certificate = self.identity.reload()?;
         self.service.reload(
             service::Settings {
                 labels: config.labels.clone(),
@@ -385,7 +397,7 @@ impl Reloader {
                 running.metrics_listen != config.metrics_listen,
             ),
             ("state_dir", running.state_dir != config.state_dir),
-            ("tls", running.tls != config.tls),
+            ("tls (paths)", running.tls != config.tls),
             ("coordinator", running.coordinators != config.coordinators),
         ]
         .into_iter()
@@ -393,8 +405,9 @@ impl Reloader {
         .collect();
         tracing::info!(
             trusted_keys = keys,
+            certificate_serial = %certificate.serial,
             allow = %config.policy.allowed_names(),
-            "reloaded trusted keys, clock skew, labels and policy; active faults keep running"
+            "reloaded trusted keys, certificate, clock skew, labels and policy; active faults keep running"
         );
         if !pending.is_empty() {
             tracing::warn!(keys = %pending.join(", "), "changed keys take effect at the next restart");
@@ -407,6 +420,7 @@ impl Agent {
     pub fn reloader(&self) -> Reloader {
         Reloader {
             service: self.service.clone(),
+            identity: self.identity.clone(),
             running: Arc::new(self.config.clone()),
         }
     }

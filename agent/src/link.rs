@@ -5,9 +5,13 @@
 //! trusted with nothing a signature does not prove.
 //!
 //! Serve's certificate must chain to the fleet CA and name the coordinator, whatever
-//! address was dialled. A lost link is redialled with capped exponential backoff and
+//! address was dialled. The agent's own certificate is renewed over the stream
+//! ([`renewal`]). A lost link is redialled with capped exponential backoff and
 //! jitter, so a fleet does not stampede a restarted serve.
 
+mod renewal;
+
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,7 +29,9 @@ use troop_proto::pb;
 use troop_proto::serve_pb::coordinator_client::CoordinatorClient;
 use troop_proto::serve_pb::{self, agent_message, answer, request, serve_message};
 
+use crate::identity::TlsIdentity;
 use crate::service::{AgentService, MAX_MESSAGE_BYTES};
+use renewal::Renewal;
 
 /// First wait after a failed dial; doubled per failure up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(500);
@@ -46,6 +52,10 @@ pub struct Link {
     /// `host:port` of each serve, tried in turn.
     pub coordinators: Vec<String>,
     pub tls: Arc<ClientConfig>,
+    /// The agent's certificate, which the stream renews.
+    pub identity: Arc<TlsIdentity>,
+    /// The fleet CA, which a renewed certificate must chain to.
+    pub ca: PathBuf,
 }
 
 /// How a session ended.
@@ -58,11 +68,16 @@ enum Ended {
 impl Link {
     /// Runs until `shutdown` turns true.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut renewal = Renewal::new(
+            self.identity.clone(),
+            self.ca.clone(),
+            self.service.id.clone(),
+        );
         let mut failures = 0u32;
         let mut next = 0usize;
         loop {
             let address = self.coordinators[next % self.coordinators.len()].clone();
-            match self.session(&address, &mut shutdown).await {
+            match self.session(&address, &mut renewal, &mut shutdown).await {
                 Ok(Ended::Shutdown) => return,
                 Ok(Ended::Lost(reason)) => {
                     tracing::warn!(coordinator = %address, %reason, "lost the stream to the coordinator; redialling");
@@ -85,6 +100,7 @@ impl Link {
     async fn session(
         &self,
         address: &str,
+        renewal: &mut Renewal,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<Ended, String> {
         let channel = self.connect(address).await?;
@@ -127,6 +143,13 @@ impl Link {
         loop {
             tokio::select! {
                 () = stopped(shutdown) => return Ok(Ended::Shutdown),
+                () = tokio::time::sleep_until(renewal.due()) => {
+                    if let Some(request) = renewal.request()
+                        && outbox.send(message(agent_message::Body::Renew(request))).await.is_err()
+                    {
+                        return Ok(Ended::Lost("stream closed".into()));
+                    }
+                }
                 _ = heartbeats.tick() => {
                     let beat = serve_pb::Heartbeat { sent_at_unix_ms: troop_common::clock::now_unix_ms() };
                     if outbox.send(message(agent_message::Body::Heartbeat(beat))).await.is_err() {
@@ -145,6 +168,11 @@ impl Link {
                             let _ = outbox.send(message(agent_message::Body::Answer(answer))).await;
                             drop(permit);
                         });
+                    }
+                    Ok(Some(serve_pb::ServeMessage { body: Some(serve_message::Body::Renewed(renewed)) })) => {
+                        // A key file and a certificate written and synced, once per half
+                        // lifetime: brief enough to do here.
+                        renewal.answered(renewed);
                     }
                     Ok(Some(other)) => {
                         tracing::warn!(message = ?other.body, "ignored an unexpected message from the coordinator");

@@ -5,6 +5,7 @@
 //! a name at once (see [`revocations`]).
 
 pub mod certificate;
+pub mod renewal;
 pub mod revocations;
 pub mod token;
 

@@ -206,8 +206,7 @@ impl Fleet {
                 connected_since_unix_ms: link.connected_since_unix_ms,
                 last_seen_unix_ms: link.last_seen_unix_ms(),
                 certificate_expires_unix_ms: link
-                    .certificate
-                    .as_ref()
+                    .certificate()
                     .map_or(0, |cert| cert.not_after_unix_ms),
             },
             None => match self

@@ -9,7 +9,7 @@ pub mod streams;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -40,8 +40,8 @@ pub struct Link {
     pub version: String,
     /// Where the stream comes from.
     pub address: String,
-    /// The certificate the stream was opened with.
-    pub certificate: Option<CertInfo>,
+    /// The certificate the stream was opened with, or the one serve renewed it with since.
+    certificate: RwLock<Option<CertInfo>>,
     pub connected_since_unix_ms: i64,
     generation: u64,
     last_seen_unix_ms: AtomicI64,
@@ -52,6 +52,25 @@ pub struct Link {
 }
 
 impl Link {
+    /// The agent's newest certificate serve knows of.
+    pub fn certificate(&self) -> Option<CertInfo> {
+        self.certificate
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// After a renewal on this stream: the certificate the agent uses from now on.
+    pub fn renewed(&self, certificate: CertInfo) {
+        *self.certificate.write().unwrap_or_else(|e| e.into_inner()) = Some(certificate);
+    }
+
+    /// Queues a message to the agent that answers nothing; false if the stream is gone
+    /// or its outbox full.
+    pub fn tell(&self, message: serve_pb::ServeMessage) -> bool {
+        !*self.closed.borrow() && self.outbox.try_send(message).is_ok()
+    }
+
     pub fn last_seen_unix_ms(&self) -> i64 {
         self.last_seen_unix_ms.load(Ordering::Relaxed)
     }
@@ -181,7 +200,7 @@ impl Registry {
             labels: registration.labels,
             version: registration.version,
             address: registration.address,
-            certificate: registration.certificate,
+            certificate: RwLock::new(registration.certificate),
             connected_since_unix_ms: now,
             generation: self.generations.fetch_add(1, Ordering::Relaxed),
             last_seen_unix_ms: AtomicI64::new(now),

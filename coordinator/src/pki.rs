@@ -457,13 +457,16 @@ fn parse_san(san: &str) -> Result<SanType, PkiError> {
 }
 
 /// Sets `not_before` slightly in the past and `not_after` `lifetime` from now.
+/// Valid from a little before now (peers' clocks differ) for `lifetime`. The head start
+/// is at most a tenth of the lifetime, so an agent renewing past half its certificate's
+/// validity renews near half its lifetime, short or long.
 fn set_validity(params: &mut CertificateParams, lifetime: Duration) {
     // Before 1970 the clock is broken anyway; fall back to the epoch rather than fail.
     let since_epoch = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     let epoch = rcgen::date_time_ymd(1970, 1, 1);
-    params.not_before = epoch + since_epoch.saturating_sub(CLOCK_SKEW);
+    params.not_before = epoch + since_epoch.saturating_sub(CLOCK_SKEW.min(lifetime / 10));
     params.not_after = epoch + since_epoch + lifetime;
 }
 

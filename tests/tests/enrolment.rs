@@ -341,3 +341,136 @@ fn hostile_enrolments_are_refused_and_cost_the_token_nothing() {
     let enrolled = enroll(&lab, "fresh-2", &dir.join("agent.toml"), &token, &pin);
     assert!(enrolled.status.success(), "{}", output_text(&enrolled));
 }
+
+/// Enrols `id` (a bare host, made here) with a token of its own and starts its agent;
+/// waits until serve lists it.
+fn enrolled_agent(lab: &mut Lab, operator: &Path, id: &str) -> std::process::Child {
+    lab.start_bare_host(id, Vec::new());
+    let (token, pin) = join_token(lab, &["--name", id, "--labels", "role=renewing"]);
+    let config = lab.enrolment_dir(id).join("agent.toml");
+    let enrolled = enroll(lab, id, &config, &token, &pin);
+    assert!(enrolled.status.success(), "{}", output_text(&enrolled));
+    let agent = lab.spawn_agent(id);
+    assert!(
+        wait_for(Duration::from_secs(20), || reachable(lab, operator, id)),
+        "not attached: {}",
+        lab.log(id)
+    );
+    agent
+}
+
+fn certificate_on_disk(lab: &Lab, id: &str) -> troop_agent::identity::Validity {
+    use rustls_pki_types::pem::PemObject;
+    let path = lab.enrolment_dir(id).join(format!("{id}.pem"));
+    let der = rustls_pki_types::CertificateDer::from_pem_file(&path).unwrap();
+    troop_agent::identity::Validity::read(&der).unwrap()
+}
+
+/// CPU seconds of the agent `spawn_agent` started (nsenter's child), from /proc.
+fn agent_cpu_seconds(agent: &std::process::Child) -> f64 {
+    let nsenter = agent.id();
+    let children = std::fs::read_to_string(format!("/proc/{nsenter}/task/{nsenter}/children"))
+        .unwrap_or_default();
+    let pid = children
+        .split_whitespace()
+        .next()
+        .map_or(nsenter as i32, |pid| pid.parse().unwrap());
+    troop_lab::lab::cpu_seconds(pid)
+}
+
+#[test]
+fn certificates_are_renewed_over_the_stream_while_faults_run() {
+    let Some(mut lab) = Lab::networked("enrolment: renewal") else {
+        return;
+    };
+    // The shortest lifetime serve issues: renewed 30 to 33 s after it was issued.
+    lab.serve_enrolment("60s");
+    let alice = lab.add_operator("alice", Some("operator"));
+    let _serve = lab.start_serve();
+    let mut agent = enrolled_agent(&mut lab, &alice, "renew-1");
+    let idle = agent_cpu_seconds(&agent);
+    std::thread::sleep(Duration::from_secs(2));
+    let idle = agent_cpu_seconds(&agent) - idle;
+    let first = certificate_on_disk(&lab, "renew-1");
+    let connected = entry(&agents_as(&lab, &alice), "renew-1").unwrap();
+    assert_eq!(
+        connected["certificate_expires_unix_ms"].as_i64(),
+        Some(first.not_after_unix_ms)
+    );
+
+    let burn = lab.troop_as(
+        &alice,
+        &[
+            "attack",
+            "cpu",
+            "--select",
+            "role=renewing",
+            "--load",
+            "40",
+            "--cores",
+            "1",
+            "--for",
+            "3m",
+        ],
+    );
+    assert_eq!(burn.status.code(), Some(0), "{}", output_text(&burn));
+
+    let renewed = wait_for(Duration::from_secs(50), || {
+        certificate_on_disk(&lab, "renew-1").serial != first.serial
+    });
+    assert!(renewed, "not renewed: {}", lab.log("renew-1"));
+    let second = certificate_on_disk(&lab, "renew-1");
+    assert!(second.not_after_unix_ms > first.not_after_unix_ms);
+    let key = lab.enrolment_dir("renew-1").join("renew-1.key");
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    // The same stream, which serve now shows with the new certificate's expiry; the
+    // fault held through it, burning CPU as /proc shows.
+    let shown = entry(&agents_as(&lab, &alice), "renew-1").unwrap();
+    assert_eq!(
+        shown["connected_since_unix_ms"], connected["connected_since_unix_ms"],
+        "the stream was replaced: {shown}"
+    );
+    assert_eq!(
+        shown["certificate_expires_unix_ms"].as_i64(),
+        Some(second.not_after_unix_ms),
+        "{shown}"
+    );
+    let before = agent_cpu_seconds(&agent);
+    std::thread::sleep(Duration::from_secs(2));
+    let burnt = agent_cpu_seconds(&agent) - before;
+    assert!(
+        burnt > 0.5 && burnt > idle * 5.0,
+        "the cpu fault stopped: {burnt:.2}s in 2s (idle: {idle:.2}s)"
+    );
+
+    // A new connection proves the new certificate: cut the link, heal it.
+    lab.set_connected("renew-1", false);
+    assert!(wait_for(Duration::from_secs(30), || !reachable(
+        &lab, &alice, "renew-1"
+    )));
+    lab.set_connected("renew-1", true);
+    assert!(
+        wait_for(Duration::from_secs(40), || reachable(
+            &lab, &alice, "renew-1"
+        )),
+        "did not reconnect with the renewed certificate: {}",
+        lab.log("renew-1")
+    );
+    let store_url = format!("sqlite://{}", lab.dir().join("troop.db").display());
+    let access = troop_coordinator::store::Store::open(&store_url)
+        .unwrap()
+        .access_log(1000)
+        .unwrap();
+    assert!(
+        access
+            .iter()
+            .any(|a| a.allowed && a.caller == "renew-1" && a.call == "renew certificate"),
+        "{access:?}"
+    );
+    let _ = agent.kill();
+    let _ = agent.wait();
+}

@@ -103,10 +103,17 @@ async fn start_serve(agents: &[&str], operators: &[(&str, &str)]) -> Serve {
             .unwrap(),
     );
     let revocations = Arc::new(Revocations::default());
+    let enrolment = Enrolment {
+        ca: None,
+        store: store.clone(),
+        signing_keys_pem: Vec::new(),
+        lifetime: Duration::from_secs(3600),
+    };
     let streams = Streams {
         registry: registry.clone(),
         verifier: verifier.clone(),
         revocations: revocations.clone(),
+        enrolment: enrolment.clone(),
         store: store.clone(),
         limiter: Default::default(),
         attached: {
@@ -129,12 +136,7 @@ async fn start_serve(agents: &[&str], operators: &[(&str, &str)]) -> Serve {
         listener,
         server_tls,
         streams,
-        Enrolment {
-            ca: None,
-            store: store.clone(),
-            signing_keys_pem: Vec::new(),
-            lifetime: Duration::from_secs(3600),
-        },
+        enrolment,
         operators,
         async move {
             let mut stopped = stopped;

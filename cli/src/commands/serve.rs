@@ -180,6 +180,7 @@ pub async fn run(context: Context) -> anyhow::Result<Outcome> {
             registry: registry.clone(),
             verifier: verifier.clone(),
             revocations: revocations.clone(),
+            enrolment: enrolment.clone(),
             store: store.clone(),
             limiter: Default::default(),
             attached: {

@@ -58,7 +58,7 @@ impl Revocations {
                 Err(_) => continue,
             }
             for (id, reason) in registry.cut_off(|link| {
-                self.refusal(std::slice::from_ref(&link.id), link.certificate.as_ref())
+                self.refusal(std::slice::from_ref(&link.id), link.certificate().as_ref())
             }) {
                 tracing::warn!(agent = %id, %reason, "cut off a revoked agent's stream");
             }

@@ -18,7 +18,9 @@ use troop_proto::serve_pb::{self, agent_message, serve_message};
 
 use super::flood::{Admit, AttachLimiter, BURST, REFILL_EVERY};
 use super::{HEARTBEAT_EVERY, Link, Registration, Registry, SILENT_AFTER};
+use crate::enrolment::Enrolment;
 use crate::enrolment::certificate::CertInfo;
+use crate::enrolment::renewal::Renewals;
 use crate::enrolment::revocations::Revocations;
 use crate::store::{AccessRecord, Store};
 
@@ -33,6 +35,8 @@ pub struct Streams {
     pub registry: Arc<Registry>,
     pub verifier: Arc<FleetVerifier>,
     pub revocations: Arc<Revocations>,
+    /// Signs the renewals agents ask for on their streams.
+    pub enrolment: Enrolment,
     /// Every attach, allowed or refused, goes to its access log.
     pub store: Arc<Store>,
     pub limiter: AttachLimiter,
@@ -255,12 +259,13 @@ impl Coordinator for Streams {
             })),
         };
         // The outbox is new and empty: this cannot be full.
-        let _ = link.outbox.try_send(registered);
+        link.tell(registered);
         (self.attached)(link.entry());
         let (ended, ending) = oneshot::channel();
         tokio::spawn(read(
             self.registry.clone(),
             self.store.clone(),
+            Renewals::new(self.enrolment.clone()),
             link,
             inbound,
             closed.clone(),
@@ -288,6 +293,7 @@ enum Ended {
 async fn read(
     registry: Arc<Registry>,
     store: Arc<Store>,
+    mut renewals: Renewals,
     link: Arc<Link>,
     mut inbound: Streaming<serve_pb::AgentMessage>,
     mut closed: watch::Receiver<bool>,
@@ -301,6 +307,7 @@ async fn read(
                 Ok(Some(serve_pb::AgentMessage { body: Some(body) })) => match body {
                     agent_message::Body::Heartbeat(_) => link.touch(),
                     agent_message::Body::Answer(answer) => link.answered(answer),
+                    agent_message::Body::Renew(request) => renewals.answer(&link, request).await,
                     agent_message::Body::Register(_) => break broken("registered twice on one stream"),
                 },
                 Ok(Some(_)) => break broken("an empty message"),

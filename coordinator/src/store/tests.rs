@@ -165,13 +165,16 @@ fn open_creates_file_and_schema() {
         [
             "access",
             "agent_streams",
+            "certificates",
             "commands",
+            "join_tokens",
             "last_runs",
             "last_strikes",
             "latch",
             "leader_lease",
             "probes",
             "replicas",
+            "revocations",
             "runs",
             "steps"
         ]
