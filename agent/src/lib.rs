@@ -23,6 +23,7 @@ pub mod service;
 pub mod signals;
 pub mod state_file;
 pub mod tls;
+pub mod trust;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -66,6 +67,8 @@ pub enum StartError {
     },
     #[error("TLS identity")]
     Tls(#[from] troop_common::tls::TlsError),
+    #[error("keys learned from a signing-key rotation")]
+    Trust(#[from] trust::TrustFileError),
     #[error("state")]
     ReplayLedger(#[from] ledger::LedgerError),
     #[error("state")]
@@ -167,7 +170,11 @@ pub fn validate(config: &AgentConfig) -> Result<Validated, StartError> {
     })
 }
 
+/// The keys a signing-key rotation gave, kept in the state dir, else the config's.
 fn load_trusted_keys(config: &AgentConfig) -> Result<TrustedKeys, StartError> {
+    if let Some(learned) = trust::load(&config.state_dir)? {
+        return Ok(TrustedKeys::new(learned.keys));
+    }
     let keys = config
         .coordinator_keys
         .iter()
@@ -207,28 +214,31 @@ impl Agent {
         let (journal, left) = FaultJournal::open(&config.state_dir)?;
         let engine = Arc::new(Engine::new(journal));
         faults::recover(&config.state_dir, &engine, left);
-        let service = Arc::new(AgentService::new(
-            config.id.clone(),
-            config.labels.clone(),
-            trusted,
-            config.max_clock_skew,
-            ledger,
-            Runner::new(
+        let service = Arc::new(
+            AgentService::new(
                 config.id.clone(),
-                config.policy.clone(),
-                engine.clone(),
-                processes,
-                helper_exe,
+                config.labels.clone(),
+                trusted,
+                config.max_clock_skew,
+                ledger,
+                Runner::new(
+                    config.id.clone(),
+                    config.policy.clone(),
+                    engine.clone(),
+                    processes,
+                    helper_exe,
+                )
+                .with_control_path(ControlPath {
+                    listen_port: config
+                        .listen
+                        .map(|address| address.port())
+                        .filter(|p| *p != 0),
+                    coordinators: config.coordinators.clone(),
+                }),
+                faults::load_last_stop(&config.state_dir).map(Into::into),
             )
-            .with_control_path(ControlPath {
-                listen_port: config
-                    .listen
-                    .map(|address| address.port())
-                    .filter(|p| *p != 0),
-                coordinators: config.coordinators.clone(),
-            }),
-            faults::load_last_stop(&config.state_dir).map(Into::into),
-        ));
+            .learning_keys(config.state_dir.clone(), trust::load(&config.state_dir)?),
+        );
         Ok(Self {
             config,
             tls,

@@ -31,9 +31,18 @@ pub struct AgentService {
     pub(crate) ledger: ReplayLedger,
     pub(crate) runner: Runner,
     pub(crate) last_stop: Option<pb::HostStop>,
+    /// Where rotations' keys are kept, and the set the last one gave; `None`: this
+    /// service learns no keys (TrustKeys is refused).
+    learning: Option<Learning>,
     /// Read in the background ([`AgentService::housekeeping`]), so Status never waits on
     /// the host.
     inventory: Inventory,
+}
+
+/// Keys learned from signing-key rotations ([`crate::trust`]).
+struct Learning {
+    state_dir: std::path::PathBuf,
+    current: std::sync::Mutex<Option<crate::trust::Learned>>,
 }
 
 /// The part of the agent's config a reload (SIGHUP) replaces, without touching active
@@ -66,8 +75,69 @@ impl AgentService {
             ledger,
             runner,
             last_stop,
+            learning: None,
             inventory: Inventory::new(),
         }
+    }
+
+    /// Takes signing-key rotations, keeping their keys in `state_dir`; `current` is the
+    /// set a rotation gave before (the keys trusted now, when it is set).
+    pub fn learning_keys(
+        mut self,
+        state_dir: std::path::PathBuf,
+        current: Option<crate::trust::Learned>,
+    ) -> Self {
+        self.learning = Some(Learning {
+            state_dir,
+            current: std::sync::Mutex::new(current),
+        });
+        self
+    }
+
+    /// A `TrustKeys` command, admitted: the trusted set is replaced (kept on disk first).
+    fn learn(
+        &self,
+        command: &pb::Command,
+        trust: &pb::TrustKeys,
+        signed_by: &str,
+    ) -> Result<pb::Receipt, Refusal> {
+        let learning = self
+            .learning
+            .as_ref()
+            .ok_or_else(|| Refusal::Unimplemented("this agent learns no signing keys".into()))?;
+        let mut current = learning.current.lock().unwrap_or_else(|e| e.into_inner());
+        let summary = match crate::trust::decide(current.as_ref(), trust, signed_by)? {
+            crate::trust::Decision::Same => format!(
+                "already trusting signing-key generation {}",
+                trust.generation
+            ),
+            crate::trust::Decision::Replace(learned) => {
+                crate::trust::save(&learning.state_dir, &learned).map_err(|error| {
+                    Refusal::Unavailable(format!(
+                        "cannot keep the new keys in the state dir ({error}); still trusting the old ones"
+                    ))
+                })?;
+                let summary = format!(
+                    "trusting signing-key generation {}: {}",
+                    learned.generation,
+                    learned.key_ids()
+                );
+                tracing::warn!(generation = learned.generation, keys = %learned.key_ids(), "signing keys rotated");
+                self.settings
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .trusted = Arc::new(TrustedKeys::new(learned.keys.clone()));
+                *current = Some(learned);
+                summary
+            }
+        };
+        Ok(pb::Receipt {
+            command_id: command.command_id.clone(),
+            agent_id: self.id.clone(),
+            applied_at_unix_ms: now_unix_ms(),
+            summary,
+            ..pb::Receipt::default()
+        })
     }
 
     /// What the agent does between commands: reads the host's inventory again and gives
@@ -209,7 +279,10 @@ impl AgentService {
                 return Err(refusal.into());
             }
         }
-        let result = self.runner.carry_out(&command);
+        let result = match &command.action {
+            Some(pb::command::Action::Trust(trust)) => self.learn(&command, trust, &signed.key_id),
+            _ => self.runner.carry_out(&command),
+        };
         let outcome = match &result {
             Ok(receipt) => {
                 tracing::info!(command_id = %id, summary = %receipt.summary, "accepted command");
@@ -389,6 +462,7 @@ fn action_and_kind(command: &pb::Command) -> (&'static str, &'static str) {
         Some(Action::Renew(_)) => ("renew", ""),
         Some(Action::EmergencyStop(_)) => ("emergency_stop", ""),
         Some(Action::Resume(_)) => ("resume", ""),
+        Some(Action::Trust(_)) => ("trust", ""),
     }
 }
 

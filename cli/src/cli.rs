@@ -189,6 +189,15 @@ pub enum PkiCommand {
         #[arg(long, default_value = "")]
         labels: String,
     },
+    /// Rotate the key that signs commands, on the serve host: a new key beside the
+    /// configured one, which serve announces to every agent (signed by the current key) and
+    /// signs with from then on, both trusted; `--retire` then ends the overlap, so agents
+    /// refuse the old key. Agents keep what they learn across restarts.
+    RotateSigningKey {
+        /// End the overlap: agents trust only the new key from now on.
+        #[arg(long)]
+        retire: bool,
+    },
     /// Refuse every certificate for an agent or operator NAME issued until now: serve cuts
     /// off its streams within a second and refuses it until it enrols again.
     Revoke {

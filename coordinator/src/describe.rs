@@ -37,6 +37,21 @@ pub fn action_text(action: Option<&pb::command::Action>) -> String {
                 resume.by, resume.reason
             )
         }
+        Some(Action::Trust(trust)) => format!(
+            "trust signing-key generation {}: {}",
+            trust.generation,
+            trust
+                .public_keys
+                .iter()
+                .map(|raw| raw
+                    .as_slice()
+                    .try_into()
+                    .ok()
+                    .and_then(|raw| ed25519_dalek::VerifyingKey::from_bytes(raw).ok())
+                    .map_or_else(|| "?".to_string(), |key| troop_proto::key_id(&key)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
         Some(Action::Renew(renew)) => {
             format!(
                 "renew the lease of {} for {} ms",

@@ -40,7 +40,8 @@ pub struct Enrolment {
     /// The fleet CA with its key; without one (`[serve] ca_key` unset) serve enrols nobody.
     pub ca: Option<Arc<FleetCa>>,
     pub store: Arc<Store>,
-    /// The keys agents trust to sign commands, SPKI PEM each.
+    /// The keys agents trust to sign commands, SPKI PEM each, until a signing-key
+    /// rotation in the store names others.
     pub signing_keys_pem: Vec<String>,
     pub lifetime: Duration,
 }
@@ -185,9 +186,24 @@ impl Enrolment {
             agent_id,
             certificate_pem: issued.pem,
             ca_pem: ca.cert_pem().to_string(),
-            signing_keys_pem: self.signing_keys_pem.clone(),
+            signing_keys_pem: self.trusted_keys_pem().map_err(store_error)?,
             labels: labels.into_iter().collect(),
             not_after_unix_ms: issued.not_after_unix_ms,
+        })
+    }
+}
+
+impl Enrolment {
+    /// The keys the fleet trusts now: the newest rotation's, else the configured one.
+    fn trusted_keys_pem(&self) -> Result<Vec<String>, crate::store::StoreError> {
+        Ok(match self.store.signing_generation()? {
+            Some(generation) => generation
+                .public_keys
+                .iter()
+                .filter_map(|raw| ed25519_dalek::VerifyingKey::from_bytes(raw).ok())
+                .map(|key| signing_key_pem(&key))
+                .collect(),
+            None => self.signing_keys_pem.clone(),
         })
     }
 }

@@ -96,16 +96,25 @@ impl Fleet {
         Ok(())
     }
 
-    /// The configured signing key (none on an operator's machine: serve signs).
+    /// The signing key: the configured one, or the newest a signing-key rotation in
+    /// the store made (none on an operator's machine: serve signs).
     pub fn signer(&self) -> anyhow::Result<Signer> {
-        let Some(key) = &self.config.signing_key else {
+        let Some(configured) = &self.config.signing_key else {
             bail!(
                 "config {}: no [signing] key here; with [coordinator], troop serve signs",
                 self.config.path.display()
             );
         };
-        Signer::load(key)
-            .with_context(|| format!("config {}: [signing] key", self.config.path.display()))
+        let store = crate::store::Store::open(&self.config.store_url).context("audit store")?;
+        let key = crate::rotation::signing_key_path(&store, configured)
+            .context("audit store: signing-key generation")?;
+        Signer::load(&key).with_context(|| {
+            if &key == configured {
+                format!("config {}: [signing] key", self.config.path.display())
+            } else {
+                format!("the rotated signing key {}", key.display())
+            }
+        })
     }
 
     /// Every agent: the static `[[agents]]`, then (in `troop serve`) each agent whose

@@ -10,7 +10,8 @@
 //!   requests down the streams of agents that dialled in to `troop serve` ([`live`]).
 //! - [`serve`]: `troop serve`'s port: agents' streams and the operator API, by role;
 //!   [`remote`] is that API's client and [`wire`] its messages.
-//! - [`pki`]: the fleet CA, certificates and the signing key.
+//! - [`pki`]: the fleet CA, certificates and the signing key; [`enrolment`]: join tokens,
+//!   certificates issued, renewed and revoked by serve; [`rotation`]: signing-key rotation.
 //! - [`campaign`]: campaign files, schedules, the guardrail planner, probes, the runner
 //!   and the scheduler.
 //! - [`latch`]: serve's emergency stop, kept in the store and sent to every agent.
@@ -35,6 +36,7 @@ pub mod metrics;
 pub mod picker;
 pub mod pki;
 pub mod remote;
+pub mod rotation;
 pub mod selector;
 pub mod serve;
 pub mod signal;

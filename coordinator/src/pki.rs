@@ -197,24 +197,7 @@ pub fn init(dir: &Path) -> Result<Vec<PathBuf>, PkiError> {
         .signed_by(&coord_key, &issuer)
         .map_err(generate_err("the coordinator certificate"))?;
 
-    let signing = generate_signing_key()?;
-    // PKCS#8 v1 (no embedded public key): OpenSSL 3.0 cannot read the v2 form
-    // ed25519-dalek writes by default.
-    let signing_pem = KeypairBytes {
-        secret_key: signing.to_bytes(),
-        public_key: None,
-    }
-    .to_pkcs8_pem(LineEnding::LF)
-    .map_err(|_| PkiError::Encode {
-        what: "signing key",
-    })?;
-    let signing_pub = signing
-        .verifying_key()
-        .to_public_key_pem(LineEnding::LF)
-        .map_err(|_| PkiError::Encode {
-            what: "signing public key",
-        })?;
-
+    let (signing_pem, signing_pub) = signing_key_pems(&generate_signing_key()?)?;
     write_files(
         dir,
         &[
@@ -486,6 +469,43 @@ fn random_serial_bytes() -> Result<[u8; 16], PkiError> {
 
 fn generate_key(what: &str) -> Result<KeyPair, PkiError> {
     KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(generate_err(what))
+}
+
+/// A signing key as files hold it: the private key (PKCS#8 PEM) and the public (SPKI PEM).
+fn signing_key_pems(signing: &SigningKey) -> Result<(String, String), PkiError> {
+    // PKCS#8 v1 (no embedded public key): OpenSSL 3.0 cannot read the v2 form
+    // ed25519-dalek writes by default.
+    let signing_pem = KeypairBytes {
+        secret_key: signing.to_bytes(),
+        public_key: None,
+    }
+    .to_pkcs8_pem(LineEnding::LF)
+    .map_err(|_| PkiError::Encode {
+        what: "signing key",
+    })?;
+    let signing_pub = signing
+        .verifying_key()
+        .to_public_key_pem(LineEnding::LF)
+        .map_err(|_| PkiError::Encode {
+            what: "signing public key",
+        })?;
+    Ok((signing_pem.to_string(), signing_pub))
+}
+
+/// A new signing key pair in `dir`, as `STEM.key` (0600) and `STEM.pub`; neither may
+/// exist. Returns the key and the private key's path.
+pub fn new_signing_key(dir: &Path, stem: &str) -> Result<(SigningKey, PathBuf), PkiError> {
+    let key = generate_signing_key()?;
+    let (private, public) = signing_key_pems(&key)?;
+    let (key_file, pub_file) = (format!("{stem}.key"), format!("{stem}.pub"));
+    let written = write_files(
+        dir,
+        &[
+            (key_file.as_str(), private.as_bytes(), KEY_MODE),
+            (pub_file.as_str(), public.as_bytes(), CERT_MODE),
+        ],
+    )?;
+    Ok((key, written[0].clone()))
 }
 
 fn generate_signing_key() -> Result<SigningKey, PkiError> {

@@ -1,6 +1,7 @@
 //! Building and signing commands.
 
 use std::path::Path;
+use std::sync::RwLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ed25519_dalek::SigningKey;
@@ -8,33 +9,43 @@ use troop_proto::{key_id, pb, sign_command};
 
 use crate::pki::{self, PkiError};
 
-/// The coordinator's Ed25519 signing key.
+/// The coordinator's Ed25519 signing key; a signing-key rotation replaces it in a
+/// running serve ([`crate::rotation`]).
 pub struct Signer {
-    key: SigningKey,
+    key: RwLock<SigningKey>,
 }
 
 impl Signer {
     pub fn load(path: &Path) -> Result<Self, PkiError> {
-        Ok(Self {
-            key: pki::load_signing_key(path)?,
-        })
+        Ok(Self::from_key(pki::load_signing_key(path)?))
     }
 
     pub fn from_key(key: SigningKey) -> Self {
-        Self { key }
+        Self {
+            key: RwLock::new(key),
+        }
+    }
+
+    /// Signs with `key` from now on.
+    pub fn replace(&self, key: SigningKey) {
+        *self.key.write().unwrap_or_else(|e| e.into_inner()) = key;
+    }
+
+    fn key(&self) -> std::sync::RwLockReadGuard<'_, SigningKey> {
+        self.key.read().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The public half: what agents trust, and what checks the dashboard's tokens.
     pub fn verifying_key(&self) -> ed25519_dalek::VerifyingKey {
-        self.key.verifying_key()
+        self.key().verifying_key()
     }
 
     pub fn key_id(&self) -> String {
-        key_id(&self.key.verifying_key())
+        key_id(&self.verifying_key())
     }
 
     pub fn sign(&self, command: &pb::Command) -> pb::SignedCommand {
-        sign_command(command, &self.key)
+        sign_command(command, &self.key())
     }
 }
 

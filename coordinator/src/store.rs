@@ -14,6 +14,7 @@ mod enrolment;
 mod lease;
 mod postgres_tls;
 mod postgresql;
+mod signing;
 mod sql;
 mod sqlite;
 mod streams;
@@ -26,6 +27,7 @@ use serde::{Deserialize, Serialize};
 
 pub use enrolment::{JoinToken, Redeemed, Revocation};
 pub use lease::Lease;
+pub use signing::SigningGeneration;
 use sql::{Cells, Tx, Value};
 pub use streams::{PublishedStream, StreamEntry};
 

@@ -44,6 +44,10 @@ pub enum Refusal {
     BeyondReplayHorizon { command_id: String },
     #[error("refused by local policy: {0}")]
     Policy(String),
+    /// A signing-key rotation older than the one the agent follows (a late or replayed
+    /// announcement); the message names both generations.
+    #[error("{0}")]
+    StaleTrust(String),
 
     // Bad parameters: INVALID_ARGUMENT.
     #[error("payload is not a valid Command: {0}")]
@@ -85,6 +89,7 @@ impl Refusal {
             FaultIdInUse { .. } => "fault_id_in_use",
             BeyondReplayHorizon { .. } => "beyond_replay_horizon",
             Policy(_) => "policy",
+            StaleTrust(_) => "stale_trust",
             MalformedPayload(_) => "malformed_payload",
             InvalidArgument(_) => "invalid_argument",
             Latched(_) => "latched",
@@ -115,7 +120,8 @@ impl Refusal {
             | ReusedCommandId { .. }
             | FaultIdInUse { .. }
             | BeyondReplayHorizon { .. }
-            | Policy(_) => Code::PermissionDenied,
+            | Policy(_)
+            | StaleTrust(_) => Code::PermissionDenied,
             MalformedPayload(_) | InvalidArgument(_) => Code::InvalidArgument,
             Latched(_) => Code::FailedPrecondition,
             NotFound(_) => Code::NotFound,

@@ -475,6 +475,23 @@ async fn careless_operator_calls_are_refused_and_run_nothing() {
     assert_eq!(status.code(), Code::NotFound, "{status:?}");
     assert!(status.message().contains("no run"), "{status:?}");
 
+    // Serve signs what an operator sends: a trusted-key set would plant their own key.
+    let mut plant = send_request(0, false);
+    plant.commands[0].action = Some(pb::command::Action::Trust(pb::TrustKeys {
+        generation: 9,
+        public_keys: vec![vec![7; 32]],
+    }));
+    let status = serve
+        .operator("alice")
+        .send(plant)
+        .await
+        .expect_err("an operator may not change the agents' trusted keys");
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(
+        status.message().contains("rotate-signing-key"),
+        "{status:?}"
+    );
+
     // vera, a viewer, may not attack, and may not run a campaign for real.
     let status = serve
         .operator("vera")

@@ -100,6 +100,12 @@ impl Runner {
         };
         let mut receipt = match &command.action {
             None => return Err(Refusal::InvalidArgument("command has no action".into())),
+            // The trusted keys are the admission's, not the fault engine's.
+            Some(Action::Trust(_)) => {
+                return Err(Refusal::Internal(
+                    "a TrustKeys command reached the fault runner".into(),
+                ));
+            }
             Some(Action::Start(start)) => self.start(&command.command_id, start, receipt)?,
             Some(Action::Abort(abort)) => {
                 self.engine.abort(&abort.fault_id)?;

@@ -22,6 +22,9 @@ pub async fn run(
             labels,
         } => return enrolment::join_token(config, ttl, *uses, name.clone(), labels, output).await,
         PkiCommand::Revoke { name } => return enrolment::revoke(config, name, output).await,
+        PkiCommand::RotateSigningKey { retire } => {
+            return enrolment::rotate_signing_key(config, *retire, output);
+        }
         _ => {}
     }
     if let PkiCommand::OperatorToken { dir, name, ttl } = &command {
@@ -43,7 +46,8 @@ pub async fn run(
         PkiCommand::IssueCoordinator { dir, days } => pki::issue_coordinator(dir, *days)?,
         PkiCommand::OperatorToken { .. }
         | PkiCommand::JoinToken { .. }
-        | PkiCommand::Revoke { .. } => unreachable!("answered above"),
+        | PkiCommand::Revoke { .. }
+        | PkiCommand::RotateSigningKey { .. } => unreachable!("answered above"),
     };
     match output {
         Output::Json => println!("{}", serde_json::json!({ "written": written })),

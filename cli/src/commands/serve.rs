@@ -28,6 +28,7 @@ use troop_coordinator::latch::FleetLatch;
 use troop_coordinator::live::Registry;
 use troop_coordinator::live::streams::Streams;
 use troop_coordinator::pki::FleetCa;
+use troop_coordinator::rotation::Rotation;
 use troop_coordinator::serve::{self as grpc_serve, access::Operators};
 use troop_coordinator::store::{Lease, Store, StoreError};
 
@@ -165,6 +166,16 @@ pub async fn run(context: Context) -> anyhow::Result<Outcome> {
             .clone()
             .keep_current(store.clone(), registry.clone()),
     );
+    let generation = store
+        .signing_generation()
+        .context("audit store: signing-key generation")?;
+    let rotation = Arc::new(Rotation::new(
+        store.clone(),
+        fleet.clone(),
+        signer.clone(),
+        generation,
+    ));
+    tokio::spawn(rotation.clone().follow());
     let enrolment = Enrolment {
         ca: fleet_ca,
         store: store.clone(),
@@ -184,8 +195,11 @@ pub async fn run(context: Context) -> anyhow::Result<Outcome> {
             store: store.clone(),
             limiter: Default::default(),
             attached: {
-                let latch = latch.clone();
-                Arc::new(move |agent| latch.attached(agent))
+                let (latch, rotation) = (latch.clone(), rotation.clone());
+                Arc::new(move |agent| {
+                    rotation.attached(agent.clone());
+                    latch.attached(agent);
+                })
             },
         },
         enrolment,

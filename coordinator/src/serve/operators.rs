@@ -170,6 +170,13 @@ impl Operator for Operators {
                     "an emergency stop or a resume goes through the EmergencyStop or Resume call (`troop emergency-stop`, `troop resume`), which latch serve too",
                 ));
             }
+            // Serve signs what it sends: a trusted-key set from an operator would let one
+            // plant their own key on every agent.
+            if actions().any(|a| matches!(a, Action::Trust(_))) {
+                return Err(Status::permission_denied(
+                    "trusted signing keys change only by `troop pki rotate-signing-key` on the serve host",
+                ));
+            }
             if actions().any(|a| matches!(a, Action::Start(_))) {
                 self.check_latch(&operator, &format!("send commands ({what})"))?;
             }

@@ -205,6 +205,18 @@ pub(super) const SQLITE: &[&str] = &[
         revoked_by    TEXT    NOT NULL
     );
     ",
+    // 8: signing-key rotations: each generation's trusted public keys (hex, comma-separated),
+    // the key file serve signs commands with, and the one that signs the announcement.
+    r"
+    CREATE TABLE signing_keys (
+        generation    INTEGER PRIMARY KEY,
+        public_keys   TEXT    NOT NULL,
+        signer        TEXT    NOT NULL,
+        announcer     TEXT    NOT NULL,
+        created_by    TEXT    NOT NULL,
+        created_at_ms INTEGER NOT NULL
+    );
+    ",
 ];
 
 /// PostgreSQL's schema batches, version for version the same tables as `SQLITE`: BIGINT for
@@ -352,6 +364,17 @@ pub(super) const POSTGRES: &[&str] = &[
         name          TEXT    PRIMARY KEY,
         revoked_at_ms BIGINT  NOT NULL,
         revoked_by    TEXT    NOT NULL
+    );
+    ",
+    // 8: signing-key rotations.
+    r"
+    CREATE TABLE signing_keys (
+        generation    BIGINT  PRIMARY KEY,
+        public_keys   TEXT    NOT NULL,
+        signer        TEXT    NOT NULL,
+        announcer     TEXT    NOT NULL,
+        created_by    TEXT    NOT NULL,
+        created_at_ms BIGINT  NOT NULL
     );
     ",
 ];

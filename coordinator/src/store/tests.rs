@@ -176,6 +176,7 @@ fn open_creates_file_and_schema() {
             "replicas",
             "revocations",
             "runs",
+            "signing_keys",
             "steps"
         ]
     );

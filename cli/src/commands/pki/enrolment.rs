@@ -1,6 +1,7 @@
-//! `troop pki join-token` and `troop pki revoke`: on the serve host they write to
-//! troop.toml's store, which every replica of serve reads; with `[coordinator]` they go
-//! through serve's operator API and need the admin role there.
+//! `troop pki join-token`, `revoke` and `rotate-signing-key`: on the serve host they write
+//! to troop.toml's store, which every replica of serve reads; with `[coordinator]` the
+//! first two go through serve's operator API and need the admin role there. A rotation
+//! makes a private key, so it is done on the serve host only.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -10,6 +11,7 @@ use troop_coordinator::config::CoordinatorConfig;
 use troop_coordinator::describe::unix_ms_text;
 use troop_coordinator::enrolment;
 use troop_coordinator::fleet::Fleet;
+use troop_coordinator::rotation;
 use troop_coordinator::store::Store;
 use troop_proto::serve_pb;
 
@@ -99,6 +101,56 @@ pub async fn revoke(config: Option<&Path>, name: &str, output: Output) -> anyhow
         Output::Table => println!(
             "revoked {name:?} at {}: serve refuses its certificates issued until now, and cuts off its streams",
             unix_ms_text(revoked_at)
+        ),
+    }
+    Ok(Outcome::Success)
+}
+
+pub fn rotate_signing_key(
+    config: Option<&Path>,
+    retire: bool,
+    output: Output,
+) -> anyhow::Result<Outcome> {
+    let fleet = Fleet::load(config)?;
+    if fleet.remote.is_some() {
+        anyhow::bail!(
+            "config {}: a signing-key rotation makes a private key, so it runs on the serve host (its troop.toml has [signing] and [store]), not through [coordinator]",
+            fleet.config.path.display()
+        );
+    }
+    let configured = fleet.config.signing_key.clone().with_context(|| {
+        format!(
+            "config {}: [signing] key is missing",
+            fleet.config.path.display()
+        )
+    })?;
+    let store = Store::open(&fleet.config.store_url).context("audit store")?;
+    let generation = if retire {
+        rotation::retire(&store, &local_user())
+    } else {
+        rotation::begin(&store, &configured, &local_user())
+    }
+    .map_err(|error| anyhow::anyhow!(troop_telemetry::error_chain(&error)))?;
+    match output {
+        Output::Json => println!(
+            "{}",
+            serde_json::json!({
+                "generation": generation.generation,
+                "trusted_keys": rotation::key_ids(&generation),
+                "signing_key": generation.signer,
+            })
+        ),
+        Output::Table if retire => println!(
+            "generation {}: agents trust only {} from now on; serve announces it within seconds",
+            generation.generation,
+            rotation::key_ids(&generation)
+        ),
+        Output::Table => println!(
+            "generation {}: agents trust {} (the old and the new key); serve announces it within seconds and then signs with {}.\n\
+             When `troop campaign history` shows every agent took it, end the overlap: troop pki rotate-signing-key --retire",
+            generation.generation,
+            rotation::key_ids(&generation),
+            generation.signer.display()
         ),
     }
     Ok(Outcome::Success)

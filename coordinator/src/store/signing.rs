@@ -1,0 +1,91 @@
+//! Signing-key rotations as the store keeps them: one row per generation, the newest
+//! being the fleet's. Generation 0 is the config's `[signing] key` and has no row.
+
+use std::path::PathBuf;
+
+use super::sql::Value;
+use super::{Store, StoreError};
+
+/// One generation of a signing-key rotation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SigningGeneration {
+    pub generation: u64,
+    /// The raw public keys agents trust from this generation on.
+    pub public_keys: Vec<[u8; 32]>,
+    /// The private key file serve signs commands with.
+    pub signer: PathBuf,
+    /// The private key file that signs this generation's announcement: one the agents of
+    /// the generation before trust.
+    pub announcer: PathBuf,
+    pub created_by: String,
+    pub created_at_ms: i64,
+}
+
+impl Store {
+    /// The newest generation, if any rotation happened.
+    pub fn signing_generation(&self) -> Result<Option<SigningGeneration>, StoreError> {
+        self.read(|tx| {
+            let Some(row) = tx.query_opt(
+                "SELECT generation, public_keys, signer, announcer, created_by, created_at_ms
+                 FROM signing_keys ORDER BY generation DESC LIMIT 1",
+                &[],
+            )?
+            else {
+                return Ok(None);
+            };
+            let keys = row.text(1)?;
+            let public_keys = keys
+                .split(',')
+                .map(|hex_key| {
+                    hex::decode(hex_key)
+                        .ok()
+                        .and_then(|bytes| bytes.try_into().ok())
+                        .ok_or(StoreError::Decode {
+                            column: 1,
+                            expected: "32-byte keys in hex",
+                        })
+                })
+                .collect::<Result<Vec<[u8; 32]>, _>>()?;
+            Ok(Some(SigningGeneration {
+                generation: u64::try_from(row.int(0)?).unwrap_or(0),
+                public_keys,
+                signer: PathBuf::from(row.text(2)?),
+                announcer: PathBuf::from(row.text(3)?),
+                created_by: row.text(4)?,
+                created_at_ms: row.int(5)?,
+            }))
+        })
+    }
+
+    /// Adds `next` if the newest generation is still the one before it; false if another
+    /// rotation got there first.
+    pub fn add_signing_generation(&self, next: &SigningGeneration) -> Result<bool, StoreError> {
+        let next = next.clone();
+        let now = self.dialect().now_ms();
+        self.write(move |tx| {
+            let newest = tx
+                .query_one("SELECT COALESCE(MAX(generation), 0) FROM signing_keys", &[])?
+                .int(0)?;
+            let generation = i64::try_from(next.generation).unwrap_or(i64::MAX);
+            if newest + 1 != generation {
+                return Ok(false);
+            }
+            let keys: Vec<String> = next.public_keys.iter().map(hex::encode).collect();
+            tx.execute(
+                &format!(
+                    "INSERT INTO signing_keys
+                         (generation, public_keys, signer, announcer, created_by, created_at_ms)
+                     VALUES ($1, $2, $3, $4, $5, {now})"
+                ),
+                &[
+                    Value::Int(generation),
+                    Value::Text(&keys.join(",")),
+                    Value::Text(&next.signer.to_string_lossy()),
+                    Value::Text(&next.announcer.to_string_lossy()),
+                    Value::Text(&next.created_by),
+                ],
+            )?;
+            Ok(true)
+        })
+    }
+}
