@@ -1,8 +1,9 @@
 //! `troop-agent enroll`: a new host joins the fleet with nothing but this binary, a join
 //! token and the CA's fingerprint. It generates its key here (0600; it never leaves),
 //! pins serve's CA by the fingerprint before the token is sent ([`pinned`]), sends a
-//! certificate signing request, and writes its certificate, `ca.pem`, the keys it trusts
-//! to sign commands, and a config that dials serve. Every file is written or none is: a
+//! certificate signing request, and writes its certificate and key (in the state dir,
+//! where renewals replace them), `ca.pem`, the keys it trusts to sign commands, and a
+//! config that dials serve. Every file is written or none is: a
 //! refused enrolment leaves nothing behind that would half-configure the host.
 
 mod files;
@@ -32,6 +33,32 @@ pub struct Request {
     /// Where the config goes; the other files go next to it.
     pub config: PathBuf,
     pub state_dir: Option<PathBuf>,
+    /// A TOML file with the host's `[policy]` table, for the written config.
+    pub policy: Option<PathBuf>,
+}
+
+/// What `--policy FILE` holds: a `[policy]` table, as in agent.toml.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyOnly {
+    policy: troop_common::agent_file::PolicyFile,
+}
+
+/// The host's policy from `--policy`, or the agent's defaults.
+fn read_policy(path: Option<&Path>) -> Result<troop_common::agent_file::PolicyFile, EnrolError> {
+    let Some(path) = path else {
+        return Ok(Default::default());
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| EnrolError::Invalid(format!("--policy {}: {e}", path.display())))?;
+    toml::from_str::<PolicyOnly>(&text)
+        .map(|file| file.policy)
+        .map_err(|e| {
+            EnrolError::Invalid(format!(
+                "--policy {}: not a [policy] table as agent.toml has it: {e}",
+                path.display()
+            ))
+        })
 }
 
 /// Why enrolment stopped; nothing was written.
@@ -76,6 +103,16 @@ pub async fn enrol(request: &Request) -> Result<Vec<PathBuf>, EnrolError> {
     let dir = config_dir(&request.config);
     // Refuse before anything costs the token a use.
     files::refuse_existing(&dir, &request.config)?;
+    let policy = read_policy(request.policy.as_deref())?;
+    // Written into the config as it is: a relative path would be read from the config's
+    // folder, not from where enroll ran.
+    let state_dir = std::path::absolute(
+        request
+            .state_dir
+            .as_deref()
+            .unwrap_or(Path::new(crate::config::DEFAULT_STATE_DIR)),
+    )
+    .map_err(|e| invalid(format!("--state-dir: {e}")))?;
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
         .map_err(|e| invalid(format!("cannot generate a key: {e}")))?;
     let csr_der = csr(request.id.as_deref(), &key)?;
@@ -131,9 +168,15 @@ pub async fn enrol(request: &Request) -> Result<Vec<PathBuf>, EnrolError> {
         ca_pem: reply.ca_pem.clone(),
         signing_keys_pem: reply.signing_keys_pem.clone(),
     };
-    let config_text = config_text(request, &reply, &address)?;
+    let config_text = config_text(&reply, &address, &state_dir, policy)?;
     check_reply(&reply, &ca, &files, &config_text, &request.config)?;
-    Ok(files::write(&dir, &request.config, &files, &config_text)?)
+    Ok(files::write(
+        &dir,
+        &state_dir,
+        &request.config,
+        &files,
+        &config_text,
+    )?)
 }
 
 fn config_dir(config: &Path) -> PathBuf {
@@ -159,19 +202,21 @@ pub(crate) fn csr(id: Option<&str>, key: &KeyPair) -> Result<Vec<u8>, EnrolError
 
 /// The agent config the enrolment writes: it dials serve and trusts what serve sent.
 fn config_text(
-    request: &Request,
     reply: &serve_pb::EnrollReply,
     address: &str,
+    state_dir: &Path,
+    policy: troop_common::agent_file::PolicyFile,
 ) -> Result<String, EnrolError> {
     let id = &reply.agent_id;
+    let (key, cert) = files::identity_paths(state_dir, id);
     let file = AgentFile {
         id: Some(id.clone()),
         coordinator: Some(Coordinators::One(format!("https://{address}"))),
         labels: reply.labels.clone().into_iter().collect::<BTreeMap<_, _>>(),
-        state_dir: request.state_dir.clone(),
+        state_dir: Some(state_dir.to_path_buf()),
         tls: AgentTlsFile {
-            cert: format!("{id}.pem").into(),
-            key: format!("{id}.key").into(),
+            cert,
+            key,
             ca: files::CA_FILE.into(),
         },
         trust: TrustFile {
@@ -180,13 +225,14 @@ fn config_text(
                 .collect(),
             max_clock_skew: None,
         },
+        policy,
         ..AgentFile::default()
     };
     let body = toml::to_string(&file)
         .map_err(|e| EnrolError::BadReply(format!("cannot write the config: {e}")))?;
     Ok(format!(
         "# Written by `troop-agent enroll`: this host joined the fleet through {address}.\n\
-         # Its key never left it; serve renews the certificate. Add [policy] as needed.\n{body}"
+         # Its key never left it; serve renews the certificate. [policy] says what it allows.\n{body}"
     ))
 }
 

@@ -46,6 +46,11 @@ enum Command {
         /// The state dir the written config names (default /var/lib/troop-agent).
         #[arg(long)]
         state_dir: Option<PathBuf>,
+        /// A TOML file with this host's `[policy]` table (as in agent.toml), written into
+        /// the config; without it the agent's defaults apply. Checked before the token is
+        /// used.
+        #[arg(long)]
+        policy: Option<PathBuf>,
     },
 }
 
@@ -76,6 +81,7 @@ async fn agent_main() -> ExitCode {
         ca_sha256,
         id,
         state_dir,
+        policy,
     }) = &args.command
     {
         let request = troop_agent::enrol::Request {
@@ -85,6 +91,7 @@ async fn agent_main() -> ExitCode {
             id: id.clone(),
             config: args.config.clone(),
             state_dir: state_dir.clone(),
+            policy: policy.clone(),
         };
         return match troop_agent::enrol::enrol(&request).await {
             Ok(written) => {

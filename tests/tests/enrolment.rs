@@ -54,33 +54,49 @@ fn join_token(lab: &Lab, args: &[&str]) -> (String, String) {
     )
 }
 
+/// The state dir [`enroll`] gives the agent whose config is `config`.
+fn state_dir(config: &Path) -> PathBuf {
+    PathBuf::from(format!("{}.state", config.display()))
+}
+
 /// `troop-agent enroll` run on host `id`, writing its config to `config`.
 fn enroll(lab: &Lab, id: &str, config: &Path, token: &str, pin: &str) -> std::process::Output {
+    enroll_with(lab, id, config, token, pin, &[])
+}
+
+/// As [`enroll`], with more arguments.
+fn enroll_with(
+    lab: &Lab,
+    id: &str,
+    config: &Path,
+    token: &str,
+    pin: &str,
+    more: &[&str],
+) -> std::process::Output {
     let coordinator = format!(
         "https://{}:{}",
         troop_lab::net::GATEWAY,
         troop_lab::lab::SERVE_PORT
     );
     let agent = lab.binaries.agent.display().to_string();
+    let state = state_dir(config).display().to_string();
     let config = config.display().to_string();
-    let state = format!("{config}.state");
-    lab.run_inside(
-        id,
-        &[
-            &agent,
-            "--config",
-            &config,
-            "enroll",
-            "--coordinator",
-            &coordinator,
-            "--token",
-            token,
-            "--ca-sha256",
-            pin,
-            "--state-dir",
-            &state,
-        ],
-    )
+    let mut argv = vec![
+        agent.as_str(),
+        "--config",
+        &config,
+        "enroll",
+        "--coordinator",
+        &coordinator,
+        "--token",
+        token,
+        "--ca-sha256",
+        pin,
+        "--state-dir",
+        &state,
+    ];
+    argv.extend(more);
+    lab.run_inside(id, &argv)
 }
 
 fn files_in(dir: &Path) -> Vec<PathBuf> {
@@ -140,13 +156,45 @@ fn a_bare_host_enrols_is_attacked_and_can_be_revoked() {
     assert_refused(&refused, &dir, "is not the fleet's");
     assert!(output_text(&refused).contains("the token was not sent"));
 
+    // A policy file that is not one: refused before the token is used.
+    let policy = lab.dir().join("fresh-1-policy.toml");
+    std::fs::write(
+        &policy,
+        "[policy]\nallow = [\"kill\"]\nmax_durration = \"1h\"\n",
+    )
+    .unwrap();
+    let policy_arg = policy.display().to_string();
+    let refused = enroll_with(
+        &lab,
+        "fresh-1",
+        &config,
+        &token,
+        &pin,
+        &["--policy", &policy_arg],
+    );
+    assert_refused(&refused, &dir, "max_durration");
+
     // The right one: the token's single use is still there.
-    let enrolled = enroll(&lab, "fresh-1", &config, &token, &pin);
+    std::fs::write(
+        &policy,
+        "[policy]\nallow = [\"kill\"]\nmax_duration = \"1h\"\n",
+    )
+    .unwrap();
+    let enrolled = enroll_with(
+        &lab,
+        "fresh-1",
+        &config,
+        &token,
+        &pin,
+        &["--policy", &policy_arg],
+    );
     assert!(enrolled.status.success(), "{}", output_text(&enrolled));
-    let key = std::fs::metadata(dir.join("fresh-1.key")).unwrap();
+    // Key and certificate in the state dir, where renewals can replace them.
+    let key = std::fs::metadata(state_dir(&config).join("fresh-1.key")).unwrap();
     assert_eq!(key.permissions().mode() & 0o777, 0o600);
     let written = std::fs::read_to_string(&config).unwrap();
     assert!(written.contains("role = \"web\""), "{written}");
+    assert!(written.contains("allow = [\"kill\"]"), "{written}");
 
     // Spent: a second host (another directory) cannot use it again.
     let again_dir = dir.with_file_name("fresh-1-again");
@@ -361,7 +409,8 @@ fn enrolled_agent(lab: &mut Lab, operator: &Path, id: &str) -> std::process::Chi
 
 fn certificate_on_disk(lab: &Lab, id: &str) -> troop_agent::identity::Validity {
     use rustls_pki_types::pem::PemObject;
-    let path = lab.enrolment_dir(id).join(format!("{id}.pem"));
+    let config = lab.enrolment_dir(id).join("agent.toml");
+    let path = state_dir(&config).join(format!("{id}.pem"));
     let der = rustls_pki_types::CertificateDer::from_pem_file(&path).unwrap();
     troop_agent::identity::Validity::read(&der).unwrap()
 }
@@ -421,7 +470,7 @@ fn certificates_are_renewed_over_the_stream_while_faults_run() {
     assert!(renewed, "not renewed: {}", lab.log("renew-1"));
     let second = certificate_on_disk(&lab, "renew-1");
     assert!(second.not_after_unix_ms > first.not_after_unix_ms);
-    let key = lab.enrolment_dir("renew-1").join("renew-1.key");
+    let key = state_dir(&lab.enrolment_dir("renew-1").join("agent.toml")).join("renew-1.key");
     assert_eq!(
         std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
         0o600

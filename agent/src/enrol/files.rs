@@ -1,10 +1,12 @@
-//! The files an enrolment writes, all or none: the agent's key (0600) and certificate,
-//! `ca.pem`, one `signing-N.pub` per trusted key, and the config. Nothing that exists is
-//! overwritten; on any failure what was written is removed again.
+//! The files an enrolment writes, all or none: beside the config, `ca.pem` and one
+//! `signing-N.pub` per trusted key; in the state dir, the agent's key (0600) and
+//! certificate, which renewals replace there (systemd keeps /etc read-only for the agent);
+//! and last the config. Nothing that exists is overwritten; on any failure what was
+//! written is removed again.
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -69,17 +71,38 @@ pub fn check_certificate(files: &Enrolled, ca: &CertificateDer<'_>) -> Result<()
     Ok(())
 }
 
-/// Writes every file into `dir` and the config at `config`; returns their paths.
+/// Where the agent's own key and certificate go.
+pub fn identity_paths(state_dir: &Path, id: &str) -> (PathBuf, PathBuf) {
+    (
+        state_dir.join(format!("{id}.key")),
+        state_dir.join(format!("{id}.pem")),
+    )
+}
+
+/// Writes the shared files into `dir`, the agent's key and certificate into `state_dir`
+/// (made 0700 if missing), and the config at `config`; returns their paths.
 pub fn write(
     dir: &Path,
+    state_dir: &Path,
     config: &Path,
     files: &Enrolled,
     config_text: &str,
 ) -> Result<Vec<PathBuf>, FilesError> {
-    let id = &files.agent_id;
+    let made_state_dir = !state_dir.exists();
+    if made_state_dir {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(state_dir)
+            .map_err(|source| FilesError::Io {
+                path: state_dir.to_path_buf(),
+                source,
+            })?;
+    }
+    let (key, cert) = identity_paths(state_dir, &files.agent_id);
     let mut planned: Vec<(PathBuf, &str, u32)> = vec![
-        (dir.join(format!("{id}.key")), &files.key_pem, 0o600),
-        (dir.join(format!("{id}.pem")), &files.cert_pem, 0o644),
+        (key, &files.key_pem, 0o600),
+        (cert, &files.cert_pem, 0o644),
         (dir.join(CA_FILE), &files.ca_pem, 0o644),
     ];
     for (n, key) in files.signing_keys_pem.iter().enumerate() {
@@ -92,6 +115,9 @@ pub fn write(
         if let Err(error) = write_new(&path, text.as_bytes(), mode) {
             for done in written.iter().rev() {
                 let _ = fs::remove_file(done);
+            }
+            if made_state_dir {
+                let _ = fs::remove_dir(state_dir);
             }
             return Err(error);
         }
