@@ -33,6 +33,7 @@ readonly script_dir
 usage() {
     cat <<'EOF'
 usage: install.sh [--agent] [--coordinator] [--bin-dir DIR] [--no-start]
+                  [--enroll URL --ca-sha256 HEX [--policy FILE]]
        install.sh --uninstall [--purge] [--agent] [--coordinator]
 
 Installs troop-agent (the default) and/or the coordinator (--coordinator: /usr/bin/troop,
@@ -43,6 +44,13 @@ troop-coordinator.service, a `troop` system user, /var/lib/troop, /etc/troop/tro
   --bin-dir DIR    where troop-agent and troop are (default: ../target/release beside
                    this script if it exists, else the current directory)
   --no-start       do not run systemctl (enable, start, restart)
+  --enroll URL     join the fleet through troop serve at URL instead of writing the
+                   skeleton config: `troop-agent enroll` makes this host's key, and writes
+                   its certificate, ca.pem, the trusted signing keys and agent.toml; the
+                   join token comes from $TROOP_JOIN_TOKEN (kept out of `ps`)
+  --ca-sha256 HEX  with --enroll: the fleet CA's fingerprint, as `troop pki join-token`
+                   prints it
+  --policy FILE    with --enroll: this host's [policy] table for agent.toml
   --uninstall      stop and disable the services, remove the binaries and units this
                    script installed (every role it installed unless a role is named);
                    configs, keys and state are kept
@@ -71,8 +79,20 @@ bin_dir=
 start=1
 uninstall=0
 purge=0
+enroll_url=
+ca_sha256=
+policy_file=
 while [ $# -gt 0 ]; do
     case $1 in
+        --enroll | --ca-sha256 | --policy)
+            [ $# -ge 2 ] || usage_error "$1 needs a value"
+            case $1 in
+                --enroll) enroll_url=$2 ;;
+                --ca-sha256) ca_sha256=$2 ;;
+                --policy) policy_file=$2 ;;
+            esac
+            shift
+            ;;
         --agent) want_agent=1 ;;
         --coordinator) want_coord=1 ;;
         --bin-dir)
@@ -94,6 +114,16 @@ while [ $# -gt 0 ]; do
 done
 if [ "$purge" -eq 1 ] && [ "$uninstall" -eq 0 ]; then
     usage_error "--purge only goes with --uninstall"
+fi
+if [ -n "$enroll_url" ]; then
+    [ "$uninstall" -eq 0 ] || usage_error "--enroll only goes with an install"
+    want_agent=1
+    # DESTDIR stages files for another host; enrolment makes this host's key.
+    [ -z "${DESTDIR:-}" ] || usage_error "--enroll makes this host's key: run it on the host, without DESTDIR"
+    [ -n "$ca_sha256" ] || usage_error "--enroll needs --ca-sha256 (from troop pki join-token)"
+    [ -n "${TROOP_JOIN_TOKEN:-}" ] || usage_error "--enroll needs the join token in TROOP_JOIN_TOKEN"
+elif [ -n "$ca_sha256" ] || [ -n "$policy_file" ]; then
+    usage_error "--ca-sha256 and --policy only go with --enroll"
 fi
 
 destdir=${DESTDIR:-}
@@ -273,6 +303,23 @@ install_config() {
     record "$path"
 }
 
+# enroll_agent: joins the fleet with troop-agent enroll, unless a config is there already.
+# The agent's key and certificate go to its state dir, where serve's renewals replace them.
+enroll_agent() {
+    if [ -e "$destdir$AGENT_CONFIG" ]; then
+        say "kept      $AGENT_CONFIG (exists; not enrolling again)"
+    else
+        local args=(--config "$destdir$AGENT_CONFIG" enroll --coordinator "$enroll_url"
+            --ca-sha256 "$ca_sha256" --state-dir "$AGENT_STATE")
+        if [ -n "$policy_file" ]; then
+            args+=(--policy "$policy_file")
+        fi
+        "$destdir$BIN_DIR/troop-agent" "${args[@]}" || fail "enrolment refused; nothing was configured"
+        say "enrolled  through $enroll_url: wrote $AGENT_CONFIG"
+    fi
+    record "$AGENT_CONFIG"
+}
+
 # The coordinator's starting config: the example, with its SQLite store moved from
 # beside the config (/etc/troop, read-only to the service) to the state dir.
 coordinator_config_template() {
@@ -335,8 +382,12 @@ do_install() {
         install_file "$bin_dir/troop-agent" "$BIN_DIR/troop-agent" 0755
         install_file "$script_dir/systemd/$AGENT_UNIT" "$UNIT_DIR/$AGENT_UNIT" 0644
         agent_changed=$changed
-        install_config "$script_dir/agent.toml.skeleton" "$AGENT_CONFIG" 0640
         ensure_dir "$AGENT_STATE" 0700
+        if [ -n "$enroll_url" ]; then
+            enroll_agent
+        else
+            install_config "$script_dir/agent.toml.skeleton" "$AGENT_CONFIG" 0640
+        fi
         ensure_dir "$FILL_DIR" 0700
     fi
     if [ "$want_coord" -eq 1 ]; then

@@ -51,14 +51,15 @@ fn read_policy(path: Option<&Path>) -> Result<troop_common::agent_file::PolicyFi
     };
     let text = std::fs::read_to_string(path)
         .map_err(|e| EnrolError::Invalid(format!("--policy {}: {e}", path.display())))?;
-    toml::from_str::<PolicyOnly>(&text)
+    parse_policy(&text)
+        .map_err(|e| EnrolError::Invalid(format!("--policy {}: {e}", path.display())))
+}
+
+/// A `--policy` file's text: one `[policy]` table, as agent.toml has it.
+pub fn parse_policy(text: &str) -> Result<troop_common::agent_file::PolicyFile, String> {
+    toml::from_str::<PolicyOnly>(text)
         .map(|file| file.policy)
-        .map_err(|e| {
-            EnrolError::Invalid(format!(
-                "--policy {}: not a [policy] table as agent.toml has it: {e}",
-                path.display()
-            ))
-        })
+        .map_err(|e| format!("not a [policy] table as agent.toml has it: {e}"))
 }
 
 /// Why enrolment stopped; nothing was written.

@@ -455,34 +455,99 @@ fn the_skeleton_filled_in_passes_the_agents_own_checks() {
 }
 
 #[test]
-fn the_cloud_init_agent_config_is_valid_once_rendered() {
+fn the_cloud_init_template_enrols_with_a_valid_policy() {
     let text = fs::read_to_string(repo().join("deploy/cloud-init/agent-user-data.yaml")).unwrap();
     assert!(text.starts_with("#cloud-config\n"));
-    // The literal block under `path: /etc/troop/agent.toml`, indented six spaces.
+    // The literal block under `path: /etc/troop/policy.toml`, indented six spaces.
     let lines = text
         .lines()
-        .skip_while(|line| line.trim() != "- path: /etc/troop/agent.toml")
+        .skip_while(|line| line.trim() != "- path: /etc/troop/policy.toml")
         .skip_while(|line| line.trim() != "content: |")
         .skip(1);
-    let mut agent_toml = String::new();
+    let mut policy = String::new();
     for line in lines {
         if !line.is_empty() && !line.starts_with("      ") {
             break;
         }
-        agent_toml.push_str(line.strip_prefix("      ").unwrap_or(line));
-        agent_toml.push('\n');
+        policy.push_str(line.strip_prefix("      ").unwrap_or(line));
+        policy.push('\n');
     }
-    assert!(agent_toml.contains("[tls]"), "{agent_toml}");
-    let rendered = agent_toml
-        .replace("{{ AGENT_ID }}", "web-1")
-        .replace("{{ ROLE }}", "web")
-        .replace("{{ CLOUD }}", "aws")
-        .replace("{{ REGION }}", "eu-west-1");
-    assert!(!rendered.contains("{{"), "{rendered}");
-    let config = AgentConfig::parse(&rendered, Path::new("/etc/troop/agent.toml"))
-        .unwrap_or_else(|error| panic!("{error}\n{rendered}"));
-    assert_eq!(config.id, "web-1");
-    assert_eq!(config.tls.cert, Path::new("/etc/troop/web-1.pem"));
-    assert_eq!(config.tls.key, Path::new("/etc/troop/web-1.key"));
-    assert_eq!(config.labels["cloud"], "aws");
+    let parsed = troop_agent::enrol::parse_policy(&policy).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        parsed.allow.as_deref(),
+        Some(&["kill", "cpu", "memory", "disk"].map(String::from)[..])
+    );
+    // The agent reads it as part of a config, as enroll writes it.
+    let config = format!(
+        "id = \"web-1\"\n[tls]\ncert = \"a.pem\"\nkey = \"a.key\"\nca = \"ca.pem\"\n\
+         [trust]\ncoordinator_keys = [\"signing-1.pub\"]\n{policy}"
+    );
+    AgentConfig::parse(&config, Path::new("/etc/troop/agent.toml"))
+        .unwrap_or_else(|error| panic!("{error}\n{config}"));
+    // It enrols, with the token out of `ps`, and no key ever travels in it.
+    assert!(
+        text.contains("TROOP_JOIN_TOKEN=\"{{ JOIN_TOKEN }}\" troop-agent"),
+        "{text}"
+    );
+    assert!(text.contains("--policy /etc/troop/policy.toml"));
+    assert!(
+        !text.contains("PRIVATE KEY") && !text.contains(".key"),
+        "a key in user-data"
+    );
+}
+
+#[test]
+fn enrolment_flags_are_checked_before_anything_is_installed() {
+    let setup = Setup::new();
+    for (args, token, says) in [
+        (
+            &["--enroll", "https://coord:7444", "--ca-sha256", "ab"][..],
+            Some("troop-join-1.x"),
+            "without DESTDIR",
+        ),
+        (&["--ca-sha256", "ab"][..], None, "only go with --enroll"),
+        (&["--policy", "p.toml"][..], None, "only go with --enroll"),
+        (
+            &["--uninstall", "--enroll", "https://coord"][..],
+            None,
+            "only goes with an install",
+        ),
+    ] {
+        let mut command = Command::new("bash");
+        command
+            .arg(setup.deploy.join("install.sh"))
+            .arg("--no-start")
+            .args(args)
+            .env("DESTDIR", &setup.root)
+            .current_dir(setup.dir.path());
+        match token {
+            Some(token) => command.env("TROOP_JOIN_TOKEN", token),
+            None => command.env_remove("TROOP_JOIN_TOKEN"),
+        };
+        let output = command.output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+        assert!(
+            setup.files().is_empty(),
+            "{args:?} installed {:?}",
+            setup.files()
+        );
+    }
+    // Without DESTDIR, the token is asked for before root is: nothing runs without it.
+    let output = Command::new("bash")
+        .arg(setup.deploy.join("install.sh"))
+        .args([
+            "--no-start",
+            "--enroll",
+            "https://coord:7444",
+            "--ca-sha256",
+            "ab",
+        ])
+        .env_remove("DESTDIR")
+        .env_remove("TROOP_JOIN_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("TROOP_JOIN_TOKEN"));
 }
