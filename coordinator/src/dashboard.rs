@@ -24,7 +24,6 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use ed25519_dalek::VerifyingKey;
 use futures::{Stream, StreamExt as _};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -45,8 +44,9 @@ pub struct Dashboard {
     pub fleet: Fleet,
     pub store: Arc<Store>,
     pub latch: Arc<FleetLatch>,
-    /// Verifies operator tokens: serve's signing key's public half.
-    pub token_key: VerifyingKey,
+    /// Verifies operator tokens: serve's signing key's public half, as a signing-key
+    /// rotation leaves it.
+    pub tokens: Arc<crate::signer::Signer>,
     /// Whether the dashboard is served over HTTPS (the cookie is then `Secure`).
     pub https: bool,
     /// When each scheduled campaign fires next (Unix ms), as serve's scheduler drew it.
@@ -125,7 +125,7 @@ impl Dashboard {
     /// are still listed in `[[operators]]`.
     fn session(&self, headers: &HeaderMap) -> Option<Session> {
         let text = session_cookie(headers)?;
-        let token = token::verify(&text, &self.token_key, now_unix_ms()).ok()?;
+        let token = token::verify(&text, &self.tokens.verifying_key(), now_unix_ms()).ok()?;
         let role = self.fleet.config.role_of(&token.name)?;
         Some(Session {
             name: token.name,
@@ -272,7 +272,7 @@ struct SignIn {
 async fn sign_in(State(d): Shared, Form(form): Form<SignIn>) -> Response {
     let now = now_unix_ms();
     // Who tried, when the token says (a valid token of an unlisted operator), for the log.
-    let (caller, verdict) = match token::verify(&form.token, &d.token_key, now) {
+    let (caller, verdict) = match token::verify(&form.token, &d.tokens.verifying_key(), now) {
         Err(error) => ("?".to_string(), Err(error.to_string())),
         Ok(token) => match d.fleet.config.role_of(&token.name) {
             Some(_) => (token.name.clone(), Ok(token)),

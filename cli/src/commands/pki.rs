@@ -68,15 +68,23 @@ pub async fn run(
 }
 
 /// The signing key troop.toml (`config`, else where troop looks for it) names.
+/// The key serve signs with: troop.toml's `[signing] key`, or the newest a signing-key
+/// rotation in its store made.
 fn signing_key_of(config: Option<&Path>) -> anyhow::Result<PathBuf> {
     use troop_coordinator::config::CoordinatorConfig;
     let path = CoordinatorConfig::locate(config)?;
-    CoordinatorConfig::load(&path)?.signing_key.ok_or_else(|| {
+    let config = CoordinatorConfig::load(&path)?;
+    let configured = config.signing_key.clone().ok_or_else(|| {
         anyhow::anyhow!(
             "config {} has no [signing] key: run this on the serve host, or give --dir",
             path.display()
         )
-    })
+    })?;
+    let store = troop_coordinator::store::Store::open(&config.store_url)?;
+    Ok(troop_coordinator::rotation::signing_key_path(
+        &store,
+        &configured,
+    )?)
 }
 
 /// Prints a dashboard sign-in token for `name`, valid for `ttl`, signed with `key`.

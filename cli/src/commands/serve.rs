@@ -206,7 +206,7 @@ pub async fn run(context: Context) -> anyhow::Result<Outcome> {
         Operators {
             fleet: fleet.clone(),
             store: store.clone(),
-            signer,
+            signer: signer.clone(),
             verifier,
             revocations: revocations.clone(),
             stopping: grpc_stopped.clone(),
@@ -238,7 +238,7 @@ pub async fn run(context: Context) -> anyhow::Result<Outcome> {
             fleet: fleet.clone(),
             store: store.clone(),
             latch: latch.clone(),
-            token_key: context.fleet.signer()?.verifying_key(),
+            tokens: signer.clone(),
             https: tls.is_some(),
             next_firings: next_firings.clone(),
         }));
