@@ -277,6 +277,11 @@ fn an_operator_watches_an_attack_live_and_stops_the_fleet_from_the_dashboard() {
             "{fleet}"
         );
         assert!(fleet.contains("role=web"), "{fleet}");
+        // nat-1's stream shows its certificate's expiry (the lab's last 825 days).
+        assert!(
+            fleet.contains("expires in 824d") || fleet.contains("expires in 825d"),
+            "{fleet}"
+        );
         screenshot(&browser, "dashboard-fleet.png").await;
 
         // The faults page is open before the attack: the rows come in live.

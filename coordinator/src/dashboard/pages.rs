@@ -151,6 +151,7 @@ pub fn fleet(
             thead { tr {
                 th scope="col" { "Agent" } th scope="col" { "Labels" } th scope="col" { "Reached" }
                 th scope="col" { "Address" } th scope="col" { "Last seen" }
+                th scope="col" { "Certificate" }
                 th scope="col" { "Faults" } th scope="col" { "Latch" }
             } }
             tbody {
@@ -166,6 +167,7 @@ pub fn fleet(
                         }
                         td { (agent.address) }
                         td { (ago(agent.last_seen_unix_ms)) }
+                        td.certificate { (certificate_expiry(agent.certificate_expires_unix_ms)) }
                         @match answer {
                             Some(Ok(status)) => {
                                 td { (status.active_faults.len()) }
@@ -438,6 +440,26 @@ fn labels(labels: &std::collections::HashMap<String, String>) -> String {
 
 fn when(at_ms: i64) -> String {
     crate::describe::unix_ms_text(at_ms)
+}
+
+/// When a stream's certificate expires (serve renews enrolled agents' before); `—` when
+/// serve does not know (a static agent, or not connected).
+fn certificate_expiry(at_ms: i64) -> String {
+    if at_ms <= 0 {
+        return "—".into();
+    }
+    let now = now_unix_ms();
+    if at_ms <= now {
+        return format!("expired {}", ago(at_ms));
+    }
+    let seconds = (at_ms - now) / 1000;
+    match seconds / 86_400 {
+        0 => format!(
+            "expires in {}",
+            humantime(std::time::Duration::from_secs(seconds as u64))
+        ),
+        days => format!("expires in {days}d {}h", seconds % 86_400 / 3600),
+    }
 }
 
 fn ago(at_ms: i64) -> String {
