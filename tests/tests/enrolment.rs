@@ -273,6 +273,18 @@ fn a_bare_host_enrols_is_attacked_and_can_be_revoked() {
             .any(|a| !a.allowed && a.detail.contains("for \"fresh-1\" was revoked")),
         "no refusal of the revoked agent audited: {access:?}"
     );
+    // An operator is revoked the same way: refused at once, naming why.
+    let revoked = lab.troop(&["pki", "revoke", "alice"]);
+    assert!(revoked.status.success(), "{}", output_text(&revoked));
+    let refused = wait_for(Duration::from_secs(5), || {
+        let listed = lab.troop_as(&alice, &["agents"]);
+        !listed.status.success() && output_text(&listed).contains("\"alice\" was revoked")
+    });
+    assert!(
+        refused,
+        "{}",
+        output_text(&lab.troop_as(&alice, &["agents"]))
+    );
     let _ = agent.kill();
     let _ = agent.wait();
 }

@@ -61,17 +61,21 @@ async fn channel(tls: Arc<rustls::ClientConfig>, address: String, name: String) 
         .unwrap()
 }
 
+type Answers = Vec<(String, Result<String, tonic::Status>)>;
+
 /// A halt for every host, signed by the key in `key_file`, delivered the way another
 /// serve would: each host's answer (`Ok` with the receipt, or the refusal).
-fn halt_signed_by(lab: &Lab, key_file: &Path) -> Vec<(String, Result<String, tonic::Status>)> {
+fn halt_signed_by(lab: &Lab, key_file: &Path) -> Answers {
     let key = troop_coordinator::pki::load_signing_key(key_file).unwrap();
+    signed_by(lab, &key, pb::command::Action::AbortAll(pb::AbortAll {}))
+}
+
+/// `action` for every host, signed by `key`, delivered as [`halt_signed_by`] does.
+fn signed_by(lab: &Lab, key: &ed25519_dalek::SigningKey, action: pb::command::Action) -> Answers {
     let signed = |id: &str| {
-        let command = troop_coordinator::signer::new_command(
-            id,
-            pb::command::Action::AbortAll(pb::AbortAll {}),
-            Duration::from_secs(60),
-        );
-        troop_proto::sign_command(&command, &key)
+        let command =
+            troop_coordinator::signer::new_command(id, action.clone(), Duration::from_secs(60));
+        troop_proto::sign_command(&command, key)
     };
     let commands: Vec<(String, pb::SignedCommand)> =
         hosts().map(|id| (id.to_string(), signed(id))).collect();
@@ -209,6 +213,25 @@ fn a_signing_key_rotation_reaches_every_agent_without_a_restart() {
                 .contains("is not a trusted coordinator key"),
             "{id}: {status:?}"
         );
+    }
+    let halted = lab.troop_as(&alice, &["halt", "--select", "role=web"]);
+    assert!(halted.status.success(), "{}", output_text(&halted));
+
+    // A trusted set announced by a key no agent trusts (a forged rotation, here one that
+    // would plant the forger's key) changes nothing anywhere.
+    let forger = ed25519_dalek::SigningKey::from_bytes(&[42; 32]);
+    let forged = pb::command::Action::Trust(pb::TrustKeys {
+        generation: 3,
+        public_keys: vec![forger.verifying_key().to_bytes().to_vec()],
+    });
+    for (id, answer) in signed_by(&lab, &forger, forged) {
+        let status = answer.expect_err(&format!("{id} took a forged rotation"));
+        assert_eq!(
+            status.code(),
+            tonic::Code::Unauthenticated,
+            "{id}: {status:?}"
+        );
+        assert_eq!(learned_generation(&lab, &id), 2, "{id}");
     }
     let halted = lab.troop_as(&alice, &["halt", "--select", "role=web"]);
     assert!(halted.status.success(), "{}", output_text(&halted));

@@ -4,9 +4,44 @@
 
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use troop_tests::lab::{Lab, used_percent, wait_for};
+
+/// The serial of the certificate the host's agent presents now, read by a TLS handshake
+/// as the coordinator makes it.
+fn served_serial(lab: &Lab, id: &str) -> String {
+    let address = lab.hosts[id].address.clone();
+    let pki = |file: &str| lab.pki.path(file);
+    let tls = troop_common::tls::client_config(
+        &pki("coordinator.pem"),
+        &pki("coordinator.key"),
+        &pki("ca.pem"),
+    )
+    .unwrap();
+    let name = rustls_pki_types::ServerName::try_from(id.to_string()).unwrap();
+    let handshake = move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async move {
+                let tcp = tokio::net::TcpStream::connect(&address).await.unwrap();
+                let tls = tokio_rustls::TlsConnector::from(Arc::new(tls))
+                    .connect(name, tcp)
+                    .await
+                    .unwrap();
+                let leaf = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
+                troop_agent::identity::Validity::read(&leaf).unwrap().serial
+            })
+    };
+    match lab.network_namespace() {
+        Some(netns) => troop_lab::net::inside(&netns, handshake),
+        None => handshake(),
+    }
+}
 
 #[test]
 fn sighup_reloads_the_policy_and_the_fill_still_ends_at_its_deadline() {
@@ -41,6 +76,26 @@ fn sighup_reloads_the_policy_and_the_fill_still_ends_at_its_deadline() {
         ),
     )
     .unwrap();
+    // ... and, as after a renewal by hand, a new certificate for the host.
+    let first_serial = served_serial(&lab, "web-1");
+    let pki = lab.dir().join("pki");
+    for old in ["web-1.pem", "web-1.key"] {
+        std::fs::rename(pki.join(old), pki.join(format!("{old}.old"))).unwrap();
+    }
+    let issued = lab.troop(&[
+        "pki",
+        "issue-agent",
+        "--dir",
+        pki.to_str().unwrap(),
+        "--name",
+        "web-1",
+    ]);
+    assert!(issued.status.success(), "{issued:?}");
+    assert_eq!(
+        served_serial(&lab, "web-1"),
+        first_serial,
+        "not reloaded yet"
+    );
     let agent = lab.hosts["web-1"].agent_pid().unwrap();
     kill(Pid::from_raw(agent), Signal::SIGHUP).unwrap();
     assert!(
@@ -49,6 +104,11 @@ fn sighup_reloads_the_policy_and_the_fill_still_ends_at_its_deadline() {
             .contains("reloaded trusted keys")),
         "{}",
         lab.log("web-1")
+    );
+    assert_ne!(
+        served_serial(&lab, "web-1"),
+        first_serial,
+        "the agent still presents the old certificate"
     );
     assert_eq!(
         lab.hosts["web-1"].agent_pid(),
