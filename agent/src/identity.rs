@@ -197,14 +197,21 @@ mod tests {
         (key.serialize_pem(), cert.pem())
     }
 
-    #[test]
-    fn an_installed_pair_replaces_the_files_and_the_one_in_use() {
-        let dir = tempfile::tempdir().unwrap();
-        let (cert, key) = (dir.path().join("a.pem"), dir.path().join("a.key"));
+    /// An identity loaded from a fresh pair in `dir`: (identity, cert path, key path,
+    /// key PEM, cert PEM).
+    fn loaded(dir: &Path) -> (TlsIdentity, PathBuf, PathBuf, String, String) {
+        let (cert, key) = (dir.join("a.pem"), dir.join("a.key"));
         let (key_pem, cert_pem) = pair("a");
         fs::write(&cert, &cert_pem).unwrap();
         replace_file(&key, key_pem.as_bytes(), 0o600).unwrap();
         let identity = TlsIdentity::load(&cert, &key).unwrap();
+        (identity, cert, key, key_pem, cert_pem)
+    }
+
+    #[test]
+    fn an_installed_pair_replaces_the_files_and_the_one_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let (identity, cert, key, _, _) = loaded(dir.path());
         let before = identity.validity().unwrap();
 
         let (new_key, new_cert) = pair("a");
@@ -221,11 +228,7 @@ mod tests {
     #[test]
     fn a_key_that_is_not_the_certificates_changes_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let (cert, key) = (dir.path().join("a.pem"), dir.path().join("a.key"));
-        let (key_pem, cert_pem) = pair("a");
-        fs::write(&cert, &cert_pem).unwrap();
-        replace_file(&key, key_pem.as_bytes(), 0o600).unwrap();
-        let identity = TlsIdentity::load(&cert, &key).unwrap();
+        let (identity, cert, key, key_pem, cert_pem) = loaded(dir.path());
         let (other_key, _) = pair("a");
         let (_, new_cert) = pair("a");
         let error = identity.install(&other_key, &new_cert).unwrap_err();

@@ -117,6 +117,7 @@ impl Link {
             labels: status.labels,
             version: status.version,
             inventory: status.inventory,
+            trust_generation: self.service.trust_generation(),
         };
         outbox
             .send(message(agent_message::Body::Register(register)))

@@ -94,6 +94,18 @@ impl AgentService {
         self
     }
 
+    /// The signing-key generation this agent follows (0: its config's keys).
+    pub fn trust_generation(&self) -> u64 {
+        self.learning.as_ref().map_or(0, |learning| {
+            learning
+                .current
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+                .map_or(0, |learned| learned.generation)
+        })
+    }
+
     /// A `TrustKeys` command, admitted: the trusted set is replaced (kept on disk first).
     fn learn(
         &self,

@@ -170,9 +170,15 @@ impl Rotation {
         }
     }
 
-    /// A stream attached: it is told the newest generation (it may have slept through it).
-    pub fn attached(self: &Arc<Self>, agent: AgentEntry) {
-        if self.lock().current.is_some() {
+    /// A stream attached, following `trust_generation`: told the newest generation if it
+    /// slept through it.
+    pub fn attached(self: &Arc<Self>, agent: AgentEntry, trust_generation: u64) {
+        let behind = self
+            .lock()
+            .current
+            .as_ref()
+            .is_some_and(|current| current.generation > trust_generation);
+        if behind {
             let rotation = self.clone();
             tokio::spawn(async move { rotation.announce(vec![agent]).await });
         }

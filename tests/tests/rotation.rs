@@ -217,6 +217,40 @@ fn a_signing_key_rotation_reaches_every_agent_without_a_restart() {
     let halted = lab.troop_as(&alice, &["halt", "--select", "role=web"]);
     assert!(halted.status.success(), "{}", output_text(&halted));
 
+    // A host that comes back already following generation 2 is not told again: one
+    // announcement run per generation, not one per attach.
+    lab.set_connected("nat-1", false);
+    let reachable = |lab: &Lab| {
+        let output = lab.troop_as(&alice, &["agents", "--output", "json"]);
+        let listed: Value = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
+        listed["agents"]
+            .as_array()
+            .and_then(|a| a.iter().find(|a| a["agent"] == "nat-1").cloned())
+            .is_some_and(|a| a["reachable"] == true)
+    };
+    assert!(wait_for(Duration::from_secs(30), || !reachable(&lab)));
+    lab.set_connected("nat-1", true);
+    assert!(wait_for(Duration::from_secs(40), || reachable(&lab)));
+    std::thread::sleep(Duration::from_secs(2));
+    let store_url = format!("sqlite://{}", lab.dir().join("troop.db").display());
+    let announcements = troop_coordinator::store::Store::open(&store_url)
+        .unwrap()
+        .runs(1000)
+        .unwrap()
+        .into_iter()
+        .filter(|run| run.campaign.starts_with("trust signing-key generation"))
+        .map(|run| run.campaign)
+        .collect::<Vec<_>>();
+    assert_eq!(
+        announcements,
+        [
+            "trust signing-key generation 2",
+            "trust signing-key generation 1"
+        ],
+        "{}",
+        lab.serve_log()
+    );
+
     // A trusted set announced by a key no agent trusts (a forged rotation, here one that
     // would plant the forger's key) changes nothing anywhere.
     let forger = ed25519_dalek::SigningKey::from_bytes(&[42; 32]);

@@ -118,7 +118,7 @@ async fn start_serve(agents: &[&str], operators: &[(&str, &str)]) -> Serve {
         limiter: Default::default(),
         attached: {
             let latch = latch.clone();
-            Arc::new(move |agent| latch.attached(agent))
+            Arc::new(move |agent, _| latch.attached(agent))
         },
     };
     let operators = Operators {
@@ -237,6 +237,7 @@ fn register(id: &str, label_value: &str) -> Vec<u8> {
                 labels: [("role".to_string(), label_value.to_string())].into(),
                 version: "hostile".into(),
                 inventory: None,
+                trust_generation: 0,
             },
         )),
     }

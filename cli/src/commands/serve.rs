@@ -196,8 +196,8 @@ pub async fn run(context: Context) -> anyhow::Result<Outcome> {
             limiter: Default::default(),
             attached: {
                 let (latch, rotation) = (latch.clone(), rotation.clone());
-                Arc::new(move |agent| {
-                    rotation.attached(agent.clone());
+                Arc::new(move |agent, trust_generation| {
+                    rotation.attached(agent.clone(), trust_generation);
                     latch.attached(agent);
                 })
             },

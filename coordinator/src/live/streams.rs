@@ -44,8 +44,9 @@ pub struct Streams {
     pub attached: OnAttach,
 }
 
-/// What [`Streams`] calls with each agent that attaches, once its link is open.
-pub type OnAttach = Arc<dyn Fn(crate::config::AgentEntry) + Send + Sync>;
+/// What [`Streams`] calls with each agent that attaches, once its link is open, and the
+/// signing-key generation it reported.
+pub type OnAttach = Arc<dyn Fn(crate::config::AgentEntry, u64) + Send + Sync>;
 
 fn record(store: &Store, caller: &str, allowed: bool, detail: String) {
     record_call(store, caller, "attach stream", allowed, detail);
@@ -260,7 +261,7 @@ impl Coordinator for Streams {
         };
         // The outbox is new and empty: this cannot be full.
         link.tell(registered);
-        (self.attached)(link.entry());
+        (self.attached)(link.entry(), register.trust_generation);
         let (ended, ending) = oneshot::channel();
         tokio::spawn(read(
             self.registry.clone(),
