@@ -171,6 +171,16 @@ impl Enrolment {
                 .check_join_token(&hash, &request.agent_id)
                 .map_err(store_error)?,
         )?;
+        // Neither the token nor the host named an id: the host's name is it.
+        let agent_id = match (agent_id.is_empty(), request.hostname.is_empty()) {
+            (false, _) => agent_id,
+            (true, false) => request.hostname.clone(),
+            (true, true) => {
+                return Err(Status::invalid_argument(
+                    "no agent id: the join token binds none, and the host gave neither an id (--id) nor its host name",
+                ));
+            }
+        };
         let issued = ca
             .sign_agent_csr(&agent_id, &request.csr_der, self.lifetime)
             .map_err(|e| Status::invalid_argument(troop_telemetry::error_chain(&e)))?;

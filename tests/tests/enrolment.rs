@@ -290,7 +290,10 @@ fn a_bare_host_enrols_is_attacked_and_can_be_revoked() {
 }
 
 /// Calls `Enrolment.Enroll` on the lab's serve directly, as a host without a certificate.
-fn enroll_raw(lab: &Lab, request: serve_pb::EnrollRequest) -> tonic::Status {
+fn enroll_raw(
+    lab: &Lab,
+    request: serve_pb::EnrollRequest,
+) -> Result<serve_pb::EnrollReply, tonic::Status> {
     let netns = lab.network_namespace().expect("networked lab");
     let ca = lab.pki.path("ca.pem");
     troop_lab::net::inside(&netns, move || {
@@ -324,9 +327,16 @@ fn enroll_raw(lab: &Lab, request: serve_pb::EnrollRequest) -> tonic::Status {
             EnrolmentClient::new(channel)
                 .enroll(request)
                 .await
-                .expect_err("a hostile enrolment was granted")
+                .map(tonic::Response::into_inner)
         })
     })
+}
+
+fn csr_naming_nobody() -> Vec<u8> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.serialize_request(&key).unwrap().der().to_vec()
 }
 
 fn csr_naming(name: &str) -> Vec<u8> {
@@ -390,10 +400,35 @@ fn hostile_enrolments_are_refused_and_cost_the_token_nothing() {
         ),
     ];
     for (asked, code, says) in cases {
-        let status = enroll_raw(&lab, asked);
+        let status = enroll_raw(&lab, asked).expect_err("a hostile enrolment was granted");
         assert_eq!(status.code(), code, "{status:?}");
         assert!(status.message().contains(says), "{status:?}");
     }
+    // A token that binds no id: the host's name is the id, and without one nothing is.
+    let (open, _) = join_token(&lab, &["--uses", "2"]);
+    let nameless = serve_pb::EnrollRequest {
+        token: open.clone(),
+        agent_id: String::new(),
+        csr_der: csr_naming_nobody(),
+        hostname: String::new(),
+    };
+    let status = enroll_raw(&lab, nameless.clone()).expect_err("an enrolment without an id");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("no agent id"), "{status:?}");
+    let named = enroll_raw(
+        &lab,
+        serve_pb::EnrollRequest {
+            hostname: "web-from-its-hostname".into(),
+            ..nameless
+        },
+    )
+    .expect("a host enrols under its host name");
+    assert_eq!(named.agent_id, "web-from-its-hostname");
+    use rustls_pki_types::pem::PemObject;
+    let der =
+        rustls_pki_types::CertificateDer::from_pem_slice(named.certificate_pem.as_bytes()).unwrap();
+    assert!(troop_common::identity::names(&der, "web-from-its-hostname"));
+
     // A host without a certificate reaches enrolment and nothing else.
     // (Attach and the operator API refuse it: "no client certificate", tested in
     // serve_streams.) The token's one use survived every refusal above:
