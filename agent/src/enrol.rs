@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, PKCS_ECDSA_P256_SHA256};
+use rcgen::{KeyPair, PKCS_ECDSA_P256_SHA256};
 use troop_common::agent_file::{AgentFile, AgentTlsFile, Coordinators, TrustFile};
 use troop_common::names::{serve_address, validate_agent_id};
 use troop_proto::serve_pb::{self, enrolment_client::EnrolmentClient};
@@ -116,7 +116,8 @@ pub async fn enrol(request: &Request) -> Result<Vec<PathBuf>, EnrolError> {
     .map_err(|e| invalid(format!("--state-dir: {e}")))?;
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
         .map_err(|e| invalid(format!("cannot generate a key: {e}")))?;
-    let csr_der = csr(request.id.as_deref(), &key)?;
+    let csr_der = crate::identity::csr(request.id.as_deref(), &key)
+        .map_err(|e| EnrolError::Invalid(format!("cannot make the signing request: {e}")))?;
     let hostname = nix::unistd::gethostname()
         .map(|name| name.to_string_lossy().into_owned())
         .unwrap_or_default();
@@ -186,19 +187,6 @@ fn config_dir(config: &Path) -> PathBuf {
         .filter(|dir| !dir.as_os_str().is_empty())
         .unwrap_or(Path::new("."))
         .to_path_buf()
-}
-
-/// A request for `id`, or naming nobody when the token is to say which id.
-pub(crate) fn csr(id: Option<&str>, key: &KeyPair) -> Result<Vec<u8>, EnrolError> {
-    let mut params = CertificateParams::default();
-    params.distinguished_name = DistinguishedName::new();
-    if let Some(id) = id {
-        params.distinguished_name.push(DnType::CommonName, id);
-    }
-    let request = params
-        .serialize_request(key)
-        .map_err(|e| EnrolError::Invalid(format!("cannot make the signing request: {e}")))?;
-    Ok(request.der().to_vec())
 }
 
 /// The agent config the enrolment writes: it dials serve and trusts what serve sent.

@@ -124,6 +124,19 @@ impl TlsIdentity {
     }
 }
 
+/// A certificate signing request for `key`, naming `id` (or nobody, when a join token is
+/// to say which id): what enrolment and renewal send serve.
+pub fn csr(id: Option<&str>, key: &rcgen::KeyPair) -> Result<Vec<u8>, rcgen::Error> {
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    if let Some(id) = id {
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, id);
+    }
+    Ok(params.serialize_request(key)?.der().to_vec())
+}
+
 fn certified(
     chain: Vec<CertificateDer<'static>>,
     key: rustls_pki_types::PrivateKeyDer<'static>,

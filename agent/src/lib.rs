@@ -269,6 +269,7 @@ impl Agent {
             listen = %address,
             coordinators = %self.config.coordinators.join(", "),
             trusted_keys = self.config.coordinator_keys.len(),
+            signing_key_generation = self.service.trust_generation(),
             allow = %self.config.policy.allowed_names(),
             "agent started"
         );
@@ -415,6 +416,9 @@ impl Reloader {
         .collect();
         tracing::info!(
             trusted_keys = keys,
+            // Above 0, the keys a rotation gave (state_dir/trusted-keys.json) are the
+            // ones trusted, whatever `trust.coordinator_keys` says.
+            signing_key_generation = self.service.trust_generation(),
             certificate_serial = %certificate.serial,
             allow = %config.policy.allowed_names(),
             "reloaded trusted keys, certificate, clock skew, labels and policy; active faults keep running"

@@ -31,7 +31,6 @@ use sha2::{Digest, Sha256};
 use crate::config::Role;
 use crate::fleet::Fleet;
 use crate::latch::{FleetLatch, LatchError};
-use crate::serve::access::record_access;
 use crate::signer::now_unix_ms;
 use crate::store::Store;
 
@@ -135,7 +134,8 @@ impl Dashboard {
     }
 
     fn record(&self, caller: &str, call: &str, refused: Option<&str>) {
-        record_access(&self.store, caller, &format!("{call} (dashboard)"), refused);
+        self.store
+            .record_call(caller, &format!("{call} (dashboard)"), refused);
     }
 
     /// The session a form's action runs in: signed in, with the operator role, and the

@@ -22,7 +22,6 @@ use troop_common::names::{validate_agent_id, validate_label};
 use troop_proto::serve_pb::{self, enrolment_server};
 
 use crate::pki::FleetCa;
-use crate::serve::access::record_access;
 use crate::store::{JoinToken, Redeemed, Store};
 
 /// A certificate signing request is a few hundred bytes.
@@ -251,14 +250,11 @@ impl enrolment_server::Enrolment for Enrolment {
             .await
             .unwrap_or_else(|_| Err(Status::internal("the enrolment task failed")));
         match &result {
-            Ok(reply) => record_access(
-                &self.store,
-                &reply.agent_id,
-                &format!("enrol from {address}"),
-                None,
-            ),
-            Err(status) => record_access(
-                &self.store,
+            Ok(reply) => {
+                self.store
+                    .record_call(&reply.agent_id, &format!("enrol from {address}"), None)
+            }
+            Err(status) => self.store.record_call(
                 &format!("{address} (asking to be {asked:?})"),
                 "enrol",
                 Some(&format!(

@@ -106,7 +106,8 @@ impl Fleet {
             );
         };
         let store = crate::store::Store::open(&self.config.store_url).context("audit store")?;
-        let key = crate::rotation::signing_key_path(&store, configured)
+        let key = store
+            .signing_key_path(configured)
             .context("audit store: signing-key generation")?;
         Signer::load(&key).with_context(|| {
             if &key == configured {

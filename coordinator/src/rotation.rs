@@ -7,7 +7,7 @@
 //! that attach later are told on attach. Agents keep what they learned in their state dir.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -34,13 +34,6 @@ pub enum RotationError {
     Store(#[from] StoreError),
     #[error("signing key")]
     Pki(#[from] PkiError),
-}
-
-/// The key file serve signs with: the newest generation's, else the configured one.
-pub fn signing_key_path(store: &Store, configured: &Path) -> Result<PathBuf, StoreError> {
-    Ok(store
-        .signing_generation()?
-        .map_or_else(|| configured.to_path_buf(), |newest| newest.signer))
 }
 
 /// Starts a rotation: a new key in the configured key's folder, trusted with the current

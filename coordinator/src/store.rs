@@ -901,6 +901,26 @@ impl Store {
         })
     }
 
+    /// Logs a call to serve (operator API, dashboard, enrolment) and records it in the
+    /// access log, allowed or refused (`refused` says why); a store that cannot take it
+    /// is logged, not fatal.
+    pub fn record_call(&self, who: &str, call: &str, refused: Option<&str>) {
+        match refused {
+            Some(reason) => tracing::warn!(caller = %who, %call, %reason, "refused a call"),
+            None => tracing::info!(caller = %who, %call, "call"),
+        }
+        let access = AccessRecord {
+            at_ms: troop_common::clock::now_unix_ms(),
+            caller: who.to_string(),
+            call: call.to_string(),
+            allowed: refused.is_none(),
+            detail: refused.unwrap_or_default().to_string(),
+        };
+        if let Err(error) = self.record_access(&access) {
+            tracing::error!(%error, "audit store: cannot record a call to serve");
+        }
+    }
+
     /// Records one call to serve's operator API or stream endpoint.
     pub fn record_access(&self, access: &AccessRecord) -> Result<(), StoreError> {
         let access = access.clone();

@@ -57,7 +57,7 @@ impl Renewal {
                 |error| tracing::error!(%error, "cannot make a key to renew the certificate"),
             )
             .ok()?;
-        let csr_der = crate::enrol::csr(Some(&self.id), &key)
+        let csr_der = crate::identity::csr(Some(&self.id), &key)
             .inspect_err(|error| tracing::error!(%error, "cannot make a renewal request"))
             .ok()?;
         tracing::info!(

@@ -81,10 +81,7 @@ fn signing_key_of(config: Option<&Path>) -> anyhow::Result<PathBuf> {
         )
     })?;
     let store = troop_coordinator::store::Store::open(&config.store_url)?;
-    Ok(troop_coordinator::rotation::signing_key_path(
-        &store,
-        &configured,
-    )?)
+    Ok(store.signing_key_path(&configured)?)
 }
 
 /// Prints a dashboard sign-in token for `name`, valid for `ttl`, signed with `key`.

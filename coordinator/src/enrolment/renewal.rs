@@ -11,7 +11,6 @@ use troop_proto::serve_pb::{self, serve_message};
 use super::Enrolment;
 use super::certificate::CertInfo;
 use crate::live::Link;
-use crate::serve::access::record_access;
 
 /// A request is a few hundred bytes.
 const MAX_CSR_BYTES: usize = 16 * 1024;
@@ -52,7 +51,9 @@ impl Renewals {
         let renewed = match result {
             Ok((pem, info)) => {
                 tracing::info!(agent = %link.id, serial = %info.serial, "renewed an agent's certificate");
-                record_access(&self.enrolment.store, &link.id, "renew certificate", None);
+                self.enrolment
+                    .store
+                    .record_call(&link.id, "renew certificate", None);
                 let not_after_unix_ms = info.not_after_unix_ms;
                 link.renewed(info);
                 serve_pb::Renewed {
@@ -63,12 +64,9 @@ impl Renewals {
             }
             Err(reason) => {
                 tracing::warn!(agent = %link.id, %reason, "refused to renew an agent's certificate");
-                record_access(
-                    &self.enrolment.store,
-                    &link.id,
-                    "renew certificate",
-                    Some(&reason),
-                );
+                self.enrolment
+                    .store
+                    .record_call(&link.id, "renew certificate", Some(&reason));
                 serve_pb::Renewed {
                     refused: reason,
                     ..Default::default()

@@ -16,8 +16,8 @@ use crate::enrolment::revocations::Revocations;
 use crate::fleet::Fleet;
 use crate::latch::FleetLatch;
 use crate::live::streams::caller;
-use crate::signer::{Signer, now_unix_ms};
-use crate::store::{AccessRecord, Store};
+use crate::signer::Signer;
+use crate::store::Store;
 use crate::trace_metadata::continue_trace;
 
 pub struct Operators {
@@ -88,7 +88,7 @@ impl Operators {
     }
 
     pub(super) fn record(&self, who: &str, call: &str, refused: Option<&str>) {
-        record_access(&self.store, who, call, refused);
+        self.store.record_call(who, call, refused);
     }
 
     /// FAILED_PRECONDITION naming the emergency stop while latched; the refusal audited.
@@ -100,25 +100,6 @@ impl Operators {
                 Err(Status::failed_precondition(refusal))
             }
         }
-    }
-}
-
-/// Logs a call to serve, operator API or dashboard, and records it in the store's access
-/// log, allowed or refused (`refused` says why).
-pub fn record_access(store: &Store, who: &str, call: &str, refused: Option<&str>) {
-    match refused {
-        Some(reason) => tracing::warn!(caller = %who, %call, %reason, "refused an operator call"),
-        None => tracing::info!(caller = %who, %call, "operator call"),
-    }
-    let access = AccessRecord {
-        at_ms: now_unix_ms(),
-        caller: who.to_string(),
-        call: call.to_string(),
-        allowed: refused.is_none(),
-        detail: refused.unwrap_or_default().to_string(),
-    };
-    if let Err(error) = store.record_access(&access) {
-        tracing::error!(%error, "audit store: cannot record an operator call");
     }
 }
 

@@ -1,7 +1,7 @@
 //! Signing-key rotations as the store keeps them: one row per generation, the newest
 //! being the fleet's. Generation 0 is the config's `[signing] key` and has no row.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::sql::Value;
 use super::{Store, StoreError};
@@ -22,6 +22,14 @@ pub struct SigningGeneration {
 }
 
 impl Store {
+    /// The key file serve signs with: the newest generation's, else `configured`
+    /// (troop.toml's `[signing] key`).
+    pub fn signing_key_path(&self, configured: &Path) -> Result<PathBuf, StoreError> {
+        Ok(self
+            .signing_generation()?
+            .map_or_else(|| configured.to_path_buf(), |newest| newest.signer))
+    }
+
     /// The newest generation, if any rotation happened.
     pub fn signing_generation(&self) -> Result<Option<SigningGeneration>, StoreError> {
         self.read(|tx| {
