@@ -105,10 +105,15 @@ impl Fleet {
                 self.config.path.display()
             );
         };
-        let store = crate::store::Store::open(&self.config.store_url).context("audit store")?;
-        let key = store
-            .signing_key_path(configured)
-            .context("audit store: signing-key generation")?;
+        // A store not made yet holds no rotation, and a dry run must not make it.
+        let key = match crate::store::Store::open_existing(&self.config.store_url)
+            .context("audit store")?
+        {
+            Some(store) => store
+                .signing_key_path(configured)
+                .context("audit store: signing-key generation")?,
+            None => configured.clone(),
+        };
         Signer::load(&key).with_context(|| {
             if &key == configured {
                 format!("config {}: [signing] key", self.config.path.display())

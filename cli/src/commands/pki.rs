@@ -80,8 +80,12 @@ fn signing_key_of(config: Option<&Path>) -> anyhow::Result<PathBuf> {
             path.display()
         )
     })?;
-    let store = troop_coordinator::store::Store::open(&config.store_url)?;
-    Ok(store.signing_key_path(&configured)?)
+    Ok(
+        match troop_coordinator::store::Store::open_existing(&config.store_url)? {
+            Some(store) => store.signing_key_path(&configured)?,
+            None => configured,
+        },
+    )
 }
 
 /// Prints a dashboard sign-in token for `name`, valid for `ttl`, signed with `key`.
