@@ -99,26 +99,64 @@ fn kill_on_thirty_hosts() {
     assert!(attached, "not every dial-in host attached");
 
     let config = lab.dir().join("troop.toml");
-    let through_serve = time_kills(&lab, &alice, "role=nat", &dial_in);
-    let direct_times = time_kills(&lab, &config, "role=direct", &direct);
+    let (through_serve, serve_cli) = time_kills(&lab, &alice, "role=nat", &dial_in);
+    let (direct_times, direct_cli) = time_kills(&lab, &config, "role=direct", &direct);
+    // Where the time goes: the same process started the same way, doing nothing, and
+    // `troop agents` through serve (its connection and the ListAgents a kill makes first).
+    let mut noop = Vec::new();
+    let mut listing = Vec::new();
+    for _ in 0..ROUNDS {
+        let start = Instant::now();
+        lab.troop_command().arg("--version").output().unwrap();
+        noop.push(start.elapsed());
+        let start = Instant::now();
+        let listed = lab
+            .troop_command()
+            .arg("--config")
+            .arg(&alice)
+            .args(["agents", "--output", "json"])
+            .output()
+            .unwrap();
+        assert!(listed.status.success());
+        listing.push(start.elapsed());
+    }
+    let line = |samples: &[Duration]| {
+        format!(
+            "median {:.1} ms, min {:.1}, max {:.1}",
+            ms(median(samples.to_vec())),
+            ms(*samples.iter().min().unwrap()),
+            ms(*samples.iter().max().unwrap()),
+        )
+    };
     println!(
         "kill on {HOSTS} hosts, CLI start to every victim gone, {ROUNDS} rounds:\n  \
-         through serve (dial-in hosts): median {:.1} ms, min {:.1}, max {:.1}\n  \
-         direct (static hosts):         median {:.1} ms, min {:.1}, max {:.1}",
-        ms(median(through_serve.clone())),
-        ms(*through_serve.iter().min().unwrap()),
-        ms(*through_serve.iter().max().unwrap()),
-        ms(median(direct_times.clone())),
-        ms(*direct_times.iter().min().unwrap()),
-        ms(*direct_times.iter().max().unwrap()),
+         through serve (dial-in hosts): {}\n    \
+         of which the CLI ran:          {}\n  \
+         direct (static hosts):         {}\n    \
+         of which the CLI ran:          {}\n  \
+         `troop --version` the same way: {}\n  \
+         `troop agents` through serve:   {}",
+        line(&through_serve),
+        line(&serve_cli),
+        line(&direct_times),
+        line(&direct_cli),
+        line(&noop),
+        line(&listing),
     );
 }
 
 /// Each round: a fresh `sleep` victim on every host (a child of this process, through
-/// nsenter), then `troop attack kill` timed from its start until every victim has exited.
-fn time_kills(lab: &Lab, config: &Path, select: &str, hosts: &[String]) -> Vec<Duration> {
+/// nsenter), then `troop attack kill` timed from its start until every victim has exited;
+/// and until the CLI exited.
+fn time_kills(
+    lab: &Lab,
+    config: &Path,
+    select: &str,
+    hosts: &[String],
+) -> (Vec<Duration>, Vec<Duration>) {
     let argv: Vec<OsString> = vec!["sleep".into(), "600".into()];
     let mut samples = Vec::new();
+    let mut cli = Vec::new();
     for _ in 0..ROUNDS {
         let mut victims: Vec<Reaped> = hosts
             .iter()
@@ -149,6 +187,7 @@ fn time_kills(lab: &Lab, config: &Path, select: &str, hosts: &[String]) -> Vec<D
             .args(["attack", "kill", "--select", select, "--name", "sleep"])
             .output()
             .unwrap();
+        cli.push(start.elapsed());
         assert!(
             output.status.success(),
             "{}\n{}",
@@ -170,7 +209,7 @@ fn time_kills(lab: &Lab, config: &Path, select: &str, hosts: &[String]) -> Vec<D
         }
         samples.push(start.elapsed());
     }
-    samples
+    (samples, cli)
 }
 
 const STOP_ROUNDS: usize = 7;
