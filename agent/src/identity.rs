@@ -64,6 +64,7 @@ impl TlsIdentity {
     pub fn load(cert: &Path, key: &Path) -> Result<Self, TlsError> {
         let provider = troop_common::tls::provider();
         let current = certified(load_certs(cert)?, load_key(key)?, &provider)?;
+        observe(&current);
         Ok(Self {
             cert: cert.to_path_buf(),
             key: key.to_path_buf(),
@@ -84,6 +85,7 @@ impl TlsIdentity {
             not_after_unix_ms: 0,
             serial: String::new(),
         });
+        observe(&next);
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = next;
         Ok(validity)
     }
@@ -112,6 +114,7 @@ impl TlsIdentity {
         // The key first: a certificate on disk whose key is not is the worse half.
         replace_file(&self.key, key_pem.as_bytes(), 0o600)?;
         replace_file(&self.cert, cert_pem.as_bytes(), 0o644)?;
+        observe(&next);
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = next;
         Ok(())
     }
@@ -135,6 +138,15 @@ pub fn csr(id: Option<&str>, key: &rcgen::KeyPair) -> Result<Vec<u8>, rcgen::Err
             .push(rcgen::DnType::CommonName, id);
     }
     Ok(params.serialize_request(key)?.der().to_vec())
+}
+
+/// Shows the certificate now in use in the metrics.
+fn observe(certified: &CertifiedKey) {
+    if let Some(validity) = Validity::read(&certified.cert[0]) {
+        crate::metrics::get()
+            .certificate_expiry
+            .set(validity.not_after_unix_ms / 1000);
+    }
 }
 
 fn certified(

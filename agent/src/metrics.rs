@@ -2,7 +2,8 @@
 //! action and outcome, faults active and reverted, how long faults held, the latency of
 //! the ledger's and the journal's durable writes, and, as a leak detector, the faults the
 //! agent believes active next to what the host shows of them (fill files, troop's
-//! nftables tables, memory holders).
+//! nftables tables, memory holders); and when the agent's certificate expires, with its
+//! renewals over the stream, so a fleet can alert on a host that stopped renewing.
 //!
 //! One set per process, as Prometheus clients keep it: counters count from the start of
 //! the process, so a restart shows as a reset, which Prometheus' `rate()` handles.
@@ -44,6 +45,12 @@ pub struct RevertLabels {
     pub cause: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// `renewed`, `refused` (by serve) or `rejected` (by the agent: it did not check out).
+    pub outcome: String,
+}
+
 type Histograms = Family<KindLabels, Histogram, fn() -> Histogram>;
 
 pub struct AgentMetrics {
@@ -55,6 +62,9 @@ pub struct AgentMetrics {
     reverts: Family<RevertLabels, Counter>,
     pub ledger_write: Histogram,
     pub journal_write: Histogram,
+    /// Unix seconds when the certificate in use expires.
+    pub certificate_expiry: Gauge,
+    pub renewals: Family<OutcomeLabels, Counter>,
 }
 
 fn fault_seconds() -> Histogram {
@@ -84,6 +94,8 @@ impl AgentMetrics {
             reverts: Family::default(),
             ledger_write: write_seconds(),
             journal_write: write_seconds(),
+            certificate_expiry: Gauge::default(),
+            renewals: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -121,10 +133,29 @@ impl AgentMetrics {
             "Durable writes of the fault journal",
             metrics.journal_write.clone(),
         );
+        registry.register(
+            "certificate_expiry_timestamp_seconds",
+            "When the agent's certificate expires (Unix seconds); enrolled agents renew it past half its lifetime",
+            metrics.certificate_expiry.clone(),
+        );
+        registry.register(
+            "certificate_renewals",
+            "Certificate renewals over the stream, by outcome",
+            metrics.renewals.clone(),
+        );
         Self {
             registry,
             ..metrics
         }
+    }
+
+    /// Counts one renewal's outcome: `renewed`, `refused` or `rejected`.
+    pub fn renewal(&self, outcome: &str) {
+        self.renewals
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_string(),
+            })
+            .inc();
     }
 
     /// Counts one reverted fault, why (`EndReason::label`) and how long it held.

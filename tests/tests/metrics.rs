@@ -187,6 +187,14 @@ fn prometheus_scrapes_serve_and_an_agent_during_an_attack() {
         "troop_agent_ledger_write_seconds_count",
         |v| v >= 1.0,
     );
+    // The lab's agent certificates last 825 days: an alert on this would be quiet.
+    let in_800_days = (troop_common::clock::now_unix_ms() / 1000 + 800 * 86_400) as f64;
+    wait_series(
+        &lab_ns,
+        port,
+        "troop_agent_certificate_expiry_timestamp_seconds",
+        |v| v > in_800_days && v < in_800_days + 30.0 * 86_400.0,
+    );
 
     let halted = troop(&["halt", "--select", "role=web"]);
     assert!(halted.status.success(), "{halted:?}");

@@ -75,11 +75,13 @@ impl Renewal {
             return;
         };
         if !renewed.refused.is_empty() {
+            crate::metrics::get().renewal("refused");
             tracing::warn!(reason = %renewed.refused, retry_in_s = self.retry().as_secs(), "the coordinator refused to renew this agent's certificate");
             return;
         }
         match self.install(&key, &renewed.certificate_pem) {
             Ok(validity) => {
+                crate::metrics::get().renewal("renewed");
                 tracing::info!(
                     serial = %validity.serial,
                     expires = %troop_common::clock::utc(validity.not_after_unix_ms),
@@ -88,6 +90,7 @@ impl Renewal {
                 self.schedule();
             }
             Err(reason) => {
+                crate::metrics::get().renewal("rejected");
                 tracing::error!(%reason, "refused the renewed certificate the coordinator sent");
             }
         }
