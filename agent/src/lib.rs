@@ -127,7 +127,7 @@ pub struct Validated {
 /// Loads every key, certificate and the ledger the config points at, changing nothing:
 /// safe to run (as systemd's ExecStartPre, or by hand) beside a live agent.
 pub fn validate(config: &AgentConfig) -> Result<Validated, StartError> {
-    let keys = load_trusted_keys(config)?;
+    let (keys, _) = trusted_keys(config)?;
     let identity = Arc::new(identity::TlsIdentity::load(
         &config.tls.cert,
         &config.tls.key,
@@ -170,17 +170,19 @@ pub fn validate(config: &AgentConfig) -> Result<Validated, StartError> {
     })
 }
 
-/// The keys a signing-key rotation gave, kept in the state dir, else the config's.
-fn load_trusted_keys(config: &AgentConfig) -> Result<TrustedKeys, StartError> {
-    if let Some(learned) = trust::load(&config.state_dir)? {
-        return Ok(TrustedKeys::new(learned.keys));
-    }
-    let keys = config
-        .coordinator_keys
-        .iter()
-        .map(|path| load_public_key(path))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(TrustedKeys::new(keys))
+/// The keys the agent trusts: those a signing-key rotation gave (kept in the state dir),
+/// else the config's; and that rotation's set, if there was one.
+fn trusted_keys(config: &AgentConfig) -> Result<(TrustedKeys, Option<trust::Learned>), StartError> {
+    let learned = trust::load(&config.state_dir)?;
+    let keys = match &learned {
+        Some(learned) => learned.keys.clone(),
+        None => config
+            .coordinator_keys
+            .iter()
+            .map(|path| load_public_key(path))
+            .collect::<Result<Vec<_>, _>>()?,
+    };
+    Ok((TrustedKeys::new(keys), learned))
 }
 
 impl Agent {
@@ -198,7 +200,7 @@ impl Agent {
         processes: Arc<dyn ProcessTable>,
         helper_exe: PathBuf,
     ) -> Result<Self, StartError> {
-        let trusted = load_trusted_keys(&config)?;
+        let (trusted, learned) = trusted_keys(&config)?;
         let identity = Arc::new(identity::TlsIdentity::load(
             &config.tls.cert,
             &config.tls.key,
@@ -237,7 +239,7 @@ impl Agent {
                 }),
                 faults::load_last_stop(&config.state_dir).map(Into::into),
             )
-            .learning_keys(config.state_dir.clone(), trust::load(&config.state_dir)?),
+            .learning_keys(config.state_dir.clone(), learned),
         );
         Ok(Self {
             config,
@@ -388,9 +390,9 @@ impl Reloader {
     /// then swaps them in with its policy; active faults and open connections are
     /// untouched. Says which changes wait for a restart.
     pub fn reload(&self, config: &AgentConfig) -> Result<(), StartError> {
-        let trusted = load_trusted_keys(config)?;
+        let (trusted, learned) = trusted_keys(config)?;
         let keys = trusted.len();
-        let certificate = self.identity.reload()?;
+        self.identity.reload()?;
         self.service.reload(
             service::Settings {
                 labels: config.labels.clone(),
@@ -398,6 +400,7 @@ impl Reloader {
                 max_clock_skew: config.max_clock_skew,
             },
             config.policy.clone(),
+            learned,
         );
         let running = &self.running;
         let pending: Vec<&str> = [
@@ -419,7 +422,7 @@ impl Reloader {
             // Above 0, the keys a rotation gave (state_dir/trusted-keys.json) are the
             // ones trusted, whatever `trust.coordinator_keys` says.
             signing_key_generation = self.service.trust_generation(),
-            certificate_serial = %certificate.serial,
+            certificate_serial = %self.identity.validity().map(|v| v.serial).unwrap_or_default(),
             allow = %config.policy.allowed_names(),
             "reloaded trusted keys, certificate, clock skew, labels and policy; active faults keep running"
         );

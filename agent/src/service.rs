@@ -161,8 +161,16 @@ impl AgentService {
     }
 
     /// Replaces the reloadable settings and the policy (for new commands; active faults
-    /// keep what they started with).
-    pub fn reload(&self, settings: Settings, policy: crate::policy::Policy) {
+    /// keep what they started with), and the rotation's set the trusted keys came from.
+    pub fn reload(
+        &self,
+        settings: Settings,
+        policy: crate::policy::Policy,
+        learned: Option<crate::trust::Learned>,
+    ) {
+        if let Some(learning) = &self.learning {
+            *learning.current.lock().unwrap_or_else(|e| e.into_inner()) = learned;
+        }
         *self.settings.write().unwrap_or_else(|e| e.into_inner()) = settings;
         self.runner.set_policy(policy);
     }
