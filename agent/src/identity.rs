@@ -3,9 +3,7 @@
 //! SIGHUP after a certificate was replaced takes effect without a restart, and without
 //! touching active faults or open connections.
 
-use std::fs;
-use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
@@ -74,20 +72,14 @@ impl TlsIdentity {
     }
 
     /// Reads both files again (SIGHUP); on any problem the identity in use stays.
-    pub fn reload(&self) -> Result<Validity, TlsError> {
+    pub fn reload(&self) -> Result<(), TlsError> {
         let next = certified(
             load_certs(&self.cert)?,
             load_key(&self.key)?,
             &self.provider,
         )?;
-        let validity = Validity::read(&next.cert[0]).unwrap_or(Validity {
-            not_before_unix_ms: 0,
-            not_after_unix_ms: 0,
-            serial: String::new(),
-        });
-        observe(&next);
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = next;
-        Ok(validity)
+        self.replace(next);
+        Ok(())
     }
 
     /// The certificate in use.
@@ -114,9 +106,14 @@ impl TlsIdentity {
         // The key first: a certificate on disk whose key is not is the worse half.
         replace_file(&self.key, key_pem.as_bytes(), 0o600)?;
         replace_file(&self.cert, cert_pem.as_bytes(), 0o644)?;
+        self.replace(next);
+        Ok(())
+    }
+
+    /// Every handshake from now on uses `next`; the metrics show its expiry.
+    fn replace(&self, next: Arc<CertifiedKey>) {
         observe(&next);
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = next;
-        Ok(())
     }
 
     fn current(&self) -> Arc<CertifiedKey> {
@@ -159,33 +156,12 @@ fn certified(
 }
 
 fn replace_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), InstallError> {
-    let error = |source| InstallError::Write {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut temp = path.as_os_str().to_owned();
-    temp.push(".renewing");
-    let temp = PathBuf::from(temp);
-    let _ = fs::remove_file(&temp);
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&temp)
-        .map_err(error)?;
-    file.write_all(contents)
-        .and_then(|()| file.sync_all())
-        .and_then(|()| fs::rename(&temp, path))
-        .map_err(|source| {
-            let _ = fs::remove_file(&temp);
-            error(source)
-        })?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(error)?;
-    }
-    Ok(())
+    crate::state_file::write_atomic_mode(path, contents, mode).map_err(|source| {
+        InstallError::Write {
+            path: path.to_path_buf(),
+            source,
+        }
+    })
 }
 
 impl ResolvesServerCert for TlsIdentity {
@@ -212,6 +188,7 @@ impl ResolvesClientCert for TlsIdentity {
 mod tests {
     use super::*;
     use rcgen::{CertificateParams, KeyPair, PKCS_ECDSA_P256_SHA256};
+    use std::fs;
 
     fn pair(name: &str) -> (String, String) {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
@@ -247,7 +224,8 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let mode = fs::metadata(&key).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
-        assert_eq!(identity.reload().unwrap().serial, after.serial);
+        identity.reload().unwrap();
+        assert_eq!(identity.validity().unwrap().serial, after.serial);
     }
 
     #[test]
