@@ -54,7 +54,7 @@ pub fn client_config(
 /// fleet CA (so `ca` is a CA, and the right one) and names `id`. Says what is wrong.
 pub fn check_identity(paths: &TlsPaths, id: &str) -> Result<(), String> {
     let chain = load_certs(&paths.cert).map_err(|error| troop_telemetry::error_chain(&error))?;
-    check_certificate(&paths.ca, &chain, id).map_err(|problem| match problem {
+    check_certificate_under(&paths.ca, &chain, id).map_err(|problem| match problem {
         Problem::OtherName => format!(
             "{} does not name this agent's id {id:?} (the coordinator would refuse it)",
             paths.cert.display()
@@ -88,14 +88,12 @@ impl std::fmt::Display for Problem {
     }
 }
 
-/// `chain` (leaf first) is valid now under the CA in `ca` and names `id`.
-pub fn check_certificate(
+/// [`check_certificate`] under the CA certificate(s) in the file `ca`.
+pub fn check_certificate_under(
     ca: &std::path::Path,
     chain: &[rustls_pki_types::CertificateDer<'_>],
     id: &str,
 ) -> Result<(), Problem> {
-    use rustls::client::WebPkiServerVerifier;
-    use rustls::client::danger::ServerCertVerifier;
     let roots = root_store(ca).map_err(|error| {
         Problem::Other(format!(
             "{}: {}",
@@ -103,9 +101,21 @@ pub fn check_certificate(
             troop_telemetry::error_chain(&error)
         ))
     })?;
+    check_certificate(roots, chain, id)
+}
+
+/// `chain` (leaf first) is valid now under `roots` and names `id`: what serve checks of
+/// an agent's certificate.
+pub fn check_certificate(
+    roots: rustls::RootCertStore,
+    chain: &[rustls_pki_types::CertificateDer<'_>],
+    id: &str,
+) -> Result<(), Problem> {
+    use rustls::client::WebPkiServerVerifier;
+    use rustls::client::danger::ServerCertVerifier;
     let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
         .build()
-        .map_err(|error| Problem::Other(format!("{}: {error}", ca.display())))?;
+        .map_err(|error| Problem::Other(format!("the fleet CA: {error}")))?;
     let (leaf, intermediates) = chain
         .split_first()
         .ok_or_else(|| Problem::Other("no certificate".into()))?;

@@ -8,12 +8,9 @@ use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use rustls::client::WebPkiServerVerifier;
-use rustls::client::danger::ServerCertVerifier;
+use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 pub const CA_FILE: &str = "ca.pem";
 
@@ -61,14 +58,8 @@ pub fn check_certificate(files: &Enrolled, ca: &CertificateDer<'_>) -> Result<()
     roots
         .add(ca.clone().into_owned())
         .map_err(|e| format!("the CA: {e}"))?;
-    let name = ServerName::try_from(files.agent_id.clone())
-        .map_err(|_| format!("{:?} is not a DNS name", files.agent_id))?;
-    WebPkiServerVerifier::builder_with_provider(Arc::new(roots), troop_common::tls::provider())
-        .build()
-        .map_err(|e| e.to_string())?
-        .verify_server_cert(&cert, &[], &name, &[], UnixTime::now())
-        .map_err(|e| format!("its certificate for {:?}: {e}", files.agent_id))?;
-    Ok(())
+    crate::tls::check_certificate(roots, std::slice::from_ref(&cert), &files.agent_id)
+        .map_err(|problem| format!("its certificate for {:?}: {problem}", files.agent_id))
 }
 
 /// Where the agent's own key and certificate go.

@@ -22,10 +22,10 @@ const RETRY: Duration = Duration::from_secs(60);
 const MIN_RETRY: Duration = Duration::from_secs(10);
 
 pub struct Renewal {
-    pub identity: Arc<TlsIdentity>,
+    identity: Arc<TlsIdentity>,
     /// The fleet CA a renewed certificate must chain to.
-    pub ca: PathBuf,
-    pub id: String,
+    ca: PathBuf,
+    id: String,
     /// The key made for the request in flight.
     pending: Option<KeyPair>,
     next: Instant,
@@ -99,7 +99,7 @@ impl Renewal {
     fn install(&self, key: &KeyPair, cert_pem: &str) -> Result<Validity, String> {
         let cert = CertificateDer::from_pem_slice(cert_pem.as_bytes())
             .map_err(|e| format!("not a PEM certificate: {e}"))?;
-        crate::tls::check_certificate(&self.ca, std::slice::from_ref(&cert), &self.id)
+        crate::tls::check_certificate_under(&self.ca, std::slice::from_ref(&cert), &self.id)
             .map_err(|problem| problem.to_string())?;
         let validity = Validity::read(&cert).ok_or("an unreadable certificate")?;
         self.identity
