@@ -30,7 +30,8 @@ pub struct Request {
     pub ca_sha256: String,
     /// The id to ask for; else the token's, else this host's name.
     pub id: Option<String>,
-    /// Where the config goes; the other files go next to it.
+    /// Where the config goes; `ca.pem` and the signing keys go next to it, the key and
+    /// certificate into the state dir.
     pub config: PathBuf,
     pub state_dir: Option<PathBuf>,
     /// A TOML file with the host's `[policy]` table, for the written config.

@@ -28,8 +28,8 @@ enum Command {
     /// Check the config and everything it points at (keys, certificates, state dir), then exit.
     Validate,
     /// Join the fleet with a join token: make this host's key, have serve certify it, and
-    /// write the certificate, ca.pem, the trusted signing keys and the config (at --config;
-    /// the other files next to it). Nothing is written if serve refuses.
+    /// write the config (at --config), ca.pem and the trusted signing keys beside it, and
+    /// the key and certificate in the state dir. Nothing is written if serve refuses.
     Enroll {
         /// `troop serve`'s URL, `https://HOST[:PORT]` (port 7444 by default).
         #[arg(long)]
