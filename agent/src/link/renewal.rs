@@ -179,3 +179,128 @@ mod tests {
         assert_eq!(renew_after(&valid(5, 1), 0, 0.0), Duration::from_millis(5));
     }
 }
+
+/// What the agent does with serve's answer, on real certificates: only one that chains
+/// to the fleet CA, names this agent and carries the key it made is installed.
+#[cfg(test)]
+mod answers {
+    use super::*;
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertificateSigningRequestParams, IsCa, Issuer,
+    };
+    use rustls_pki_types::CertificateSigningRequestDer;
+
+    struct Ca {
+        params: CertificateParams,
+        key: KeyPair,
+    }
+
+    impl Ca {
+        fn new() -> Self {
+            let mut params = CertificateParams::new(Vec::new()).unwrap();
+            params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+            Self {
+                params,
+                key: KeyPair::generate().unwrap(),
+            }
+        }
+
+        fn pem(&self) -> String {
+            self.params.clone().self_signed(&self.key).unwrap().pem()
+        }
+
+        /// A certificate for `name` of the public key in `csr`.
+        fn sign(&self, name: &str, csr: &[u8]) -> String {
+            let request =
+                CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr))
+                    .unwrap();
+            CertificateSigningRequestParams {
+                params: CertificateParams::new(vec![name.to_string()]).unwrap(),
+                public_key: request.public_key,
+            }
+            .signed_by(&Issuer::new(self.params.clone(), &self.key))
+            .unwrap()
+            .pem()
+        }
+
+        /// A certificate for `name` of a key of its own.
+        fn issue(&self, name: &str) -> (String, String) {
+            let key = KeyPair::generate().unwrap();
+            let cert = CertificateParams::new(vec![name.to_string()])
+                .unwrap()
+                .signed_by(&key, &Issuer::new(self.params.clone(), &self.key))
+                .unwrap();
+            (key.serialize_pem(), cert.pem())
+        }
+    }
+
+    fn renewed(certificate_pem: String) -> serve_pb::Renewed {
+        serve_pb::Renewed {
+            certificate_pem,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn only_a_certificate_for_this_agent_and_its_new_key_is_installed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = |name: &str| dir.path().join(name);
+        let (ca, other_ca) = (Ca::new(), Ca::new());
+        std::fs::write(path("ca.pem"), ca.pem()).unwrap();
+        let (key_pem, cert_pem) = ca.issue("web-1");
+        crate::state_file::write_atomic_mode(&path("web-1.key"), key_pem.as_bytes(), 0o600)
+            .unwrap();
+        std::fs::write(path("web-1.pem"), &cert_pem).unwrap();
+        let identity = Arc::new(TlsIdentity::load(&path("web-1.pem"), &path("web-1.key")).unwrap());
+        let first = identity.validity().unwrap().serial;
+        let mut renewal = Renewal::new(identity.clone(), path("ca.pem"), "web-1".into());
+        let unchanged = |renewal: &Renewal| {
+            assert_eq!(renewal.identity.validity().unwrap().serial, first);
+            assert_eq!(
+                std::fs::read_to_string(path("web-1.pem")).unwrap(),
+                cert_pem
+            );
+            assert_eq!(std::fs::read_to_string(path("web-1.key")).unwrap(), key_pem);
+        };
+
+        // Refused by serve, for another agent, under another CA, for another key, garbage.
+        renewal.request().unwrap();
+        renewal.answered(serve_pb::Renewed {
+            refused: "no ca_key".into(),
+            ..Default::default()
+        });
+        unchanged(&renewal);
+        type Answer<'a> = &'a dyn Fn(&[u8]) -> String;
+        let bad: [Answer; 4] = [
+            &|csr| ca.sign("db-1", csr),
+            &|csr| other_ca.sign("web-1", csr),
+            &|_| ca.issue("web-1").1,
+            &|_| "-----BEGIN CERTIFICATE-----\nnot one\n-----END CERTIFICATE-----\n".into(),
+        ];
+        for answer in bad {
+            let request = renewal.request().unwrap();
+            renewal.answered(renewed(answer(&request.csr_der)));
+            unchanged(&renewal);
+        }
+        // An answer nobody asked for (the last request was answered).
+        renewal.answered(renewed(ca.issue("web-1").1));
+        unchanged(&renewal);
+
+        // The real thing: the files and every later handshake change.
+        let request = renewal.request().unwrap();
+        let good = ca.sign("web-1", &request.csr_der);
+        renewal.answered(renewed(good.clone()));
+        assert_ne!(identity.validity().unwrap().serial, first);
+        assert_eq!(std::fs::read_to_string(path("web-1.pem")).unwrap(), good);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path("web-1.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(
+            renewal.due() > Instant::now(),
+            "the next renewal is scheduled ahead"
+        );
+    }
+}
