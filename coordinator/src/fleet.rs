@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
 use troop_proto::pb;
@@ -27,6 +28,9 @@ pub struct Fleet {
     pub remote: Option<Remote>,
     /// With `[coordinator]`: serve's own latch, as [`Fleet::refresh`] found it.
     pub serve_latch: Option<pb::Latch>,
+    /// In `troop serve`: its one signer, which a signing-key rotation swaps once agents
+    /// were told (so a campaign run never signs with a key they do not trust yet).
+    pub live_signer: Option<Arc<Signer>>,
     reached: BTreeMap<String, LiveAgent>,
 }
 
@@ -70,6 +74,7 @@ impl Fleet {
             dispatcher: Dispatcher::new(dialer),
             remote,
             serve_latch: None,
+            live_signer: None,
             reached: BTreeMap::new(),
         })
     }
@@ -96,9 +101,12 @@ impl Fleet {
         Ok(())
     }
 
-    /// The signing key: the configured one, or the newest a signing-key rotation in
-    /// the store made (none on an operator's machine: serve signs).
-    pub fn signer(&self) -> anyhow::Result<Signer> {
+    /// The signing key: serve's live one, else the newest a signing-key rotation in the
+    /// store made, else the configured one (none on an operator's machine: serve signs).
+    pub fn signer(&self) -> anyhow::Result<Arc<Signer>> {
+        if let Some(live) = &self.live_signer {
+            return Ok(live.clone());
+        }
         let Some(configured) = &self.config.signing_key else {
             bail!(
                 "config {}: no [signing] key here; with [coordinator], troop serve signs",
@@ -114,13 +122,14 @@ impl Fleet {
                 .context("audit store: signing-key generation")?,
             None => configured.clone(),
         };
-        Signer::load(&key).with_context(|| {
+        let signer = Signer::load(&key).with_context(|| {
             if &key == configured {
                 format!("config {}: [signing] key", self.config.path.display())
             } else {
                 format!("the rotated signing key {}", key.display())
             }
-        })
+        })?;
+        Ok(Arc::new(signer))
     }
 
     /// Every agent: the static `[[agents]]`, then (in `troop serve`) each agent whose

@@ -101,7 +101,7 @@ pub async fn run(context: Context) -> anyhow::Result<Outcome> {
         held,
     ));
     tokio::spawn(prune(store.clone(), leading.clone(), config.store_retain));
-    let signer = Arc::new(context.fleet.signer()?);
+    let signer = context.fleet.signer()?;
     let tls = config
         .tls
         .as_ref()
@@ -134,6 +134,7 @@ pub async fn run(context: Context) -> anyhow::Result<Outcome> {
     // Agents that dial in join the fleet every run, attack and status reaches.
     let registry = Arc::new(Registry::default());
     let mut fleet = context.fleet.clone();
+    fleet.live_signer = Some(signer.clone());
     fleet.dispatcher.streams = Some(registry.clone());
     fleet.dispatcher.kept = Some(Default::default());
 
