@@ -24,8 +24,6 @@ use troop_proto::serve_pb::{self, enrolment_server};
 use crate::pki::FleetCa;
 use crate::store::{JoinToken, Redeemed, Store};
 
-/// A certificate signing request is a few hundred bytes.
-const MAX_CSR_BYTES: usize = 16 * 1024;
 /// Join tokens last at most this long: a token is a credential in transit.
 pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Uses one token may have (a token for an autoscaling group's launches).
@@ -135,6 +133,14 @@ impl From<TokenRequestError> for Status {
 }
 
 impl Enrolment {
+    /// The keys the fleet trusts now: the newest rotation's, else the configured one.
+    fn trusted_keys_pem(&self) -> Result<Vec<String>, crate::store::StoreError> {
+        Ok(match self.store.signing_generation()? {
+            Some(generation) => generation.public_keys.iter().map(signing_key_pem).collect(),
+            None => self.signing_keys_pem.clone(),
+        })
+    }
+
     fn enrol(&self, request: &serve_pb::EnrollRequest) -> Result<serve_pb::EnrollReply, Status> {
         let ca = self.ca.as_ref().ok_or_else(|| {
             Status::failed_precondition(
@@ -150,12 +156,6 @@ impl Enrolment {
                 validate_agent_id(id)
                     .map_err(|m| Status::invalid_argument(format!("{what} {id:?}: {m}")))?;
             }
-        }
-        if request.csr_der.len() > MAX_CSR_BYTES {
-            return Err(Status::invalid_argument(format!(
-                "a certificate signing request of {} bytes; at most {MAX_CSR_BYTES}",
-                request.csr_der.len()
-            )));
         }
         let hash = token::token_sha256(&request.token);
         let store_error =
@@ -198,21 +198,6 @@ impl Enrolment {
             signing_keys_pem: self.trusted_keys_pem().map_err(store_error)?,
             labels: labels.into_iter().collect(),
             not_after_unix_ms: issued.not_after_unix_ms,
-        })
-    }
-}
-
-impl Enrolment {
-    /// The keys the fleet trusts now: the newest rotation's, else the configured one.
-    fn trusted_keys_pem(&self) -> Result<Vec<String>, crate::store::StoreError> {
-        Ok(match self.store.signing_generation()? {
-            Some(generation) => generation
-                .public_keys
-                .iter()
-                .filter_map(|raw| ed25519_dalek::VerifyingKey::from_bytes(raw).ok())
-                .map(|key| signing_key_pem(&key))
-                .collect(),
-            None => self.signing_keys_pem.clone(),
         })
     }
 }

@@ -11,7 +11,6 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ed25519_dalek::VerifyingKey;
 use troop_proto::{key_id, pb};
 
 use crate::audit::{AdhocRun, send_even_unrecorded};
@@ -60,10 +59,7 @@ pub fn begin(
     let (new, new_path) = pki::new_signing_key(dir, &format!("signing-{generation}"))?;
     let next = SigningGeneration {
         generation,
-        public_keys: vec![
-            current.verifying_key().to_bytes(),
-            new.verifying_key().to_bytes(),
-        ],
+        public_keys: vec![current.verifying_key(), new.verifying_key()],
         signer: new_path.clone(),
         announcer: current_path,
         created_by: by.to_string(),
@@ -92,7 +88,7 @@ pub fn retire(store: &Store, by: &str) -> Result<SigningGeneration, RotationErro
     let signer = pki::load_signing_key(&newest.signer)?;
     let next = SigningGeneration {
         generation: newest.generation + 1,
-        public_keys: vec![signer.verifying_key().to_bytes()],
+        public_keys: vec![signer.verifying_key()],
         signer: newest.signer.clone(),
         announcer: newest.signer,
         created_by: by.to_string(),
@@ -111,8 +107,7 @@ pub fn key_ids(generation: &SigningGeneration) -> String {
     generation
         .public_keys
         .iter()
-        .filter_map(|raw| VerifyingKey::from_bytes(raw).ok())
-        .map(|key| key_id(&key))
+        .map(key_id)
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -120,7 +115,11 @@ pub fn key_ids(generation: &SigningGeneration) -> String {
 fn trust_action(generation: &SigningGeneration) -> pb::command::Action {
     pb::command::Action::Trust(pb::TrustKeys {
         generation: generation.generation,
-        public_keys: generation.public_keys.iter().map(|k| k.to_vec()).collect(),
+        public_keys: generation
+            .public_keys
+            .iter()
+            .map(|key| key.to_bytes().to_vec())
+            .collect(),
     })
 }
 

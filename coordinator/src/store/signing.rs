@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+use ed25519_dalek::VerifyingKey;
+
 use super::sql::Value;
 use super::{Store, StoreError};
 
@@ -10,8 +12,8 @@ use super::{Store, StoreError};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SigningGeneration {
     pub generation: u64,
-    /// The raw public keys agents trust from this generation on.
-    pub public_keys: Vec<[u8; 32]>,
+    /// The public keys agents trust from this generation on.
+    pub public_keys: Vec<VerifyingKey>,
     /// The private key file serve signs commands with.
     pub signer: PathBuf,
     /// The private key file that signs this generation's announcement: one the agents of
@@ -47,13 +49,14 @@ impl Store {
                 .map(|hex_key| {
                     hex::decode(hex_key)
                         .ok()
-                        .and_then(|bytes| bytes.try_into().ok())
+                        .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+                        .and_then(|raw| VerifyingKey::from_bytes(&raw).ok())
                         .ok_or(StoreError::Decode {
                             column: 1,
-                            expected: "32-byte keys in hex",
+                            expected: "Ed25519 public keys, 32 bytes each in hex",
                         })
                 })
-                .collect::<Result<Vec<[u8; 32]>, _>>()?;
+                .collect::<Result<Vec<_>, _>>()?;
             Ok(Some(SigningGeneration {
                 generation: u64::try_from(row.int(0)?).unwrap_or(0),
                 public_keys,
@@ -78,7 +81,11 @@ impl Store {
             if newest + 1 != generation {
                 return Ok(false);
             }
-            let keys: Vec<String> = next.public_keys.iter().map(hex::encode).collect();
+            let keys: Vec<String> = next
+                .public_keys
+                .iter()
+                .map(|key| hex::encode(key.as_bytes()))
+                .collect();
             tx.execute(
                 &format!(
                     "INSERT INTO signing_keys
