@@ -394,6 +394,11 @@ fn hostile_enrolments_are_refused_and_cost_the_token_nothing() {
             "unknown join token",
         ),
         (
+            request(&token, "", vec![0; 16 * 1024 + 1]),
+            tonic::Code::InvalidArgument,
+            "it is 16385 bytes; at most 16384",
+        ),
+        (
             request("hunter2", "", csr_naming("fresh-2")),
             tonic::Code::Unauthenticated,
             "not a join token",

@@ -12,8 +12,6 @@ use super::Enrolment;
 use super::certificate::CertInfo;
 use crate::live::Link;
 
-/// A request is a few hundred bytes.
-const MAX_CSR_BYTES: usize = 16 * 1024;
 /// One agent renews at most this often; a renewal loop cannot make serve sign on and on.
 pub const MIN_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -84,12 +82,6 @@ fn sign(enrolment: &Enrolment, id: &str, csr_der: &[u8]) -> Result<(String, Cert
         "this troop serve renews no certificates: its [serve] ca_key is not set; \
          issue a new one with `troop pki issue-agent` before this one expires",
     )?;
-    if csr_der.len() > MAX_CSR_BYTES {
-        return Err(format!(
-            "a certificate signing request of {} bytes; at most {MAX_CSR_BYTES}",
-            csr_der.len()
-        ));
-    }
     let issued = ca
         .sign_agent_csr(id, csr_der, enrolment.lifetime)
         .map_err(|e| troop_telemetry::error_chain(&e))?;

@@ -21,6 +21,8 @@ use super::{
 /// The shortest and longest agent certificate lifetime serve issues.
 pub const MIN_LIFETIME: Duration = Duration::from_secs(60);
 pub const MAX_LIFETIME: Duration = Duration::from_secs(super::LEAF_VALIDITY_DAYS * 86_400);
+/// A certificate signing request is a few hundred bytes; more is not parsed.
+const MAX_CSR_BYTES: usize = 16 * 1024;
 
 /// The fleet CA's certificate and key, checked to belong together.
 pub struct FleetCa {
@@ -101,6 +103,11 @@ impl FleetCa {
                     MIN_LIFETIME.as_secs(),
                     MAX_LIFETIME.as_secs()
                 ),
+            });
+        }
+        if csr_der.len() > MAX_CSR_BYTES {
+            return Err(PkiError::Csr {
+                reason: format!("it is {} bytes; at most {MAX_CSR_BYTES}", csr_der.len()),
             });
         }
         let der = CertificateSigningRequestDer::from(csr_der);
