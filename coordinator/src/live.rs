@@ -65,10 +65,13 @@ impl Link {
         *self.certificate.write().unwrap_or_else(|e| e.into_inner()) = Some(certificate);
     }
 
-    /// Queues a message to the agent that answers nothing; false if the stream is gone
-    /// or its outbox full.
-    pub fn tell(&self, message: serve_pb::ServeMessage) -> bool {
-        !*self.closed.borrow() && self.outbox.try_send(message).is_ok()
+    /// Queues a message to the agent that answers nothing. Dropped if the stream is gone
+    /// or its outbox full: the agent asks again (a renewal), or was never told (a closed
+    /// stream).
+    pub fn tell(&self, message: serve_pb::ServeMessage) {
+        if *self.closed.borrow() || self.outbox.try_send(message).is_err() {
+            tracing::debug!(agent = %self.id, "a message to the agent was dropped: its stream is closed or full");
+        }
     }
 
     pub fn last_seen_unix_ms(&self) -> i64 {

@@ -415,9 +415,6 @@ enum Location {
 }
 
 impl Store {
-    /// `sqlite://PATH` (relative paths as given; `sqlite://:memory:` for tests), created on
-    /// first use, or `postgres://USER[:PASSWORD]@HOST[:PORT]/DB` (libpq's URL form, also
-    /// `postgresql://`); migrated to the latest schema either way.
     /// As [`Store::open`], but `None` for an SQLite file that does not exist yet, which is
     /// left uncreated: for readers that must not write (a dry run reading the signing key).
     pub fn open_existing(url: &str) -> Result<Option<Self>, StoreError> {
@@ -427,6 +424,9 @@ impl Store {
         }
     }
 
+    /// `sqlite://PATH` (relative paths as given; `sqlite://:memory:` for tests), created on
+    /// first use, or `postgres://USER[:PASSWORD]@HOST[:PORT]/DB` (libpq's URL form, also
+    /// `postgresql://`); migrated to the latest schema either way.
     pub fn open(url: &str) -> Result<Self, StoreError> {
         let (place, engine) = match parse_url(url)? {
             Location::Sqlite(path) => {

@@ -1427,3 +1427,13 @@ fn only_the_runs_of_dead_replicas_are_closed(db: &Db) {
     alive(&a, "serve-a");
     assert_eq!(ids(a.unfinished_runs(Some(&lease)).unwrap()), [on_b]);
 }
+
+#[test]
+fn open_existing_leaves_a_missing_file_uncreated() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("troop.db");
+    assert!(Store::open_existing(&url(&path)).unwrap().is_none());
+    assert!(!path.exists(), "a reader made the store");
+    Store::open(&url(&path)).unwrap();
+    assert!(Store::open_existing(&url(&path)).unwrap().is_some());
+}
