@@ -63,16 +63,11 @@ pub fn begin(
         signer: new_path.clone(),
         announcer: current_path,
         created_by: by.to_string(),
-        created_at_ms: 0,
     };
-    if !store.add_signing_generation(&next)? {
+    stored(store, next).inspect_err(|_| {
         let _ = std::fs::remove_file(&new_path);
         let _ = std::fs::remove_file(new_path.with_extension("pub"));
-        return Err(RotationError::Refused(
-            "another rotation was stored meanwhile; look again".into(),
-        ));
-    }
-    Ok(next)
+    })
 }
 
 /// Ends the overlap: only the key serve signs with stays trusted.
@@ -92,14 +87,19 @@ pub fn retire(store: &Store, by: &str) -> Result<SigningGeneration, RotationErro
         signer: newest.signer.clone(),
         announcer: newest.signer,
         created_by: by.to_string(),
-        created_at_ms: 0,
     };
-    if !store.add_signing_generation(&next)? {
-        return Err(RotationError::Refused(
+    stored(store, next)
+}
+
+/// `next`, once the store took it as the generation after the newest.
+fn stored(store: &Store, next: SigningGeneration) -> Result<SigningGeneration, RotationError> {
+    if store.add_signing_generation(&next)? {
+        Ok(next)
+    } else {
+        Err(RotationError::Refused(
             "another rotation was stored meanwhile; look again".into(),
-        ));
+        ))
     }
-    Ok(next)
 }
 
 /// The ids of a generation's keys, for messages.
@@ -138,6 +138,8 @@ struct Followed {
     current: Option<SigningGeneration>,
     /// Agents the current generation has not reached yet.
     unreached: BTreeSet<String>,
+    /// A newer generation whose key file this host lacks (said once, not every second).
+    unusable: Option<u64>,
 }
 
 impl Rotation {
@@ -157,7 +159,11 @@ impl Rotation {
             store,
             fleet,
             signer,
-            state: Mutex::new(Followed { current, unreached }),
+            state: Mutex::new(Followed {
+                current,
+                unreached,
+                unusable: None,
+            }),
             turn: tokio::sync::Mutex::new(()),
         }
     }
@@ -194,9 +200,16 @@ impl Rotation {
                 }
                 Err(_) => continue,
             };
-            let known = self.lock().current.as_ref().map(|g| g.generation);
+            let (known, unusable) = {
+                let state = self.lock();
+                (state.current.as_ref().map(|g| g.generation), state.unusable)
+            };
             match newest {
-                Some(newest) if Some(newest.generation) != known => self.adopt(newest).await,
+                Some(newest)
+                    if Some(newest.generation) != known && Some(newest.generation) != unusable =>
+                {
+                    self.adopt(newest).await
+                }
                 _ if tokio::time::Instant::now() >= retry_at => {
                     retry_at = tokio::time::Instant::now() + RETRY_EVERY;
                     let unreached = self.lock().unreached.clone();
@@ -221,6 +234,7 @@ impl Rotation {
             Ok(key) => key,
             Err(error) => {
                 tracing::error!(generation = generation.generation, error = %troop_telemetry::error_chain(&error), "cannot load the rotated signing key on this host; still signing with the old one");
+                self.lock().unusable = Some(generation.generation);
                 return;
             }
         };

@@ -20,7 +20,6 @@ pub struct SigningGeneration {
     /// the generation before trust.
     pub announcer: PathBuf,
     pub created_by: String,
-    pub created_at_ms: i64,
 }
 
 impl Store {
@@ -36,7 +35,7 @@ impl Store {
     pub fn signing_generation(&self) -> Result<Option<SigningGeneration>, StoreError> {
         self.read(|tx| {
             let Some(row) = tx.query_opt(
-                "SELECT generation, public_keys, signer, announcer, created_by, created_at_ms
+                "SELECT generation, public_keys, signer, announcer, created_by
                  FROM signing_keys ORDER BY generation DESC LIMIT 1",
                 &[],
             )?
@@ -63,7 +62,6 @@ impl Store {
                 signer: PathBuf::from(row.text(2)?),
                 announcer: PathBuf::from(row.text(3)?),
                 created_by: row.text(4)?,
-                created_at_ms: row.int(5)?,
             }))
         })
     }
