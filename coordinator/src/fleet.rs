@@ -107,6 +107,20 @@ impl Fleet {
         if let Some(live) = &self.live_signer {
             return Ok(live.clone());
         }
+        let key = self.signing_key_path()?;
+        let signer = Signer::load(&key).with_context(|| {
+            if self.config.signing_key.as_ref() == Some(&key) {
+                format!("config {}: [signing] key", self.config.path.display())
+            } else {
+                format!("the rotated signing key {}", key.display())
+            }
+        })?;
+        Ok(Arc::new(signer))
+    }
+
+    /// The signing key's file: the newest a signing-key rotation in the store made, else
+    /// the configured one (none on an operator's machine: serve signs).
+    pub fn signing_key_path(&self) -> anyhow::Result<std::path::PathBuf> {
         let Some(configured) = &self.config.signing_key else {
             bail!(
                 "config {}: no [signing] key here; with [coordinator], troop serve signs",
@@ -114,22 +128,16 @@ impl Fleet {
             );
         };
         // A store not made yet holds no rotation, and a dry run must not make it.
-        let key = match crate::store::Store::open_existing(&self.config.store_url)
-            .context("audit store")?
-        {
-            Some(store) => store
-                .signing_key_path(configured)
-                .context("audit store: signing-key generation")?,
-            None => configured.clone(),
-        };
-        let signer = Signer::load(&key).with_context(|| {
-            if &key == configured {
-                format!("config {}: [signing] key", self.config.path.display())
-            } else {
-                format!("the rotated signing key {}", key.display())
-            }
-        })?;
-        Ok(Arc::new(signer))
+        Ok(
+            match crate::store::Store::open_existing(&self.config.store_url)
+                .context("audit store")?
+            {
+                Some(store) => store
+                    .signing_key_path(configured)
+                    .context("audit store: signing-key generation")?,
+                None => configured.clone(),
+            },
+        )
     }
 
     /// Every agent: the static `[[agents]]`, then (in `troop serve`) each agent whose

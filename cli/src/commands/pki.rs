@@ -30,7 +30,8 @@ pub async fn run(
     if let PkiCommand::OperatorToken { dir, name, ttl } = &command {
         let key = match dir {
             Some(dir) => dir.join(pki::SIGNING_KEY),
-            None => signing_key_of(config)?,
+            // The key serve signs with, as `troop serve` loads it.
+            None => troop_coordinator::fleet::Fleet::load(config)?.signing_key_path()?,
         };
         return operator_token(&key, name, ttl, output);
     }
@@ -65,27 +66,6 @@ pub async fn run(
         }
     }
     Ok(Outcome::Success)
-}
-
-/// The signing key troop.toml (`config`, else where troop looks for it) names.
-/// The key serve signs with: troop.toml's `[signing] key`, or the newest a signing-key
-/// rotation in its store made.
-fn signing_key_of(config: Option<&Path>) -> anyhow::Result<PathBuf> {
-    use troop_coordinator::config::CoordinatorConfig;
-    let path = CoordinatorConfig::locate(config)?;
-    let config = CoordinatorConfig::load(&path)?;
-    let configured = config.signing_key.clone().ok_or_else(|| {
-        anyhow::anyhow!(
-            "config {} has no [signing] key: run this on the serve host, or give --dir",
-            path.display()
-        )
-    })?;
-    Ok(
-        match troop_coordinator::store::Store::open_existing(&config.store_url)? {
-            Some(store) => store.signing_key_path(&configured)?,
-            None => configured,
-        },
-    )
 }
 
 /// Prints a dashboard sign-in token for `name`, valid for `ttl`, signed with `key`.
