@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use ed25519_dalek::VerifyingKey;
 use serde::{Deserialize, Serialize};
-use troop_proto::{Refusal, key_id, pb};
+use troop_proto::{Refusal, key_id, pb, raw_public_key};
 
 pub const FILE: &str = "trusted-keys.json";
 /// Keys one rotation may name: a current and a next, with room to spare.
@@ -65,11 +65,8 @@ pub fn load(state_dir: &Path) -> Result<Option<Learned>, TrustFileError> {
         .keys
         .iter()
         .map(|hex_key| {
-            let bytes: [u8; 32] = hex::decode(hex_key)
-                .ok()
-                .and_then(|b| b.try_into().ok())
-                .ok_or_else(|| malformed(format!("{hex_key:?} is not a 32-byte key")))?;
-            VerifyingKey::from_bytes(&bytes).map_err(|e| malformed(e.to_string()))
+            let raw = hex::decode(hex_key).map_err(|e| malformed(format!("{hex_key:?}: {e}")))?;
+            raw_public_key(&raw).map_err(|e| malformed(format!("{hex_key:?}: {e}")))
         })
         .collect::<Result<Vec<_>, _>>()?;
     if keys.is_empty() {
@@ -120,12 +117,7 @@ pub fn decide(
     let keys = command
         .public_keys
         .iter()
-        .map(|raw| {
-            let bytes: [u8; 32] = raw.as_slice().try_into().map_err(|_| {
-                invalid(format!("a key of {} bytes; Ed25519 keys are 32", raw.len()))
-            })?;
-            VerifyingKey::from_bytes(&bytes).map_err(|e| invalid(format!("a key: {e}")))
-        })
+        .map(|raw| raw_public_key(raw).map_err(invalid))
         .collect::<Result<Vec<_>, _>>()?;
     if !keys.iter().any(|key| key_id(key) == signed_by) {
         return Err(invalid(format!(

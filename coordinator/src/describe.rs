@@ -43,12 +43,8 @@ pub fn action_text(action: Option<&pb::command::Action>) -> String {
             trust
                 .public_keys
                 .iter()
-                .map(|raw| raw
-                    .as_slice()
-                    .try_into()
-                    .ok()
-                    .and_then(|raw| ed25519_dalek::VerifyingKey::from_bytes(raw).ok())
-                    .map_or_else(|| "?".to_string(), |key| troop_proto::key_id(&key)))
+                .map(|raw| troop_proto::raw_public_key(raw)
+                    .map_or_else(|_| "?".to_string(), |key| troop_proto::key_id(&key)))
                 .collect::<Vec<_>>()
                 .join(", ")
         ),

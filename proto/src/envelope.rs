@@ -23,6 +23,15 @@ pub fn key_id(key: &VerifyingKey) -> String {
     hex::encode(&digest[..8])
 }
 
+/// An Ed25519 public key from its 32 raw bytes, as `TrustKeys` carries them and stores
+/// keep them; says what is wrong otherwise.
+pub fn raw_public_key(raw: &[u8]) -> Result<VerifyingKey, String> {
+    let bytes: [u8; 32] = raw
+        .try_into()
+        .map_err(|_| format!("a key of {} bytes; Ed25519 keys are 32", raw.len()))?;
+    VerifyingKey::from_bytes(&bytes).map_err(|e| format!("not an Ed25519 public key: {e}"))
+}
+
 fn signed_message(payload: &[u8]) -> Vec<u8> {
     let mut message = Vec::with_capacity(SIGNING_DOMAIN.len() + payload.len());
     message.extend_from_slice(SIGNING_DOMAIN);

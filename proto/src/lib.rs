@@ -41,5 +41,5 @@ pub use generated::troop::agent::v1 as pb;
 /// (`proto/troop/coordinator/v1/coordinator.proto`).
 pub use generated::troop::coordinator::v1 as serve_pb;
 
-pub use envelope::{SIGNING_DOMAIN, TrustedKeys, key_id, sign_command};
+pub use envelope::{SIGNING_DOMAIN, TrustedKeys, key_id, raw_public_key, sign_command};
 pub use refusal::Refusal;

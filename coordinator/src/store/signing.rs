@@ -48,8 +48,7 @@ impl Store {
                 .map(|hex_key| {
                     hex::decode(hex_key)
                         .ok()
-                        .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
-                        .and_then(|raw| VerifyingKey::from_bytes(&raw).ok())
+                        .and_then(|raw| troop_proto::raw_public_key(&raw).ok())
                         .ok_or(StoreError::Decode {
                             column: 1,
                             expected: "Ed25519 public keys, 32 bytes each in hex",
