@@ -439,7 +439,6 @@ fn parse_san(san: &str) -> Result<SanType, PkiError> {
     dns_san(san)
 }
 
-/// Sets `not_before` slightly in the past and `not_after` `lifetime` from now.
 /// Valid from a little before now (peers' clocks differ) for `lifetime`. The head start
 /// is at most a tenth of the lifetime, so an agent renewing past half its certificate's
 /// validity renews near half its lifetime, short or long.
