@@ -615,6 +615,18 @@ impl Lab {
         std::fs::read_to_string(self.dir().join("serve.log")).unwrap_or_default()
     }
 
+    /// `troop agents --output json` as the operator whose config is `config` (through
+    /// serve); `Null` when it printed no JSON.
+    pub fn agents_as(&self, config: &Path) -> Value {
+        let output = self.troop_as(config, &["agents", "--output", "json"]);
+        serde_json::from_slice(&output.stdout).unwrap_or(Value::Null)
+    }
+
+    /// Whether serve shows agent `id` reachable, asked as the operator of `config`.
+    pub fn reachable_as(&self, config: &Path, id: &str) -> bool {
+        agent_entry(&self.agents_as(config), id).is_some_and(|a| a["reachable"] == true)
+    }
+
     /// Runs the `troop` CLI with another config (an operator's).
     pub fn troop_as(&self, config: &Path, args: &[&str]) -> Output {
         self.troop_command()
@@ -699,6 +711,14 @@ pub fn output_text(output: &Output) -> String {
 pub fn used_percent(lab: &Lab, id: &str) -> f64 {
     let (used, total) = lab.hosts[id].disk_usage();
     used as f64 * 100.0 / total as f64
+}
+
+/// The entry for agent `id` in a `troop agents --output json` listing.
+pub fn agent_entry<'a>(agents: &'a Value, id: &str) -> Option<&'a Value> {
+    agents["agents"]
+        .as_array()?
+        .iter()
+        .find(|a| a["agent"] == id)
 }
 
 /// Polls `condition` every 20 ms until it holds or `timeout` passes.

@@ -81,20 +81,14 @@ fn kill_on_thirty_hosts() {
         lab.start_dial_in_host(id, &[("role", "nat")], POLICY, vec![]);
     }
     let attached = wait_for(Duration::from_secs(60), || {
-        let output = lab
-            .troop_command()
-            .arg("--config")
-            .arg(&alice)
-            .args(["agents", "--output", "json"])
-            .output()
-            .unwrap();
-        let agents: Value = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
-        agents["agents"].as_array().is_some_and(|all| {
-            all.iter()
-                .filter(|a| a["via"] == "stream" && a["reachable"] == true)
-                .count()
-                == HOSTS
-        })
+        lab.agents_as(&alice)["agents"]
+            .as_array()
+            .is_some_and(|all| {
+                all.iter()
+                    .filter(|a| a["via"] == "stream" && a["reachable"] == true)
+                    .count()
+                    == HOSTS
+            })
     });
     assert!(attached, "not every dial-in host attached");
 
@@ -110,13 +104,7 @@ fn kill_on_thirty_hosts() {
         lab.troop_command().arg("--version").output().unwrap();
         noop.push(start.elapsed());
         let start = Instant::now();
-        let listed = lab
-            .troop_command()
-            .arg("--config")
-            .arg(&alice)
-            .args(["agents", "--output", "json"])
-            .output()
-            .unwrap();
+        let listed = lab.troop_as(&alice, &["agents", "--output", "json"]);
         assert!(listed.status.success());
         listing.push(start.elapsed());
     }

@@ -13,33 +13,15 @@ use std::time::{Duration, Instant};
 
 use hyper_util::rt::TokioIo;
 use rustls_pki_types::ServerName;
-use serde_json::Value;
 use tokio_rustls::TlsConnector;
 use tonic::transport::Endpoint;
 use troop_common::identity::COORDINATOR_NAME;
 use troop_proto::serve_pb::{self, enrolment_client::EnrolmentClient};
-use troop_tests::lab::{Lab, output_text, wait_for};
+use troop_tests::lab::{Lab, Reaped, agent_entry, output_text, wait_for};
 
 /// A service of its own name: the bare host's placeholder for its agent is a `sleep`.
 fn victim() -> Vec<Vec<OsString>> {
     vec![vec!["tail".into(), "-f".into(), "/dev/null".into()]]
-}
-
-fn agents_as(lab: &Lab, config: &Path) -> Value {
-    let output = lab.troop_as(config, &["agents", "--output", "json"]);
-    serde_json::from_slice(&output.stdout).unwrap_or(Value::Null)
-}
-
-fn entry(agents: &Value, id: &str) -> Option<Value> {
-    agents["agents"]
-        .as_array()?
-        .iter()
-        .find(|a| a["agent"] == id)
-        .cloned()
-}
-
-fn reachable(lab: &Lab, operator: &Path, id: &str) -> bool {
-    entry(&agents_as(lab, operator), id).is_some_and(|a| a["reachable"] == true)
 }
 
 /// `troop pki join-token ARGS` on the serve host: (token, CA fingerprint).
@@ -116,14 +98,21 @@ fn assert_refused(output: &std::process::Output, dir: &Path, says: &str) {
     );
 }
 
+/// A networked lab whose serve enrols agents, issuing certificates that last `lifetime`,
+/// and its operator alice's config; `None` where no lab can run (it said why).
+fn enrolling_lab(scenario: &str, lifetime: &str) -> Option<(Lab, PathBuf, Reaped)> {
+    let mut lab = Lab::networked(scenario)?;
+    lab.serve_enrolment(lifetime);
+    let alice = lab.add_operator("alice", Some("operator"));
+    let serve = lab.start_serve();
+    Some((lab, alice, serve))
+}
+
 #[test]
 fn a_bare_host_enrols_is_attacked_and_can_be_revoked() {
-    let Some(mut lab) = Lab::networked("enrolment") else {
+    let Some((mut lab, alice, _serve)) = enrolling_lab("enrolment", "30d") else {
         return;
     };
-    lab.serve_enrolment("30d");
-    let alice = lab.add_operator("alice", Some("operator"));
-    let _serve = lab.start_serve();
     lab.start_bare_host("fresh-1", victim());
     let dir = lab.enrolment_dir("fresh-1");
     let config = dir.join("agent.toml");
@@ -211,15 +200,15 @@ fn a_bare_host_enrols_is_attacked_and_can_be_revoked() {
     // Connected with the labels the token gave, and a certificate that lasts 30 days.
     let mut agent = lab.spawn_agent("fresh-1");
     assert!(
-        wait_for(Duration::from_secs(20), || reachable(
-            &lab, &alice, "fresh-1"
-        )),
+        wait_for(Duration::from_secs(20), || lab
+            .reachable_as(&alice, "fresh-1")),
         "not attached: {}\n{}\nserve:\n{}",
-        agents_as(&lab, &alice),
+        lab.agents_as(&alice),
         lab.log("fresh-1"),
         lab.serve_log()
     );
-    let shown = entry(&agents_as(&lab, &alice), "fresh-1").unwrap();
+    let listed = lab.agents_as(&alice);
+    let shown = agent_entry(&listed, "fresh-1").unwrap();
     assert_eq!(
         (&shown["via"], &shown["labels"]["zone"]),
         (&"stream".into(), &"b".into())
@@ -248,7 +237,7 @@ fn a_bare_host_enrols_is_attacked_and_can_be_revoked() {
     assert!(revoked.status.success(), "{}", output_text(&revoked));
     let revoked_at = Instant::now();
     let cut = wait_for(Duration::from_secs(5), || {
-        !reachable(&lab, &alice, "fresh-1")
+        !lab.reachable_as(&alice, "fresh-1")
     });
     let took = revoked_at.elapsed();
     assert!(cut, "still attached after a revocation");
@@ -261,7 +250,7 @@ fn a_bare_host_enrols_is_attacked_and_can_be_revoked() {
         lab.log("fresh-1")
     );
     std::thread::sleep(Duration::from_secs(3));
-    assert!(!reachable(&lab, &alice, "fresh-1"), "it reconnected");
+    assert!(!lab.reachable_as(&alice, "fresh-1"), "it reconnected");
     let store_url = format!("sqlite://{}", lab.dir().join("troop.db").display());
     let access = troop_coordinator::store::Store::open(&store_url)
         .unwrap()
@@ -452,7 +441,7 @@ fn enrolled_agent(lab: &mut Lab, operator: &Path, id: &str) -> std::process::Chi
     assert!(enrolled.status.success(), "{}", output_text(&enrolled));
     let agent = lab.spawn_agent(id);
     assert!(
-        wait_for(Duration::from_secs(20), || reachable(lab, operator, id)),
+        wait_for(Duration::from_secs(20), || lab.reachable_as(operator, id)),
         "not attached: {}",
         lab.log(id)
     );
@@ -481,19 +470,17 @@ fn agent_cpu_seconds(agent: &std::process::Child) -> f64 {
 
 #[test]
 fn certificates_are_renewed_over_the_stream_while_faults_run() {
-    let Some(mut lab) = Lab::networked("enrolment: renewal") else {
+    // The shortest lifetime serve issues: renewed 30 to 33 s after it was issued.
+    let Some((mut lab, alice, _serve)) = enrolling_lab("enrolment: renewal", "60s") else {
         return;
     };
-    // The shortest lifetime serve issues: renewed 30 to 33 s after it was issued.
-    lab.serve_enrolment("60s");
-    let alice = lab.add_operator("alice", Some("operator"));
-    let _serve = lab.start_serve();
     let mut agent = enrolled_agent(&mut lab, &alice, "renew-1");
     let idle = agent_cpu_seconds(&agent);
     std::thread::sleep(Duration::from_secs(2));
     let idle = agent_cpu_seconds(&agent) - idle;
     let first = certificate_on_disk(&lab, "renew-1");
-    let connected = entry(&agents_as(&lab, &alice), "renew-1").unwrap();
+    let listed = lab.agents_as(&alice);
+    let connected = agent_entry(&listed, "renew-1").unwrap().clone();
     assert_eq!(
         connected["certificate_expires_unix_ms"].as_i64(),
         Some(first.not_after_unix_ms)
@@ -530,7 +517,8 @@ fn certificates_are_renewed_over_the_stream_while_faults_run() {
 
     // The same stream, which serve now shows with the new certificate's expiry; the
     // fault held through it, burning CPU as /proc shows.
-    let shown = entry(&agents_as(&lab, &alice), "renew-1").unwrap();
+    let listed = lab.agents_as(&alice);
+    let shown = agent_entry(&listed, "renew-1").unwrap();
     assert_eq!(
         shown["connected_since_unix_ms"], connected["connected_since_unix_ms"],
         "the stream was replaced: {shown}"
@@ -550,14 +538,12 @@ fn certificates_are_renewed_over_the_stream_while_faults_run() {
 
     // A new connection proves the new certificate: cut the link, heal it.
     lab.set_connected("renew-1", false);
-    assert!(wait_for(Duration::from_secs(30), || !reachable(
-        &lab, &alice, "renew-1"
-    )));
+    assert!(wait_for(Duration::from_secs(30), || !lab
+        .reachable_as(&alice, "renew-1")));
     lab.set_connected("renew-1", true);
     assert!(
-        wait_for(Duration::from_secs(40), || reachable(
-            &lab, &alice, "renew-1"
-        )),
+        wait_for(Duration::from_secs(40), || lab
+            .reachable_as(&alice, "renew-1")),
         "did not reconnect with the renewed certificate: {}",
         lab.log("renew-1")
     );

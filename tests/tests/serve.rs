@@ -10,7 +10,7 @@ use std::process::Child;
 use std::time::Duration;
 
 use serde_json::Value;
-use troop_tests::lab::{Lab, output_text, used_percent, wait_for};
+use troop_tests::lab::{Lab, agent_entry, output_text, used_percent, wait_for};
 
 const POLICY: &str = "allow = [\"kill\", \"disk\"]";
 
@@ -18,30 +18,18 @@ fn victim() -> Vec<Vec<OsString>> {
     vec![vec!["sleep".into(), "600".into()]]
 }
 
-fn agents_as(lab: &Lab, config: &Path) -> Value {
-    let output = lab.troop_as(config, &["agents", "--output", "json"]);
-    serde_json::from_slice(&output.stdout).unwrap_or(Value::Null)
-}
-
-fn entry<'a>(agents: &'a Value, id: &str) -> Option<&'a Value> {
-    agents["agents"]
-        .as_array()?
-        .iter()
-        .find(|a| a["agent"] == id)
-}
-
 /// Waits until serve shows each of `ids` reachable over its stream.
 fn wait_attached(lab: &Lab, operator: &Path, ids: &[&str]) {
     let attached = wait_for(Duration::from_secs(30), || {
-        let agents = agents_as(lab, operator);
+        let agents = lab.agents_as(operator);
         ids.iter().all(|id| {
-            entry(&agents, id).is_some_and(|a| a["reachable"] == true && a["via"] == "stream")
+            agent_entry(&agents, id).is_some_and(|a| a["reachable"] == true && a["via"] == "stream")
         })
     });
     assert!(
         attached,
         "{ids:?} not attached: {}\nserve log:\n{}",
-        agents_as(lab, operator),
+        lab.agents_as(operator),
         lab.serve_log()
     );
 }
@@ -61,12 +49,12 @@ fn hosts_behind_a_firewall_are_attacked_through_serve() {
     wait_attached(&lab, &alice, &["nat-1", "nat-2"]);
 
     // Labels serve was never told, as the agents reported them; the static host beside.
-    let agents = agents_as(&lab, &alice);
-    let nat_1 = entry(&agents, "nat-1").unwrap();
+    let agents = lab.agents_as(&alice);
+    let nat_1 = agent_entry(&agents, "nat-1").unwrap();
     assert_eq!(nat_1["labels"]["zone"], "a", "{agents}");
     assert!(nat_1["connected_since_unix_ms"].as_i64().unwrap() > 0);
     assert!(nat_1["last_seen_unix_ms"].as_i64().unwrap() > 0);
-    let direct = entry(&agents, "direct-1").unwrap();
+    let direct = agent_entry(&agents, "direct-1").unwrap();
     assert_eq!(
         (&direct["via"], &direct["reachable"]),
         (&"direct".into(), &true.into())
@@ -81,9 +69,9 @@ fn hosts_behind_a_firewall_are_attacked_through_serve() {
         &no_labels,
     )]);
     troop_lab::files::write(&probe, &direct_config).unwrap();
-    let direct_try = agents_as(&lab, &probe);
+    let direct_try = lab.agents_as(&probe);
     assert_eq!(
-        entry(&direct_try, "nat-1").unwrap()["reachable"],
+        agent_entry(&direct_try, "nat-1").unwrap()["reachable"],
         false,
         "{direct_try}"
     );
@@ -191,12 +179,12 @@ fn hosts_behind_a_firewall_are_attacked_through_serve() {
     // when it was last seen, and no attack picks it; healed, it dials back in.
     lab.set_connected("nat-2", false);
     let silent = wait_for(Duration::from_secs(20), || {
-        entry(&agents_as(&lab, &alice), "nat-2").is_some_and(|a| a["reachable"] == false)
+        agent_entry(&lab.agents_as(&alice), "nat-2").is_some_and(|a| a["reachable"] == false)
     });
-    assert!(silent, "{}", agents_as(&lab, &alice));
-    let gone = agents_as(&lab, &alice);
+    assert!(silent, "{}", lab.agents_as(&alice));
+    let gone = lab.agents_as(&alice);
     assert!(
-        entry(&gone, "nat-2").unwrap()["last_seen_unix_ms"]
+        agent_entry(&gone, "nat-2").unwrap()["last_seen_unix_ms"]
             .as_i64()
             .unwrap()
             > 0
@@ -223,9 +211,9 @@ fn hosts_behind_a_firewall_are_attacked_through_serve() {
     // Serve killed outright and started again: every agent dials back in.
     serve.0.kill().unwrap();
     serve.0.wait().unwrap();
-    let down = agents_as(&lab, &alice);
+    let down = lab.agents_as(&alice);
     assert!(
-        down.is_null() || entry(&down, "nat-1").is_none(),
+        down.is_null() || agent_entry(&down, "nat-1").is_none(),
         "serve is down: {down}"
     );
     serve = lab.start_serve();
@@ -282,10 +270,10 @@ fn an_agent_registering_under_another_name_is_refused() {
         "impostor log:\n{log}\nserve log:\n{}",
         lab.serve_log()
     );
-    let agents = agents_as(&lab, &alice);
-    assert!(entry(&agents, "nat-9").is_none(), "{agents}");
+    let agents = lab.agents_as(&alice);
+    assert!(agent_entry(&agents, "nat-9").is_none(), "{agents}");
     assert_eq!(
-        entry(&agents, "nat-1").unwrap()["reachable"],
+        agent_entry(&agents, "nat-1").unwrap()["reachable"],
         true,
         "the real one is untouched"
     );
