@@ -726,3 +726,66 @@ async fn a_relay_is_taken_only_from_another_serve_and_cannot_change_a_command() 
     }
     let _ = serve.stop.send(true);
 }
+
+fn renew_request(csr: Vec<u8>) -> Vec<u8> {
+    serve_pb::AgentMessage {
+        body: Some(serve_pb::agent_message::Body::Renew(
+            serve_pb::RenewCertificate { csr_der: csr },
+        )),
+    }
+    .encode_to_vec()
+}
+
+/// The next message serve sends on a raw stream, decoded.
+async fn next_message(replies: &mut tonic::Streaming<Vec<u8>>) -> serve_pb::ServeMessage {
+    let bytes = tokio::time::timeout(Duration::from_secs(5), replies.message())
+        .await
+        .expect("serve answered")
+        .unwrap()
+        .unwrap();
+    serve_pb::ServeMessage::decode(bytes.as_slice()).unwrap()
+}
+
+#[tokio::test]
+async fn renewals_serve_cannot_sign_or_that_come_too_often_are_refused_on_the_stream() {
+    // This serve has no [serve] ca_key.
+    let serve = start_serve(&["web-2"], &[]).await;
+    let (more, answer) = serve.attach_as("web-2", register("web-2", "web")).await;
+    let mut replies = answer.expect("a valid registration is accepted");
+    assert!(matches!(
+        next_message(&mut replies).await.body,
+        Some(serve_pb::serve_message::Body::Registered(_))
+    ));
+    let mut refusal = async |csr: Vec<u8>| match next_message(&mut replies).await.body {
+        Some(serve_pb::serve_message::Body::Renewed(renewed)) => {
+            assert!(renewed.certificate_pem.is_empty(), "{renewed:?}");
+            renewed.refused
+        }
+        other => panic!(
+            "not a Renewed: {other:?} (for a CSR of {} bytes)",
+            csr.len()
+        ),
+    };
+    more.send(renew_request(b"any".to_vec())).await.unwrap();
+    let first = refusal(b"any".to_vec()).await;
+    assert!(first.contains("ca_key is not set"), "{first}");
+    more.send(renew_request(b"again".to_vec())).await.unwrap();
+    let second = refusal(b"again".to_vec()).await;
+    assert!(second.contains("renewed less than 10s ago"), "{second}");
+
+    // Both in the access log; the stream is still up.
+    let refused = serve.refusals("web-2");
+    assert!(
+        refused.iter().any(|d| d.contains("ca_key is not set")),
+        "{refused:?}"
+    );
+    assert!(
+        refused.iter().any(|d| d.contains("renewed less than")),
+        "{refused:?}"
+    );
+    assert!(
+        serve.registry.get("web-2").is_some(),
+        "the stream was dropped"
+    );
+    let _ = serve.stop.send(true);
+}
