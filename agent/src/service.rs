@@ -2,6 +2,7 @@
 //! policy → fault, and every outcome is logged and remembered in the ledger.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -37,6 +38,9 @@ pub struct AgentService {
     /// Read in the background ([`AgentService::housekeeping`]), so Status never waits on
     /// the host.
     inventory: Inventory,
+    /// Set by every command, cleared by housekeeping: an agent asked nothing for a whole
+    /// round unmaps the code it is not using ([`crate::host::residency`]).
+    commanded: AtomicBool,
 }
 
 /// Keys learned from signing-key rotations ([`crate::trust`]).
@@ -77,6 +81,7 @@ impl AgentService {
             last_stop,
             learning: None,
             inventory: Inventory::new(),
+            commanded: AtomicBool::new(false),
         }
     }
 
@@ -153,11 +158,18 @@ impl AgentService {
     }
 
     /// What the agent does between commands: reads the host's inventory again and gives
-    /// the memory the last commands freed back to the host. Blocks for at most about
-    /// [`crate::inventory::MOUNT_TIMEOUT`].
+    /// the memory the last commands freed back to the host; after a round without
+    /// commands, also the code pages it is not using (commands never pay for refaults
+    /// in a burst). Blocks for at most about [`crate::inventory::MOUNT_TIMEOUT`].
     pub fn housekeeping(&self) {
         self.inventory.refresh();
         crate::host::allocator::give_back_free_memory();
+        if !self.commanded.swap(false, Ordering::Relaxed) {
+            match crate::host::residency::unmap_idle_code() {
+                Ok(bytes) => tracing::debug!(bytes, "idle: unmapped clean code pages"),
+                Err(error) => tracing::debug!(%error, "cannot read this process's mappings"),
+            }
+        }
     }
 
     /// Replaces the reloadable settings and the policy (for new commands; active faults
@@ -185,6 +197,7 @@ impl AgentService {
     /// syncs the ledger, so callers run it off the async threads); counted in the
     /// metrics by action, kind, outcome and reason.
     pub fn execute(&self, signed: &pb::SignedCommand) -> Result<pb::Receipt, Status> {
+        self.commanded.store(true, Ordering::Relaxed);
         let mut seen = Seen::default();
         let result = self.admit_and_run(signed, &mut seen);
         let (outcome, reason) = match &result {

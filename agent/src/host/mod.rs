@@ -9,6 +9,7 @@ pub mod memory;
 pub mod net;
 pub mod power;
 pub mod process;
+pub mod residency;
 
 /// Runs the helper process this process was started as (a memory holder or a fill
 /// guard) and exits; returns if it is no helper. Binaries call this first of all, so a

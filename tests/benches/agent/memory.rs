@@ -1,11 +1,11 @@
-//! Resident memory of an idle release agent after start-up and after 10,000 commands,
+//! Resident memory of a release agent after start-up, idle, and after 10,000 commands,
 //! next to prometheus-node-exporter (the monitoring agent a host already runs) started
 //! the same way, when it is installed. Each figure is VmRSS, with its split into
 //! anonymous memory (the heap, stacks: what the host cannot take back without swap) and
 //! file pages (the binary's own code and data, and shared libraries).
 
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use troop_proto::{pb, sign_command};
 use troop_tests::*;
@@ -13,6 +13,8 @@ use troop_tests::*;
 use super::AgentProcess;
 
 const COMMANDS: usize = 10_000;
+/// How often an agent does its housekeeping, and a little more.
+const HOUSEKEEPING: Duration = Duration::from_secs(32);
 const NODE_EXPORTER: &str = "/usr/bin/prometheus-node-exporter";
 
 fn mib(bytes: u64) -> f64 {
@@ -24,29 +26,55 @@ pub async fn bench() {
     let mut agent = AgentProcess::start(disk.path()).await;
     let exporter = start_node_exporter();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let agent_idle = Resident::of(agent.child.id());
+    let agent_started = Resident::of(agent.child.id());
     let exporter_idle = exporter.as_ref().map(|child| Resident::of(child.0.id()));
+    // One round of the agent's housekeeping (every 30 s) without a command.
+    tokio::time::sleep(HOUSEKEEPING).await;
+    let agent_idle = Resident::of(agent.child.id());
     let key = agent.pki.signing_key();
-    for _ in 0..COMMANDS {
-        let signed = sign_command(
+    let abort_all = || {
+        sign_command(
             &command("web-1", pb::command::Action::AbortAll(pb::AbortAll {})),
             &key,
-        );
+        )
+    };
+    let mut round_trips = Vec::with_capacity(COMMANDS);
+    for _ in 0..COMMANDS {
+        let signed = abort_all();
+        let started = Instant::now();
         agent.client.execute(signed).await.unwrap();
+        round_trips.push(started.elapsed());
     }
     agent.client.status(pb::StatusRequest {}).await.unwrap();
-    // Idle through one round of the agent's housekeeping (every 30 s).
-    tokio::time::sleep(Duration::from_secs(35)).await;
     let agent_busy = Resident::of(agent.child.id());
-    println!("idle RSS of release troop-agent after start-up: {agent_idle}");
+    // A round that saw the commands, then one without.
+    tokio::time::sleep(2 * HOUSEKEEPING).await;
+    let agent_rested = Resident::of(agent.child.id());
+    let first = abort_all();
+    let started = Instant::now();
+    agent.client.execute(first).await.unwrap();
+    let first_after_rest = started.elapsed();
+    let p50 = |mut sample: Vec<Duration>| {
+        sample.sort();
+        sample[sample.len() / 2]
+    };
+    println!("release troop-agent VmRSS:");
+    println!("  3 s after start-up: {agent_started}");
+    println!("  idle (a housekeeping round without commands): {agent_idle}");
+    println!("  right after {COMMANDS} commands and a status: {agent_busy}");
+    println!("  idle again after them: {agent_rested}");
     println!(
-        "idle RSS of release troop-agent after {COMMANDS} commands and a status: {agent_busy}"
+        "  the first command after idling: {} µs (the {COMMANDS} before: p50 {} µs)",
+        first_after_rest.as_micros(),
+        p50(round_trips).as_micros()
     );
     match exporter_idle {
         Some(exporter) => println!(
-            "idle RSS of prometheus-node-exporter: {exporter}\nagent/exporter VmRSS: {:.2} after start-up, {:.2} after {COMMANDS} commands",
+            "prometheus-node-exporter VmRSS, idle: {exporter}\nagent/exporter VmRSS: {:.2} after start-up, {:.2} idle, {:.2} right after {COMMANDS} commands, {:.2} idle after them",
+            agent_started.total / exporter.total,
             agent_idle.total / exporter.total,
-            agent_busy.total / exporter.total
+            agent_busy.total / exporter.total,
+            agent_rested.total / exporter.total,
         ),
         None => println!("prometheus-node-exporter is not installed: no side-by-side figure"),
     }
