@@ -139,14 +139,48 @@ async fn bench_execute(label: &str, agent: &mut AgentProcess) {
                 times.push(elapsed);
             }
         }
-        times.sort();
-        println!(
-            "execute [{label}] {name}: p50 {:.0} µs, p99 {:.0} µs, max {:.0} µs ({rounds} round trips, one connection)",
-            micros(percentile(&times, 0.50)),
-            micros(percentile(&times, 0.99)),
-            micros(*times.last().unwrap()),
-        );
+        report(label, name, times);
     }
+    // A fault's whole life on disk: its start (ledger, fault journal) and its end.
+    let cpu = pb::command::Action::Start(pb::StartFault {
+        duration_ms: 60_000,
+        lease_ms: 0,
+        fault: Some(pb::start_fault::Fault::Cpu(pb::Cpu {
+            load_percent: 1,
+            cores: 1,
+        })),
+    });
+    let rounds = 500;
+    let (mut starts, mut ends) = (Vec::new(), Vec::new());
+    for index in 0..rounds + 50 {
+        let start = sign_command(&command("web-1", cpu.clone()), &key);
+        let began = Instant::now();
+        agent.client.execute(start).await.unwrap();
+        let started = began.elapsed();
+        let end = sign_command(
+            &command("web-1", pb::command::Action::AbortAll(pb::AbortAll {})),
+            &key,
+        );
+        let began = Instant::now();
+        agent.client.execute(end).await.unwrap();
+        if index >= 50 {
+            starts.push(started);
+            ends.push(began.elapsed());
+        }
+    }
+    report(label, "cpu fault start", starts);
+    report(label, "abort-all ending it", ends);
+}
+
+fn report(label: &str, name: &str, mut times: Vec<Duration>) {
+    times.sort();
+    println!(
+        "execute [{label}] {name}: p50 {:.0} µs, p99 {:.0} µs, max {:.0} µs ({} round trips, one connection)",
+        micros(percentile(&times, 0.50)),
+        micros(percentile(&times, 0.99)),
+        micros(*times.last().unwrap()),
+        times.len(),
+    );
 }
 
 #[tokio::main]
