@@ -3,7 +3,8 @@
 //!
 //! On disk it is an append-only file of JSON lines in `state_dir`. A command's admission
 //! is appended and synced *before* it runs, so a crash can never let the same id run
-//! twice. Its outcome is appended after; if a crash loses it, a retry is told the outcome
+//! twice. (A command that only ends faults, which changes nothing if it runs twice, is
+//! appended without a sync of its own: the next synced line takes it to the disk.) Its outcome is appended after; if a crash loses it, a retry is told the outcome
 //! is unknown instead of running again. The file is compacted (temp file, fsync, rename)
 //! at start-up and when expired lines dominate.
 
@@ -171,7 +172,7 @@ impl ReplayLedger {
         Ok(ledger)
     }
 
-    /// Records a command before it runs, or says why it must not run.
+    /// Records a command before it runs, durably, or says why it must not run.
     pub fn admit(
         &self,
         id: &str,
@@ -179,6 +180,32 @@ impl ReplayLedger {
         expires_at_unix_ms: i64,
         until_unix_ms: i64,
         now_unix_ms: i64,
+    ) -> Result<Admission, LedgerError> {
+        let times = (expires_at_unix_ms, until_unix_ms, now_unix_ms);
+        self.record_admission(id, digest, times, true)
+    }
+
+    /// As [`ReplayLedger::admit`], for a command whose second run changes nothing (it
+    /// only ends faults): its line reaches the disk with the next synced one, so it does
+    /// not wait for a sync of its own. A crash may forget it; a retry then runs it again.
+    pub fn admit_lazily(
+        &self,
+        id: &str,
+        digest: &str,
+        expires_at_unix_ms: i64,
+        until_unix_ms: i64,
+        now_unix_ms: i64,
+    ) -> Result<Admission, LedgerError> {
+        let times = (expires_at_unix_ms, until_unix_ms, now_unix_ms);
+        self.record_admission(id, digest, times, false)
+    }
+
+    fn record_admission(
+        &self,
+        id: &str,
+        digest: &str,
+        (expires_at_unix_ms, until_unix_ms, now_unix_ms): (i64, i64, i64),
+        sync: bool,
     ) -> Result<Admission, LedgerError> {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         if inner.broken {
@@ -223,7 +250,7 @@ impl ReplayLedger {
             expires_at_unix_ms: Some(expires_at_unix_ms),
             outcome: None,
         };
-        let span = self.append(&mut inner, &line, true)?;
+        let span = self.append(&mut inner, &line, sync)?;
         inner.entries.insert(
             key,
             Entry {

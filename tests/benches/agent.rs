@@ -118,11 +118,16 @@ async fn bench_execute(label: &str, agent: &mut AgentProcess) {
         9,
         false,
     );
+    // A fault start with the least work after its admission: one /proc lookup.
+    let no_pid = kill(pb::process_match::By::Pid(i32::MAX), 9, false);
     for (name, action, forged) in [
         // Refused at its first check, before the ledger: the round trip's floor.
         ("bad signature (floor)", abort_all.clone(), true),
+        // Only ends faults: admitted without a sync of its own.
         ("abort-all", abort_all, false),
-        ("kill, no match", no_match, false),
+        // Admitted durably (one fdatasync) before it runs.
+        ("kill by pid, no such process", no_pid, false),
+        ("kill by name, no match", no_match, false),
     ] {
         let rounds = 2_000;
         let mut times = Vec::with_capacity(rounds);

@@ -290,3 +290,41 @@ fn a_late_outcome_never_completes_the_next_user_of_an_id() {
     let ledger = ReplayLedger::open(dir.path(), NOW + 50).unwrap();
     assert_eq!(retry(&ledger), Admission::Pending);
 }
+
+/// A lazily admitted command is remembered like any other: an exact retry is answered, a
+/// reused id refused, and after the next synced admission both are in the file.
+#[test]
+fn a_lazily_admitted_command_is_remembered_like_any_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = ReplayLedger::open(dir.path(), NOW).unwrap();
+    assert_eq!(
+        ledger
+            .admit_lazily("end", "d1", NOW + 10, NOW + 10, NOW)
+            .unwrap(),
+        Admission::New
+    );
+    assert_eq!(
+        ledger
+            .admit_lazily("end", "d1", NOW + 10, NOW + 10, NOW)
+            .unwrap(),
+        Admission::Pending
+    );
+    assert_eq!(
+        ledger.admit("end", "d2", NOW + 10, NOW + 10, NOW).unwrap(),
+        Admission::Conflict
+    );
+    assert_eq!(
+        ledger
+            .admit("start", "d3", NOW + 10, NOW + 10, NOW)
+            .unwrap(),
+        Admission::New
+    );
+    drop(ledger);
+    let ledger = ReplayLedger::open(dir.path(), NOW).unwrap();
+    assert_eq!(
+        ledger
+            .admit_lazily("end", "d1", NOW + 10, NOW + 10, NOW)
+            .unwrap(),
+        Admission::Pending
+    );
+}
