@@ -1,25 +1,34 @@
-//! The agent's code pages. VmRSS counts every page of the binary and its libraries the
-//! process has mapped, and the kernel maps whole folios around each page it faults in, so
-//! an agent keeps its start-up code (arguments, config, TLS set-up) and its neighbours
-//! mapped for good: two thirds of its VmRSS, next to the service it tests.
+//! The agent's code pages. VmRSS counts every page of the binary the process has mapped,
+//! and the kernel maps whole folios around each page it faults in, so an agent keeps its
+//! start-up code (arguments, config, TLS set-up) and its neighbours mapped for good: most
+//! of its VmRSS, next to the service it tests.
 //!
-//! An idle agent unmaps the clean read-only pages of its files. They stay in the page
-//! cache, so the next use is a minor fault, not a disk read; but unmapped, they are the
-//! first pages the host reclaims under pressure (mapped code is kept longest), and VmRSS
-//! counts what the agent actually uses again.
+//! An idle agent unmaps the clean read-only pages of its own executable. They stay in the
+//! page cache, so the next use is a minor fault, not a disk read; but unmapped, they are
+//! the first pages the host reclaims under pressure (mapped code is kept longest), and
+//! VmRSS counts what the agent uses again. Shared libraries (libc) are left mapped: every
+//! process on the host maps the same pages, so unmapping them here would free nothing.
 
 use std::ops::Range;
+use std::os::unix::fs::MetadataExt;
 
-/// Unmaps the clean read-only file pages of every mapping (see the module docs). Returns
-/// the bytes of address space it gave back to the kernel (not all of it was resident).
+/// Unmaps the clean read-only pages of the agent's executable (see the module docs).
+/// Returns the bytes of address space it gave back to the kernel (not all of it was
+/// resident).
 #[allow(unsafe_code)]
 pub fn unmap_idle_code() -> std::io::Result<usize> {
+    let exe = std::fs::metadata("/proc/self/exe")?;
+    let file = FileId {
+        major: nix::sys::stat::major(exe.dev()),
+        minor: nix::sys::stat::minor(exe.dev()),
+        inode: exe.ino(),
+    };
     let smaps = std::fs::read_to_string("/proc/self/smaps")?;
     let mut released = 0;
-    for range in clean_file_mappings(&smaps) {
+    for range in clean_mappings_of(file, &smaps) {
         let length = range.end - range.start;
-        // SAFETY: `range` is a whole mapping of a file, never writable and holding no
-        // private (copy-on-write) page, so every page in it equals the file's page. After
+        // SAFETY: `range` is a whole private mapping of a file, never writable and holding
+        // no copy-on-write page, so every page in it equals the file's page. After
         // MADV_DONTNEED the next access maps the same page again from the page cache, as
         // after the kernel's own reclaim of it; no memory in it ever changes.
         let done = unsafe {
@@ -36,15 +45,23 @@ pub fn unmap_idle_code() -> std::io::Result<usize> {
     Ok(released)
 }
 
-/// The address ranges of `/proc/self/smaps` mappings that are backed by a file, not
+/// A file as `/proc/self/smaps` names it: device numbers and inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileId {
+    major: u64,
+    minor: u64,
+    inode: u64,
+}
+
+/// The address ranges of `/proc/self/smaps` mappings of `file` that are private, not
 /// writable and hold no anonymous page: code and read-only data. A relocated read-only
 /// segment (RELRO) has anonymous pages and is left alone: unmapped, it would come back
 /// from the file unrelocated.
-fn clean_file_mappings(smaps: &str) -> Vec<Range<usize>> {
+fn clean_mappings_of(file: FileId, smaps: &str) -> Vec<Range<usize>> {
     let mut found = Vec::new();
     let mut candidate: Option<Range<usize>> = None;
     for line in smaps.lines() {
-        if let Some(range) = mapping_header(line) {
+        if let Some(range) = mapping_header(file, line) {
             candidate = range;
         } else if let Some(anonymous) = line.strip_prefix("Anonymous:") {
             let none = anonymous.split_whitespace().next() == Some("0");
@@ -58,23 +75,27 @@ fn clean_file_mappings(smaps: &str) -> Vec<Range<usize>> {
     found
 }
 
-/// For a mapping's header line: `Some(Some(range))` for a read-only mapping of a file,
-/// `Some(None)` for any other mapping; `None` for a line that is no header.
-fn mapping_header(line: &str) -> Option<Option<Range<usize>>> {
+/// For a mapping's header line: `Some(Some(range))` for a private read-only mapping of
+/// `file`, `Some(None)` for any other mapping; `None` for a line that is no header.
+fn mapping_header(file: FileId, line: &str) -> Option<Option<Range<usize>>> {
     let mut fields = line.split_whitespace();
     let (start, end) = fields.next()?.split_once('-')?;
     let start = usize::from_str_radix(start, 16).ok()?;
     let end = usize::from_str_radix(end, 16).ok()?;
     let permissions = fields.next()?;
-    let inode = fields.nth(2)?;
-    let path = fields.next().unwrap_or("");
-    let read_only_file = permissions.len() == 4
+    let _offset = fields.next()?;
+    let (major, minor) = fields.next()?.split_once(':')?;
+    let inode = fields.next()?.parse().ok()?;
+    let mapped = FileId {
+        major: u64::from_str_radix(major, 16).ok()?,
+        minor: u64::from_str_radix(minor, 16).ok()?,
+        inode,
+    };
+    let read_only_private = permissions.len() == 4
         && permissions.starts_with('r')
         && !permissions.contains('w')
-        && permissions.ends_with('p')
-        && inode != "0"
-        && path.starts_with('/');
-    Some(read_only_file.then_some(start..end))
+        && permissions.ends_with('p');
+    Some((read_only_private && mapped == file).then_some(start..end))
 }
 
 #[cfg(test)]
@@ -100,23 +121,29 @@ Anonymous:           100 kB
 Anonymous:             0 kB
 7f0000300000-7f0000301000 rw-s 00000000 00:01 7 /dev/zero (deleted)
 Anonymous:             0 kB
-7f0000400000-7f0000401000 r--s 00000000 fe:00 55 /var/lib/troop-agent/shared
+7f0000400000-7f0000401000 r--s 00000000 fe:00 1234 /usr/bin/troop-agent
 Anonymous:             0 kB
 7ffff7fc0000-7ffff7fc2000 r-xp 00000000 00:00 0 [vdso]
 Anonymous:             0 kB
 ";
 
     #[test]
-    fn only_clean_private_read_only_file_mappings_are_unmapped() {
+    fn only_the_executables_clean_read_only_mappings_are_unmapped() {
+        let agent = FileId {
+            major: 0xfe,
+            minor: 0,
+            inode: 1234,
+        };
         assert_eq!(
-            clean_file_mappings(SMAPS),
+            clean_mappings_of(agent, SMAPS),
             vec![
                 0x55d0c0000000..0x55d0c0100000,
-                0x55d0c0100000..0x55d0c0900000,
-                0x7f0000000000..0x7f0000200000,
+                0x55d0c0100000..0x55d0c0900000
             ],
-            "left alone: the relocated segment, writable and shared mappings, the heap, the vDSO"
+            "left alone: the relocated segment, the writable one, libc, shared mappings, the heap, the vDSO"
         );
+        let same_inode_elsewhere = FileId { minor: 1, ..agent };
+        assert!(clean_mappings_of(same_inode_elsewhere, SMAPS).is_empty());
     }
 
     #[test]

@@ -86,6 +86,9 @@ struct Resident {
     total: f64,
     anon: f64,
     file: f64,
+    /// Pss: each shared page divided by the processes that map it (libc's pages are in
+    /// every process's VmRSS whole).
+    proportional: f64,
 }
 
 impl Resident {
@@ -100,10 +103,18 @@ impl Resident {
                 .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"));
             mib(kib * 1024)
         };
+        let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap();
+        let pss_kib: u64 = rollup
+            .lines()
+            .find_map(|line| line.strip_prefix("Pss:"))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|kib| kib.parse().ok())
+            .unwrap_or_else(|| panic!("no Pss in /proc/{pid}/smaps_rollup"));
         Self {
             total: field("VmRSS:"),
             anon: field("RssAnon:"),
             file: field("RssFile:"),
+            proportional: mib(pss_kib * 1024),
         }
     }
 }
@@ -112,8 +123,8 @@ impl std::fmt::Display for Resident {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{:.1} MiB ({:.1} MiB anonymous, {:.1} MiB file pages)",
-            self.total, self.anon, self.file
+            "{:.1} MiB ({:.1} MiB anonymous, {:.1} MiB file pages; Pss {:.1} MiB)",
+            self.total, self.anon, self.file, self.proportional
         )
     }
 }
