@@ -124,6 +124,9 @@ struct Inner {
     /// The latest expiry among forgotten commands (persisted before they are dropped).
     horizon_unix_ms: i64,
     lines: usize,
+    /// Live entries are counted (a pass over all of them) only once `lines` is past this:
+    /// a count per command made a burst of commands quadratic.
+    recount_at_lines: usize,
     /// Set when a write failed: the file may end in a torn line, so nothing more is
     /// appended (and no command admitted) until a restart compacts it.
     broken: bool,
@@ -164,6 +167,7 @@ impl ReplayLedger {
                 entries,
                 horizon_unix_ms,
                 lines: 0,
+                recount_at_lines: 0,
                 broken: false,
             }),
             _lock: lock,
@@ -301,14 +305,18 @@ impl ReplayLedger {
             entry.line = span;
             entry.finished = true;
         }
-        let live = || {
-            inner
-                .entries
-                .values()
-                .filter(|entry| entry.until_unix_ms >= now_unix_ms)
-                .count()
-        };
-        if inner.lines > self.compact_after_lines && inner.lines > 2 * live() {
+        if inner.lines <= self.compact_after_lines.max(inner.recount_at_lines) {
+            return Ok(());
+        }
+        let live = inner
+            .entries
+            .values()
+            .filter(|entry| entry.until_unix_ms >= now_unix_ms)
+            .count();
+        // Compacted when expired lines dominate; else counted again after as many lines
+        // as are live, so the file stays within a few times the live entries.
+        inner.recount_at_lines = inner.lines + live.max(self.compact_after_lines);
+        if inner.lines > 2 * live {
             drop(inner);
             self.compact(now_unix_ms)
                 .map_err(|source| self.error(source))?;
@@ -404,6 +412,7 @@ impl ReplayLedger {
         inner.file = open_append(path)?;
         inner.end = end;
         inner.lines = inner.entries.len();
+        inner.recount_at_lines = 0;
         if let Some(dir) = path.parent() {
             File::open(dir)?.sync_all()?;
         }
