@@ -4,9 +4,11 @@
 //! On disk it is an append-only file of JSON lines in `state_dir`. A command's admission
 //! is appended and synced *before* it runs, so a crash can never let the same id run
 //! twice. (A command that only ends faults, which changes nothing if it runs twice, is
-//! appended without a sync of its own: the next synced line takes it to the disk.) Its outcome is appended after; if a crash loses it, a retry is told the outcome
-//! is unknown instead of running again. The file is compacted (temp file, fsync, rename)
-//! at start-up and when expired lines dominate.
+//! appended without a sync of its own: the next synced line takes it to the disk. A
+//! power loss may forget it, and then a later command reusing its id is not refused.)
+//! Its outcome is appended after; if a crash loses it, a retry is told the outcome is
+//! unknown instead of running again. The file is compacted (temp file, fsync, rename) at
+//! start-up and when expired lines dominate.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -185,8 +187,14 @@ impl ReplayLedger {
         until_unix_ms: i64,
         now_unix_ms: i64,
     ) -> Result<Admission, LedgerError> {
-        let times = (expires_at_unix_ms, until_unix_ms, now_unix_ms);
-        self.record_admission(id, digest, times, true)
+        self.record_admission(
+            id,
+            digest,
+            expires_at_unix_ms,
+            until_unix_ms,
+            now_unix_ms,
+            true,
+        )
     }
 
     /// As [`ReplayLedger::admit`], for a command whose second run changes nothing (it
@@ -200,15 +208,23 @@ impl ReplayLedger {
         until_unix_ms: i64,
         now_unix_ms: i64,
     ) -> Result<Admission, LedgerError> {
-        let times = (expires_at_unix_ms, until_unix_ms, now_unix_ms);
-        self.record_admission(id, digest, times, false)
+        self.record_admission(
+            id,
+            digest,
+            expires_at_unix_ms,
+            until_unix_ms,
+            now_unix_ms,
+            false,
+        )
     }
 
     fn record_admission(
         &self,
         id: &str,
         digest: &str,
-        (expires_at_unix_ms, until_unix_ms, now_unix_ms): (i64, i64, i64),
+        expires_at_unix_ms: i64,
+        until_unix_ms: i64,
+        now_unix_ms: i64,
         sync: bool,
     ) -> Result<Admission, LedgerError> {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());

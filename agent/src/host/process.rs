@@ -8,12 +8,11 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{AsFd, BorrowedFd};
-
-use nix::fcntl::{OFlag, openat};
-use nix::sys::stat::Mode;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use nix::fcntl::{OFlag, openat};
+use nix::sys::stat::Mode;
 use regex::Regex;
 pub use troop_common::observe::{
     ProcessInfo, cpu_seconds, list_processes, parent_pid, pids, read_cmdline, read_process,
