@@ -103,13 +103,15 @@ pub fn list_processes() -> io::Result<Vec<ProcessInfo>> {
 
 /// The pids of this PID namespace, from the names in `/proc`.
 pub fn pids() -> io::Result<Vec<i32>> {
-    let mut pids = Vec::new();
-    for entry in fs::read_dir("/proc")? {
-        if let Some(pid) = entry?.file_name().to_str().and_then(|n| n.parse().ok()) {
-            pids.push(pid);
-        }
-    }
-    Ok(pids)
+    pid_listing()?.collect()
+}
+
+/// The pids in `/proc` as they are listed, for a scan that starts before the listing ends.
+pub fn pid_listing() -> io::Result<impl Iterator<Item = io::Result<i32>>> {
+    Ok(fs::read_dir("/proc")?.filter_map(|entry| match entry {
+        Ok(entry) => entry.file_name().to_str()?.parse().ok().map(Ok),
+        Err(error) => Some(Err(error)),
+    }))
 }
 
 /// The parent of a process (one small read), `None` if it is gone.

@@ -15,8 +15,8 @@ use nix::fcntl::{OFlag, openat};
 use nix::sys::stat::Mode;
 use regex::Regex;
 pub use troop_common::observe::{
-    ProcessInfo, cpu_seconds, list_processes, parent_pid, pids, read_cmdline, read_process,
-    read_uid, resident_bytes,
+    ProcessInfo, cpu_seconds, list_processes, parent_pid, pid_listing, pids, read_cmdline,
+    read_process, read_uid, resident_bytes,
 };
 
 /// The kernel keeps at most this many bytes of a process's name (`comm`).
@@ -111,52 +111,92 @@ fn deleted(path: &Path) -> PathBuf {
     PathBuf::from(text)
 }
 
-/// Below this many processes one thread sifts faster than starting others.
-const SPLIT_FROM: usize = 512;
-/// The most threads a scan is split over: each read of /proc is a few µs of kernel work
-/// that the kernel serves on every core at once (2,000 processes: 14.7 ms on one thread
-/// of this 2-core VM, 8.5 ms on two).
-const SCAN_THREADS: usize = 4;
-
-fn scan_threads(processes: usize) -> usize {
-    if processes < SPLIT_FROM {
-        return 1;
-    }
-    std::thread::available_parallelism().map_or(1, |cores| cores.get().min(SCAN_THREADS))
+/// How a scan is spread over threads: /proc is listed in chunks of `chunk` pids, each
+/// sifted as soon as it is listed; once more than `from` pids were listed, helper threads
+/// (up to `threads` in all, this one included) take chunks too. Each read of /proc is a
+/// few µs of kernel work that the kernel serves on every core at once (2,000 processes:
+/// 14.7 ms on one thread of this 2-core VM, 8.5 ms on two), and listing them takes ~2 ms
+/// that the helpers need not wait for.
+#[derive(Debug, Clone, Copy)]
+struct Split {
+    threads: usize,
+    chunk: usize,
+    from: usize,
 }
 
-/// The pids whose one field `sieve` reads may pass, in their order; split over `threads`
-/// (this one and scoped others; a part whose thread cannot start is sifted here).
-fn sift(proc: BorrowedFd, pids: &[i32], sieve: &Sieve, threads: usize) -> Vec<i32> {
+impl Split {
+    /// One thread per core, at most four; below 512 processes one thread is quicker than
+    /// starting others.
+    fn for_this_host() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |cores| cores.get());
+        Self {
+            threads: cores.min(4),
+            chunk: 128,
+            from: 512,
+        }
+    }
+}
+
+/// The pids of `listing` whose one field `sieve` reads may pass, in the listing's order,
+/// spread as `split` says; the first error of the listing ends the scan.
+fn sift(
+    proc: BorrowedFd,
+    listing: impl IntoIterator<Item = io::Result<i32>>,
+    sieve: &Sieve,
+    split: Split,
+) -> io::Result<Vec<i32>> {
     let keep = |part: &[i32]| -> Vec<i32> {
         part.iter()
             .copied()
             .filter(|&pid| sieve.may_admit(proc, pid))
             .collect()
     };
-    if threads < 2 || pids.is_empty() {
-        return keep(pids);
-    }
-    let mut parts = pids.chunks(pids.len().div_ceil(threads));
-    let first = parts.next().unwrap_or_default();
-    std::thread::scope(|scope| {
-        let others: Vec<_> = parts
-            .map(|part| {
-                std::thread::Builder::new()
-                    .name("troop-scan".into())
-                    .stack_size(256 * 1024)
-                    .spawn_scoped(scope, move || keep(part))
-                    .map_err(|_| part)
-            })
-            .collect();
-        let mut passed = keep(first);
-        for other in others {
-            match other {
-                Ok(thread) => passed.extend(thread.join().unwrap_or_default()),
-                Err(part) => passed.extend(keep(part)),
+    let (send, receive) = std::sync::mpsc::channel::<(usize, Vec<i32>)>();
+    let receive = Mutex::new(receive);
+    // Sifts chunks until the listing is done and none is left.
+    let drain = || {
+        let mut sifted = Vec::new();
+        loop {
+            let next = receive.lock().unwrap_or_else(|e| e.into_inner()).recv();
+            match next {
+                Ok((index, chunk)) => sifted.push((index, keep(&chunk))),
+                Err(_) => return sifted,
             }
         }
-        passed
+    };
+    std::thread::scope(|scope| {
+        let mut helpers = Vec::new();
+        let mut chunk = Vec::with_capacity(split.chunk);
+        let (mut listed, mut chunks) = (0, 0);
+        for pid in listing {
+            chunk.push(pid?);
+            listed += 1;
+            if chunk.len() == split.chunk {
+                let full = std::mem::replace(&mut chunk, Vec::with_capacity(split.chunk));
+                let _ = send.send((chunks, full));
+                chunks += 1;
+            }
+            if listed == split.from + 1 {
+                for _ in 1..split.threads {
+                    let helper = std::thread::Builder::new()
+                        .name("troop-scan".into())
+                        .stack_size(256 * 1024)
+                        .spawn_scoped(scope, drain);
+                    // One that cannot start leaves its share to the others.
+                    helpers.extend(helper.ok());
+                }
+            }
+        }
+        if !chunk.is_empty() {
+            let _ = send.send((chunks, chunk));
+        }
+        drop(send);
+        let mut sifted = drain();
+        for helper in helpers {
+            sifted.extend(helper.join().unwrap_or_default());
+        }
+        sifted.sort_unstable_by_key(|(index, _)| *index);
+        Ok(sifted.into_iter().flat_map(|(_, pids)| pids).collect())
     })
 }
 
@@ -203,12 +243,14 @@ impl ProcessTable for LinuxProcessTable {
 
     fn find(&self, sieve: &Sieve) -> io::Result<Vec<ProcessInfo>> {
         // A pid names one process: no scan at all.
-        let pids = match sieve {
+        let passed = match sieve {
             Sieve::Pid(pid) => vec![*pid],
-            _ => pids()?,
+            _ => {
+                let proc = File::open("/proc")?;
+                sift(proc.as_fd(), pid_listing()?, sieve, Split::for_this_host())?
+            }
         };
-        let proc = File::open("/proc")?;
-        Ok(sift(proc.as_fd(), &pids, sieve, scan_threads(pids.len()))
+        Ok(passed
             .into_iter()
             .filter_map(read_process)
             .filter(|process| sieve.admits(process))
@@ -461,10 +503,18 @@ mod tests {
         let mine: Vec<i32> = children.iter().map(|child| child.id() as i32).collect();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         let proc = File::open("/proc").unwrap();
-        let sift = |pids: &[i32], sieve: &Sieve, threads| sift(proc.as_fd(), pids, sieve, threads);
+        let sift = |pids: &[i32], sieve: &Sieve, threads, chunk, from| {
+            let listing = pids.iter().map(|&pid| Ok(pid));
+            let split = Split {
+                threads,
+                chunk,
+                from,
+            };
+            sift(proc.as_fd(), listing, sieve, split).unwrap()
+        };
         let all = loop {
             let all = pids().unwrap();
-            let sleeping = sift(&all, &Sieve::Name("sleep"), 1);
+            let sleeping = sift(&all, &Sieve::Name("sleep"), 1, 128, 512);
             if mine.iter().all(|pid| sleeping.contains(pid)) {
                 break all;
             }
@@ -478,16 +528,27 @@ mod tests {
         let only_mine = |found: Vec<i32>| -> Vec<i32> {
             found.into_iter().filter(|pid| mine.contains(pid)).collect()
         };
-        let alone = only_mine(sift(&all, &Sieve::Name("sleep"), 1));
+        let alone = only_mine(sift(&all, &Sieve::Name("sleep"), 1, 128, 512));
         assert_eq!(alone.len(), mine.len());
-        for threads in [2, 3, all.len(), all.len() + 7] {
-            let split = only_mine(sift(&all, &Sieve::Name("sleep"), threads));
-            assert_eq!(split, alone, "{threads} threads");
+        for (threads, chunk, from) in [(2, 1, 0), (3, 4, 10), (4, 7, 0), (2, all.len() + 1, 0)] {
+            let split = only_mine(sift(&all, &Sieve::Name("sleep"), threads, chunk, from));
+            assert_eq!(
+                split, alone,
+                "{threads} threads, chunks of {chunk}, from {from}"
+            );
         }
         let uid = nix::unistd::getuid().as_raw();
-        assert_eq!(only_mine(sift(&all, &Sieve::Uid(uid), 3)), alone);
-        assert_eq!(only_mine(sift(&all, &Sieve::Uid(uid + 1), 3)), [0; 0]);
-        assert_eq!(sift(&[], &Sieve::Name("sleep"), 3), [0; 0]);
+        assert_eq!(only_mine(sift(&all, &Sieve::Uid(uid), 3, 2, 0)), alone);
+        assert_eq!(only_mine(sift(&all, &Sieve::Uid(uid + 1), 3, 2, 0)), [0; 0]);
+        assert_eq!(sift(&[], &Sieve::Name("sleep"), 3, 2, 0), [0; 0]);
+        // The listing's first error ends the scan.
+        let failing = [Ok(1), Err(io::Error::other("listing broke")), Ok(2)];
+        let split = Split {
+            threads: 2,
+            chunk: 1,
+            from: 0,
+        };
+        assert!(super::sift(proc.as_fd(), failing, &Sieve::Uid(uid), split).is_err());
         for mut child in children {
             child.kill().unwrap();
             child.wait().unwrap();
