@@ -289,6 +289,26 @@ impl ReplayLedger {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).broken
     }
 
+    /// Forgets the commands that can no longer be fresh, if they dominate the file (an
+    /// idle agent's housekeeping: otherwise only the next command's outcome would).
+    pub fn forget_expired(&self, now_unix_ms: i64) -> Result<(), LedgerError> {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if inner.broken {
+            return Ok(());
+        }
+        let live = inner
+            .entries
+            .values()
+            .filter(|entry| entry.until_unix_ms >= now_unix_ms)
+            .count();
+        if inner.lines <= 2 * live {
+            return Ok(());
+        }
+        drop(inner);
+        self.compact(now_unix_ms)
+            .map_err(|source| self.error(source))
+    }
+
     /// Records what an admitted command got, for exact retries.
     pub fn finish(
         &self,
@@ -409,6 +429,8 @@ impl ReplayLedger {
         inner
             .entries
             .retain(|_, entry| entry.until_unix_ms >= now_unix_ms);
+        // The table a burst grew is given back, not kept for the next burst.
+        inner.entries.shrink_to_fit();
         let temp = path.with_extension("jsonl.tmp");
         let mut end = 0;
         {

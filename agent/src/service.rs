@@ -157,12 +157,15 @@ impl AgentService {
         })
     }
 
-    /// What the agent does between commands: reads the host's inventory again and gives
-    /// the memory the last commands freed back to the host; after a round without
+    /// What the agent does between commands: reads the host's inventory again, forgets
+    /// expired commands and gives the memory freed back to the host; after a round without
     /// commands, also the code pages it is not using (commands never pay for refaults
     /// in a burst). Blocks for at most about [`crate::inventory::MOUNT_TIMEOUT`].
     pub fn housekeeping(&self) {
         self.inventory.refresh();
+        if let Err(error) = self.ledger.forget_expired(now_unix_ms()) {
+            tracing::error!(error = %error_chain(&error), "cannot compact the command ledger");
+        }
         crate::host::allocator::give_back_free_memory();
         if !self.commanded.swap(false, Ordering::Relaxed) {
             match crate::host::residency::unmap_idle_code() {

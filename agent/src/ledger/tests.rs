@@ -328,3 +328,44 @@ fn a_lazily_admitted_command_is_remembered_like_any_other() {
         Admission::Pending
     );
 }
+
+/// An idle agent forgets expired commands without waiting for the next one: the file
+/// shrinks, the horizon covers them, and a live one is still remembered.
+#[test]
+fn expired_commands_are_forgotten_between_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = ReplayLedger::open(dir.path(), NOW).unwrap();
+    for i in 0..100 {
+        let id = format!("old-{i}");
+        ledger.admit(&id, "d", NOW + 10, NOW + 10, NOW).unwrap();
+        ledger.finish(&id, "d", receipt(), NOW).unwrap();
+    }
+    ledger
+        .admit("live", "d", NOW + 1000, NOW + 1000, NOW)
+        .unwrap();
+    let lines = || {
+        fs::read_to_string(dir.path().join(FILE_NAME))
+            .unwrap()
+            .lines()
+            .count()
+    };
+    assert_eq!(lines(), 201);
+    ledger.forget_expired(NOW + 5).unwrap();
+    assert_eq!(lines(), 201, "nothing has expired yet");
+    ledger.forget_expired(NOW + 11).unwrap();
+    assert_eq!(lines(), 1, "only the live command is left");
+    assert_eq!(
+        ledger
+            .admit("old-7", "d", NOW + 10, NOW + 10, NOW + 11)
+            .unwrap(),
+        Admission::BeyondHorizon
+    );
+    assert_eq!(
+        ledger
+            .admit("live", "d", NOW + 1000, NOW + 1000, NOW + 11)
+            .unwrap(),
+        Admission::Pending
+    );
+    ledger.forget_expired(NOW + 12).unwrap();
+    assert_eq!(lines(), 1, "nothing more to forget: the file is left alone");
+}
