@@ -84,12 +84,13 @@ impl AgentProcess {
         );
         file.state_dir = Some(state_dir.to_path_buf());
         troop_lab::files::write(&config, &file).unwrap();
-        let child = wrap(binary("troop-agent"))
+        let mut command = wrap(binary("troop-agent"));
+        command
             .arg("--config")
             .arg(&config)
-            .env("RUST_LOG", "error")
-            .spawn()
-            .unwrap();
+            .env("RUST_LOG", "error");
+        end_with_this_process(&mut command);
+        let child = command.spawn().unwrap();
         let address = format!("127.0.0.1:{port}").parse().unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
         let client = loop {
@@ -100,6 +101,22 @@ impl AgentProcess {
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
         Self { pki, child, client }
+    }
+}
+
+/// Has the kernel kill `command`'s process when this one's main thread ends, also when a
+/// signal or a timeout ends the bench and no Drop runs (else its agent, and in the kill
+/// part the 2,000 processes of its PID namespace, would be left running).
+#[allow(unsafe_code)]
+fn end_with_this_process(command: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: between fork and exec the closure only calls prctl(2), which is
+    // async-signal-safe and touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(std::io::Error::from)
+        });
     }
 }
 
