@@ -82,6 +82,17 @@ fn digest16(bytes: &[u8]) -> Digest16 {
     short
 }
 
+/// When an admission is on the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Synced before `admit` returns: a crash can never let the command run twice.
+    Synced,
+    /// Written, and taken to the disk by the next synced line: for a command whose second
+    /// run changes nothing (it only ends faults). A power loss may forget it; a retry then
+    /// runs it again, and another command may then take its id.
+    WithNextSync,
+}
+
 /// What the ledger says about a command about to run.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Admission {
@@ -132,6 +143,19 @@ struct Inner {
     /// Set when a write failed: the file may end in a torn line, so nothing more is
     /// appended (and no command admitted) until a restart compacts it.
     broken: bool,
+    /// Lines appended with a sync of their own.
+    #[cfg(test)]
+    syncs: usize,
+}
+
+impl Inner {
+    /// The entries whose commands can still be fresh.
+    fn live(&self, now_unix_ms: i64) -> usize {
+        self.entries
+            .values()
+            .filter(|entry| entry.until_unix_ms >= now_unix_ms)
+            .count()
+    }
 }
 
 pub fn digest(payload: &[u8]) -> String {
@@ -171,6 +195,8 @@ impl ReplayLedger {
                 lines: 0,
                 recount_at_lines: 0,
                 broken: false,
+                #[cfg(test)]
+                syncs: 0,
             }),
             _lock: lock,
         };
@@ -178,7 +204,8 @@ impl ReplayLedger {
         Ok(ledger)
     }
 
-    /// Records a command before it runs, durably, or says why it must not run.
+    /// Records a command before it runs, as `durability` says, or says why it must not
+    /// run.
     pub fn admit(
         &self,
         id: &str,
@@ -186,46 +213,7 @@ impl ReplayLedger {
         expires_at_unix_ms: i64,
         until_unix_ms: i64,
         now_unix_ms: i64,
-    ) -> Result<Admission, LedgerError> {
-        self.record_admission(
-            id,
-            digest,
-            expires_at_unix_ms,
-            until_unix_ms,
-            now_unix_ms,
-            true,
-        )
-    }
-
-    /// As [`ReplayLedger::admit`], for a command whose second run changes nothing (it
-    /// only ends faults): its line reaches the disk with the next synced one, so it does
-    /// not wait for a sync of its own. A crash may forget it; a retry then runs it again.
-    pub fn admit_lazily(
-        &self,
-        id: &str,
-        digest: &str,
-        expires_at_unix_ms: i64,
-        until_unix_ms: i64,
-        now_unix_ms: i64,
-    ) -> Result<Admission, LedgerError> {
-        self.record_admission(
-            id,
-            digest,
-            expires_at_unix_ms,
-            until_unix_ms,
-            now_unix_ms,
-            false,
-        )
-    }
-
-    fn record_admission(
-        &self,
-        id: &str,
-        digest: &str,
-        expires_at_unix_ms: i64,
-        until_unix_ms: i64,
-        now_unix_ms: i64,
-        sync: bool,
+        durability: Durability,
     ) -> Result<Admission, LedgerError> {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         if inner.broken {
@@ -270,7 +258,7 @@ impl ReplayLedger {
             expires_at_unix_ms: Some(expires_at_unix_ms),
             outcome: None,
         };
-        let span = self.append(&mut inner, &line, sync)?;
+        let span = self.append(&mut inner, &line, durability)?;
         inner.entries.insert(
             key,
             Entry {
@@ -289,24 +277,29 @@ impl ReplayLedger {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).broken
     }
 
-    /// Forgets the commands that can no longer be fresh, if they dominate the file (an
-    /// idle agent's housekeeping: otherwise only the next command's outcome would).
+    /// Forgets the commands that can no longer be fresh, by the rule a command's outcome
+    /// applies (an idle agent's housekeeping: else a burst's entries stay until the next
+    /// command).
     pub fn forget_expired(&self, now_unix_ms: i64) -> Result<(), LedgerError> {
         let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        if inner.broken {
-            return Ok(());
-        }
-        let live = inner
-            .entries
-            .values()
-            .filter(|entry| entry.until_unix_ms >= now_unix_ms)
-            .count();
-        if inner.lines <= 2 * live {
+        if inner.broken || !self.expired_dominate(&inner, inner.live(now_unix_ms)) {
             return Ok(());
         }
         drop(inner);
         self.compact(now_unix_ms)
             .map_err(|source| self.error(source))
+    }
+
+    /// The rule for compacting: the file is past its size floor and most of its lines are
+    /// of commands no longer live.
+    fn expired_dominate(&self, inner: &Inner, live: usize) -> bool {
+        inner.lines > self.compact_after_lines && inner.lines > 2 * live
+    }
+
+    /// Lines appended with a sync of their own.
+    #[cfg(test)]
+    pub(crate) fn syncs(&self) -> usize {
+        self.inner.lock().unwrap().syncs
     }
 
     /// Records what an admitted command got, for exact retries.
@@ -336,7 +329,7 @@ impl ReplayLedger {
             outcome: Some(outcome),
         };
         // Not synced: losing it in a power cut makes a retry answer "unknown", never rerun.
-        let span = self.append(&mut inner, &line, false)?;
+        let span = self.append(&mut inner, &line, Durability::WithNextSync)?;
         if let Some(entry) = inner.entries.get_mut(&key) {
             entry.line = span;
             entry.finished = true;
@@ -344,15 +337,11 @@ impl ReplayLedger {
         if inner.lines <= self.compact_after_lines.max(inner.recount_at_lines) {
             return Ok(());
         }
-        let live = inner
-            .entries
-            .values()
-            .filter(|entry| entry.until_unix_ms >= now_unix_ms)
-            .count();
+        let live = inner.live(now_unix_ms);
         // Compacted when expired lines dominate; else counted again after as many lines
         // as are live, so the file stays within a few times the live entries.
         inner.recount_at_lines = inner.lines + live.max(self.compact_after_lines);
-        if inner.lines > 2 * live {
+        if self.expired_dominate(&inner, live) {
             drop(inner);
             self.compact(now_unix_ms)
                 .map_err(|source| self.error(source))?;
@@ -374,7 +363,12 @@ impl ReplayLedger {
         }
     }
 
-    fn append(&self, inner: &mut Inner, line: &Line, sync: bool) -> Result<Span, LedgerError> {
+    fn append(
+        &self,
+        inner: &mut Inner,
+        line: &Line,
+        durability: Durability,
+    ) -> Result<Span, LedgerError> {
         if inner.broken {
             return Err(self.error(io::Error::other("an earlier write failed")));
         }
@@ -384,7 +378,10 @@ impl ReplayLedger {
         let written = inner
             .file
             .write_all(text.as_bytes())
-            .and_then(|()| if sync { inner.file.sync_data() } else { Ok(()) });
+            .and_then(|()| match durability {
+                Durability::Synced => inner.file.sync_data(),
+                Durability::WithNextSync => Ok(()),
+            });
         crate::metrics::get()
             .ledger_write
             .observe(started.elapsed().as_secs_f64());
@@ -398,6 +395,10 @@ impl ReplayLedger {
         };
         inner.end += text.len() as u64;
         inner.lines += 1;
+        #[cfg(test)]
+        if durability == Durability::Synced {
+            inner.syncs += 1;
+        }
         Ok(span)
     }
 

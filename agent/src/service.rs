@@ -14,7 +14,7 @@ use troop_proto::{Refusal, TrustedKeys, freshness, pb};
 
 use crate::faults::runner::Runner;
 use crate::inventory::Inventory;
-use crate::ledger::{self, Admission, FirstAnswer, ReplayLedger};
+use crate::ledger::{self, Admission, Durability, FirstAnswer, ReplayLedger};
 use troop_telemetry::error_chain;
 
 use troop_common::clock::now_unix_ms;
@@ -272,18 +272,18 @@ impl AgentService {
         let digest = ledger::digest(&signed.payload);
         // A command that only ends faults changes nothing if it runs twice: it need not
         // wait for the disk.
-        let admit = if only_ends_faults(&command) {
-            ReplayLedger::admit_lazily
+        let durability = if only_ends_faults(&command) {
+            Durability::WithNextSync
         } else {
-            ReplayLedger::admit
+            Durability::Synced
         };
-        let admission = match admit(
-            &self.ledger,
+        let admission = match self.ledger.admit(
             &id,
             &digest,
             command.expires_at_unix_ms,
             until,
             now,
+            durability,
         ) {
             Ok(admission) => admission,
             // Ending faults must never depend on the state dir's disk: running an

@@ -1,4 +1,5 @@
 use super::*;
+use Durability::{Synced, WithNextSync};
 
 const NOW: i64 = 1_000_000;
 
@@ -11,20 +12,28 @@ fn first_use_then_exact_replay_then_conflict() {
     let dir = tempfile::tempdir().unwrap();
     let ledger = ReplayLedger::open(dir.path(), NOW).unwrap();
     assert_eq!(
-        ledger.admit("a", "d1", NOW + 10, NOW + 10, NOW).unwrap(),
+        ledger
+            .admit("a", "d1", NOW + 10, NOW + 10, NOW, Synced)
+            .unwrap(),
         Admission::New
     );
     assert_eq!(
-        ledger.admit("a", "d1", NOW + 10, NOW + 10, NOW).unwrap(),
+        ledger
+            .admit("a", "d1", NOW + 10, NOW + 10, NOW, Synced)
+            .unwrap(),
         Admission::Pending
     );
     ledger.finish("a", "d1", receipt(), NOW).unwrap();
     assert_eq!(
-        ledger.admit("a", "d1", NOW + 10, NOW + 10, NOW).unwrap(),
+        ledger
+            .admit("a", "d1", NOW + 10, NOW + 10, NOW, Synced)
+            .unwrap(),
         Admission::Replay(receipt())
     );
     assert_eq!(
-        ledger.admit("a", "d2", NOW + 10, NOW + 10, NOW).unwrap(),
+        ledger
+            .admit("a", "d2", NOW + 10, NOW + 10, NOW, Synced)
+            .unwrap(),
         Admission::Conflict
     );
 }
@@ -35,30 +44,32 @@ fn survives_a_restart_and_forgets_what_expired() {
     {
         let ledger = ReplayLedger::open(dir.path(), NOW).unwrap();
         ledger
-            .admit("done", "d", NOW + 100, NOW + 100, NOW)
+            .admit("done", "d", NOW + 100, NOW + 100, NOW, Synced)
             .unwrap();
         ledger.finish("done", "d", receipt(), NOW).unwrap();
         ledger
-            .admit("crashed", "d", NOW + 100, NOW + 100, NOW)
+            .admit("crashed", "d", NOW + 100, NOW + 100, NOW, Synced)
             .unwrap();
-        ledger.admit("old", "d", NOW + 1, NOW + 1, NOW).unwrap();
+        ledger
+            .admit("old", "d", NOW + 1, NOW + 1, NOW, Synced)
+            .unwrap();
     }
     let ledger = ReplayLedger::open(dir.path(), NOW + 50).unwrap();
     assert_eq!(
         ledger
-            .admit("done", "d", NOW + 100, NOW + 100, NOW + 50)
+            .admit("done", "d", NOW + 100, NOW + 100, NOW + 50, Synced)
             .unwrap(),
         Admission::Replay(receipt())
     );
     assert_eq!(
         ledger
-            .admit("crashed", "d", NOW + 100, NOW + 100, NOW + 50)
+            .admit("crashed", "d", NOW + 100, NOW + 100, NOW + 50, Synced)
             .unwrap(),
         Admission::Pending
     );
     assert_eq!(
         ledger
-            .admit("old", "d", NOW + 100, NOW + 100, NOW + 50)
+            .admit("old", "d", NOW + 100, NOW + 100, NOW + 50, Synced)
             .unwrap(),
         Admission::New
     );
@@ -71,13 +82,17 @@ fn a_torn_last_line_keeps_the_admission() {
     let dir = tempfile::tempdir().unwrap();
     {
         let ledger = ReplayLedger::open(dir.path(), NOW).unwrap();
-        ledger.admit("a", "d", NOW + 100, NOW + 100, NOW).unwrap();
+        ledger
+            .admit("a", "d", NOW + 100, NOW + 100, NOW, Synced)
+            .unwrap();
     }
     let mut file = open_append(&dir.path().join(FILE_NAME)).unwrap();
     file.write_all(b"{\"id\":\"a\",\"dig").unwrap();
     let ledger = ReplayLedger::open(dir.path(), NOW).unwrap();
     assert_eq!(
-        ledger.admit("a", "d", NOW + 100, NOW + 100, NOW).unwrap(),
+        ledger
+            .admit("a", "d", NOW + 100, NOW + 100, NOW, Synced)
+            .unwrap(),
         Admission::Pending
     );
 }
@@ -87,11 +102,13 @@ fn an_id_reused_after_expiry_keeps_its_new_digest_across_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     {
         let ledger = ReplayLedger::open(dir.path(), NOW).unwrap();
-        ledger.admit("a", "old", NOW + 10, NOW + 10, NOW).unwrap();
+        ledger
+            .admit("a", "old", NOW + 10, NOW + 10, NOW, Synced)
+            .unwrap();
         ledger.finish("a", "old", receipt(), NOW).unwrap();
         assert_eq!(
             ledger
-                .admit("a", "new", NOW + 100, NOW + 100, NOW + 50)
+                .admit("a", "new", NOW + 100, NOW + 100, NOW + 50, Synced)
                 .unwrap(),
             Admission::New
         );
@@ -99,13 +116,13 @@ fn an_id_reused_after_expiry_keeps_its_new_digest_across_a_restart() {
     let ledger = ReplayLedger::open(dir.path(), NOW + 50).unwrap();
     assert_eq!(
         ledger
-            .admit("a", "new", NOW + 100, NOW + 100, NOW + 50)
+            .admit("a", "new", NOW + 100, NOW + 100, NOW + 50, Synced)
             .unwrap(),
         Admission::Pending
     );
     assert_eq!(
         ledger
-            .admit("a", "old", NOW + 100, NOW + 100, NOW + 50)
+            .admit("a", "old", NOW + 100, NOW + 100, NOW + 50, Synced)
             .unwrap(),
         Admission::Conflict
     );
@@ -115,14 +132,18 @@ fn an_id_reused_after_expiry_keeps_its_new_digest_across_a_restart() {
 fn one_state_dir_serves_one_agent_and_check_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let ledger = ReplayLedger::open(dir.path(), NOW).unwrap();
-    ledger.admit("a", "d", NOW + 100, NOW + 100, NOW).unwrap();
+    ledger
+        .admit("a", "d", NOW + 100, NOW + 100, NOW, Synced)
+        .unwrap();
     let error = ReplayLedger::open(dir.path(), NOW).unwrap_err();
     assert!(format!("{:?}", error).contains("in use by another running troop-agent"));
     let before = fs::read(dir.path().join(FILE_NAME)).unwrap();
     assert_eq!(ReplayLedger::check(dir.path()).unwrap(), 1);
     assert_eq!(fs::read(dir.path().join(FILE_NAME)).unwrap(), before);
     assert_eq!(
-        ledger.admit("b", "d", NOW + 100, NOW + 100, NOW).unwrap(),
+        ledger
+            .admit("b", "d", NOW + 100, NOW + 100, NOW, Synced)
+            .unwrap(),
         Admission::New
     );
     drop(ledger);
@@ -137,15 +158,23 @@ fn a_failed_write_stops_admissions_until_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let ledger = ReplayLedger::open(dir.path(), NOW).unwrap();
     ledger.fail_writes();
-    assert!(ledger.admit("a", "d", NOW + 100, NOW + 100, NOW).is_err());
     assert!(
-        ledger.admit("b", "d", NOW + 100, NOW + 100, NOW).is_err(),
+        ledger
+            .admit("a", "d", NOW + 100, NOW + 100, NOW, Synced)
+            .is_err()
+    );
+    assert!(
+        ledger
+            .admit("b", "d", NOW + 100, NOW + 100, NOW, Synced)
+            .is_err(),
         "must stay stopped"
     );
     drop(ledger);
     let ledger = ReplayLedger::open(dir.path(), NOW).unwrap();
     assert_eq!(
-        ledger.admit("a", "d", NOW + 100, NOW + 100, NOW).unwrap(),
+        ledger
+            .admit("a", "d", NOW + 100, NOW + 100, NOW, Synced)
+            .unwrap(),
         Admission::New
     );
 }
@@ -155,7 +184,9 @@ fn a_forgotten_command_stays_refused_after_the_clock_goes_back() {
     let dir = tempfile::tempdir().unwrap();
     {
         let ledger = ReplayLedger::open(dir.path(), NOW).unwrap();
-        ledger.admit("a", "d", NOW + 10, NOW + 40, NOW).unwrap();
+        ledger
+            .admit("a", "d", NOW + 10, NOW + 40, NOW, Synced)
+            .unwrap();
         ledger.finish("a", "d", receipt(), NOW).unwrap();
     }
     // Opened with the clock far ahead: "a" is past its window and forgotten.
@@ -168,11 +199,15 @@ fn a_forgotten_command_stays_refused_after_the_clock_goes_back() {
     // The clock is set back (or the skew raised), so "a" looks fresh again.
     let ledger = ReplayLedger::open(dir.path(), NOW).unwrap();
     assert_eq!(
-        ledger.admit("a", "d", NOW + 10, NOW + 40, NOW).unwrap(),
+        ledger
+            .admit("a", "d", NOW + 10, NOW + 40, NOW, Synced)
+            .unwrap(),
         Admission::BeyondHorizon
     );
     assert_eq!(
-        ledger.admit("b", "d", NOW + 11, NOW + 41, NOW).unwrap(),
+        ledger
+            .admit("b", "d", NOW + 11, NOW + 41, NOW, Synced)
+            .unwrap(),
         Admission::New,
         "commands expiring after the horizon are admitted"
     );
@@ -182,19 +217,21 @@ fn a_forgotten_command_stays_refused_after_the_clock_goes_back() {
 fn a_remembered_command_is_a_replay_even_when_its_window_looks_over() {
     let dir = tempfile::tempdir().unwrap();
     let ledger = ReplayLedger::open(dir.path(), NOW).unwrap();
-    ledger.admit("a", "d", NOW + 10, NOW + 40, NOW).unwrap();
+    ledger
+        .admit("a", "d", NOW + 10, NOW + 40, NOW, Synced)
+        .unwrap();
     ledger.finish("a", "d", receipt(), NOW).unwrap();
     // A larger skew now makes it fresh at NOW + 100: still the first outcome.
     assert_eq!(
         ledger
-            .admit("a", "d", NOW + 10, NOW + 130, NOW + 100)
+            .admit("a", "d", NOW + 10, NOW + 130, NOW + 100, Synced)
             .unwrap(),
         Admission::Replay(receipt())
     );
     // Another command taking over the expired id moves the horizon past the first.
     assert_eq!(
         ledger
-            .admit("a", "e", NOW + 200, NOW + 230, NOW + 100)
+            .admit("a", "e", NOW + 200, NOW + 230, NOW + 100, Synced)
             .unwrap(),
         Admission::New
     );
@@ -202,13 +239,13 @@ fn a_remembered_command_is_a_replay_even_when_its_window_looks_over() {
     let ledger = ReplayLedger::open(dir.path(), NOW + 100).unwrap();
     assert_eq!(
         ledger
-            .admit("a", "d", NOW + 10, NOW + 130, NOW + 100)
+            .admit("a", "d", NOW + 10, NOW + 130, NOW + 100, Synced)
             .unwrap(),
         Admission::Conflict
     );
     assert_eq!(
         ledger
-            .admit("z", "d", NOW + 10, NOW + 130, NOW + 100)
+            .admit("z", "d", NOW + 10, NOW + 130, NOW + 100, Synced)
             .unwrap(),
         Admission::BeyondHorizon
     );
@@ -221,24 +258,23 @@ fn compaction_keeps_the_file_small() {
     ledger.compact_after_lines = 64;
     for i in 0..256 {
         let id = i.to_string();
-        ledger.admit(&id, "d", NOW + i, NOW + i, NOW + i).unwrap();
+        ledger
+            .admit(&id, "d", NOW + i, NOW + i, NOW + i, Synced)
+            .unwrap();
         ledger.finish(&id, "d", receipt(), NOW + i).unwrap();
     }
-    let lines = fs::read_to_string(dir.path().join(FILE_NAME))
-        .unwrap()
-        .lines()
-        .count();
+    let lines = lines_in(dir.path());
     assert!(lines <= 64, "{lines} lines");
     // The lines compaction copied still answer exact retries, also after a restart.
     let last = NOW + 255;
     assert_eq!(
-        ledger.admit("255", "d", last, last, last).unwrap(),
+        ledger.admit("255", "d", last, last, last, Synced).unwrap(),
         Admission::Replay(receipt())
     );
     drop(ledger);
     let ledger = ReplayLedger::open(dir.path(), last).unwrap();
     assert_eq!(
-        ledger.admit("255", "d", last, last, last).unwrap(),
+        ledger.admit("255", "d", last, last, last, Synced).unwrap(),
         Admission::Replay(receipt())
     );
 }
@@ -256,14 +292,18 @@ fn a_finished_command_outlives_a_compaction_and_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     {
         let ledger = ReplayLedger::open(dir.path(), NOW).unwrap();
-        ledger.admit("a", "d", NOW + 100, NOW + 100, NOW).unwrap();
+        ledger
+            .admit("a", "d", NOW + 100, NOW + 100, NOW, Synced)
+            .unwrap();
         ledger.finish("a", "d", receipt(), NOW).unwrap();
     }
     for _ in 0..2 {
         // Each open compacts the file.
         let ledger = ReplayLedger::open(dir.path(), NOW).unwrap();
         assert_eq!(
-            ledger.admit("a", "d", NOW + 100, NOW + 100, NOW).unwrap(),
+            ledger
+                .admit("a", "d", NOW + 100, NOW + 100, NOW, Synced)
+                .unwrap(),
             Admission::Replay(receipt())
         );
     }
@@ -275,14 +315,16 @@ fn a_finished_command_outlives_a_compaction_and_a_restart() {
 fn a_late_outcome_never_completes_the_next_user_of_an_id() {
     let dir = tempfile::tempdir().unwrap();
     let ledger = ReplayLedger::open(dir.path(), NOW).unwrap();
-    ledger.admit("a", "old", NOW + 10, NOW + 10, NOW).unwrap();
     ledger
-        .admit("a", "new", NOW + 100, NOW + 100, NOW + 50)
+        .admit("a", "old", NOW + 10, NOW + 10, NOW, Synced)
+        .unwrap();
+    ledger
+        .admit("a", "new", NOW + 100, NOW + 100, NOW + 50, Synced)
         .unwrap();
     ledger.finish("a", "old", receipt(), NOW + 50).unwrap();
     let retry = |ledger: &ReplayLedger| {
         ledger
-            .admit("a", "new", NOW + 100, NOW + 100, NOW + 50)
+            .admit("a", "new", NOW + 100, NOW + 100, NOW + 50, Synced)
             .unwrap()
     };
     assert_eq!(retry(&ledger), Admission::Pending);
@@ -291,39 +333,43 @@ fn a_late_outcome_never_completes_the_next_user_of_an_id() {
     assert_eq!(retry(&ledger), Admission::Pending);
 }
 
-/// A lazily admitted command is remembered like any other: an exact retry is answered, a
-/// reused id refused, and after the next synced admission both are in the file.
+/// A command admitted with the next sync waits for none of its own, and is remembered like
+/// any other: an exact retry is answered, a reused id refused, and it is in the file.
 #[test]
-fn a_lazily_admitted_command_is_remembered_like_any_other() {
+fn a_command_admitted_with_the_next_sync_is_remembered_like_any_other() {
     let dir = tempfile::tempdir().unwrap();
     let ledger = ReplayLedger::open(dir.path(), NOW).unwrap();
     assert_eq!(
         ledger
-            .admit_lazily("end", "d1", NOW + 10, NOW + 10, NOW)
+            .admit("end", "d1", NOW + 10, NOW + 10, NOW, WithNextSync)
             .unwrap(),
         Admission::New
     );
+    assert_eq!(ledger.syncs(), 0);
     assert_eq!(
         ledger
-            .admit_lazily("end", "d1", NOW + 10, NOW + 10, NOW)
+            .admit("end", "d1", NOW + 10, NOW + 10, NOW, WithNextSync)
             .unwrap(),
         Admission::Pending
     );
     assert_eq!(
-        ledger.admit("end", "d2", NOW + 10, NOW + 10, NOW).unwrap(),
+        ledger
+            .admit("end", "d2", NOW + 10, NOW + 10, NOW, Synced)
+            .unwrap(),
         Admission::Conflict
     );
     assert_eq!(
         ledger
-            .admit("start", "d3", NOW + 10, NOW + 10, NOW)
+            .admit("start", "d3", NOW + 10, NOW + 10, NOW, Synced)
             .unwrap(),
         Admission::New
     );
+    assert_eq!(ledger.syncs(), 1);
     drop(ledger);
     let ledger = ReplayLedger::open(dir.path(), NOW).unwrap();
     assert_eq!(
         ledger
-            .admit_lazily("end", "d1", NOW + 10, NOW + 10, NOW)
+            .admit("end", "d1", NOW + 10, NOW + 10, NOW, WithNextSync)
             .unwrap(),
         Admission::Pending
     );
@@ -334,38 +380,50 @@ fn a_lazily_admitted_command_is_remembered_like_any_other() {
 #[test]
 fn expired_commands_are_forgotten_between_commands() {
     let dir = tempfile::tempdir().unwrap();
-    let ledger = ReplayLedger::open(dir.path(), NOW).unwrap();
-    for i in 0..100 {
-        let id = format!("old-{i}");
-        ledger.admit(&id, "d", NOW + 10, NOW + 10, NOW).unwrap();
-        ledger.finish(&id, "d", receipt(), NOW).unwrap();
-    }
-    ledger
-        .admit("live", "d", NOW + 1000, NOW + 1000, NOW)
-        .unwrap();
-    let lines = || {
-        fs::read_to_string(dir.path().join(FILE_NAME))
-            .unwrap()
-            .lines()
-            .count()
+    let mut ledger = ReplayLedger::open(dir.path(), NOW).unwrap();
+    ledger.compact_after_lines = 64;
+    let old = |ledger: &ReplayLedger, range: std::ops::Range<i64>| {
+        for i in range {
+            let id = format!("old-{i}");
+            ledger
+                .admit(&id, "d", NOW + 10, NOW + 10, NOW, Synced)
+                .unwrap();
+            ledger.finish(&id, "d", receipt(), NOW).unwrap();
+        }
     };
-    assert_eq!(lines(), 201);
-    ledger.forget_expired(NOW + 5).unwrap();
-    assert_eq!(lines(), 201, "nothing has expired yet");
+    old(&ledger, 0..20);
     ledger.forget_expired(NOW + 11).unwrap();
-    assert_eq!(lines(), 1, "only the live command is left");
+    assert_eq!(
+        lines_in(dir.path()),
+        40,
+        "below the size floor the file is left alone"
+    );
+    old(&ledger, 20..100);
+    ledger
+        .admit("live", "d", NOW + 1000, NOW + 1000, NOW, Synced)
+        .unwrap();
+    assert_eq!(lines_in(dir.path()), 201);
+    ledger.forget_expired(NOW + 5).unwrap();
+    assert_eq!(lines_in(dir.path()), 201, "nothing has expired yet");
+    ledger.forget_expired(NOW + 11).unwrap();
+    assert_eq!(lines_in(dir.path()), 1, "only the live command is left");
     assert_eq!(
         ledger
-            .admit("old-7", "d", NOW + 10, NOW + 10, NOW + 11)
+            .admit("old-7", "d", NOW + 10, NOW + 10, NOW + 11, Synced)
             .unwrap(),
         Admission::BeyondHorizon
     );
     assert_eq!(
         ledger
-            .admit("live", "d", NOW + 1000, NOW + 1000, NOW + 11)
+            .admit("live", "d", NOW + 1000, NOW + 1000, NOW + 11, Synced)
             .unwrap(),
         Admission::Pending
     );
-    ledger.forget_expired(NOW + 12).unwrap();
-    assert_eq!(lines(), 1, "nothing more to forget: the file is left alone");
+}
+
+fn lines_in(state_dir: &Path) -> usize {
+    fs::read_to_string(state_dir.join(FILE_NAME))
+        .unwrap()
+        .lines()
+        .count()
 }

@@ -70,6 +70,28 @@ fn an_accepted_kill_signals_through_the_table() {
     assert_eq!(table.signalled(), [(4242, 15)]);
 }
 
+/// A fault start is on the disk before it runs; commands that only end faults wait for
+/// no sync of their own (their second run would change nothing).
+#[test]
+fn only_commands_that_end_faults_skip_their_own_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let (service, _) = service(dir.path(), Policy::default());
+    for (id, action) in [
+        ("a-1", pb::command::Action::AbortAll(pb::AbortAll {})),
+        (
+            "a-2",
+            pb::command::Action::Abort(pb::AbortFault {
+                fault_id: "none".into(),
+            }),
+        ),
+    ] {
+        let _ = service.execute(&signed(id, 60_000, action));
+    }
+    assert_eq!(service.ledger.syncs(), 0);
+    service.execute(&kill_nginx()).unwrap();
+    assert_eq!(service.ledger.syncs(), 1, "the kill's admission");
+}
+
 #[test]
 fn an_unwritable_ledger_runs_nothing() {
     let dir = tempfile::tempdir().unwrap();
