@@ -38,14 +38,18 @@ pub fn cpu_seconds(pid: i32) -> Option<f64> {
 /// Resident memory of a process (`VmRSS`), `None` if it is gone.
 pub fn resident_bytes(pid: u32) -> Option<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kib: u64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))?
+    kib_field(&status, "VmRSS:").map(|kib| kib * 1024)
+}
+
+/// The number of a `Name:   123 kB` line, as `/proc/PID/status` and `smaps_rollup` write
+/// them (`name` with its colon).
+pub fn kib_field(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name))?
         .split_whitespace()
         .next()?
         .parse()
-        .ok()?;
-    Some(kib * 1024)
+        .ok()
 }
 
 /// `PF_KTHREAD` in the flags field of `/proc/PID/stat`.
@@ -182,6 +186,15 @@ impl From<Statvfs> for Usage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kib_fields_are_read_by_their_whole_name() {
+        let status = "VmRSS:\t   10240 kB\nRssAnon:\t    1024 kB\nRssAnonX:\t 7 kB\n";
+        assert_eq!(kib_field(status, "VmRSS:"), Some(10240));
+        assert_eq!(kib_field(status, "RssAnon:"), Some(1024));
+        assert_eq!(kib_field(status, "Pss:"), None);
+        assert_eq!(kib_field("Pss: lots kB\n", "Pss:"), None);
+    }
 
     #[test]
     fn stat_names_with_spaces_and_parentheses_parse() {

@@ -538,14 +538,7 @@ fn agent_config(root: &Path, id: &str, coordinator: &str) -> PathBuf {
 }
 
 fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib: f64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap();
-    kib / 1024.0
+    troop_common::observe::resident_bytes(pid).unwrap() as f64 / (1u64 << 20) as f64
 }
 
 fn cpu_seconds(pid: u32) -> f64 {

@@ -7,6 +7,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use troop_common::observe::kib_field;
 use troop_proto::{pb, sign_command};
 use troop_tests::*;
 
@@ -100,27 +101,16 @@ struct Resident {
 impl Resident {
     fn of(pid: u32) -> Self {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-        let field = |name: &str| {
-            let kib: u64 = status
-                .lines()
-                .find_map(|line| line.strip_prefix(name))
-                .and_then(|rest| rest.split_whitespace().next())
-                .and_then(|kib| kib.parse().ok())
-                .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"));
+        let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap();
+        let field = |text: &str, name: &str| {
+            let kib = kib_field(text, name).unwrap_or_else(|| panic!("no {name} for {pid}"));
             mib(kib * 1024)
         };
-        let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap();
-        let pss_kib: u64 = rollup
-            .lines()
-            .find_map(|line| line.strip_prefix("Pss:"))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|kib| kib.parse().ok())
-            .unwrap_or_else(|| panic!("no Pss in /proc/{pid}/smaps_rollup"));
         Self {
-            total: field("VmRSS:"),
-            anon: field("RssAnon:"),
-            file: field("RssFile:"),
-            proportional: mib(pss_kib * 1024),
+            total: field(&status, "VmRSS:"),
+            anon: field(&status, "RssAnon:"),
+            file: field(&status, "RssFile:"),
+            proportional: field(&rollup, "Pss:"),
         }
     }
 }
