@@ -116,14 +116,24 @@ fn wait_leader(store: &Store, holder: &str, timeout: Duration) -> Option<(Lease,
 
 /// The newest run of `campaign` once both hosts' faults are applied.
 fn wait_applied_run(store: &Store, campaign: &str) -> Option<RunDetail> {
+    // Counted by the fills themselves: a run's `applied` also counts its lease renewals,
+    // the first of which follows the fills within milliseconds.
+    let fills_applied = |detail: &RunDetail| {
+        detail
+            .commands
+            .iter()
+            .filter(|c| c.fault_kind.starts_with("disk") && c.outcome == "applied")
+            .count()
+    };
     let mut found = None;
     wait_for(Duration::from_secs(30), || {
         found = store
             .runs(20)
             .unwrap()
             .into_iter()
-            .find(|run| run.campaign == campaign && run.applied as usize == HOSTS.len())
-            .map(|run| store.run(run.id).unwrap());
+            .filter(|run| run.campaign == campaign)
+            .map(|run| store.run(run.id).unwrap())
+            .find(|detail| fills_applied(detail) == HOSTS.len());
         found.is_some()
     });
     found
