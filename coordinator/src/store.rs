@@ -397,6 +397,21 @@ enum Engine {
     Postgres(postgresql::Postgres),
 }
 
+/// What a transaction may do, and when a write reaches the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// One consistent snapshot.
+    Read,
+    /// Synced before the commit returns.
+    Write,
+    /// Committed (every reader sees it at once) but synced only with the next synced
+    /// write, or by the engine itself soon after: SQLite's checkpoint, PostgreSQL's WAL
+    /// writer. Serve killed loses nothing (the commit is with the operating system or the
+    /// database server); a power loss or a database crash may forget the record. Only for
+    /// records that nothing outside serve acts on before a synced write follows them.
+    LazyWrite,
+}
+
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
@@ -476,11 +491,28 @@ impl Store {
     /// Runs `body` as one write transaction: all of it is recorded, or (on error) none.
     fn write<T: Send + 'static>(
         &self,
+        body: impl FnMut(&mut dyn Tx) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        self.transact(Mode::Write, body)
+    }
+
+    /// As [`Store::write`], synced with the next synced write instead of its own
+    /// ([`Mode::LazyWrite`]).
+    fn write_lazily<T: Send + 'static>(
+        &self,
+        body: impl FnMut(&mut dyn Tx) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        self.transact(Mode::LazyWrite, body)
+    }
+
+    fn transact<T: Send + 'static>(
+        &self,
+        mode: Mode,
         mut body: impl FnMut(&mut dyn Tx) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         off_the_runtime(|| match &self.engine {
-            Engine::Sqlite(sqlite) => sqlite.transact(true, &mut body),
-            Engine::Postgres(postgres) => postgres.transact(true, body),
+            Engine::Sqlite(sqlite) => sqlite.transact(mode, &mut body),
+            Engine::Postgres(postgres) => postgres.transact(mode, body),
         })
     }
 
@@ -488,12 +520,9 @@ impl Store {
     /// process writes.
     fn read<T: Send + 'static>(
         &self,
-        mut body: impl FnMut(&mut dyn Tx) -> Result<T, StoreError> + Send + 'static,
+        body: impl FnMut(&mut dyn Tx) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        off_the_runtime(|| match &self.engine {
-            Engine::Sqlite(sqlite) => sqlite.transact(false, &mut body),
-            Engine::Postgres(postgres) => postgres.transact(false, body),
-        })
+        self.transact(Mode::Read, body)
     }
 
     /// Records the start of a run by `operator`, with status `running`, and returns its
@@ -518,7 +547,9 @@ impl Store {
         let epoch = leader.map(|lease| lease.epoch);
         let dialect = self.dialect();
         let replica = self.replica.clone();
-        self.write(move |tx| {
+        // Nothing is sent in a run before its commands are recorded, synced: the run's
+        // start reaches the disk with them.
+        self.write_lazily(move |tx| {
             if let Some(epoch) = epoch {
                 lease::check_current(tx, dialect, epoch)?;
             }
@@ -930,10 +961,17 @@ impl Store {
         }
     }
 
-    /// Records one call to serve's operator API or stream endpoint.
+    /// Records one call to serve's operator API or stream endpoint. A refusal is synced
+    /// before it is answered; an allowed call's record reaches the disk with the next
+    /// synced write (what the call then does, if it acts, is recorded synced first).
     pub fn record_access(&self, access: &AccessRecord) -> Result<(), StoreError> {
         let access = access.clone();
-        self.write(move |tx| {
+        let mode = if access.allowed {
+            Mode::LazyWrite
+        } else {
+            Mode::Write
+        };
+        self.transact(mode, move |tx| {
             tx.execute(
                 "INSERT INTO access (at_ms, caller, call, allowed, detail)
                  VALUES ($1, $2, $3, $4, $5)",

@@ -16,7 +16,7 @@ use postgres::{Client, Config, IsolationLevel, NoTls, Statement};
 use super::dialect::{Dialect, LATEST_VERSION};
 use super::postgres_tls::Rustls;
 use super::sql::{Cell, Cells, Tx, Value};
-use super::{StoreError, redact};
+use super::{Mode, StoreError, redact};
 
 /// How long a connection attempt may take before the store reports the server unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -113,10 +113,10 @@ impl Postgres {
     /// Runs `body` in one transaction on the store's thread; see the module comment.
     pub(super) fn transact<T: Send + 'static>(
         &self,
-        write: bool,
+        mode: Mode,
         mut body: impl FnMut(&mut dyn Tx) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        self.run(move |connection| connection.transact(write, &mut body))
+        self.run(move |connection| connection.transact(mode, &mut body))
     }
 }
 
@@ -146,7 +146,7 @@ impl Connection {
 
     fn transact<T>(
         &mut self,
-        write: bool,
+        mode: Mode,
         body: &mut dyn FnMut(&mut dyn Tx) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let mut conflicts = 0;
@@ -154,7 +154,7 @@ impl Connection {
             // A write's outcome is unknown if the link drops mid-commit, so nothing is
             // retried on a broken connection: the caller hears the error, the next call
             // reconnects.
-            match self.transact_once(write, body) {
+            match self.transact_once(mode, body) {
                 Err(StoreError::Postgres(error))
                     if is_conflict(&error) && conflicts < SERIALIZATION_RETRIES =>
                 {
@@ -168,7 +168,7 @@ impl Connection {
 
     fn transact_once<T>(
         &mut self,
-        write: bool,
+        mode: Mode,
         body: &mut dyn FnMut(&mut dyn Tx) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         self.client()?;
@@ -176,6 +176,7 @@ impl Connection {
             client, statements, ..
         } = self;
         let client = client.as_mut().expect("connected above");
+        let write = mode != Mode::Read;
         let mut tx = client
             .build_transaction()
             .isolation_level(if write {
@@ -186,6 +187,11 @@ impl Connection {
             })
             .read_only(!write)
             .start()?;
+        if mode == Mode::LazyWrite {
+            // For this transaction only: the commit does not wait for the WAL flush,
+            // which the next synchronous commit (or the WAL writer) does, in order.
+            tx.batch_execute("SET LOCAL synchronous_commit = off")?;
+        }
         let answer = body(&mut PgTx {
             tx: &mut tx,
             statements,

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
-use super::StoreError;
 use super::dialect::{Dialect, LATEST_VERSION};
 use super::sql::{Cell, Cells, Tx, Value};
+use super::{Mode, StoreError};
 
 /// How long a writer waits for another process (a CLI beside `troop serve`) to release the file.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -67,14 +67,31 @@ impl Sqlite {
     /// cannot change before it writes), a read sees one snapshot. Commits if `body` answers.
     pub(super) fn transact<T>(
         &self,
-        write: bool,
+        mode: Mode,
         body: &mut dyn FnMut(&mut dyn Tx) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let mut conn = self.conn();
-        let behavior = if write {
-            TransactionBehavior::Immediate
-        } else {
-            TransactionBehavior::Deferred
+        if mode == Mode::LazyWrite {
+            // In WAL mode NORMAL syncs nothing at commit; the next FULL commit's sync of
+            // the log covers this one's frames too, as they come before its own.
+            conn.pragma_update(None, "synchronous", "NORMAL")?;
+        }
+        let answer = Self::transact_on(&mut conn, mode, body);
+        if mode == Mode::LazyWrite {
+            // Back before the lock is released, so no other write goes unsynced.
+            conn.pragma_update(None, "synchronous", "FULL")?;
+        }
+        answer
+    }
+
+    fn transact_on<T>(
+        conn: &mut Connection,
+        mode: Mode,
+        body: &mut dyn FnMut(&mut dyn Tx) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let behavior = match mode {
+            Mode::Read => TransactionBehavior::Deferred,
+            Mode::Write | Mode::LazyWrite => TransactionBehavior::Immediate,
         };
         let tx = conn.transaction_with_behavior(behavior)?;
         let answer = body(&mut SqliteTx(&tx))?;
@@ -162,6 +179,8 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
     // force (`memory` for `:memory:`), which is fine either way.
     conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get::<_, String>(0))?;
     conn.pragma_update(None, "foreign_keys", true)?;
+    // Said, not assumed: every commit syncs the log unless a write asks to be lazy.
+    conn.pragma_update(None, "synchronous", "FULL")?;
     Ok(())
 }
 

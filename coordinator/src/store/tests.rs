@@ -90,7 +90,40 @@ on_both_engines!(
     a_replica_sees_the_streams_the_others_hold_while_fresh,
     a_successor_waits_for_a_write_that_passed_the_lease_check,
     only_the_runs_of_dead_replicas_are_closed,
+    lazy_writes_are_seen_at_once_and_leave_later_commits_synced,
 );
+
+/// Allowed calls and run starts are committed without a sync of their own; another
+/// opener (another process) sees them at once, and the connection syncs as before after.
+fn lazy_writes_are_seen_at_once_and_leave_later_commits_synced(db: &Db) {
+    let store = db.open();
+    let before = commit_sync(&store);
+    store.record_call("alice", "list agents", None);
+    let run = store.begin_adhoc("kill", 1, "alice", 1).unwrap();
+    let other = db.open();
+    assert_eq!(other.access_log(10).unwrap()[0].caller, "alice");
+    assert_eq!(other.run(run).unwrap().run.status, "running");
+    assert_eq!(
+        commit_sync(&store),
+        before,
+        "a lazy write changed later commits"
+    );
+}
+
+/// How the store's connection syncs a commit: SQLite's `synchronous` (FULL unless a
+/// write is lazy), PostgreSQL's `synchronous_commit` (the lab's server turns it off).
+fn commit_sync(store: &Store) -> String {
+    match &store.engine {
+        Engine::Sqlite(sqlite) => sqlite
+            .conn()
+            .pragma_query_value(None, "synchronous", |row| row.get::<_, i64>(0))
+            .unwrap()
+            .to_string(),
+        Engine::Postgres(_) => store
+            .read(|tx| tx.query_one("SHOW synchronous_commit", &[])?.text(0))
+            .unwrap(),
+    }
+}
 
 /// `holder`'s lease, claimed for a minute.
 fn leader(store: &Store, holder: &str) -> Lease {
