@@ -198,17 +198,12 @@ pub struct AgentLineage {
 }
 
 impl AgentLineage {
-    /// Walks up from `pid` with `parent` (a few reads, once per kill).
-    pub fn of(pid: i32, parent: impl Fn(i32) -> Option<i32>) -> Self {
-        let mut ancestors = HashSet::new();
-        let mut current = pid;
-        while let Some(ppid) = parent(current) {
-            if ppid <= 0 || !ancestors.insert(ppid) {
-                break;
-            }
-            current = ppid;
+    /// This process and what `table` says is above it.
+    pub fn of_this_process(table: &dyn ProcessTable) -> Self {
+        Self {
+            pid: std::process::id() as i32,
+            ancestors: table.ancestors(),
         }
-        Self { pid, ancestors }
     }
 }
 
@@ -258,7 +253,7 @@ pub fn apply(
     let processes = table
         .find(&spec.target.sieve())
         .map_err(|error| Refusal::Internal(format!("cannot list processes: {error}")))?;
-    let agent = AgentLineage::of(std::process::id() as i32, |pid| table.parent(pid));
+    let agent = AgentLineage::of_this_process(table);
     let victims = choose_victims(spec, &processes, &agent, policy, rng)?;
     let mut signalled = Vec::new();
     let mut last_error = None;

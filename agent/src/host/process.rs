@@ -4,12 +4,12 @@
 //! then checks that the process still has the start time it had when it was matched. A
 //! pidfd names one process for good, so a pid reused in between is never signalled.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError};
 
 use nix::fcntl::{OFlag, openat};
 use nix::sys::stat::Mode;
@@ -225,6 +225,10 @@ pub trait ProcessTable: Send + Sync {
     fn find(&self, sieve: &Sieve) -> io::Result<Vec<ProcessInfo>>;
     /// The parent of `pid`, `None` if it is gone.
     fn parent(&self, pid: i32) -> Option<i32>;
+    /// The processes above this one, up to the top of its PID namespace.
+    fn ancestors(&self) -> HashSet<i32> {
+        ancestors_of(std::process::id() as i32, |pid| self.parent(pid))
+    }
     /// Sends `signal` to exactly the process `process` describes, never to a reused pid,
     /// and only if `still_eligible` holds for the process as it is at that moment (it may
     /// have exec'd into something protected since it was matched).
@@ -234,6 +238,20 @@ pub trait ProcessTable: Send + Sync {
         signal: i32,
         still_eligible: &dyn Fn(&ProcessInfo) -> bool,
     ) -> Result<(), SignalError>;
+}
+
+/// The processes above `pid`, walked up with `parent` until a process has none (the top
+/// of its PID namespace) or the walk loops.
+pub fn ancestors_of(pid: i32, parent: impl Fn(i32) -> Option<i32>) -> HashSet<i32> {
+    let mut ancestors = HashSet::new();
+    let mut current = pid;
+    while let Some(ppid) = parent(current) {
+        if ppid <= 0 || !ancestors.insert(ppid) {
+            break;
+        }
+        current = ppid;
+    }
+    ancestors
 }
 
 /// `/proc` and pidfds.
@@ -263,6 +281,25 @@ impl ProcessTable for LinuxProcessTable {
 
     fn parent(&self, pid: i32) -> Option<i32> {
         parent_pid(pid)
+    }
+
+    /// Walked once, and again only when this process's parent changes (a `getppid`, no
+    /// read), instead of a few `/proc` reads per kill. While the parent stays, the set
+    /// can only grow stale on the safe side: an ancestor that exits leaves its orphans
+    /// to a subreaper or init above it, both already in the set, so no process becomes
+    /// an ancestor unseen; a pid in the set that exited is protected for nothing.
+    fn ancestors(&self) -> HashSet<i32> {
+        static WALKED: Mutex<Option<(i32, HashSet<i32>)>> = Mutex::new(None);
+        let parent = nix::unistd::getppid().as_raw();
+        let mut walked = WALKED.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((walked_from, ancestors)) = &*walked
+            && *walked_from == parent
+        {
+            return ancestors.clone();
+        }
+        let ancestors = ancestors_of(std::process::id() as i32, parent_pid);
+        *walked = Some((parent, ancestors.clone()));
+        ancestors
     }
 
     fn signal(
@@ -448,6 +485,16 @@ mod tests {
     }
 
     /// The scan reads one field of every process, then the passers in full: a copy of
+    /// The remembered walk is this process's real lineage, the same on every call.
+    #[test]
+    fn the_ancestors_are_this_processs_lineage() {
+        let table = LinuxProcessTable;
+        let walked = ancestors_of(std::process::id() as i32, parent_pid);
+        assert!(walked.contains(&nix::unistd::getppid().as_raw()));
+        assert_eq!(table.ancestors(), walked);
+        assert_eq!(table.ancestors(), walked, "remembered");
+    }
+
     /// `sleep` under a name longer than the kernel keeps is found by name, exe and pid.
     #[test]
     fn find_reads_what_the_sieve_needs() {

@@ -1,5 +1,5 @@
 use super::*;
-use crate::host::process::FakeProcessTable;
+use crate::host::process::{FakeProcessTable, ancestors_of};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
@@ -51,9 +51,12 @@ fn spec(by: pb::process_match::By, all_matches: bool) -> KillSpec {
 
 fn choose(spec: &KillSpec) -> Result<Vec<i32>, Refusal> {
     let processes = host();
-    let agent = AgentLineage::of(30, |pid| {
-        processes.iter().find(|p| p.pid == pid).map(|p| p.ppid)
-    });
+    let agent = AgentLineage {
+        pid: 30,
+        ancestors: ancestors_of(30, |pid| {
+            processes.iter().find(|p| p.pid == pid).map(|p| p.ppid)
+        }),
+    };
     let mut rng = StdRng::seed_from_u64(1);
     choose_victims(spec, &processes, &agent, &Policy::default(), &mut rng)
         .map(|victims| victims.iter().map(|v| v.pid).collect())
