@@ -79,7 +79,7 @@ fn kill_on_thirty_hosts() {
     }
     let _serve = start_serve(&lab);
     for id in &dial_in {
-        lab.start_dial_in_host(id, &[("role", "nat")], POLICY, vec![]);
+        lab.start_dial_in_host(id, &[("role", "nat"), ("host", id)], POLICY, vec![]);
     }
     let attached = wait_for(Duration::from_secs(60), || {
         lab.agents_as(&alice)["agents"]
@@ -95,6 +95,8 @@ fn kill_on_thirty_hosts() {
 
     let config = lab.dir().join("troop.toml");
     let (through_serve, serve_cli) = time_kills(&lab, &alice, "role=nat", &dial_in);
+    // The path every kill pays whatever the fleet's size: one host of the 30.
+    let (one_host, one_host_cli) = time_kills(&lab, &alice, "host=nat-1", &dial_in[..1]);
     let (direct_times, direct_cli) = time_kills(&lab, &config, "role=direct", &direct);
     // Where the time goes: the same process started the same way, doing nothing, and
     // `troop agents` through serve (its connection, ListAgents, then a Status round).
@@ -120,12 +122,16 @@ fn kill_on_thirty_hosts() {
         "kill on {HOSTS} hosts, CLI start to every victim gone, {ROUNDS} rounds:\n  \
          through serve (dial-in hosts): {}\n    \
          until the CLI exited:          {}\n  \
+         through serve, one of them:    {}\n    \
+         until the CLI exited:          {}\n  \
          direct (static hosts):         {}\n    \
          until the CLI exited:          {}\n  \
          `troop --version` the same way: {}\n  \
          `troop agents` through serve:   {}",
         line(&through_serve),
         line(&serve_cli),
+        line(&one_host),
+        line(&one_host_cli),
         line(&direct_times),
         line(&direct_cli),
         line(&noop),
