@@ -215,6 +215,12 @@ fn log_filter(
     }
 }
 
+/// Whether this process's environment asks for OTLP span export, which then needs a
+/// multi-threaded runtime (see [`init`]).
+pub fn exports_spans() -> bool {
+    otlp_requested(&|key: &str| std::env::var(key).ok())
+}
+
 /// Whether the environment asks for OTLP span export.
 fn otlp_requested(env: &impl Fn(&str) -> Option<String>) -> bool {
     let set = |key: &str| env(key).is_some_and(|v| !v.trim().is_empty());
