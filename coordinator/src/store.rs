@@ -505,6 +505,7 @@ impl Store {
         self.transact(Mode::LazyWrite, body)
     }
 
+    /// Runs `body` as one transaction of `mode`, off the async runtime's threads.
     fn transact<T: Send + 'static>(
         &self,
         mode: Mode,

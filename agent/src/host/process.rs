@@ -484,7 +484,6 @@ mod tests {
         assert_eq!(status.signal(), Some(libc::SIGKILL));
     }
 
-    /// The scan reads one field of every process, then the passers in full: a copy of
     /// The remembered walk is this process's real lineage, the same on every call.
     #[test]
     fn the_ancestors_are_this_processs_lineage() {
@@ -495,6 +494,7 @@ mod tests {
         assert_eq!(table.ancestors(), walked, "remembered");
     }
 
+    /// The scan reads one field of every process, then the passers in full: a copy of
     /// `sleep` under a name longer than the kernel keeps is found by name, exe and pid.
     #[test]
     fn find_reads_what_the_sieve_needs() {
