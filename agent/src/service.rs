@@ -166,7 +166,7 @@ impl AgentService {
         if let Err(error) = self.ledger.forget_expired(now_unix_ms()) {
             tracing::error!(error = %error_chain(&error), "cannot compact the command ledger");
         }
-        crate::host::allocator::give_back_free_memory();
+        troop_common::allocator::give_back_free_memory();
         if !self.commanded.swap(false, Ordering::Relaxed) {
             match crate::host::residency::unmap_idle_code() {
                 Ok(bytes) => tracing::debug!(bytes, "idle: unmapped clean code pages"),

@@ -13,6 +13,8 @@ use clap::{CommandFactory as _, FromArgMatches as _};
 use tracing::Instrument as _;
 
 fn main() -> ExitCode {
+    // Before any thread: serve would otherwise keep an arena per blocking thread it ran.
+    troop_common::allocator::limit_arenas();
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit());
     // Serve and the demo are services with work on many connections at once: a worker per

@@ -1,7 +1,6 @@
 //! The host effects the agent has, each behind a narrow trait: a Linux implementation for
 //! production and integration tests, and a fake that records calls for unit tests.
 
-pub mod allocator;
 pub mod cpu;
 pub mod disk;
 pub mod fill_guard;
