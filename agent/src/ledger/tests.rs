@@ -7,33 +7,26 @@ fn receipt() -> FirstAnswer {
     FirstAnswer::Receipt("0a01".into())
 }
 
+/// A command remembered until it expires, admitted with a sync of its own.
+fn admit(ledger: &ReplayLedger, id: &str, digest: &str, expires: i64, now: i64) -> Admission {
+    ledger
+        .admit(id, digest, expires, expires, now, Synced)
+        .unwrap()
+}
+
 #[test]
 fn first_use_then_exact_replay_then_conflict() {
     let dir = tempfile::tempdir().unwrap();
     let ledger = ReplayLedger::open(dir.path(), NOW).unwrap();
-    assert_eq!(
-        ledger
-            .admit("a", "d1", NOW + 10, NOW + 10, NOW, Synced)
-            .unwrap(),
-        Admission::New
-    );
-    assert_eq!(
-        ledger
-            .admit("a", "d1", NOW + 10, NOW + 10, NOW, Synced)
-            .unwrap(),
-        Admission::Pending
-    );
+    assert_eq!(admit(&ledger, "a", "d1", NOW + 10, NOW), Admission::New);
+    assert_eq!(admit(&ledger, "a", "d1", NOW + 10, NOW), Admission::Pending);
     ledger.finish("a", "d1", receipt(), NOW).unwrap();
     assert_eq!(
-        ledger
-            .admit("a", "d1", NOW + 10, NOW + 10, NOW, Synced)
-            .unwrap(),
+        admit(&ledger, "a", "d1", NOW + 10, NOW),
         Admission::Replay(receipt())
     );
     assert_eq!(
-        ledger
-            .admit("a", "d2", NOW + 10, NOW + 10, NOW, Synced)
-            .unwrap(),
+        admit(&ledger, "a", "d2", NOW + 10, NOW),
         Admission::Conflict
     );
 }
@@ -43,34 +36,22 @@ fn survives_a_restart_and_forgets_what_expired() {
     let dir = tempfile::tempdir().unwrap();
     {
         let ledger = ReplayLedger::open(dir.path(), NOW).unwrap();
-        ledger
-            .admit("done", "d", NOW + 100, NOW + 100, NOW, Synced)
-            .unwrap();
+        admit(&ledger, "done", "d", NOW + 100, NOW);
         ledger.finish("done", "d", receipt(), NOW).unwrap();
-        ledger
-            .admit("crashed", "d", NOW + 100, NOW + 100, NOW, Synced)
-            .unwrap();
-        ledger
-            .admit("old", "d", NOW + 1, NOW + 1, NOW, Synced)
-            .unwrap();
+        admit(&ledger, "crashed", "d", NOW + 100, NOW);
+        admit(&ledger, "old", "d", NOW + 1, NOW);
     }
     let ledger = ReplayLedger::open(dir.path(), NOW + 50).unwrap();
     assert_eq!(
-        ledger
-            .admit("done", "d", NOW + 100, NOW + 100, NOW + 50, Synced)
-            .unwrap(),
+        admit(&ledger, "done", "d", NOW + 100, NOW + 50),
         Admission::Replay(receipt())
     );
     assert_eq!(
-        ledger
-            .admit("crashed", "d", NOW + 100, NOW + 100, NOW + 50, Synced)
-            .unwrap(),
+        admit(&ledger, "crashed", "d", NOW + 100, NOW + 50),
         Admission::Pending
     );
     assert_eq!(
-        ledger
-            .admit("old", "d", NOW + 100, NOW + 100, NOW + 50, Synced)
-            .unwrap(),
+        admit(&ledger, "old", "d", NOW + 100, NOW + 50),
         Admission::New
     );
     let text = fs::read_to_string(dir.path().join(FILE_NAME)).unwrap();
@@ -82,19 +63,12 @@ fn a_torn_last_line_keeps_the_admission() {
     let dir = tempfile::tempdir().unwrap();
     {
         let ledger = ReplayLedger::open(dir.path(), NOW).unwrap();
-        ledger
-            .admit("a", "d", NOW + 100, NOW + 100, NOW, Synced)
-            .unwrap();
+        admit(&ledger, "a", "d", NOW + 100, NOW);
     }
     let mut file = open_append(&dir.path().join(FILE_NAME)).unwrap();
     file.write_all(b"{\"id\":\"a\",\"dig").unwrap();
     let ledger = ReplayLedger::open(dir.path(), NOW).unwrap();
-    assert_eq!(
-        ledger
-            .admit("a", "d", NOW + 100, NOW + 100, NOW, Synced)
-            .unwrap(),
-        Admission::Pending
-    );
+    assert_eq!(admit(&ledger, "a", "d", NOW + 100, NOW), Admission::Pending);
 }
 
 #[test]
@@ -102,28 +76,20 @@ fn an_id_reused_after_expiry_keeps_its_new_digest_across_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     {
         let ledger = ReplayLedger::open(dir.path(), NOW).unwrap();
-        ledger
-            .admit("a", "old", NOW + 10, NOW + 10, NOW, Synced)
-            .unwrap();
+        admit(&ledger, "a", "old", NOW + 10, NOW);
         ledger.finish("a", "old", receipt(), NOW).unwrap();
         assert_eq!(
-            ledger
-                .admit("a", "new", NOW + 100, NOW + 100, NOW + 50, Synced)
-                .unwrap(),
+            admit(&ledger, "a", "new", NOW + 100, NOW + 50),
             Admission::New
         );
     }
     let ledger = ReplayLedger::open(dir.path(), NOW + 50).unwrap();
     assert_eq!(
-        ledger
-            .admit("a", "new", NOW + 100, NOW + 100, NOW + 50, Synced)
-            .unwrap(),
+        admit(&ledger, "a", "new", NOW + 100, NOW + 50),
         Admission::Pending
     );
     assert_eq!(
-        ledger
-            .admit("a", "old", NOW + 100, NOW + 100, NOW + 50, Synced)
-            .unwrap(),
+        admit(&ledger, "a", "old", NOW + 100, NOW + 50),
         Admission::Conflict
     );
 }
@@ -132,20 +98,13 @@ fn an_id_reused_after_expiry_keeps_its_new_digest_across_a_restart() {
 fn one_state_dir_serves_one_agent_and_check_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let ledger = ReplayLedger::open(dir.path(), NOW).unwrap();
-    ledger
-        .admit("a", "d", NOW + 100, NOW + 100, NOW, Synced)
-        .unwrap();
+    admit(&ledger, "a", "d", NOW + 100, NOW);
     let error = ReplayLedger::open(dir.path(), NOW).unwrap_err();
     assert!(format!("{:?}", error).contains("in use by another running troop-agent"));
     let before = fs::read(dir.path().join(FILE_NAME)).unwrap();
     assert_eq!(ReplayLedger::check(dir.path()).unwrap(), 1);
     assert_eq!(fs::read(dir.path().join(FILE_NAME)).unwrap(), before);
-    assert_eq!(
-        ledger
-            .admit("b", "d", NOW + 100, NOW + 100, NOW, Synced)
-            .unwrap(),
-        Admission::New
-    );
+    assert_eq!(admit(&ledger, "b", "d", NOW + 100, NOW), Admission::New);
     drop(ledger);
     assert!(
         ReplayLedger::open(dir.path(), NOW).is_ok(),
@@ -171,12 +130,7 @@ fn a_failed_write_stops_admissions_until_a_restart() {
     );
     drop(ledger);
     let ledger = ReplayLedger::open(dir.path(), NOW).unwrap();
-    assert_eq!(
-        ledger
-            .admit("a", "d", NOW + 100, NOW + 100, NOW, Synced)
-            .unwrap(),
-        Admission::New
-    );
+    assert_eq!(admit(&ledger, "a", "d", NOW + 100, NOW), Admission::New);
 }
 
 #[test]
@@ -258,9 +212,7 @@ fn compaction_keeps_the_file_small() {
     ledger.compact_after_lines = 64;
     for i in 0..256 {
         let id = i.to_string();
-        ledger
-            .admit(&id, "d", NOW + i, NOW + i, NOW + i, Synced)
-            .unwrap();
+        admit(&ledger, &id, "d", NOW + i, NOW + i);
         ledger.finish(&id, "d", receipt(), NOW + i).unwrap();
     }
     let lines = lines_in(dir.path());
@@ -268,13 +220,13 @@ fn compaction_keeps_the_file_small() {
     // The lines compaction copied still answer exact retries, also after a restart.
     let last = NOW + 255;
     assert_eq!(
-        ledger.admit("255", "d", last, last, last, Synced).unwrap(),
+        admit(&ledger, "255", "d", last, last),
         Admission::Replay(receipt())
     );
     drop(ledger);
     let ledger = ReplayLedger::open(dir.path(), last).unwrap();
     assert_eq!(
-        ledger.admit("255", "d", last, last, last, Synced).unwrap(),
+        admit(&ledger, "255", "d", last, last),
         Admission::Replay(receipt())
     );
 }
@@ -292,18 +244,14 @@ fn a_finished_command_outlives_a_compaction_and_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     {
         let ledger = ReplayLedger::open(dir.path(), NOW).unwrap();
-        ledger
-            .admit("a", "d", NOW + 100, NOW + 100, NOW, Synced)
-            .unwrap();
+        admit(&ledger, "a", "d", NOW + 100, NOW);
         ledger.finish("a", "d", receipt(), NOW).unwrap();
     }
     for _ in 0..2 {
         // Each open compacts the file.
         let ledger = ReplayLedger::open(dir.path(), NOW).unwrap();
         assert_eq!(
-            ledger
-                .admit("a", "d", NOW + 100, NOW + 100, NOW, Synced)
-                .unwrap(),
+            admit(&ledger, "a", "d", NOW + 100, NOW),
             Admission::Replay(receipt())
         );
     }
@@ -315,18 +263,10 @@ fn a_finished_command_outlives_a_compaction_and_a_restart() {
 fn a_late_outcome_never_completes_the_next_user_of_an_id() {
     let dir = tempfile::tempdir().unwrap();
     let ledger = ReplayLedger::open(dir.path(), NOW).unwrap();
-    ledger
-        .admit("a", "old", NOW + 10, NOW + 10, NOW, Synced)
-        .unwrap();
-    ledger
-        .admit("a", "new", NOW + 100, NOW + 100, NOW + 50, Synced)
-        .unwrap();
+    admit(&ledger, "a", "old", NOW + 10, NOW);
+    admit(&ledger, "a", "new", NOW + 100, NOW + 50);
     ledger.finish("a", "old", receipt(), NOW + 50).unwrap();
-    let retry = |ledger: &ReplayLedger| {
-        ledger
-            .admit("a", "new", NOW + 100, NOW + 100, NOW + 50, Synced)
-            .unwrap()
-    };
+    let retry = |ledger: &ReplayLedger| admit(ledger, "a", "new", NOW + 100, NOW + 50);
     assert_eq!(retry(&ledger), Admission::Pending);
     drop(ledger);
     let ledger = ReplayLedger::open(dir.path(), NOW + 50).unwrap();
@@ -353,17 +293,10 @@ fn a_command_admitted_with_the_next_sync_is_remembered_like_any_other() {
         Admission::Pending
     );
     assert_eq!(
-        ledger
-            .admit("end", "d2", NOW + 10, NOW + 10, NOW, Synced)
-            .unwrap(),
+        admit(&ledger, "end", "d2", NOW + 10, NOW),
         Admission::Conflict
     );
-    assert_eq!(
-        ledger
-            .admit("start", "d3", NOW + 10, NOW + 10, NOW, Synced)
-            .unwrap(),
-        Admission::New
-    );
+    assert_eq!(admit(&ledger, "start", "d3", NOW + 10, NOW), Admission::New);
     assert_eq!(ledger.syncs(), 1);
     drop(ledger);
     let ledger = ReplayLedger::open(dir.path(), NOW).unwrap();
@@ -385,9 +318,7 @@ fn expired_commands_are_forgotten_between_commands() {
     let old = |ledger: &ReplayLedger, range: std::ops::Range<i64>| {
         for i in range {
             let id = format!("old-{i}");
-            ledger
-                .admit(&id, "d", NOW + 10, NOW + 10, NOW, Synced)
-                .unwrap();
+            admit(ledger, &id, "d", NOW + 10, NOW);
             ledger.finish(&id, "d", receipt(), NOW).unwrap();
         }
     };
@@ -399,24 +330,18 @@ fn expired_commands_are_forgotten_between_commands() {
         "below the size floor the file is left alone"
     );
     old(&ledger, 20..100);
-    ledger
-        .admit("live", "d", NOW + 1000, NOW + 1000, NOW, Synced)
-        .unwrap();
+    admit(&ledger, "live", "d", NOW + 1000, NOW);
     assert_eq!(lines_in(dir.path()), 201);
     ledger.forget_expired(NOW + 5).unwrap();
     assert_eq!(lines_in(dir.path()), 201, "nothing has expired yet");
     ledger.forget_expired(NOW + 11).unwrap();
     assert_eq!(lines_in(dir.path()), 1, "only the live command is left");
     assert_eq!(
-        ledger
-            .admit("old-7", "d", NOW + 10, NOW + 10, NOW + 11, Synced)
-            .unwrap(),
+        admit(&ledger, "old-7", "d", NOW + 10, NOW + 11),
         Admission::BeyondHorizon
     );
     assert_eq!(
-        ledger
-            .admit("live", "d", NOW + 1000, NOW + 1000, NOW + 11, Synced)
-            .unwrap(),
+        admit(&ledger, "live", "d", NOW + 1000, NOW + 11),
         Admission::Pending
     );
 }
