@@ -390,6 +390,9 @@ pub struct Store {
     engine: Engine,
     /// The serve replica whose runs this store begins ("" outside serve).
     replica: String,
+    /// Writes committed with a sync of their own ([`Mode::Write`]).
+    #[cfg(test)]
+    synced_writes: std::sync::atomic::AtomicUsize,
 }
 
 enum Engine {
@@ -463,6 +466,8 @@ impl Store {
             place,
             engine,
             replica,
+            #[cfg(test)]
+            synced_writes: Default::default(),
         })
     }
 
@@ -511,6 +516,11 @@ impl Store {
         mode: Mode,
         mut body: impl FnMut(&mut dyn Tx) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
+        #[cfg(test)]
+        if mode == Mode::Write {
+            self.synced_writes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         off_the_runtime(|| match &self.engine {
             Engine::Sqlite(sqlite) => sqlite.transact(mode, &mut body),
             Engine::Postgres(postgres) => postgres.transact(mode, body),

@@ -93,15 +93,32 @@ on_both_engines!(
     lazy_writes_are_seen_at_once_and_leave_later_commits_synced,
 );
 
-/// Allowed calls and run starts are committed without a sync of their own; another
-/// opener (another process) sees them at once, and the connection syncs as before after.
+/// Allowed calls and run starts are committed without a sync of their own, refusals and
+/// the commands a run sends with one; another opener (another process) sees the lazy
+/// writes at once, and the connection syncs as before after them.
 fn lazy_writes_are_seen_at_once_and_leave_later_commits_synced(db: &Db) {
     let store = db.open();
+    let synced = || {
+        store
+            .synced_writes
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
     let before = commit_sync(&store);
     store.record_call("alice", "list agents", None);
     let run = store.begin_adhoc("kill", 1, "alice", 1).unwrap();
+    assert_eq!(synced(), 0, "an allowed call and a run's start");
+    store.record_call("bob", "send commands", Some("bob is a viewer"));
+    assert_eq!(synced(), 1, "a refusal");
+    store.record_commands(&[command(run, None, 1)]).unwrap();
+    assert_eq!(synced(), 2, "the commands sent");
     let other = db.open();
-    assert_eq!(other.access_log(10).unwrap()[0].caller, "alice");
+    assert!(
+        other
+            .access_log(10)
+            .unwrap()
+            .iter()
+            .any(|call| call.caller == "alice")
+    );
     assert_eq!(other.run(run).unwrap().run.status, "running");
     assert_eq!(
         commit_sync(&store),
