@@ -9,6 +9,9 @@
 //! Its outcome is appended after; if a crash loses it, a retry is told the outcome is
 //! unknown instead of running again. The file is compacted (temp file, fsync, rename) at
 //! start-up and when expired lines dominate.
+//!
+//! In memory each remembered command is 16 bytes (a key of its id, its line's offset, its
+//! expiry); everything else is read back from its line when its id comes again.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -52,27 +55,51 @@ struct Line {
     outcome: Option<FirstAnswer>,
 }
 
-/// What admission needs of a command, kept in memory: a few dozen bytes, so a full
-/// validity window of commands costs little. The first answer stays on disk, in the
-/// entry's latest line, and is read back for the rare exact retry.
-#[derive(Debug, Clone)]
-struct Entry {
+impl Line {
+    fn expiry(&self) -> i64 {
+        self.expires_at_unix_ms.unwrap_or(self.until_unix_ms)
+    }
+}
+
+/// What admission keeps of a remembered command in memory: where its latest line is and
+/// until when it may be fresh, 16 bytes with its key. The rest (its digest, exact times and
+/// first answer) is in that line, read back only when the id comes again: an exact retry
+/// or a reuse.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    /// The offset in the file of the entry's latest line (admission, or outcome once known).
+    at: u32,
+    /// `until_unix_ms` as milliseconds after the ledger's base (saturating): only for
+    /// counting live entries, which decides when to compact.
+    until: u32,
+}
+
+/// The first 8 bytes of the SHA-256 of an id. Two ids that share a key (2^-64 a pair) are
+/// told apart by the line, and the later is refused as a reuse while the earlier is live.
+type Key = u64;
+
+fn key_of(id: &str) -> Key {
+    let full = Sha256::digest(id.as_bytes());
+    u64::from_le_bytes(full[..8].try_into().expect("8 bytes"))
+}
+
+/// `unix_ms` as a slot's `until` after `base_unix_ms`. Past 49 days it saturates: such an
+/// entry counts as live until then, and the next compaction (which reads the exact time
+/// and moves the base) counts it right.
+fn after_base(unix_ms: i64, base_unix_ms: i64) -> u32 {
+    u32::try_from(unix_ms.saturating_sub(base_unix_ms).max(0)).unwrap_or(u32::MAX)
+}
+
+/// A command admitted whose outcome is not yet written: the few that run right now.
+#[derive(Debug, Clone, Copy)]
+struct Running {
     digest: Digest16,
     until_unix_ms: i64,
     expires_at_unix_ms: i64,
-    /// Where the entry's latest line (admission, or outcome once known) is in the file.
-    line: Span,
-    finished: bool,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Span {
-    at: u64,
-    len: u32,
-}
-
-/// The first 16 bytes of a SHA-256 (of an id, or of a payload's digest): a collision
-/// would take 2^64 work even for someone who chooses both.
+/// The first 16 bytes of a SHA-256 of a payload's digest: a collision would take 2^64 work
+/// even for someone who chooses both.
 type Digest16 = [u8; 16];
 
 fn digest16(bytes: &[u8]) -> Digest16 {
@@ -81,6 +108,12 @@ fn digest16(bytes: &[u8]) -> Digest16 {
     short.copy_from_slice(&full[..16]);
     short
 }
+
+/// The file's offsets are kept as `u32`: past this the ledger admits nothing until a
+/// compaction makes room (4 GiB of remembered commands, about ten million).
+const MAX_FILE_LEN: u64 = u32::MAX as u64 - 1;
+/// Marks a slot that a compaction forgets.
+const FORGOTTEN: u32 = u32::MAX;
 
 /// When an admission is on the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,6 +156,7 @@ pub struct LedgerError {
 pub struct ReplayLedger {
     path: PathBuf,
     compact_after_lines: usize,
+    max_file_len: u64,
     inner: Mutex<Inner>,
     _lock: Flock<File>,
 }
@@ -132,8 +166,12 @@ struct Inner {
     file: File,
     /// Where the next line goes (the file's length).
     end: u64,
-    /// Keyed by the id's digest.
-    entries: HashMap<Digest16, Entry>,
+    entries: HashMap<Key, Slot>,
+    /// What slots' `until` counts from: the time of the last compaction.
+    base_unix_ms: i64,
+    /// Commands admitted and still running, so that their outcome is written to their own
+    /// entry (their id may be reused once they expired).
+    running: HashMap<Key, Running>,
     /// The latest expiry among forgotten commands (persisted before they are dropped).
     horizon_unix_ms: i64,
     lines: usize,
@@ -153,7 +191,7 @@ impl Inner {
     fn live(&self, now_unix_ms: i64) -> usize {
         self.entries
             .values()
-            .filter(|entry| entry.until_unix_ms >= now_unix_ms)
+            .filter(|slot| self.base_unix_ms + i64::from(slot.until) >= now_unix_ms)
             .count()
     }
 }
@@ -167,7 +205,7 @@ impl ReplayLedger {
     /// may run beside a live agent). Returns how many commands it remembers.
     pub fn check(state_dir: &Path) -> Result<usize, LedgerError> {
         let path = state_dir.join(FILE_NAME);
-        read_entries(&path)
+        read_entries(&path, troop_common::clock::now_unix_ms())
             .map(|(entries, _)| entries.len())
             .map_err(|source| LedgerError { path, source })
     }
@@ -182,15 +220,18 @@ impl ReplayLedger {
         };
         fs::create_dir_all(state_dir).map_err(error)?;
         let lock = lock(&state_dir.join(LOCK_NAME)).map_err(error)?;
-        let (entries, end) = read_entries(&path).map_err(error)?;
+        let (entries, end) = read_entries(&path, now_unix_ms).map_err(error)?;
         let horizon_unix_ms = read_horizon(&path).map_err(error)?;
         let ledger = Self {
             path: path.clone(),
             compact_after_lines: COMPACT_AFTER_LINES,
+            max_file_len: MAX_FILE_LEN,
             inner: Mutex::new(Inner {
                 file: open_append(&path).map_err(error)?,
                 end,
                 entries,
+                base_unix_ms: now_unix_ms,
+                running: HashMap::new(),
                 horizon_unix_ms,
                 lines: 0,
                 recount_at_lines: 0,
@@ -221,23 +262,26 @@ impl ReplayLedger {
                 "an earlier write failed; restart the agent to recover the ledger",
             )));
         }
-        let key = digest16(id.as_bytes());
-        let short = digest16(digest.as_bytes());
-        let known = inner.entries.get(&key).cloned();
-        if let Some(entry) = &known
-            && entry.digest == short
+        let key = key_of(id);
+        // The latest line of an earlier use of this id (or of an id sharing its key).
+        let known = match inner.entries.get(&key) {
+            Some(slot) => Some(read_line(&inner.file, slot.at).map_err(|e| self.error(e))?),
+            None => None,
+        };
+        if let Some(line) = &known
+            && line.id == id
+            && line.digest == digest
         {
             // Remembered, so answered from memory even if a raised skew or a clock set
             // back made it fresh again.
-            if !entry.finished {
-                return Ok(Admission::Pending);
-            }
-            let line = read_line(&inner.file, entry.line).map_err(|e| self.error(e))?;
-            return Ok(line.outcome.map_or(Admission::Pending, Admission::Replay));
+            return Ok(line
+                .outcome
+                .clone()
+                .map_or(Admission::Pending, Admission::Replay));
         }
         if known
             .as_ref()
-            .is_some_and(|entry| entry.until_unix_ms >= now_unix_ms)
+            .is_some_and(|line| line.until_unix_ms >= now_unix_ms)
         {
             return Ok(Admission::Conflict);
         }
@@ -245,7 +289,7 @@ impl ReplayLedger {
             return Ok(Admission::BeyondHorizon);
         }
         // An expired entry for this id is forgotten now: the horizon moves past it first.
-        if let Some(replaced) = known.map(|entry| entry.expires_at_unix_ms)
+        if let Some(replaced) = known.as_ref().map(Line::expiry)
             && replaced > inner.horizon_unix_ms
         {
             write_horizon(&self.path, replaced).map_err(|source| self.error(source))?;
@@ -258,15 +302,15 @@ impl ReplayLedger {
             expires_at_unix_ms: Some(expires_at_unix_ms),
             outcome: None,
         };
-        let span = self.append(&mut inner, &line, durability)?;
-        inner.entries.insert(
+        let at = self.append(&mut inner, &line, durability)?;
+        let until = after_base(until_unix_ms, inner.base_unix_ms);
+        inner.entries.insert(key, Slot { at, until });
+        inner.running.insert(
             key,
-            Entry {
-                digest: short,
+            Running {
+                digest: digest16(digest.as_bytes()),
                 until_unix_ms,
                 expires_at_unix_ms,
-                line: span,
-                finished: false,
             },
         );
         Ok(Admission::New)
@@ -311,28 +355,32 @@ impl ReplayLedger {
         now_unix_ms: i64,
     ) -> Result<(), LedgerError> {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let key = digest16(id.as_bytes());
+        let key = key_of(id);
         // Only this command's entry: its id may have been reused (once expired) meanwhile.
-        let Some(entry) = inner
-            .entries
+        let Some(running) = inner
+            .running
             .get(&key)
-            .filter(|entry| entry.digest == digest16(digest.as_bytes()))
-            .cloned()
+            .filter(|running| running.digest == digest16(digest.as_bytes()))
+            .copied()
         else {
             return Ok(());
         };
+        inner.running.remove(&key);
+        if !inner.entries.contains_key(&key) {
+            // Forgotten by a compaction: it expired while it ran.
+            return Ok(());
+        }
         let line = Line {
             id: id.to_string(),
             digest: digest.to_string(),
-            until_unix_ms: entry.until_unix_ms,
-            expires_at_unix_ms: Some(entry.expires_at_unix_ms),
+            until_unix_ms: running.until_unix_ms,
+            expires_at_unix_ms: Some(running.expires_at_unix_ms),
             outcome: Some(outcome),
         };
         // Not synced: losing it in a power cut makes a retry answer "unknown", never rerun.
-        let span = self.append(&mut inner, &line, Durability::WithNextSync)?;
-        if let Some(entry) = inner.entries.get_mut(&key) {
-            entry.line = span;
-            entry.finished = true;
+        let at = self.append(&mut inner, &line, Durability::WithNextSync)?;
+        if let Some(slot) = inner.entries.get_mut(&key) {
+            slot.at = at;
         }
         if inner.lines <= self.compact_after_lines.max(inner.recount_at_lines) {
             return Ok(());
@@ -368,12 +416,21 @@ impl ReplayLedger {
         inner: &mut Inner,
         line: &Line,
         durability: Durability,
-    ) -> Result<Span, LedgerError> {
+    ) -> Result<u32, LedgerError> {
         if inner.broken {
             return Err(self.error(io::Error::other("an earlier write failed")));
         }
         let mut text = serde_json::to_string(line).map_err(|e| self.error(e.into()))?;
         text.push('\n');
+        let at = u32::try_from(inner.end)
+            .ok()
+            .filter(|_| inner.end + text.len() as u64 <= self.max_file_len)
+            .ok_or_else(|| {
+                self.error(io::Error::new(
+                    io::ErrorKind::StorageFull,
+                    "the file is full of commands that can still be fresh; nothing more is admitted until some expire",
+                ))
+            })?;
         let started = std::time::Instant::now();
         let written = inner
             .file
@@ -389,17 +446,13 @@ impl ReplayLedger {
             inner.broken = true;
             return Err(self.error(source));
         }
-        let span = Span {
-            at: inner.end,
-            len: text.len() as u32,
-        };
         inner.end += text.len() as u64;
         inner.lines += 1;
         #[cfg(test)]
         if durability == Durability::Synced {
             inner.syncs += 1;
         }
-        Ok(span)
+        Ok(at)
     }
 
     /// Rewrites the file with only the live entries, atomically. If it fails half-way the
@@ -413,43 +466,65 @@ impl ReplayLedger {
         result
     }
 
+    /// One pass over the file: each entry's latest line holds all of it, and is copied as
+    /// it is while its command can still be fresh; else the entry is forgotten and the
+    /// horizon moves past it.
     fn rewrite(path: &Path, inner: &mut Inner, now_unix_ms: i64) -> io::Result<()> {
-        let forgotten = inner
-            .entries
-            .values()
-            .filter(|entry| entry.until_unix_ms < now_unix_ms)
-            .map(|entry| entry.expires_at_unix_ms)
-            .max();
-        // The horizon is on disk before anything it covers leaves the ledger.
-        if let Some(horizon) = forgotten
-            && horizon > inner.horizon_unix_ms
-        {
-            write_horizon(path, horizon)?;
-            inner.horizon_unix_ms = horizon;
-        }
-        inner
-            .entries
-            .retain(|_, entry| entry.until_unix_ms >= now_unix_ms);
-        // The table a burst grew is given back, not kept for the next burst.
-        inner.entries.shrink_to_fit();
         let temp = path.with_extension("jsonl.tmp");
-        let mut end = 0;
+        let mut horizon = inner.horizon_unix_ms;
+        let mut end = 0u64;
         {
-            // Each entry's latest line holds all of it: copied as it is.
             let mut out = io::BufWriter::new(File::create(&temp)?);
+            let mut reader = BufReader::new(File::open(path)?);
             let mut text = Vec::new();
-            for entry in inner.entries.values_mut() {
-                text.resize(entry.line.len as usize, 0);
-                inner.file.read_exact_at(&mut text, entry.line.at)?;
-                out.write_all(&text)?;
-                entry.line.at = end;
-                end += text.len() as u64;
+            let mut at = 0u64;
+            loop {
+                text.clear();
+                let read = reader.read_until(b'\n', &mut text)?;
+                if read == 0 {
+                    break;
+                }
+                let line_at = at;
+                at += read as u64;
+                let Ok(line) = serde_json::from_slice::<Line>(&text) else {
+                    continue;
+                };
+                // Only an entry's latest line. Offsets already rewritten are below
+                // `line_at`, so an older line can never be taken for one of them.
+                let Some(slot) = inner
+                    .entries
+                    .get_mut(&key_of(&line.id))
+                    .filter(|slot| u64::from(slot.at) == line_at)
+                else {
+                    continue;
+                };
+                if line.until_unix_ms >= now_unix_ms {
+                    out.write_all(&text)?;
+                    slot.at = end as u32;
+                    slot.until = after_base(line.until_unix_ms, now_unix_ms);
+                    end += text.len() as u64;
+                } else {
+                    horizon = horizon.max(line.expiry());
+                    slot.at = FORGOTTEN;
+                }
             }
             out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        }
+        // The horizon is on disk before anything it covers leaves the ledger.
+        if horizon > inner.horizon_unix_ms {
+            write_horizon(path, horizon)?;
+            inner.horizon_unix_ms = horizon;
         }
         fs::rename(&temp, path)?;
         inner.file = open_append(path)?;
         inner.end = end;
+        inner.base_unix_ms = now_unix_ms;
+        inner.entries.retain(|_, slot| slot.at != FORGOTTEN);
+        let entries = &inner.entries;
+        inner.running.retain(|key, _| entries.contains_key(key));
+        // The table a burst grew is given back, not kept for the next burst.
+        inner.entries.shrink_to_fit();
+        inner.running.shrink_to_fit();
         inner.lines = inner.entries.len();
         inner.recount_at_lines = 0;
         if let Some(dir) = path.parent() {
@@ -459,9 +534,23 @@ impl ReplayLedger {
     }
 }
 
-fn read_line(file: &File, span: Span) -> io::Result<Line> {
-    let mut text = vec![0u8; span.len as usize];
-    file.read_exact_at(&mut text, span.at)?;
+/// The line that starts at `at`.
+fn read_line(file: &File, at: u32) -> io::Result<Line> {
+    let mut text = Vec::new();
+    let mut chunk = [0u8; 512];
+    loop {
+        let read = file.read_at(&mut chunk, u64::from(at) + text.len() as u64)?;
+        if read == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        match chunk[..read].iter().position(|&byte| byte == b'\n') {
+            Some(newline) => {
+                text.extend_from_slice(&chunk[..newline]);
+                break;
+            }
+            None => text.extend_from_slice(&chunk[..read]),
+        }
+    }
     serde_json::from_slice(&text).map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error))
 }
 
@@ -536,13 +625,14 @@ fn open_append(path: &Path) -> io::Result<File> {
 /// whole entry (compaction writes one line per command). A torn last line (a crash
 /// mid-write of an outcome) is skipped: the admission before it stands.
 /// Returns the entries and the file's length.
-fn read_entries(path: &Path) -> io::Result<(HashMap<Digest16, Entry>, u64)> {
+fn read_entries(path: &Path, base_unix_ms: i64) -> io::Result<(HashMap<Key, Slot>, u64)> {
     let file = match File::open(path) {
         Ok(file) => file,
         Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok((HashMap::new(), 0)),
         Err(error) => return Err(error),
     };
-    let mut entries: HashMap<Digest16, Entry> = HashMap::new();
+    // With each entry, the digest of its latest line: only while reading.
+    let mut entries: HashMap<Key, (Slot, Digest16)> = HashMap::new();
     let mut reader = BufReader::new(file);
     let mut text = Vec::new();
     let mut at = 0u64;
@@ -552,33 +642,35 @@ fn read_entries(path: &Path) -> io::Result<(HashMap<Digest16, Entry>, u64)> {
         if read == 0 {
             break;
         }
-        let span = Span {
-            at,
-            len: read as u32,
-        };
+        let line_at = u32::try_from(at)
+            .ok()
+            .filter(|&at| at != FORGOTTEN)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "longer than 4 GiB"))?;
         at += read as u64;
         let Ok(line) = serde_json::from_slice::<Line>(&text) else {
             tracing::warn!(path = %path.display(), "skipping an unreadable ledger line");
             continue;
         };
-        let key = digest16(line.id.as_bytes());
-        let entry = Entry {
-            digest: digest16(line.digest.as_bytes()),
-            until_unix_ms: line.until_unix_ms,
-            expires_at_unix_ms: line.expires_at_unix_ms.unwrap_or(line.until_unix_ms),
-            line: span,
-            finished: line.outcome.is_some(),
-        };
+        let key = key_of(&line.id);
+        let digest = digest16(line.digest.as_bytes());
         match entries.get(&key) {
             // The outcome of an older use of a reused id: the newer admission stands.
-            Some(known) if entry.finished && known.digest != entry.digest => {}
+            Some((_, known)) if line.outcome.is_some() && *known != digest => {}
             // An admission, the outcome of the admission before it, or a whole command
             // as compaction writes it.
             _ => {
-                entries.insert(key, entry);
+                let slot = Slot {
+                    at: line_at,
+                    until: after_base(line.until_unix_ms, base_unix_ms),
+                };
+                entries.insert(key, (slot, digest));
             }
         }
     }
+    let entries = entries
+        .into_iter()
+        .map(|(key, (slot, _))| (key, slot))
+        .collect();
     Ok((entries, at))
 }
 

@@ -231,10 +231,10 @@ fn compaction_keeps_the_file_small() {
     );
 }
 
-/// What a remembered command costs in memory: its slot in the map, nothing on the heap.
+/// What a remembered command costs in memory: its 16-byte slot in the map, nothing more.
 #[test]
-fn an_entry_is_a_few_dozen_bytes() {
-    assert!(std::mem::size_of::<(Digest16, Entry)>() <= 72);
+fn an_entry_is_16_bytes_in_memory() {
+    assert_eq!(std::mem::size_of::<(Key, Slot)>(), 16);
 }
 
 /// Compaction writes a finished command as one line that holds its outcome: the next
@@ -351,4 +351,29 @@ fn lines_in(state_dir: &Path) -> usize {
         .unwrap()
         .lines()
         .count()
+}
+
+/// Offsets are kept in 32 bits: a ledger whose live commands fill them admits nothing more,
+/// with an error that says so, and admits again once a compaction made room.
+#[test]
+fn a_full_file_refuses_admissions_until_commands_expire() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ledger = ReplayLedger::open(dir.path(), NOW).unwrap();
+    ledger.compact_after_lines = 0;
+    admit(&ledger, "a", "d", NOW + 10, NOW);
+    ledger.max_file_len = fs::metadata(dir.path().join(FILE_NAME)).unwrap().len() + 10;
+    let full = ledger
+        .admit("b", "d", NOW + 10, NOW + 10, NOW, Synced)
+        .unwrap_err();
+    assert_eq!(
+        std::error::Error::source(&full)
+            .and_then(|source| source.downcast_ref::<io::Error>())
+            .map(io::Error::kind),
+        Some(io::ErrorKind::StorageFull),
+        "{full:?}"
+    );
+    assert!(!ledger.is_broken());
+    assert_eq!(lines_in(dir.path()), 1, "nothing of the refused command");
+    ledger.forget_expired(NOW + 11).unwrap();
+    assert_eq!(admit(&ledger, "b", "d", NOW + 20, NOW + 11), Admission::New);
 }
