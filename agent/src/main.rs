@@ -58,6 +58,7 @@ fn main() -> ExitCode {
     // A helper the agent started (memory holder, fill guard): nothing else may run in it.
     troop_agent::host::run_helper_if_asked();
     troop_common::allocator::limit_arenas();
+    troop_common::allocator::trim_eagerly();
     // Two workers whatever the host's size: the agent's work is small and mostly waits,
     // and a thread per core would cost memory on every large host of the fleet.
     let runtime = tokio::runtime::Builder::new_multi_thread()

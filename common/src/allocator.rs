@@ -18,6 +18,20 @@ pub fn limit_arenas() {
     }
 }
 
+/// For a small daemon that idles between bursts (the agent): free memory at the top of an
+/// arena goes back to the kernel once it passes 64 KiB, and growth takes no padding.
+/// glibc's defaults (128 KiB each) keep up to 256 KiB a thread's arena once touched, and
+/// `malloc_trim` gives back only the main arena's top: after a burst of 10,000 commands
+/// the agent's second arena kept 208 KiB resident, 44 KiB with these.
+#[allow(unsafe_code)]
+pub fn trim_eagerly() {
+    // SAFETY: mallopt only sets allocator parameters.
+    unsafe {
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 64 * 1024);
+        libc::mallopt(libc::M_TOP_PAD, 0);
+    }
+}
+
 /// Returns free pages of every arena to the kernel (after a burst of commands).
 #[allow(unsafe_code)]
 pub fn give_back_free_memory() {
