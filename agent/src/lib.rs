@@ -286,7 +286,7 @@ impl Agent {
             None => None,
         };
         let deadlines = self.engine.supervise();
-        let housekeeping = tokio::spawn(housekeeping(self.service.clone()));
+        let housekeeping = start_housekeeping(self.service.clone());
         let (stop_links, links_stopped) = tokio::sync::watch::channel(false);
         let link = self.link_tls.map(|tls| {
             tokio::spawn(
@@ -320,7 +320,7 @@ impl Agent {
             }
         };
         let _ = stop_links.send(true);
-        housekeeping.abort();
+        drop(housekeeping);
         if let Some(metrics) = metrics {
             metrics.abort();
         }
@@ -366,15 +366,25 @@ async fn serve_metrics(listener: TcpListener, service: Arc<AgentService>) {
 /// How often the inventory is read again and freed memory given back.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(30);
 
-async fn housekeeping(service: Arc<AgentService>) {
-    let mut tick = tokio::time::interval(HOUSEKEEPING_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await; // the first tick is now: the service read the host at start
-    loop {
-        tick.tick().await;
-        let service = service.clone();
-        let _ = tokio::task::spawn_blocking(move || service.housekeeping()).await;
+/// Runs housekeeping on a thread of its own until the returned sender is dropped. A thread
+/// of tokio's blocking pool would exit ten seconds after each round, and so fault in its
+/// exit path's code right after an idle round unmapped it.
+fn start_housekeeping(service: Arc<AgentService>) -> std::sync::mpsc::Sender<()> {
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let spawned = std::thread::Builder::new()
+        .name("housekeeping".into())
+        .spawn(move || {
+            // The first round is a period away: the service read the host at start.
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                stopped.recv_timeout(HOUSEKEEPING_EVERY)
+            {
+                service.housekeeping();
+            }
+        });
+    if let Err(error) = spawned {
+        tracing::error!(%error, "cannot start housekeeping: the inventory will not be refreshed");
     }
+    stop
 }
 
 /// Reloads what can change without a restart: trusted keys, skew, labels and policy.
