@@ -46,10 +46,11 @@ impl Dialer {
         Ok(Self::with_config(config, connect_timeout))
     }
 
-    /// A dialer with a TLS client config made elsewhere (tests present wrong identities).
-    pub fn with_config(config: ClientConfig, connect_timeout: Duration) -> Self {
+    /// A dialer with a TLS client config made elsewhere (shared with the operator API's
+    /// channel; tests present wrong identities).
+    pub fn with_config(config: impl Into<Arc<ClientConfig>>, connect_timeout: Duration) -> Self {
         Self {
-            tls: Arc::new(config),
+            tls: config.into(),
             connect_timeout,
         }
     }

@@ -13,7 +13,7 @@ use troop_proto::pb;
 use troop_proto::serve_pb::LiveAgent;
 
 use crate::client::Dialer;
-use crate::config::{AgentEntry, CoordinatorConfig};
+use crate::config::{AgentEntry, ClientTls, CoordinatorConfig};
 use crate::dispatch::{CONNECT_TIMEOUT, Call, CallError, Dispatcher, Reply, wrong_reply};
 use crate::remote::Remote;
 use crate::selector::Selector;
@@ -56,19 +56,29 @@ impl Fleet {
 
     pub fn from_config(config: CoordinatorConfig) -> anyhow::Result<Self> {
         let path = &config.path;
-        let (tls, key) = match (&config.tls, &config.remote) {
-            (Some(tls), _) => (tls, "[tls]"),
-            (None, Some(remote)) => (&remote.tls, "[coordinator]"),
-            (None, None) => bail!("config {}: [tls] is missing", path.display()),
+        let client_config = |tls: &ClientTls, key: &str| {
+            troop_common::tls::client_config(&tls.cert, &tls.key, &tls.ca)
+                .map(Arc::new)
+                .with_context(|| format!("config {}: {key}", path.display()))
         };
-        let dialer = Dialer::new(tls, CONNECT_TIMEOUT)
-            .with_context(|| format!("config {}: {key}", path.display()))?;
-        let remote = match &config.remote {
-            Some(remote) => {
-                Some(Remote::new(remote).with_context(|| format!("config {}", path.display()))?)
-            }
+        let remote_tls = match &config.remote {
+            Some(remote) => Some(client_config(&remote.tls, "[coordinator]")?),
             None => None,
         };
+        // An operator's machine has only `[coordinator]`: its one client config serves
+        // both, read once (a CLI command's start-up is part of every attack's time).
+        let agents_tls = match (&config.tls, &remote_tls) {
+            (Some(tls), _) => client_config(tls, "[tls]")?,
+            (None, Some(remote_tls)) => remote_tls.clone(),
+            (None, None) => bail!("config {}: [tls] is missing", path.display()),
+        };
+        let remote = match (&config.remote, remote_tls) {
+            (Some(remote), Some(tls)) => Some(
+                Remote::new(remote, tls).with_context(|| format!("config {}", path.display()))?,
+            ),
+            _ => None,
+        };
+        let dialer = Dialer::with_config(agents_tls, CONNECT_TIMEOUT);
         Ok(Self {
             config,
             dispatcher: Dispatcher::new(dialer),

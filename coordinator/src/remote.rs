@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use hyper_util::rt::TokioIo;
+use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
@@ -45,12 +46,10 @@ pub struct Remote {
 }
 
 impl Remote {
-    /// Prepares the channel; it connects on first use.
-    pub fn new(remote: &RemoteCoordinator) -> anyhow::Result<Self> {
-        let tls =
-            troop_common::tls::client_config(&remote.tls.cert, &remote.tls.key, &remote.tls.ca)
-                .context("[coordinator] cert, key, ca")?;
-        let connector = TlsConnector::from(Arc::new(tls));
+    /// Prepares the channel to `remote` with `tls`, the client config made of its
+    /// `[coordinator]` cert, key and ca; it connects on first use.
+    pub fn new(remote: &RemoteCoordinator, tls: Arc<ClientConfig>) -> anyhow::Result<Self> {
+        let connector = TlsConnector::from(tls);
         let address = remote.address.clone();
         let target = address.clone();
         // The URI only labels requests; the connector decides where bytes go, and serve's
