@@ -133,7 +133,7 @@ pub async fn send_recorded(
         .into_iter()
         .map(|(agent, action)| {
             let command = new_command(&agent.id, action, DEFAULT_VALIDITY);
-            tracing::info!(agent = %agent.id, command_id = %command.command_id, action = %describe::action_text(command.action.as_ref()), "sending command");
+            tracing::debug!(agent = %agent.id, command_id = %command.command_id, action = %describe::action_text(command.action.as_ref()), "sending command");
             (agent, command)
         })
         .collect();
@@ -176,14 +176,28 @@ pub async fn send_recorded(
         None => Vec::new(),
     };
     let deliveries = fleet.dispatcher.sign_and_send(signer, commands).await;
+    let mut outcomes = std::collections::BTreeMap::<&str, usize>::new();
     for delivery in &deliveries {
         let (agent, command_id) = (&delivery.agent.id, &delivery.command_id);
+        *outcomes
+            .entry(describe::outcome_word(&delivery.result))
+            .or_default() += 1;
         match &delivery.result {
             Ok(receipt) => {
-                tracing::info!(%agent, %command_id, summary = %receipt.summary, "applied")
+                tracing::debug!(%agent, %command_id, summary = %receipt.summary, "applied")
             }
             Err(error) => tracing::debug!(%agent, %command_id, %error, "not applied"),
         }
+    }
+    // One line a batch: a command to 1,000 agents is not 2,000 lines in the journal (the
+    // audit store has every command; each is logged at debug).
+    if !deliveries.is_empty() {
+        let outcomes = outcomes
+            .iter()
+            .map(|(word, count)| format!("{count} {word}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        tracing::info!(commands = deliveries.len(), %outcomes, "sent");
     }
     if let Some(audit) = audit {
         let outcomes: Vec<CommandOutcome> = deliveries
