@@ -475,31 +475,20 @@ impl ReplayLedger {
         let mut end = 0u64;
         {
             let mut out = io::BufWriter::new(File::create(&temp)?);
-            let mut reader = BufReader::new(File::open(path)?);
-            let mut text = Vec::new();
-            let mut at = 0u64;
-            loop {
-                text.clear();
-                let read = reader.read_until(b'\n', &mut text)?;
-                if read == 0 {
-                    break;
-                }
-                let line_at = at;
-                at += read as u64;
-                let Ok(line) = serde_json::from_slice::<Line>(&text) else {
-                    continue;
-                };
+            each_line(File::open(path)?, |line_at, text, line| {
                 // Only an entry's latest line. Offsets already rewritten are below
                 // `line_at`, so an older line can never be taken for one of them.
-                let Some(slot) = inner
-                    .entries
-                    .get_mut(&key_of(&line.id))
-                    .filter(|slot| u64::from(slot.at) == line_at)
-                else {
-                    continue;
+                let Some((line, slot)) = line.and_then(|line| {
+                    let slot = inner
+                        .entries
+                        .get_mut(&key_of(&line.id))
+                        .filter(|slot| u64::from(slot.at) == line_at)?;
+                    Some((line, slot))
+                }) else {
+                    return Ok(());
                 };
                 if line.until_unix_ms >= now_unix_ms {
-                    out.write_all(&text)?;
+                    out.write_all(text)?;
                     slot.at = end as u32;
                     slot.until = after_base(line.until_unix_ms, now_unix_ms);
                     end += text.len() as u64;
@@ -507,7 +496,8 @@ impl ReplayLedger {
                     horizon = horizon.max(line.expiry());
                     slot.at = FORGOTTEN;
                 }
-            }
+                Ok(())
+            })?;
             out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
         }
         // The horizon is on disk before anything it covers leaves the ledger.
@@ -633,23 +623,14 @@ fn read_entries(path: &Path, base_unix_ms: i64) -> io::Result<(HashMap<Key, Slot
     };
     // With each entry, the digest of its latest line: only while reading.
     let mut entries: HashMap<Key, (Slot, Digest16)> = HashMap::new();
-    let mut reader = BufReader::new(file);
-    let mut text = Vec::new();
-    let mut at = 0u64;
-    loop {
-        text.clear();
-        let read = reader.read_until(b'\n', &mut text)?;
-        if read == 0 {
-            break;
-        }
+    let length = each_line(file, |at, _, line| {
         let line_at = u32::try_from(at)
             .ok()
             .filter(|&at| at != FORGOTTEN)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "longer than 4 GiB"))?;
-        at += read as u64;
-        let Ok(line) = serde_json::from_slice::<Line>(&text) else {
+        let Some(line) = line else {
             tracing::warn!(path = %path.display(), "skipping an unreadable ledger line");
-            continue;
+            return Ok(());
         };
         let key = key_of(&line.id);
         let digest = digest16(line.digest.as_bytes());
@@ -666,12 +647,33 @@ fn read_entries(path: &Path, base_unix_ms: i64) -> io::Result<(HashMap<Key, Slot
                 entries.insert(key, (slot, digest));
             }
         }
-    }
+        Ok(())
+    })?;
     let entries = entries
         .into_iter()
         .map(|(key, (slot, _))| (key, slot))
         .collect();
-    Ok((entries, at))
+    Ok((entries, length))
+}
+
+/// Reads `file`'s lines in order, giving `visit` each one's offset, bytes and content
+/// (`None` for a line that does not parse, such as a torn last one). Returns the length.
+fn each_line(
+    file: File,
+    mut visit: impl FnMut(u64, &[u8], Option<Line>) -> io::Result<()>,
+) -> io::Result<u64> {
+    let mut reader = BufReader::new(file);
+    let mut text = Vec::new();
+    let mut at = 0u64;
+    loop {
+        text.clear();
+        let read = reader.read_until(b'\n', &mut text)?;
+        if read == 0 {
+            return Ok(at);
+        }
+        visit(at, &text, serde_json::from_slice(&text).ok())?;
+        at += read as u64;
+    }
 }
 
 #[cfg(test)]
