@@ -72,12 +72,13 @@ impl Fleet {
             (None, Some(remote_tls)) => remote_tls.clone(),
             (None, None) => bail!("config {}: [tls] is missing", path.display()),
         };
-        let remote = match (&config.remote, remote_tls) {
-            (Some(remote), Some(tls)) => Some(
-                Remote::new(remote, tls).with_context(|| format!("config {}", path.display()))?,
-            ),
-            _ => None,
-        };
+        let remote = config
+            .remote
+            .as_ref()
+            .zip(remote_tls)
+            .map(|(remote, tls)| Remote::new(remote, tls))
+            .transpose()
+            .with_context(|| format!("config {}", path.display()))?;
         let dialer = Dialer::with_config(agents_tls, CONNECT_TIMEOUT);
         Ok(Self {
             config,
