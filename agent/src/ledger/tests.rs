@@ -377,3 +377,35 @@ fn a_full_file_refuses_admissions_until_commands_expire() {
     ledger.forget_expired(NOW + 11).unwrap();
     assert_eq!(admit(&ledger, "b", "d", NOW + 20, NOW + 11), Admission::New);
 }
+
+/// A command admitted but never finished (its run panicked, say) is kept in memory only
+/// while its entry is: once it expires and a compaction forgets it, nothing of it is left.
+#[test]
+fn an_unfinished_command_leaves_nothing_in_memory_once_forgotten() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ledger = ReplayLedger::open(dir.path(), NOW).unwrap();
+    ledger.compact_after_lines = 0;
+    for id in ["lost-1", "lost-2", "lost-3"] {
+        admit(&ledger, id, "d", NOW + 10, NOW);
+    }
+    admit(&ledger, "live", "d", NOW + 1000, NOW);
+    ledger.forget_expired(NOW + 11).unwrap();
+    let inner = ledger.inner.lock().unwrap();
+    assert_eq!(inner.entries.len(), 1);
+    assert_eq!(inner.running.len(), 1, "only the live command's");
+}
+
+/// A slot's expiry counts from the last compaction and saturates 49 days on: such an entry
+/// counts as live until then, never as expired early.
+#[test]
+fn a_slots_expiry_saturates_on_the_live_side() {
+    const DAY: i64 = 86_400_000;
+    assert_eq!(after_base(NOW + 10, NOW), 10);
+    assert_eq!(after_base(NOW - 10, NOW), 0);
+    assert_eq!(after_base(NOW + 50 * DAY, NOW), u32::MAX);
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = ReplayLedger::open(dir.path(), NOW).unwrap();
+    admit(&ledger, "far", "d", NOW + 50 * DAY, NOW);
+    let inner = ledger.inner.lock().unwrap();
+    assert_eq!(inner.live(NOW + 49 * DAY), 1);
+}
