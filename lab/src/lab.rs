@@ -6,7 +6,7 @@
 //! whole fleet. Configs are typed values of the agent's and coordinator's own file shapes.
 
 use std::collections::BTreeMap;
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -571,11 +571,26 @@ impl Lab {
 
     /// The `troop` CLI as the coordinator runs it: inside the lab's network.
     pub fn troop_command(&self) -> Command {
-        let troop = self.binaries.troop.clone();
-        let mut command = match &self.net {
-            Some(net) => net.command(&troop),
-            None => Command::new(troop),
-        };
+        self.troop_command_after(&[])
+    }
+
+    /// The `troop` CLI as [`Self::troop_command`] runs it, killed with the thread that
+    /// starts it: for `troop serve`, which must not outlive a test or bench that is killed
+    /// outright, when no guard is dropped (the lab's hosts end the same way).
+    pub fn troop_command_ending_with_this_thread(&self) -> Command {
+        self.troop_command_after(&["setpriv", "--pdeathsig", "KILL", "--"])
+    }
+
+    /// The `troop` CLI inside the lab's network, run by `launcher` (the words of a
+    /// program that execs onwards, so the child's pid is troop's).
+    fn troop_command_after(&self, launcher: &[&str]) -> Command {
+        let mut words: Vec<&OsStr> = launcher.iter().map(OsStr::new).collect();
+        if let Some(net) = &self.net {
+            words.extend(net.exec_words().map(OsStr::new));
+        }
+        words.push(self.binaries.troop.as_os_str());
+        let mut command = Command::new(words[0]);
+        command.args(&words[1..]);
         command.current_dir(self.dir());
         if let Some(port) = self.otlp_port {
             command.envs(otlp_env(&format!("http://127.0.0.1:{port}")));
@@ -598,7 +613,7 @@ impl Lab {
             .open(self.dir().join(log))
             .unwrap();
         Reaped(
-            self.troop_command()
+            self.troop_command_ending_with_this_thread()
                 .arg("--config")
                 .arg(config)
                 .arg("serve")

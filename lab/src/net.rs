@@ -154,9 +154,15 @@ impl LabNet {
 
     /// A command run inside the lab namespace (where the coordinator lives).
     pub fn command(&self, program: &Path) -> Command {
-        let mut command = Command::new("ip");
-        command.args(["netns", "exec", &self.ns]).arg(program);
+        let [ip, args @ ..] = self.exec_words();
+        let mut command = Command::new(ip);
+        command.args(args).arg(program);
         command
+    }
+
+    /// The words that run a program inside the lab namespace (it execs onwards).
+    pub fn exec_words(&self) -> [&str; 4] {
+        ["ip", "netns", "exec", &self.ns]
     }
 }
 

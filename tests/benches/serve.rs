@@ -51,7 +51,7 @@ fn main() {
 
 fn start_serve(lab: &Lab) -> Reaped {
     Reaped(
-        lab.troop_command()
+        lab.troop_command_ending_with_this_thread()
             .arg("serve")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -418,8 +418,11 @@ fn thousand_agents() {
 
     let binaries = troop_lab::lab::Binaries::built();
     let serve_command = || {
-        let mut command = Command::new(&binaries.troop);
+        // Killed with this thread, also when the bench is killed outright.
+        let mut command = Command::new("setpriv");
         command
+            .args(["--pdeathsig", "KILL", "--"])
+            .arg(&binaries.troop)
             .args(["--config"])
             .arg(root.join("troop.toml"))
             .arg("serve")
@@ -439,7 +442,8 @@ fn thousand_agents() {
             // Each in its own PID namespace, as on its own host: a kill looks through the
             // host's processes, not through 1,000 agents on one machine.
             Reaped(
-                Command::new("unshare")
+                Command::new("setpriv")
+                    .args(["--pdeathsig", "KILL", "--", "unshare"])
                     .args(["--pid", "--fork", "--kill-child", "--mount-proc", "--"])
                     .arg(&binaries.agent)
                     .arg("--config")
