@@ -370,21 +370,35 @@ const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(30);
 /// of tokio's blocking pool would exit ten seconds after each round, and so fault in its
 /// exit path's code right after an idle round unmapped it.
 fn start_housekeeping(service: Arc<AgentService>) -> std::sync::mpsc::Sender<()> {
+    let (stop, _thread) = repeat_on_own_thread("housekeeping", HOUSEKEEPING_EVERY, move || {
+        service.housekeeping();
+    });
+    stop
+}
+
+/// Runs `round` every `period` (the first a period away) on a thread named `name`, until
+/// the returned sender is dropped. A thread that cannot start is logged.
+fn repeat_on_own_thread(
+    name: &str,
+    period: Duration,
+    mut round: impl FnMut() + Send + 'static,
+) -> (
+    std::sync::mpsc::Sender<()>,
+    Option<std::thread::JoinHandle<()>>,
+) {
     let (stop, stopped) = std::sync::mpsc::channel::<()>();
     let spawned = std::thread::Builder::new()
-        .name("housekeeping".into())
+        .name(name.into())
         .spawn(move || {
-            // The first round is a period away: the service read the host at start.
-            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-                stopped.recv_timeout(HOUSEKEEPING_EVERY)
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(period)
             {
-                service.housekeeping();
+                round();
             }
         });
-    if let Err(error) = spawned {
-        tracing::error!(%error, "cannot start housekeeping: the inventory will not be refreshed");
-    }
-    stop
+    let thread = spawned
+        .inspect_err(|error| tracing::error!(%error, thread = name, "cannot start a thread"))
+        .ok();
+    (stop, thread)
 }
 
 /// Reloads what can change without a restart: trusted keys, skew, labels and policy.
@@ -450,5 +464,37 @@ impl Agent {
             identity: self.identity.clone(),
             running: Arc::new(self.config.clone()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn a_repeating_thread_runs_its_rounds_and_ends_when_its_sender_is_dropped() {
+        let rounds = Arc::new(AtomicUsize::new(0));
+        let counted = rounds.clone();
+        let (stop, thread) =
+            repeat_on_own_thread("test-rounds", Duration::from_millis(5), move || {
+                counted.fetch_add(1, Ordering::SeqCst);
+            });
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while rounds.load(Ordering::SeqCst) < 3 {
+            assert!(std::time::Instant::now() < deadline, "no rounds ran");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        drop(stop);
+        // Joined only if it ends: a loop that ignored the dropped sender would hang here,
+        // so the check runs on a helper with a deadline.
+        let (ended, joined) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            thread.unwrap().join().unwrap();
+            let _ = ended.send(());
+        });
+        joined
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the thread went on after its sender was dropped");
     }
 }
