@@ -2,8 +2,8 @@
 //! filesystem is (statvfs). The agent matches and measures with these; the lab and the
 //! demo use them to check a fault's effect without asking the agent.
 
-use std::fs;
-use std::io;
+use std::fs::{self, File};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use nix::sys::statvfs::{Statvfs, statvfs};
@@ -27,7 +27,7 @@ pub struct ProcessInfo {
 
 /// CPU time (user + system) a process has used, from `/proc/PID/stat`; `None` if gone.
 pub fn cpu_seconds(pid: i32) -> Option<f64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let stat = read_proc_text(format!("/proc/{pid}/stat")).ok()?;
     let fields: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split(' ').collect();
     // Fields 14 and 15 of proc(5); fields[0] is field 3.
     let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
@@ -37,7 +37,7 @@ pub fn cpu_seconds(pid: i32) -> Option<f64> {
 
 /// Resident memory of a process (`VmRSS`), `None` if it is gone.
 pub fn resident_bytes(pid: u32) -> Option<u64> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let status = read_proc_text(format!("/proc/{pid}/status")).ok()?;
     kib_field(&status, "VmRSS:").map(|kib| kib * 1024)
 }
 
@@ -58,7 +58,7 @@ const PF_KTHREAD: u64 = 0x0020_0000;
 /// Reads one process, `None` if it is gone.
 pub fn read_process(pid: i32) -> Option<ProcessInfo> {
     let dir = PathBuf::from(format!("/proc/{pid}"));
-    let stat = parse_stat(&fs::read_to_string(dir.join("stat")).ok()?)?;
+    let stat = parse_stat(&read_proc_text(dir.join("stat")).ok()?)?;
     let uid = read_uid(pid)?;
     let cmdline = read_cmdline(pid).unwrap_or_default();
     let exe = fs::read_link(dir.join("exe")).ok().map(|path| {
@@ -80,7 +80,7 @@ pub fn read_process(pid: i32) -> Option<ProcessInfo> {
 
 /// The real uid of a process, from `/proc/PID/status`; `None` if it is gone.
 pub fn read_uid(pid: i32) -> Option<u32> {
-    fs::read_to_string(format!("/proc/{pid}/status"))
+    read_proc_text(format!("/proc/{pid}/status"))
         .ok()?
         .lines()
         .find_map(|line| line.strip_prefix("Uid:"))
@@ -91,7 +91,7 @@ pub fn read_uid(pid: i32) -> Option<u32> {
 /// The arguments of a process (empty for a kernel thread); `None` if it is gone.
 pub fn read_cmdline(pid: i32) -> Option<Vec<String>> {
     Some(
-        fs::read(format!("/proc/{pid}/cmdline"))
+        read_proc(format!("/proc/{pid}/cmdline"))
             .ok()?
             .split(|&byte| byte == 0)
             .filter(|arg| !arg.is_empty())
@@ -120,7 +120,38 @@ pub fn pid_listing() -> io::Result<impl Iterator<Item = io::Result<i32>>> {
 
 /// The parent of a process (one small read), `None` if it is gone.
 pub fn parent_pid(pid: i32) -> Option<i32> {
-    parse_stat(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?).map(|stat| stat.ppid)
+    parse_stat(&read_proc_text(format!("/proc/{pid}/stat")).ok()?).map(|stat| stat.ppid)
+}
+
+/// A file of /proc, whole. Not `fs::read`: /proc reports a size of 0, so that asks for
+/// the metadata and then reads in steps from 32 bytes up (eight reads for a `status`);
+/// this reads a page at a time: one read and the one that finds the end.
+fn read_proc(path: impl AsRef<Path>) -> io::Result<Vec<u8>> {
+    let mut file = File::open(path)?;
+    let mut bytes = vec![0; 4096];
+    let mut len = 0;
+    loop {
+        if len == bytes.len() {
+            bytes.resize(len * 2, 0);
+        }
+        match file.read(&mut bytes[len..]) {
+            Ok(0) => break,
+            Ok(read) => len += read,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
+    }
+    bytes.truncate(len);
+    Ok(bytes)
+}
+
+/// As [`read_proc`], as text; a byte that is not UTF-8 (a process may name itself with
+/// any bytes) becomes U+FFFD instead of hiding the process.
+fn read_proc_text(path: impl AsRef<Path>) -> io::Result<String> {
+    read_proc(path).map(|bytes| match String::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(error) => String::from_utf8_lossy(error.as_bytes()).into_owned(),
+    })
 }
 
 struct Stat {
@@ -186,6 +217,24 @@ impl From<Statvfs> for Usage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_longer_than_a_page_is_read_whole_and_odd_bytes_do_not_hide_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("long");
+        let long: Vec<u8> = (0..10_000u32).map(|n| b'a' + (n % 26) as u8).collect();
+        fs::write(&path, &long).unwrap();
+        assert_eq!(read_proc(&path).unwrap(), long);
+        fs::write(&path, b"1 (bad\xffname) S 0").unwrap();
+        assert_eq!(read_proc_text(&path).unwrap(), "1 (bad\u{fffd}name) S 0");
+        assert_eq!(
+            read_proc_text(format!("/proc/{}/stat", std::process::id()))
+                .ok()
+                .and_then(|text| parse_stat(&text))
+                .map(|stat| stat.ppid),
+            Some(nix::unistd::getppid().as_raw())
+        );
+    }
 
     #[test]
     fn kib_fields_are_read_by_their_whole_name() {
