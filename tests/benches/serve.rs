@@ -3,7 +3,8 @@
 //! 1. Kill on 30 lab hosts, CLI start to every victim gone: 30 dial-in hosts through
 //!    serve (an operator's CLI, no signing key), and 30 static hosts dialled directly by
 //!    the CLI, side by side. The CLI starts inside the lab's network, as on an operator's
-//!    machine there; when it exits is reported too.
+//!    machine there; when it exits is reported too, and the CPU each kill cost serve, the
+//!    agents and the CLI.
 //! 2. 1,000 real `troop-agent` processes, each in its own PID namespace, dialled in to one
 //!    serve on loopback: one signed command to all until every agent has answered; serve's
 //!    resident memory; every agent back after serve is killed with SIGKILL and restarted;
@@ -24,6 +25,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use nix::sys::wait::{Id, WaitPidFlag, waitid};
 use serde_json::Value;
 use troop_tests::bench_wants;
 use troop_tests::lab::{Lab, Reaped, wait_for};
@@ -77,7 +79,8 @@ fn kill_on_thirty_hosts() {
     for id in &direct {
         lab.add_host(id, &[("role", "direct")], POLICY, vec![]);
     }
-    let _serve = start_serve(&lab);
+    let serve = start_serve(&lab);
+    let serve_pid = serve.0.id() as i32;
     for id in &dial_in {
         lab.start_dial_in_host(id, &[("role", "nat"), ("host", id)], POLICY, vec![]);
     }
@@ -94,10 +97,10 @@ fn kill_on_thirty_hosts() {
     assert!(attached, "not every dial-in host attached");
 
     let config = lab.dir().join("troop.toml");
-    let (through_serve, serve_cli) = time_kills(&lab, &alice, "role=nat", &dial_in);
+    let through_serve = time_kills(&lab, &alice, "role=nat", &dial_in, serve_pid);
     // The path every kill pays whatever the fleet's size: one host of the 30.
-    let (one_host, one_host_cli) = time_kills(&lab, &alice, "host=nat-1", &dial_in[..1]);
-    let (direct_times, direct_cli) = time_kills(&lab, &config, "role=direct", &direct);
+    let one_host = time_kills(&lab, &alice, "host=nat-1", &dial_in[..1], serve_pid);
+    let direct_kills = time_kills(&lab, &config, "role=direct", &direct, serve_pid);
     // Where the time goes: the same process started the same way, doing nothing, and
     // `troop agents` through serve (its connection, ListAgents, then a Status round).
     let mut noop = Vec::new();
@@ -127,16 +130,82 @@ fn kill_on_thirty_hosts() {
          direct (static hosts):         {}\n    \
          until the CLI exited:          {}\n  \
          `troop --version` the same way: {}\n  \
-         `troop agents` through serve:   {}",
-        line(&through_serve),
-        line(&serve_cli),
-        line(&one_host),
-        line(&one_host_cli),
-        line(&direct_times),
-        line(&direct_cli),
+         `troop agents` through serve:   {}\n\
+         CPU per kill (medians; serve, the agents of the hosts named, the CLI):\n  \
+         through serve:                 {}\n  \
+         through serve, one of them:    {}\n  \
+         direct:                        {}",
+        line(&through_serve.gone),
+        line(&through_serve.cli),
+        line(&one_host.gone),
+        line(&one_host.cli),
+        line(&direct_kills.gone),
+        line(&direct_kills.cli),
         line(&noop),
         line(&listing),
+        through_serve.cpu_line(),
+        one_host.cpu_line(),
+        direct_kills.cpu_line(),
     );
+}
+
+/// One part's rounds: until every victim was gone, until the CLI exited, and the CPU each
+/// round cost.
+struct Kills {
+    gone: Vec<Duration>,
+    cli: Vec<Duration>,
+    cpu: Vec<CpuSplit>,
+}
+
+/// CPU time spent during one kill, from its CLI's start until its last victim was gone.
+#[derive(Clone, Copy)]
+struct CpuSplit {
+    serve: Duration,
+    agents: Duration,
+    cli: Duration,
+}
+
+impl Kills {
+    fn cpu_line(&self) -> String {
+        let median_of =
+            |part: fn(&CpuSplit) -> Duration| median(self.cpu.iter().map(part).collect());
+        let (serve, agents, cli) = (
+            median_of(|split| split.serve),
+            median_of(|split| split.agents),
+            median_of(|split| split.cli),
+        );
+        format!(
+            "serve {:.1} ms, agents {:.1} ms, CLI {:.1} ms; {:.1} ms in all",
+            ms(serve),
+            ms(agents),
+            ms(cli),
+            ms(serve + agents + cli),
+        )
+    }
+}
+
+/// The CPU time of every thread `pid` has now (from `schedstat`, in nanoseconds: the
+/// per-process counters in `stat` are in 10 ms ticks, too coarse for one command).
+fn cpu_of_threads(pid: i32) -> Duration {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Duration::ZERO;
+    };
+    let nanos = tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
+        .filter_map(|text| text.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    Duration::from_nanos(nanos)
+}
+
+/// CPU time of this process's children that were reaped.
+fn cpu_of_waited_children() -> Duration {
+    let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN)
+        .expect("getrusage");
+    let micros = |time: nix::sys::time::TimeVal| {
+        Duration::from_secs(time.tv_sec() as u64) + Duration::from_micros(time.tv_usec() as u64)
+    };
+    micros(usage.user_time()) + micros(usage.system_time())
 }
 
 /// Starts `troop args` from a thread inside the lab's network namespace, as an operator's
@@ -178,15 +247,23 @@ fn text(output: &std::process::Output) -> String {
 /// nsenter), then `troop attack kill`. Timed from the CLI's start until every victim has
 /// exited (one thread per victim blocks in `wait`, so the polling costs no CPU while
 /// the kill runs), and until the CLI exited.
-fn time_kills(
-    lab: &Lab,
-    config: &Path,
-    select: &str,
-    hosts: &[String],
-) -> (Vec<Duration>, Vec<Duration>) {
+fn time_kills(lab: &Lab, config: &Path, select: &str, hosts: &[String], serve: i32) -> Kills {
     let argv: Vec<OsString> = vec!["sleep".into(), "600".into()];
-    let mut samples = Vec::new();
-    let mut cli = Vec::new();
+    let agents: Vec<i32> = hosts
+        .iter()
+        .map(|id| lab.hosts[id].agent_pid().expect("the host's agent runs"))
+        .collect();
+    let agents_cpu = || {
+        agents
+            .iter()
+            .map(|pid| cpu_of_threads(*pid))
+            .sum::<Duration>()
+    };
+    let mut kills = Kills {
+        gone: Vec::new(),
+        cli: Vec::new(),
+        cpu: Vec::new(),
+    };
     for _ in 0..ROUNDS {
         let mut victims: Vec<Reaped> = hosts
             .iter()
@@ -209,12 +286,17 @@ fn time_kills(
                 .all(|victim| victim.0.try_wait().unwrap().is_none()),
             "victims did not start"
         );
+        // Each waiter sees its victim exit without reaping it (WNOWAIT): a reaped child's
+        // CPU would land in this process's count of its children, which must hold only
+        // the CLI's while the kill is measured. The victims are reaped after.
         let waiters: Vec<_> = victims
             .into_iter()
-            .map(|mut victim| {
+            .map(|victim| {
                 std::thread::spawn(move || {
-                    victim.0.wait().unwrap();
-                    Instant::now()
+                    let pid = nix::unistd::Pid::from_raw(victim.0.id() as i32);
+                    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT;
+                    waitid(Id::Pid(pid), flags).unwrap();
+                    (Instant::now(), victim)
                 })
             })
             .collect();
@@ -223,9 +305,14 @@ fn time_kills(
             .chain(["attack", "kill", "--select", select, "--name", "sleep"].map(OsStr::new))
             .map(OsString::from)
             .collect();
+        let (serve_before, agents_before, cli_before) = (
+            cpu_of_threads(serve),
+            agents_cpu(),
+            cpu_of_waited_children(),
+        );
         let (start, child) = start_troop(lab, args);
         let output = child.wait_with_output().unwrap();
-        cli.push(start.elapsed());
+        kills.cli.push(start.elapsed());
         assert!(output.status.success(), "{}", text(&output));
         // A victim that survives keeps its waiter blocked: the CLI said all were killed,
         // so give them a bounded while, then fail rather than hang.
@@ -234,14 +321,27 @@ fn time_kills(
             assert!(Instant::now() < deadline, "victims survived");
             std::thread::sleep(Duration::from_millis(1));
         }
+        // Read after the last victim was gone, so this accounting is outside the timing;
+        // the CLI has exited and been waited for by then. Saturating: a thread that exits
+        // meanwhile takes its count with it (rare: an idle blocking thread lingers ten
+        // seconds).
+        kills.cpu.push(CpuSplit {
+            serve: cpu_of_threads(serve).saturating_sub(serve_before),
+            agents: agents_cpu().saturating_sub(agents_before),
+            cli: cpu_of_waited_children().saturating_sub(cli_before),
+        });
         let last_gone = waiters
             .into_iter()
-            .map(|waiter| waiter.join().unwrap())
+            .map(|waiter| {
+                let (gone, mut victim) = waiter.join().unwrap();
+                victim.0.wait().unwrap();
+                gone
+            })
             .max()
             .unwrap();
-        samples.push(last_gone - start);
+        kills.gone.push(last_gone - start);
     }
-    (samples, cli)
+    kills
 }
 
 const STOP_ROUNDS: usize = 7;
