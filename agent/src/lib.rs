@@ -370,6 +370,7 @@ const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(30);
 /// of tokio's blocking pool would exit ten seconds after each round, and so fault in its
 /// exit path's code right after an idle round unmapped it.
 fn start_housekeeping(service: Arc<AgentService>) -> std::sync::mpsc::Sender<()> {
+    // The first round is a period away: the service read the host at start.
     let (stop, _thread) = repeat_on_own_thread("housekeeping", HOUSEKEEPING_EVERY, move || {
         service.housekeeping();
     });
