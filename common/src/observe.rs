@@ -16,8 +16,10 @@ pub struct ProcessInfo {
     /// The kernel's name for it (`comm`, at most 15 bytes).
     pub name: String,
     pub exe: Option<PathBuf>,
+    /// Empty for a kernel thread, and when it was not read (see [`Detail`]).
     pub cmdline: Vec<String>,
-    pub uid: u32,
+    /// The real uid; `None` when it was not read (see [`Detail`]), never a guess.
+    pub uid: Option<u32>,
     /// Clock ticks after boot; with the pid, the process's identity.
     pub start_time: u64,
     pub kernel_thread: bool,
@@ -55,12 +57,42 @@ pub fn kib_field(text: &str, name: &str) -> Option<u64> {
 /// `PF_KTHREAD` in the flags field of `/proc/PID/stat`.
 const PF_KTHREAD: u64 = 0x0020_0000;
 
+/// What of a process is read beyond its `stat` and exe link, which every read takes: the
+/// uid, from `status` (the dearest of the four: the kernel renders ~1.4 KB for it), and
+/// the arguments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Detail {
+    pub uid: bool,
+    pub cmdline: bool,
+}
+
+impl Detail {
+    pub const ALL: Self = Self {
+        uid: true,
+        cmdline: true,
+    };
+}
+
 /// Reads one process, `None` if it is gone.
 pub fn read_process(pid: i32) -> Option<ProcessInfo> {
+    read_process_with(pid, Detail::ALL)
+}
+
+/// Reads one process with what `detail` asks for besides its `stat` and exe; `None` if it
+/// is gone.
+pub fn read_process_with(pid: i32, detail: Detail) -> Option<ProcessInfo> {
     let dir = PathBuf::from(format!("/proc/{pid}"));
     let stat = parse_stat(&read_proc_text(dir.join("stat")).ok()?)?;
-    let uid = read_uid(pid)?;
-    let cmdline = read_cmdline(pid).unwrap_or_default();
+    let uid = if detail.uid {
+        Some(read_uid(pid)?)
+    } else {
+        None
+    };
+    let cmdline = if detail.cmdline {
+        read_cmdline(pid).unwrap_or_default()
+    } else {
+        Vec::new()
+    };
     let exe = fs::read_link(dir.join("exe")).ok().map(|path| {
         let text = path.to_string_lossy();
         PathBuf::from(text.strip_suffix(" (deleted)").unwrap_or(&text))

@@ -15,8 +15,8 @@ use nix::fcntl::{OFlag, openat};
 use nix::sys::stat::Mode;
 use regex::Regex;
 pub use troop_common::observe::{
-    ProcessInfo, cpu_seconds, list_processes, parent_pid, pid_listing, pids, read_cmdline,
-    read_process, read_uid, resident_bytes,
+    Detail, ProcessInfo, cpu_seconds, list_processes, parent_pid, pid_listing, pids, read_cmdline,
+    read_process, read_process_with, read_uid, resident_bytes,
 };
 
 /// The kernel keeps at most this many bytes of a process's name (`comm`).
@@ -52,7 +52,16 @@ impl Sieve<'_> {
             }
             Sieve::Exe(path) => process.exe.as_deref() == Some(path),
             Sieve::Cmdline(regex) => regex.is_match(&process.cmdline.join(" ")),
-            Sieve::Uid(uid) => process.uid == uid,
+            Sieve::Uid(uid) => process.uid == Some(uid),
+        }
+    }
+
+    /// What a process must be read with, beyond its `stat` and exe, for [`Self::admits`]
+    /// to judge it (the protections need no more than those two).
+    pub fn detail(&self) -> Detail {
+        Detail {
+            uid: matches!(self, Sieve::Uid(_)),
+            cmdline: matches!(self, Sieve::Cmdline(_)),
         }
     }
 
@@ -221,7 +230,7 @@ pub enum SignalError {
 /// The processes of the host the agent runs on.
 pub trait ProcessTable: Send + Sync {
     fn list(&self) -> io::Result<Vec<ProcessInfo>>;
-    /// The processes `sieve` admits, read in full.
+    /// The processes `sieve` admits, read as far as [`Sieve::detail`] says.
     fn find(&self, sieve: &Sieve) -> io::Result<Vec<ProcessInfo>>;
     /// The parent of `pid`, `None` if it is gone.
     fn parent(&self, pid: i32) -> Option<i32>;
@@ -231,7 +240,8 @@ pub trait ProcessTable: Send + Sync {
     }
     /// Sends `signal` to exactly the process `process` describes, never to a reused pid,
     /// and only if `still_eligible` holds for the process as it is at that moment (it may
-    /// have exec'd into something protected since it was matched).
+    /// have exec'd into something protected since it was matched), read again as far as
+    /// `process` was (its uid if it has one, its arguments if it has any).
     fn signal(
         &self,
         process: &ProcessInfo,
@@ -274,7 +284,7 @@ impl ProcessTable for LinuxProcessTable {
         };
         Ok(passed
             .into_iter()
-            .filter_map(read_process)
+            .filter_map(|pid| read_process_with(pid, sieve.detail()))
             .filter(|process| sieve.admits(process))
             .collect())
     }
@@ -315,7 +325,11 @@ impl ProcessTable for LinuxProcessTable {
         })?;
         // The pidfd now pins one process; make sure it is the one that was matched, as it
         // is now.
-        let now = read_process(pid).ok_or(SignalError::Gone { pid })?;
+        let detail = Detail {
+            uid: process.uid.is_some(),
+            cmdline: !process.cmdline.is_empty(),
+        };
+        let now = read_process_with(pid, detail).ok_or(SignalError::Gone { pid })?;
         if now.start_time != process.start_time {
             return Err(SignalError::Gone { pid });
         }
@@ -604,6 +618,51 @@ mod tests {
             child.kill().unwrap();
             child.wait().unwrap();
         }
+    }
+
+    #[test]
+    fn a_search_reads_the_uid_and_arguments_only_when_its_sieve_needs_them() {
+        let table = LinuxProcessTable;
+        let mut child = Command::new("sleep").arg("31").spawn().unwrap();
+        let pid = child.id() as i32;
+        let uid = nix::unistd::getuid().as_raw();
+        let found = |sieve: &Sieve| {
+            table
+                .find(sieve)
+                .unwrap()
+                .into_iter()
+                .find(|process| process.pid == pid)
+        };
+        let by_pid = found(&Sieve::Pid(pid)).unwrap();
+        assert_eq!((by_pid.uid, by_pid.cmdline.len()), (None, 0));
+        assert!(by_pid.start_time > 0 && by_pid.exe.is_some());
+        let by_user = found(&Sieve::Uid(uid)).unwrap();
+        assert_eq!((by_user.uid, by_user.cmdline.len()), (Some(uid), 0));
+        let pattern = Regex::new("^sleep 31$").unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let by_pattern = loop {
+            // Until the child has called exec it shows the test's own arguments.
+            if let Some(process) = found(&Sieve::Cmdline(&pattern)) {
+                break process;
+            }
+            assert!(std::time::Instant::now() < deadline, "sleep never showed");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        assert_eq!(
+            (by_pattern.uid, by_pattern.cmdline),
+            (None, vec!["sleep".into(), "31".into()])
+        );
+        // Checked again before the signal as far as it was read: a user search's process
+        // is judged on its uid as it is then.
+        assert!(matches!(
+            table.signal(&by_user, libc::SIGKILL, &|now| now.uid != Some(uid)),
+            Err(SignalError::Changed { .. })
+        ));
+        assert!(child.try_wait().unwrap().is_none(), "child must still run");
+        table
+            .signal(&by_pid, libc::SIGKILL, &|now| now.uid.is_none())
+            .unwrap();
+        child.wait().unwrap();
     }
 
     #[test]

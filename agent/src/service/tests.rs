@@ -13,7 +13,7 @@ fn victim() -> ProcessInfo {
         name: "nginx".into(),
         exe: Some("/usr/sbin/nginx".into()),
         cmdline: vec!["nginx".into()],
-        uid: 33,
+        uid: Some(33),
         start_time: 1,
         kernel_thread: false,
         zombie: false,

@@ -10,7 +10,7 @@ fn process(pid: i32, ppid: i32, name: &str) -> ProcessInfo {
         name: name.into(),
         exe: Some(PathBuf::from(format!("/usr/bin/{name}"))),
         cmdline: vec![name.into(), format!("--id={pid}")],
-        uid: 1000,
+        uid: Some(1000),
         start_time: pid as u64 * 10,
         kernel_thread: false,
         zombie: false,
