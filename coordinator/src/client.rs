@@ -42,8 +42,7 @@ pub struct Dialer {
 
 impl Dialer {
     pub fn new(paths: &ClientTls, connect_timeout: Duration) -> Result<Self, TlsError> {
-        let config = troop_common::tls::client_config(&paths.cert, &paths.key, &paths.ca)?;
-        Ok(Self::with_config(config, connect_timeout))
+        Ok(Self::with_config(paths.client_config()?, connect_timeout))
     }
 
     /// A dialer with a TLS client config made elsewhere (shared with the operator API's

@@ -144,6 +144,13 @@ pub struct ClientTls {
     pub ca: PathBuf,
 }
 
+impl ClientTls {
+    /// The mutual-TLS client config these files make.
+    pub fn client_config(&self) -> Result<rustls::ClientConfig, troop_common::tls::TlsError> {
+        troop_common::tls::client_config(&self.cert, &self.key, &self.ca)
+    }
+}
+
 /// What an operator may do through the operator API; each role may do what the ones
 /// before it may.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]

@@ -57,7 +57,7 @@ impl Fleet {
     pub fn from_config(config: CoordinatorConfig) -> anyhow::Result<Self> {
         let path = &config.path;
         let client_config = |tls: &ClientTls, key: &str| {
-            troop_common::tls::client_config(&tls.cert, &tls.key, &tls.ca)
+            tls.client_config()
                 .map(Arc::new)
                 .with_context(|| format!("config {}: {key}", path.display()))
         };
