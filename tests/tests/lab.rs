@@ -393,3 +393,44 @@ fn faults_end_at_their_deadline_when_the_coordinator_is_killed() {
     );
     assert!(webs.iter().all(|id| no_active_faults(&lab, id)));
 }
+
+/// A test killed outright drops no guard: the lab's serve must then end by itself, with the
+/// thread that started it, as the lab's hosts do.
+#[test]
+fn the_labs_serve_ends_with_the_thread_that_started_it() {
+    let Some(mut lab) = Lab::new("serve ends with its thread") else {
+        return;
+    };
+    lab.add_operator("alice", Some("viewer"));
+    let state = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| stat.rsplit_once(") ").map(|(_, rest)| rest.chars().next()))
+            .flatten()
+    };
+    let pid = std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let serve = lab.start_serve();
+                let pid = serve.0.id() as i32;
+                // Running, and its guard forgotten: only the thread's end can stop it.
+                assert!(
+                    wait_for(Duration::from_secs(10), || lab
+                        .serve_log()
+                        .contains("serving agents' streams")),
+                    "serve did not start: {}",
+                    lab.serve_log()
+                );
+                assert_ne!(state(pid), Some('Z'), "serve exited: {}", lab.serve_log());
+                std::mem::forget(serve);
+                pid
+            })
+            .join()
+            .unwrap()
+    });
+    let ended = wait_for(Duration::from_secs(10), || state(pid) == Some('Z'));
+    // Reaped either way; killed if it outlived the thread, so the test leaves nothing.
+    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    let _ = nix::sys::wait::waitpid(Pid::from_raw(pid), None);
+    assert!(ended, "serve outlived the thread that started it");
+}
