@@ -7,7 +7,8 @@
 //! appended without a sync of its own: the next synced line takes it to the disk. A
 //! power loss may forget it, and then a later command reusing its id is not refused.)
 //! Its outcome is appended after; if a crash loses it, a retry is told the outcome is
-//! unknown instead of running again. The file is compacted (temp file, fsync, rename) at
+//! unknown instead of running again. The sync runs without the ledger's lock, so a
+//! command that only ends faults is never held up behind another's slow or hung sync. The file is compacted (temp file, fsync, rename) at
 //! start-up and when expired lines dominate.
 //!
 //! In memory each remembered command is 16 bytes (a key of its id, its line's offset, its
@@ -18,7 +19,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
@@ -159,11 +160,15 @@ pub struct ReplayLedger {
     max_file_len: u64,
     inner: Mutex<Inner>,
     _lock: Flock<File>,
+    /// While set, syncs wait for it to be cleared: a disk that hangs, for tests.
+    #[cfg(test)]
+    hung_disk: Arc<(Mutex<bool>, std::sync::Condvar)>,
 }
 
 #[derive(Debug)]
 struct Inner {
-    file: File,
+    /// Shared with a sync in flight, which runs without the lock.
+    file: Arc<File>,
     /// Where the next line goes (the file's length).
     end: u64,
     entries: HashMap<Key, Slot>,
@@ -227,7 +232,7 @@ impl ReplayLedger {
             compact_after_lines: COMPACT_AFTER_LINES,
             max_file_len: MAX_FILE_LEN,
             inner: Mutex::new(Inner {
-                file: open_append(&path).map_err(error)?,
+                file: Arc::new(open_append(&path).map_err(error)?),
                 end,
                 entries,
                 base_unix_ms: now_unix_ms,
@@ -240,6 +245,8 @@ impl ReplayLedger {
                 syncs: 0,
             }),
             _lock: lock,
+            #[cfg(test)]
+            hung_disk: Arc::default(),
         };
         ledger.compact(now_unix_ms).map_err(error)?;
         Ok(ledger)
@@ -302,7 +309,8 @@ impl ReplayLedger {
             expires_at_unix_ms: Some(expires_at_unix_ms),
             outcome: None,
         };
-        let at = self.append(&mut inner, &line, durability)?;
+        let started = std::time::Instant::now();
+        let at = self.append(&mut inner, &line)?;
         let until = after_base(until_unix_ms, inner.base_unix_ms);
         inner.entries.insert(key, Slot { at, until });
         inner.running.insert(
@@ -313,6 +321,15 @@ impl ReplayLedger {
                 expires_at_unix_ms,
             },
         );
+        // Remembered from here on: a retry meanwhile is told it is pending, never run.
+        if durability == Durability::Synced {
+            let file = Arc::clone(&inner.file);
+            drop(inner);
+            self.sync(&file)?;
+        }
+        crate::metrics::get()
+            .ledger_write
+            .observe(started.elapsed().as_secs_f64());
         Ok(Admission::New)
     }
 
@@ -378,7 +395,11 @@ impl ReplayLedger {
             outcome: Some(outcome),
         };
         // Not synced: losing it in a power cut makes a retry answer "unknown", never rerun.
-        let at = self.append(&mut inner, &line, Durability::WithNextSync)?;
+        let started = std::time::Instant::now();
+        let at = self.append(&mut inner, &line)?;
+        crate::metrics::get()
+            .ledger_write
+            .observe(started.elapsed().as_secs_f64());
         if let Some(slot) = inner.entries.get_mut(&key) {
             slot.at = at;
         }
@@ -401,7 +422,16 @@ impl ReplayLedger {
     #[cfg(test)]
     pub(crate) fn fail_writes(&self) {
         let mut inner = self.inner.lock().unwrap();
-        inner.file = OpenOptions::new().write(true).open("/dev/full").unwrap();
+        inner.file = Arc::new(OpenOptions::new().write(true).open("/dev/full").unwrap());
+    }
+
+    /// Makes syncs hang until [`ReplayLedger::hang_syncs`] is called with false, as a
+    /// disk that stops answering would.
+    #[cfg(test)]
+    pub(crate) fn hang_syncs(&self, hang: bool) {
+        let (hung, changed) = &*self.hung_disk;
+        *hung.lock().unwrap() = hang;
+        changed.notify_all();
     }
 
     fn error(&self, source: io::Error) -> LedgerError {
@@ -411,12 +441,8 @@ impl ReplayLedger {
         }
     }
 
-    fn append(
-        &self,
-        inner: &mut Inner,
-        line: &Line,
-        durability: Durability,
-    ) -> Result<u32, LedgerError> {
+    /// Writes `line` at the end of the file; [`ReplayLedger::sync`] takes it to the disk.
+    fn append(&self, inner: &mut Inner, line: &Line) -> Result<u32, LedgerError> {
         if inner.broken {
             return Err(self.error(io::Error::other("an earlier write failed")));
         }
@@ -431,28 +457,34 @@ impl ReplayLedger {
                     "the file is full of commands that can still be fresh; nothing more is admitted until some expire",
                 ))
             })?;
-        let started = std::time::Instant::now();
-        let written = inner
-            .file
-            .write_all(text.as_bytes())
-            .and_then(|()| match durability {
-                Durability::Synced => inner.file.sync_data(),
-                Durability::WithNextSync => Ok(()),
-            });
-        crate::metrics::get()
-            .ledger_write
-            .observe(started.elapsed().as_secs_f64());
-        if let Err(source) = written {
+        if let Err(source) = (&*inner.file).write_all(text.as_bytes()) {
             inner.broken = true;
             return Err(self.error(source));
         }
         inner.end += text.len() as u64;
         inner.lines += 1;
+        Ok(at)
+    }
+
+    /// Syncs `file` (the ledger's, or the one a compaction replaced since: the new one was
+    /// synced whole) without holding the lock. A failed sync stops admissions, as a
+    /// failed write does: what it covered may not be on the disk.
+    fn sync(&self, file: &File) -> Result<(), LedgerError> {
         #[cfg(test)]
-        if durability == Durability::Synced {
+        {
+            let (hung, changed) = &*self.hung_disk;
+            let _unhung = changed.wait_while(hung.lock().unwrap(), |hung| *hung);
+        }
+        let synced = file.sync_data();
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        #[cfg(test)]
+        {
             inner.syncs += 1;
         }
-        Ok(at)
+        synced.map_err(|source| {
+            inner.broken = true;
+            self.error(source)
+        })
     }
 
     /// Rewrites the file with only the live entries, atomically. If it fails half-way the
@@ -506,7 +538,7 @@ impl ReplayLedger {
             inner.horizon_unix_ms = horizon;
         }
         fs::rename(&temp, path)?;
-        inner.file = open_append(path)?;
+        inner.file = Arc::new(open_append(path)?);
         inner.end = end;
         inner.base_unix_ms = now_unix_ms;
         inner.entries.retain(|_, slot| slot.at != FORGOTTEN);

@@ -409,3 +409,37 @@ fn a_slots_expiry_saturates_on_the_live_side() {
     let inner = ledger.inner.lock().unwrap();
     assert_eq!(inner.live(NOW + 49 * DAY), 1);
 }
+
+#[test]
+fn a_hung_sync_holds_up_only_its_own_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = ReplayLedger::open(dir.path(), NOW).unwrap();
+    let within = |seconds: u64, done: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+        while !done() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        done()
+    };
+    ledger.hang_syncs(true);
+    std::thread::scope(|scope| {
+        let start = scope.spawn(|| admit(&ledger, "start", "d", NOW + 10, NOW));
+        // Its line is written before its sync starts.
+        assert!(within(10, &|| lines_in(dir.path()) == 1));
+        // A halt does not wait for that sync, nor does the command's own retry, which is
+        // told it is pending rather than run again.
+        let halt = scope.spawn(|| {
+            let halt = ledger.admit("halt", "d", NOW + 10, NOW + 10, NOW, WithNextSync);
+            let retry = ledger.admit("start", "d", NOW + 10, NOW + 10, NOW, WithNextSync);
+            (halt.unwrap(), retry.unwrap())
+        });
+        let halted = within(10, &|| halt.is_finished());
+        let start_hung = !start.is_finished();
+        ledger.hang_syncs(false);
+        assert!(halted, "the halt waited for another command's sync");
+        assert!(start_hung, "the sync did not hang");
+        assert_eq!(halt.join().unwrap(), (Admission::New, Admission::Pending));
+        assert_eq!(start.join().unwrap(), Admission::New);
+    });
+    assert_eq!(ledger.syncs(), 1);
+}
