@@ -364,12 +364,29 @@ impl Engine {
         self.lock().latch.clone()
     }
 
-    /// Latches, on disk and then here, and reverts every fault. A latch the state dir
-    /// cannot take still holds until this process ends; the error says so.
+    /// Latches, here and on disk, and reverts every fault. A latch the state dir cannot
+    /// take still holds until this process ends; the error says so.
     pub fn emergency_stop(&self, latch: Latch) -> (Reverted, Option<std::io::Error>) {
-        let unsaved = latch::save(self.journal.state_dir(), &latch).err();
-        self.lock().latch = Some(latch);
-        (self.abort_all(EndReason::EmergencyStop), unsaved)
+        self.emergency_stop_saving(latch, latch::save)
+    }
+
+    /// As [`Engine::emergency_stop`], the latch saved by `save`: latched in memory first,
+    /// so no fault starts from here on, then saved beside the reverts, so a state dir
+    /// that hangs keeps no fault running.
+    fn emergency_stop_saving(
+        &self,
+        latch: Latch,
+        save: impl FnOnce(&std::path::Path, &Latch) -> std::io::Result<()> + Send,
+    ) -> (Reverted, Option<std::io::Error>) {
+        self.lock().latch = Some(latch.clone());
+        std::thread::scope(|scope| {
+            let saving = scope.spawn(|| save(self.journal.state_dir(), &latch));
+            let reverted = self.abort_all(EndReason::EmergencyStop);
+            let unsaved = saving
+                .join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("saving the latch panicked")));
+            (reverted, unsaved.err())
+        })
     }
 
     /// Lifts the latch for a resume issued at `issued_at_unix_ms`, and answers what it

@@ -218,3 +218,37 @@ fn a_failed_apply_leaves_no_journal_entry() {
     assert!(result.is_err());
     assert_eq!(FaultJournal::check(dir.path()).unwrap(), 0);
 }
+
+#[test]
+fn an_emergency_stop_reverts_while_its_latch_is_still_being_saved() {
+    let (engine, _dir) = engine();
+    let a = start(&engine, "a", Duration::from_secs(60), None);
+    let b = start(&engine, "b", Duration::from_secs(60), None);
+    let latch = Latch {
+        command_id: "stop".into(),
+        by: "test".into(),
+        reason: "a state dir that hangs".into(),
+        at_unix_ms: 0,
+    };
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    std::thread::scope(|scope| {
+        let stop = scope.spawn(|| {
+            engine.emergency_stop_saving(latch, move |_, _| {
+                // The disk answers when the test says so.
+                released.recv().unwrap();
+                Ok(())
+            })
+        });
+        let reverted =
+            wait_until(|| a.load(Ordering::SeqCst) == 1 && b.load(Ordering::SeqCst) == 1);
+        let latched = engine.latch().is_some();
+        let saving = !stop.is_finished();
+        release.send(()).unwrap();
+        assert!(reverted, "the faults waited for the latch's save");
+        assert!(latched, "not latched while the save hung");
+        assert!(saving, "the save did not hang");
+        let (reverted, unsaved) = stop.join().unwrap();
+        assert_eq!(reverted.ids, ["a", "b"]);
+        assert!(unsaved.is_none());
+    });
+}
