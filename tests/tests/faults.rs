@@ -5,6 +5,8 @@
 //! SIGKILL at the next start, and when its lease is no longer renewed.
 
 use std::ffi::OsString;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
@@ -516,4 +518,128 @@ fn ctrl_c_on_an_attached_attack_aborts_its_faults() {
     );
     assert!(aborted.elapsed() < Duration::from_secs(5));
     assert!(said.contains("reverted fault"), "{said}");
+}
+
+/// The agent's writes to the disk under its state dir held to one byte a second, through
+/// a blkio cgroup of its own: a write lands in the page cache at once, and an `fdatasync`
+/// waits (a block is 4 KiB) until [`SlowDisk::release`], as on a disk that has stopped
+/// answering. Undone on drop, and only the agent this test started is in it.
+struct SlowDisk {
+    cgroup: PathBuf,
+    rule: PathBuf,
+    device: String,
+}
+
+impl SlowDisk {
+    const HIERARCHY: &str = "/sys/fs/cgroup/blkio";
+
+    fn hold(agent: i32, state_dir: &Path) -> Result<Self, String> {
+        let root = Path::new(Self::HIERARCHY);
+        if !root.join("cgroup.procs").exists() {
+            return Err(format!(
+                "no cgroup v1 blkio hierarchy at {}",
+                root.display()
+            ));
+        }
+        let dev = std::fs::metadata(state_dir)
+            .map_err(|e| e.to_string())?
+            .dev();
+        let (major, minor) = (nix::sys::stat::major(dev), nix::sys::stat::minor(dev));
+        if major == 0 {
+            return Err(format!("{} is on no block device", state_dir.display()));
+        }
+        let cgroup = root.join(format!("troop-test-slow-disk-{agent}"));
+        std::fs::create_dir(&cgroup).map_err(|e| e.to_string())?;
+        let slow = Self {
+            rule: cgroup.join("blkio.throttle.write_bps_device"),
+            cgroup,
+            device: format!("{major}:{minor}"),
+        };
+        std::fs::write(&slow.rule, format!("{} 1", slow.device)).map_err(|e| e.to_string())?;
+        std::fs::write(slow.cgroup.join("cgroup.procs"), agent.to_string())
+            .map_err(|e| e.to_string())?;
+        Ok(slow)
+    }
+
+    /// Lets the held writes through, at the device's own speed.
+    fn release(&self) {
+        let _ = std::fs::write(&self.rule, format!("{} 0", self.device));
+    }
+}
+
+impl Drop for SlowDisk {
+    fn drop(&mut self) {
+        self.release();
+        let procs = std::fs::read_to_string(self.cgroup.join("cgroup.procs")).unwrap_or_default();
+        for pid in procs.lines() {
+            let _ = std::fs::write(Path::new(Self::HIERARCHY).join("cgroup.procs"), pid);
+        }
+        let _ = std::fs::remove_dir(&self.cgroup);
+    }
+}
+
+fn burner_threads(agent: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{agent}/task"))
+        .map(|tasks| {
+            tasks
+                .filter_map(Result::ok)
+                .filter(|task| {
+                    std::fs::read_to_string(task.path().join("comm"))
+                        .is_ok_and(|comm| comm.starts_with("troop-cpu"))
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn halt_ends_faults_while_another_commands_sync_hangs() {
+    let victim: Vec<OsString> = vec!["sleep".into(), "600".into()];
+    let Some(lab) = lab_with("web-1", ALL_BUT_STOP, vec![victim]) else {
+        return;
+    };
+    let host = &lab.hosts["web-1"];
+    assert!(host.host.wait_for("sleep", 1, Duration::from_secs(5)));
+    let agent = host.agent_pid().unwrap();
+    let burn = lab.troop_json(&[
+        "attack", "cpu", "--select", "role=web", "--load", "30", "--cores", "1", "--for", "5m",
+    ]);
+    assert_eq!(burn.0, Some(0), "{}", burn.1);
+    assert!(wait_for(Duration::from_secs(5), || burner_threads(agent) > 0));
+    let ledger = lab.dir().join("state/web-1/commands.jsonl");
+    let lines = || std::fs::read_to_string(&ledger).unwrap().lines().count();
+    let before = lines();
+    let slow = match SlowDisk::hold(agent, ledger.parent().unwrap()) {
+        Ok(slow) => slow,
+        Err(reason) => return troop_tests::lab::skip("a halt during a hung sync", &reason),
+    };
+    std::thread::scope(|scope| {
+        let kill = scope.spawn(|| {
+            lab.troop_json(&["attack", "kill", "--select", "role=web", "--name", "sleep"])
+        });
+        // The kill's admission is written; its sync is held, and the kill waits for it.
+        let written = wait_for(Duration::from_secs(10), || lines() > before);
+        let halt = scope.spawn(|| lab.troop_json(&["halt"]));
+        let burners_gone = wait_for(Duration::from_secs(10), || burner_threads(agent) == 0);
+        let victim_alive = !host.host.pids_named("sleep").is_empty();
+        // Before any assertion, so that a failing one does not leave both calls hanging.
+        slow.release();
+        assert!(written, "the kill's admission never reached the ledger");
+        assert!(burners_gone, "the halt did not end the cpu fault");
+        assert!(
+            victim_alive,
+            "the cpu fault ended only after the kill's sync: the halt waited for it"
+        );
+        let (code, report) = halt.join().unwrap();
+        assert_eq!(code, Some(0), "{report}");
+        let (code, report) = kill.join().unwrap();
+        assert_eq!(code, Some(0), "{report}");
+    });
+    assert!(
+        wait_for(Duration::from_secs(5), || host
+            .host
+            .pids_named("sleep")
+            .is_empty()),
+        "the kill did not run once its sync was through"
+    );
 }
