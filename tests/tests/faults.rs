@@ -643,3 +643,37 @@ fn halt_ends_faults_while_another_commands_sync_hangs() {
         "the kill did not run once its sync was through"
     );
 }
+
+#[test]
+fn an_emergency_stop_ends_faults_while_the_state_dirs_disk_hangs() {
+    let Some(lab) = lab_with("web-1", ALL_BUT_STOP, vec![]) else {
+        return;
+    };
+    let agent = lab.hosts["web-1"].agent_pid().unwrap();
+    let burn = lab.troop_json(&[
+        "attack", "cpu", "--select", "role=web", "--load", "30", "--cores", "1", "--for", "5m",
+    ]);
+    assert_eq!(burn.0, Some(0), "{}", burn.1);
+    assert!(wait_for(Duration::from_secs(5), || burner_threads(agent) > 0));
+    let state_dir = lab.dir().join("state/web-1");
+    let slow = match SlowDisk::hold(agent, &state_dir) {
+        Ok(slow) => slow,
+        Err(reason) => return troop_tests::lab::skip("an emergency stop on a hung disk", &reason),
+    };
+    std::thread::scope(|scope| {
+        let stop = scope.spawn(|| lab.troop_json(&["emergency-stop", "--reason", "hung disk"]));
+        // Its latch file cannot reach the disk yet; the fault ends all the same.
+        let burners_gone = wait_for(Duration::from_secs(10), || burner_threads(agent) == 0);
+        let answered = stop.is_finished();
+        slow.release();
+        assert!(burners_gone, "the cpu fault waited for the latch file");
+        assert!(!answered, "the latch file's sync did not hang");
+        let (code, report) = stop.join().unwrap();
+        assert_eq!(code, Some(0), "{report}");
+    });
+    assert!(lab.status("web-1")["latch"].is_object(), "not latched");
+    assert!(
+        state_dir.join("latch.json").exists(),
+        "the latch was not saved"
+    );
+}
