@@ -476,13 +476,12 @@ impl ReplayLedger {
             let _unhung = changed.wait_while(hung.lock().unwrap(), |hung| *hung);
         }
         let synced = file.sync_data();
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         #[cfg(test)]
         {
-            inner.syncs += 1;
+            self.inner.lock().unwrap().syncs += 1;
         }
         synced.map_err(|source| {
-            inner.broken = true;
+            self.inner.lock().unwrap_or_else(|e| e.into_inner()).broken = true;
             self.error(source)
         })
     }
