@@ -755,6 +755,21 @@ pub fn cpu_seconds(pid: i32) -> f64 {
     troop_common::observe::cpu_seconds(pid).expect("process is running")
 }
 
+/// The agent's CPU burner threads (`troop-cpu-N`), from /proc/PID/task.
+pub fn burner_threads(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| {
+            tasks
+                .filter_map(Result::ok)
+                .filter(|task| {
+                    std::fs::read_to_string(task.path().join("comm"))
+                        .is_ok_and(|comm| comm.starts_with("troop-cpu"))
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
 /// Resident memory of a process, from /proc/PID/status.
 pub fn resident_bytes(pid: i32) -> Option<u64> {
     troop_common::observe::resident_bytes(pid as u32)

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use nix::sys::wait::{Id, WaitPidFlag, waitid};
 use serde_json::Value;
 use troop_tests::bench_wants;
-use troop_tests::lab::{Lab, Reaped, wait_for};
+use troop_tests::lab::{Lab, Reaped, burner_threads, wait_for};
 
 const POLICY: &str = "allow = [\"kill\"]";
 const HOSTS: usize = 30;
@@ -433,21 +433,6 @@ fn emergency_stop_on_thirty_hosts() {
         ms(*to_answered.iter().min().unwrap()),
         ms(*to_answered.iter().max().unwrap()),
     );
-}
-
-/// The agent's burner threads (`troop-cpu-N`), from /proc/PID/task.
-fn burner_threads(pid: i32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .map(|tasks| {
-            tasks
-                .filter_map(Result::ok)
-                .filter(|task| {
-                    std::fs::read_to_string(task.path().join("comm"))
-                        .is_ok_and(|comm| comm.starts_with("troop-cpu"))
-                })
-                .count()
-        })
-        .unwrap_or(0)
 }
 
 /// The host's memory holder process (the agent's `__hold-memory` helper).

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use troop_proto::{pb, sign_command};
-use troop_tests::lab::{Lab, cpu_seconds, resident_bytes, used_percent, wait_for};
+use troop_tests::lab::{Lab, burner_threads, cpu_seconds, resident_bytes, used_percent, wait_for};
 use troop_tests::{Credentials, command, connect};
 
 const ALL_BUT_STOP: &str = "allow = [\"kill\", \"cpu\", \"memory\", \"disk\"]";
@@ -576,20 +576,6 @@ impl Drop for SlowDisk {
         }
         let _ = std::fs::remove_dir(&self.cgroup);
     }
-}
-
-fn burner_threads(agent: i32) -> usize {
-    std::fs::read_dir(format!("/proc/{agent}/task"))
-        .map(|tasks| {
-            tasks
-                .filter_map(Result::ok)
-                .filter(|task| {
-                    std::fs::read_to_string(task.path().join("comm"))
-                        .is_ok_and(|comm| comm.starts_with("troop-cpu"))
-                })
-                .count()
-        })
-        .unwrap_or(0)
 }
 
 #[test]
