@@ -7,9 +7,9 @@
 //! appended without a sync of its own: the next synced line takes it to the disk. A
 //! power loss may forget it, and then a later command reusing its id is not refused.)
 //! Its outcome is appended after; if a crash loses it, a retry is told the outcome is
-//! unknown instead of running again. The sync runs without the ledger's lock, so a
-//! command that only ends faults is never held up behind another's slow or hung sync. The file is compacted (temp file, fsync, rename) at
-//! start-up and when expired lines dominate.
+//! unknown instead of running again. A sync runs without the ledger's lock, so a command
+//! that only ends faults is never held up behind another's slow or hung sync. The file is
+//! compacted (temp file, fsync, rename) at start-up and when expired lines dominate.
 //!
 //! In memory each remembered command is 16 bytes (a key of its id, its line's offset, its
 //! expiry); everything else is read back from its line when its id comes again.
