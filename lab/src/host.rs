@@ -15,6 +15,15 @@ use std::time::{Duration, Instant};
 
 use troop_common::observe::{ProcessInfo, list_processes, read_process};
 
+/// `setpriv`, to which the caller adds the program it then execs: that program is sent
+/// SIGKILL when the thread that started it ends, also when this process is killed
+/// outright and drops no guard.
+pub fn ending_with_this_thread() -> Command {
+    let mut command = Command::new("setpriv");
+    command.args(["--pdeathsig", "KILL", "--"]);
+    command
+}
+
 /// What a host runs.
 #[derive(Debug)]
 pub struct HostSpec<'a> {
@@ -87,8 +96,7 @@ impl LocalHost {
         let output = File::create(spec.log)?;
         // setpriv makes the host die with this process even if it is killed outright;
         // it and `ip netns exec` exec onwards, so the child is unshare itself.
-        let mut command = Command::new("setpriv");
-        command.args(["--pdeathsig", "KILL", "--"]);
+        let mut command = ending_with_this_thread();
         if let Some(netns) = spec.netns {
             command.args(["ip", "netns", "exec", netns]);
         }

@@ -571,26 +571,35 @@ impl Lab {
 
     /// The `troop` CLI as the coordinator runs it: inside the lab's network.
     pub fn troop_command(&self) -> Command {
-        self.troop_command_after(&[])
+        self.troop_command_run_by(None)
     }
 
     /// The `troop` CLI as [`Self::troop_command`] runs it, killed with the thread that
     /// starts it: for `troop serve`, which must not outlive a test or bench that is killed
     /// outright, when no guard is dropped (the lab's hosts end the same way).
     pub fn troop_command_ending_with_this_thread(&self) -> Command {
-        self.troop_command_after(&["setpriv", "--pdeathsig", "KILL", "--"])
+        self.troop_command_run_by(Some(crate::host::ending_with_this_thread()))
     }
 
-    /// The `troop` CLI inside the lab's network, run by `launcher` (the words of a
-    /// program that execs onwards, so the child's pid is troop's).
-    fn troop_command_after(&self, launcher: &[&str]) -> Command {
-        let mut words: Vec<&OsStr> = launcher.iter().map(OsStr::new).collect();
+    /// The `troop` CLI inside the lab's network, run by `launcher` if any (a program that
+    /// execs onwards, so the child's pid is troop's).
+    fn troop_command_run_by(&self, launcher: Option<Command>) -> Command {
+        let mut words: Vec<&OsStr> = Vec::new();
         if let Some(net) = &self.net {
             words.extend(net.exec_words().map(OsStr::new));
         }
         words.push(self.binaries.troop.as_os_str());
-        let mut command = Command::new(words[0]);
-        command.args(&words[1..]);
+        let mut command = match launcher {
+            Some(mut launcher) => {
+                launcher.args(&words);
+                launcher
+            }
+            None => {
+                let mut command = Command::new(words[0]);
+                command.args(&words[1..]);
+                command
+            }
+        };
         command.current_dir(self.dir());
         if let Some(port) = self.otlp_port {
             command.envs(otlp_env(&format!("http://127.0.0.1:{port}")));

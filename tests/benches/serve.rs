@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::wait::{Id, WaitPidFlag, waitid};
 use serde_json::Value;
+use troop_lab::host::ending_with_this_thread;
 use troop_tests::bench_wants;
 use troop_tests::lab::{Lab, Reaped, burner_threads, wait_for};
 
@@ -504,9 +505,8 @@ fn thousand_agents() {
     let binaries = troop_lab::lab::Binaries::built();
     let serve_command = || {
         // Killed with this thread, also when the bench is killed outright.
-        let mut command = Command::new("setpriv");
+        let mut command = ending_with_this_thread();
         command
-            .args(["--pdeathsig", "KILL", "--"])
             .arg(&binaries.troop)
             .args(["--config"])
             .arg(root.join("troop.toml"))
@@ -527,8 +527,8 @@ fn thousand_agents() {
             // Each in its own PID namespace, as on its own host: a kill looks through the
             // host's processes, not through 1,000 agents on one machine.
             Reaped(
-                Command::new("setpriv")
-                    .args(["--pdeathsig", "KILL", "--", "unshare"])
+                ending_with_this_thread()
+                    .arg("unshare")
                     .args(["--pid", "--fork", "--kill-child", "--mount-proc", "--"])
                     .arg(&binaries.agent)
                     .arg("--config")

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::Value;
-use troop_lab::host::free_port;
+use troop_lab::host::{ending_with_this_thread, free_port};
 use troop_tests::lab::{Lab, Reaped, UI_PORT, cpu_seconds, output_text, used_percent, wait_for};
 use troop_tests::net::inside;
 
@@ -43,8 +43,8 @@ fn burning(lab: &Lab, id: &str) -> bool {
 fn start_chromedriver(lab: &Lab, port: u16) -> Reaped {
     let log = std::fs::File::create(lab.dir().join("chromedriver.log")).unwrap();
     Reaped(
-        Command::new("setpriv")
-            .args(["--pdeathsig", "KILL", "--", "ip", "netns", "exec"])
+        ending_with_this_thread()
+            .args(["ip", "netns", "exec"])
             .arg(lab.network_namespace().unwrap().file_name().unwrap())
             .args([
                 "unshare",

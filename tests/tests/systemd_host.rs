@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::Duration;
 
+use troop_lab::host::ending_with_this_thread;
 use troop_tests::lab::{skip, wait_for};
 use troop_tests::net::LabNet;
 use troop_tests::{TestPki, binary};
@@ -212,16 +213,8 @@ fn the_deb_on_a_systemd_host_serves_a_kill_and_a_stop() {
 
     // Boot it: systemd as PID 1, in the lab network.
     let mut container = Container {
-        nspawn: Command::new("setpriv")
-            .args([
-                "--pdeathsig",
-                "KILL",
-                "--",
-                "systemd-nspawn",
-                "--register=no",
-                "--keep-unit",
-                "--quiet",
-            ])
+        nspawn: ending_with_this_thread()
+            .args(["systemd-nspawn", "--register=no", "--keep-unit", "--quiet"])
             .arg(format!("--network-namespace-path=/run/netns/{host_ns}"))
             .arg("-D")
             .arg(&root)
