@@ -402,12 +402,8 @@ fn the_labs_serve_ends_with_the_thread_that_started_it() {
         return;
     };
     lab.add_operator("alice", Some("viewer"));
-    let state = |pid: i32| {
-        std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|stat| stat.rsplit_once(") ").map(|(_, rest)| rest.chars().next()))
-            .flatten()
-    };
+    // `Some(true)` once it has exited and is not yet reaped.
+    let exited = |pid: i32| troop_common::observe::read_process(pid).map(|p| p.zombie);
     let pid = std::thread::scope(|scope| {
         scope
             .spawn(|| {
@@ -421,14 +417,19 @@ fn the_labs_serve_ends_with_the_thread_that_started_it() {
                     "serve did not start: {}",
                     lab.serve_log()
                 );
-                assert_ne!(state(pid), Some('Z'), "serve exited: {}", lab.serve_log());
+                assert_eq!(
+                    exited(pid),
+                    Some(false),
+                    "serve exited: {}",
+                    lab.serve_log()
+                );
                 std::mem::forget(serve);
                 pid
             })
             .join()
             .unwrap()
     });
-    let ended = wait_for(Duration::from_secs(10), || state(pid) == Some('Z'));
+    let ended = wait_for(Duration::from_secs(10), || exited(pid) == Some(true));
     // Reaped either way; killed if it outlived the thread, so the test leaves nothing.
     let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
     let _ = nix::sys::wait::waitpid(Pid::from_raw(pid), None);
