@@ -578,6 +578,18 @@ impl Drop for SlowDisk {
     }
 }
 
+/// Starts a 5-minute cpu fault on web-1 and answers its agent's pid once the burner
+/// threads run.
+fn burning(lab: &Lab) -> i32 {
+    let agent = lab.hosts["web-1"].agent_pid().unwrap();
+    let burn = lab.troop_json(&[
+        "attack", "cpu", "--select", "role=web", "--load", "30", "--cores", "1", "--for", "5m",
+    ]);
+    assert_eq!(burn.0, Some(0), "{}", burn.1);
+    assert!(wait_for(Duration::from_secs(5), || burner_threads(agent) > 0));
+    agent
+}
+
 #[test]
 fn halt_ends_faults_while_another_commands_sync_hangs() {
     let victim: Vec<OsString> = vec!["sleep".into(), "600".into()];
@@ -586,12 +598,7 @@ fn halt_ends_faults_while_another_commands_sync_hangs() {
     };
     let host = &lab.hosts["web-1"];
     assert!(host.host.wait_for("sleep", 1, Duration::from_secs(5)));
-    let agent = host.agent_pid().unwrap();
-    let burn = lab.troop_json(&[
-        "attack", "cpu", "--select", "role=web", "--load", "30", "--cores", "1", "--for", "5m",
-    ]);
-    assert_eq!(burn.0, Some(0), "{}", burn.1);
-    assert!(wait_for(Duration::from_secs(5), || burner_threads(agent) > 0));
+    let agent = burning(&lab);
     let ledger = lab.dir().join("state/web-1/commands.jsonl");
     let lines = || std::fs::read_to_string(&ledger).unwrap().lines().count();
     let before = lines();
@@ -635,12 +642,7 @@ fn an_emergency_stop_ends_faults_while_the_state_dirs_disk_hangs() {
     let Some(lab) = lab_with("web-1", ALL_BUT_STOP, vec![]) else {
         return;
     };
-    let agent = lab.hosts["web-1"].agent_pid().unwrap();
-    let burn = lab.troop_json(&[
-        "attack", "cpu", "--select", "role=web", "--load", "30", "--cores", "1", "--for", "5m",
-    ]);
-    assert_eq!(burn.0, Some(0), "{}", burn.1);
-    assert!(wait_for(Duration::from_secs(5), || burner_threads(agent) > 0));
+    let agent = burning(&lab);
     let state_dir = lab.dir().join("state/web-1");
     let slow = match SlowDisk::hold(agent, &state_dir) {
         Ok(slow) => slow,
